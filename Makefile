@@ -1,0 +1,43 @@
+# wsrouter: `make run` starts a demo router, `make test` runs the whole suite.
+# Both create .venv and install the package first; nothing needs doing by hand.
+
+PYTHON ?= python3
+CC ?= cc
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+REBIND := src/wsrouter/rebind/rebind.so
+DEMO_PORT ?= 8080
+
+# Plugins under twisted/plugins are found through PYTHONPATH when running
+# from the checkout (an editable install hides them from twistd).
+export PYTHONPATH := $(CURDIR):$(CURDIR)/src
+
+.PHONY: run test bench install clean
+
+install: $(STAMP) $(REBIND)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	touch $@
+
+$(REBIND): src/wsrouter/rebind/rebind.c
+	$(CC) -shared -fPIC -O2 -Wall -Wextra -o $@ $< -ldl
+
+run: install
+	@echo "wsrouter demo: open http://127.0.0.1:$(DEMO_PORT)/ (WebSocket echo at ws://127.0.0.1:$(DEMO_PORT)/echo)"
+	$(BIN)/twistd -n wsrouter --listen tcp:$(DEMO_PORT):interface=127.0.0.1 \
+		--web examples/web --route '/echo=echo:'
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info $(REBIND)

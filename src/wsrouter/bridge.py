@@ -1,0 +1,220 @@
+"""
+The bridge: moves one session's data between a WebSocket and a target link.
+
+It owns the session's rules, and nothing about I/O:
+
+  - client frames go to the target as they arrive (whole messages for
+    datagram targets), decoded from base64 for websockify's C{base64}
+    subprotocol;
+  - target bytes are cut into messages by a framer and sent to the client;
+  - flow control is wiring: the target's producer is registered with the
+    client's transport and the client's with the target's, so whichever
+    side is slow pauses the other;
+  - whichever side ends first decides the close: target end-of-stream gives
+    1000 after everything already received is sent, a target error 1011,
+    router shutdown 1001; a client close shuts the target's write side,
+    then closes it once pending data is written.
+
+No reactor, no Autobahn: the WebSocket is a L{WebSocketEnd}.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from collections.abc import Callable
+
+from attrs import define, field
+
+from .interfaces import Framer, Link, Recorder, WebSocketEnd
+
+NORMAL = 1000
+GOING_AWAY = 1001
+INVALID_PAYLOAD = 1007
+INTERNAL_ERROR = 1011
+
+
+@define
+class SessionStats:
+    """Counters for the session's summary log line; bytes are payload bytes."""
+
+    started: float = field(factory=time.monotonic)
+    bytes_from_client: int = 0
+    bytes_to_client: int = 0
+    messages_from_client: int = 0
+    messages_to_client: int = 0
+    close_code: int | None = None
+    close_reason: str = ""
+    closed_by: str = ""
+
+    def duration(self) -> float:
+        return time.monotonic() - self.started
+
+
+class Bridge:
+    """
+    Relays one session.  Call L{start} once the WebSocket is open.
+
+    @param binary_for: tells whether a framed target message goes out as a
+        binary (C{True}) or text message.
+    @param on_finished: called once, when both sides are done, with the stats.
+    """
+
+    def __init__(
+        self,
+        socket: WebSocketEnd,
+        link: Link,
+        framer: Framer,
+        *,
+        base64_mode: bool = False,
+        binary_for: Callable[[bytes], bool] = lambda payload: True,
+        recorder: Recorder | None = None,
+        on_finished: Callable[[SessionStats], None] = lambda stats: None,
+    ):
+        self._socket = socket
+        self._link = link
+        self._framer = framer
+        self._base64 = base64_mode
+        self._binary_for = binary_for
+        self._recorder = recorder
+        self._on_finished = on_finished
+        self.stats = SessionStats()
+        self._message: list[bytes] | None = None
+        self._message_is_binary = True
+        self._base64_rest = b""
+        self._closing = False
+        self._socket_done = False
+        self._link_done = False
+        self._finished = False
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        """Wire flow control both ways, then let the target's data flow."""
+        if self._link.producer is not None:
+            self._socket.attach_producer(self._link.producer)
+        if self._link.consumer is not None:
+            self._link.consumer.registerProducer(self._socket.consumer_producer(), True)
+        self._link.start(self)
+
+    def shutdown(self, reason: str = "router shutting down") -> None:
+        """The router is stopping: close the client with 1001, then the target."""
+        self._close_client(GOING_AWAY, reason, by="router")
+
+    def idle_timeout(self) -> None:
+        """No traffic for too long: close normally, saying why."""
+        self._close_client(NORMAL, "idle timeout", by="router")
+
+    # -- client side (called by the WebSocket protocol) -------------------------
+
+    def message_begin(self, is_binary: bool) -> None:
+        self._message_is_binary = is_binary
+        self.stats.messages_from_client += 1
+        if self._link.message_oriented:
+            self._message = []
+
+    def frame_data(self, payload: bytes) -> None:
+        """Part of a client message; forwarded now unless the target wants whole messages."""
+        if self._closing:
+            return
+        if self._base64:
+            payload = self._decode_base64(payload)
+            if payload is None:
+                return
+        self.stats.bytes_from_client += len(payload)
+        if self._recorder is not None:
+            self._recorder.client_message(payload, self._message_is_binary)
+        if self._message is not None:
+            self._message.append(payload)
+        elif payload:
+            self._link.write(payload)
+
+    def message_end(self) -> None:
+        if self._base64 and self._base64_rest:
+            self._base64_rest = b""
+            self._close_client(INVALID_PAYLOAD, "base64 message length is not a multiple of 4", by="router")
+            return
+        if self._message is not None and not self._closing:
+            message, self._message = b"".join(self._message), None
+            self._link.write(message)
+
+    def websocket_closed(self, code: int | None, reason: str) -> None:
+        """
+        The WebSocket is gone (closing handshake done, or dropped).
+
+        Shut the target's write side so it sees end of input, then close it;
+        data the client sent before is still written first.
+        """
+        if self.stats.close_code is None:
+            self.stats.close_code = code
+            self.stats.close_reason = reason or ""
+            self.stats.closed_by = "client"
+        self._closing = True
+        self._socket_done = True
+        if not self._link_done:
+            self._link.write_eof()
+            self._link.close()
+        self._maybe_finished()
+
+    def _decode_base64(self, payload: bytes) -> bytes | None:
+        data = self._base64_rest + payload
+        whole = len(data) - len(data) % 4
+        self._base64_rest = data[whole:]
+        try:
+            return base64.b64decode(data[:whole], validate=True)
+        except binascii.Error:
+            self._close_client(INVALID_PAYLOAD, "invalid base64 payload", by="router")
+            return None
+
+    # -- target side (LinkReceiver) --------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        for message in self._framer.feed(data):
+            self._send(message)
+
+    def eof_received(self) -> None:
+        """The target has said everything: deliver what is left, then close 1000."""
+        for message in self._framer.flush():
+            self._send(message)
+        self._close_client(NORMAL, "target closed the connection", by="target")
+
+    def link_lost(self, error: str | None) -> None:
+        self._link_done = True
+        if error is None:
+            self.eof_received()
+        else:
+            self._close_client(INTERNAL_ERROR, f"target error: {error}", by="target")
+        self._maybe_finished()
+
+    def _send(self, message: bytes) -> None:
+        if self._socket_done:
+            return
+        is_binary = self._binary_for(message)
+        self.stats.bytes_to_client += len(message)
+        self.stats.messages_to_client += 1
+        if self._recorder is not None:
+            self._recorder.target_message(message, is_binary)
+        if self._base64:
+            self._socket.send(base64.b64encode(message), False)
+        else:
+            self._socket.send(message, is_binary)
+
+    # -- closing ----------------------------------------------------------------
+
+    def _close_client(self, code: int, reason: str, by: str) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self.stats.close_code = code
+        self.stats.close_reason = reason
+        self.stats.closed_by = by
+        self._socket.close(code, reason)
+
+    def _maybe_finished(self) -> None:
+        if self._finished or not self._socket_done:
+            return
+        self._finished = True
+        if self._recorder is not None:
+            self._recorder.closed(self.stats.close_code, self.stats.close_reason)
+        self._on_finished(self.stats)

@@ -1,0 +1,419 @@
+"""
+The router's configuration: frozen data, parsed from plain values.
+
+Everything the router does is decided by one L{RouterConfig}.  The command
+line (L{wsrouter.tap}) and embedding applications build it through
+L{build_config}, which checks every field and reports all problems at once,
+each with the key path it concerns, instead of stopping at the first.
+
+This module is the only home of defaults and imports nothing from Twisted.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from typing import Any, Union
+from urllib.parse import urlsplit
+
+from attrs import field, frozen
+
+MiB = 1024 * 1024
+
+DEFAULT_LISTENER = "tcp:8080:interface=127.0.0.1"
+DEFAULT_MAX_MESSAGE_SIZE = 16 * MiB
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+DEFAULT_SHUTDOWN_GRACE = 5.0
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+#: Framings a route may name; see L{wsrouter.framing}.
+FRAMINGS = ("binary", "line", "separator", "fixed")
+
+
+class ConfigError(ValueError):
+    """
+    A configuration has one or more problems.
+
+    @ivar problems: C{(key path, problem)} pairs, in the order found.
+    @ivar source: where the configuration came from (a file name, "command
+        line"), named in the message so the user knows what to edit.
+    """
+
+    def __init__(self, problems: Sequence[tuple[str, str]], source: str = "configuration"):
+        self.problems = list(problems)
+        self.source = source
+        lines = [f"{source}: {len(self.problems)} problem(s):"]
+        lines += [f"  {key}: {problem}" for key, problem in self.problems]
+        super().__init__("\n".join(lines))
+
+
+# -- targets -----------------------------------------------------------------
+
+
+@frozen
+class TcpTarget:
+    """A TCP server; one connection per WebSocket session."""
+
+    host: str
+    port: int
+
+    def describe(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tcp://{host}:{self.port}"
+
+
+@frozen
+class UnixTarget:
+    """A Unix stream socket."""
+
+    path: str
+
+    def describe(self) -> str:
+        return f"unix://{self.path}"
+
+
+@frozen
+class UdpTarget:
+    """A UDP peer; one datagram per WebSocket message, both ways."""
+
+    host: str
+    port: int
+
+    def describe(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"udp://{host}:{self.port}"
+
+
+@frozen
+class UnixDatagramTarget:
+    """A Unix datagram socket; one datagram per WebSocket message."""
+
+    path: str
+
+    def describe(self) -> str:
+        return f"unix-dgram://{self.path}"
+
+
+@frozen
+class EchoTarget:
+    """An in-process echo: every message comes back unchanged (demos, tests)."""
+
+    def describe(self) -> str:
+        return "echo:"
+
+
+@frozen
+class ExecTarget:
+    """A program started per connection: messages to stdin, stdout to messages."""
+
+    argv: tuple[str, ...]
+
+    def describe(self) -> str:
+        return "exec:" + shlex.join(self.argv)
+
+
+Target = Union[TcpTarget, UnixTarget, UdpTarget, UnixDatagramTarget, EchoTarget, ExecTarget]
+
+#: Target kinds whose natural unit is a datagram, not a byte stream.
+DATAGRAM_TARGETS = (UdpTarget, UnixDatagramTarget)
+
+
+def _parse_port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"port must be a number from 1 to 65535, not {text!r}")
+    return int(text)
+
+
+def _split_host_port(text: str) -> tuple[str, int]:
+    """
+    Split C{host:port}, C{[v6]:port}; the host must not be empty.
+    """
+    match = re.fullmatch(r"\[([^\]]+)\]:(\w+)|([^:\[\]]+):(\w+)", text)
+    if not match:
+        raise ValueError(f"expected HOST:PORT (IPv6 as [ADDR]:PORT), not {text!r}")
+    host = match.group(1) or match.group(3)
+    port = _parse_port(match.group(2) or match.group(4))
+    if match.group(1):
+        ipaddress.IPv6Address(host)
+    return host, port
+
+
+def parse_target(text: str) -> Target:
+    """
+    Parse a target string.
+
+    Accepted forms: C{tcp://HOST:PORT}, C{HOST:PORT} (TCP, websockify's
+    form), C{unix:///PATH}, C{udp://HOST:PORT}, C{unix-dgram:///PATH},
+    C{echo:} and C{exec:PROGRAM ARGS...} (shell-like quoting, no shell).
+
+    @raise ValueError: with a message that says what is wrong.
+    """
+    text = text.strip()
+    if text.startswith("exec:"):
+        argv = tuple(shlex.split(text[len("exec:"):]))
+        if not argv:
+            raise ValueError("exec: needs a program, e.g. exec:cat")
+        return ExecTarget(argv)
+    if text == "echo:" or text == "echo":
+        return EchoTarget()
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        host, port = _split_host_port(text)
+        return TcpTarget(host, port)
+    if scheme in ("unix", "unix-dgram"):
+        path = urlsplit(text).path if rest.startswith("/") else rest
+        if not path.startswith("/"):
+            raise ValueError(f"{scheme} target needs an absolute path, e.g. {scheme}:///run/app.sock")
+        return UnixTarget(path) if scheme == "unix" else UnixDatagramTarget(path)
+    if scheme in ("tcp", "udp"):
+        host, port = _split_host_port(rest.rstrip("/"))
+        return TcpTarget(host, port) if scheme == "tcp" else UdpTarget(host, port)
+    raise ValueError(
+        f"unknown target {text!r}; use tcp://HOST:PORT, unix:///PATH, "
+        "udp://HOST:PORT, unix-dgram:///PATH, exec:PROGRAM or echo:"
+    )
+
+
+# -- routes ------------------------------------------------------------------
+
+
+@frozen
+class Framing:
+    """
+    How a target's byte stream is cut into WebSocket messages.
+
+    @ivar kind: one of L{FRAMINGS}.
+    @ivar separator: for C{separator}: the bytes that end each message.
+    @ivar length: for C{fixed}: the size of each message in bytes.
+    """
+
+    kind: str = "binary"
+    separator: bytes = b"\n"
+    length: int = 0
+
+
+@frozen
+class Route:
+    """
+    Where WebSocket connections for one path (and subprotocol) go.
+
+    @ivar path: the URL path, without query.
+    @ivar prefix: match C{path} and everything below it, not only C{path}.
+    @ivar subprotocols: the subprotocols this route speaks; empty means any.
+    @ivar framing: how target output becomes messages; C{None} picks the
+        target kind's default (binary chunks; lines for exec).
+    """
+
+    path: str
+    target: Target
+    prefix: bool = False
+    subprotocols: tuple[str, ...] = ()
+    framing: Framing | None = None
+
+    def describe(self) -> str:
+        pattern = (self.path.rstrip("/") + "/*") if self.prefix else self.path
+        if self.subprotocols:
+            pattern += "@" + ",".join(self.subprotocols)
+        return pattern
+
+
+def parse_route(text: str) -> Route:
+    """
+    Parse C{PATH[@PROTO[,PROTO...]]=TARGET}.
+
+    A path ending in C{/*} matches that path and everything below it;
+    otherwise the match is exact.  C{/*} alone matches every path.
+    """
+    pattern, sep, target_text = text.partition("=")
+    if not sep or not pattern:
+        raise ValueError(f"expected PATH[@SUBPROTOCOLS]=TARGET, not {text!r}")
+    pattern, _, protocols = pattern.partition("@")
+    if not pattern.startswith("/"):
+        raise ValueError(f"route path must start with '/', not {pattern!r}")
+    prefix = pattern.endswith("/*")
+    path = pattern[:-2] or "/" if prefix else pattern
+    if "*" in path:
+        raise ValueError(f"'*' is only allowed as a final '/*' in a route path, not {pattern!r}")
+    subprotocols = tuple(p.strip() for p in protocols.split(",") if p.strip())
+    return Route(path=path, prefix=prefix, subprotocols=subprotocols, target=parse_target(target_text))
+
+
+def parse_framing(text: str) -> Framing:
+    """
+    Parse C{binary}, C{line}, C{separator:SEP} (C{\\n}, C{\\0} escapes
+    allowed) or C{fixed:N}.
+    """
+    kind, _, arg = text.partition(":")
+    if kind in ("binary", "line") and not arg:
+        return Framing(kind)
+    if kind == "separator" and arg:
+        separator = arg.encode("utf-8").decode("unicode_escape").encode("latin-1")
+        return Framing(kind, separator=separator)
+    if kind == "fixed" and arg.isdigit() and int(arg) > 0:
+        return Framing(kind, length=int(arg))
+    raise ValueError(f"framing must be binary, line, separator:SEP or fixed:N, not {text!r}")
+
+
+# -- the whole router ----------------------------------------------------------
+
+
+@frozen
+class Limits:
+    """
+    Per-session limits and timers; times in seconds, sizes in bytes.
+
+    C{None} for a timer turns it off.
+    """
+
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    ping_interval: float | None = None
+    ping_timeout: float | None = None
+    idle_timeout: float | None = None
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+
+
+@frozen
+class WebRoot:
+    """Static files served on the same port as the WebSocket routes."""
+
+    directory: str
+    listing: bool = False
+
+
+@frozen
+class RouterConfig:
+    """Everything one router needs: where to listen, what to route, limits."""
+
+    listeners: tuple[str, ...] = (DEFAULT_LISTENER,)
+    routes: tuple[Route, ...] = ()
+    web: WebRoot | None = None
+    limits: Limits = field(factory=Limits)
+
+
+# -- building from plain values -------------------------------------------------
+
+
+class _Problems:
+    """Collects problems with their key paths while a config is built."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, key: str, problem: str) -> None:
+        self.items.append((key, problem))
+
+
+def _positive_number(raw: Mapping[str, Any], key: str, problems: _Problems, *, integer: bool = False) -> Any:
+    value = raw.get(key)
+    if value is None:
+        return None
+    try:
+        number = int(value) if integer else float(value)
+    except (TypeError, ValueError):
+        problems.add(key, f"must be a {'whole ' if integer else ''}number, not {value!r}")
+        return None
+    if number <= 0:
+        problems.add(key, f"must be greater than 0, not {value!r}")
+        return None
+    return number
+
+
+def _build_limits(raw: Mapping[str, Any], problems: _Problems) -> Limits:
+    values: dict[str, Any] = {}
+    for key in ("max_message_size",):
+        number = _positive_number(raw, key, problems, integer=True)
+        if number is not None:
+            values[key] = number
+    for key in ("ping_interval", "ping_timeout", "idle_timeout", "handshake_timeout",
+                "connect_timeout", "shutdown_grace"):
+        number = _positive_number(raw, key, problems)
+        if number is not None:
+            values[key] = number
+    if "ping_interval" in values and "ping_timeout" not in values:
+        values["ping_timeout"] = values["ping_interval"]
+    return Limits(**values)
+
+
+def _build_route(raw: Any, key: str, problems: _Problems) -> Route | None:
+    if isinstance(raw, Route):
+        return raw
+    try:
+        if isinstance(raw, str):
+            return parse_route(raw)
+        if isinstance(raw, Mapping):
+            route = parse_route(f"{raw.get('path', '')}={raw.get('target', '')}")
+            framing = raw.get("framing")
+            protocols = raw.get("subprotocols", ())
+            if isinstance(protocols, str):
+                protocols = (protocols,)
+            return Route(
+                path=route.path,
+                prefix=route.prefix,
+                target=route.target,
+                subprotocols=tuple(protocols),
+                framing=parse_framing(framing) if isinstance(framing, str) else framing,
+            )
+    except ValueError as e:
+        problems.add(key, str(e))
+        return None
+    problems.add(key, f"must be a route string or table, not {type(raw).__name__}")
+    return None
+
+
+def build_config(raw: Mapping[str, Any], source: str = "configuration") -> RouterConfig:
+    """
+    Build a L{RouterConfig} from plain values (from the command line, a
+    TOML file or Python code).
+
+    Keys: C{listen} (list of Twisted endpoint strings), C{routes} (list of
+    route strings, tables or L{Route}s), C{web}, C{web_listing}, and the
+    L{Limits} field names.
+
+    @raise ConfigError: listing every problem found, each with its key.
+    """
+    problems = _Problems()
+    listeners = tuple(raw.get("listen") or (DEFAULT_LISTENER,))
+    for index, listener in enumerate(listeners):
+        if not isinstance(listener, str) or not listener:
+            problems.add(f"listen[{index}]", "must be a Twisted endpoint string, e.g. tcp:8080:interface=127.0.0.1")
+    routes = []
+    for index, raw_route in enumerate(raw.get("routes") or ()):
+        route = _build_route(raw_route, f"routes[{index}]", problems)
+        if route is not None:
+            routes.append(route)
+    seen: dict[tuple[str, bool, tuple[str, ...]], int] = {}
+    for index, route in enumerate(routes):
+        identity = (route.path, route.prefix, route.subprotocols)
+        if identity in seen:
+            problems.add(f"routes[{index}]", f"duplicates routes[{seen[identity]}] ({route.describe()})")
+        seen.setdefault(identity, index)
+    web = None
+    if raw.get("web"):
+        web = WebRoot(directory=str(raw["web"]), listing=bool(raw.get("web_listing")))
+    elif raw.get("web_listing"):
+        problems.add("web_listing", "needs a web root (web)")
+    limits = _build_limits(raw, problems)
+    if not routes and web is None:
+        problems.add("routes", "nothing to serve: give at least one route (or a web root)")
+    if problems.items:
+        raise ConfigError(problems.items, source)
+    return RouterConfig(listeners=listeners, routes=tuple(routes), web=web, limits=limits)
+
+
+def listener_from_short_form(text: str) -> str:
+    """
+    Turn websockify's C{[HOST:]PORT} into a Twisted endpoint string.
+
+    Without a host the listener binds loopback only, unlike websockify,
+    which binds every interface: say C{0.0.0.0:PORT} to get that.
+    """
+    if text.isdigit():
+        host, port = "127.0.0.1", _parse_port(text)
+    else:
+        host, port = _split_host_port(text)
+    escaped = host.replace(":", "\\:")
+    return f"tcp:{port}:interface={escaped}"

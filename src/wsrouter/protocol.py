@@ -1,0 +1,141 @@
+"""
+The thin Autobahn adapter: a WebSocket server protocol that hands every
+decision to the router and every byte to its session's bridge.
+
+Client messages are taken frame by frame (Autobahn's streaming hooks), so a
+large message is relayed as it arrives and never held whole.  Messages to
+the client are framed here directly: server frames are unmasked, so a frame
+is a small header written together with the payload, without copying it.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING, Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.util import encode_truncate
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet.interfaces import IPushProducer
+
+from . import __version__
+from .config import Limits
+
+if TYPE_CHECKING:
+    from .bridge import Bridge
+    from .router import Router
+
+_OPEN = WebSocketProtocol.STATE_OPEN
+_HTTP_REASONS = {
+    400: "Bad Request", 403: "Forbidden", 404: "Not Found", 426: "Upgrade Required",
+    500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
+}
+
+
+def frame_header(is_binary: bool, length: int) -> bytes:
+    """The header of one unmasked, final data frame of C{length} payload bytes."""
+    opcode = 0x82 if is_binary else 0x81
+    if length < 126:
+        return bytes((opcode, length))
+    if length < 65536:
+        return struct.pack("!BBH", opcode, 126, length)
+    return struct.pack("!BBQ", opcode, 127, length)
+
+
+class RouterProtocol(WebSocketServerProtocol):
+    """
+    One client connection.  Per-session state lives here and on the bridge.
+
+    @ivar mount_prefix: the path under which the router's resource is
+        mounted, removed from the request path before routing.
+    """
+
+    factory: RouterFactory
+    bridge: Bridge | None = None
+    mount_prefix = ""
+    session_id = ""
+
+    # -- handshake and lifecycle, decided by the router ---------------------------
+
+    def onConnect(self, request: Any) -> Any:
+        return self.factory.router.handshake(self, request)
+
+    def onOpen(self) -> None:
+        self.factory.router.opened(self)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.factory.router.closed(self, code, reason or "")
+
+    def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders: Any = None) -> None:
+        """Refuse the handshake with a proper status line and the reason as a one-line body."""
+        body = (reason.replace("\r", " ").replace("\n", " ") + "\n").encode("utf-8")
+        lines = [
+            f"HTTP/1.1 {code} {_HTTP_REASONS.get(code, 'Error')}",
+            "Content-Type: text/plain; charset=utf-8",
+            f"Content-Length: {len(body)}",
+            "Connection: close",
+        ]
+        lines += [f"{name}: {value}" for name, value in responseHeaders or ()]
+        self.sendData(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + body)
+
+    # -- client messages, streamed ------------------------------------------------
+
+    def onMessageBegin(self, isBinary: bool) -> None:
+        super().onMessageBegin(isBinary)
+        if self.bridge is not None:
+            self.bridge.message_begin(isBinary)
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        # The base class enforces the frame and message size limits (1009).
+        super().onMessageFrameBegin(length)
+
+    def onMessageFrameData(self, payload: bytes) -> None:
+        if not self.failedByMe and self.bridge is not None:
+            self.factory.router.touch(self)
+            self.bridge.frame_data(payload)
+
+    def onMessageFrameEnd(self) -> None:
+        """Frames are relayed as they arrive; nothing is kept to join."""
+
+    def onMessageEnd(self) -> None:
+        if not self.failedByMe and self.bridge is not None:
+            self.bridge.message_end()
+
+    # -- WebSocketEnd, used by the bridge ------------------------------------------
+
+    def send(self, payload: bytes, is_binary: bool) -> None:
+        if self.state == _OPEN:
+            self.factory.router.touch(self)
+            self.transport.writeSequence((frame_header(is_binary, len(payload)), payload))
+
+    def close(self, code: int, reason: str) -> None:
+        """Close with any RFC 6455 code (the public sendClose refuses 1001, 1009, 1011)."""
+        if self.state == _OPEN:
+            self.sendCloseFrame(code=code, reasonUtf8=encode_truncate(reason, 123), isReply=False)
+
+    def attach_producer(self, producer: IPushProducer) -> None:
+        self.transport.registerProducer(producer, True)
+
+    def consumer_producer(self) -> IPushProducer:
+        return self.transport  # type: ignore[no-any-return]
+
+
+class RouterFactory(WebSocketServerFactory):
+    """Builds L{RouterProtocol}s with the router's limits applied once."""
+
+    protocol = RouterProtocol
+
+    def __init__(self, router: Router, limits: Limits, reactor: Any):
+        super().__init__(server=f"wsrouter/{__version__}", reactor=reactor)
+        self.router = router
+        self.setProtocolOptions(
+            maxFramePayloadSize=limits.max_message_size,
+            maxMessagePayloadSize=limits.max_message_size,
+            autoPingInterval=limits.ping_interval or 0,
+            autoPingTimeout=limits.ping_timeout or 0,
+            openHandshakeTimeout=limits.handshake_timeout,
+            closeHandshakeTimeout=min(limits.shutdown_grace, 5.0),
+            failByDrop=False,
+            allowNullOrigin=True,
+            perMessageCompressionAccept=lambda offers: None,
+        )

@@ -1,0 +1,248 @@
+"""
+The router core: turns handshakes into bridged sessions and keeps track of
+them until they end.
+
+Every decision is made before the handshake is answered: the route is
+chosen and the target connected while the client waits, so a refusal is a
+real HTTP status (404, 400, 502, 503) and never an accepted connection that
+closes at once.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .bridge import Bridge, SessionStats
+from .config import DATAGRAM_TARGETS, ExecTarget, RouterConfig
+from .framing import make_framer, message_is_binary
+from .interfaces import Link, SessionInfo, TargetError
+from .protocol import RouterFactory, RouterProtocol
+from .routing import Match, NoRoute, select_route
+from .targets import Connectors
+
+log = Logger(namespace="wsrouter")
+
+
+class Router:
+    """
+    Owns the WebSocket factory, the target connectors and the open sessions.
+
+    @param reactor: used for timers and connections; never the global one
+        unless the caller passes it.
+    """
+
+    def __init__(self, config: RouterConfig, reactor: Any, connectors: Connectors | None = None):
+        self.config = config
+        self._reactor = reactor
+        self.connectors = connectors or Connectors(reactor, config.limits)
+        self.factory = RouterFactory(self, config.limits, reactor)
+        self.sessions: dict[str, RouterProtocol] = {}
+        self._pending: dict[RouterProtocol, Link] = {}
+        self._activity: dict[RouterProtocol, float] = {}
+        self._stopping = False
+
+    # -- handshake -----------------------------------------------------------------
+
+    def handshake(self, protocol: RouterProtocol, request: Any) -> Deferred[Any]:
+        """
+        Route the request and connect its target before answering.
+
+        @return: fires with the subprotocol to accept, or fails with a
+            L{ConnectionDeny} carrying the HTTP status.
+        """
+        protocol.session_id = secrets.token_hex(4)
+        path = unquote(urlsplit(request.path).path)
+        route_path = path[len(protocol.mount_prefix):] or "/"
+        if self._stopping:
+            return self._refuse(protocol, request, 503, "router is shutting down")
+        try:
+            match = select_route(self.config.routes, route_path, request.protocols)
+        except NoRoute as e:
+            return self._refuse(protocol, request, e.status, e.reason)
+        session = self._session_info(protocol, request, path, route_path, match)
+        connecting = self.connectors.connect(session)
+        connecting.addCallbacks(
+            self._connected, self._not_connected,
+            callbackArgs=(protocol, session, match), errbackArgs=(protocol, request),
+        )
+        return connecting
+
+    def _session_info(self, protocol: RouterProtocol, request: Any, path: str,
+                      route_path: str, match: Match) -> SessionInfo:
+        peer = protocol.transport.getPeer()
+        host = protocol.transport.getHost()
+        query = urlsplit(protocol.http_request_uri).query
+        server_name = (request.host or "").rsplit(":", 1)[0].strip("[]") if request.host else ""
+        return SessionInfo(
+            session_id=protocol.session_id,
+            peer_host=str(getattr(peer, "host", "") or getattr(peer, "name", "") or "unix"),
+            peer_port=int(getattr(peer, "port", 0) or 0),
+            server_name=server_name,
+            server_port=int(getattr(host, "port", 0) or 0),
+            secure=bool(getattr(protocol.transport_details, "is_secure", False)),
+            path=path,
+            route_path=route_path,
+            query=query,
+            headers=tuple((name.lower(), value) for name, value in request.headers.items()),
+            subprotocol=match.subprotocol,
+            route=match.route,
+            script_name=protocol.mount_prefix + match.route.path.rstrip("/") if match.route.prefix
+            else path,
+        )
+
+    def _connected(self, link: Link, protocol: RouterProtocol, session: SessionInfo,
+                   match: Match) -> str | None:
+        if protocol.state == protocol.STATE_CLOSED:
+            link.abort()
+            return None
+        target = match.route.target
+        default = "line" if isinstance(target, ExecTarget) else "binary"
+        kind = match.route.framing.kind if match.route.framing else default
+        max_size = self.config.limits.max_message_size
+        framer = make_framer(match.route.framing, default, max_size)
+        if isinstance(target, DATAGRAM_TARGETS) or kind == "binary" or kind == "fixed":
+            binary_for = _always_binary
+        else:
+            def binary_for(payload: bytes) -> bool:
+                return message_is_binary(kind, payload)
+        protocol.bridge = Bridge(
+            protocol, link, framer,
+            base64_mode=match.base64,
+            binary_for=binary_for,
+            on_finished=lambda stats: self._finished(protocol, session, stats),
+        )
+        protocol.session = session  # type: ignore[attr-defined]
+        self._pending[protocol] = link
+        return match.subprotocol
+
+    def _not_connected(self, reason: Failure, protocol: RouterProtocol, request: Any) -> None:
+        if not reason.check(TargetError):
+            log.failure("unexpected error while connecting a target for {path}", reason, path=request.path)
+            self._refuse(protocol, request, 502, "internal error while connecting the target")
+        error: TargetError = reason.value  # type: ignore[assignment]
+        self._refuse(protocol, request, error.status, error.reason)
+
+    def _refuse(self, protocol: RouterProtocol, request: Any, status: int, reason: str) -> Any:
+        hint = {
+            404: "check the client's URL against the routes",
+            400: "the client must offer one of the route's subprotocols",
+            502: "check that the target is running and the route's address is right",
+            503: "retry later",
+        }.get(status, "")
+        log.info(
+            "refused {peer} {path}: {status} {reason}{hint}",
+            peer=request.peer, path=request.path, status=status, reason=reason,
+            hint=f" ({hint})" if hint else "",
+        )
+        raise ConnectionDeny(status, reason)
+
+    # -- open sessions ---------------------------------------------------------------
+
+    def opened(self, protocol: RouterProtocol) -> None:
+        link = self._pending.pop(protocol, None)
+        bridge = protocol.bridge
+        if link is None or bridge is None:
+            return
+        session: SessionInfo = protocol.session  # type: ignore[attr-defined]
+        self.sessions[protocol.session_id] = protocol
+        log.info(
+            "session {id} open: {peer} {path} -> {target} (route {route}, subprotocol {subprotocol})",
+            id=protocol.session_id, peer=session.peer(), path=session.request_uri,
+            target=session.route.target.describe(), route=session.route.describe(),
+            subprotocol=session.subprotocol or "none",
+        )
+        self._activity[protocol] = self._reactor.seconds()
+        self._schedule_idle_check(protocol)
+        bridge.start()
+
+    def touch(self, protocol: RouterProtocol) -> None:
+        """Note traffic on a session, for the idle timeout."""
+        if protocol in self._activity:
+            self._activity[protocol] = self._reactor.seconds()
+
+    def closed(self, protocol: RouterProtocol, code: int | None, reason: str) -> None:
+        link = self._pending.pop(protocol, None)
+        if link is not None:
+            link.abort()
+        self._activity.pop(protocol, None)
+        if protocol.bridge is not None:
+            protocol.bridge.websocket_closed(code, reason)
+
+    def _finished(self, protocol: RouterProtocol, session: SessionInfo, stats: SessionStats) -> None:
+        self.sessions.pop(protocol.session_id, None)
+        log.info(
+            "session {id} closed: {peer} {path} -> {target} (subprotocol {subprotocol}): "
+            "{up} bytes to target, {down} bytes to client, {duration:.3f} s, "
+            "close {code} {reason!r} by {by}",
+            id=protocol.session_id, peer=session.peer(), path=session.request_uri,
+            target=session.route.target.describe(), subprotocol=session.subprotocol or "none",
+            up=stats.bytes_from_client, down=stats.bytes_to_client, duration=stats.duration(),
+            code=stats.close_code, reason=stats.close_reason, by=stats.closed_by or "client",
+        )
+
+    # -- idle timeout ----------------------------------------------------------------
+
+    def _schedule_idle_check(self, protocol: RouterProtocol) -> None:
+        idle = self.config.limits.idle_timeout
+        if idle is None or protocol not in self._activity:
+            return
+        due = self._activity[protocol] + idle - self._reactor.seconds()
+        self._reactor.callLater(max(due, 0.0), self._idle_check, protocol)
+
+    def _idle_check(self, protocol: RouterProtocol) -> None:
+        last = self._activity.get(protocol)
+        if last is None or protocol.bridge is None:
+            return
+        if self._reactor.seconds() - last >= self.config.limits.idle_timeout:  # type: ignore[operator]
+            protocol.bridge.idle_timeout()
+        else:
+            self._schedule_idle_check(protocol)
+
+    # -- shutdown --------------------------------------------------------------------
+
+    def shutdown(self) -> Deferred[None]:
+        """
+        Close every session with 1001 after its pending data, and refuse new ones.
+
+        @return: fires when all sessions have ended, or after the shutdown
+            grace period, when the rest are dropped.
+        """
+        self._stopping = True
+        for protocol in list(self._pending):
+            protocol.dropConnection(abort=True)
+        sessions = list(self.sessions.values())
+        if not sessions:
+            return succeed(None)
+        waits = [protocol.is_closed for protocol in sessions]
+        for protocol in sessions:
+            if protocol.bridge is not None:
+                protocol.bridge.shutdown()
+        done: Deferred[None] = Deferred()
+        timer = self._reactor.callLater(self.config.limits.shutdown_grace, self._abort_all, done)
+
+        def all_closed(_: Any) -> None:
+            if timer.active():
+                timer.cancel()
+            if not done.called:
+                done.callback(None)
+
+        DeferredList(waits).addCallback(all_closed)
+        return done
+
+    def _abort_all(self, done: Deferred[None]) -> None:
+        for protocol in list(self.sessions.values()):
+            log.warn("session {id} did not close in time; dropping it", id=protocol.session_id)
+            protocol.dropConnection(abort=True)
+        if not done.called:
+            done.callback(None)
+
+
+def _always_binary(payload: bytes) -> bool:
+    return True

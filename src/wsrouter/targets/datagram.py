@@ -1,0 +1,214 @@
+"""
+Datagram targets: UDP and Unix datagram sockets.
+
+One WebSocket message is one datagram and one datagram one message.  A
+datagram socket cannot push back on a fast sender, so a datagram the kernel
+will not take right now is dropped and counted, as UDP would drop it anyway;
+reading from the target is still paused while the WebSocket client is slow.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import shutil
+import socket
+import tempfile
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import MessageLengthError
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import ConnectedDatagramProtocol, DatagramProtocol
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ..config import UdpTarget, UnixDatagramTarget
+from ..interfaces import Link, LinkReceiver, SessionInfo, TargetError
+
+#: Largest datagram read from a target (the UDP maximum payload).
+MAX_DATAGRAM = 65535
+
+
+@implementer(IPushProducer)
+class _ReadingProducer:
+    """Pauses a datagram port by not reading it; the kernel queues or drops."""
+
+    def __init__(self, port: Any):
+        self._port = port
+
+    def pauseProducing(self) -> None:
+        self._port.stopReading()
+
+    def resumeProducing(self) -> None:
+        if self._port.connected:
+            self._port.startReading()
+
+    def stopProducing(self) -> None:
+        self._port.stopReading()
+
+
+class _DatagramLinkBase:
+    """Shared behaviour of UDP and Unix datagram links."""
+
+    message_oriented = True
+    consumer = None
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self.dropped = 0
+        self.transport: Any = None
+        self._receiver: LinkReceiver | None = None
+        self._lost = False
+        self.ready: Deferred[Link] = Deferred()
+
+    @property
+    def producer(self) -> IPushProducer:
+        return _ReadingProducer(self.transport)
+
+    def start(self, receiver: LinkReceiver) -> None:
+        self._receiver = receiver
+        if self.transport.connected:
+            self.transport.startReading()
+
+    def write(self, data: bytes) -> None:
+        if self._lost:
+            return
+        try:
+            self.transport.write(data)
+        except MessageLengthError:
+            self._lose(f"message of {len(data)} bytes is too large for one datagram")
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.ENOBUFS, errno.ECONNREFUSED):
+                self._lose(f"cannot send to {self.description}: {e.strerror}")
+            self.dropped += 1
+
+    def write_eof(self) -> None:
+        """Datagrams have no end-of-stream; nothing to tell the target."""
+
+    def close(self) -> None:
+        if not self._lost:
+            self._lost = True
+            self._stop()
+            if self._receiver is not None:
+                self._receiver.link_lost(None)
+
+    abort = close
+
+    def _stop(self) -> None:
+        self.transport.stopListening()
+
+    def _lose(self, problem: str) -> None:
+        if not self._lost:
+            self._lost = True
+            self._stop()
+            if self._receiver is not None:
+                self._receiver.link_lost(problem)
+
+    def _deliver(self, data: bytes) -> None:
+        if self._receiver is not None and not self._lost:
+            self._receiver.data_received(data)
+
+
+class UdpLink(_DatagramLinkBase, DatagramProtocol):
+    """A connected UDP socket on an ephemeral local port."""
+
+    def __init__(self, description: str, address: tuple[str, int]):
+        super().__init__(description)
+        self._address = address
+
+    def startProtocol(self) -> None:
+        self.transport.connect(*self._address)
+        self.transport.stopReading()
+        self.ready.callback(self)
+
+    def datagramReceived(self, data: bytes, addr: Any = None) -> None:
+        self._deliver(data)
+
+    def connectionRefused(self) -> None:
+        self._lose(f"{self.description} refused the datagram (nothing listens there)")
+
+
+class UnixDatagramLink(_DatagramLinkBase, ConnectedDatagramProtocol):
+    """A Unix datagram socket bound in a private directory, connected to the target."""
+
+    def __init__(self, description: str, directory: str):
+        super().__init__(description)
+        self._directory = directory
+
+    def startProtocol(self) -> None:
+        self.transport.stopReading()
+        self.ready.callback(self)
+
+    def datagramReceived(self, data: bytes) -> None:
+        self._deliver(data)
+
+    def connectionFailed(self, failure: Failure) -> None:
+        self._remove_directory()
+        problem = getattr(failure.value, "strerror", None) or str(failure.value)
+        if not self.ready.called:
+            self.ready.errback(TargetError(f"cannot connect to {self.description}: {problem}", 502))
+        else:
+            self._lose(problem)
+
+    def _stop(self) -> None:
+        self.transport.stopListening()
+        self._remove_directory()
+
+    def _remove_directory(self) -> None:
+        shutil.rmtree(self._directory, ignore_errors=True)
+
+
+class DatagramConnector:
+    """Opens datagram links; a name is resolved off the reactor thread."""
+
+    def __init__(self, reactor: Any):
+        self._reactor = reactor
+
+    def connect(self, session: SessionInfo) -> Deferred[Link]:
+        target = session.route.target
+        if isinstance(target, UdpTarget):
+            return self._resolve(target).addCallback(self._open_udp, target)
+        if isinstance(target, UnixDatagramTarget):
+            return self._open_unix(target)
+        raise TypeError(f"not a datagram target: {target!r}")
+
+    def _resolve(self, target: UdpTarget) -> Deferred[str]:
+        try:
+            return succeed(str(ipaddress.ip_address(target.host)))
+        except ValueError:
+            pass
+        lookup = deferToThreadPool(
+            self._reactor, self._reactor.getThreadPool(),
+            socket.getaddrinfo, target.host, target.port, 0, socket.SOCK_DGRAM,
+        )
+
+        def first(results: list[Any]) -> str:
+            return str(results[0][4][0])
+
+        def failed(reason: Failure) -> str:
+            raise TargetError(f"cannot resolve {target.describe()}: host name not found", 502)
+
+        return lookup.addCallbacks(first, failed)
+
+    def _open_udp(self, address: str, target: UdpTarget) -> Deferred[Link]:
+        link = UdpLink(target.describe(), (address, target.port))
+        interface = "::" if ":" in address else "0.0.0.0"
+        if ipaddress.ip_address(address).is_loopback:
+            interface = "::1" if ":" in address else "127.0.0.1"
+        try:
+            self._reactor.listenUDP(0, link, interface=interface, maxPacketSize=MAX_DATAGRAM)
+        except Exception as e:  # CannotListenError and socket errors alike
+            raise TargetError(f"cannot open a UDP socket for {target.describe()}: {e}", 502) from e
+        return link.ready
+
+    def _open_unix(self, target: UnixDatagramTarget) -> Deferred[Link]:
+        directory = tempfile.mkdtemp(prefix="wsrouter-dgram-")
+        link = UnixDatagramLink(target.describe(), directory)
+        self._reactor.connectUNIXDatagram(
+            target.path, link, maxPacketSize=MAX_DATAGRAM, mode=0o600,
+            bindAddress=os.path.join(directory, "s"),
+        )
+        return link.ready

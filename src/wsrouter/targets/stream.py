@@ -1,0 +1,140 @@
+"""
+Stream targets: TCP and Unix stream sockets.
+
+The link is the Twisted protocol of the target connection.  It pauses its
+transport as soon as it is connected, so nothing is read from the target
+before the WebSocket handshake has completed and the bridge is ready.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import error
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
+from twisted.internet.interfaces import IConsumer, IHalfCloseableProtocol, IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ..config import TcpTarget, UnixTarget
+from ..interfaces import Link, LinkReceiver, SessionInfo, TargetError
+
+
+@implementer(IHalfCloseableProtocol)
+class StreamLink(Protocol):
+    """A paused stream connection to a target, driven by the bridge."""
+
+    message_oriented = False
+
+    def __init__(self) -> None:
+        self._receiver: LinkReceiver | None = None
+        self._early: list[tuple[str, Any]] = []
+
+    @property
+    def producer(self) -> IPushProducer:
+        return self.transport  # type: ignore[return-value]
+
+    @property
+    def consumer(self) -> IConsumer:
+        return self.transport  # type: ignore[return-value]
+
+    def connectionMade(self) -> None:
+        self.transport.pauseProducing()  # type: ignore[attr-defined]
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
+
+    def start(self, receiver: LinkReceiver) -> None:
+        self._receiver = receiver
+        early, self._early = self._early, []
+        for event, argument in early:
+            getattr(self, event)(*argument)
+        if self.transport is not None and self.connected:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._receiver is None:
+            self._early.append(("dataReceived", (data,)))
+        else:
+            self._receiver.data_received(data)
+
+    def readConnectionLost(self) -> None:
+        if self._receiver is None:
+            self._early.append(("readConnectionLost", ()))
+        else:
+            self._receiver.eof_received()
+
+    def writeConnectionLost(self) -> None:
+        """Our write side is shut; keep reading until the target closes."""
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone()) -> None:  # type: ignore[assignment]
+        if self._receiver is None:
+            self._early.append(("connectionLost", (reason,)))
+            return
+        clean = reason.check(error.ConnectionDone) is not None
+        self._receiver.link_lost(None if clean else _describe(reason))
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def write_eof(self) -> None:
+        lose_write = getattr(self.transport, "loseWriteConnection", None)
+        if lose_write is not None and self.connected:
+            lose_write()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+
+def _describe(reason: Failure) -> str:
+    value = reason.value
+    if isinstance(value, error.ConnectionLost):
+        return "connection to target lost"
+    return str(value).strip() or type(value).__name__
+
+
+class StreamConnector:
+    """Connects TCP and Unix stream targets, failing with a 502 reason."""
+
+    def __init__(self, reactor: Any, timeout: float):
+        self._reactor = reactor
+        self._timeout = timeout
+
+    def connect(self, session: SessionInfo) -> Deferred[Link]:
+        target = session.route.target
+        if isinstance(target, TcpTarget):
+            endpoint: Any = HostnameEndpoint(self._reactor, target.host, target.port, timeout=self._timeout)
+        elif isinstance(target, UnixTarget):
+            endpoint = UNIXClientEndpoint(self._reactor, target.path, timeout=int(self._timeout))
+        else:
+            raise TypeError(f"not a stream target: {target!r}")
+        factory = Factory.forProtocol(StreamLink)
+        factory.noisy = False
+        connecting = endpoint.connect(factory)
+
+        def failed(reason: Failure) -> Failure:
+            raise TargetError(f"cannot connect to {target.describe()}: {_connect_error(reason)}", 502)
+
+        connecting.addErrback(failed)
+        return connecting  # type: ignore[return-value]
+
+
+def _connect_error(reason: Failure) -> str:
+    value = reason.value
+    if isinstance(value, error.ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(value, error.TimeoutError):
+        return "timed out"
+    if isinstance(value, error.DNSLookupError):
+        return "host name not found"
+    if isinstance(value, (error.NoSuchFile, FileNotFoundError)):
+        return "no such socket file"
+    text = str(value).strip()
+    return text or type(value).__name__
