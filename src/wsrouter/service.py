@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.python.failure import Failure
 from twisted.logger import Logger
 from twisted.web.server import Site
 
@@ -42,6 +43,46 @@ def build_resource(config: RouterConfig, reactor: Any = None, router: Router | N
     return RouterResource(router, web_root)
 
 
+class ListenerService(Service):
+    """
+    Listens on one endpoint while running.  A listener that cannot start
+    (port in use, no permission) raises from startService, so twistd and
+    the C{wsrouter} command stop with that message instead of running deaf.
+    """
+
+    def __init__(self, reactor: Any, description: str, site: Site):
+        self.description = description
+        self._endpoint = serverFromString(reactor, description)
+        self._site = site
+        self._listening: Deferred[IListeningPort] | None = None
+        self.port: IListeningPort | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._listening = self._endpoint.listen(self._site)
+        failure: list[Failure] = []
+        self._listening.addCallbacks(self._listened, failure.append)
+        if failure:
+            self._listening = None
+            super().stopService()
+            raise CannotListen(f"cannot listen on {self.description}: {failure[0].getErrorMessage()}")
+
+    def _listened(self, port: IListeningPort) -> IListeningPort:
+        self.port = port
+        return port
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()  # type: ignore[no-any-return]
+        return None
+
+
+class CannotListen(Exception):
+    """A configured listener could not be opened."""
+
+
 class RouterService(MultiService):
     """
     Listens on every configured endpoint; stopping it stops listening, then
@@ -55,10 +96,9 @@ class RouterService(MultiService):
         self.router = self.resource.router
         self.site = Site(self.resource)
         self.site.noisy = False
-        self.listeners: list[StreamServerEndpointService] = []
+        self.listeners: list[ListenerService] = []
         for description in config.listeners:
-            listener = StreamServerEndpointService(serverFromString(reactor, description), self.site)
-            listener._raiseSynchronously = True
+            listener = ListenerService(reactor, description, self.site)
             listener.setServiceParent(self)
             self.listeners.append(listener)
 
@@ -68,6 +108,10 @@ class RouterService(MultiService):
             log.info("listening on {listener}", listener=description)
         for route in self.config.routes:
             log.info("route {route} -> {target}", route=route.describe(), target=route.target.describe())
+
+    def ports(self) -> list[IListeningPort]:
+        """The listening ports, once started (e.g. to learn a port chosen by the system)."""
+        return [listener.port for listener in self.listeners if listener.port is not None]
 
     def stopService(self) -> Deferred[None]:
         return ensureDeferred(self._stop())

@@ -12,7 +12,8 @@ from typing import Any
 from urllib.parse import unquote
 
 from twisted.protocols.policies import ProtocolWrapper
-from twisted.web.resource import ErrorPage, IResource, NoResource, Resource
+from twisted.web.pages import errorPage, notFound
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from .router import Router
@@ -60,8 +61,8 @@ class RouterResource(Resource):
         path = unquote(request.path.decode("utf-8", "replace").partition("?")[0])
         path = path[len(mount_prefix):] or "/"
         if any(path_matches(route, path) for route in self.router.config.routes):
-            return ErrorPage(426, "Upgrade Required", "This is a WebSocket endpoint; connect with a WebSocket client.")
-        return NoResource("No such resource.")
+            return errorPage(426, "Upgrade Required", "This is a WebSocket endpoint; connect with a WebSocket client.")
+        return notFound("No Such Resource", "No such resource.")
 
 
 class WebSocketUpgrade(Resource):
@@ -84,7 +85,7 @@ class WebSocketUpgrade(Resource):
         channel = request.channel
         transport = channel.transport
         if transport is None:
-            return ErrorPage(426, "Upgrade Required", "WebSocket needs HTTP/1.1.").render(request)
+            return errorPage(426, "Upgrade Required", "WebSocket needs HTTP/1.1.").render(request)
         protocol = self._router.factory.buildProtocol(transport.getPeer())
         protocol.mount_prefix = self._mount_prefix
         channel.transport = None
