@@ -23,6 +23,7 @@ from .config import Limits
 
 if TYPE_CHECKING:
     from .bridge import Bridge
+    from .keepalive import Keepalive
     from .router import Router
 
 _OPEN = WebSocketProtocol.STATE_OPEN
@@ -52,6 +53,7 @@ class RouterProtocol(WebSocketServerProtocol):
 
     factory: RouterFactory
     bridge: Bridge | None = None
+    keepalive: Keepalive | None = None
     mount_prefix = ""
     session_id = ""
 
@@ -94,6 +96,10 @@ class RouterProtocol(WebSocketServerProtocol):
             self.factory.router.touch(self)
             self.bridge.frame_data(payload)
 
+    def onPong(self, payload: bytes) -> None:
+        if self.keepalive is not None:
+            self.keepalive.pong_received(payload)
+
     def onMessageFrameEnd(self) -> None:
         """Frames are relayed as they arrive; nothing is kept to join."""
 
@@ -131,8 +137,6 @@ class RouterFactory(WebSocketServerFactory):
         self.setProtocolOptions(
             maxFramePayloadSize=limits.max_message_size,
             maxMessagePayloadSize=limits.max_message_size,
-            autoPingInterval=limits.ping_interval or 0,
-            autoPingTimeout=limits.ping_timeout or 0,
             openHandshakeTimeout=limits.handshake_timeout,
             closeHandshakeTimeout=min(limits.shutdown_grace, 5.0),
             failByDrop=False,

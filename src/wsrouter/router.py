@@ -23,6 +23,7 @@ from .bridge import Bridge, SessionStats
 from .config import DATAGRAM_TARGETS, ExecTarget, RouterConfig
 from .framing import make_framer, message_is_binary
 from .interfaces import Link, SessionInfo, TargetError
+from .keepalive import Keepalive
 from .protocol import RouterFactory, RouterProtocol
 from .routing import Match, NoRoute, select_route
 from .targets import Connectors
@@ -160,7 +161,26 @@ class Router:
         )
         self._activity[protocol] = self._reactor.seconds()
         self._schedule_idle_check(protocol)
+        self._start_keepalive(protocol)
         bridge.start()
+
+    def _start_keepalive(self, protocol: RouterProtocol) -> None:
+        limits = self.config.limits
+        if not limits.ping_interval:
+            return
+
+        def timed_out() -> None:
+            log.info("session {id}: no pong within {timeout} s; dropping the client",
+                     id=protocol.session_id, timeout=limits.ping_timeout)
+            protocol.wasClean = False
+            protocol.wasNotCleanReason = "ping timeout"
+            protocol.dropConnection(abort=True)
+
+        protocol.keepalive = Keepalive(
+            self._reactor, limits.ping_interval, limits.ping_timeout or limits.ping_interval,
+            protocol.sendPing, timed_out,
+        )
+        protocol.keepalive.start()
 
     def touch(self, protocol: RouterProtocol) -> None:
         """Note traffic on a session, for the idle timeout."""
@@ -172,6 +192,8 @@ class Router:
         if link is not None:
             link.abort()
         self._activity.pop(protocol, None)
+        if protocol.keepalive is not None:
+            protocol.keepalive.stop()
         if protocol.bridge is not None:
             protocol.bridge.websocket_closed(code, reason)
 
