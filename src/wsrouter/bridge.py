@@ -84,6 +84,7 @@ class Bridge:
         self._message_is_binary = True
         self._base64_rest = b""
         self._closing = False
+        self._upstream_stopped = False
         self._socket_done = False
         self._link_done = False
         self._finished = False
@@ -115,8 +116,12 @@ class Bridge:
             self._message = []
 
     def frame_data(self, payload: bytes) -> None:
-        """Part of a client message; forwarded now unless the target wants whole messages."""
-        if self._closing:
+        """
+        Part of a client message; forwarded now unless the target wants
+        whole messages.  Frames still arrive after the router has sent its
+        close (until the client's close crosses it) and are delivered too.
+        """
+        if self._upstream_stopped or self._link_done:
             return
         if self._base64:
             payload = self._decode_base64(payload)
@@ -133,11 +138,12 @@ class Bridge:
     def message_end(self) -> None:
         if self._base64 and self._base64_rest:
             self._base64_rest = b""
-            self._close_client(INVALID_PAYLOAD, "base64 message length is not a multiple of 4", by="router")
+            self._refuse_payload("base64 message length is not a multiple of 4")
             return
-        if self._message is not None and not self._closing:
+        if self._message is not None:
             message, self._message = b"".join(self._message), None
-            self._link.write(message)
+            if not (self._upstream_stopped or self._link_done):
+                self._link.write(message)
 
     def websocket_closed(self, code: int | None, reason: str) -> None:
         """
@@ -151,6 +157,7 @@ class Bridge:
             self.stats.close_reason = reason or ""
             self.stats.closed_by = "client"
         self._closing = True
+        self._upstream_stopped = True
         self._socket_done = True
         if not self._link_done:
             self._link.write_eof()
@@ -164,8 +171,13 @@ class Bridge:
         try:
             return base64.b64decode(data[:whole], validate=True)
         except binascii.Error:
-            self._close_client(INVALID_PAYLOAD, "invalid base64 payload", by="router")
+            self._refuse_payload("invalid base64 payload")
             return None
+
+    def _refuse_payload(self, reason: str) -> None:
+        self._upstream_stopped = True
+        self._message = None
+        self._close_client(INVALID_PAYLOAD, reason, by="router")
 
     # -- target side (LinkReceiver) --------------------------------------------
 
