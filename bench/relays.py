@@ -1,0 +1,273 @@
+"""Start and stop the processes under test: the relays and the targets helper.
+
+Every process here is started by us and stopped by its PID only.  A relay's
+per-connection children (websockify forks one per connection) are found through the
+``/proc`` parent chain and, if any outlive their parent, killed by PID after checking
+their start time so a recycled PID is never hit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Callable
+
+import proctree
+
+HOST = "127.0.0.1"
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+START_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 5.0
+STDERR_TAIL_BYTES = 2000
+
+
+class BenchError(Exception):
+    """A benchmark step failed; the message says what and is printed in the report."""
+
+
+def child_env() -> dict[str, str]:
+    """An explicit environment for child processes (a copy; os.environ is not touched)."""
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _bin(name: str) -> list[str]:
+    """Command prefix for a console script of this interpreter's environment."""
+    script = Path(sys.executable).parent / name
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", name]
+
+
+@dataclass(frozen=True)
+class RelaySpec:
+    """How to start one relay: ``argv(listen_port, target_port)``."""
+
+    name: str
+    argv: Callable[[int, int], list[str]]
+
+
+RELAYS: dict[str, RelaySpec] = {
+    "wsrouter": RelaySpec(
+        "wsrouter",
+        lambda lport, tport: [sys.executable, "-m", "wsrouter", f"{HOST}:{lport}", f"{HOST}:{tport}"],
+    ),
+    "websockify": RelaySpec(
+        "websockify",
+        lambda lport, tport: _bin("websockify") + [f"{HOST}:{lport}", f"{HOST}:{tport}"],
+    ),
+}
+
+
+def port_open(port: int, timeout_s: float = 0.5) -> bool:
+    """True if something accepts TCP connections on HOST:port."""
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+class PortPool:
+    """Hands out listen ports from a fixed range, skipping ones something already listens on.
+
+    The relays take their port on the command line, so we cannot let the kernel pick
+    (port 0).  Binding a probe socket and closing it is racy; instead we move through a
+    range and let a relay that fails to bind report it (the caller then tries the next).
+    """
+
+    def __init__(self, base: int, size: int = 400) -> None:
+        self.base = base
+        self.size = size
+        self.next = 0
+
+    def take(self) -> int:
+        for _ in range(self.size):
+            port = self.base + self.next % self.size
+            self.next += 1
+            if not port_open(port, 0.2):
+                return port
+        raise BenchError(f"no free port in {self.base}..{self.base + self.size - 1}")
+
+
+def tail(path: Path, nbytes: int = STDERR_TAIL_BYTES) -> str:
+    """The last ``nbytes`` of a log file, decoded leniently."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - nbytes))
+            return f.read().decode("utf-8", "replace").strip()
+    except OSError as e:
+        return f"(no log: {e})"
+
+
+class Relay:
+    """One running relay process listening on ``port`` and forwarding to ``target_port``."""
+
+    def __init__(self, spec: RelaySpec, port: int, target_port: int, log_dir: Path) -> None:
+        self.spec = spec
+        self.port = port
+        self.target_port = target_port
+        self.log = log_dir / f"{spec.name}-{port}.log"
+        argv = spec.argv(port, target_port)
+        self.argv = argv
+        with open(self.log, "wb") as logf:
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                cwd=REPO_DIR,
+                env=child_env(),
+            )
+        self.pid = self.proc.pid
+
+    def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Poll the listen port until it accepts, or raise BenchError with the log tail."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchError(
+                    f"{self.spec.name} failed to start (exit {self.proc.returncode}): {tail(self.log)}"
+                )
+            if port_open(self.port, 0.5):
+                return
+            time.sleep(0.05)
+        raise BenchError(f"{self.spec.name} failed to start: port {self.port} not open after "
+                         f"{timeout_s:.0f} s: {tail(self.log)}")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def describe_death(self) -> str:
+        return f"{self.spec.name} exited with {self.proc.returncode}: {tail(self.log)}"
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after a grace period; then any orphaned descendants."""
+        descendants = [
+            (st.pid, st.starttime) for st in proctree.tree(self.pid, proctree.all_stats())[1:]
+        ]
+        stop_process(self.proc)
+        for pid, starttime in descendants:
+            st = proctree.read_stat(pid)
+            if st is not None and st.starttime == starttime and st.state != "Z":
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def stop_process(proc: subprocess.Popen[Any], grace_s: float = STOP_TIMEOUT_S) -> None:
+    """Terminate one process we started, by PID, and reap it."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(grace_s)
+
+
+def start_relay(spec: RelaySpec, target_port: int, ports: PortPool, log_dir: Path) -> Relay:
+    """Start a relay and wait until it listens; retries on a new port if binding lost a race."""
+    last: BenchError | None = None
+    for _ in range(3):
+        relay = Relay(spec, ports.take(), target_port, log_dir)
+        try:
+            relay.wait_ready()
+            return relay
+        except BenchError as e:
+            relay.stop()
+            last = e
+            if "in use" not in str(e).lower():
+                break
+    raise last if last is not None else BenchError(f"{spec.name} failed to start")
+
+
+class TargetsProcess:
+    """The ``targets.py`` helper: ports of each target, and its JSON-lines control channel."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log = log_dir / "targets.log"
+        with open(self.log, "wb") as logf:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(BENCH_DIR / "targets.py")],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=logf,
+                cwd=BENCH_DIR,
+                env=child_env(),
+            )
+        self.pid = self.proc.pid
+        self._buf = b""
+        first = self._read_line(START_TIMEOUT_S)
+        self.ports: dict[str, int] = first["ports"]
+
+    def _pipes(self) -> tuple[IO[bytes], IO[bytes]]:
+        if self.proc.stdin is None or self.proc.stdout is None:
+            raise BenchError("targets helper started without pipes")
+        return self.proc.stdin, self.proc.stdout
+
+    def _read_line(self, timeout_s: float) -> dict[str, Any]:
+        fd = self._pipes()[1].fileno()
+        deadline = time.monotonic() + timeout_s
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None:
+                raise BenchError(f"targets helper not answering: {tail(self.log)}")
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    raise BenchError(f"targets helper exited: {tail(self.log)}")
+                self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        reply: dict[str, Any] = json.loads(line)
+        if "error" in reply:
+            raise BenchError(f"targets helper: {reply['error']}")
+        return reply
+
+    def request(self, cmd: dict[str, Any], timeout_s: float = 10.0) -> dict[str, Any]:
+        """Send one command and return its reply."""
+        stdin = self._pipes()[0]
+        stdin.write(json.dumps(cmd).encode() + b"\n")
+        stdin.flush()
+        return self._read_line(timeout_s)
+
+    def reset(self) -> None:
+        self.request({"cmd": "reset"})
+
+    def set_source(self, nbytes: int) -> None:
+        self.request({"cmd": "set_source", "bytes": nbytes})
+
+    def conns(self) -> list[dict[str, Any]]:
+        return list(self.request({"cmd": "stats"})["conns"])
+
+    def stop(self) -> None:
+        try:
+            self.request({"cmd": "quit"}, timeout_s=2.0)
+        except (BenchError, OSError, ValueError):
+            pass
+        stop_process(self.proc)
+
+
+def make_log_dir(keep: str | None) -> tuple[Path, tempfile.TemporaryDirectory[str] | None]:
+    """The directory for relay and helper logs: the given one, or a temporary one."""
+    if keep:
+        path = Path(keep)
+        path.mkdir(parents=True, exist_ok=True)
+        return path, None
+    tmp = tempfile.TemporaryDirectory(prefix="wsrouter-bench-")
+    return Path(tmp.name), tmp

@@ -1,0 +1,435 @@
+"""The benchmark workloads: each drives the client side and returns raw measurements.
+
+A workload is a :class:`Workload` in :data:`WORKLOADS`: which target it needs, a
+``run(ctx)`` function that does the client side and checks completeness, and a
+``figures(raw)`` function turning the raw numbers (plus the CPU times the runner
+measured around ``run``) into the reported figures.  To add a workload, write those
+two functions and append one entry.
+
+``run`` raises :class:`relays.BenchError` when data does not arrive complete; the
+runner then reports the failure instead of figures.
+"""
+
+from __future__ import annotations
+
+import array
+import selectors
+import socket
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import proctree
+import wsclient
+from relays import BenchError, TargetsProcess
+from wsclient import OP_BINARY, WSConn
+
+MiB = 1 << 20
+GiB = 1 << 30
+UP_MSG = 64 * 1024
+ECHO_MSG = 32
+STALL_S = 15.0
+
+
+@dataclass(frozen=True)
+class Params:
+    """Sizes of the workloads; the full run and ``--quick`` differ only here."""
+
+    stream_mib: int
+    round_trips: int
+    pipelined_msgs: int
+    window: int
+    fanin_conns: int
+    fanin_s: float
+    rounds: int
+
+
+FULL = Params(stream_mib=256, round_trips=20_000, pipelined_msgs=100_000, window=64,
+              fanin_conns=50, fanin_s=10.0, rounds=3)
+QUICK = Params(stream_mib=32, round_trips=2_000, pipelined_msgs=10_000, window=64,
+               fanin_conns=50, fanin_s=2.0, rounds=2)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the client connects: a relay's listen port, or a direct WebSocket target."""
+
+    host: str
+    port: int
+    path: str = "/"
+    subprotocols: tuple[str, ...] = ()
+
+    def connect(self, keep_data: bool = False) -> WSConn:
+        return wsclient.connect(self.host, self.port, self.path, self.subprotocols,
+                                keep_data=keep_data)
+
+
+@dataclass
+class Context:
+    """What a workload run gets: endpoint, sizes, and the targets helper for checks."""
+
+    endpoint: Endpoint
+    params: Params
+    targets: TargetsProcess
+    direct: bool
+    relay_pid: int
+
+    def relay_cpu_ns(self) -> int:
+        """CPU ns of the relay's live threads now (for steady windows, see proctree)."""
+        return proctree.live_runtime_ns(self.relay_pid)
+
+    def target_kind(self, kind: str) -> str:
+        """Name under which the targets helper records connections of ``kind``."""
+        return "ws_" + kind if self.direct else kind
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One reported figure: key in the figures dict, label, and which way is better."""
+
+    key: str
+    label: str
+    higher_is_better: bool
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    title: Callable[[Params], str]
+    target: str
+    run: Callable[[Context], dict[str, Any]]
+    figures: Callable[[dict[str, Any]], dict[str, float]]
+    metrics: tuple[Metric, ...]
+
+
+def percentile(sorted_values: list[int] | array.array[int], q: float) -> float:
+    """Nearest-rank percentile of an ascending sequence."""
+    if not sorted_values:
+        return float("nan")
+    idx = min(len(sorted_values) - 1, max(0, int(round(q / 100 * len(sorted_values) + 0.5)) - 1))
+    return float(sorted_values[idx])
+
+
+def _recv_or_fail(conn: WSConn, what: str) -> None:
+    """Receive once; raise BenchError on EOF or a stall longer than STALL_S."""
+    try:
+        n = conn.recv_some()
+    except socket.timeout:
+        raise BenchError(f"{what}: stalled, nothing received for {STALL_S:.0f} s") from None
+    if n == 0:
+        raise BenchError(f"{what}: connection closed early (close code {conn.parser.close_code})")
+
+
+def _close_note(conn: WSConn, wait_s: float = 5.0) -> list[str]:
+    """Close the WebSocket cleanly; return notes about anything unusual."""
+    code, eof = conn.close(wait_s=wait_s)
+    if code is None and not eof:
+        return [f"no Close reply or EOF within {wait_s:.0f} s"]
+    return []
+
+
+# --- upstream: client -> relay -> TCP sink -------------------------------------------
+
+def run_upstream(ctx: Context) -> dict[str, Any]:
+    """Send N MiB as 64 KiB binary messages; the sink must receive exactly N MiB."""
+    total = ctx.params.stream_mib * MiB
+    one = wsclient.frame(OP_BINARY, bytes(range(256)) * (UP_MSG // 256))
+    batch = one * 16
+    nmsg = total // UP_MSG
+    conn = ctx.endpoint.connect()
+    conn.sock.settimeout(STALL_S)
+    t0 = time.perf_counter_ns()
+    try:
+        for _ in range(nmsg // 16):
+            conn.sock.sendall(batch)
+        for _ in range(nmsg % 16):
+            conn.sock.sendall(one)
+    except socket.timeout:
+        raise BenchError(f"upstream: send stalled for {STALL_S:.0f} s") from None
+    t_sent = time.perf_counter_ns()
+    notes = _close_note(conn, wait_s=30.0)
+    sink = _wait_sink(ctx, total)
+    return {"bytes": total, "elapsed_s": (sink["t_last"] - t0) / 1e9,
+            "client_send_s": (t_sent - t0) / 1e9, "notes": notes}
+
+
+def _wait_sink(ctx: Context, total: int, timeout_s: float = 60.0) -> dict[str, Any]:
+    """Poll the targets helper until the one sink connection has all bytes and EOF."""
+    kind = ctx.target_kind("sink")
+    deadline = time.monotonic() + timeout_s
+    conns: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        conns = [c for c in ctx.targets.conns() if c["kind"] == kind]
+        if len(conns) == 1 and conns[0]["bytes"] >= total and (conns[0]["eof"] or conns[0]["t_closed"]):
+            break
+        time.sleep(0.02)
+    if len(conns) != 1:
+        raise BenchError(f"upstream: expected 1 sink connection, saw {len(conns)}")
+    got = conns[0]["bytes"]
+    if got != total:
+        raise BenchError(f"upstream: sink received {got} of {total} bytes")
+    if not (conns[0]["eof"] or conns[0]["t_closed"]):
+        raise BenchError(f"upstream: all {total} bytes arrived but the relay never closed the "
+                         f"target connection ({timeout_s:.0f} s)")
+    return conns[0]
+
+
+def figures_stream(raw: dict[str, Any]) -> dict[str, float]:
+    return {
+        "mib_s": raw["bytes"] / MiB / raw["elapsed_s"],
+        "cpu_s_gib": raw["relay_cpu_s"] / (raw["bytes"] / GiB),
+    }
+
+
+STREAM_METRICS = (
+    Metric("mib_s", "throughput, MiB/s", True),
+    Metric("cpu_s_gib", "relay CPU-s per GiB", False),
+)
+
+
+# --- downstream: TCP source -> relay -> client ---------------------------------------
+
+def run_downstream(ctx: Context) -> dict[str, Any]:
+    """Receive N MiB sent by the source; the client must count exactly N MiB of payload."""
+    total = ctx.params.stream_mib * MiB
+    ctx.targets.set_source(total)
+    t0 = time.perf_counter_ns()
+    conn = ctx.endpoint.connect()
+    conn.sock.settimeout(STALL_S)
+    p = conn.parser
+    deadline = time.monotonic() + 600
+    while p.data_bytes < total and p.close_code is None and time.monotonic() < deadline:
+        try:
+            if conn.recv_some() == 0:
+                break
+        except socket.timeout:
+            raise BenchError(f"downstream: stalled at {p.data_bytes} of {total} bytes") from None
+    t_last = time.perf_counter_ns()
+    if p.data_bytes != total:
+        conn.sock.close()
+        raise BenchError(f"downstream: client received {p.data_bytes} of {total} bytes "
+                         f"(close code {p.close_code})")
+    notes = []
+    if p.close_code is None:
+        eof = conn.drain_until_close(5.0)
+        if p.close_code is None:
+            notes.append("relay closed TCP without a Close frame after the target closed" if eof
+                         else "relay did not close the WebSocket within 5 s of the target closing")
+    conn.close(wait_s=2.0)
+    return {"bytes": total, "elapsed_s": (t_last - t0) / 1e9, "frames": p.data_frames,
+            "notes": notes}
+
+
+# --- round trips: one 32-byte message at a time through the TCP echo ------------------
+
+def run_round_trips(ctx: Context) -> dict[str, Any]:
+    """K sequential echoes of a 32-byte message; checks the echoed bytes are identical."""
+    k = ctx.params.round_trips
+    payload = bytes(range(65, 65 + ECHO_MSG))
+    msg = wsclient.frame(OP_BINARY, payload)
+    conn = ctx.endpoint.connect(keep_data=True)
+    conn.sock.settimeout(STALL_S)
+    p = conn.parser
+    lat = array.array("q", bytes(8 * k))
+    clock = time.perf_counter_ns
+    cpu0 = ctx.relay_cpu_ns()
+    t0 = clock()
+    for i in range(k):
+        want = (i + 1) * ECHO_MSG
+        t = clock()
+        conn.sock.sendall(msg)
+        while p.data_bytes < want:
+            _recv_or_fail(conn, f"round trip {i + 1} of {k}")
+        lat[i] = clock() - t
+    elapsed = (clock() - t0) / 1e9
+    steady_cpu_s = (ctx.relay_cpu_ns() - cpu0) / 1e9
+    echoed = b"".join(m[1] for m in p.messages)
+    if echoed != payload * k:
+        raise BenchError(f"round trips: echoed data differs from what was sent "
+                         f"({len(echoed)} bytes back for {k * ECHO_MSG} sent)")
+    notes = _close_note(conn)
+    ordered = sorted(lat)
+    return {"round_trips": k, "elapsed_s": elapsed, "steady_cpu_s": steady_cpu_s,
+            "p50_ns": percentile(ordered, 50),
+            "p99_ns": percentile(ordered, 99), "max_ns": float(ordered[-1]), "notes": notes}
+
+
+def figures_round_trips(raw: dict[str, Any]) -> dict[str, float]:
+    return {
+        "p50_us": raw["p50_ns"] / 1e3,
+        "p99_us": raw["p99_ns"] / 1e3,
+        "cpu_us_rt": raw["steady_cpu_s"] * 1e6 / raw["round_trips"],
+    }
+
+
+# --- pipelined: 32-byte messages with a fixed number in flight ------------------------
+
+def run_pipelined(ctx: Context) -> dict[str, Any]:
+    """M echoes with ``window`` messages in flight; counts echoed bytes exactly."""
+    m, window = ctx.params.pipelined_msgs, ctx.params.window
+    one = wsclient.frame(OP_BINARY, bytes(range(65, 65 + ECHO_MSG)))
+    burst = memoryview(one * window)
+    conn = ctx.endpoint.connect()
+    conn.sock.settimeout(STALL_S)
+    p = conn.parser
+    cpu0 = ctx.relay_cpu_ns()
+    t0 = time.perf_counter_ns()
+    sent = min(window, m)
+    conn.sock.sendall(burst[: sent * len(one)])
+    while p.data_bytes < m * ECHO_MSG:
+        _recv_or_fail(conn, f"pipelined, {p.data_bytes // ECHO_MSG} of {m} echoed")
+        more = min(m, p.data_bytes // ECHO_MSG + window) - sent
+        if more > 0:
+            conn.sock.sendall(burst[: more * len(one)])
+            sent += more
+    elapsed = (time.perf_counter_ns() - t0) / 1e9
+    steady_cpu_s = (ctx.relay_cpu_ns() - cpu0) / 1e9
+    if p.data_bytes != m * ECHO_MSG:
+        raise BenchError(f"pipelined: {p.data_bytes} bytes echoed for {m * ECHO_MSG} sent")
+    notes = _close_note(conn)
+    return {"messages": m, "elapsed_s": elapsed, "steady_cpu_s": steady_cpu_s, "frames_back": p.data_frames, "notes": notes}
+
+
+def figures_pipelined(raw: dict[str, Any]) -> dict[str, float]:
+    return {
+        "msg_s": raw["messages"] / raw["elapsed_s"],
+        "cpu_us_msg": raw["steady_cpu_s"] * 1e6 / raw["messages"],
+    }
+
+
+# --- fan-in: many connections echoing at once -----------------------------------------
+
+@dataclass
+class _FanConn:
+    conn: WSConn
+    sent: int = 0
+    t_sent: int = 0
+
+
+def run_fanin(ctx: Context) -> dict[str, Any]:
+    """C connections each keep one 32-byte echo in flight for S seconds."""
+    n, dur = ctx.params.fanin_conns, ctx.params.fanin_s
+    msg = wsclient.frame(OP_BINARY, bytes(range(65, 65 + ECHO_MSG)))
+    conns = [_FanConn(ctx.endpoint.connect()) for _ in range(n)]
+    sel = selectors.DefaultSelector()
+    lat = array.array("q")
+    try:
+        for fc in conns:
+            fc.conn.sock.setblocking(False)
+            sel.register(fc.conn.sock, selectors.EVENT_READ, fc)
+        cpu0 = ctx.relay_cpu_ns()
+        t0 = time.perf_counter_ns()
+        t_end = t0 + int(dur * 1e9)
+        for fc in conns:
+            _fan_send(fc, msg, t0)
+        done_in_window = _fan_loop(sel, msg, lat, t_end)
+        _fan_drain(sel, conns)
+        steady_cpu_s = (ctx.relay_cpu_ns() - cpu0) / 1e9
+    finally:
+        sel.close()
+    notes = _close_all(conns)
+    for i, fc in enumerate(conns):
+        got = fc.conn.parser.data_bytes
+        if got != fc.sent * ECHO_MSG:
+            raise BenchError(f"fan-in: connection {i} got {got} bytes back for {fc.sent * ECHO_MSG} sent")
+    ordered = sorted(lat)
+    return {"connections": n, "duration_s": dur, "steady_cpu_s": steady_cpu_s,
+            "messages_in_window": done_in_window, "messages_total": sum(fc.sent for fc in conns),
+            "p50_ns": percentile(ordered, 50), "p99_ns": percentile(ordered, 99), "notes": notes}
+
+
+def _fan_send(fc: _FanConn, msg: bytes, now: int) -> None:
+    if fc.conn.sock.send(msg) != len(msg):
+        raise BenchError("fan-in: partial send of a 38-byte frame")
+    fc.sent += 1
+    fc.t_sent = now
+
+
+def _fan_loop(sel: selectors.BaseSelector, msg: bytes, lat: array.array[int], t_end: int) -> int:
+    """Until t_end: on each completed echo record its latency and send the next."""
+    clock = time.perf_counter_ns
+    done = 0
+    last_progress = clock()
+    while (now := clock()) < t_end:
+        events = sel.select(timeout=0.5)
+        if not events and now - last_progress > STALL_S * 1e9:
+            raise BenchError(f"fan-in: stalled, no echo for {STALL_S:.0f} s")
+        for key, _ in events:
+            fc: _FanConn = key.data
+            if fc.conn.recv_some() == 0:
+                raise BenchError("fan-in: relay closed a connection")
+            if fc.conn.parser.data_bytes >= fc.sent * ECHO_MSG:
+                now = clock()
+                lat.append(now - fc.t_sent)
+                done += 1
+                last_progress = now
+                if now < t_end:
+                    _fan_send(fc, msg, now)
+    return done
+
+
+def _fan_drain(sel: selectors.BaseSelector, conns: list[_FanConn], wait_s: float = STALL_S) -> None:
+    """Receive the echoes still in flight when the window closed."""
+    deadline = time.monotonic() + wait_s
+    pending = {id(fc) for fc in conns if fc.conn.parser.data_bytes < fc.sent * ECHO_MSG}
+    while pending and time.monotonic() < deadline:
+        for key, _ in sel.select(timeout=0.2):
+            fc = key.data
+            if fc.conn.recv_some() == 0:
+                raise BenchError("fan-in: relay closed a connection while draining")
+            if fc.conn.parser.data_bytes >= fc.sent * ECHO_MSG:
+                pending.discard(id(fc))
+
+
+def _close_all(conns: list[_FanConn], wait_s: float = 5.0) -> list[str]:
+    """Close every connection; the waits overlap so the total stays under ``wait_s``."""
+    close = wsclient.frame(wsclient.OP_CLOSE, wsclient.close_payload(1000))
+    for fc in conns:
+        try:
+            fc.conn.sock.setblocking(True)
+            fc.conn.sock.sendall(close)
+        except OSError:
+            pass
+    deadline = time.monotonic() + wait_s
+    unanswered = 0
+    for fc in conns:
+        left = max(0.0, deadline - time.monotonic())
+        if fc.conn.parser.close_code is None and not fc.conn.drain_until_close(left):
+            unanswered += fc.conn.parser.close_code is None
+        fc.conn.sock.close()
+    return [f"{unanswered} of {len(conns)} connections got no Close reply"] if unanswered else []
+
+
+def figures_fanin(raw: dict[str, Any]) -> dict[str, float]:
+    return {
+        "msg_s": raw["messages_in_window"] / raw["duration_s"],
+        "p99_us": raw["p99_ns"] / 1e3,
+        "cpu_us_msg": raw["steady_cpu_s"] * 1e6 / raw["messages_total"],
+    }
+
+
+WORKLOADS: list[Workload] = [
+    Workload("upstream", lambda p: f"upstream {p.stream_mib} MiB as 64 KiB msgs", "sink",
+             run_upstream, figures_stream, STREAM_METRICS),
+    Workload("downstream", lambda p: f"downstream {p.stream_mib} MiB", "source",
+             run_downstream, figures_stream, STREAM_METRICS),
+    Workload("round_trips", lambda p: f"round trips, {p.round_trips} x 32 B sequential", "echo",
+             run_round_trips, figures_round_trips,
+             (Metric("p50_us", "latency p50, µs", False),
+              Metric("p99_us", "latency p99, µs", False),
+              Metric("cpu_us_rt", "relay CPU-µs per round trip", False))),
+    Workload("pipelined", lambda p: f"pipelined, {p.pipelined_msgs} x 32 B, {p.window} in flight",
+             "echo", run_pipelined, figures_pipelined,
+             (Metric("msg_s", "messages/s", True),
+              Metric("cpu_us_msg", "relay CPU-µs per message", False))),
+    Workload("fanin", lambda p: f"fan-in, {p.fanin_conns} conns echoing {p.fanin_s:g} s", "echo",
+             run_fanin, figures_fanin,
+             (Metric("msg_s", "messages/s", True),
+              Metric("p99_us", "latency p99, µs", False),
+              Metric("cpu_us_msg", "relay CPU-µs per message", False))),
+]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
