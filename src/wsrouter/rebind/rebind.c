@@ -1,0 +1,535 @@
+/*
+ * rebind.so: an LD_PRELOAD shim that moves a TCP server's listening socket
+ * to loopback on a port the kernel chooses, and tells wsrouter where it went.
+ *
+ * wsrouter runs an unmodified server (telnetd, x11vnc, ...) with this shim
+ * preloaded, listens on the server's original port itself and proxies
+ * WebSocket sessions to the moved address. The kernel picks the new port
+ * (a bind to port 0), so no port is ever chosen by bind-then-close.
+ *
+ * Environment (the same names are constants in wsrouter/rebind/__init__.py):
+ *
+ *   WSROUTER_REBIND_PORTS  comma-separated TCP ports to move, or "*" for
+ *                          every bind of a SOCK_STREAM AF_INET/AF_INET6
+ *                          socket to a non-zero port.
+ *   WSROUTER_REBIND_FD     decimal number of an inherited, writable fd (a
+ *                          pipe). Each moved bind writes one line to it with
+ *                          a single write(2), so lines from several
+ *                          processes never interleave:
+ *                            bound <requested_port> <host> <port>\n
+ *                            failed <requested_port> <errno name or number>\n
+ *                          where host is 127.0.0.1 or ::1. A failed bind
+ *                          still returns its error to the program. The line
+ *                          is written when bind() returns, before the
+ *                          program calls listen(): connections to the new
+ *                          address may be refused for a moment after it.
+ *   WSROUTER_REBIND_KEEP   "1": leave the variables, LD_PRELOAD and the fd
+ *                          to programs this one execs (scripts such as
+ *                          vncserver exec the real server). Otherwise the
+ *                          constructor removes the three variables and this
+ *                          shim's LD_PRELOAD entry from the environment and
+ *                          marks the fd close-on-exec, so exec'd programs are
+ *                          not wrapped. Forked children still are: they share
+ *                          the state the constructor read.
+ *
+ * The shim moves nothing unless both PORTS and FD are valid. It moves:
+ *   AF_INET  any address             -> 127.0.0.1 port 0
+ *   AF_INET6 any address (incl. ::)  -> ::1 port 0
+ *   AF_INET6 IPv4-mapped address     -> ::ffff:127.0.0.1 port 0
+ * and, when ::1 is unavailable (IPv6 disabled) on a dual-stack socket,
+ * falls back to ::ffff:127.0.0.1, reported as 127.0.0.1. Every other bind
+ * (other ports, families, UDP, unix sockets, addresses shorter than their
+ * family needs) passes through untouched.
+ *
+ * getsockname() on a moved socket returns the address the program asked
+ * for, so servers that print or advertise their port show the one they
+ * asked for.
+ */
+
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define ENV_PORTS "WSROUTER_REBIND_PORTS"
+#define ENV_FD "WSROUTER_REBIND_FD"
+#define ENV_KEEP "WSROUTER_REBIND_KEEP"
+#define ENV_PRELOAD "LD_PRELOAD"
+
+/* The kernel's shortest accepted AF_INET6 address (RFC 2133, no scope id). */
+#define SIN6_MIN_LEN offsetof(struct sockaddr_in6, sin6_scope_id)
+
+/* How many moved sockets getsockname() can recognise at once. */
+#define MAX_MOVED 64
+
+typedef int (*bind_fn)(int, const struct sockaddr *, socklen_t);
+typedef int (*getsockname_fn)(int, struct sockaddr *, socklen_t *);
+
+/* Written only by the constructor, read-only afterwards. */
+static int active;
+static int all_ports;
+static unsigned char port_set[65536 / 8];
+static int report_fd = -1;
+static dev_t report_dev;
+static ino_t report_ino;
+
+union address {
+    struct sockaddr sa;
+    struct sockaddr_in in4;
+    struct sockaddr_in6 in6;
+};
+
+/* Moved sockets, identified by fd and socket inode, for getsockname(). */
+struct moved {
+    int used;
+    int fd;
+    dev_t dev;
+    ino_t ino;
+    union address requested;
+    socklen_t requested_len;
+};
+static struct moved moved_table[MAX_MOVED];
+static int any_moved;
+static pthread_mutex_t moved_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* A planned replacement bind. */
+struct plan {
+    union address original; /* as requested, flow label cleared */
+    union address addr;     /* what is bound instead */
+    socklen_t len;          /* of both */
+    unsigned short requested;
+    const char *host;
+};
+
+/* The next definitions in lookup order: libc's, normally. */
+static bind_fn next_bind(void)
+{
+    static bind_fn cached;
+    bind_fn fn = __atomic_load_n(&cached, __ATOMIC_ACQUIRE);
+    if (fn == NULL) {
+        fn = (bind_fn)dlsym(RTLD_NEXT, "bind");
+        __atomic_store_n(&cached, fn, __ATOMIC_RELEASE);
+    }
+    return fn;
+}
+
+static getsockname_fn next_getsockname(void)
+{
+    static getsockname_fn cached;
+    getsockname_fn fn = __atomic_load_n(&cached, __ATOMIC_ACQUIRE);
+    if (fn == NULL) {
+        fn = (getsockname_fn)dlsym(RTLD_NEXT, "getsockname");
+        __atomic_store_n(&cached, fn, __ATOMIC_RELEASE);
+    }
+    return fn;
+}
+
+static void port_add(unsigned long port)
+{
+    port_set[port / 8] |= (unsigned char)(1u << (port % 8));
+}
+
+static int port_listed(unsigned short port)
+{
+    return all_ports || (port_set[port / 8] & (1u << (port % 8))) != 0;
+}
+
+/* Parse "*" or "P[,P...]" with 1 <= P <= 65535; 0 on any malformed entry. */
+static int parse_ports(const char *text)
+{
+    if (strcmp(text, "*") == 0) {
+        all_ports = 1;
+        return 1;
+    }
+    const char *p = text;
+    for (;;) {
+        char *end;
+        if (*p < '0' || *p > '9')
+            return 0;
+        errno = 0;
+        unsigned long port = strtoul(p, &end, 10);
+        if (errno != 0 || port == 0 || port > 65535)
+            return 0;
+        port_add(port);
+        if (*end == '\0')
+            return 1;
+        if (*end != ',')
+            return 0;
+        p = end + 1;
+    }
+}
+
+/* Parse the report fd; it must be open for writing. Returns -1 if unusable. */
+static int parse_report_fd(const char *text)
+{
+    char *end;
+    if (*text < '0' || *text > '9')
+        return -1;
+    errno = 0;
+    long fd = strtol(text, &end, 10);
+    if (errno != 0 || *end != '\0' || fd > INT_MAX)
+        return -1;
+    int flags = fcntl((int)fd, F_GETFL);
+    if (flags < 0)
+        return -1;
+    int mode = flags & O_ACCMODE;
+    if (mode != O_WRONLY && mode != O_RDWR)
+        return -1;
+    struct stat st;
+    if (fstat((int)fd, &st) != 0)
+        return -1;
+    report_dev = st.st_dev;
+    report_ino = st.st_ino;
+    return (int)fd;
+}
+
+/* Whether an LD_PRELOAD entry names this shim (same path or same file). */
+static int is_self(const char *entry, const char *self, const struct stat *self_st)
+{
+    if (self != NULL && strcmp(entry, self) == 0)
+        return 1;
+    struct stat st;
+    return self_st != NULL && stat(entry, &st) == 0
+        && st.st_dev == self_st->st_dev && st.st_ino == self_st->st_ino;
+}
+
+/* Remove this shim from LD_PRELOAD, keeping every other entry in order. */
+static void drop_self_from_preload(void)
+{
+    const char *value = getenv(ENV_PRELOAD);
+    if (value == NULL)
+        return;
+    Dl_info info;
+    const char *self = NULL;
+    struct stat self_st;
+    const struct stat *self_stp = NULL;
+    if (dladdr(&report_fd, &info) != 0 && info.dli_fname != NULL) {
+        self = info.dli_fname;
+        if (stat(self, &self_st) == 0)
+            self_stp = &self_st;
+    }
+    size_t len = strlen(value);
+    char *copy = malloc(len + 1);
+    char *kept = malloc(len + 1);
+    if (copy == NULL || kept == NULL) {
+        free(copy);
+        free(kept);
+        return;
+    }
+    memcpy(copy, value, len + 1);
+    kept[0] = '\0';
+    size_t used = 0;
+    char *saveptr = NULL;
+    /* ld.so separates LD_PRELOAD entries with spaces or colons. */
+    for (char *entry = strtok_r(copy, " :", &saveptr); entry != NULL;
+         entry = strtok_r(NULL, " :", &saveptr)) {
+        if (is_self(entry, self, self_stp))
+            continue;
+        size_t n = strlen(entry);
+        if (used > 0)
+            kept[used++] = ':';
+        memcpy(kept + used, entry, n + 1);
+        used += n;
+    }
+    if (used == 0)
+        unsetenv(ENV_PRELOAD);
+    else
+        setenv(ENV_PRELOAD, kept, 1);
+    free(copy);
+    free(kept);
+}
+
+__attribute__((constructor)) static void rebind_init(void)
+{
+    const char *ports = getenv(ENV_PORTS);
+    const char *fd_text = getenv(ENV_FD);
+    const char *keep_text = getenv(ENV_KEEP);
+    int keep = keep_text != NULL && strcmp(keep_text, "1") == 0;
+
+    if (ports != NULL && fd_text != NULL) {
+        if (!parse_ports(ports))
+            dprintf(2, "wsrouter rebind: %s=%s is not \"*\" or a list of ports; "
+                       "binds are not moved\n", ENV_PORTS, ports);
+        else if ((report_fd = parse_report_fd(fd_text)) < 0)
+            dprintf(2, "wsrouter rebind: %s=%s is not an open writable fd; "
+                       "binds are not moved\n", ENV_FD, fd_text);
+        else
+            active = 1;
+    }
+    /* Prime the lookups before the program can start threads. */
+    next_bind();
+    next_getsockname();
+
+    if (keep)
+        return;
+    if (active)
+        fcntl(report_fd, F_SETFD, fcntl(report_fd, F_GETFD) | FD_CLOEXEC);
+    unsetenv(ENV_PORTS);
+    unsetenv(ENV_FD);
+    unsetenv(ENV_KEEP);
+    drop_self_from_preload();
+}
+
+static int is_stream_socket(int fd)
+{
+    int type = 0;
+    socklen_t len = sizeof type;
+    return getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_STREAM;
+}
+
+static int is_v6only(int fd)
+{
+    int on = 0;
+    socklen_t len = sizeof on;
+    return getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, &len) == 0 && on;
+}
+
+static void set_v4mapped_loopback(struct sockaddr_in6 *in6)
+{
+    memset(&in6->sin6_addr, 0, sizeof in6->sin6_addr);
+    in6->sin6_addr.s6_addr[10] = 0xff;
+    in6->sin6_addr.s6_addr[11] = 0xff;
+    in6->sin6_addr.s6_addr[12] = 127;
+    in6->sin6_addr.s6_addr[15] = 1;
+}
+
+/*
+ * Decide whether this bind is one to move and, if so, fill in the loopback
+ * address to bind instead. Reads at most len bytes of addr.
+ */
+static int plan_move(int fd, const struct sockaddr *addr, socklen_t len, struct plan *plan)
+{
+    sa_family_t family;
+    if (addr == NULL || len < sizeof family)
+        return 0;
+    memcpy(&family, (const char *)addr + offsetof(struct sockaddr, sa_family), sizeof family);
+    memset(plan, 0, sizeof *plan);
+    if (family == AF_INET && len >= sizeof(struct sockaddr_in)) {
+        memcpy(&plan->original.in4, addr, sizeof(struct sockaddr_in));
+        plan->addr = plan->original;
+        plan->requested = ntohs(plan->addr.in4.sin_port);
+        plan->addr.in4.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        plan->addr.in4.sin_port = 0;
+        plan->len = sizeof(struct sockaddr_in);
+        plan->host = "127.0.0.1";
+    } else if (family == AF_INET6 && len >= SIN6_MIN_LEN) {
+        size_t n = len < sizeof(struct sockaddr_in6) ? len : sizeof(struct sockaddr_in6);
+        memcpy(&plan->original.in6, addr, n);
+        plan->original.in6.sin6_flowinfo = 0;
+        plan->addr = plan->original;
+        plan->requested = ntohs(plan->addr.in6.sin6_port);
+        if (IN6_IS_ADDR_V4MAPPED(&plan->addr.in6.sin6_addr)) {
+            set_v4mapped_loopback(&plan->addr.in6);
+            plan->host = "127.0.0.1";
+        } else {
+            plan->addr.in6.sin6_addr = in6addr_loopback;
+            plan->host = "::1";
+        }
+        plan->addr.in6.sin6_port = 0;
+        plan->addr.in6.sin6_flowinfo = 0;
+        plan->addr.in6.sin6_scope_id = 0;
+        plan->len = sizeof(struct sockaddr_in6);
+    } else {
+        return 0;
+    }
+    return plan->requested != 0 && port_listed(plan->requested) && is_stream_socket(fd);
+}
+
+static const char *errno_name(int err)
+{
+    switch (err) {
+    case EACCES: return "EACCES";
+    case EADDRINUSE: return "EADDRINUSE";
+    case EADDRNOTAVAIL: return "EADDRNOTAVAIL";
+    case EAFNOSUPPORT: return "EAFNOSUPPORT";
+    case EBADF: return "EBADF";
+    case EINVAL: return "EINVAL";
+    case ENOBUFS: return "ENOBUFS";
+    case ENOMEM: return "ENOMEM";
+    case ENOTSOCK: return "ENOTSOCK";
+    case EPERM: return "EPERM";
+    default: return NULL;
+    }
+}
+
+/*
+ * Write one report line with a single write(2). Nothing is written if the
+ * program has closed the fd or reused its number for something else; a
+ * reader that has gone away yields EPIPE here, never a SIGPIPE that would
+ * kill the program.
+ */
+static void report(const char *line, size_t n)
+{
+    struct stat st;
+    if (fstat(report_fd, &st) != 0 || st.st_dev != report_dev || st.st_ino != report_ino)
+        return;
+    sigset_t pipe_set, old_mask, pending;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old_mask);
+    int was_pending = sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE);
+    ssize_t written;
+    do {
+        written = write(report_fd, line, n);
+    } while (written < 0 && errno == EINTR);
+    if (written < 0 && errno == EPIPE && !was_pending) {
+        struct timespec none = {0, 0};
+        while (sigtimedwait(&pipe_set, NULL, &none) < 0 && errno == EINTR)
+            ;
+    }
+    pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
+}
+
+static void report_bound(unsigned short requested, const char *host, unsigned short port)
+{
+    char line[96];
+    int n = snprintf(line, sizeof line, "bound %u %s %u\n", requested, host, port);
+    if (n > 0 && (size_t)n < sizeof line)
+        report(line, (size_t)n);
+}
+
+static void report_failed(unsigned short requested, int err)
+{
+    char line[96];
+    const char *name = errno_name(err);
+    int n = name != NULL
+        ? snprintf(line, sizeof line, "failed %u %s\n", requested, name)
+        : snprintf(line, sizeof line, "failed %u %d\n", requested, err);
+    if (n > 0 && (size_t)n < sizeof line)
+        report(line, (size_t)n);
+}
+
+/* Remember a moved socket so getsockname() can show its requested address. */
+static void remember(int fd, const struct plan *plan)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+        return;
+    pthread_mutex_lock(&moved_lock);
+    struct moved *slot = NULL;
+    for (int i = 0; i < MAX_MOVED && slot == NULL; i++)
+        if (moved_table[i].used && moved_table[i].fd == fd)
+            slot = &moved_table[i];
+    for (int i = 0; i < MAX_MOVED && slot == NULL; i++)
+        if (!moved_table[i].used)
+            slot = &moved_table[i];
+    for (int i = 0; i < MAX_MOVED && slot == NULL; i++) {
+        /* Reclaim an entry whose socket is gone (fd closed or reused). */
+        struct stat old;
+        if (fstat(moved_table[i].fd, &old) != 0
+            || old.st_dev != moved_table[i].dev || old.st_ino != moved_table[i].ino)
+            slot = &moved_table[i];
+    }
+    if (slot != NULL) {
+        *slot = (struct moved){1, fd, st.st_dev, st.st_ino, plan->original, plan->len};
+        __atomic_store_n(&any_moved, 1, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&moved_lock);
+}
+
+/* Copy out the address a moved socket asked for; 0 if fd is not one. */
+static int requested_address_of(int fd, union address *requested, socklen_t *len)
+{
+    if (!__atomic_load_n(&any_moved, __ATOMIC_ACQUIRE))
+        return 0;
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+        return 0;
+    int found = 0;
+    pthread_mutex_lock(&moved_lock);
+    for (int i = 0; i < MAX_MOVED && !found; i++) {
+        struct moved *m = &moved_table[i];
+        if (m->used && m->fd == fd && m->dev == st.st_dev && m->ino == st.st_ino) {
+            *requested = m->requested;
+            *len = m->requested_len;
+            found = 1;
+        }
+    }
+    pthread_mutex_unlock(&moved_lock);
+    return found;
+}
+
+static unsigned short bound_port(int fd)
+{
+    struct sockaddr_in6 local; /* large enough for AF_INET too */
+    socklen_t len = sizeof local;
+    getsockname_fn fn = next_getsockname();
+    if (fn == NULL || fn(fd, (struct sockaddr *)&local, &len) != 0)
+        return 0;
+    /* sin_port and sin6_port share an offset. */
+    return ntohs(local.sin6_port);
+}
+
+static int moved_bind(bind_fn real, int fd, struct plan *plan)
+{
+    int rc = real(fd, &plan->addr.sa, plan->len);
+    if (rc != 0 && errno == EADDRNOTAVAIL && plan->addr.sa.sa_family == AF_INET6
+        && strcmp(plan->host, "::1") == 0 && !is_v6only(fd)) {
+        /* No IPv6 loopback: a dual-stack socket can still use 127.0.0.1. */
+        set_v4mapped_loopback(&plan->addr.in6);
+        plan->host = "127.0.0.1";
+        rc = real(fd, &plan->addr.sa, plan->len);
+    }
+    int saved = errno;
+    if (rc != 0) {
+        report_failed(plan->requested, saved);
+    } else {
+        unsigned short port = bound_port(fd);
+        if (port == 0) {
+            report_failed(plan->requested, errno);
+        } else {
+            remember(fd, plan);
+            report_bound(plan->requested, plan->host, port);
+        }
+    }
+    errno = saved;
+    return rc;
+}
+
+int bind(int fd, const struct sockaddr *addr, socklen_t len)
+{
+    bind_fn real = next_bind();
+    if (real == NULL) {
+        errno = ENOSYS;
+        return -1;
+    }
+    struct plan plan;
+    if (!active || !plan_move(fd, addr, len, &plan))
+        return real(fd, addr, len);
+    return moved_bind(real, fd, &plan);
+}
+
+int getsockname(int fd, struct sockaddr *addr, socklen_t *len)
+{
+    getsockname_fn real = next_getsockname();
+    if (real == NULL) {
+        errno = ENOSYS;
+        return -1;
+    }
+    socklen_t room = len != NULL ? *len : 0;
+    int rc = real(fd, addr, len);
+    if (rc != 0 || !active)
+        return rc;
+    int saved = errno;
+    union address requested;
+    socklen_t requested_len;
+    if (requested_address_of(fd, &requested, &requested_len)) {
+        /* As the kernel does: truncate to the caller's room, report the size. */
+        memcpy(addr, &requested, room < requested_len ? room : requested_len);
+        *len = requested_len;
+    }
+    errno = saved;
+    return rc;
+}
