@@ -1,0 +1,449 @@
+"""
+Tests for L{wsrouter.config}: parsing targets, routes and framings, and
+building a whole configuration with every problem reported at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory
+from twisted.internet.testing import MemoryReactor
+
+from wsrouter.config import (
+    ConfigError,
+    EchoTarget,
+    ExecTarget,
+    Framing,
+    Route,
+    TcpTarget,
+    UdpTarget,
+    UnixDatagramTarget,
+    UnixTarget,
+    build_config,
+    listener_from_short_form,
+    parse_framing,
+    parse_route,
+    parse_target,
+)
+
+MiB = 1024 * 1024
+
+# -- parse_target --------------------------------------------------------------
+
+VALID_TARGETS = [
+    pytest.param("tcp://example.com:80", TcpTarget("example.com", 80), id="tcp"),
+    pytest.param("tcp://127.0.0.1:5900/", TcpTarget("127.0.0.1", 5900), id="tcp-trailing-slash"),
+    pytest.param("tcp://[::1]:5900", TcpTarget("::1", 5900), id="tcp-ipv6"),
+    pytest.param("localhost:5900", TcpTarget("localhost", 5900), id="bare-host-port"),
+    pytest.param("10.0.0.1:65535", TcpTarget("10.0.0.1", 65535), id="bare-highest-port"),
+    pytest.param("[::1]:1", TcpTarget("::1", 1), id="bare-ipv6-lowest-port"),
+    pytest.param("  tcp://h:22 \n", TcpTarget("h", 22), id="surrounding-whitespace"),
+    pytest.param("unix:///run/app.sock", UnixTarget("/run/app.sock"), id="unix"),
+    pytest.param("udp://127.0.0.1:53", UdpTarget("127.0.0.1", 53), id="udp"),
+    pytest.param("udp://[::1]:53", UdpTarget("::1", 53), id="udp-ipv6"),
+    pytest.param("unix-dgram:///run/log.sock", UnixDatagramTarget("/run/log.sock"), id="unix-dgram"),
+    pytest.param("echo:", EchoTarget(), id="echo"),
+    pytest.param("echo", EchoTarget(), id="echo-without-colon"),
+    pytest.param("exec:cat", ExecTarget(("cat",)), id="exec"),
+    pytest.param("exec:sh -c 'echo hello world'", ExecTarget(("sh", "-c", "echo hello world")),
+                 id="exec-single-quotes"),
+    pytest.param('exec:printf "%s\\n" "a b"', ExecTarget(("printf", "%s\\n", "a b")), id="exec-double-quotes"),
+    pytest.param("exec:  /bin/echo  a   b ", ExecTarget(("/bin/echo", "a", "b")), id="exec-extra-spaces"),
+    pytest.param("exec:env A=B cmd", ExecTarget(("env", "A=B", "cmd")), id="exec-with-equals"),
+]
+
+
+@pytest.mark.parametrize("text, expected", VALID_TARGETS)
+def test_parse_target_forms(text: str, expected: Any) -> None:
+    """Each documented target form parses to the matching target object."""
+    assert parse_target(text) == expected
+
+
+@pytest.mark.parametrize("text, expected", VALID_TARGETS)
+def test_target_description_parses_back(text: str, expected: Any) -> None:
+    """A target's describe() text is itself a target string for the same target."""
+    assert parse_target(expected.describe()) == expected
+
+
+@pytest.mark.parametrize("text, fragments", [
+    pytest.param("tcp://host:0", ["1 to 65535", "'0'"], id="port-zero"),
+    pytest.param("host:70000", ["1 to 65535", "'70000'"], id="port-too-big"),
+    pytest.param("udp://host:65536", ["1 to 65535", "'65536'"], id="udp-port-too-big"),
+    pytest.param("host:abc", ["port", "'abc'"], id="port-not-a-number"),
+    pytest.param("tcp://host", ["HOST:PORT"], id="no-port"),
+    pytest.param("tcp://:80", ["HOST:PORT"], id="missing-host"),
+    pytest.param(":80", ["HOST:PORT"], id="bare-missing-host"),
+    pytest.param("::1:80", ["[ADDR]:PORT"], id="ipv6-without-brackets"),
+    pytest.param("", ["HOST:PORT"], id="empty"),
+    pytest.param("unix://run/app.sock", ["absolute path", "unix:///"], id="unix-relative"),
+    pytest.param("unix-dgram://log.sock", ["absolute path", "unix-dgram:///"], id="unix-dgram-relative"),
+    pytest.param("http://example.com:80", ["unknown target", "'http://example.com:80'", "tcp://HOST:PORT",
+                                           "unix:///PATH", "exec:PROGRAM", "echo:"], id="unknown-scheme"),
+    pytest.param("ws://example.com:80", ["unknown target"], id="unknown-scheme-ws"),
+    pytest.param("exec:", ["needs a program"], id="exec-empty"),
+    pytest.param("exec:   ", ["needs a program"], id="exec-blank"),
+    pytest.param(
+        "exec:sh -c 'oops", ["exec"], id="exec-unbalanced-quote",
+        marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+            "config.py parse_target: shlex.split's bare 'No closing quotation' escapes "
+            "without saying it is about the exec: command line")),
+    ),
+    pytest.param(
+        "[example.com]:80", ["IPv6"], id="brackets-around-non-ipv6",
+        marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+            "config.py _split_host_port: ipaddress's 'At least 3 parts expected' escapes "
+            "without saying brackets are only for IPv6 addresses")),
+    ),
+])
+def test_parse_target_errors(text: str, fragments: list[str]) -> None:
+    """A bad target string raises ValueError whose message says what is wrong and what is expected."""
+    with pytest.raises(ValueError) as caught:
+        parse_target(text)
+    for fragment in fragments:
+        assert fragment in str(caught.value)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "config.py parse_target: urlsplit(text).path drops everything from '?' or '#', "
+    "so unix:///tmp/a?b silently becomes /tmp/a; use `rest` as the path"))
+@pytest.mark.parametrize("text, path", [
+    ("unix:///tmp/app?1.sock", "/tmp/app?1.sock"),
+    ("unix-dgram:///tmp/log#2", "/tmp/log#2"),
+])
+def test_unix_path_kept_whole(text: str, path: str) -> None:
+    """A socket path containing '?' or '#' is kept whole, not cut like a URL query or fragment."""
+    assert parse_target(text).path == path
+
+
+# -- parse_route ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, expected", [
+    pytest.param("/vnc=localhost:5900", Route("/vnc", TcpTarget("localhost", 5900)), id="exact"),
+    pytest.param("/a/b/=echo:", Route("/a/b/", EchoTarget()), id="exact-trailing-slash"),
+    pytest.param("/x/*=echo:", Route("/x", EchoTarget(), prefix=True), id="prefix"),
+    pytest.param("/*=echo:", Route("/", EchoTarget(), prefix=True), id="catch-all"),
+    pytest.param("/chat@chat.v1,chat.v2=echo:",
+                 Route("/chat", EchoTarget(), subprotocols=("chat.v1", "chat.v2")), id="subprotocols"),
+    pytest.param("/x/*@binary=udp://h:9",
+                 Route("/x", UdpTarget("h", 9), prefix=True, subprotocols=("binary",)), id="prefix-subprotocol"),
+    pytest.param("/run=exec:env A=B cmd", Route("/run", ExecTarget(("env", "A=B", "cmd"))),
+                 id="first-equals-splits"),
+])
+def test_parse_route_forms(text: str, expected: Route) -> None:
+    """Route strings give exact, prefix and catch-all routes, with their subprotocols and target."""
+    assert parse_route(text) == expected
+
+
+@pytest.mark.parametrize("text", ["/vnc=echo:", "/x/*=echo:", "/*=echo:", "/chat@a,b=echo:", "/x/*@binary=echo:"])
+def test_route_description_parses_back(text: str) -> None:
+    """A route's describe() text, given a target again, parses to the same route."""
+    route = parse_route(text)
+    assert parse_route(route.describe() + "=echo:") == route
+
+
+@pytest.mark.parametrize("text, fragment", [
+    pytest.param("/x", "PATH[@SUBPROTOCOLS]=TARGET", id="no-equals"),
+    pytest.param("=echo:", "PATH[@SUBPROTOCOLS]=TARGET", id="no-path"),
+    pytest.param("x=echo:", "must start with '/'", id="no-leading-slash"),
+    pytest.param("@chat=echo:", "must start with '/'", id="only-subprotocol"),
+    pytest.param("/a/*/b=echo:", "final '/*'", id="star-in-middle"),
+    pytest.param("/a*=echo:", "final '/*'", id="star-without-slash"),
+    pytest.param("/a/*/*=echo:", "final '/*'", id="two-stars"),
+    pytest.param("/x=bogus://y", "unknown target", id="bad-target"),
+])
+def test_parse_route_errors(text: str, fragment: str) -> None:
+    """A bad route string raises ValueError saying which part is wrong."""
+    with pytest.raises(ValueError) as caught:
+        parse_route(text)
+    assert fragment in str(caught.value)
+
+
+# -- parse_framing -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("binary", Framing("binary")),
+    ("line", Framing("line")),
+    ("separator:;", Framing("separator", separator=b";")),
+    ("separator:\\0", Framing("separator", separator=b"\0")),
+    ("separator:\\r\\n", Framing("separator", separator=b"\r\n")),
+    ("separator:<END>", Framing("separator", separator=b"<END>")),
+    ("fixed:16", Framing("fixed", length=16)),
+])
+def test_parse_framing_forms(text: str, expected: Framing) -> None:
+    """Each framing form parses, with escapes in separators turned into bytes."""
+    assert parse_framing(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "", "json", "binary:x", "line:1", "separator", "separator:", "fixed", "fixed:", "fixed:0", "fixed:-1", "fixed:abc",
+])
+def test_parse_framing_errors(text: str) -> None:
+    """An unknown framing or a missing or bad argument raises ValueError listing the valid forms."""
+    with pytest.raises(ValueError) as caught:
+        parse_framing(text)
+    assert "binary, line, separator:SEP or fixed:N" in str(caught.value)
+    assert repr(text) in str(caught.value)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "config.py parse_framing: a bad escape raises the codec's UnicodeDecodeError/"
+    "UnicodeEncodeError text instead of a message about the separator"))
+@pytest.mark.parametrize("text", ["separator:\\x", "separator:\\", "separator:\\u20ac"])
+def test_parse_framing_bad_escape(text: str) -> None:
+    """A separator with a broken or non-byte escape is refused with a message naming the separator."""
+    with pytest.raises(ValueError) as caught:
+        parse_framing(text)
+    assert "separator" in str(caught.value)
+
+
+# -- build_config --------------------------------------------------------------
+
+
+def problem_keys(raw: dict[str, Any]) -> list[str]:
+    """The key paths of the problems build_config reports for C{raw}."""
+    with pytest.raises(ConfigError) as caught:
+        build_config(raw)
+    return [key for key, _ in caught.value.problems]
+
+
+def test_defaults() -> None:
+    """With only a route given, the router listens on loopback port 8080 with a 16 MiB limit and no timers."""
+    config = build_config({"routes": ["/=echo:"]})
+    assert config.listeners == ("tcp:8080:interface=127.0.0.1",)
+    assert config.routes == (Route("/", EchoTarget()),)
+    assert config.web is None
+    assert config.limits.max_message_size == 16 * MiB
+    assert config.limits.ping_interval is None
+    assert config.limits.ping_timeout is None
+    assert config.limits.idle_timeout is None
+
+
+def test_values_from_strings() -> None:
+    """Limits given as strings (as the command line gives them) are converted to numbers."""
+    config = build_config({
+        "routes": ["/=echo:"], "listen": ["tcp:9000"], "max_message_size": "1024",
+        "ping_interval": "2.5", "idle_timeout": "60", "connect_timeout": 3,
+    })
+    assert config.listeners == ("tcp:9000",)
+    assert config.limits.max_message_size == 1024
+    assert config.limits.ping_interval == 2.5
+    assert config.limits.idle_timeout == 60.0
+    assert config.limits.connect_timeout == 3.0
+
+
+@pytest.mark.parametrize("extra, timeout", [
+    ({"ping_interval": 20}, 20.0),
+    ({"ping_interval": 20, "ping_timeout": 5}, 5.0),
+    ({}, None),
+])
+def test_ping_timeout_defaults_to_interval(extra: dict[str, Any], timeout: float | None) -> None:
+    """Without an explicit ping_timeout, a pinging router waits one ping interval for the pong."""
+    config = build_config({"routes": ["/=echo:"], **extra})
+    assert config.limits.ping_timeout == timeout
+
+
+@pytest.mark.parametrize("extra, key, fragment", [
+    pytest.param({"listen": [""]}, "listen[0]", "Twisted endpoint string", id="empty-listener"),
+    pytest.param({"listen": ["tcp:1", 8080]}, "listen[1]", "Twisted endpoint string", id="listener-not-string"),
+    pytest.param({"routes": ["/=echo:", 42]}, "routes[1]", "route string or table", id="route-not-string"),
+    pytest.param({"routes": ["/=echo:", "/x"]}, "routes[1]", "PATH[@SUBPROTOCOLS]=TARGET", id="route-no-equals"),
+    pytest.param({"routes": ["/=echo:", {"path": "x", "target": "echo:"}]}, "routes[1]", "start with '/'",
+                 id="table-route-bad-path"),
+    pytest.param({"routes": ["/=echo:", {"path": "/x", "target": "echo:", "framing": "json"}]}, "routes[1]",
+                 "framing", id="table-route-bad-framing"),
+    pytest.param({"routes": ["/=echo:", "/x=tcp://h:0"]}, "routes[1]", "1 to 65535", id="route-bad-port"),
+    pytest.param({"routes": ["/=echo:", "/=tcp://h:1"]}, "routes[1]", "duplicates routes[0]", id="duplicate"),
+    pytest.param({"web_listing": True}, "web_listing", "web root", id="listing-without-web"),
+    pytest.param({"max_message_size": "big"}, "max_message_size", "whole number", id="size-not-number"),
+    pytest.param({"max_message_size": 0}, "max_message_size", "greater than 0", id="size-zero"),
+    pytest.param({"ping_interval": "soon"}, "ping_interval", "number", id="ping-not-number"),
+    pytest.param({"ping_interval": -5}, "ping_interval", "greater than 0", id="ping-negative"),
+    pytest.param({"ping_timeout": 0}, "ping_timeout", "greater than 0", id="ping-timeout-zero"),
+    pytest.param({"idle_timeout": -1}, "idle_timeout", "greater than 0", id="idle-negative"),
+    pytest.param({"handshake_timeout": [1]}, "handshake_timeout", "number", id="handshake-list"),
+    pytest.param({"connect_timeout": "0"}, "connect_timeout", "greater than 0", id="connect-zero"),
+    pytest.param({"shutdown_grace": -2.5}, "shutdown_grace", "greater than 0", id="grace-negative"),
+])
+def test_each_problem_has_its_key(extra: dict[str, Any], key: str, fragment: str) -> None:
+    """Each kind of bad value is reported alone, under the key path it concerns, saying what is wrong."""
+    with pytest.raises(ConfigError) as caught:
+        build_config({"routes": ["/=echo:"], **extra})
+    assert caught.value.problems == [(key, caught.value.problems[0][1])]
+    assert fragment in caught.value.problems[0][1]
+
+
+def test_all_problems_at_once() -> None:
+    """Every problem in a configuration is reported in one ConfigError, not only the first."""
+    keys = problem_keys({
+        "listen": ["tcp:8080", ""],
+        "routes": ["/ok=echo:", "/ok=echo:", "nope", "/x=exec:"],
+        "web_listing": True,
+        "max_message_size": "big",
+        "ping_interval": -1,
+        "idle_timeout": 0,
+        "shutdown_grace": "later",
+    })
+    assert sorted(keys) == sorted([
+        "listen[1]", "routes[1]", "routes[2]", "routes[3]", "web_listing",
+        "max_message_size", "ping_interval", "idle_timeout", "shutdown_grace",
+    ])
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "config.py build_config: duplicates are looked for in the list of *valid* routes, so "
+    "after an invalid route the indices shift and the wrong routes[N] is named; "
+    "keep each route's original index"))
+def test_duplicate_keys_survive_an_invalid_route() -> None:
+    """A duplicate is reported under its own index even when an earlier route is invalid."""
+    with pytest.raises(ConfigError) as caught:
+        build_config({"routes": ["nope", "/a=echo:", "/a=echo:"]})
+    assert caught.value.problems[1] == ("routes[2]", "duplicates routes[1] (/a)")
+
+
+@pytest.mark.parametrize("routes", [
+    pytest.param(["/a=echo:", "/a/*=echo:"], id="exact-and-prefix"),
+    pytest.param(["/a=echo:", "/a@chat=echo:"], id="with-and-without-subprotocol"),
+    pytest.param(["/a@chat=echo:", "/a@chat.v2=echo:"], id="different-subprotocols"),
+    pytest.param(["/a=echo:", "/b=echo:"], id="different-paths"),
+])
+def test_distinct_routes_are_not_duplicates(routes: list[str]) -> None:
+    """Routes that differ in path, prefix or subprotocols are all kept."""
+    assert len(build_config({"routes": routes}).routes) == 2
+
+
+@pytest.mark.parametrize("raw", [{}, {"routes": []}, {"listen": ["tcp:1"]}])
+def test_nothing_to_serve(raw: dict[str, Any]) -> None:
+    """A configuration with neither routes nor a web root is refused under the key 'routes'."""
+    with pytest.raises(ConfigError) as caught:
+        build_config(raw)
+    assert caught.value.problems == [("routes", caught.value.problems[0][1])]
+    assert "nothing to serve" in caught.value.problems[0][1]
+
+
+def test_bad_route_is_not_also_nothing_to_serve() -> None:
+    """A configuration whose only route is invalid reports that route, not also 'nothing to serve'."""
+    assert problem_keys({"routes": ["nope"]}) == ["routes[0]"]
+
+
+@pytest.mark.parametrize("listing", [False, True])
+def test_web_root_alone_is_enough(listing: bool) -> None:
+    """A web root with no routes is a valid configuration, with listings only when asked for."""
+    config = build_config({"web": "/srv/www", "web_listing": listing})
+    assert config.routes == ()
+    assert (config.web.directory, config.web.listing) == ("/srv/www", listing)
+
+
+def test_table_routes() -> None:
+    """A route given as a table takes its path, target, subprotocols and framing from its keys."""
+    config = build_config({"routes": [
+        {"path": "/x/*", "target": "udp://h:1", "subprotocols": ["a", "b"], "framing": "line"},
+        {"path": "/y", "target": "echo:", "subprotocols": "chat", "framing": Framing("fixed", length=4)},
+    ]})
+    assert config.routes == (
+        Route("/x", UdpTarget("h", 1), prefix=True, subprotocols=("a", "b"), framing=Framing("line")),
+        Route("/y", EchoTarget(), subprotocols=("chat",), framing=Framing("fixed", length=4)),
+    )
+
+
+def test_route_objects_pass_through() -> None:
+    """A Route object in the routes list is used as it is."""
+    route = Route("/z", ExecTarget(("cat",)), framing=Framing("binary"))
+    assert build_config({"routes": [route]}).routes == (route,)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "config.py _build_route: for a table route, subprotocols default to () instead of the "
+    "ones parsed from '@...' in 'path', so they are silently dropped"))
+def test_table_route_subprotocols_in_path() -> None:
+    """A table route whose path carries '@subprotocols' keeps them when no 'subprotocols' key is given."""
+    config = build_config({"routes": [{"path": "/x@chat", "target": "echo:"}]})
+    assert config.routes[0].subprotocols == ("chat",)
+
+
+@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
+    "config.py _build_route: tuple(protocols) raises TypeError for a non-list, which is not "
+    "caught, so build_config crashes instead of raising ConfigError"))
+def test_table_route_bad_subprotocols() -> None:
+    """A table route whose subprotocols are not a list or string is a problem reported under its key."""
+    assert problem_keys({"routes": ["/=echo:", {"path": "/x", "target": "echo:", "subprotocols": 5}]}) == ["routes[1]"]
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "config.py build_config: tuple(raw.get('listen')) splits a single string into one "
+    "listener per character; accept a string as one listener or report 'listen'"))
+def test_single_listener_string() -> None:
+    """A single listener given as a string is one listener, or a problem under 'listen', never split up."""
+    try:
+        config = build_config({"listen": "tcp:9000", "routes": ["/=echo:"]})
+    except ConfigError as e:
+        assert [key for key, _ in e.problems] == ["listen"]
+    else:
+        assert config.listeners == ("tcp:9000",)
+
+
+@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
+    "config.py _positive_number: 'number <= 0' is False for NaN, so NaN (and inf) pass as "
+    "timers; check math.isfinite(number) and number > 0"))
+@pytest.mark.parametrize("key", ["ping_interval", "idle_timeout"])
+def test_nan_timer_refused(key: str) -> None:
+    """A timer of 'nan' is refused under its key rather than accepted as a number."""
+    assert problem_keys({"routes": ["/=echo:"], key: "nan"}) == [key]
+
+
+# -- ConfigError ---------------------------------------------------------------
+
+
+def test_config_error_message() -> None:
+    """ConfigError's message names the source, the number of problems, and each key with its problem."""
+    error = ConfigError([("routes[1]", "bad route"), ("ping_interval", "must be a number")], "wsrouter.toml")
+    assert error.problems == [("routes[1]", "bad route"), ("ping_interval", "must be a number")]
+    assert str(error) == (
+        "wsrouter.toml: 2 problem(s):\n"
+        "  routes[1]: bad route\n"
+        "  ping_interval: must be a number"
+    )
+
+
+def test_build_config_error_names_source() -> None:
+    """build_config's ConfigError names the given source and lists every key found, one per line."""
+    with pytest.raises(ConfigError) as caught:
+        build_config({"routes": ["/=echo:", "nope"], "idle_timeout": 0}, source="command line")
+    message = str(caught.value)
+    assert message.startswith("command line: 2 problem(s):\n")
+    assert "\n  routes[1]: " in message
+    assert "\n  idle_timeout: " in message
+
+
+def test_config_error_is_value_error() -> None:
+    """ConfigError is a ValueError, so callers catching bad values catch it too."""
+    assert issubclass(ConfigError, ValueError)
+
+
+# -- listener_from_short_form --------------------------------------------------
+
+
+@pytest.mark.parametrize("text, endpoint, port, interface", [
+    ("8080", "tcp:8080:interface=127.0.0.1", 8080, "127.0.0.1"),
+    ("0.0.0.0:8080", "tcp:8080:interface=0.0.0.0", 8080, "0.0.0.0"),
+    ("[::1]:8080", "tcp:8080:interface=\\:\\:1", 8080, "::1"),
+    ("[::]:443", "tcp:443:interface=\\:\\:", 443, "::"),
+    ("192.168.1.2:1", "tcp:1:interface=192.168.1.2", 1, "192.168.1.2"),
+])
+def test_listener_from_short_form(text: str, endpoint: str, port: int, interface: str) -> None:
+    """websockify's [HOST:]PORT becomes an endpoint string, loopback without a host, that Twisted reads back."""
+    assert listener_from_short_form(text) == endpoint
+    reactor = MemoryReactor()
+    serverFromString(reactor, endpoint).listen(Factory())
+    assert [(p, i) for p, _, _, i in reactor.tcpServers] == [(port, interface)]
+
+
+@pytest.mark.parametrize("text", ["0", "70000", "abc", ":8080", "host:", "::1:8080", ""])
+def test_listener_from_short_form_errors(text: str) -> None:
+    """A short form without a usable port or with an unbracketed IPv6 host raises ValueError."""
+    with pytest.raises(ValueError):
+        listener_from_short_form(text)
