@@ -293,10 +293,6 @@ def test_invalid_base64_closes_1007(frames: list[bytes], message_oriented: bool)
     assert session.bridge.stats.closed_by == "router"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bridge.py _decode_base64: each 4-byte group is decoded on its own, so 'QQ==QQ==' is "
-    "accepted when split after the padding but refused (1007) as one frame; remember "
-    "padding was seen and refuse any further data in that message"))
 def test_base64_outcome_ignores_fragmentation() -> None:
     """A base64 message with padding in the middle gets the same outcome however it is fragmented."""
     outcomes = []
@@ -506,11 +502,6 @@ def test_recorder_sees_decoded_base64() -> None:
     assert [payload for payload, _ in session.recorder.target] == [b"\xff"]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bridge.py frame_data: recorder.client_message is called per frame (per chunk Autobahn "
-    "delivers), but Recorder.client_message is documented as 'a whole message', so a "
-    "fragmented message is recorded (and replayed) as several; join frames for the recorder "
-    "and call it from message_end"))
 @pytest.mark.parametrize("message_oriented", [False, True], ids=["stream", "message"])
 def test_recorder_gets_whole_client_messages(message_oriented: bool) -> None:
     """A client message that arrives in several frames is recorded as one message."""
@@ -519,10 +510,6 @@ def test_recorder_gets_whole_client_messages(message_oriented: bool) -> None:
     assert session.recorder.client == [(b"hello", False)]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bridge.py _maybe_finished: only waits for the WebSocket side (_socket_done), though "
-    "the Bridge docstring says on_finished fires 'when both sides are done'; also require "
-    "_link_done (or fix the docstring)"))
 def test_on_finished_waits_for_link() -> None:
     """on_finished is not called while the link is still open after the client closed, only once it is lost."""
     session = Session()

@@ -87,15 +87,9 @@ def test_target_description_parses_back(text: str, expected: Any) -> None:
     pytest.param("exec:   ", ["needs a program"], id="exec-blank"),
     pytest.param(
         "exec:sh -c 'oops", ["exec"], id="exec-unbalanced-quote",
-        marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-            "config.py parse_target: shlex.split's bare 'No closing quotation' escapes "
-            "without saying it is about the exec: command line")),
     ),
     pytest.param(
         "[example.com]:80", ["IPv6"], id="brackets-around-non-ipv6",
-        marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-            "config.py _split_host_port: ipaddress's 'At least 3 parts expected' escapes "
-            "without saying brackets are only for IPv6 addresses")),
     ),
 ])
 def test_parse_target_errors(text: str, fragments: list[str]) -> None:
@@ -106,9 +100,6 @@ def test_parse_target_errors(text: str, fragments: list[str]) -> None:
         assert fragment in str(caught.value)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "config.py parse_target: urlsplit(text).path drops everything from '?' or '#', "
-    "so unix:///tmp/a?b silently becomes /tmp/a; use `rest` as the path"))
 @pytest.mark.parametrize("text, path", [
     ("unix:///tmp/app?1.sock", "/tmp/app?1.sock"),
     ("unix-dgram:///tmp/log#2", "/tmp/log#2"),
@@ -190,9 +181,6 @@ def test_parse_framing_errors(text: str) -> None:
     assert repr(text) in str(caught.value)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "config.py parse_framing: a bad escape raises the codec's UnicodeDecodeError/"
-    "UnicodeEncodeError text instead of a message about the separator"))
 @pytest.mark.parametrize("text", ["separator:\\x", "separator:\\", "separator:\\u20ac"])
 def test_parse_framing_bad_escape(text: str) -> None:
     """A separator with a broken or non-byte escape is refused with a message naming the separator."""
@@ -294,10 +282,6 @@ def test_all_problems_at_once() -> None:
     ])
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "config.py build_config: duplicates are looked for in the list of *valid* routes, so "
-    "after an invalid route the indices shift and the wrong routes[N] is named; "
-    "keep each route's original index"))
 def test_duplicate_keys_survive_an_invalid_route() -> None:
     """A duplicate is reported under its own index even when an earlier route is invalid."""
     with pytest.raises(ConfigError) as caught:
@@ -356,26 +340,17 @@ def test_route_objects_pass_through() -> None:
     assert build_config({"routes": [route]}).routes == (route,)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "config.py _build_route: for a table route, subprotocols default to () instead of the "
-    "ones parsed from '@...' in 'path', so they are silently dropped"))
 def test_table_route_subprotocols_in_path() -> None:
     """A table route whose path carries '@subprotocols' keeps them when no 'subprotocols' key is given."""
     config = build_config({"routes": [{"path": "/x@chat", "target": "echo:"}]})
     assert config.routes[0].subprotocols == ("chat",)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "config.py _build_route: tuple(protocols) raises TypeError for a non-list, which is not "
-    "caught, so build_config crashes instead of raising ConfigError"))
 def test_table_route_bad_subprotocols() -> None:
     """A table route whose subprotocols are not a list or string is a problem reported under its key."""
     assert problem_keys({"routes": ["/=echo:", {"path": "/x", "target": "echo:", "subprotocols": 5}]}) == ["routes[1]"]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "config.py build_config: tuple(raw.get('listen')) splits a single string into one "
-    "listener per character; accept a string as one listener or report 'listen'"))
 def test_single_listener_string() -> None:
     """A single listener given as a string is one listener, or a problem under 'listen', never split up."""
     try:
@@ -386,9 +361,6 @@ def test_single_listener_string() -> None:
         assert config.listeners == ("tcp:9000",)
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
-    "config.py _positive_number: 'number <= 0' is False for NaN, so NaN (and inf) pass as "
-    "timers; check math.isfinite(number) and number > 0"))
 @pytest.mark.parametrize("key", ["ping_interval", "idle_timeout"])
 def test_nan_timer_refused(key: str) -> None:
     """A timer of 'nan' is refused under its key rather than accepted as a number."""

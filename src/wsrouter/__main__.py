@@ -21,7 +21,7 @@ def serve(argv: list[str]) -> int:
     try:
         options.parseOptions(argv)
     except usage.UsageError as e:
-        print(f"{options}\nwsrouter: {e}", file=sys.stderr)
+        print(f"wsrouter: {e}\n(wsrouter --help lists the options)", file=sys.stderr)
         return 2
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     service = makeService(options)

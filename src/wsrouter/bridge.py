@@ -83,6 +83,8 @@ class Bridge:
         self._message: list[bytes] | None = None
         self._message_is_binary = True
         self._base64_rest = b""
+        self._base64_padded = False
+        self._recorded: list[bytes] = []
         self._closing = False
         self._upstream_stopped = False
         self._socket_done = False
@@ -111,6 +113,7 @@ class Bridge:
 
     def message_begin(self, is_binary: bool) -> None:
         self._message_is_binary = is_binary
+        self._base64_padded = False
         self.stats.messages_from_client += 1
         if self._link.message_oriented:
             self._message = []
@@ -124,12 +127,17 @@ class Bridge:
         if self._upstream_stopped or self._link_done:
             return
         if self._base64:
-            payload = self._decode_base64(payload)
-            if payload is None:
-                return
+            payload, problem = self._decode_base64(payload)
+            self._forward(payload)
+            if problem:
+                self._refuse_payload(problem)
+            return
+        self._forward(payload)
+
+    def _forward(self, payload: bytes) -> None:
         self.stats.bytes_from_client += len(payload)
         if self._recorder is not None:
-            self._recorder.client_message(payload, self._message_is_binary)
+            self._recorded.append(payload)
         if self._message is not None:
             self._message.append(payload)
         elif payload:
@@ -140,6 +148,9 @@ class Bridge:
             self._base64_rest = b""
             self._refuse_payload("base64 message length is not a multiple of 4")
             return
+        if self._recorder is not None and not self._upstream_stopped:
+            recorded, self._recorded = b"".join(self._recorded), []
+            self._recorder.client_message(recorded, self._message_is_binary)
         if self._message is not None:
             message, self._message = b"".join(self._message), None
             if not (self._upstream_stopped or self._link_done):
@@ -164,15 +175,30 @@ class Bridge:
             self._link.close()
         self._maybe_finished()
 
-    def _decode_base64(self, payload: bytes) -> bytes | None:
+    def _decode_base64(self, payload: bytes) -> tuple[bytes, str]:
+        """
+        Decode the whole 4-character groups received so far.  Padding ends
+        the message: anything after it is refused, however the message was
+        fragmented, once the valid part before it has been forwarded.
+
+        @return: the decoded bytes, and a problem (empty if none).
+        """
         data = self._base64_rest + payload
+        if self._base64_padded and data:
+            return b"", "invalid base64 payload: data after padding"
         whole = len(data) - len(data) % 4
-        self._base64_rest = data[whole:]
+        problem = ""
+        first_pad = data.find(b"=", 0, whole)
+        if first_pad != -1:
+            self._base64_padded = True
+            end = (first_pad // 4 + 1) * 4
+            if end < len(data):
+                whole, problem = end, "invalid base64 payload: data after padding"
+        self._base64_rest = b"" if problem else data[whole:]
         try:
-            return base64.b64decode(data[:whole], validate=True)
+            return base64.b64decode(data[:whole], validate=True), problem
         except binascii.Error:
-            self._refuse_payload("invalid base64 payload")
-            return None
+            return b"", "invalid base64 payload"
 
     def _refuse_payload(self, reason: str) -> None:
         self._upstream_stopped = True
@@ -224,7 +250,7 @@ class Bridge:
         self._socket.close(code, reason)
 
     def _maybe_finished(self) -> None:
-        if self._finished or not self._socket_done:
+        if self._finished or not (self._socket_done and self._link_done):
             return
         self._finished = True
         if self._recorder is not None:

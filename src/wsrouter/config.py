@@ -12,11 +12,11 @@ This module is the only home of defaults and imports nothing from Twisted.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any, Union
-from urllib.parse import urlsplit
 
 from attrs import field, frozen
 
@@ -121,7 +121,7 @@ DATAGRAM_TARGETS = (UdpTarget, UnixDatagramTarget)
 
 
 def _parse_port(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
         raise ValueError(f"port must be a number from 1 to 65535, not {text!r}")
     return int(text)
 
@@ -136,7 +136,10 @@ def _split_host_port(text: str) -> tuple[str, int]:
     host = match.group(1) or match.group(3)
     port = _parse_port(match.group(2) or match.group(4))
     if match.group(1):
-        ipaddress.IPv6Address(host)
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"brackets are only for IPv6 addresses, not {host!r}") from None
     return host, port
 
 
@@ -152,18 +155,21 @@ def parse_target(text: str) -> Target:
     """
     text = text.strip()
     if text.startswith("exec:"):
-        argv = tuple(shlex.split(text[len("exec:"):]))
+        try:
+            argv = tuple(shlex.split(text[len("exec:"):]))
+        except ValueError as e:
+            raise ValueError(f"exec: cannot split the command line: {e}") from None
         if not argv:
             raise ValueError("exec: needs a program, e.g. exec:cat")
         return ExecTarget(argv)
     if text == "echo:" or text == "echo":
         return EchoTarget()
     scheme, sep, rest = text.partition("://")
-    if not sep:
+    if not sep and ":" in text:
         host, port = _split_host_port(text)
         return TcpTarget(host, port)
     if scheme in ("unix", "unix-dgram"):
-        path = urlsplit(text).path if rest.startswith("/") else rest
+        path = rest
         if not path.startswith("/"):
             raise ValueError(f"{scheme} target needs an absolute path, e.g. {scheme}:///run/app.sock")
         return UnixTarget(path) if scheme == "unix" else UnixDatagramTarget(path)
@@ -249,7 +255,12 @@ def parse_framing(text: str) -> Framing:
     if kind in ("binary", "line") and not arg:
         return Framing(kind)
     if kind == "separator" and arg:
-        separator = arg.encode("utf-8").decode("unicode_escape").encode("latin-1")
+        try:
+            separator = arg.encode("utf-8").decode("unicode_escape").encode("latin-1")
+        except (UnicodeDecodeError, UnicodeEncodeError):
+            raise ValueError(
+                f"separator {arg!r} must be bytes: plain characters or escapes like \\n, \\0, \\x1e"
+            ) from None
         return Framing(kind, separator=separator)
     if kind == "fixed" and arg.isdigit() and int(arg) > 0:
         return Framing(kind, length=int(arg))
@@ -316,8 +327,8 @@ def _positive_number(raw: Mapping[str, Any], key: str, problems: _Problems, *, i
     except (TypeError, ValueError):
         problems.add(key, f"must be a {'whole ' if integer else ''}number, not {value!r}")
         return None
-    if number <= 0:
-        problems.add(key, f"must be greater than 0, not {value!r}")
+    if not math.isfinite(number) or number <= 0:
+        problems.add(key, f"must be a finite number greater than 0, not {value!r}")
         return None
     return number
 
@@ -347,9 +358,11 @@ def _build_route(raw: Any, key: str, problems: _Problems) -> Route | None:
         if isinstance(raw, Mapping):
             route = parse_route(f"{raw.get('path', '')}={raw.get('target', '')}")
             framing = raw.get("framing")
-            protocols = raw.get("subprotocols", ())
+            protocols = raw.get("subprotocols", route.subprotocols)
             if isinstance(protocols, str):
                 protocols = (protocols,)
+            if not isinstance(protocols, (list, tuple)) or not all(isinstance(p, str) for p in protocols):
+                raise ValueError(f"subprotocols must be a list of strings, not {protocols!r}")
             return Route(
                 path=route.path,
                 prefix=route.prefix,
@@ -376,28 +389,29 @@ def build_config(raw: Mapping[str, Any], source: str = "configuration") -> Route
     @raise ConfigError: listing every problem found, each with its key.
     """
     problems = _Problems()
-    listeners = tuple(raw.get("listen") or (DEFAULT_LISTENER,))
+    raw_listen = raw.get("listen") or (DEFAULT_LISTENER,)
+    listeners = (raw_listen,) if isinstance(raw_listen, str) else tuple(raw_listen)
     for index, listener in enumerate(listeners):
         if not isinstance(listener, str) or not listener:
             problems.add(f"listen[{index}]", "must be a Twisted endpoint string, e.g. tcp:8080:interface=127.0.0.1")
     routes = []
+    seen: dict[tuple[str, bool, frozenset[str]], int] = {}
     for index, raw_route in enumerate(raw.get("routes") or ()):
         route = _build_route(raw_route, f"routes[{index}]", problems)
-        if route is not None:
-            routes.append(route)
-    seen: dict[tuple[str, bool, tuple[str, ...]], int] = {}
-    for index, route in enumerate(routes):
-        identity = (route.path, route.prefix, route.subprotocols)
+        if route is None:
+            continue
+        identity = (route.path, route.prefix, frozenset(route.subprotocols))
         if identity in seen:
             problems.add(f"routes[{index}]", f"duplicates routes[{seen[identity]}] ({route.describe()})")
         seen.setdefault(identity, index)
+        routes.append(route)
     web = None
     if raw.get("web"):
         web = WebRoot(directory=str(raw["web"]), listing=bool(raw.get("web_listing")))
     elif raw.get("web_listing"):
         problems.add("web_listing", "needs a web root (web)")
     limits = _build_limits(raw, problems)
-    if not routes and web is None:
+    if not routes and web is None and not raw.get("routes"):
         problems.add("routes", "nothing to serve: give at least one route (or a web root)")
     if problems.items:
         raise ConfigError(problems.items, source)

@@ -82,8 +82,11 @@ def select_route(routes: Sequence[Route], path: str, offered: Sequence[str]) -> 
     """
     Choose the route for a handshake on C{path} offering C{offered}.
 
-    The most specific path wins; among routes for the same path, one whose
-    subprotocols the client offered comes before one that accepts any.
+    Routes are tried from the most specific path to the least; among routes
+    for the same path, one that names subprotocols comes before one that
+    accepts any.  The first route that accepts the client's subprotocols
+    wins, so C{/x@chat} plus C{/*} sends a C{/x} client that does not speak
+    C{chat} to C{/*}.
 
     @raise NoRoute: 404 when no route serves the path, 400 when routes
         serve it but none speaks a subprotocol the client offered.

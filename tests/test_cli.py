@@ -1,0 +1,139 @@
+"""
+The command line as users run it: twistd's plugin, the `wsrouter` command,
+the embedding example, and shutdown by signal.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from .support import PYTHON, REPO, child_env, connect, free_port, wait_for_port
+
+TWISTD = [str(Path(PYTHON).parent / "twistd")]
+
+
+def run(args, timeout=60):
+    return subprocess.run(args, capture_output=True, text=True, env=child_env(), cwd=REPO, timeout=timeout)
+
+
+def test_twistd_help_documents_every_option():
+    """`twistd wsrouter --help` lists every option the router accepts."""
+    result = run([*TWISTD, "wsrouter", "--help"])
+    assert result.returncode == 0, result.stderr
+    for option in ("--listen", "--route", "--web", "--web-listing", "--max-message-size", "--ping",
+                   "--ping-timeout", "--idle-timeout", "--handshake-timeout", "--connect-timeout",
+                   "--shutdown-grace", "[HOST:]PORT TARGET_HOST:TARGET_PORT"):
+        assert option in result.stdout, option
+
+
+def test_bad_options_name_each_problem():
+    """Bad options are all reported at once, each with its key, and no traceback."""
+    result = run([PYTHON, "-m", "wsrouter", "--route", "/a=nowhere", "--route", "b=echo:",
+                  "--max-message-size", "-5"])
+    assert result.returncode == 2
+    assert "routes[0]: unknown target 'nowhere'" in result.stderr
+    assert "routes[1]: route path must start with '/'" in result.stderr
+    assert "max_message_size: must be a finite number greater than 0" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_port_in_use_is_a_clear_error():
+    """A listener that cannot bind stops the router with a message naming the listener."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run([PYTHON, "-m", "wsrouter", f"127.0.0.1:{port}", "127.0.0.1:9"])
+    assert result.returncode == 1
+    assert f"cannot listen on tcp:{port}:interface=127.0.0.1" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["twistd", "wsrouter"])
+def test_sigterm_flushes_then_closes_1001(tmp_path, command):
+    """On SIGTERM the client gets the target's pending data, then 1001, and the process exits promptly."""
+    target = socket.socket()
+    target.bind(("127.0.0.1", 0))
+    target.listen(1)
+    target.settimeout(30)
+    port = free_port()
+    args = [f"127.0.0.1:{port}", f"127.0.0.1:{target.getsockname()[1]}"]
+    if command == "twistd":
+        argv = [*TWISTD, "--nodaemon", "--pidfile=", "wsrouter", *args]
+    else:
+        argv = [PYTHON, "-m", "wsrouter", *args]
+    log_path = tmp_path / "router.log"
+    with open(log_path, "wb") as log:
+        router = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=child_env(), cwd=REPO)
+    try:
+        wait_for_port(port)
+        result = {}
+
+        def client():
+            with connect(f"ws://127.0.0.1:{port}/session") as ws:
+                ws.send(b"hello")
+                try:
+                    while True:
+                        result.setdefault("data", b"")
+                        result["data"] += ws.recv(timeout=20)
+                except ConnectionClosed as e:
+                    result["code"] = e.rcvd.code if e.rcvd else None
+
+        thread = threading.Thread(target=client, daemon=True)
+        thread.start()
+        conn, _ = target.accept()
+        conn.settimeout(10)
+        assert conn.recv(100) == b"hello"
+        conn.sendall(b"pending data")
+        time.sleep(0.3)
+        started = time.monotonic()
+        router.send_signal(signal.SIGTERM)
+        status = router.wait(15)
+        thread.join(10)
+        assert time.monotonic() - started < 10
+        # twistd re-raises the signal after a clean shutdown, so init systems see it
+        assert status == (-signal.SIGTERM if command == "twistd" else 0)
+        assert result == {"data": b"pending data", "code": 1001}
+        assert conn.recv(100) == b""  # the target was closed too
+        conn.close()
+        log_text = log_path.read_text()
+        assert "session" in log_text and "open: 127.0.0.1:" in log_text
+        assert "close 1001 'router shutting down' by router" in log_text
+        assert "bytes to target" in log_text
+    finally:
+        if router.poll() is None:
+            router.kill()
+            router.wait(5)
+        target.close()
+
+
+def test_embedding_example_mounts_router_under_ws(tmp_path):
+    """examples/embed.py serves its own page at / and the router's echo route at /ws/echo."""
+    port = free_port()
+    app = subprocess.Popen([PYTHON, str(REPO / "examples" / "embed.py"), str(port)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=child_env(), cwd=REPO)
+    try:
+        wait_for_port(port)
+        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).read()
+        assert b"my app" in page
+        with connect(f"ws://127.0.0.1:{port}/ws/echo") as ws:
+            ws.send(b"embedded")
+            assert ws.recv(timeout=10) == b"embedded"
+        from websockets.exceptions import InvalidStatus
+
+        with pytest.raises(InvalidStatus) as refused:
+            with connect(f"ws://127.0.0.1:{port}/ws/nothing"):
+                pass
+        assert refused.value.response.status_code == 404
+    finally:
+        app.terminate()
+        app.wait(10)
