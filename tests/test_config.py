@@ -137,8 +137,8 @@ def test_route_description_parses_back(text: str) -> None:
 
 
 @pytest.mark.parametrize("text, fragment", [
-    pytest.param("/x", "PATH[@SUBPROTOCOLS]=TARGET", id="no-equals"),
-    pytest.param("=echo:", "PATH[@SUBPROTOCOLS]=TARGET", id="no-path"),
+    pytest.param("/x", "PATH[[OPTIONS]][@SUBPROTOCOLS]=TARGET", id="no-equals"),
+    pytest.param("=echo:", "PATH[[OPTIONS]][@SUBPROTOCOLS]=TARGET", id="no-path"),
     pytest.param("x=echo:", "must start with '/'", id="no-leading-slash"),
     pytest.param("@chat=echo:", "must start with '/'", id="only-subprotocol"),
     pytest.param("/a/*/b=echo:", "final '/*'", id="star-in-middle"),
@@ -239,7 +239,7 @@ def test_ping_timeout_defaults_to_interval(extra: dict[str, Any], timeout: float
     pytest.param({"listen": [""]}, "listen[0]", "Twisted endpoint string", id="empty-listener"),
     pytest.param({"listen": ["tcp:1", 8080]}, "listen[1]", "Twisted endpoint string", id="listener-not-string"),
     pytest.param({"routes": ["/=echo:", 42]}, "routes[1]", "route string or table", id="route-not-string"),
-    pytest.param({"routes": ["/=echo:", "/x"]}, "routes[1]", "PATH[@SUBPROTOCOLS]=TARGET", id="route-no-equals"),
+    pytest.param({"routes": ["/=echo:", "/x"]}, "routes[1]", "PATH[[OPTIONS]][@SUBPROTOCOLS]=TARGET", id="route-no-equals"),
     pytest.param({"routes": ["/=echo:", {"path": "x", "target": "echo:"}]}, "routes[1]", "start with '/'",
                  id="table-route-bad-path"),
     pytest.param({"routes": ["/=echo:", {"path": "/x", "target": "echo:", "framing": "json"}]}, "routes[1]",
@@ -419,3 +419,28 @@ def test_listener_from_short_form_errors(text: str) -> None:
     """A short form without a usable port or with an unbracketed IPv6 host raises ValueError."""
     with pytest.raises(ValueError):
         listener_from_short_form(text)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("/t[framing=line;max-forks=4]@tty=exec:login", {"framing": Framing("line"), "max_forks": 4, "subprotocols": ("tty",)}),
+    ("/r[record=rec/dir]=echo:", {"record": "rec/dir"}),
+    ("/e[env=TERM:xterm;env=LANG:C.UTF-8]=exec:env", {"env": (("TERM", "xterm"), ("LANG", "C.UTF-8"))}),
+])
+def test_route_options(text: str, expected: dict) -> None:
+    """Bracketed route options set the route's framing, fork limit, recording directory and environment."""
+    route = parse_route(text)
+    for key, value in expected.items():
+        assert getattr(route, key) == value
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("/t[colour=red]=echo:", "route option must be one of"),
+    ("/t[max-forks=0]=echo:", "max-forks must be a whole number"),
+    ("/t[env=NOVALUE]=echo:", "env must be NAME:VALUE"),
+    ("/t[framing=zigzag]=echo:", "framing must be"),
+])
+def test_route_option_errors(text: str, fragment: str) -> None:
+    """A bad route option is refused with a message naming the option."""
+    with pytest.raises(ValueError) as caught:
+        parse_route(text)
+    assert fragment in str(caught.value)

@@ -210,6 +210,11 @@ class Route:
     @ivar subprotocols: the subprotocols this route speaks; empty means any.
     @ivar framing: how target output becomes messages; C{None} picks the
         target kind's default (binary chunks; lines for exec).
+    @ivar max_forks: for program targets, how many may run at once for this
+        route (C{None}: the router-wide limit).
+    @ivar record: a directory to record this route's sessions into
+        (C{None}: the router-wide setting).
+    @ivar env: extra environment for program targets, C{(name, value)}.
     """
 
     path: str
@@ -217,6 +222,9 @@ class Route:
     prefix: bool = False
     subprotocols: tuple[str, ...] = ()
     framing: Framing | None = None
+    max_forks: int | None = None
+    record: str | None = None
+    env: tuple[tuple[str, str], ...] = ()
 
     def describe(self) -> str:
         pattern = (self.path.rstrip("/") + "/*") if self.prefix else self.path
@@ -225,17 +233,55 @@ class Route:
         return pattern
 
 
+_ROUTE = re.compile(r"(?P<path>[^\[@=]*)(?:\[(?P<options>[^\]]*)\])?(?:@(?P<protocols>[^=]*))?=(?P<target>.*)", re.S)
+
+#: Options a route string may carry in brackets, and how each is read.
+ROUTE_OPTIONS = ("framing", "max-forks", "record", "env")
+
+
+def _route_options(text: str) -> dict[str, Any]:
+    """Parse C{key=value;key=value} from a route string's brackets."""
+    options: dict[str, Any] = {}
+    env: list[tuple[str, str]] = []
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        key, sep, value = item.partition("=")
+        if not sep or key not in ROUTE_OPTIONS:
+            raise ValueError(f"route option must be one of {', '.join(ROUTE_OPTIONS)} as KEY=VALUE, not {item!r}")
+        if key == "framing":
+            options["framing"] = parse_framing(value)
+        elif key == "max-forks":
+            if not (value.isascii() and value.isdigit()) or int(value) < 1:
+                raise ValueError(f"max-forks must be a whole number of at least 1, not {value!r}")
+            options["max_forks"] = int(value)
+        elif key == "record":
+            options["record"] = value
+        else:
+            name, sep, env_value = value.partition(":")
+            if not sep or not name:
+                raise ValueError(f"env must be NAME:VALUE, not {value!r}")
+            env.append((name, env_value))
+    if env:
+        options["env"] = tuple(env)
+    return options
+
+
 def parse_route(text: str) -> Route:
     """
-    Parse C{PATH[@PROTO[,PROTO...]]=TARGET}.
+    Parse C{PATH[[OPTIONS]][@PROTO[,PROTO...]]=TARGET}.
 
     A path ending in C{/*} matches that path and everything below it;
-    otherwise the match is exact.  C{/*} alone matches every path.
+    otherwise the match is exact.  C{/*} alone matches every path.  OPTIONS
+    are C{key=value} pairs separated by C{;}: C{framing}, C{max-forks},
+    C{record} (a directory) and C{env} (C{NAME:VALUE}, repeatable), e.g.
+    C{/term[framing=line;max-forks=4]@tty=exec:login}.
     """
-    pattern, sep, target_text = text.partition("=")
-    if not sep or not pattern:
-        raise ValueError(f"expected PATH[@SUBPROTOCOLS]=TARGET, not {text!r}")
-    pattern, _, protocols = pattern.partition("@")
+    match = _ROUTE.fullmatch(text)
+    if not match or text.startswith("="):
+        raise ValueError(f"expected PATH[[OPTIONS]][@SUBPROTOCOLS]=TARGET, not {text!r}")
+    pattern = match.group("path")
+    protocols = match.group("protocols") or ""
+    options = _route_options(match.group("options") or "")
+    target_text = match.group("target")
     if not pattern.startswith("/"):
         raise ValueError(f"route path must start with '/', not {pattern!r}")
     prefix = pattern.endswith("/*")
@@ -243,7 +289,7 @@ def parse_route(text: str) -> Route:
     if "*" in path:
         raise ValueError(f"'*' is only allowed as a final '/*' in a route path, not {pattern!r}")
     subprotocols = tuple(p.strip() for p in protocols.split(",") if p.strip())
-    return Route(path=path, prefix=prefix, subprotocols=subprotocols, target=parse_target(target_text))
+    return Route(path=path, prefix=prefix, subprotocols=subprotocols, target=parse_target(target_text), **options)
 
 
 def parse_framing(text: str) -> Framing:
@@ -285,6 +331,7 @@ class Limits:
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    max_forks: int | None = None
 
 
 @frozen
@@ -303,6 +350,7 @@ class RouterConfig:
     routes: tuple[Route, ...] = ()
     web: WebRoot | None = None
     limits: Limits = field(factory=Limits)
+    pass_env: tuple[str, ...] = ()
 
 
 # -- building from plain values -------------------------------------------------
@@ -335,7 +383,7 @@ def _positive_number(raw: Mapping[str, Any], key: str, problems: _Problems, *, i
 
 def _build_limits(raw: Mapping[str, Any], problems: _Problems) -> Limits:
     values: dict[str, Any] = {}
-    for key in ("max_message_size",):
+    for key in ("max_message_size", "max_forks"):
         number = _positive_number(raw, key, problems, integer=True)
         if number is not None:
             values[key] = number
@@ -383,8 +431,9 @@ def build_config(raw: Mapping[str, Any], source: str = "configuration") -> Route
     TOML file or Python code).
 
     Keys: C{listen} (list of Twisted endpoint strings), C{routes} (list of
-    route strings, tables or L{Route}s), C{web}, C{web_listing}, and the
-    L{Limits} field names.
+    route strings, tables or L{Route}s), C{web}, C{web_listing},
+    C{pass_env} (names of the router's environment variables that program
+    targets inherit), and the L{Limits} field names.
 
     @raise ConfigError: listing every problem found, each with its key.
     """
@@ -413,9 +462,16 @@ def build_config(raw: Mapping[str, Any], source: str = "configuration") -> Route
     limits = _build_limits(raw, problems)
     if not routes and web is None and not raw.get("routes"):
         problems.add("routes", "nothing to serve: give at least one route (or a web root)")
+    pass_env = raw.get("pass_env") or ()
+    if isinstance(pass_env, str):
+        pass_env = (pass_env,)
+    for index, name in enumerate(pass_env):
+        if not isinstance(name, str) or not name or "=" in name:
+            problems.add(f"pass_env[{index}]", f"must be an environment variable name, not {name!r}")
     if problems.items:
         raise ConfigError(problems.items, source)
-    return RouterConfig(listeners=listeners, routes=tuple(routes), web=web, limits=limits)
+    return RouterConfig(listeners=listeners, routes=tuple(routes), web=web, limits=limits,
+                        pass_env=tuple(pass_env))
 
 
 def listener_from_short_form(text: str) -> str:
