@@ -1,23 +1,31 @@
 """CPU time of a process and all its descendants, read from Linux ``/proc``.
 
 Why this is more than ``utime + stime`` of one PID: websockify forks one process per
-connection, and those processes exit (and are reaped by websockify) at the end of
-each connection.  A process's own CPU time is visible in ``/proc/<pid>/stat`` while
-it lives (fields ``utime``/``stime``, which already include its exited threads).
-When it exits and its parent ``wait()``\\ s for it, the kernel adds its
-``utime + stime + cutime + cstime`` to the parent's ``cutime``/``cstime``.  So for a
+connection, and those processes exit (and are reaped by websockify) at the end of each
+connection.  When a process exits and its parent ``wait()``\\ s for it, the kernel adds
+its ``utime + stime + cutime + cstime`` to the parent's ``cutime``/``cstime``.  So for a
 tree rooted at ``root``:
 
     tree CPU = sum over every *live* process P in the tree of
-               utime(P) + stime(P) + cutime(P) + cstime(P)
+               own CPU(P) + cutime(P) + cstime(P)
 
-counts each CPU-second exactly once: live processes directly, reaped ones through the
-``cutime``/``cstime`` of whoever reaped them.  The one gap is a child that has exited
-but is not yet reaped (a zombie) or that is reaped while we scan; callers therefore
-take their "after" sample only once the tree has settled (see :func:`wait_settled`).
+counts each CPU-second once: live processes directly, reaped ones through the
+``cutime``/``cstime`` of whoever reaped them.
 
-Units: the kernel reports clock ticks (``SC_CLK_TCK``, normally 100 per second), so the
-resolution is 10 ms per process; workloads are sized to use seconds of CPU.
+*Own CPU* of a live process is read in nanoseconds from
+``/proc/<pid>/task/<tid>/schedstat`` (first field: time on CPU) summed over its threads;
+the reaped part is only available in clock ticks (``SC_CLK_TCK``, normally 100/s).  The
+difference of two readings is therefore:
+
+* exact (ns) for processes alive at both readings, and for processes born in between
+  (they start from zero);
+* accurate to one tick (10 ms) for processes that exited and were reaped in between;
+* blind to a process that has exited but is not yet reaped at the second reading, whose
+  time is taken from its ``/proc/<pid>/stat`` instead (ticks), and to threads of a live
+  process that ended in between (not an issue for the relays measured here).
+
+Callers take their readings when the tree is quiet (see :func:`wait_settled`) or while
+connections are open and nothing is exiting.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import time
 from dataclasses import dataclass
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+TICK_NS = 1_000_000_000 // CLK_TCK
 
 
 @dataclass(frozen=True)
@@ -41,11 +50,6 @@ class ProcStat:
     cutime: int
     cstime: int
     starttime: int
-
-    @property
-    def ticks(self) -> int:
-        """Own CPU plus that of reaped descendants, in clock ticks."""
-        return self.utime + self.stime + self.cutime + self.cstime
 
 
 def parse_stat(text: str) -> ProcStat:
@@ -86,7 +90,7 @@ def all_stats() -> dict[int, ProcStat]:
 
 
 def tree(root: int, stats: dict[int, ProcStat]) -> list[ProcStat]:
-    """The live processes of the tree rooted at ``root`` (root first); empty if root is gone."""
+    """The processes of the tree rooted at ``root`` (root first); empty if root is gone."""
     if root not in stats:
         return []
     children: dict[int, list[int]] = {}
@@ -101,56 +105,13 @@ def tree(root: int, stats: dict[int, ProcStat]) -> list[ProcStat]:
     return out
 
 
-@dataclass(frozen=True)
-class TreeSample:
-    """CPU of a process tree at one instant."""
-
-    cpu_s: float
-    processes: int
-    zombies: int
-    alive: bool
-
-
-def sample(root: int) -> TreeSample:
-    """CPU seconds used so far by ``root`` and all its descendants (see module docstring)."""
-    procs = tree(root, all_stats())
-    ticks = sum(p.ticks for p in procs)
-    return TreeSample(
-        cpu_s=ticks / CLK_TCK,
-        processes=len(procs),
-        zombies=sum(1 for p in procs if p.state == "Z"),
-        alive=bool(procs) and procs[0].state != "Z",
-    )
-
-
-def wait_settled(root: int, max_wait_s: float = 5.0, quiet_s: float = 0.15) -> TreeSample:
-    """Wait until the tree has no descendants left and its CPU stops moving, then sample.
-
-    "Settled" means: only the root remains (per-connection children exited and were
-    reaped) and the CPU total did not change for ``quiet_s``.  Gives up after
-    ``max_wait_s`` and returns the last sample; the caller can see ``processes > 1``.
-    """
-    deadline = time.monotonic() + max_wait_s
-    last = sample(root)
-    stable_since = time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.05)
-        cur = sample(root)
-        if cur.cpu_s != last.cpu_s or cur.processes != last.processes:
-            stable_since = time.monotonic()
-        last = cur
-        if cur.processes <= 1 and time.monotonic() - stable_since >= quiet_s:
-            break
-    return last
-
-
-def _task_runtime_ns(pid: int) -> int:
-    """On-CPU nanoseconds of every live thread of ``pid`` (first field of schedstat)."""
-    total = 0
+def _threads_runtime_ns(pid: int) -> int | None:
+    """On-CPU ns summed over the live threads of ``pid``; None if unreadable."""
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except (FileNotFoundError, ProcessLookupError):
-        return 0
+        return None
+    total = 0
     for tid in tids:
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat", encoding="ascii") as f:
@@ -160,15 +121,63 @@ def _task_runtime_ns(pid: int) -> int:
     return total
 
 
-def live_runtime_ns(root: int) -> int:
-    """Nanosecond CPU of the live threads in the tree; for windows where nothing exits.
+def _own_ns(st: ProcStat) -> int:
+    """A process's own CPU: ns from schedstat while it runs, ticks from stat for zombies."""
+    if st.state != "Z":
+        ns = _threads_runtime_ns(st.pid)
+        if ns is not None:
+            return ns
+    return (st.utime + st.stime) * TICK_NS
 
-    More precise than :func:`sample` (no 10 ms truncation per process), but it sees only
-    threads alive at the time of reading, so the difference of two readings is right only
-    if no process or thread of the tree ended in between.  Used for the steady part of a
-    workload, after connections are open and before they close.
+
+@dataclass(frozen=True)
+class TreeSample:
+    """CPU of a process tree at one instant (see the module docstring)."""
+
+    cpu_ns: int
+    sys_s: float
+    processes: int
+    alive: bool
+
+    @property
+    def cpu_s(self) -> float:
+        return self.cpu_ns / 1e9
+
+
+def sample(root: int) -> TreeSample:
+    """CPU used so far by ``root`` and all its descendants.
+
+    ``sys_s`` (system time, from the tick counters) is for the user/system split only.
     """
-    return sum(_task_runtime_ns(p.pid) for p in tree(root, all_stats()) if p.state != "Z")
+    procs = tree(root, all_stats())
+    cpu = sum(_own_ns(p) + (p.cutime + p.cstime) * TICK_NS for p in procs)
+    system = sum(p.stime + p.cstime for p in procs)
+    return TreeSample(
+        cpu_ns=cpu,
+        sys_s=system / CLK_TCK,
+        processes=len(procs),
+        alive=bool(procs) and procs[0].state != "Z",
+    )
+
+
+def wait_settled(root: int, max_wait_s: float = 5.0, quiet_s: float = 0.15) -> TreeSample:
+    """Wait until the tree has no descendants left and its CPU stops moving, then sample.
+
+    "Settled" means: only the root remains (per-connection children exited and were
+    reaped) and its CPU grew by less than 1 ms during ``quiet_s``.  Gives up after
+    ``max_wait_s`` and returns the last sample; the caller can see ``processes > 1``.
+    """
+    deadline = time.monotonic() + max_wait_s
+    ref = cur = sample(root)
+    stable_since = time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        cur = sample(root)
+        if cur.cpu_ns - ref.cpu_ns > 1_000_000 or cur.processes != ref.processes:
+            ref, stable_since = cur, time.monotonic()
+        elif cur.processes <= 1 and time.monotonic() - stable_since >= quiet_s:
+            break
+    return cur
 
 
 def peak_rss_kib(pid: int) -> int:

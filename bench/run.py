@@ -46,7 +46,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     help="comma-separated workloads: " + ",".join(w.name for w in WORKLOADS))
     ap.add_argument("--variants", default=",".join(VARIANTS),
                     help="comma-separated, from: " + ",".join(VARIANTS))
-    ap.add_argument("--rounds", type=int, help="rounds per workload (default 3, quick 2)")
+    ap.add_argument("--rounds", type=int, help="rounds per workload (default 4, quick 2)")
     ap.add_argument("--port-base", type=int, default=18700,
                     help="relays listen on ports from here up (default 18700)")
     ap.add_argument("--log-dir", help="keep relay and helper logs here (default: temporary)")
@@ -88,6 +88,7 @@ def measure(w: Workload, ctx: Context, root_pid: int, targets_pid: int) -> dict[
     after = proctree.wait_settled(root_pid)
     raw.update(
         relay_cpu_s=after.cpu_s - before.cpu_s,
+        relay_sys_s=after.sys_s - before.sys_s,
         client_cpu_s=client_cpu,
         target_cpu_s=proctree.sample(targets_pid).cpu_s - tgt0,
         wall_s=wall,
@@ -179,7 +180,7 @@ def summarize(w: Workload, runs: list[dict[str, Any]]) -> dict[str, Any]:
         med = median(vals)
         out[m.key] = med
         out[m.key + "_spread"] = (max(vals) - min(vals)) / 2 / med if vals and med else float("nan")
-    for key in ("wall_s", "client_cpu_s", "target_cpu_s", "relay_cpu_s"):
+    for key in ("wall_s", "client_cpu_s", "target_cpu_s", "relay_cpu_s", "relay_sys_s"):
         out[key] = median([r["raw"][key] for r in ok])
     out["relay_peak_rss_mib"] = max((r["raw"]["relay_peak_rss_mib"] for r in ok), default=float("nan"))
     out["errors"] = sorted({r["error"] for r in runs if not r["ok"]})
@@ -231,8 +232,9 @@ def figures_table(params: Params, summary: dict[str, dict[str, dict[str, Any]]])
 
 def load_table(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
     lines = [
-        "| workload | variant | wall s | client CPU % | target CPU % | relay CPU % | relay peak RSS MiB |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| workload | variant | wall s | client CPU % | target CPU % | relay CPU % | relay CPU in kernel % "
+        "| relay peak RSS MiB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for wname, per in summary.items():
         for v, s in per.items():
@@ -240,10 +242,14 @@ def load_table(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
                 continue
             wall = s["wall_s"]
             pct = lambda k: fmt(100 * s[k] / wall) if wall else "—"  # noqa: E731
-            relay = pct("relay_cpu_s") if v != "direct" else "(no relay)"
-            rss = fmt(s["relay_peak_rss_mib"]) if v != "direct" else "—"
+            if v == "direct":
+                relay, system, rss = "(no relay)", "—", "—"
+            else:
+                relay = pct("relay_cpu_s")
+                system = fmt(100 * s["relay_sys_s"] / s["relay_cpu_s"]) if s["relay_cpu_s"] else "—"
+                rss = fmt(s["relay_peak_rss_mib"])
             lines.append(f"| {wname} | {v} | {fmt(wall)} | {pct('client_cpu_s')} | "
-                         f"{pct('target_cpu_s')} | {relay} | {rss} |")
+                         f"{pct('target_cpu_s')} | {relay} | {system} | {rss} |")
     return "\n".join(lines)
 
 
