@@ -517,3 +517,32 @@ def test_on_finished_waits_for_link() -> None:
     assert session.finished == []
     session.bridge.link_lost(None)
     assert len(session.finished) == 1
+
+
+# -- whole typed messages (a replayed recording) ---------------------------------------
+
+
+def test_message_received_keeps_type_and_bypasses_framer() -> None:
+    """A typed message from the link goes out whole with its own type, neither framed nor judged by binary_for."""
+    session = Session(framer=LineFramer(100), binary_for=lambda payload: True)
+    session.bridge.message_received(b"no newline", False)
+    session.bridge.message_received(b"", True)
+    session.bridge.message_received(b"a\nb", True)
+    assert session.sent() == [(b"no newline", False), (b"", True), (b"a\nb", True)]
+    assert session.recorder.target == [(b"no newline", False), (b"", True), (b"a\nb", True)]
+    assert (session.bridge.stats.messages_to_client, session.bridge.stats.bytes_to_client) == (3, 13)
+
+
+def test_message_received_base64_mode() -> None:
+    """In base64 mode a typed message is sent base64-encoded as text, like framed data."""
+    session = Session(base64_mode=True)
+    session.bridge.message_received(b"\x00\xff", True)
+    assert session.sent() == [(base64.b64encode(b"\x00\xff"), False)]
+
+
+def test_message_received_after_websocket_closed_dropped() -> None:
+    """Typed messages arriving after the WebSocket is gone are not sent."""
+    session = Session()
+    session.bridge.websocket_closed(1000, "bye")
+    session.bridge.message_received(b"late", False)
+    assert session.sent() == []

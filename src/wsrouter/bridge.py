@@ -6,7 +6,9 @@ It owns the session's rules, and nothing about I/O:
   - client frames go to the target as they arrive (whole messages for
     datagram targets), decoded from base64 for websockify's C{base64}
     subprotocol;
-  - target bytes are cut into messages by a framer and sent to the client;
+  - target bytes are cut into messages by a framer and sent to the client
+    (a link whose messages have a known type, a replayed recording, hands
+    them over whole with L{message_received}, bypassing the framer);
   - flow control is wiring: the target's producer is registered with the
     client's transport and the client's with the target's, so whichever
     side is slow pauses the other;
@@ -211,6 +213,9 @@ class Bridge:
         for message in self._framer.feed(data):
             self._send(message)
 
+    def message_received(self, payload: bytes, is_binary: bool) -> None:
+        self._send(payload, is_binary)
+
     def eof_received(self) -> None:
         """The target has said everything: deliver what is left, then close 1000."""
         for message in self._framer.flush():
@@ -225,10 +230,11 @@ class Bridge:
             self._close_client(INTERNAL_ERROR, f"target error: {error}", by="target")
         self._maybe_finished()
 
-    def _send(self, message: bytes) -> None:
+    def _send(self, message: bytes, is_binary: bool | None = None) -> None:
         if self._socket_done:
             return
-        is_binary = self._binary_for(message)
+        if is_binary is None:
+            is_binary = self._binary_for(message)
         self.stats.bytes_to_client += len(message)
         self.stats.messages_to_client += 1
         if self._recorder is not None:

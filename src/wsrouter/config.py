@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
 import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
 from attrs import field, frozen
+from attrs.validators import in_
 
 MiB = 1024 * 1024
 
@@ -30,6 +32,14 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 
 #: Framings a route may name; see L{wsrouter.framing}.
 FRAMINGS = ("binary", "line", "separator", "fixed")
+
+#: Recording formats (L{wsrouter.recording.FORMATS} has their file suffixes).
+RECORDING_FORMATS = ("jsonl", "asciicast")
+#: Request headers whose values a recording replaces by C{"[redacted]"}.
+DEFAULT_RECORD_REDACT = ("cookie", "authorization", "proxy-authorization", "sec-websocket-key")
+#: The C{record} value that turns recording off (for a route: even when the
+#: router records everything); write C{./off} for a directory of that name.
+RECORD_OFF = "off"
 
 
 class ConfigError(ValueError):
@@ -114,7 +124,25 @@ class ExecTarget:
         return "exec:" + shlex.join(self.argv)
 
 
-Target = Union[TcpTarget, UnixTarget, UdpTarget, UnixDatagramTarget, EchoTarget, ExecTarget]
+@frozen
+class ReplayTarget:
+    """
+    A recording played back to each client: the messages the recorded
+    target sent, at their recorded times divided by C{speed}.
+
+    @ivar path: the recording file (JSON Lines or asciicast), relative to
+        the router's working directory unless absolute.
+    @ivar speed: 2.0 plays twice as fast, 0.5 half as fast.
+    """
+
+    path: str
+    speed: float = 1.0
+
+    def describe(self) -> str:
+        return f"replay:{self.path}" + (f"?speed={self.speed:g}" if self.speed != 1.0 else "")
+
+
+Target = Union[TcpTarget, UnixTarget, UdpTarget, UnixDatagramTarget, EchoTarget, ExecTarget, ReplayTarget]
 
 #: Target kinds whose natural unit is a datagram, not a byte stream.
 DATAGRAM_TARGETS = (UdpTarget, UnixDatagramTarget)
@@ -143,17 +171,43 @@ def _split_host_port(text: str) -> tuple[str, int]:
     return host, port
 
 
+def parse_replay(text: str) -> ReplayTarget:
+    """
+    Parse C{FILE} or C{FILE?speed=FACTOR} (the part after C{replay:}).
+
+    Only a final C{?speed=} is read as the speed, so any other C{?} is part
+    of the file name.
+    """
+    path, speed = text, 1.0
+    match = re.fullmatch(r"(.*)\?speed=([^?/]*)", text, re.S)
+    if match:
+        path, factor = match.groups()
+        try:
+            speed = float(factor)
+        except ValueError:
+            speed = math.nan
+        if not math.isfinite(speed) or speed <= 0:
+            raise ValueError(f"replay speed must be a number greater than 0, not {factor!r}")
+    if not path:
+        raise ValueError("replay: needs a recording file, e.g. replay:session.jsonl or replay:session.jsonl?speed=2")
+    return ReplayTarget(path, speed)
+
+
 def parse_target(text: str) -> Target:
     """
     Parse a target string.
 
     Accepted forms: C{tcp://HOST:PORT}, C{HOST:PORT} (TCP, websockify's
     form), C{unix:///PATH}, C{udp://HOST:PORT}, C{unix-dgram:///PATH},
-    C{echo:} and C{exec:PROGRAM ARGS...} (shell-like quoting, no shell).
+    C{echo:}, C{exec:PROGRAM ARGS...} (shell-like quoting, no shell) and
+    C{replay:FILE} (a recording played back to each client;
+    C{replay:FILE?speed=2} plays it twice as fast).
 
     @raise ValueError: with a message that says what is wrong.
     """
     text = text.strip()
+    if text.startswith("replay:"):
+        return parse_replay(text[len("replay:"):])
     if text.startswith("exec:"):
         try:
             argv = tuple(shlex.split(text[len("exec:"):]))
@@ -178,7 +232,7 @@ def parse_target(text: str) -> Target:
         return TcpTarget(host, port) if scheme == "tcp" else UdpTarget(host, port)
     raise ValueError(
         f"unknown target {text!r}; use tcp://HOST:PORT, unix:///PATH, "
-        "udp://HOST:PORT, unix-dgram:///PATH, exec:PROGRAM or echo:"
+        "udp://HOST:PORT, unix-dgram:///PATH, exec:PROGRAM, replay:FILE[?speed=FACTOR] or echo:"
     )
 
 
@@ -213,7 +267,7 @@ class Route:
     @ivar max_forks: for program targets, how many may run at once for this
         route (C{None}: the router-wide limit).
     @ivar record: a directory to record this route's sessions into
-        (C{None}: the router-wide setting).
+        (C{None}: the router-wide setting; L{RECORD_OFF}: not recorded).
     @ivar env: extra environment for program targets, C{(name, value)}.
     """
 
@@ -254,7 +308,7 @@ def _route_options(text: str) -> dict[str, Any]:
                 raise ValueError(f"max-forks must be a whole number of at least 1, not {value!r}")
             options["max_forks"] = int(value)
         elif key == "record":
-            options["record"] = value
+            options["record"] = _record_directory(value)
         else:
             name, sep, env_value = value.partition(":")
             if not sep or not name:
@@ -265,6 +319,12 @@ def _route_options(text: str) -> dict[str, Any]:
     return options
 
 
+def _record_directory(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"record must be a directory (or {RECORD_OFF}), not {value!r}")
+    return value
+
+
 def parse_route(text: str) -> Route:
     """
     Parse C{PATH[[OPTIONS]][@PROTO[,PROTO...]]=TARGET}.
@@ -272,7 +332,7 @@ def parse_route(text: str) -> Route:
     A path ending in C{/*} matches that path and everything below it;
     otherwise the match is exact.  C{/*} alone matches every path.  OPTIONS
     are C{key=value} pairs separated by C{;}: C{framing}, C{max-forks},
-    C{record} (a directory) and C{env} (C{NAME:VALUE}, repeatable), e.g.
+    C{record} (a directory, or C{off}) and C{env} (C{NAME:VALUE}, repeatable), e.g.
     C{/term[framing=line;max-forks=4]@tty=exec:login}.
     """
     match = _ROUTE.fullmatch(text)
@@ -343,6 +403,25 @@ class WebRoot:
 
 
 @frozen
+class Recording:
+    """
+    Session recording, router-wide (see C{docs/recording.md}).
+
+    @ivar directory: record every session into this directory; C{None}
+        records only the routes that name a directory of their own.
+    @ivar format: one of L{RECORDING_FORMATS}.
+    @ivar max_bytes: stop recording a session before its file would grow
+        past this many bytes; C{None}: no limit.
+    @ivar redact: request headers (lower case) whose values are not recorded.
+    """
+
+    directory: str | None = None
+    format: str = field(default="jsonl", validator=in_(RECORDING_FORMATS))
+    max_bytes: int | None = None
+    redact: tuple[str, ...] = DEFAULT_RECORD_REDACT
+
+
+@frozen
 class RouterConfig:
     """Everything one router needs: where to listen, what to route, limits."""
 
@@ -350,7 +429,15 @@ class RouterConfig:
     routes: tuple[Route, ...] = ()
     web: WebRoot | None = None
     limits: Limits = field(factory=Limits)
+    recording: Recording = field(factory=Recording)
     pass_env: tuple[str, ...] = ()
+
+
+    def recording_directory(self, route: Route) -> str | None:
+        """Where C{route}'s sessions are recorded: its own directory, else the router's; C{None}: nowhere."""
+        if route.record == RECORD_OFF:
+            return None
+        return route.record or self.recording.directory
 
 
 # -- building from plain values -------------------------------------------------
@@ -417,12 +504,42 @@ def _build_route(raw: Any, key: str, problems: _Problems) -> Route | None:
                 target=route.target,
                 subprotocols=tuple(protocols),
                 framing=parse_framing(framing) if isinstance(framing, str) else framing,
+                record=None if raw.get("record") is None else _record_directory(raw["record"]),
             )
     except ValueError as e:
         problems.add(key, str(e))
         return None
     problems.add(key, f"must be a route string or table, not {type(raw).__name__}")
     return None
+
+
+def _build_recording(raw: Mapping[str, Any], problems: _Problems) -> Recording:
+    values: dict[str, Any] = {}
+    directory = raw.get("record")
+    if isinstance(directory, os.PathLike):
+        directory = os.fspath(directory)
+    if directory is not None and directory != RECORD_OFF:
+        if isinstance(directory, str) and directory:
+            values["directory"] = directory
+        else:
+            problems.add("record", f"must be a directory (or {RECORD_OFF}), not {directory!r}")
+    fmt = raw.get("record_format")
+    if fmt is not None:
+        if isinstance(fmt, str) and fmt in RECORDING_FORMATS:
+            values["format"] = fmt
+        else:
+            problems.add("record_format", f"must be {' or '.join(RECORDING_FORMATS)}, not {fmt!r}")
+    max_bytes = _positive_number(raw, "record_max_bytes", problems, integer=True)
+    if max_bytes is not None:
+        values["max_bytes"] = max_bytes
+    redact = raw.get("record_redact")
+    if redact is not None:
+        names = (redact,) if isinstance(redact, str) else redact
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n for n in names):
+            problems.add("record_redact", f"must be a list of request header names, not {redact!r}")
+        else:
+            values["redact"] = tuple(name.lower() for name in names)
+    return Recording(**values)
 
 
 def build_config(raw: Mapping[str, Any], source: str = "configuration") -> RouterConfig:
@@ -433,7 +550,9 @@ def build_config(raw: Mapping[str, Any], source: str = "configuration") -> Route
     Keys: C{listen} (list of Twisted endpoint strings), C{routes} (list of
     route strings, tables or L{Route}s), C{web}, C{web_listing},
     C{pass_env} (names of the router's environment variables that program
-    targets inherit), and the L{Limits} field names.
+    targets inherit), C{record} (a directory to record every session into),
+    C{record_format}, C{record_max_bytes}, C{record_redact} (request headers
+    to hide; replaces the default list), and the L{Limits} field names.
 
     @raise ConfigError: listing every problem found, each with its key.
     """
@@ -460,6 +579,7 @@ def build_config(raw: Mapping[str, Any], source: str = "configuration") -> Route
     elif raw.get("web_listing"):
         problems.add("web_listing", "needs a web root (web)")
     limits = _build_limits(raw, problems)
+    recording = _build_recording(raw, problems)
     if not routes and web is None and not raw.get("routes"):
         problems.add("routes", "nothing to serve: give at least one route (or a web root)")
     pass_env = raw.get("pass_env") or ()
@@ -470,7 +590,7 @@ def build_config(raw: Mapping[str, Any], source: str = "configuration") -> Route
             problems.add(f"pass_env[{index}]", f"must be an environment variable name, not {name!r}")
     if problems.items:
         raise ConfigError(problems.items, source)
-    return RouterConfig(listeners=listeners, routes=tuple(routes), web=web, limits=limits,
+    return RouterConfig(listeners=listeners, routes=tuple(routes), web=web, limits=limits, recording=recording,
                         pass_env=tuple(pass_env))
 
 

@@ -65,6 +65,13 @@ class LinkReceiver(Protocol):
     def data_received(self, data: bytes) -> None:
         """Bytes from the target (one datagram, for datagram links)."""
 
+    def message_received(self, payload: bytes, is_binary: bool) -> None:
+        """
+        One whole message whose type the target knows (a replayed
+        recording): sent to the client as it is, bypassing the framer.  A
+        link uses either this or L{data_received}, not both.
+        """
+
     def eof_received(self) -> None:
         """The target will send no more; it may still accept data."""
 

@@ -22,9 +22,10 @@ from twisted.python.failure import Failure
 from .bridge import Bridge, SessionStats
 from .config import DATAGRAM_TARGETS, ExecTarget, RouterConfig
 from .framing import make_framer, message_is_binary
-from .interfaces import Link, SessionInfo, TargetError
+from .interfaces import Link, Recorder, SessionInfo, TargetError
 from .keepalive import Keepalive
 from .protocol import RouterFactory, RouterProtocol
+from .recording import open_recorder
 from .routing import Match, NoRoute, select_route
 from .targets import Connectors
 
@@ -48,6 +49,11 @@ class Router:
         self._pending: dict[RouterProtocol, Link] = {}
         self._activity: dict[RouterProtocol, float] = {}
         self._stopping = False
+        # Recorders of sessions not finished yet, and a Deferred per open
+        # session that fires when it has finished (both sides done, its
+        # recording flushed): what shutdown waits for.
+        self._recorders: dict[RouterProtocol, Recorder] = {}
+        self._finishing: dict[RouterProtocol, Deferred[None]] = {}
 
     # -- handshake -----------------------------------------------------------------
 
@@ -113,15 +119,34 @@ class Router:
         else:
             def binary_for(payload: bytes) -> bool:
                 return message_is_binary(kind, payload)
+        recorder = self._open_recorder(session)
+        if recorder is not None:
+            self._recorders[protocol] = recorder
         protocol.bridge = Bridge(
             protocol, link, framer,
             base64_mode=match.base64,
             binary_for=binary_for,
+            recorder=recorder,
             on_finished=lambda stats: self._finished(protocol, session, stats),
         )
         protocol.session = session  # type: ignore[attr-defined]
         self._pending[protocol] = link
         return match.subprotocol
+
+    def _open_recorder(self, session: SessionInfo) -> Recorder | None:
+        """
+        A recorder if the session's route records (its own directory, else
+        the router's), else C{None}.  A directory that cannot be written is
+        logged and the session goes on unrecorded.
+        """
+        directory = self.config.recording_directory(session.route)
+        if directory is None:
+            return None
+        settings = self.config.recording
+        return open_recorder(
+            directory, session, session.route.target.describe(),
+            fmt=settings.format, max_bytes=settings.max_bytes, clock=self._reactor, redact=settings.redact,
+        )
 
     def _not_connected(self, reason: Failure, protocol: RouterProtocol, request: Any) -> None:
         if not reason.check(TargetError):
@@ -153,6 +178,7 @@ class Router:
             return
         session: SessionInfo = protocol.session  # type: ignore[attr-defined]
         self.sessions[protocol.session_id] = protocol
+        self._finishing[protocol] = Deferred()
         log.info(
             "session {id} open: {peer} {path} -> {target} (route {route}, subprotocol {subprotocol})",
             id=protocol.session_id, peer=session.peer(), path=session.request_uri,
@@ -190,15 +216,27 @@ class Router:
     def closed(self, protocol: RouterProtocol, code: int | None, reason: str) -> None:
         link = self._pending.pop(protocol, None)
         if link is not None:
+            # Never opened: the bridge never starts, so it will not finish
+            # the recording either.
             link.abort()
+            self._close_recording(protocol, code, reason)
         self._activity.pop(protocol, None)
         if protocol.keepalive is not None:
             protocol.keepalive.stop()
         if protocol.bridge is not None:
             protocol.bridge.websocket_closed(code, reason)
 
+    def _close_recording(self, protocol: RouterProtocol, code: int | None, reason: str) -> None:
+        recorder = self._recorders.pop(protocol, None)
+        if recorder is not None:
+            recorder.closed(code, reason)
+
     def _finished(self, protocol: RouterProtocol, session: SessionInfo, stats: SessionStats) -> None:
         self.sessions.pop(protocol.session_id, None)
+        self._recorders.pop(protocol, None)  # the bridge has closed it
+        finishing = self._finishing.pop(protocol, None)
+        if finishing is not None:
+            finishing.callback(None)
         log.info(
             "session {id} closed: {peer} {path} -> {target} (subprotocol {subprotocol}): "
             "{up} bytes to target, {down} bytes to client, {duration:.3f} s, "
@@ -233,16 +271,20 @@ class Router:
         """
         Close every session with 1001 after its pending data, and refuse new ones.
 
-        @return: fires when all sessions have ended, or after the shutdown
-            grace period, when the rest are dropped.
+        @return: fires when all sessions have ended (both sides closed and
+            their recordings flushed), or after the shutdown grace period,
+            when the rest are dropped and their recordings closed.
         """
         self._stopping = True
         for protocol in list(self._pending):
             protocol.dropConnection(abort=True)
+            self._close_recording(protocol, None, "router shutting down")
         sessions = list(self.sessions.values())
         if not sessions:
             return succeed(None)
-        waits = [protocol.is_closed for protocol in sessions]
+        # Not the WebSockets' is_closed: Autobahn fires it before onClose,
+        # and the target side may end later still.
+        waits = [self._finishing[protocol] for protocol in sessions]
         for protocol in sessions:
             if protocol.bridge is not None:
                 protocol.bridge.shutdown()
@@ -262,6 +304,8 @@ class Router:
         for protocol in list(self.sessions.values()):
             log.warn("session {id} did not close in time; dropping it", id=protocol.session_id)
             protocol.dropConnection(abort=True)
+        for protocol in list(self._recorders):
+            self._close_recording(protocol, None, "router stopped before the session ended")
         if not done.called:
             done.callback(None)
 

@@ -40,6 +40,11 @@ class Options(usage.Options):
         ["handshake-timeout", None, None, "Seconds a client has to finish the opening handshake (default 10)."],
         ["connect-timeout", None, None, "Seconds to wait for a target to accept (default 10); then 502."],
         ["shutdown-grace", None, None, "Seconds sessions get to close on shutdown (default 5)."],
+        ["record", None, None,
+         "Record every session into this directory, one file (mode 0600) per session; a route's "
+         "[record=DIR] or [record=off] overrides it."],
+        ["record-format", None, None, "Recording format: jsonl (default) or asciicast (terminal sessions)."],
+        ["record-max-bytes", None, None, "Stop recording a session before its file grows past BYTES."],
     ]
 
     def __init__(self) -> None:
@@ -72,7 +77,8 @@ class Options(usage.Options):
             "web_listing": self["web-listing"],
         }
         for option in ("max-message-size", "ping", "ping-timeout", "idle-timeout",
-                       "handshake-timeout", "connect-timeout", "shutdown-grace"):
+                       "handshake-timeout", "connect-timeout", "shutdown-grace",
+                       "record", "record-format", "record-max-bytes"):
             if self[option] is not None:
                 key = "ping_interval" if option == "ping" else option.replace("-", "_")
                 raw[key] = self[option]

@@ -8,10 +8,11 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, fail
 
-from ..config import EchoTarget, Limits, TcpTarget, UdpTarget, UnixDatagramTarget, UnixTarget
+from ..config import EchoTarget, Limits, ReplayTarget, TcpTarget, UdpTarget, UnixDatagramTarget, UnixTarget
 from ..interfaces import Connector, Link, SessionInfo, TargetError
 from .datagram import DatagramConnector
 from .echo import EchoConnector
+from .replay import ReplayConnector
 from .stream import StreamConnector
 
 
@@ -27,6 +28,7 @@ class Connectors:
             UdpTarget: datagram,
             UnixDatagramTarget: datagram,
             EchoTarget: EchoConnector(),
+            ReplayTarget: ReplayConnector(reactor),
         }
 
     def register(self, kind: type, connector: Connector) -> None:

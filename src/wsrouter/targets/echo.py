@@ -59,7 +59,11 @@ class EchoLink:
             self._upstream.resumeProducing()
 
     def stopProducing(self) -> None:
-        self.close()
+        """
+        The client's transport is gone.  Twisted says so before the
+        WebSocket hears of it; closing here would make the session look
+        ended by the target (1000).  The bridge closes the echo next.
+        """
 
     def start(self, receiver: LinkReceiver) -> None:
         self._receiver = receiver
