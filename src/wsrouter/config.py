@@ -124,6 +124,33 @@ class ExecTarget:
         return "exec:" + shlex.join(self.argv)
 
 
+#: How a wrapped program is supervised when it exits.
+WRAP_MODES = ("respawn", "ignore", "exit")
+
+
+@frozen
+class WrappedTarget:
+    """
+    A TCP server program started once, under the rebind shim, which moves
+    the port it binds to a loopback port the router learns and proxies to.
+
+    @ivar mode: what to do when it exits: C{respawn} (restart with backoff),
+        C{ignore} (it daemonized; keep serving) or C{exit} (stop the router
+        with the program's status).
+    @ivar ports: the ports the shim moves: comma-separated, or C{*} for the
+        first port it binds.
+    @ivar keep_env: keep the shim for programs it execs (start scripts).
+    """
+
+    mode: str
+    argv: tuple[str, ...]
+    ports: str = "*"
+    keep_env: bool = False
+
+    def describe(self) -> str:
+        return f"wrap:{self.mode}:" + shlex.join(self.argv)
+
+
 @frozen
 class ReplayTarget:
     """
@@ -142,7 +169,8 @@ class ReplayTarget:
         return f"replay:{self.path}" + (f"?speed={self.speed:g}" if self.speed != 1.0 else "")
 
 
-Target = Union[TcpTarget, UnixTarget, UdpTarget, UnixDatagramTarget, EchoTarget, ExecTarget, ReplayTarget]
+Target = Union[TcpTarget, UnixTarget, UdpTarget, UnixDatagramTarget, EchoTarget, ExecTarget, WrappedTarget,
+               ReplayTarget]
 
 #: Target kinds whose natural unit is a datagram, not a byte stream.
 DATAGRAM_TARGETS = (UdpTarget, UnixDatagramTarget)
@@ -169,6 +197,20 @@ def _split_host_port(text: str) -> tuple[str, int]:
         except ValueError:
             raise ValueError(f"brackets are only for IPv6 addresses, not {host!r}") from None
     return host, port
+
+
+def parse_wrapped(text: str, ports: str = "*", keep_env: bool = False) -> WrappedTarget:
+    """Parse C{MODE:PROGRAM ARGS...} (the part after C{wrap:})."""
+    mode, sep, command = text.partition(":")
+    if not sep or mode not in WRAP_MODES:
+        raise ValueError(f"wrap target must be wrap:MODE:PROGRAM with MODE one of {', '.join(WRAP_MODES)}")
+    try:
+        argv = tuple(shlex.split(command))
+    except ValueError as e:
+        raise ValueError(f"wrap: cannot split the command line: {e}") from None
+    if not argv:
+        raise ValueError("wrap: needs a program, e.g. wrap:respawn:telnetd -debug 2023")
+    return WrappedTarget(mode=mode, argv=argv, ports=ports, keep_env=keep_env)
 
 
 def parse_replay(text: str) -> ReplayTarget:
@@ -199,15 +241,17 @@ def parse_target(text: str) -> Target:
 
     Accepted forms: C{tcp://HOST:PORT}, C{HOST:PORT} (TCP, websockify's
     form), C{unix:///PATH}, C{udp://HOST:PORT}, C{unix-dgram:///PATH},
-    C{echo:}, C{exec:PROGRAM ARGS...} (shell-like quoting, no shell) and
-    C{replay:FILE} (a recording played back to each client;
-    C{replay:FILE?speed=2} plays it twice as fast).
+    C{echo:}, C{exec:PROGRAM ARGS...} (shell-like quoting, no shell),
+    C{wrap:MODE:PROGRAM ARGS...} and C{replay:FILE} (a recording played back
+    to each client; C{replay:FILE?speed=2} plays it twice as fast).
 
     @raise ValueError: with a message that says what is wrong.
     """
     text = text.strip()
     if text.startswith("replay:"):
         return parse_replay(text[len("replay:"):])
+    if text.startswith("wrap:"):
+        return parse_wrapped(text[len("wrap:"):])
     if text.startswith("exec:"):
         try:
             argv = tuple(shlex.split(text[len("exec:"):]))
@@ -232,7 +276,8 @@ def parse_target(text: str) -> Target:
         return TcpTarget(host, port) if scheme == "tcp" else UdpTarget(host, port)
     raise ValueError(
         f"unknown target {text!r}; use tcp://HOST:PORT, unix:///PATH, "
-        "udp://HOST:PORT, unix-dgram:///PATH, exec:PROGRAM, replay:FILE[?speed=FACTOR] or echo:"
+        "udp://HOST:PORT, unix-dgram:///PATH, exec:PROGRAM, wrap:MODE:PROGRAM, "
+        "replay:FILE[?speed=FACTOR] or echo:"
     )
 
 
@@ -431,6 +476,7 @@ class RouterConfig:
     limits: Limits = field(factory=Limits)
     recording: Recording = field(factory=Recording)
     pass_env: tuple[str, ...] = ()
+    follow_wrapped_port: bool = False
 
 
     def recording_directory(self, route: Route) -> str | None:
@@ -550,14 +596,17 @@ def build_config(raw: Mapping[str, Any], source: str = "configuration") -> Route
     Keys: C{listen} (list of Twisted endpoint strings), C{routes} (list of
     route strings, tables or L{Route}s), C{web}, C{web_listing},
     C{pass_env} (names of the router's environment variables that program
-    targets inherit), C{record} (a directory to record every session into),
-    C{record_format}, C{record_max_bytes}, C{record_redact} (request headers
-    to hide; replaces the default list), and the L{Limits} field names.
+    targets inherit), C{follow_wrapped_port} (with no listener, listen on
+    the loopback port the wrapped program asks for), C{record} (a
+    directory to record every session into), C{record_format},
+    C{record_max_bytes}, C{record_redact} (request headers to hide; replaces
+    the default list), and the L{Limits} field names.
 
     @raise ConfigError: listing every problem found, each with its key.
     """
     problems = _Problems()
-    raw_listen = raw.get("listen") or (DEFAULT_LISTENER,)
+    follow = bool(raw.get("follow_wrapped_port"))
+    raw_listen = raw.get("listen") or (() if follow else (DEFAULT_LISTENER,))
     listeners = (raw_listen,) if isinstance(raw_listen, str) else tuple(raw_listen)
     for index, listener in enumerate(listeners):
         if not isinstance(listener, str) or not listener:
@@ -588,10 +637,12 @@ def build_config(raw: Mapping[str, Any], source: str = "configuration") -> Route
     for index, name in enumerate(pass_env):
         if not isinstance(name, str) or not name or "=" in name:
             problems.add(f"pass_env[{index}]", f"must be an environment variable name, not {name!r}")
+    if follow and not any(isinstance(route.target, WrappedTarget) for route in routes):
+        problems.add("follow_wrapped_port", "needs a wrapped program (a wrap: target)")
     if problems.items:
         raise ConfigError(problems.items, source)
     return RouterConfig(listeners=listeners, routes=tuple(routes), web=web, limits=limits, recording=recording,
-                        pass_env=tuple(pass_env))
+                        pass_env=tuple(pass_env), follow_wrapped_port=follow)
 
 
 def listener_from_short_form(text: str) -> str:

@@ -11,19 +11,23 @@ L{build_service}.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.python.failure import Failure
 from twisted.logger import Logger
 from twisted.web.server import Site
 
-from .config import RouterConfig
+from .children import ProgramNotFound, WrappedProgram
+from .config import RouterConfig, WrappedTarget
+from .rebind import ShimUnavailable
 from .router import Router
 from .static import build_web_root
+from .targets.wrapped import WrappedConnector
 from .web import RouterResource
 
 log = Logger(namespace="wsrouter")
@@ -79,7 +83,11 @@ class ListenerService(Service):
         return None
 
 
-class CannotListen(Exception):
+class CannotStart(Exception):
+    """The router cannot start as configured; the message says why."""
+
+
+class CannotListen(CannotStart):
     """A configured listener could not be opened."""
 
 
@@ -96,11 +104,29 @@ class RouterService(MultiService):
         self.router = self.resource.router
         self.site = Site(self.resource)
         self.site.noisy = False
+        self._reactor = reactor
         self.listeners: list[ListenerService] = []
         for description in config.listeners:
-            listener = ListenerService(reactor, description, self.site)
-            listener.setServiceParent(self)
-            self.listeners.append(listener)
+            self._add_listener(description)
+        self.exit_status: int | None = None
+        #: Called with a wrapped program's status when an C{exit}-mode
+        #: program exits; the command line stops the reactor here.
+        self.on_program_exit: Callable[[int], None] | None = None
+        self.programs: dict[WrappedTarget, WrappedProgram] = {}
+        for route in config.routes:
+            if isinstance(route.target, WrappedTarget) and route.target not in self.programs:
+                self.programs[route.target] = WrappedProgram(
+                    reactor, route.target, on_exit=self._program_exited, on_listening=self._program_listening,
+                )
+        if self.programs:
+            self.router.connectors.register(
+                WrappedTarget, WrappedConnector(reactor, self.programs, config.limits.connect_timeout))
+
+    def _add_listener(self, description: str) -> ListenerService:
+        listener = ListenerService(self._reactor, description, self.site)
+        listener.setServiceParent(self)
+        self.listeners.append(listener)
+        return listener
 
     def startService(self) -> None:
         super().startService()
@@ -108,6 +134,29 @@ class RouterService(MultiService):
             log.info("listening on {listener}", listener=description)
         for route in self.config.routes:
             log.info("route {route} -> {target}", route=route.describe(), target=route.target.describe())
+        try:
+            for program in self.programs.values():
+                program.start()
+        except (ShimUnavailable, ProgramNotFound) as e:
+            raise CannotStart(str(e)) from None
+
+    def _program_listening(self, program: WrappedProgram) -> None:
+        """With no listener of its own, the router takes the port the program asked for."""
+        if not self.config.follow_wrapped_port or self.listeners or program.requested_port is None:
+            return
+        description = f"tcp:{program.requested_port}:interface=127.0.0.1"
+        try:
+            self._add_listener(description)
+        except CannotListen as e:
+            log.error("{error}; the router has nowhere to listen", error=e)
+            self._program_exited(1)
+        else:
+            log.info("listening on {listener}, the port {name} asked for", listener=description, name=program.name)
+
+    def _program_exited(self, status: int) -> None:
+        self.exit_status = status
+        if self.on_program_exit is not None:
+            self.on_program_exit(status)
 
     def ports(self) -> list[IListeningPort]:
         """The listening ports, once started (e.g. to learn a port chosen by the system)."""
@@ -119,6 +168,7 @@ class RouterService(MultiService):
     async def _stop(self) -> None:
         await super().stopService()
         await self.router.shutdown()
+        await DeferredList([program.stop() for program in self.programs.values()])
 
 
 def build_service(config: RouterConfig, reactor: Any = None) -> RouterService:

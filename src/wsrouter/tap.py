@@ -8,27 +8,35 @@ place that reaches for the global reactor.
 
 from __future__ import annotations
 
+import atexit
+import os
+import sys
 from typing import Any
 
 from twisted.python import usage
 
-from .config import ConfigError, build_config, listener_from_short_form
+from .config import WRAP_MODES, ConfigError, Route, WrappedTarget, build_config, listener_from_short_form
 from .service import RouterService, build_service
 
 SHORT_FORM = "[HOST:]PORT TARGET_HOST:TARGET_PORT"
 
 
 class Options(usage.Options):
-    synopsis = f"[options] [{SHORT_FORM}]"
+    synopsis = f"[options] [{SHORT_FORM}] | --wrap MODE [options] [[HOST:]PORT] -- PROGRAM [ARGS...]"
     longdesc = (
         "Route WebSocket connections to TCP, UDP and Unix sockets. "
         f"websockify's form '{SHORT_FORM}' listens on PORT (loopback unless HOST is given) "
         "and sends every path to the TCP target. Routes: --route PATH[@SUBPROTOCOLS]=TARGET, "
         "where PATH is exact or ends in /* for a prefix (the longest match wins), and TARGET is "
-        "tcp://HOST:PORT, unix:///PATH, udp://HOST:PORT, unix-dgram:///PATH or echo:."
+        "tcp://HOST:PORT, unix:///PATH, udp://HOST:PORT, unix-dgram:///PATH, exec:PROGRAM ARGS "
+        "(one process per connection), wrap:MODE:PROGRAM ARGS or echo:. "
+        "--wrap MODE -- PROGRAM ARGS starts a TCP server program under the rebind shim, which moves "
+        "the port it binds to a free loopback port; the router listens on PORT (or, without one, on "
+        "the loopback port the program asked for) and proxies every path to the program."
     )
     optFlags = [
         ["web-listing", None, "List directories of the web root that have no index.html."],
+        ["wrap-keep-env", None, "Keep the rebind shim for programs the wrapped program execs (start scripts)."],
     ]
     optParameters = [
         ["web", None, None, "Serve static files from this directory on the same port."],
@@ -45,12 +53,29 @@ class Options(usage.Options):
          "[record=DIR] or [record=off] overrides it."],
         ["record-format", None, None, "Recording format: jsonl (default) or asciicast (terminal sessions)."],
         ["record-max-bytes", None, None, "Stop recording a session before its file grows past BYTES."],
+        ["wrap", None, None, "Start the program after -- and proxy to it; MODE is respawn, ignore or exit."],
+        ["max-forks", None, None, "Most exec: programs running at once per route (default unlimited); then 503."],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
         self["routes"] = []
+        self["pass_env"] = []
+        self["program"] = []
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """Everything after C{--} is the wrapped program's command line."""
+        if options is None:
+            options = sys.argv[1:]
+        if "--" in options:
+            split = options.index("--")
+            options, self["program"] = options[:split], options[split + 1:]
+        super().parseOptions(options)
+
+    def opt_pass_env(self, name: str) -> None:
+        """Pass this variable of the router's environment to exec: programs (repeatable)."""
+        self["pass_env"].append(name)
 
     def opt_listen(self, endpoint: str) -> None:
         """Listen on a Twisted endpoint, e.g. tcp:8080:interface=127.0.0.1 or unix:/run/ws.sock (repeatable; default tcp:8080:interface=127.0.0.1)."""
@@ -65,8 +90,10 @@ class Options(usage.Options):
     opt_r = opt_route
 
     def parseArgs(self, *args: str) -> None:
-        if len(args) not in (0, 2):
-            raise usage.UsageError(f"expected {SHORT_FORM} or no arguments, got {' '.join(args)}")
+        allowed = (0, 1) if self["program"] else (0, 2)
+        if len(args) not in allowed:
+            wanted = "[HOST:]PORT before --" if self["program"] else SHORT_FORM
+            raise usage.UsageError(f"expected {wanted} or no arguments, got {' '.join(args)}")
         self["short_form"] = args
 
     def postOptions(self) -> None:
@@ -75,19 +102,19 @@ class Options(usage.Options):
             "routes": list(self["routes"]),
             "web": self["web"],
             "web_listing": self["web-listing"],
+            "pass_env": list(self["pass_env"]),
         }
         for option in ("max-message-size", "ping", "ping-timeout", "idle-timeout",
-                       "handshake-timeout", "connect-timeout", "shutdown-grace",
+                       "handshake-timeout", "connect-timeout", "shutdown-grace", "max-forks",
                        "record", "record-format", "record-max-bytes"):
             if self[option] is not None:
                 key = "ping_interval" if option == "ping" else option.replace("-", "_")
                 raw[key] = self[option]
-        if self.get("short_form"):
+        if self["program"] or self["wrap"]:
+            self._add_wrapped_program(raw)
+        elif self.get("short_form"):
             listen, target = self["short_form"]
-            try:
-                raw["listen"].append(listener_from_short_form(listen))
-            except ValueError as e:
-                raise usage.UsageError(f"listen address: {e}") from e
+            raw["listen"].append(self._short_listener(listen))
             raw["routes"].append(f"/*={target}")
         try:
             self["config"] = build_config(raw, source="command line")
@@ -95,7 +122,40 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from e
 
 
+    def _short_listener(self, text: str) -> str:
+        try:
+            return listener_from_short_form(text)
+        except ValueError as e:
+            raise usage.UsageError(f"listen address: {e}") from e
+
+    def _add_wrapped_program(self, raw: dict[str, Any]) -> None:
+        if not self["program"]:
+            raise usage.UsageError("--wrap needs the program after --, e.g. --wrap respawn -- telnetd -debug 2023")
+        if self["wrap"] not in WRAP_MODES:
+            raise usage.UsageError(f"a program after -- needs --wrap MODE, MODE one of {', '.join(WRAP_MODES)}")
+        ports = "*"
+        if self.get("short_form"):
+            (listen,) = self["short_form"]
+            raw["listen"].append(self._short_listener(listen))
+            ports = listen.rsplit(":", 1)[-1]
+        elif not raw["listen"]:
+            raw["follow_wrapped_port"] = True
+        target = WrappedTarget(self["wrap"], tuple(self["program"]), ports=ports, keep_env=self["wrap-keep-env"])
+        raw["routes"].append(Route(path="/", prefix=True, target=target))
+
+
 def makeService(options: Options) -> RouterService:
+    """Build the service; an exit-mode program's exit stops the reactor with its status."""
     from twisted.internet import reactor
 
-    return build_service(options["config"], reactor)
+    service = build_service(options["config"], reactor)
+
+    def program_exited(status: int) -> None:
+        # twistd has no exit status of its own to set: exit with the
+        # program's once twistd has finished its own shutdown.
+        atexit.register(os._exit, status)
+        if reactor.running:
+            reactor.stop()
+
+    service.on_program_exit = program_exited
+    return service

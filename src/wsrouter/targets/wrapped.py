@@ -1,0 +1,58 @@
+"""
+Wrapped-program targets: connect to wherever the rebind shim moved the
+program's port, waiting (bounded) for it to come up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+
+from ..children import WrappedProgram
+from ..config import TcpTarget, WrappedTarget
+from ..interfaces import Link, SessionInfo, TargetError
+from .stream import StreamConnector
+
+#: The shim reports the address when bind() returns, a moment before the
+#: program calls listen(); refused connections are retried this often.
+RETRY_INTERVAL = 0.05
+
+
+class WrappedConnector:
+    """Connects sessions to the wrapped programs the service supervises."""
+
+    def __init__(self, reactor: Any, programs: Mapping[WrappedTarget, WrappedProgram], timeout: float):
+        self._reactor = reactor
+        self._programs = programs
+        self._timeout = timeout
+        self._stream = StreamConnector(reactor, timeout)
+
+    def connect(self, session: SessionInfo) -> Deferred[Link]:
+        target = session.route.target
+        program = self._programs.get(target)  # type: ignore[call-overload]
+        if program is None:
+            raise TargetError(f"no wrapped program for {target.describe()}", 502)
+        deadline = self._reactor.seconds() + self._timeout
+        ready = program.when_ready(self._timeout)
+        ready.addCallback(lambda address: self._connect(session, address, deadline))
+        return ready  # type: ignore[return-value]
+
+    def _connect(self, session: SessionInfo, address: tuple[str, int], deadline: float) -> Deferred[Link]:
+        direct = attrs.evolve(session, route=attrs.evolve(session.route, target=TcpTarget(*address)))
+        attempt = self._stream.connect(direct)
+
+        def refused(reason: Failure) -> Any:
+            if "connection refused" not in str(reason.value) or self._reactor.seconds() >= deadline:
+                return reason
+            return deferLater(self._reactor, RETRY_INTERVAL, lambda: None).addCallback(
+                lambda _: self._connect(session, address, deadline))
+
+        attempt.addErrback(refused)
+        return attempt
+
