@@ -95,7 +95,8 @@ class RouterProcess:
         return self.process.pid
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def status(self, field: str) -> int:

@@ -59,6 +59,7 @@ MAX_RESTART_DELAY = 60.0
 #: A program that ran at least this long is not restarted with a delay.
 STABLE_AFTER = 10.0
 KILL_GRACE = 5.0
+GROUP_POLL_INTERVAL = 0.05
 
 
 def spawn_arguments(argv: tuple[str, ...]) -> list[str]:
@@ -102,11 +103,15 @@ class _ProgramProtocol(ProcessProtocol):
             else:
                 self._program._output(fd, line)
 
+    def processExited(self, reason: Failure) -> None:
+        # Not processEnded: a daemonized grandchild may hold the pipes open
+        # for as long as it runs.
+        self._program._ended(reason)
+
     def processEnded(self, reason: Failure) -> None:
         for fd, rest in self._partial.items():
             if rest and fd != REPORT_FD:
                 self._program._output(fd, rest)
-        self._program._ended(reason)
 
 
 class WrappedProgram:
@@ -141,7 +146,6 @@ class WrappedProgram:
         self._restart_call: IDelayedCall | None = None
         self._waiters: list[Deferred[tuple[str, int]]] = []
         self._stopping = False
-        self._ended_deferreds: list[Deferred[None]] = []
 
     # -- running ----------------------------------------------------------------
 
@@ -200,24 +204,42 @@ class WrappedProgram:
             self._restart_call.cancel()
         self._restart_call = None
         self._fail_waiters("router is shutting down")
-        if self._process is None:
+        if self.pid is None or not self._signal_group(signal.SIGTERM):
             return succeed(None)
-        ended: Deferred[None] = Deferred()
-        self._ended_deferreds.append(ended)
-        self._signal_group(signal.SIGTERM)
-        killer = self._reactor.callLater(grace, self._signal_group, signal.SIGKILL)
-        ended.addBoth(lambda result: (killer.cancel() if killer.active() else None, result)[1])
-        return ended
+        gone: Deferred[None] = Deferred()
+        self._poll_group(gone, self._reactor.seconds() + grace, killed=False)
+        return gone
 
-    def _signal_group(self, signum: int) -> None:
-        if self.pid is None:
+    def _poll_group(self, gone: Deferred[None], deadline: float, killed: bool) -> None:
+        """
+        Wait until the process group is empty: the program is reaped by
+        Twisted, daemonized members by init, so their absence is polled.
+        """
+        if self._process is None and not self._signal_group(0):
+            gone.callback(None)
             return
+        if self._reactor.seconds() >= deadline:
+            if killed:
+                log.error("{name}: process group {pid} survived SIGKILL; giving up", name=self.name, pid=self.pid)
+                gone.callback(None)
+                return
+            log.warn("{name} did not stop within the grace period; sending SIGKILL", name=self.name)
+            self._signal_group(signal.SIGKILL)
+            deadline, killed = self._reactor.seconds() + KILL_GRACE, True
+        self._reactor.callLater(GROUP_POLL_INTERVAL, self._poll_group, gone, deadline, killed)
+
+    def _signal_group(self, signum: int) -> bool:
+        """Signal the program's process group; C{False} if it has no members left."""
+        if self.pid is None:
+            return False
         try:
             os.killpg(self.pid, signum)
         except ProcessLookupError:
-            pass
+            return False
         except PermissionError:
             log.warn("cannot signal {name}'s process group {pid}", name=self.name, pid=self.pid)
+            return False
+        return True
 
     # -- what the child tells us ------------------------------------------------------
 
@@ -258,9 +280,6 @@ class WrappedProgram:
         mode = self.target.mode
         if mode != "ignore":
             self.address = None
-        ended, self._ended_deferreds = self._ended_deferreds, []
-        for deferred in ended:
-            deferred.callback(None)
         if self._stopping:
             log.info("{name} stopped ({status})", name=self.name, status=_describe_status(reason))
             return
