@@ -52,20 +52,24 @@ def _bin(name: str) -> list[str]:
 
 @dataclass(frozen=True)
 class RelaySpec:
-    """How to start one relay: ``argv(listen_port, target_port)``."""
+    """How to start one relay: ``argv(listen_port, target_port, work_dir)``.
+
+    ``work_dir`` is a scratch directory that lives as long as the run (for a variant
+    that needs one, e.g. wsrouter with ``--record``).
+    """
 
     name: str
-    argv: Callable[[int, int], list[str]]
+    argv: Callable[[int, int, Path], list[str]]
 
 
 RELAYS: dict[str, RelaySpec] = {
     "wsrouter": RelaySpec(
         "wsrouter",
-        lambda lport, tport: [sys.executable, "-m", "wsrouter", f"{HOST}:{lport}", f"{HOST}:{tport}"],
+        lambda lport, tport, _work: [sys.executable, "-m", "wsrouter", f"{HOST}:{lport}", f"{HOST}:{tport}"],
     ),
     "websockify": RelaySpec(
         "websockify",
-        lambda lport, tport: _bin("websockify") + [f"{HOST}:{lport}", f"{HOST}:{tport}"],
+        lambda lport, tport, _work: _bin("websockify") + [f"{HOST}:{lport}", f"{HOST}:{tport}"],
     ),
 }
 
@@ -120,7 +124,7 @@ class Relay:
         self.port = port
         self.target_port = target_port
         self.log = log_dir / f"{spec.name}-{port}.log"
-        argv = spec.argv(port, target_port)
+        argv = spec.argv(port, target_port, log_dir)
         self.argv = argv
         with open(self.log, "wb") as logf:
             self.proc = subprocess.Popen(

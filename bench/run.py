@@ -35,7 +35,8 @@ import wsclient
 from relays import RELAYS, BenchError, PortPool, Relay, TargetsProcess
 from workloads import FULL, QUICK, WORKLOADS, Context, Endpoint, Params, Workload, median
 
-VARIANTS = ("wsrouter", "websockify", "direct")
+VARIANTS = (*RELAYS, "direct")
+DEFAULT_VARIANTS = ("wsrouter", "websockify", "direct")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -44,7 +45,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--json", metavar="FILE", help="also write all results as JSON to FILE")
     ap.add_argument("--only", metavar="NAMES",
                     help="comma-separated workloads: " + ",".join(w.name for w in WORKLOADS))
-    ap.add_argument("--variants", default=",".join(VARIANTS),
+    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                     help="comma-separated, from: " + ",".join(VARIANTS))
     ap.add_argument("--rounds", type=int, help="rounds per workload (default 4, quick 2)")
     ap.add_argument("--port-base", type=int, default=18700,
@@ -210,10 +211,15 @@ def cell(s: dict[str, Any] | None, key: str) -> str:
     return fmt(s[key]) + suffix
 
 
-def figures_table(params: Params, summary: dict[str, dict[str, dict[str, Any]]]) -> str:
+def figures_table(params: Params, summary: dict[str, dict[str, dict[str, Any]]],
+                  variants: list[str]) -> str:
+    """Markdown table: wsrouter, websockify, their ratio, then any other variant (direct last)."""
+    extra = [v for v in variants if v not in ("wsrouter", "websockify", "direct")]
+    extra += ["direct"] if "direct" in variants else []
+    heads = [v + (" (ceiling)" if v == "direct" else "") for v in extra]
     lines = [
-        "| workload | figure | wsrouter | websockify | wsrouter / websockify | direct (ceiling) |",
-        "|---|---|---:|---:|---:|---:|",
+        "| workload | figure | wsrouter | websockify | wsrouter / websockify | " + " | ".join(heads) + " |",
+        "|---|---|---:|---:|---:|" + "---:|" * len(extra),
     ]
     for w in WORKLOADS:
         if w.name not in summary:
@@ -225,8 +231,9 @@ def figures_table(params: Params, summary: dict[str, dict[str, dict[str, Any]]])
             if a and b and a["ok_runs"] and b["ok_runs"] and b[m.key]:
                 ratio = f"{a[m.key] / b[m.key]:.2f}"
             arrow = "↑" if m.higher_is_better else "↓"
+            others = "".join(f" {cell(s.get(v), m.key)} |" for v in extra)
             lines.append(f"| {w.title(params) if i == 0 else ''} | {m.label} {arrow} | "
-                         f"{cell(a, m.key)} | {cell(b, m.key)} | {ratio} | {cell(s.get('direct'), m.key)} |")
+                         f"{cell(a, m.key)} | {cell(b, m.key)} | {ratio} |{others}")
     return "\n".join(lines)
 
 
@@ -336,7 +343,7 @@ def main(argv: list[str]) -> int:
     meta["duration_s"] = round(time.monotonic() - t0, 1)
     summary = {w.name: {v: summarize(w, runs) for v, runs in results[w.name].items()}
                for w in selected}
-    report(meta, params, summary)
+    report(meta, params, summary, variants)
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"meta": meta, "summary": summary, "runs": results}, indent=1, default=str) + "\n")
@@ -344,7 +351,8 @@ def main(argv: list[str]) -> int:
     return 0 if not any(s["errors"] for per in summary.values() for s in per.values()) else 1
 
 
-def report(meta: dict[str, Any], params: Params, summary: dict[str, dict[str, dict[str, Any]]]) -> None:
+def report(meta: dict[str, Any], params: Params, summary: dict[str, dict[str, dict[str, Any]]],
+           variants: list[str]) -> None:
     la0 = " ".join(f"{x:.2f}" for x in meta["loadavg_start"])
     la1 = " ".join(f"{x:.2f}" for x in meta["loadavg_end"])
     print(f"\nwsrouter benchmark {meta['date']}  {meta['cpus']} CPUs ({meta['cpu_model']})  "
@@ -352,7 +360,7 @@ def report(meta: dict[str, Any], params: Params, summary: dict[str, dict[str, di
           f"git {meta['git']}")
     print(f"{params.rounds} rounds per workload, interleaved; median ± half-range; "
           f"load average {la0} -> {la1}; took {meta['duration_s']:.0f} s\n")
-    print(figures_table(params, summary))
+    print(figures_table(params, summary, variants))
     print("\n↑ higher is better, ↓ lower is better.  Relay CPU = user+system CPU of the relay's "
           "whole process tree.\nIn the direct column there is no relay: CPU figures are those "
           "of the minimal WebSocket server in targets.py.\n")
