@@ -43,7 +43,7 @@ class Router:
     def __init__(self, config: RouterConfig, reactor: Any, connectors: Connectors | None = None):
         self.config = config
         self._reactor = reactor
-        self.connectors = connectors or Connectors(reactor, config.limits)
+        self.connectors = connectors or Connectors(reactor, config.limits, config.pass_env)
         self.factory = RouterFactory(self, config.limits, reactor)
         self.sessions: dict[str, RouterProtocol] = {}
         self._pending: dict[RouterProtocol, Link] = {}

@@ -4,14 +4,16 @@ Targets: one module per kind, each turning a session into a paused L{Link}.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
 
-from ..config import EchoTarget, Limits, ReplayTarget, TcpTarget, UdpTarget, UnixDatagramTarget, UnixTarget
+from ..config import EchoTarget, ExecTarget, Limits, ReplayTarget, TcpTarget, UdpTarget, UnixDatagramTarget, UnixTarget
 from ..interfaces import Connector, Link, SessionInfo, TargetError
 from .datagram import DatagramConnector
 from .echo import EchoConnector
+from .exec import ExecConnector
 from .replay import ReplayConnector
 from .stream import StreamConnector
 
@@ -19,15 +21,17 @@ from .stream import StreamConnector
 class Connectors:
     """Dispatches each session to the connector for its target's kind."""
 
-    def __init__(self, reactor: Any, limits: Limits):
+    def __init__(self, reactor: Any, limits: Limits, pass_env: Sequence[str] = ()):
         stream = StreamConnector(reactor, limits.connect_timeout)
         datagram = DatagramConnector(reactor)
+        self.programs = ExecConnector(reactor, limits, pass_env)
         self._by_kind: dict[type, Connector] = {
             TcpTarget: stream,
             UnixTarget: stream,
             UdpTarget: datagram,
             UnixDatagramTarget: datagram,
             EchoTarget: EchoConnector(),
+            ExecTarget: self.programs,
             ReplayTarget: ReplayConnector(reactor),
         }
 

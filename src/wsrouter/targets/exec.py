@@ -1,0 +1,728 @@
+"""
+Program targets (C{exec:PROGRAM ARGS}): one process per WebSocket session,
+websocketd style.
+
+Client messages go to the program's stdin; its stdout comes back as
+messages, cut by the route's framer (lines by default); each stderr line
+goes to the router's log, prefixed with the program's name and the session
+id.  The program sees a CGI-style environment (L{cgi_environment}) and
+nothing else of the router's.
+
+Process group
+=============
+The program runs in a session (and so a process group) of its own, whose id
+is its pid, so that stopping it reaches everything it started: a shell
+script's children, a pipeline, a forked helper.  C{reactor.spawnProcess}
+has no option for that, and the alternatives are worse:
+
+  - calling C{os.setpgid(pid, pid)} from the router after the spawn is
+    racy (the child may fork first) and, since Twisted spawns with
+    C{posix_spawnp}, which returns only after the child's exec, fails with
+    C{EACCES} on Linux;
+  - subclassing Twisted's C{Process} to add C{setsid} to its
+    C{posix_spawnp} or fork path relies on private methods that have
+    changed before.
+
+So the program is started through a launcher that calls C{setsid()} and
+then execs it, keeping the pid: the C{setsid} command (util-linux, also in
+BusyBox), found at start-up, which adds one small exec (about 1.5 ms per
+session, measured); where there is none, a few lines of Python run with
+the router's interpreter (C{-I -S}; about 25 ms).  The spawned process is never a group
+leader, so C{setsid} does not fork and the pid Twisted reaps is the
+program's own.  Being a new session also detaches the program from the
+router's terminal, so a Ctrl-C meant for the router does not reach it
+directly: the router stops its programs itself.  Programs run in the
+router's working directory.
+
+Signals go to the group (C{killpg(pid)}) and, until the program is reaped,
+to its pid as well, which covers the instant before the launcher has
+called C{setsid()}.  A descendant that starts a session of its own leaves
+the group and is out of reach (only a cgroup would catch it); if it keeps
+the program's stdout open, see below.
+
+Ending
+======
+  - The program exits: its last output is delivered first (Twisted reports
+    the exit and the end of stdout in either order; the link waits for
+    both), then status 0 ends the session with 1000 and anything else
+    with 1011 and "program exited with status N" or "program killed by
+    signal S".  What is left of its process group (a background job still
+    holding stdout, say) gets SIGTERM at once and SIGKILL after the grace
+    period, so the session ends and no orphan outlives it.  If stdout is
+    still open when the group is gone (a descendant in a session of its
+    own holds it), it is closed once no output has come for a grace
+    period while the client was reading.
+  - The program closes stdout but keeps running: if it has not exited
+    within the grace period, the session closes with 1000 ("target
+    closed the connection"), and the client's close then stops the
+    program as below.
+  - The client closes (or the router does): stdin is closed, then the
+    group gets SIGTERM and, after the grace period (2 s), SIGKILL.
+    Twisted reaps the program; L{ProgramLink.ended} fires once it is
+    reaped and its pipes are closed.
+
+Flow control
+============
+The program's stdout (and stderr) are read only while the client keeps up:
+the link's producer pauses Twisted's process reader, and the program
+blocks in write() when the pipe is full.  The other way, the WebSocket
+transport is registered as producer on the program's stdin writer, which
+pauses it (stops reading from the client) when more than 64 KiB wait for a
+program that does not read.  The registration goes through a shim that
+ignores C{stopProducing}: Twisted calls it when the stdin pipe closes
+(the program exited or closed its stdin), and passing it on would drop the
+client's connection without a close frame.  A paused client is resumed
+then, and its later messages are discarded.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .. import __version__
+from ..config import ExecTarget, Limits, Route
+from ..interfaces import Link, LinkReceiver, SessionInfo, TargetError
+
+log = Logger(namespace="wsrouter.exec")
+
+#: The programs' PATH unless the router's is passed on (pass_env) or the
+#: route sets one.
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+#: Seconds between SIGTERM and SIGKILL, and the other waits described in
+#: the module docstring.
+KILL_GRACE = 2.0
+#: Longest stderr line logged, in bytes; longer lines are cut.
+MAX_STDERR_LINE = 1024
+GATEWAY_INTERFACE = "websocketd-CGI/0.1"
+
+#: Used where there is no C{setsid} command: become a session leader, then
+#: the program (argv[1] is its absolute path, so no PATH search).
+_TRAMPOLINE = """
+import os, sys
+os.setsid()
+try:
+    os.execv(sys.argv[1], sys.argv[1:])
+except OSError as e:
+    sys.stderr.write("cannot run %s: %s\\n" % (sys.argv[1], e.strerror))
+    os._exit(127)
+"""
+
+_HEADER_NAME = re.compile(r"[a-z0-9-]+")
+
+
+# -- the environment ---------------------------------------------------------------
+
+
+def cgi_environment(session: SessionInfo, pass_env: Iterable[str], environ: Mapping[str, str]) -> dict[str, str]:
+    """
+    The complete environment of a session's program, CGI style.
+
+    Request variables (as websocketd sets them, plus C{REMOTE_HOST} and
+    C{UNIQUE_ID}, the session id), one C{HTTP_*} per request header, a
+    minimal C{PATH}; then the names in C{pass_env} copied from C{environ}
+    (the router's environment; C{PATH} among them replaces the default),
+    then the route's C{env} pairs.  Configured names win over the
+    request's, so a client header can never replace a variable the
+    operator set.  Nothing else of C{environ} is used.
+
+    Headers whose names have characters other than letters, digits and
+    C{-} are left out, so C{X_User} cannot pose as C{X-User} after a proxy
+    that filters only the latter (Apache does the same); so is C{Proxy},
+    which would become C{HTTP_PROXY} (httpoxy).  Values have line breaks
+    and NULs replaced by spaces; repeated headers are joined with C{", "}.
+    """
+    env = {
+        "GATEWAY_INTERFACE": GATEWAY_INTERFACE,
+        "SERVER_SOFTWARE": f"wsrouter/{__version__}",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "SERVER_NAME": session.server_name,
+        "SERVER_PORT": str(session.server_port) if session.server_port else "",
+        "REMOTE_ADDR": session.peer_host,
+        "REMOTE_HOST": session.peer_host,
+        "REMOTE_PORT": str(session.peer_port) if session.peer_port else "",
+        "REQUEST_METHOD": "GET",
+        "SCRIPT_NAME": session.script_name,
+        "PATH_INFO": session.path_info,
+        "QUERY_STRING": session.query,
+        "REQUEST_URI": session.request_uri,
+        "UNIQUE_ID": session.session_id,
+    }
+    if session.secure:
+        env["HTTPS"] = "on"
+    env.update(header_variables(session.headers))
+    env["PATH"] = DEFAULT_PATH
+    for name in pass_env:
+        if name in environ:
+            env[name] = environ[name]
+    env.update(session.route.env)
+    return {name: _clean(value) for name, value in env.items()}
+
+
+def header_variables(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """C{HTTP_*} variables for request headers; see L{cgi_environment}."""
+    variables: dict[str, str] = {}
+    for name, value in headers:
+        name = name.lower()
+        if not _HEADER_NAME.fullmatch(name) or name == "proxy":
+            continue
+        key = "HTTP_" + name.upper().replace("-", "_")
+        value = _clean(value).strip()
+        variables[key] = f"{variables[key]}, {value}" if key in variables else value
+    return variables
+
+
+def _clean(value: str) -> str:
+    return value.replace("\r", " ").replace("\n", " ").replace("\0", " ")
+
+
+# -- finding the program --------------------------------------------------------------
+
+
+def resolve_program(name: str, path: str) -> str:
+    """
+    The absolute path of the program to run, found like a shell would.
+
+    Checked before spawning because a failed exec shows up only later, as
+    an exit status; this way the client gets 502 with a reason instead.
+
+    @param path: the program's C{PATH}, searched when C{name} has no C{/}.
+    @raise TargetError: 502, saying what to fix.
+    """
+    if "/" in name:
+        candidate = os.path.abspath(name)
+        if not os.path.exists(candidate):
+            raise TargetError(f"program {name} does not exist; check the route's exec: path", 502)
+        if os.path.isdir(candidate):
+            raise TargetError(f"program {name} is a directory, not a program", 502)
+        if not os.access(candidate, os.X_OK):
+            raise TargetError(
+                f"program {name} is not executable; make it so (chmod +x) "
+                "or name its interpreter (exec:python3 SCRIPT)", 502,
+            )
+        return candidate
+    found = shutil.which(name, path=path)
+    if found is None:
+        raise TargetError(
+            f"program {name!r} not found on the programs' PATH; give its full path, "
+            "or set PATH (pass_env, or the route's env=PATH:...)", 502,
+        )
+    return os.path.abspath(found)
+
+
+def default_launcher() -> tuple[str, ...]:
+    """
+    The command that starts a program in a session of its own: the
+    C{setsid} command if there is one, else L{python_launcher}.
+    """
+    setsid = shutil.which("setsid")
+    if setsid is not None:
+        return (os.path.abspath(setsid),)
+    return python_launcher()
+
+
+def python_launcher() -> tuple[str, ...]:
+    """A launcher made of the router's own interpreter, for systems without C{setsid}."""
+    return (sys.executable, "-I", "-S", "-c", _TRAMPOLINE)
+
+
+def signal_program(pid: int, signum: int, leader_alive: bool) -> bool:
+    """
+    Send C{signum} to the process group C{pid} and, while the program has
+    not been reaped (its pid cannot have been reused), to C{pid} itself.
+
+    @return: whether the group still has members.
+    """
+    group = True
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        group = False
+    except PermissionError:  # some member changed its user; the rest were signalled
+        pass
+    if leader_alive:
+        try:
+            os.kill(pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return group
+
+
+def describe_exit(reason: Failure) -> str | None:
+    """C{None} for exit status 0, else what happened, for the close reason."""
+    value = reason.value
+    if isinstance(value, ProcessDone):
+        return None
+    if isinstance(value, ProcessTerminated):
+        if value.signal is not None:
+            try:
+                name = f" ({signal.Signals(value.signal).name})"
+            except ValueError:
+                name = ""
+            return f"program killed by signal {value.signal}{name}"
+        if value.exitCode == 0:
+            return None
+        return f"program exited with status {value.exitCode}"
+    return str(value) or type(value).__name__
+
+
+# -- stderr ---------------------------------------------------------------------------
+
+
+class StderrLines:
+    """
+    Cuts a program's stderr into lines for the log, each at most
+    C{max_line} bytes: the rest of a longer line is dropped, so a program
+    that never writes a newline cannot make the router buffer much.
+    """
+
+    def __init__(self, emit: Callable[[str], None], max_line: int = MAX_STDERR_LINE):
+        self._emit = emit
+        self._max = max_line
+        self._buffer = bytearray()
+        self._skipping = False
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+        start = 0
+        while (end := self._buffer.find(b"\n", start)) != -1:
+            if not self._skipping:
+                self._line(bytes(self._buffer[start:end]))
+            self._skipping = False
+            start = end + 1
+        del self._buffer[:start]
+        if self._skipping:
+            self._buffer.clear()
+        elif len(self._buffer) > self._max:
+            self._line(bytes(self._buffer))
+            self._buffer.clear()
+            self._skipping = True
+
+    def flush(self) -> None:
+        """End of stderr: log an unfinished last line."""
+        if self._buffer and not self._skipping:
+            self._line(bytes(self._buffer))
+        self._buffer.clear()
+        self._skipping = False
+
+    def _line(self, line: bytes) -> None:
+        cut = len(line) > self._max
+        text = line[: self._max].rstrip(b"\r").decode("utf-8", "replace")
+        self._emit(text + (f" [line cut at {self._max} bytes]" if cut else ""))
+
+
+# -- flow control shims -----------------------------------------------------------------
+
+
+@implementer(IPushProducer)
+class _PauseOnly:
+    """
+    The client's producer as registered on the program's stdin: pause and
+    resume pass through; C{stopProducing} (the pipe closed) only undoes a
+    pause, it does not close the client.
+    """
+
+    def __init__(self, producer: IPushProducer):
+        self._producer: IPushProducer | None = producer
+        self._paused = False
+
+    def pauseProducing(self) -> None:
+        if self._producer is not None and not self._paused:
+            self._paused = True
+            self._producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self._producer is not None and self._paused:
+            self._paused = False
+            self._producer.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.release()
+
+    def release(self) -> None:
+        self.resumeProducing()
+        self._producer = None
+
+
+@implementer(IConsumer)
+class _Stdin:
+    """The link's consumer: the program's stdin, for the client's producer."""
+
+    def __init__(self, link: ProgramLink):
+        self._link = link
+        self._shim: _PauseOnly | None = None
+
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+        transport = self._link.transport
+        if transport is None or not self._link.stdin_open or self._shim is not None:
+            return
+        self._shim = _PauseOnly(producer)
+        transport.registerProducer(self._shim, True)
+
+    def unregisterProducer(self) -> None:
+        shim, self._shim = self._shim, None
+        if shim is None:
+            return
+        if self._link.stdin_open and self._link.transport is not None:
+            self._link.transport.unregisterProducer()
+        shim.release()
+
+    def write(self, data: bytes) -> None:
+        self._link.write(data)
+
+    def lost(self) -> None:
+        """Stdin is closed: never leave the client paused."""
+        shim, self._shim = self._shim, None
+        if shim is not None:
+            shim.release()
+
+
+@implementer(IPushProducer)
+class _Stdout:
+    """The link's producer: pausing it stops reading the program's output."""
+
+    def __init__(self, link: ProgramLink):
+        self._link = link
+
+    def pauseProducing(self) -> None:
+        self._link.client_paused(True)
+
+    def resumeProducing(self) -> None:
+        self._link.client_paused(False)
+
+    def stopProducing(self) -> None:
+        """The client's connection is gone."""
+        self._link.close()
+
+
+# -- the link -----------------------------------------------------------------------------
+
+
+class ProgramLink(ProcessProtocol):
+    """
+    One running program, as a paused L{Link}; see the module docstring for
+    how it ends.
+
+    @param clock: for the grace periods (the reactor, or a test's Clock).
+    @param label: names the program and session in log lines.
+    @param signaller: sends signals; L{signal_program} unless testing.
+    @param on_exit: called once when the program has been reaped.
+    @ivar ended: fires once the program is reaped and its pipes closed.
+    """
+
+    message_oriented = False
+
+    def __init__(
+        self,
+        clock: Any,
+        label: str,
+        *,
+        grace: float = KILL_GRACE,
+        signaller: Callable[[int, int, bool], bool] = signal_program,
+        on_exit: Callable[[ProgramLink], None] = lambda link: None,
+    ):
+        self._clock = clock
+        self.label = label
+        self._grace = grace
+        self._signal = signaller
+        self._on_exit = on_exit
+        self._receiver: LinkReceiver | None = None
+        self._early: list[bytes] = []
+        self._stderr = StderrLines(self._log_stderr)
+        self.pid: int | None = None
+        self.exit: Failure | None = None
+        self.stdin_open = True
+        self._stdout_open = True
+        self._stderr_open = True
+        self._paused_by_client = False
+        self._closing = False
+        self._draining = False
+        self._reported = False
+        self._eof_reported = False
+        self._activity = 0
+        self._eof_call: IDelayedCall | None = None
+        self._kill_call: IDelayedCall | None = None
+        self._watch_call: IDelayedCall | None = None
+        self.ended: Deferred[None] = Deferred()
+        self.producer: IPushProducer = _Stdout(self)
+        self.consumer: _Stdin = _Stdin(self)
+
+    # -- Link ---------------------------------------------------------------------
+
+    def start(self, receiver: LinkReceiver) -> None:
+        self._receiver = receiver
+        early, self._early = self._early, []
+        for data in early:
+            receiver.data_received(data)
+        self._update_reading()
+        self._maybe_report()
+
+    def write(self, data: bytes) -> None:
+        if self.stdin_open and self.transport is not None:
+            self.transport.write(data)
+
+    def write_eof(self) -> None:
+        if self.stdin_open and self.transport is not None:
+            self.transport.closeStdin()
+
+    def close(self) -> None:
+        """
+        Close stdin, SIGTERM the group now, SIGKILL after the grace period.
+        Called once the client is gone: output is read and dropped from now
+        on, so the pipes reach their end even if the client had paused them.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        self._drain()
+        self.write_eof()
+        if self.exit is None and self.pid is not None:
+            self._signal(self.pid, signal.SIGTERM, True)
+            if self._kill_call is None:
+                self._kill_call = self._clock.callLater(self._grace, self._kill)
+
+    def abort(self) -> None:
+        """SIGKILL the group now."""
+        self._closing = True
+        self._drain()
+        self._cancel("_kill_call")
+        self._kill()
+
+    # -- flow control ---------------------------------------------------------------
+
+    def client_paused(self, paused: bool) -> None:
+        self._paused_by_client = paused
+        self._update_reading()
+
+    def _reading(self) -> bool:
+        return self._draining or (self._receiver is not None and not self._paused_by_client)
+
+    def _drain(self) -> None:
+        self._draining = True
+        self._early.clear()
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        if self.transport is None:
+            return
+        if self._reading():
+            self.transport.resumeProducing()
+        else:
+            self.transport.pauseProducing()
+
+    # -- ProcessProtocol ----------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.pid = self.transport.pid  # type: ignore[union-attr]
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def outReceived(self, data: bytes) -> None:
+        self._activity += 1
+        if self._draining:
+            return
+        if self._receiver is None:
+            self._early.append(data)
+        else:
+            self._receiver.data_received(data)
+
+    def errReceived(self, data: bytes) -> None:
+        self._activity += 1
+        self._stderr.feed(data)
+
+    def inConnectionLost(self) -> None:
+        self.stdin_open = False
+        self.consumer.lost()
+
+    def outConnectionLost(self) -> None:
+        self._stdout_open = False
+        self._maybe_report()
+
+    def errConnectionLost(self) -> None:
+        self._stderr_open = False
+        self._stderr.flush()
+
+    def processExited(self, reason: Failure) -> None:
+        self.exit = reason
+        self._cancel("_eof_call")
+        self._on_exit(self)
+        self._wind_down()
+        self._maybe_report()
+
+    def processEnded(self, reason: Failure) -> None:
+        self._cancel("_eof_call")
+        self._cancel("_watch_call")
+        if self._kill_call is not None and self.pid is not None and not self._signal(self.pid, 0, False):
+            self._cancel("_kill_call")
+        if not self.ended.called:
+            self.ended.callback(None)
+
+    # -- ending ---------------------------------------------------------------------------
+
+    def _maybe_report(self) -> None:
+        """Tell the bridge the link is gone once all output is delivered and the exit known."""
+        if self._receiver is None or self._reported or self._stdout_open:
+            return
+        if self.exit is not None:
+            self._reported = True
+            self._receiver.link_lost(describe_exit(self.exit))
+        elif not self._eof_reported and self._eof_call is None:
+            self._eof_call = self._clock.callLater(self._grace, self._kept_running)
+
+    def _kept_running(self) -> None:
+        self._eof_call = None
+        if self.exit is None and self._receiver is not None and not self._reported:
+            log.info("{label}: closed its output but keeps running; ending the session", label=self.label)
+            self._eof_reported = True
+            self._receiver.eof_received()
+
+    def _wind_down(self) -> None:
+        """The program has exited: stop what is left of its group."""
+        if self._kill_call is not None or self.pid is None:
+            return  # already being stopped; _kill finishes the job
+        if self._signal(self.pid, signal.SIGTERM, False):
+            self._kill_call = self._clock.callLater(self._grace, self._kill)
+        else:
+            self._watch_pipes()
+
+    def _kill(self) -> None:
+        self._kill_call = None
+        if self.pid is not None:
+            self._signal(self.pid, signal.SIGKILL, self.exit is None)
+        if self.transport is not None and self.stdin_open:
+            self.transport.closeStdin()
+        if self.exit is not None:
+            self._watch_pipes()
+
+    def _watch_pipes(self) -> None:
+        """
+        The whole group is gone, yet output pipes may still be open, held by
+        a process outside it: close them once they stay quiet while read.
+        """
+        if not (self._stdout_open or self._stderr_open) or self._watch_call is not None:
+            return
+        mark = self._activity
+        self._watch_call = self._clock.callLater(self._grace, self._check_pipes, mark)
+
+    def _check_pipes(self, mark: int) -> None:
+        self._watch_call = None
+        if not (self._stdout_open or self._stderr_open):
+            return
+        if self._activity != mark or not self._reading():
+            self._watch_pipes()
+            return
+        log.info("{label}: output still held open after the program's group ended; closing it", label=self.label)
+        self.transport.closeStdout()  # type: ignore[union-attr]
+        self.transport.closeStderr()  # type: ignore[union-attr]
+
+    def _cancel(self, name: str) -> None:
+        call = getattr(self, name)
+        setattr(self, name, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def _log_stderr(self, line: str) -> None:
+        log.info("{label} stderr: {line}", label=self.label, line=line)
+
+
+# -- the connector ---------------------------------------------------------------------------
+
+
+class ExecConnector:
+    """
+    Starts a program per session, within the fork limit.
+
+    @param pass_env: names of the router's environment variables that
+        programs get (see L{cgi_environment}).
+    @param environ: the router's environment; C{os.environ} unless testing.
+    @param launcher: the command that runs a program in a session of its
+        own (L{default_launcher}).
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        limits: Limits,
+        pass_env: Iterable[str] = (),
+        *,
+        environ: Mapping[str, str] | None = None,
+        launcher: Iterable[str] | None = None,
+        grace: float = KILL_GRACE,
+        signaller: Callable[[int, int, bool], bool] = signal_program,
+    ):
+        self._reactor = reactor
+        self._limits = limits
+        self._pass_env = tuple(pass_env)
+        self._environ = os.environ if environ is None else environ
+        self._launcher = tuple(launcher) if launcher is not None else default_launcher()
+        self._grace = grace
+        self._signaller = signaller
+        self._running: dict[Route, int] = {}
+        self._links: set[ProgramLink] = set()
+
+    def running(self, route: Route) -> int:
+        """How many programs of C{route} have not exited yet."""
+        return self._running.get(route, 0)
+
+    def connect(self, session: SessionInfo) -> Deferred[Link]:
+        try:
+            return succeed(self._spawn(session))
+        except TargetError:
+            return fail()
+
+    def _spawn(self, session: SessionInfo) -> ProgramLink:
+        route = session.route
+        target = route.target
+        if not isinstance(target, ExecTarget):
+            raise TypeError(f"not a program target: {target!r}")
+        limit = route.max_forks if route.max_forks is not None else self._limits.max_forks
+        if limit is not None and self.running(route) >= limit:
+            raise TargetError(
+                f"route {route.describe()} already runs {limit} program(s), its max-forks limit; retry later", 503,
+            )
+        env = cgi_environment(session, self._pass_env, self._environ)
+        program = resolve_program(target.argv[0], env.get("PATH", ""))
+        link = ProgramLink(
+            self._reactor, f"{os.path.basename(target.argv[0])}[{session.session_id}]",
+            grace=self._grace, signaller=self._signaller,
+            on_exit=lambda link: self._exited(route),
+        )
+        args = [*self._launcher, program, *target.argv[1:]]
+        self._running[route] = self.running(route) + 1
+        try:
+            self._reactor.spawnProcess(link, args[0], args, env=env, path=None, usePTY=False)
+        except (OSError, ValueError) as e:
+            self._exited(route)
+            raise TargetError(f"cannot start {target.describe()}: {e}", 502) from None
+        self._links.add(link)
+        link.ended.addBoth(lambda _: self._links.discard(link))
+        return link
+
+    def _exited(self, route: Route) -> None:
+        count = self.running(route) - 1
+        if count > 0:
+            self._running[route] = count
+        else:
+            self._running.pop(route, None)
+
+    def terminate_all(self) -> Deferred[Any]:
+        """
+        Stop every program (as a client close would) and fire once all are
+        reaped and their pipes closed; for the router's shutdown.
+        """
+        links = list(self._links)
+        for link in links:
+            link.close()
+        return DeferredList([link.ended for link in links])
