@@ -243,7 +243,11 @@ def _read_response_head(sock: socket.socket, deadline: float) -> tuple[bytes, by
         if left <= 0 or len(buf) > MAX_HEADER_BYTES:
             raise HandshakeError(f"no complete HTTP response head (got {buf[:200]!r})")
         sock.settimeout(left)
-        chunk = sock.recv(4096)
+        try:
+            chunk = sock.recv(4096)
+        except socket.timeout:
+            raise HandshakeError(f"no complete answer to the upgrade request in time "
+                                 f"(got {buf[:200]!r})") from None
         if not chunk:
             raise HandshakeError(f"connection closed during handshake (got {buf[:200]!r})")
         buf += chunk
