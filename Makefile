@@ -13,7 +13,9 @@ DEMO_PORT ?= 8080
 # from the checkout (an editable install hides them from twistd).
 export PYTHONPATH := $(CURDIR):$(CURDIR)/src
 
-.PHONY: run test bench install clean
+SYSTEM_DEPS := .cache/system-deps.done
+
+.PHONY: run test bench install system-deps clean
 
 install: $(STAMP) $(REBIND)
 
@@ -33,11 +35,19 @@ run: install
 	$(BIN)/twistd -n wsrouter --listen tcp:$(DEMO_PORT):interface=127.0.0.1 \
 		--web examples/web --route '/echo=echo:'
 
-test: install
+# Debian packages for the real-program tests (telnetd, Xvfb, x11vnc); the
+# tests that need them skip, saying why, where they cannot be installed.
+system-deps: $(SYSTEM_DEPS)
+
+$(SYSTEM_DEPS): tests/setup/system-deps.sh
+	bash tests/setup/system-deps.sh .cache
+	touch $@
+
+test: install $(SYSTEM_DEPS)
 	$(BIN)/python -m pytest
 
 bench: install
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info $(REBIND)
+	rm -rf $(VENV) build dist src/*.egg-info $(REBIND) .cache

@@ -254,8 +254,8 @@ class WrappedProgram:
             return
         if report.host is None or report.port is None:
             return
-        if self.address is not None and self.target.ports == "*":
-            return  # with "*", the first port the program binds is the one proxied
+        if self.address is not None:
+            return  # the first port a run binds is the one proxied (IPv4 before IPv6, say)
         self.requested_port = report.requested_port
         self.address = (report.host, report.port)
         log.info("{name} asked for port {requested}; listening on {host}:{port} instead",

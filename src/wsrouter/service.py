@@ -120,7 +120,7 @@ class RouterService(MultiService):
                 )
         if self.programs:
             self.router.connectors.register(
-                WrappedTarget, WrappedConnector(reactor, self.programs, config.limits.connect_timeout))
+                WrappedTarget, WrappedConnector(reactor, self.programs, _wait_for_program(config)))
 
     def _add_listener(self, description: str) -> ListenerService:
         listener = ListenerService(self._reactor, description, self.site)
@@ -169,6 +169,12 @@ class RouterService(MultiService):
         await super().stopService()
         await self.router.shutdown()
         await DeferredList([program.stop() for program in self.programs.values()])
+
+
+def _wait_for_program(config: RouterConfig) -> float:
+    """How long a client waits for a wrapped program: within its handshake timeout."""
+    limits = config.limits
+    return max(min(limits.connect_timeout, limits.handshake_timeout - 1.0), 0.5)
 
 
 def build_service(config: RouterConfig, reactor: Any = None) -> RouterService:

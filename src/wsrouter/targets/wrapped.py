@@ -38,21 +38,32 @@ class WrappedConnector:
         program = self._programs.get(target)  # type: ignore[call-overload]
         if program is None:
             raise TargetError(f"no wrapped program for {target.describe()}", 502)
-        deadline = self._reactor.seconds() + self._timeout
-        ready = program.when_ready(self._timeout)
-        ready.addCallback(lambda address: self._connect(session, address, deadline))
-        return ready  # type: ignore[return-value]
+        return self._attempt(session, program, self._reactor.seconds() + self._timeout)
 
-    def _connect(self, session: SessionInfo, address: tuple[str, int], deadline: float) -> Deferred[Link]:
-        direct = attrs.evolve(session, route=attrs.evolve(session.route, target=TcpTarget(*address)))
-        attempt = self._stream.connect(direct)
+    def _attempt(self, session: SessionInfo, program: WrappedProgram, deadline: float) -> Deferred[Link]:
+        """
+        Wait for the program's current address and connect; a refusal means
+        it is between bind() and listen(), or being restarted, so ask again.
+        """
+        remaining = max(deadline - self._reactor.seconds(), 0.001)
+        attempt = program.when_ready(remaining)
+        attempt.addCallback(self._connect, session)
 
         def refused(reason: Failure) -> Any:
-            if "connection refused" not in str(reason.value) or self._reactor.seconds() >= deadline:
+            if not _is_refusal(reason) or self._reactor.seconds() >= deadline:
                 return reason
             return deferLater(self._reactor, RETRY_INTERVAL, lambda: None).addCallback(
-                lambda _: self._connect(session, address, deadline))
+                lambda _: self._attempt(session, program, deadline))
 
         attempt.addErrback(refused)
-        return attempt
+        return attempt  # type: ignore[return-value]
+
+    def _connect(self, address: tuple[str, int], session: SessionInfo) -> Deferred[Link]:
+        direct = attrs.evolve(session, route=attrs.evolve(session.route, target=TcpTarget(*address)))
+        return self._stream.connect(direct)
+
+
+def _is_refusal(reason: Failure) -> bool:
+    error = reason.value
+    return isinstance(error, TargetError) and error.status == 502 and "connection refused" in error.reason
 
