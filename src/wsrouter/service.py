@@ -168,7 +168,9 @@ class RouterService(MultiService):
     async def _stop(self) -> None:
         await super().stopService()
         await self.router.shutdown()
-        await DeferredList([program.stop() for program in self.programs.values()])
+        stopping = [program.stop() for program in self.programs.values()]
+        stopping.append(self.router.connectors.programs.terminate_all())
+        await DeferredList(stopping)
 
 
 def _wait_for_program(config: RouterConfig) -> float:
