@@ -2,10 +2,11 @@
 The thin Autobahn adapter: a WebSocket server protocol that hands every
 decision to the router and every byte to its session's bridge.
 
-Client messages are taken frame by frame (Autobahn's streaming hooks), so a
-large message is relayed as it arrives and never held whole.  Messages to
-the client are framed here directly: server frames are unmasked, so a frame
-is a small header written together with the payload, without copying it.
+Autobahn performs the opening handshake and the closing handshake.  In
+between, client frames are parsed by L{wsrouter.frames}, which hands payload
+on as it arrives, so a large message is relayed as it comes and never held
+whole.  Messages to the client are framed here directly: server frames are
+unmasked, so a frame is a small header written together with the payload.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from twisted.internet.interfaces import IPushProducer
 
 from . import __version__
 from .config import Limits
+from .frames import FrameParser
 
 if TYPE_CHECKING:
     from .bridge import Bridge
@@ -56,6 +58,14 @@ class RouterProtocol(WebSocketServerProtocol):
     keepalive: Keepalive | None = None
     mount_prefix = ""
     session_id = ""
+    _frames: FrameParser | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        frames = self._frames
+        if frames is not None:
+            frames.feed(data)
+        else:
+            self._dataReceived(data)
 
     # -- handshake and lifecycle, decided by the router ---------------------------
 
@@ -63,7 +73,11 @@ class RouterProtocol(WebSocketServerProtocol):
         return self.factory.router.handshake(self, request)
 
     def onOpen(self) -> None:
+        self._frames = FrameParser(_ClientFrames(self), self.maxMessagePayloadSize)
+        leftover, self.data = self.data, b""
         self.factory.router.opened(self)
+        if leftover:
+            self._frames.feed(leftover)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.router.closed(self, code, reason or "")
@@ -80,32 +94,9 @@ class RouterProtocol(WebSocketServerProtocol):
         lines += [f"{name}: {value}" for name, value in responseHeaders or ()]
         self.sendData(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + body)
 
-    # -- client messages, streamed ------------------------------------------------
-
-    def onMessageBegin(self, isBinary: bool) -> None:
-        super().onMessageBegin(isBinary)
-        if self.bridge is not None:
-            self.bridge.message_begin(isBinary)
-
-    def onMessageFrameBegin(self, length: int) -> None:
-        # The base class enforces the frame and message size limits (1009).
-        super().onMessageFrameBegin(length)
-
-    def onMessageFrameData(self, payload: bytes) -> None:
-        if not self.failedByMe and self.bridge is not None:
-            self.factory.router.touch(self)
-            self.bridge.frame_data(payload)
-
     def onPong(self, payload: bytes) -> None:
         if self.keepalive is not None:
             self.keepalive.pong_received(payload)
-
-    def onMessageFrameEnd(self) -> None:
-        """Frames are relayed as they arrive; nothing is kept to join."""
-
-    def onMessageEnd(self) -> None:
-        if not self.failedByMe and self.bridge is not None:
-            self.bridge.message_end()
 
     # -- WebSocketEnd, used by the bridge ------------------------------------------
 
@@ -124,6 +115,42 @@ class RouterProtocol(WebSocketServerProtocol):
 
     def consumer_producer(self) -> IPushProducer:
         return self.transport  # type: ignore[no-any-return]
+
+
+class _ClientFrames:
+    """What the frame parser finds, applied to one connection."""
+
+    def __init__(self, protocol: RouterProtocol):
+        self._protocol = protocol
+        self._router = protocol.factory.router
+
+    def message_begin(self, is_binary: bool) -> None:
+        if self._protocol.bridge is not None:
+            self._protocol.bridge.message_begin(is_binary)
+
+    def message_data(self, payload: bytes) -> None:
+        bridge = self._protocol.bridge
+        if bridge is not None:
+            self._router.touch(self._protocol)
+            bridge.frame_data(payload)
+
+    def message_end(self) -> None:
+        if self._protocol.bridge is not None:
+            self._protocol.bridge.message_end()
+
+    def ping(self, payload: bytes) -> None:
+        if self._protocol.state == _OPEN:
+            self._protocol.sendPong(payload)
+
+    def pong(self, payload: bytes) -> None:
+        self._protocol.onPong(payload)
+
+    def close(self, code: int | None, reason: bytes | None) -> None:
+        # Autobahn validates the code and reason, answers, and closes.
+        self._protocol.onCloseFrame(code, reason)
+
+    def fail(self, code: int, reason: str) -> None:
+        self._protocol._fail_connection(code, reason)
 
 
 class RouterFactory(WebSocketServerFactory):

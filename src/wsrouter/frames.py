@@ -1,0 +1,244 @@
+"""
+An incremental parser for the frames a WebSocket client sends (RFC 6455),
+used on the relay's hot path once the handshake is done.
+
+Autobahn parses the handshake; this takes over afterwards because a relay
+needs less than a general WebSocket library does: payload is handed on as
+it arrives, a frame at a time or part of one, without building frame
+objects, copying into message buffers or logging per frame.  The rules are
+the RFC's, checked here, each violation reported with its close code:
+
+  - 1002: reserved bits or opcodes, unmasked frames, fragmented or oversized
+    control frames, a continuation with no message or a new message inside
+    one, a 64-bit length with its top bit set, a close payload of one byte;
+  - 1007: a text message that is not valid UTF-8;
+  - 1009: a message larger than the limit (known from the frame header, so
+    the payload is never read).
+
+Pure: no I/O, fed bytes, reporting to a L{FrameHandler}.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from autobahn.websocket.utf8validator import Utf8Validator
+from autobahn.websocket.xormasker import create_xor_masker
+
+PROTOCOL_ERROR = 1002
+INVALID_PAYLOAD = 1007
+MESSAGE_TOO_BIG = 1009
+
+CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0, 1, 2, 8, 9, 10
+
+#: From this size on, payload is unmasked by Autobahn's vectorised masker;
+#: below it, by one big-integer XOR, which costs less per call.
+_VECTOR_UNMASK_FROM = 1024
+
+
+def unmask(data: bytes, mask: bytes, offset: int = 0) -> bytes:
+    """XOR C{data} with the 4-byte C{mask}, starting C{offset} bytes into the frame."""
+    shift = offset & 3
+    if shift:
+        mask = mask[shift:] + mask[:shift]
+    n = len(data)
+    if n >= _VECTOR_UNMASK_FROM:
+        return create_xor_masker(mask, n).process(data)  # type: ignore[no-any-return]
+    if not n or mask == b"\0\0\0\0":
+        return bytes(data)
+    key = (mask * ((n >> 2) + 1))[:n]
+    return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+class FrameHandler(Protocol):
+    """Receives what the parser finds, in order."""
+
+    def message_begin(self, is_binary: bool) -> None: ...
+
+    def message_data(self, payload: bytes) -> None:
+        """Unmasked payload of the current message (a frame or part of one)."""
+
+    def message_end(self) -> None: ...
+
+    def ping(self, payload: bytes) -> None: ...
+
+    def pong(self, payload: bytes) -> None: ...
+
+    def close(self, code: int | None, reason: bytes | None) -> None:
+        """A close frame; its code and reason are not validated here."""
+
+    def fail(self, code: int, reason: str) -> None:
+        """The client broke the protocol; nothing more is parsed."""
+
+
+class FrameParser:
+    """
+    Parses client frames fed in chunks of any size; stops after a close
+    frame or an error.
+
+    @param max_message_size: largest message payload in bytes; 0 for none.
+    """
+
+    def __init__(self, handler: FrameHandler, max_message_size: int = 0):
+        self._handler = handler
+        self._max = max_message_size
+        self._pending = b""
+        self._in_payload = False
+        self._opcode = 0
+        self._fin = True
+        self._mask = b""
+        self._remaining = 0
+        self._offset = 0
+        self._control: list[bytes] = []
+        self._in_message = False
+        self._text: Utf8Validator | None = None
+        self._message_size = 0
+        self.stopped = False
+
+    def feed(self, data: bytes) -> None:
+        if self.stopped:
+            return
+        if self._pending:
+            data, self._pending = self._pending + data, b""
+        position, end = 0, len(data)
+        while not self.stopped:
+            if self._in_payload:
+                if self._remaining:
+                    if position >= end:
+                        return
+                    take = min(self._remaining, end - position)
+                    chunk = data[position:position + take] if take != end - position or position else data
+                    position += take
+                    self._payload(chunk)
+                if not self._remaining and not self.stopped:
+                    self._frame_done()
+            else:
+                used = self._header(data, position, end)
+                if not used:
+                    if position < end:
+                        self._pending = data[position:]
+                    return
+                position += used
+
+    # -- frame headers -------------------------------------------------------------
+
+    def _header(self, data: bytes, position: int, end: int) -> int:
+        """Parse one frame header at C{position}; the bytes it took, or 0 if incomplete."""
+        available = end - position
+        if available < 2:
+            return 0
+        first, second = data[position], data[position + 1]
+        length = second & 0x7F
+        size = 2
+        if length == 126:
+            size = 4
+            if available < size:
+                return 0
+            length = int.from_bytes(data[position + 2:position + 4], "big")
+        elif length == 127:
+            size = 10
+            if available < size:
+                return 0
+            length = int.from_bytes(data[position + 2:position + 10], "big")
+        masked = second & 0x80
+        if masked:
+            size += 4
+            if available < size:
+                return 0
+        if first & 0x70:
+            return self._fail(PROTOCOL_ERROR, "reserved bits set, but no extension was negotiated")
+        if not masked:
+            return self._fail(PROTOCOL_ERROR, "client frames must be masked")
+        if length >> 63:
+            return self._fail(PROTOCOL_ERROR, "frame length has its most significant bit set")
+        opcode = first & 0x0F
+        fin = bool(first & 0x80)
+        if opcode >= CLOSE:
+            if not self._control_header(opcode, fin, length):
+                return 0
+        elif not self._data_header(opcode, fin, length):
+            return 0
+        self._mask = data[position + size - 4:position + size]
+        self._opcode = opcode
+        self._fin = fin
+        self._remaining = length
+        self._offset = 0
+        self._in_payload = True
+        return size
+
+    def _control_header(self, opcode: int, fin: bool, length: int) -> bool:
+        if opcode not in (CLOSE, PING, PONG):
+            return bool(self._fail(PROTOCOL_ERROR, f"reserved opcode {opcode}"))
+        if not fin:
+            return bool(self._fail(PROTOCOL_ERROR, "control frames must not be fragmented"))
+        if length > 125:
+            return bool(self._fail(PROTOCOL_ERROR, "control frame payload longer than 125 bytes"))
+        self._control = []
+        return True
+
+    def _data_header(self, opcode: int, fin: bool, length: int) -> bool:
+        if opcode == CONTINUATION:
+            if not self._in_message:
+                return bool(self._fail(PROTOCOL_ERROR, "continuation frame with no message to continue"))
+        elif opcode in (TEXT, BINARY):
+            if self._in_message:
+                return bool(self._fail(PROTOCOL_ERROR, "new message started inside a fragmented message"))
+        else:
+            return bool(self._fail(PROTOCOL_ERROR, f"reserved opcode {opcode}"))
+        self._message_size += length
+        if self._max and self._message_size > self._max:
+            return bool(self._fail(MESSAGE_TOO_BIG, f"message larger than {self._max} bytes"))
+        if opcode != CONTINUATION:
+            self._in_message = True
+            self._text = Utf8Validator() if opcode == TEXT else None
+            self._handler.message_begin(opcode == BINARY)
+        return not self.stopped
+
+    # -- payload -------------------------------------------------------------------
+
+    def _payload(self, chunk: bytes) -> None:
+        payload = unmask(chunk, self._mask, self._offset)
+        self._offset += len(chunk)
+        self._remaining -= len(chunk)
+        if self._opcode >= CLOSE:
+            self._control.append(payload)
+            return
+        if self._text is not None and not self._text.validate(payload)[0]:
+            self._fail(INVALID_PAYLOAD, "text message is not valid UTF-8")
+            return
+        self._handler.message_data(payload)
+
+    def _frame_done(self) -> None:
+        self._in_payload = False
+        opcode = self._opcode
+        if opcode >= CLOSE:
+            self._control_frame(opcode, b"".join(self._control))
+            return
+        if not self._fin:
+            return
+        if self._text is not None:
+            valid, complete = self._text.validate(b"")[:2]
+            if not (valid and complete):
+                self._fail(INVALID_PAYLOAD, "text message ends inside a UTF-8 sequence")
+                return
+        self._in_message = False
+        self._text = None
+        self._message_size = 0
+        self._handler.message_end()
+
+    def _control_frame(self, opcode: int, payload: bytes) -> None:
+        if opcode == PING:
+            self._handler.ping(payload)
+        elif opcode == PONG:
+            self._handler.pong(payload)
+        elif len(payload) == 1:
+            self._fail(PROTOCOL_ERROR, "close frame payload of one byte")
+        else:
+            self.stopped = True
+            code = int.from_bytes(payload[:2], "big") if payload else None
+            self._handler.close(code, payload[2:] if len(payload) > 2 else None)
+
+    def _fail(self, code: int, reason: str) -> int:
+        self.stopped = True
+        self._handler.fail(code, reason)
+        return 0
