@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 
 from .bridge import Bridge, SessionStats
 from .config import DATAGRAM_TARGETS, ExecTarget, RouterConfig
+from .fdlimit import DescriptorGuard, session_cost
 from .framing import make_framer, message_is_binary
 from .interfaces import Link, Recorder, SessionInfo, TargetError
 from .keepalive import Keepalive
@@ -54,6 +55,12 @@ class Router:
         # recording flushed): what shutdown waits for.
         self._recorders: dict[RouterProtocol, Recorder] = {}
         self._finishing: dict[RouterProtocol, Deferred[None]] = {}
+        #: Refuses sessions (503) when the open-file limit is near; set by
+        #: the service, C{None} for no accounting.
+        self.descriptors: DescriptorGuard | None = None
+        #: Put before every session id (a worker's number), so the ids and
+        #: recording names of several processes never collide.
+        self.session_prefix = ""
 
     # -- handshake -----------------------------------------------------------------
 
@@ -64,7 +71,7 @@ class Router:
         @return: fires with the subprotocol to accept, or fails with a
             L{ConnectionDeny} carrying the HTTP status.
         """
-        protocol.session_id = secrets.token_hex(4)
+        protocol.session_id = self.session_prefix + secrets.token_hex(4)
         path = unquote(urlsplit(request.path).path)
         route_path = path[len(protocol.mount_prefix):] or "/"
         if self._stopping:
@@ -73,6 +80,8 @@ class Router:
             match = select_route(self.config.routes, route_path, request.protocols)
         except NoRoute as e:
             return self._refuse(protocol, request, e.status, e.reason)
+        if self.descriptors is not None and not self.descriptors.admit(session_cost(match.route, self.config)):
+            return self._refuse(protocol, request, 503, "too many open connections")
         session = self._session_info(protocol, request, path, route_path, match)
         connecting = self.connectors.connect(session)
         connecting.addCallbacks(

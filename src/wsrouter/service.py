@@ -24,6 +24,7 @@ from twisted.web.server import Site
 
 from .children import ProgramNotFound, WrappedProgram
 from .config import RouterConfig, WrappedTarget
+from .fdlimit import DescriptorGuard, GuardedSite
 from .rebind import ShimUnavailable
 from .router import Router
 from .static import build_web_root
@@ -102,7 +103,9 @@ class RouterService(MultiService):
         self.config = config
         self.resource = build_resource(config, reactor)
         self.router = self.resource.router
-        self.site = Site(self.resource)
+        self.descriptors = DescriptorGuard.for_this_process(reactor, self.ports)
+        self.router.descriptors = self.descriptors
+        self.site = GuardedSite(self.resource, self.descriptors)
         self.site.noisy = False
         self._reactor = reactor
         self.listeners: list[ListenerService] = []
@@ -134,6 +137,7 @@ class RouterService(MultiService):
             log.info("listening on {listener}", listener=description)
         for route in self.config.routes:
             log.info("route {route} -> {target}", route=route.describe(), target=route.target.describe())
+        log.info("{capacity}", capacity=self.descriptors.describe_capacity(self.config))
         try:
             for program in self.programs.values():
                 program.start()
@@ -166,6 +170,7 @@ class RouterService(MultiService):
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
+        self.descriptors.stop()
         await super().stopService()
         await self.router.shutdown()
         stopping = [program.stop() for program in self.programs.values()]

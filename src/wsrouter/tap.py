@@ -16,6 +16,7 @@ from typing import Any
 from twisted.python import usage
 
 from .config import WRAP_MODES, ConfigError, Route, WrappedTarget, build_config, listener_from_short_form
+from .fdlimit import raise_open_file_limit
 from .service import RouterService, build_service
 
 SHORT_FORM = "[HOST:]PORT TARGET_HOST:TARGET_PORT"
@@ -148,7 +149,9 @@ def makeService(options: Options) -> RouterService:
     """Build the service; an exit-mode program's exit stops the reactor with its status."""
     from twisted.internet import reactor
 
+    raised = raise_open_file_limit()
     service = build_service(options["config"], reactor)
+    service.descriptors.raised = raised
 
     def program_exited(status: int) -> None:
         # twistd has no exit status of its own to set: exit with the
