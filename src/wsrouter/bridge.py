@@ -93,6 +93,10 @@ class Bridge:
         self._link_done = False
         self._finished = False
 
+    @property
+    def link(self) -> Link:
+        return self._link
+
     # -- lifecycle -----------------------------------------------------------
 
     def start(self) -> None:

@@ -22,6 +22,7 @@ from twisted.internet.interfaces import IPushProducer
 from . import __version__
 from .config import Limits
 from .frames import FrameParser
+from .writes import write_sequence_through, write_through
 
 if TYPE_CHECKING:
     from .bridge import Bridge
@@ -59,13 +60,24 @@ class RouterProtocol(WebSocketServerProtocol):
     mount_prefix = ""
     session_id = ""
     _frames: FrameParser | None = None
+    #: The target link, when it can gather writes (see StreamLink.hold).
+    _held_link: Any = None
 
     def dataReceived(self, data: bytes) -> None:
         frames = self._frames
-        if frames is not None:
-            frames.feed(data)
-        else:
+        if frames is None:
             self._dataReceived(data)
+            return
+        link = self._held_link
+        if link is None:
+            frames.feed(data)
+            return
+        # All the payload one read carries goes to the target in one send.
+        link.hold()
+        try:
+            frames.feed(data)
+        finally:
+            link.release()
 
     # -- handshake and lifecycle, decided by the router ---------------------------
 
@@ -76,6 +88,9 @@ class RouterProtocol(WebSocketServerProtocol):
         self._frames = FrameParser(_ClientFrames(self), self.maxMessagePayloadSize)
         leftover, self.data = self.data, b""
         self.factory.router.opened(self)
+        link = getattr(self.bridge, "link", None)
+        if hasattr(link, "hold"):
+            self._held_link = link
         if leftover:
             self._frames.feed(leftover)
 
@@ -103,7 +118,11 @@ class RouterProtocol(WebSocketServerProtocol):
     def send(self, payload: bytes, is_binary: bool) -> None:
         if self.state == _OPEN:
             self.factory.router.touch(self)
-            self.transport.writeSequence((frame_header(is_binary, len(payload)), payload))
+            header = frame_header(is_binary, len(payload))
+            if len(payload) <= 1024:
+                write_through(self.transport, header + payload)
+            else:
+                write_sequence_through(self.transport, (header, payload))
 
     def close(self, code: int, reason: str) -> None:
         """Close with any RFC 6455 code (the public sendClose refuses 1001, 1009, 1011)."""

@@ -20,6 +20,7 @@ from zope.interface import implementer
 
 from ..config import TcpTarget, UnixTarget
 from ..interfaces import Link, LinkReceiver, SessionInfo, TargetError
+from ..writes import write_sequence_through, write_through
 
 
 @implementer(IHalfCloseableProtocol)
@@ -31,6 +32,7 @@ class StreamLink(Protocol):
     def __init__(self) -> None:
         self._receiver: LinkReceiver | None = None
         self._early: list[tuple[str, Any]] = []
+        self._held: list[bytes] | None = None
 
     @property
     def producer(self) -> IPushProducer:
@@ -77,7 +79,26 @@ class StreamLink(Protocol):
         self._receiver.link_lost(None if clean else _describe(reason))
 
     def write(self, data: bytes) -> None:
-        self.transport.write(data)  # type: ignore[union-attr]
+        if self._held is not None:
+            self._held.append(data)
+        else:
+            write_through(self.transport, data)
+
+    def hold(self) -> None:
+        """Collect writes until L{release}: one send for all a client read produced."""
+        if self._held is None:
+            self._held = []
+
+    def release(self) -> None:
+        held, self._held = self._held, None
+        if not held:
+            return
+        if len(held) == 1:
+            write_through(self.transport, held[0])
+        elif len(held) <= 512:
+            write_sequence_through(self.transport, held)
+        else:
+            write_through(self.transport, b"".join(held))
 
     def write_eof(self) -> None:
         lose_write = getattr(self.transport, "loseWriteConnection", None)
