@@ -6,6 +6,7 @@ import socket
 
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor
+from twisted.internet.threads import deferToThread
 
 from wsrouter.writes import _after, write_sequence_through, write_through
 
@@ -33,7 +34,8 @@ def test_large_writes_through_a_full_socket_arrive_in_order():
     server.bind(("127.0.0.1", 0))
     server.listen(1)
     reactor.connectTCP("127.0.0.1", server.getsockname()[1], factory)
-    conn, _ = server.accept()
+    server.settimeout(10)
+    conn, _ = yield deferToThread(server.accept)
     client = yield factory.ready
     chunks = [bytes([i % 251]) * 1_000_003 for i in range(64)]
     for i, chunk in enumerate(chunks):
@@ -53,8 +55,6 @@ def test_large_writes_through_a_full_socket_arrive_in_order():
             if not data:
                 return bytes(got)
             got += data
-
-    from twisted.internet.threads import deferToThread
 
     got = yield deferToThread(drain)
     conn.close()
