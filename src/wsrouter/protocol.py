@@ -22,6 +22,7 @@ from twisted.internet.interfaces import IPushProducer
 from . import __version__
 from .config import Limits
 from .frames import FrameParser
+from .targets.stream import IO_CHUNK
 from .writes import write_sequence_through, write_through
 
 if TYPE_CHECKING:
@@ -86,6 +87,7 @@ class RouterProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         self._frames = FrameParser(_ClientFrames(self), self.maxMessagePayloadSize)
+        self.transport.bufferSize = IO_CHUNK  # read more per call; queue as much before pausing
         leftover, self.data = self.data, b""
         self.factory.router.opened(self)
         link = getattr(self.bridge, "link", None)

@@ -23,6 +23,10 @@ from ..interfaces import Link, LinkReceiver, SessionInfo, TargetError
 from ..writes import write_sequence_through, write_through
 
 
+#: Bytes read from a target at once, and queued for it before pausing.
+IO_CHUNK = 256 * 1024
+
+
 @implementer(IHalfCloseableProtocol)
 class StreamLink(Protocol):
     """A paused stream connection to a target, driven by the bridge."""
@@ -44,6 +48,9 @@ class StreamLink(Protocol):
 
     def connectionMade(self) -> None:
         self.transport.pauseProducing()  # type: ignore[attr-defined]
+        # Larger reads mean fewer system calls and fewer messages per byte
+        # relayed; it is also how much may queue before the client is paused.
+        self.transport.bufferSize = IO_CHUNK  # type: ignore[attr-defined]
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)
