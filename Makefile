@@ -32,7 +32,7 @@ $(REBIND): src/wsrouter/rebind/rebind.c
 
 run: install
 	@echo "wsrouter demo: open http://127.0.0.1:$(DEMO_PORT)/ (WebSocket echo at ws://127.0.0.1:$(DEMO_PORT)/echo)"
-	$(BIN)/twistd -n wsrouter --listen tcp:$(DEMO_PORT):interface=127.0.0.1 \
+	$(BIN)/twistd --nodaemon --pidfile= wsrouter --listen tcp:$(DEMO_PORT):interface=127.0.0.1 \
 		--web examples/web --route '/echo=echo:'
 
 # Debian packages for the real-program tests (telnetd, Xvfb, x11vnc); the

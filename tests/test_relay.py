@@ -432,3 +432,32 @@ def test_prefix_route_and_longest_match():
         yield router.stopService()
         yield port_a.stopListening()
         yield port_b.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_web_root_and_routes_share_a_port(tmp_path):
+    """Static files and WebSocket routes are served on the same port, and an upgrade on a file's path is routed."""
+    import urllib.request
+
+    (tmp_path / "index.html").write_text("<h1>hello</h1>")
+    (tmp_path / "app.js").write_text("1;")
+    router = start_router(web=str(tmp_path), routes=["/echo=echo:", "/index.html=echo:"])
+
+    def client():
+        page = urllib.request.urlopen(router.http + "/", timeout=10)
+        script = urllib.request.urlopen(router.http + "/app.js", timeout=10)
+        with connect(router.url + "/echo") as ws:
+            ws.send(b"same port")
+            echoed = ws.recv(timeout=10)
+        with connect(router.url + "/index.html") as ws:
+            ws.send(b"upgrade wins")
+            upgraded = ws.recv(timeout=10)
+        return page.read(), script.headers["Content-Type"], echoed, upgraded
+
+    try:
+        page, script_type, echoed, upgraded = yield in_thread(client)
+        assert page == b"<h1>hello</h1>"
+        assert script_type.startswith("text/javascript")
+        assert (echoed, upgraded) == (b"same port", b"upgrade wins")
+    finally:
+        yield router.stopService()
