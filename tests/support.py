@@ -213,22 +213,3 @@ def handshake_status(url: str, **kwargs: Any) -> tuple[int, bytes]:
             return 101, b""
     except InvalidStatus as e:
         return e.response.status_code, e.response.body or b""
-
-
-def raw_upgrade(port: int, path: str = "/", extra: str = "") -> socket.socket:
-    """Open a WebSocket by hand, for clients that must misbehave."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=10)
-    s.sendall(
-        (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-         "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-         f"Sec-WebSocket-Version: 13\r\n{extra}\r\n").encode()
-    )
-    response = b""
-    while b"\r\n\r\n" not in response:
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        response += chunk
-    if not response.startswith(b"HTTP/1.1 101"):
-        raise AssertionError(f"handshake refused: {response!r}")
-    return s

@@ -10,14 +10,14 @@ import socket
 import threading
 import time
 
-import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 from twisted.internet.protocol import DatagramProtocol
 from websockets.exceptions import ConnectionClosed
 
+from . import rawws
 from .support import (
-    RecordingTarget, connect, free_port, handshake_status, in_thread, listen_target, raw_upgrade,
+    RecordingTarget, connect, free_port, handshake_status, in_thread, listen_target,
     start_router,
 )
 
@@ -340,7 +340,7 @@ def test_ping_drops_silent_peer():
     router = start_router(routes=["/e=echo:"], ping_interval=0.3, ping_timeout=0.3)
 
     def silent_client():
-        s = raw_upgrade(router.port_number, "/e")
+        s = rawws.upgrade(router.port_number, "/e", timeout=10)
         s.settimeout(10)
         seen = b""
         started = time.monotonic()

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-from websockets.exceptions import ConnectionClosed
 
 from .support import REPO, RouterProcess, child_env, connect, free_port, handshake_status, wait_for_port
 
