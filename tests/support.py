@@ -65,7 +65,7 @@ def start_router(**raw: Any) -> Any:
     raw.setdefault("listen", ["tcp:0:interface=127.0.0.1"])
     service = build_service(build_config(raw), reactor)
     service.startService()
-    port = service.ports()[0].getHost().port
+    port = getattr(service.ports()[0].getHost(), "port", 0)
     service.url = f"ws://127.0.0.1:{port}"
     service.http = f"http://127.0.0.1:{port}"
     service.port_number = port

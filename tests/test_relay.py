@@ -461,3 +461,22 @@ def test_web_root_and_routes_share_a_port(tmp_path):
         assert (echoed, upgraded) == (b"same port", b"upgrade wins")
     finally:
         yield router.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_unix_socket_listener(tmp_path):
+    """A router listening on a Unix socket endpoint serves WebSocket clients there."""
+    from websockets.sync.client import unix_connect
+
+    path = str(tmp_path / "router.sock")
+    router = start_router(listen=[f"unix:{path}"], routes=["/e=echo:"])
+
+    def client():
+        with unix_connect(path, "ws://localhost/e", open_timeout=10) as ws:
+            ws.send(b"over a unix listener")
+            return ws.recv(timeout=10)
+
+    try:
+        assert (yield in_thread(client)) == b"over a unix listener"
+    finally:
+        yield router.stopService()
