@@ -218,8 +218,8 @@ class Router:
         protocol.keepalive.start()
 
     def touch(self, protocol: RouterProtocol) -> None:
-        """Note traffic on a session, for the idle timeout."""
-        if protocol in self._activity:
+        """Note traffic on a session, for the idle timeout (per message: kept cheap)."""
+        if self.config.limits.idle_timeout is not None and protocol in self._activity:
             self._activity[protocol] = self._reactor.seconds()
 
     def closed(self, protocol: RouterProtocol, code: int | None, reason: str) -> None:
