@@ -29,6 +29,10 @@ DEFAULT_MAX_MESSAGE_SIZE = 16 * MiB
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_SHUTDOWN_GRACE = 5.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
+#: Router processes sharing the listeners (L{wsrouter.workers}).
+DEFAULT_WORKERS = 1
+#: Listener kinds whose sockets several worker processes can share.
+SHAREABLE_LISTENERS = ("tcp:", "tcp6:", "unix:")
 
 #: Framings a route may name; see L{wsrouter.framing}.
 FRAMINGS = ("binary", "line", "separator", "fixed")
@@ -477,6 +481,7 @@ class RouterConfig:
     recording: Recording = field(factory=Recording)
     pass_env: tuple[str, ...] = ()
     follow_wrapped_port: bool = False
+    workers: int = DEFAULT_WORKERS
 
 
     def recording_directory(self, route: Route) -> str | None:
@@ -600,7 +605,8 @@ def build_config(raw: Mapping[str, Any], source: str = "configuration") -> Route
     the loopback port the wrapped program asks for), C{record} (a
     directory to record every session into), C{record_format},
     C{record_max_bytes}, C{record_redact} (request headers to hide; replaces
-    the default list), and the L{Limits} field names.
+    the default list), C{workers} (router processes sharing the listeners),
+    and the L{Limits} field names.
 
     @raise ConfigError: listing every problem found, each with its key.
     """
@@ -639,10 +645,24 @@ def build_config(raw: Mapping[str, Any], source: str = "configuration") -> Route
             problems.add(f"pass_env[{index}]", f"must be an environment variable name, not {name!r}")
     if follow and not any(isinstance(route.target, WrappedTarget) for route in routes):
         problems.add("follow_wrapped_port", "needs a wrapped program (a wrap: target)")
+    workers = _build_workers(raw, listeners, problems)
     if problems.items:
         raise ConfigError(problems.items, source)
     return RouterConfig(listeners=listeners, routes=tuple(routes), web=web, limits=limits, recording=recording,
-                        pass_env=tuple(pass_env), follow_wrapped_port=follow)
+                        pass_env=tuple(pass_env), follow_wrapped_port=follow, workers=workers)
+
+
+def _build_workers(raw: Mapping[str, Any], listeners: Sequence[Any], problems: _Problems) -> int:
+    """The number of router processes; more than one needs listeners whose sockets can be shared."""
+    workers = _positive_number(raw, "workers", problems, integer=True)
+    if workers is None:
+        return DEFAULT_WORKERS
+    if workers > 1:
+        for index, listener in enumerate(listeners):
+            if isinstance(listener, str) and not listener.startswith(SHAREABLE_LISTENERS):
+                problems.add(f"listen[{index}]", f"workers cannot share {listener!r}; with workers > 1 use "
+                             f"{', '.join(kind + '...' for kind in SHAREABLE_LISTENERS)} listeners")
+    return int(workers)
 
 
 def listener_from_short_form(text: str) -> str:

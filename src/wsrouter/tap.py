@@ -18,6 +18,7 @@ from twisted.python import usage
 from .config import WRAP_MODES, ConfigError, Route, WrappedTarget, build_config, listener_from_short_form
 from .fdlimit import raise_open_file_limit
 from .service import RouterService, build_service
+from .workers import WorkerSupervisor, build_supervisor
 
 SHORT_FORM = "[HOST:]PORT TARGET_HOST:TARGET_PORT"
 
@@ -56,6 +57,8 @@ class Options(usage.Options):
         ["record-max-bytes", None, None, "Stop recording a session before its file grows past BYTES."],
         ["wrap", None, None, "Start the program after -- and proxy to it; MODE is respawn, ignore or exit."],
         ["max-forks", None, None, "Most exec: programs running at once per route (default unlimited); then 503."],
+        ["workers", None, None,
+         "Router processes sharing the listeners (default 1); wrapped programs still run once."],
     ]
 
     def __init__(self) -> None:
@@ -107,7 +110,7 @@ class Options(usage.Options):
         }
         for option in ("max-message-size", "ping", "ping-timeout", "idle-timeout",
                        "handshake-timeout", "connect-timeout", "shutdown-grace", "max-forks",
-                       "record", "record-format", "record-max-bytes"):
+                       "record", "record-format", "record-max-bytes", "workers"):
             if self[option] is not None:
                 key = "ping_interval" if option == "ping" else option.replace("-", "_")
                 raw[key] = self[option]
@@ -145,13 +148,21 @@ class Options(usage.Options):
         raw["routes"].append(Route(path="/", prefix=True, target=target))
 
 
-def makeService(options: Options) -> RouterService:
-    """Build the service; an exit-mode program's exit stops the reactor with its status."""
+def makeService(options: Options) -> RouterService | WorkerSupervisor:
+    """
+    Build the service (with C{--workers} above 1, their supervisor); an
+    exit-mode program's exit stops the reactor with its status.
+    """
     from twisted.internet import reactor
 
     raised = raise_open_file_limit()
-    service = build_service(options["config"], reactor)
-    service.descriptors.raised = raised
+    service: RouterService | WorkerSupervisor
+    if options["config"].workers > 1:
+        service = build_supervisor(options["config"], reactor)
+        service.raised = raised
+    else:
+        service = build_service(options["config"], reactor)
+        service.descriptors.raised = raised
 
     def program_exited(status: int) -> None:
         # twistd has no exit status of its own to set: exit with the

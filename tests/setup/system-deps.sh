@@ -1,24 +1,31 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the program-wrapping tests use: Xvfb and
 # x11vnc, and netkit's telnetd (from telnetd-ssl, unpacked into a cache
-# directory, since it conflicts with Debian's own telnetd).  Without root or
-# a reachable package registry it says so and the tests that need these skip.
+# directory, since it conflicts with Debian's own telnetd); and HAProxy for
+# the scaling example (examples/haproxy.cfg).  Without root or a reachable
+# package registry it says so and the tests that need these skip.
 set -u
 cache="${1:?usage: system-deps.sh CACHE_DIR}"
 mkdir -p "$cache"
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
-    echo "system-deps: not root or no apt-get; telnetd and x11vnc tests will be skipped"
+    echo "system-deps: not root or no apt-get; telnetd, x11vnc and HAProxy tests will be skipped"
     exit 0
 fi
 export DEBIAN_FRONTEND=noninteractive
 missing=""
+missing_haproxy=""
 for tool in Xvfb x11vnc; do command -v "$tool" >/dev/null || missing=1; done
-if [ -n "$missing" ] || [ ! -x "$cache/telnetd-ssl/usr/sbin/in.telnetd" ]; then
+command -v haproxy >/dev/null || missing_haproxy=1
+if [ -n "$missing" ] || [ -n "$missing_haproxy" ] || [ ! -x "$cache/telnetd-ssl/usr/sbin/in.telnetd" ]; then
     timeout 300 apt-get update -qq || echo "system-deps: apt-get update failed"
 fi
 if [ -n "$missing" ]; then
     timeout 600 apt-get install -y -qq --no-install-recommends xvfb x11vnc \
         || echo "system-deps: could not install xvfb/x11vnc; their tests will be skipped"
+fi
+if [ -n "$missing_haproxy" ]; then
+    timeout 600 apt-get install -y -qq --no-install-recommends haproxy \
+        || echo "system-deps: could not install haproxy; the HAProxy example test will be skipped"
 fi
 if [ ! -x "$cache/telnetd-ssl/usr/sbin/in.telnetd" ]; then
     (

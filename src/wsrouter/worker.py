@@ -1,0 +1,207 @@
+"""
+One worker process of C{--workers N}: C{python -m wsrouter.worker}, started
+only by L{wsrouter.workers.WorkerSupervisor}, which describes the design.
+
+The worker reads its set-up from the control socket (descriptor 3), adopts
+the listening sockets it inherited, and serves them as a single-process
+router would, except that wrapped programs are the supervisor's: their
+addresses come over the control socket.  Its log goes to stdout as
+C{LEVEL TEXT} lines for the supervisor to relay.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pickle
+import socket
+import sys
+from collections.abc import Iterable
+from typing import IO, Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory
+from twisted.logger import ILogObserver, Logger, eventAsText, globalLogBeginner
+from twisted.protocols.basic import LineOnlyReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .config import RouterConfig, WrappedTarget
+from .fdlimit import DescriptorGuard, GuardedSite
+from .interfaces import TargetError
+from .service import _wait_for_program, build_resource
+from .targets.wrapped import WrappedConnector
+from .workers import CONTROL_FD, wrapped_targets
+
+log = Logger(namespace="wsrouter")
+
+#: The set-up line carries the pickled configuration; keep room for a big one.
+MAX_CONTROL_LINE = 64 * 1024 * 1024
+
+
+class ProgramAddress:
+    """
+    A wrapped program as a worker sees it: where the supervisor says it
+    listens.  Offers what L{WrappedConnector} needs of a L{WrappedProgram}.
+    """
+
+    def __init__(self, reactor: Any, name: str, address: tuple[str, int] | None = None):
+        self._reactor = reactor
+        self.name = name
+        self.address = address
+        self._waiters: list[Deferred[tuple[str, int]]] = []
+
+    def moved(self, address: tuple[str, int] | None) -> None:
+        self.address = address
+        if address is None:
+            return
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(address)
+
+    def when_ready(self, timeout: float) -> Deferred[tuple[str, int]]:
+        """Fires with the address once known; a 503 L{TargetError} after C{timeout} seconds without one."""
+        if self.address is not None:
+            return succeed(self.address)
+        waiter: Deferred[tuple[str, int]] = Deferred()
+        self._waiters.append(waiter)
+
+        def expire() -> None:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+                waiter.errback(TargetError(
+                    f"wrapped program {self.name} is not listening (waited {timeout:g} s)", 503))
+
+        timer = self._reactor.callLater(timeout, expire)
+        waiter.addBoth(lambda result: (timer.cancel() if timer.active() else None, result)[1])
+        return waiter
+
+
+class WorkerService(Service):
+    """
+    The router on adopted listening sockets.  Stopping stops accepting,
+    closes the sessions with 1001 and ends exec programs.
+    """
+
+    def __init__(self, config: RouterConfig, reactor: Any, index: int, listener_fds: Iterable[int],
+                 addresses: list[list[Any] | None]):
+        self.config = config
+        self.index = index
+        self._reactor = reactor
+        self._fds = list(listener_fds)
+        self.resource = build_resource(config, reactor)
+        self.router = self.resource.router
+        self.router.session_prefix = f"w{index}."
+        self.ports: list[IListeningPort] = []
+        self.descriptors = DescriptorGuard.for_this_process(reactor, lambda: self.ports)
+        self.router.descriptors = self.descriptors
+        self.site = GuardedSite(self.resource, self.descriptors)
+        self.site.noisy = False
+        self.programs: dict[WrappedTarget, ProgramAddress] = {}
+        for number, target in enumerate(wrapped_targets(config)):
+            known = addresses[number] if number < len(addresses) else None
+            self.programs[target] = ProgramAddress(
+                reactor, os.path.basename(target.argv[0]), (known[0], int(known[1])) if known else None)
+        if self.programs:
+            self.router.connectors.register(
+                WrappedTarget, WrappedConnector(reactor, self.programs, _wait_for_program(config)))  # type: ignore[arg-type]
+
+    def program_moved(self, number: int, address: tuple[str, int] | None) -> None:
+        targets = list(self.programs)
+        if 0 <= number < len(targets):
+            self.programs[targets[number]].moved(address)
+
+    def startService(self) -> None:
+        super().startService()
+        for fd in self._fds:
+            inherited = socket.socket(fileno=fd)
+            try:
+                self.ports.append(self._reactor.adoptStreamPort(inherited.fileno(), inherited.family, self.site))
+            finally:
+                inherited.close()  # the port has its own descriptor
+        log.info("{capacity}", capacity=self.descriptors.describe_capacity(self.config))
+
+    def stopService(self) -> Deferred[None]:
+        return ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        super().stopService()
+        self.descriptors.stop()
+        # Only stop accepting: closing an adopted Unix port would remove its
+        # path, which the supervisor and the other workers still serve.
+        for port in self.ports:
+            port.stopReading()  # type: ignore[attr-defined]
+        await self.router.shutdown()
+        await DeferredList([self.router.connectors.programs.terminate_all()])
+
+
+class ControlReceiver(LineOnlyReceiver):
+    """Reads the supervisor's set-up line, then address changes; its end stops the worker."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = MAX_CONTROL_LINE
+
+    def __init__(self, reactor: Any):
+        self._reactor = reactor
+        self.service: WorkerService | None = None
+
+    def lineReceived(self, line: bytes) -> None:
+        message = json.loads(line)
+        if self.service is None:
+            self._start(message)
+        elif "program" in message:
+            address = message.get("address")
+            self.service.program_moved(int(message["program"]), (address[0], int(address[1])) if address else None)
+
+    def _start(self, message: dict[str, Any]) -> None:
+        config: RouterConfig = pickle.loads(base64.b64decode(message["config"]))
+        self.service = WorkerService(config, self._reactor, int(message["worker"]), message["listeners"],
+                                     message.get("programs") or [])
+        self.service.startService()
+        self._reactor.addSystemEventTrigger("before", "shutdown", self.service.stopService)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        log.error("control line from the supervisor too long ({size} bytes); stopping", size=len(line))
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self._reactor.running:
+            log.info("the supervisor is gone; stopping")
+            self._reactor.stop()
+
+
+@implementer(ILogObserver)
+class LineLogObserver:
+    """Writes each log event as C{LEVEL TEXT} lines (one per line of text) for the supervisor."""
+
+    def __init__(self, out: IO[str]):
+        self._out = out
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        text = eventAsText(event, includeTimestamp=False, includeSystem=False)
+        level = event.get("log_level")
+        name = level.name if level is not None else "info"
+        self._out.write("".join(f"{name} {line}\n" for line in text.splitlines() or [""]))
+        self._out.flush()
+
+
+def main() -> int:
+    """Run one worker until SIGTERM or until the supervisor goes away."""
+    from twisted.internet import reactor
+
+    # A terminal's Ctrl-C goes to the foreground process group: let it reach
+    # only the supervisor, which stops the workers in order.
+    os.setpgid(0, 0)
+    globalLogBeginner.beginLoggingTo([LineLogObserver(sys.stdout)], redirectStandardIO=False)
+    control = ControlReceiver(reactor)
+    reactor.adoptStreamConnection(CONTROL_FD, socket.AF_UNIX, Factory.forProtocol(lambda: control))
+    os.close(CONTROL_FD)
+    reactor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
