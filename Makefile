@@ -44,6 +44,7 @@ $(SYSTEM_DEPS): tests/setup/system-deps.sh
 	touch $@
 
 test: install $(SYSTEM_DEPS)
+	$(BIN)/ruff check --select F,E9 src tests twisted examples bench
 	$(BIN)/python -m pytest
 
 bench: install

@@ -10,9 +10,7 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from contextlib import ExitStack
-from pathlib import Path
 
 import pytest
 

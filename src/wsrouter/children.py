@@ -127,6 +127,7 @@ class WrappedProgram:
                  environ: Mapping[str, str] | None = None,
                  on_exit: Callable[[int], None] | None = None,
                  on_listening: Callable[[WrappedProgram], None] | None = None,
+                 on_stopped_listening: Callable[[WrappedProgram], None] | None = None,
                  shim: str | None = None):
         self._reactor = reactor
         self.target = target
@@ -135,6 +136,7 @@ class WrappedProgram:
         self._base_env = {k: v for k, v in base.items() if not k.startswith("WSROUTER_")}
         self._on_exit = on_exit
         self._on_listening = on_listening
+        self._on_stopped_listening = on_stopped_listening
         self._shim = shim
         self.address: tuple[str, int] | None = None
         self.requested_port: int | None = None
@@ -278,8 +280,10 @@ class WrappedProgram:
         ran = self._reactor.seconds() - self._started_at
         self._process = None
         mode = self.target.mode
-        if mode != "ignore":
+        if mode != "ignore" and self.address is not None:
             self.address = None
+            if self._on_stopped_listening is not None:
+                self._on_stopped_listening(self)
         if self._stopping:
             log.info("{name} stopped ({status})", name=self.name, status=_describe_status(reason))
             return

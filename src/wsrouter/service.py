@@ -123,7 +123,7 @@ class RouterService(MultiService):
                 )
         if self.programs:
             self.router.connectors.register(
-                WrappedTarget, WrappedConnector(reactor, self.programs, _wait_for_program(config)))
+                WrappedTarget, WrappedConnector(reactor, self.programs, program_wait_timeout(config)))
 
     def _add_listener(self, description: str) -> ListenerService:
         listener = ListenerService(self._reactor, description, self.site)
@@ -178,7 +178,7 @@ class RouterService(MultiService):
         await DeferredList(stopping)
 
 
-def _wait_for_program(config: RouterConfig) -> float:
+def program_wait_timeout(config: RouterConfig) -> float:
     """How long a client waits for a wrapped program: within its handshake timeout."""
     limits = config.limits
     return max(min(limits.connect_timeout, limits.handshake_timeout - 1.0), 0.5)

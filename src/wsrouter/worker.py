@@ -32,7 +32,7 @@ from zope.interface import implementer
 from .config import RouterConfig, WrappedTarget
 from .fdlimit import DescriptorGuard, GuardedSite
 from .interfaces import TargetError
-from .service import _wait_for_program, build_resource
+from .service import program_wait_timeout, build_resource
 from .targets.wrapped import WrappedConnector
 from .workers import CONTROL_FD, wrapped_targets
 
@@ -107,7 +107,7 @@ class WorkerService(Service):
                 reactor, os.path.basename(target.argv[0]), (known[0], int(known[1])) if known else None)
         if self.programs:
             self.router.connectors.register(
-                WrappedTarget, WrappedConnector(reactor, self.programs, _wait_for_program(config)))  # type: ignore[arg-type]
+                WrappedTarget, WrappedConnector(reactor, self.programs, program_wait_timeout(config)))  # type: ignore[arg-type]
 
     def program_moved(self, number: int, address: tuple[str, int] | None) -> None:
         targets = list(self.programs)

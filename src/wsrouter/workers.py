@@ -134,18 +134,6 @@ def restart_delay(ran: float, previous: float) -> tuple[float, float]:
     return previous, min(previous * 2, MAX_RESTART_DELAY)
 
 
-class _SupervisedProgram(WrappedProgram):
-    """A wrapped program that also says when it stops listening (it exited), so workers stop using its address."""
-
-    on_stopped_listening: Callable[[WrappedProgram], None] | None = None
-
-    def _ended(self, reason: Failure) -> None:
-        had = self.address
-        super()._ended(reason)
-        if had is not None and self.address is None and self.on_stopped_listening is not None:
-            self.on_stopped_listening(self)
-
-
 class _Unused(Factory):
     """The supervisor's listeners never accept; their sockets are for the workers."""
 
@@ -236,9 +224,9 @@ class WorkerSupervisor(MultiService):
         self.raised: OpenFileLimit | None = None
         self.programs: list[WrappedProgram] = []
         for target in wrapped_targets(config):
-            program = _SupervisedProgram(reactor, target, on_exit=self._program_exited,
-                                         on_listening=self._program_listening)
-            program.on_stopped_listening = self._program_listening
+            program = WrappedProgram(reactor, target, on_exit=self._program_exited,
+                                     on_listening=self._program_listening,
+                                     on_stopped_listening=self._program_listening)
             self.programs.append(program)
         self._stopping = False
 
