@@ -1,4 +1,8 @@
-"""CPU time of a process and all its descendants, read from Linux ``/proc``.
+"""CPU time and memory of a process and all its descendants, read from Linux ``/proc``.
+
+Memory (:func:`tree_memory`) is a plain sum over the live processes of the tree, of
+``VmRSS`` and of ``Pss``; see :class:`TreeMemory` for why both.  The rest of this
+docstring is about CPU.
 
 Why this is more than ``utime + stime`` of one PID: websockify forks one process per
 connection, and those processes exit (and are reaped by websockify) at the end of each
@@ -182,11 +186,54 @@ def wait_settled(root: int, max_wait_s: float = 5.0, quiet_s: float = 0.15) -> T
 
 def peak_rss_kib(pid: int) -> int:
     """High-water mark of resident memory (VmHWM) of one process, in KiB; 0 if unknown."""
+    return _status_kib(pid, "VmHWM")
+
+
+def _status_kib(pid: int, field: str) -> int:
+    """One ``kB`` field (e.g. ``VmRSS``) of ``/proc/<pid>/status``; 0 if absent or gone."""
     try:
         with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
     except (FileNotFoundError, ProcessLookupError):
         pass
     return 0
+
+
+def _pss_kib(pid: int) -> int:
+    """Proportional set size of one process (``/proc/<pid>/smaps_rollup``), KiB; 0 if unknown."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return 0
+
+
+@dataclass(frozen=True)
+class TreeMemory:
+    """Resident memory of a process tree at one instant, in KiB, and its process count.
+
+    ``rss_kib`` sums VmRSS over the tree: pages shared between processes (a forked
+    child shares the interpreter and libraries with its parent until written) are
+    counted once per process, so for a forking relay it overestimates.  ``pss_kib``
+    sums the proportional set size instead, where each shared page is divided among
+    the processes sharing it: the tree's fair share of physical memory.
+    """
+
+    rss_kib: int
+    pss_kib: int
+    processes: int
+
+
+def tree_memory(root: int) -> TreeMemory:
+    """VmRSS and Pss summed over ``root`` and its live (non-zombie) descendants."""
+    procs = [p for p in tree(root, all_stats()) if p.state != "Z"]
+    return TreeMemory(
+        rss_kib=sum(_status_kib(p.pid, "VmRSS") for p in procs),
+        pss_kib=sum(_pss_kib(p.pid) for p in procs),
+        processes=len(procs),
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -52,26 +53,79 @@ def _bin(name: str) -> list[str]:
 
 @dataclass(frozen=True)
 class RelaySpec:
-    """How to start one relay: ``argv(listen_port, target_port, work_dir)``.
+    """How to start one relay: ``argv(listen_port, target_port, scratch_dir)``.
 
-    ``work_dir`` is a scratch directory that lives as long as the run (for a variant
-    that needs one, e.g. wsrouter with ``--record``).
+    ``scratch_dir`` is an empty directory of the relay's own (e.g. for ``--record``);
+    the runner empties it after every measured run and reports how many bytes were in
+    it, so recordings neither fill the disk nor outlive the benchmark.
     """
 
     name: str
     argv: Callable[[int, int, Path], list[str]]
 
 
+def _wsrouter(lport: int, tport: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "wsrouter", *extra, f"{HOST}:{lport}", f"{HOST}:{tport}"]
+
+
+def _websockify(lport: int, tport: int, *extra: str) -> list[str]:
+    return _bin("websockify") + [*extra, f"{HOST}:{lport}", f"{HOST}:{tport}"]
+
+
 RELAYS: dict[str, RelaySpec] = {
-    "wsrouter": RelaySpec(
-        "wsrouter",
-        lambda lport, tport, _work: [sys.executable, "-m", "wsrouter", f"{HOST}:{lport}", f"{HOST}:{tport}"],
+    "wsrouter": RelaySpec("wsrouter", lambda lport, tport, _scratch: _wsrouter(lport, tport)),
+    "websockify": RelaySpec("websockify", lambda lport, tport, _scratch: _websockify(lport, tport)),
+    # wsrouter writes one JSON Lines file per session into the directory.
+    "wsrouter+record": RelaySpec(
+        "wsrouter+record",
+        lambda lport, tport, scratch: _wsrouter(lport, tport, "--record", str(scratch)),
     ),
-    "websockify": RelaySpec(
-        "websockify",
-        lambda lport, tport, _work: _bin("websockify") + [f"{HOST}:{lport}", f"{HOST}:{tport}"],
+    # websockify writes FILE.<session number> per session (frames as a JavaScript array).
+    "websockify+record": RelaySpec(
+        "websockify+record",
+        lambda lport, tport, scratch: _websockify(lport, tport, "--record", str(scratch / "session")),
     ),
 }
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One column of the benchmark: a relay (or none: the direct ceiling) and a client mode.
+
+    ``extra`` variants (recording, base64) run fewer rounds, skip the concurrency
+    workloads, and are reported in a table of their own against their plain relay.
+    """
+
+    name: str
+    relay: str | None  # key in RELAYS; None for direct
+    base64: bool = False  # the client offers only the "base64" subprotocol
+    extra: bool = False
+    plain: str = ""  # the variant this one is compared with (extra variants)
+
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    Variant("wsrouter", "wsrouter"),
+    Variant("websockify", "websockify"),
+    Variant("direct", None),
+    Variant("wsrouter+record", "wsrouter+record", extra=True, plain="wsrouter"),
+    Variant("wsrouter+base64", "wsrouter", base64=True, extra=True, plain="wsrouter"),
+    Variant("websockify+record", "websockify+record", extra=True, plain="websockify"),
+    Variant("websockify+base64", "websockify", base64=True, extra=True, plain="websockify"),
+)}
+
+
+def empty_dir(path: Path) -> int:
+    """Delete every file under ``path`` (keeping the directories); return their total size."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            f = Path(dirpath) / name
+            try:
+                total += f.stat().st_size
+                f.unlink()
+            except FileNotFoundError:
+                pass
+    return total
 
 
 def port_open(port: int, timeout_s: float = 0.5) -> bool:
@@ -124,7 +178,9 @@ class Relay:
         self.port = port
         self.target_port = target_port
         self.log = log_dir / f"{spec.name}-{port}.log"
-        argv = spec.argv(port, target_port, log_dir)
+        self.scratch = log_dir / f"{spec.name}-{port}.d"
+        self.scratch.mkdir(exist_ok=True)
+        argv = spec.argv(port, target_port, self.scratch)
         self.argv = argv
         with open(self.log, "wb") as logf:
             self.proc = subprocess.Popen(
@@ -136,6 +192,7 @@ class Relay:
                 env=child_env(),
             )
         self.pid = self.proc.pid
+        self._descendants: list[tuple[int, int]] = []
 
     def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
         """Poll the listen port until it accepts, or raise BenchError with the log tail."""
@@ -157,19 +214,37 @@ class Relay:
     def describe_death(self) -> str:
         return f"{self.spec.name} exited with {self.proc.returncode}: {tail(self.log)}"
 
+    def take_scratch(self) -> int:
+        """Empty the scratch directory; return how many bytes the relay had written there."""
+        return empty_dir(self.scratch)
+
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL after a grace period; then any orphaned descendants."""
-        descendants = [
+        """SIGTERM, then SIGKILL after a grace period; then any orphaned descendants.
+
+        The scratch directory goes too.
+        """
+        self.terminate()
+        self.finish_stop()
+
+    def terminate(self) -> None:
+        """First half of :meth:`stop`: note the descendants, send SIGTERM; does not wait."""
+        self._descendants = [
             (st.pid, st.starttime) for st in proctree.tree(self.pid, proctree.all_stats())[1:]
         ]
+        if self.proc.poll() is None:
+            self.proc.terminate()
+
+    def finish_stop(self) -> None:
+        """Second half of :meth:`stop`: wait (SIGKILL after the grace period), clean up."""
         stop_process(self.proc)
-        for pid, starttime in descendants:
+        for pid, starttime in self._descendants:
             st = proctree.read_stat(pid)
             if st is not None and st.starttime == starttime and st.state != "Z":
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def stop_process(proc: subprocess.Popen[Any], grace_s: float = STOP_TIMEOUT_S) -> None:
@@ -182,6 +257,37 @@ def stop_process(proc: subprocess.Popen[Any], grace_s: float = STOP_TIMEOUT_S) -
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(grace_s)
+
+
+def stop_relays(started: list[Relay]) -> None:
+    """Stop several relays; their shutdowns overlap."""
+    for relay in started:
+        relay.terminate()
+    for relay in started:
+        relay.finish_stop()
+
+
+def start_relays(wanted: list[tuple[RelaySpec, int]], ports: PortPool,
+                 log_dir: Path) -> list[Relay | BenchError]:
+    """Start several relays (spec, target port) at once, so their start-ups (mostly imports)
+    overlap; each entry of the result is the running relay or why it did not start."""
+    spawned = [Relay(spec, ports.take(), tport, log_dir) for spec, tport in wanted]
+    out: list[Relay | BenchError] = []
+    for (spec, tport), relay in zip(wanted, spawned):
+        try:
+            relay.wait_ready()
+            out.append(relay)
+            continue
+        except BenchError as e:
+            relay.stop()
+            if "in use" not in str(e).lower():
+                out.append(e)
+                continue
+        try:
+            out.append(start_relay(spec, tport, ports, log_dir))
+        except BenchError as e:
+            out.append(e)
+    return out
 
 
 def start_relay(spec: RelaySpec, target_port: int, ports: PortPool, log_dir: Path) -> Relay:
@@ -218,6 +324,7 @@ class TargetsProcess:
         self._buf = b""
         first = self._read_line(START_TIMEOUT_S)
         self.ports: dict[str, int] = first["ports"]
+        self.nofile: tuple[int, int] = tuple(first["nofile"])  # type: ignore[assignment]
 
     def _pipes(self) -> tuple[IO[bytes], IO[bytes]]:
         if self.proc.stdin is None or self.proc.stdout is None:
@@ -258,6 +365,10 @@ class TargetsProcess:
 
     def conns(self) -> list[dict[str, Any]]:
         return list(self.request({"cmd": "stats"})["conns"])
+
+    def open_counts(self) -> dict[str, int]:
+        """Connections of each kind open right now (since the last reset)."""
+        return dict(self.request({"cmd": "open_counts"})["open"])
 
     def stop(self) -> None:
         try:

@@ -3,15 +3,17 @@
 Usage (from the repository root)::
 
     .venv/bin/python bench/run.py [--quick] [--json FILE] [--only upstream,fanin]
-                                  [--variants wsrouter,websockify,direct] [--rounds N]
+                                  [--variants wsrouter,websockify,direct,...] [--rounds N]
 
-For each workload both relays are started (each as its own process, forwarding to the
-workload's TCP target in the ``targets.py`` helper), then the rounds run interleaved:
-wsrouter, websockify, direct; then the reverse order; and so on.  "direct" is the load
-client talking to a minimal WebSocket server with no relay in the path: the ceiling
-of the client and the machine, not of any relay.  Relay CPU is measured over the
-relay's whole process tree (see ``proctree.py``).  Figures are medians over rounds;
-"±" is half the min-max range relative to the median.  See ``bench/README.md``.
+For each workload every relay variant is started (each as its own process, forwarding
+to the workload's TCP target in the ``targets.py`` helper), then the rounds run
+interleaved: wsrouter, websockify, direct, the recording and base64 variants; then the
+reverse order; and so on.  "direct" is the load client talking to a minimal WebSocket
+server with no relay in the path: the ceiling of the client and the machine, not of
+any relay.  Relay CPU is measured over the relay's whole process tree (see
+``proctree.py``).  Figures are medians over rounds; "±" is half the min-max range
+relative to the median.  The report ends with the performance targets, each with the
+measured ratio and whether it is met.  See ``bench/README.md``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import argparse
 import datetime
 import importlib.metadata
 import json
-import math
 import os
 import platform
 import subprocess
@@ -29,29 +30,39 @@ import time
 from pathlib import Path
 from typing import Any
 
+import crowd
 import proctree
 import relays
+import report
 import wsclient
-from relays import RELAYS, BenchError, PortPool, Relay, TargetsProcess
-from workloads import FULL, QUICK, WORKLOADS, Context, Endpoint, Params, Workload, median
+from relays import RELAYS, VARIANTS, BenchError, PortPool, Relay, TargetsProcess, Variant
+from workloads import FULL, QUICK, WORKLOADS, Context, Endpoint, Params, Workload
 
-VARIANTS = (*RELAYS, "direct")
-DEFAULT_VARIANTS = ("wsrouter", "websockify", "direct")
+DEFAULT_VARIANTS = tuple(VARIANTS)
+QUICK_VARIANTS = ("wsrouter", "websockify", "direct", "wsrouter+record", "wsrouter+base64",
+                  "websockify+base64")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small sizes, ~1 minute smoke run")
+    ap.add_argument("--quick", action="store_true",
+                    help="small sizes, 1,000 connections only, fewer variants: a ~90 s smoke run")
     ap.add_argument("--json", metavar="FILE", help="also write all results as JSON to FILE")
     ap.add_argument("--only", metavar="NAMES",
                     help="comma-separated workloads: " + ",".join(w.name for w in WORKLOADS))
-    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                    help="comma-separated, from: " + ",".join(VARIANTS))
-    ap.add_argument("--rounds", type=int, help="rounds per workload (default 4, quick 2)")
+    ap.add_argument("--variants",
+                    help="comma-separated, from: " + ",".join(VARIANTS) + " (default: all; "
+                    "with --quick: " + ",".join(QUICK_VARIANTS) + ")")
+    ap.add_argument("--rounds", type=int,
+                    help="rounds per workload (default 4, quick 2); the recording and base64 "
+                    "variants (default 1) and the concurrency workloads (default 2, quick 1) "
+                    "run at most this many")
     ap.add_argument("--port-base", type=int, default=18700,
                     help="relays listen on ports from here up (default 18700)")
     ap.add_argument("--log-dir", help="keep relay and helper logs here (default: temporary)")
     args = ap.parse_args(argv)
+    if args.variants is None:
+        args.variants = ",".join(QUICK_VARIANTS if args.quick else DEFAULT_VARIANTS)
     bad = set(args.variants.split(",")) - set(VARIANTS)
     if bad:
         ap.error(f"unknown variant(s): {', '.join(sorted(bad))}")
@@ -82,8 +93,10 @@ def measure(w: Workload, ctx: Context, root_pid: int, targets_pid: int) -> dict[
     c0, w0 = time.process_time(), time.perf_counter()
     try:
         raw = w.run(ctx)
-    except (BenchError, OSError, wsclient.HandshakeError) as e:
-        return {"ok": False, "error": f"{type(e).__name__}: {e}" if not isinstance(e, BenchError) else str(e)}
+    except BenchError as e:
+        return {"ok": False, "error": str(e)}
+    except (OSError, ValueError, wsclient.HandshakeError) as e:
+        return {"ok": False, "error": f"{type(e).__name__}: {e}"}
     wall = time.perf_counter() - w0
     client_cpu = time.process_time() - c0
     after = proctree.wait_settled(root_pid)
@@ -102,64 +115,116 @@ def measure(w: Workload, ctx: Context, root_pid: int, targets_pid: int) -> dict[
 
 
 class VariantRunner:
-    """Runs one variant (a relay, or direct) of one workload across rounds."""
+    """Runs one variant (a relay and client mode, or direct) of one workload across rounds.
 
-    def __init__(self, name: str, w: Workload, params: Params, targets: TargetsProcess,
+    The relay is started once for all rounds, except for the concurrency workloads,
+    which get a fresh relay every round (memory per connection is measured from a relay
+    that has not held connections before) and stop it right after.
+    """
+
+    def __init__(self, variant: Variant, w: Workload, params: Params, targets: TargetsProcess,
                  ports: PortPool, log_dir: Path) -> None:
-        self.name, self.w, self.params, self.targets = name, w, params, targets
+        self.variant, self.w, self.params, self.targets = variant, w, params, targets
+        self.name = variant.name
+        self.rounds = w.rounds(params, variant.extra)
         self.ports, self.log_dir = ports, log_dir
         self.relay: Relay | None = None
         self.start_error: str | None = None
         self.runs: list[dict[str, Any]] = []
 
+    def wanted(self) -> tuple[relays.RelaySpec, int] | None:
+        """(relay spec, target port) to start, or None for direct."""
+        if self.variant.relay is None:
+            return None
+        return RELAYS[self.variant.relay], self.targets.ports[self.w.target]
+
+    def attach(self, started: Relay | BenchError | None) -> None:
+        """Take a relay started elsewhere (or the reason it did not start)."""
+        self.relay, self.start_error = None, None
+        if isinstance(started, BenchError):
+            self.start_error = str(started)
+        else:
+            self.relay = started
+
     def start(self) -> None:
-        if self.name == "direct":
+        want = self.wanted()
+        if want is None:
+            self.attach(None)
             return
         try:
-            self.relay = relays.start_relay(RELAYS[self.name], self.targets.ports[self.w.target],
-                                            self.ports, self.log_dir)
+            self.attach(relays.start_relay(*want, self.ports, self.log_dir))
         except BenchError as e:
-            self.start_error = str(e)
+            self.attach(e)
 
     def endpoint(self) -> tuple[Endpoint, int]:
         if self.relay is None:
             return Endpoint(relays.HOST, self.targets.ports["ws_" + self.w.target]), self.targets.pid
-        return Endpoint(relays.HOST, self.relay.port), self.relay.pid
+        return Endpoint(relays.HOST, self.relay.port, base64_mode=self.variant.base64), self.relay.pid
 
     def run_once(self) -> dict[str, Any]:
+        if self.w.crowd:
+            self.stop()
+            self.start()
         if self.start_error is not None:
             result: dict[str, Any] = {"ok": False, "error": self.start_error}
         else:
             ep, root = self.endpoint()
             ctx = Context(ep, self.params, self.targets, direct=self.relay is None, relay_pid=root)
             result = measure(self.w, ctx, root, self.targets.pid)
-            if self.relay is not None and not self.relay.alive():
-                result = {"ok": False, "error": self.relay.describe_death()}
-                self.relay.stop()
-                self.start()  # a fresh relay for the remaining rounds
+            if self.relay is not None:
+                result = self._after_run(self.relay, result)
+        if self.w.crowd:
+            self.stop()
         self.runs.append(result)
+        return result
+
+    def _after_run(self, relay: Relay, result: dict[str, Any]) -> dict[str, Any]:
+        """Empty the relay's scratch directory (recordings); deal with a relay that died."""
+        recorded = relay.take_scratch()
+        if result["ok"]:
+            result["raw"]["recorded_bytes"] = recorded
+        if relay.alive():
+            return result
+        death = relay.describe_death()
+        if self.w.crowd and result["ok"]:
+            # Its failed connections are already counted; say why they failed.
+            result["raw"]["notes"].append("relay exited during the run: " + death)
+        else:
+            result = {"ok": False, "error": death}
+        self.stop()
+        if not self.w.crowd:
+            self.start()  # a fresh relay for the remaining rounds
         return result
 
     def stop(self) -> None:
         if self.relay is not None:
             self.relay.stop()
+            self.relay = None
 
 
-def run_workload(w: Workload, variants: list[str], params: Params, targets: TargetsProcess,
+def run_workload(w: Workload, variants: list[Variant], params: Params, targets: TargetsProcess,
                  ports: PortPool, log_dir: Path) -> dict[str, list[dict[str, Any]]]:
-    """All rounds of one workload, variants interleaved (ABC, CBA, ABC, ...)."""
+    """All rounds of one workload, variants interleaved (ABC, CBA, ABC, ...).
+
+    Variants with fewer rounds (the extra ones) take part in the first rounds only.
+    """
     runners = [VariantRunner(v, w, params, targets, ports, log_dir) for v in variants]
+    runners = [r for r in runners if r.rounds > 0]
     try:
-        for r in runners:
-            r.start()
-        for rnd in range(params.rounds):
+        if not w.crowd:
+            pairs = [(r, want) for r in runners if (want := r.wanted()) is not None]
+            started = relays.start_relays([want for _, want in pairs], ports, log_dir)
+            for (r, _), res in zip(pairs, started):
+                r.attach(res)
+        for rnd in range(max((r.rounds for r in runners), default=0)):
             order = runners if rnd % 2 == 0 else list(reversed(runners))
             for r in order:
+                if rnd >= r.rounds:
+                    continue
                 result = r.run_once()
-                log(f"  {w.name:<12} round {rnd + 1}/{params.rounds}  {r.name:<10} {brief(w, result)}")
+                log(f"  {w.name:<16} round {rnd + 1}/{r.rounds}  {r.name:<17} {brief(w, result)}")
     finally:
-        for r in runners:
-            r.stop()
+        relays.stop_relays([r.relay for r in runners if r.relay is not None])
     return {r.name: r.runs for r in runners}
 
 
@@ -167,105 +232,33 @@ def brief(w: Workload, result: dict[str, Any]) -> str:
     if not result["ok"]:
         return "FAILED: " + result["error"].splitlines()[0][:160]
     figs = result["figures"]
-    return "  ".join(f"{m.key}={fmt(figs[m.key])}" for m in w.metrics)
+    return "  ".join(f"{m.key}={report.fmt(figs[m.key])}" for m in w.metrics)
 
 
-# --- summary and table ---------------------------------------------------------------
+def probe_base64(variant: Variant, targets: TargetsProcess, ports: PortPool, log_dir: Path) -> str | None:
+    """Why ``variant``'s relay cannot serve a client offering only ``base64``; None if it can.
 
-def summarize(w: Workload, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median and relative half-range per metric over successful runs, plus the errors."""
-    ok = [r for r in runs if r["ok"]]
-    out: dict[str, Any] = {"ok_runs": len(ok), "runs": len(runs)}
-    for m in w.metrics:
-        vals = [r["figures"][m.key] for r in ok]
-        med = median(vals)
-        out[m.key] = med
-        out[m.key + "_spread"] = (max(vals) - min(vals)) / 2 / med if vals and med else float("nan")
-    for key in ("wall_s", "client_cpu_s", "target_cpu_s", "relay_cpu_s", "relay_sys_s"):
-        out[key] = median([r["raw"][key] for r in ok])
-    out["relay_peak_rss_mib"] = max((r["raw"]["relay_peak_rss_mib"] for r in ok), default=float("nan"))
-    out["errors"] = sorted({r["error"] for r in runs if not r["ok"]})
-    out["notes"] = sorted({n for r in ok for n in r["raw"]["notes"]})
-    return out
-
-
-def fmt(v: float) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "—"
-    if abs(v) >= 1000:
-        return f"{v:,.0f}"
-    if abs(v) >= 100:
-        return f"{v:.0f}"
-    if abs(v) >= 10:
-        return f"{v:.1f}"
-    return f"{v:.2f}"
-
-
-def cell(s: dict[str, Any] | None, key: str) -> str:
-    if s is None:
-        return "—"
-    if not s["ok_runs"]:
-        return "FAILED"
-    spread = s[key + "_spread"]
-    suffix = f" ±{spread * 100:.0f}%" if s["ok_runs"] > 1 and not math.isnan(spread) else ""
-    return fmt(s[key]) + suffix
-
-
-def figures_table(params: Params, summary: dict[str, dict[str, dict[str, Any]]],
-                  variants: list[str]) -> str:
-    """Markdown table: wsrouter, websockify, their ratio, then any other variant (direct last)."""
-    extra = [v for v in variants if v not in ("wsrouter", "websockify", "direct")]
-    extra += ["direct"] if "direct" in variants else []
-    heads = ["workload", "figure", "wsrouter", "websockify", "wsrouter / websockify"]
-    heads += [v + (" (ceiling)" if v == "direct" else "") for v in extra]
-    lines = ["| " + " | ".join(heads) + " |", "|---|---|" + "---:|" * (len(heads) - 2)]
-    for w in WORKLOADS:
-        if w.name not in summary:
-            continue
-        s = summary[w.name]
-        for i, m in enumerate(w.metrics):
-            a, b = s.get("wsrouter"), s.get("websockify")
-            ratio = "—"
-            if a and b and a["ok_runs"] and b["ok_runs"] and b[m.key]:
-                ratio = f"{a[m.key] / b[m.key]:.2f}"
-            arrow = "↑" if m.higher_is_better else "↓"
-            others = "".join(f" {cell(s.get(v), m.key)} |" for v in extra)
-            lines.append(f"| {w.title(params) if i == 0 else ''} | {m.label} {arrow} | "
-                         f"{cell(a, m.key)} | {cell(b, m.key)} | {ratio} |{others}")
-    return "\n".join(lines)
-
-
-def load_table(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
-    lines = [
-        "| workload | variant | wall s | client CPU % | target CPU % | relay CPU % | relay CPU in kernel % "
-        "| relay peak RSS MiB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for wname, per in summary.items():
-        for v, s in per.items():
-            if not s["ok_runs"]:
-                continue
-            wall = s["wall_s"]
-            pct = lambda k: fmt(100 * s[k] / wall) if wall else "—"  # noqa: E731
-            if v == "direct":
-                relay, system, rss = "(no relay)", "—", "—"
-            else:
-                relay = pct("relay_cpu_s")
-                system = fmt(100 * s["relay_sys_s"] / s["relay_cpu_s"]) if s["relay_cpu_s"] else "—"
-                rss = fmt(s["relay_peak_rss_mib"])
-            lines.append(f"| {wname} | {v} | {fmt(wall)} | {pct('client_cpu_s')} | "
-                         f"{pct('target_cpu_s')} | {relay} | {system} | {rss} |")
-    return "\n".join(lines)
-
-
-def problems(summary: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
-    out = []
-    for wname, per in summary.items():
-        for v, s in per.items():
-            out += [f"{wname} / {v}: FAILED ({s['runs'] - s['ok_runs']} of {s['runs']} runs): {e}"
-                    for e in s["errors"]]
-            out += [f"{wname} / {v}: note: {n}" for n in s["notes"]]
-    return out
+    websockify 0.13 answers such a client with 400; rather than fail every workload, the
+    variant is then reported as unsupported.  A relay that does not start is left to
+    the runs to report.
+    """
+    if not variant.base64 or variant.relay is None:
+        return None
+    try:
+        relay = relays.start_relay(RELAYS[variant.relay], targets.ports["echo"], ports, log_dir)
+    except BenchError:
+        return None
+    try:
+        conn = wsclient.connect(relays.HOST, relay.port, "/", ("base64",), timeout_s=5.0,
+                                base64_mode=True)
+        conn.close(wait_s=2.0)
+        return None
+    except wsclient.HandshakeError as e:
+        return f"a client offering only 'base64' gets: {e}"
+    except OSError as e:
+        return f"a client offering only 'base64' gets: {type(e).__name__}: {e}"
+    finally:
+        relay.stop()
 
 
 # --- metadata and main ---------------------------------------------------------------
@@ -297,7 +290,16 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def metadata(params: Params) -> dict[str, Any]:
+def read_proc_int(path: str) -> int:
+    """One integer from a /proc file; -1 if unreadable."""
+    try:
+        with open(path, encoding="ascii") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def metadata(params: Params, targets: TargetsProcess, client_nofile: tuple[int, int]) -> dict[str, Any]:
     clock = time.get_clock_info("perf_counter").implementation
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -310,66 +312,85 @@ def metadata(params: Params) -> dict[str, Any]:
         "perf_counter": clock,
         "loadavg_start": os.getloadavg(),
         "params": params.__dict__,
+        "limits": {
+            "client_nofile": client_nofile,
+            "targets_nofile": targets.nofile,
+            "ephemeral_ports": crowd.ephemeral_ports(),
+            "somaxconn": read_proc_int("/proc/sys/net/core/somaxconn"),
+            "tcp_tw_reuse": read_proc_int("/proc/sys/net/ipv4/tcp_tw_reuse"),
+        },
     }
+
+
+def check_limits(meta: dict[str, Any], params: Params, selected: list[Workload]) -> None:
+    """Warn when descriptors or ephemeral ports cannot cover the largest connection count.
+
+    The client needs one descriptor per connection, the echo target one more, a relay two
+    (client side and target side); on 127.0.0.1 each relayed connection uses two
+    ephemeral ports (client -> relay, relay -> target).
+    """
+    n = max((w.crowd for w in selected if w.enabled(params)), default=0)
+    if not n:
+        return
+    lim = meta["limits"]
+    for who in ("client_nofile", "targets_nofile"):
+        if lim[who][0] < n + 100:
+            log(f"warning: {who.split('_')[0]} may open only {lim[who][0]} files; "
+                f"{n} connections need about {n + 100}")
+    low, high = lim["ephemeral_ports"]
+    if high - low + 1 < 2 * n:
+        log(f"warning: ephemeral port range {low}-{high} has fewer than the {2 * n} ports "
+            f"{n} relayed connections need")
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     params = QUICK if args.quick else FULL
     if args.rounds:
-        params = Params(**{**params.__dict__, "rounds": args.rounds})
-    variants = [v for v in VARIANTS if v in args.variants.split(",")]
-    selected = [w for w in WORKLOADS if not args.only or w.name in args.only.split(",")]
-    meta = metadata(params)
-    if "CLOCK_MONOTONIC" not in meta["perf_counter"]:
-        log(f"warning: perf_counter is {meta['perf_counter']}; upstream timing compares clocks "
-            "across processes and assumes CLOCK_MONOTONIC")
+        params = Params(**{**params.__dict__, "rounds": args.rounds,
+                           "extra_rounds": min(params.extra_rounds, args.rounds),
+                           "conc_rounds": min(params.conc_rounds, args.rounds)})
+    chosen = args.variants.split(",")
+    variants = [v for name, v in VARIANTS.items() if name in chosen]
+    selected = [w for w in WORKLOADS
+                if (not args.only or w.name in args.only.split(",")) and w.enabled(params)]
+    client_nofile = crowd.raise_nofile_limit()
     log_dir, tmp = relays.make_log_dir(args.log_dir)
     ports = PortPool(args.port_base)
     targets = TargetsProcess(log_dir)
+    meta = metadata(params, targets, client_nofile)
+    if "CLOCK_MONOTONIC" not in meta["perf_counter"]:
+        log(f"warning: perf_counter is {meta['perf_counter']}; upstream timing compares clocks "
+            "across processes and assumes CLOCK_MONOTONIC")
+    check_limits(meta, params, selected)
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    unsupported: dict[str, str] = {}
     t0 = time.monotonic()
     try:
+        for v in variants:
+            why = probe_base64(v, targets, ports, log_dir)
+            if why is not None:
+                unsupported[v.name] = why
+                log(f"{v.name}: unsupported, skipped: {why}")
+        runnable = [v for v in variants if v.name not in unsupported]
         for w in selected:
             log(f"{w.title(params)}")
-            results[w.name] = run_workload(w, variants, params, targets, ports, log_dir)
+            results[w.name] = run_workload(w, runnable, params, targets, ports, log_dir)
     finally:
         targets.stop()
         if tmp is not None:
             tmp.cleanup()
     meta["loadavg_end"] = os.getloadavg()
     meta["duration_s"] = round(time.monotonic() - t0, 1)
-    summary = {w.name: {v: summarize(w, runs) for v, runs in results[w.name].items()}
+    meta["unsupported"] = unsupported
+    summary = {w.name: {v: report.summarize(w, runs) for v, runs in results[w.name].items()}
                for w in selected}
-    report(meta, params, summary, variants)
+    report.report(meta, params, summary, variants, unsupported)
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"meta": meta, "summary": summary, "runs": results}, indent=1, default=str) + "\n")
         log(f"results written to {args.json}")
     return 0 if not any(s["errors"] for per in summary.values() for s in per.values()) else 1
-
-
-def report(meta: dict[str, Any], params: Params, summary: dict[str, dict[str, dict[str, Any]]],
-           variants: list[str]) -> None:
-    la0 = " ".join(f"{x:.2f}" for x in meta["loadavg_start"])
-    la1 = " ".join(f"{x:.2f}" for x in meta["loadavg_end"])
-    print(f"\nwsrouter benchmark {meta['date']}  {meta['cpus']} CPUs ({meta['cpu_model']})  "
-          f"python {meta['python']}  websockify {meta['versions']['websockify']}  "
-          f"git {meta['git']}")
-    print(f"{params.rounds} rounds per workload, interleaved; median ± half-range; "
-          f"load average {la0} -> {la1}; took {meta['duration_s']:.0f} s\n")
-    print(figures_table(params, summary, variants))
-    print("\n↑ higher is better, ↓ lower is better.  Relay CPU = user+system CPU of the relay's "
-          "whole process tree.\nIn the direct column there is no relay: CPU figures are those "
-          "of the minimal WebSocket server in targets.py.\n")
-    print("Load check (medians; CPU as % of one core over the run's wall time; ~100% client CPU\n"
-          "means the client was the limit; peak RSS is of the relay's main process only):\n")
-    print(load_table(summary))
-    issues = problems(summary)
-    if issues:
-        print("\nProblems:")
-        for line in issues:
-            print("  - " + line.replace("\n", "\n    "))
 
 
 if __name__ == "__main__":

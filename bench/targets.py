@@ -11,7 +11,10 @@ The same three behind a minimal WebSocket server (``ws_sink``, ``ws_source``,
 "direct" ceiling.  That server is deliberately minimal: it accepts any upgrade
 request, chooses the first offered subprotocol, counts sink payload without unmasking
 it, echoes each frame back as one unmasked frame, and sends source data as 64 KiB
-binary frames.
+binary frames.  Echo has a fast path for whole unfragmented data frames (the only
+kind the client sends before closing), so that the ceiling measures the client, not
+this server's frame parser; the first control or fragmented frame hands the
+connection to the general parser.
 
 All listeners bind port 0 on 127.0.0.1; the first stdout line reports the ports.
 Then each stdin line is one command and gets one stdout line in reply:
@@ -19,16 +22,22 @@ Then each stdin line is one command and gets one stdout line in reply:
 ``{"cmd": "reset"}``  forget past connections;
 ``{"cmd": "set_source", "bytes": N}``  size of later source connections;
 ``{"cmd": "stats"}``  per-connection counters (see :meth:`Targets.stats`);
+``{"cmd": "open_counts"}``  how many connections of each kind are open now;
 ``{"cmd": "quit"}``  close listeners and exit.
 
 Times are ``time.perf_counter_ns()`` (CLOCK_MONOTONIC on Linux), comparable with the
 client process on the same machine.  Run: ``python bench/targets.py``.
+
+The concurrency workload holds up to 9,000 echo connections here at once, so the
+helper raises its soft descriptor limit to the hard one at start and listens with a
+backlog of 1024 (the kernel caps it at ``net.core.somaxconn``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import resource
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -39,15 +48,18 @@ from wsclient import (
     OP_CLOSE,
     OP_PING,
     OP_PONG,
+    ZERO_MASK,
     FrameParser,
     accept_key,
     frame,
+    unmask,
 )
 
 HOST = "127.0.0.1"
 SOURCE_CHUNK = 1 << 20
 WS_SOURCE_FRAME = 64 * 1024
 SINK_BUFFER = 1 << 20
+BACKLOG = 1024
 
 
 @dataclass
@@ -84,6 +96,14 @@ class Targets:
     def stats(self) -> dict[str, Any]:
         """``{"conns": [ConnStats as dict, ...]}`` for connections since the last reset."""
         return {"conns": [asdict(c) for c in self.conns]}
+
+    def open_counts(self) -> dict[str, Any]:
+        """``{"open": {kind: connections not yet closed}}`` since the last reset."""
+        counts: dict[str, int] = {}
+        for c in self.conns:
+            if not c.t_closed:
+                counts[c.kind] = counts.get(c.kind, 0) + 1
+        return {"open": counts}
 
 
 class SinkProtocol(asyncio.BufferedProtocol):
@@ -189,6 +209,8 @@ class WSServerProtocol(asyncio.Protocol):
         self.head = b""
         self.upgraded = False
         self.parser = FrameParser(keep_data=(mode == "echo"))
+        self.fast_echo = mode == "echo"
+        self.pending = b""
         self.left = 0
         self.paused = False
         self.closing = False
@@ -234,6 +256,9 @@ class WSServerProtocol(asyncio.Protocol):
             self._frames(rest)
 
     def _frames(self, data: bytes) -> None:
+        if self.fast_echo:
+            self._echo_fast(data)
+            return
         p = self.parser
         before = p.data_bytes
         p.feed(data)
@@ -243,6 +268,45 @@ class WSServerProtocol(asyncio.Protocol):
         elif self.mode == "echo":
             self._echo()
         self._control()
+
+    def _echo_fast(self, data: bytes) -> None:
+        """Echo whole data frames straight from the bytes; see the module docstring."""
+        buf = self.pending + data if self.pending else data
+        n, pos, out, nbytes = len(buf), 0, [], 0
+        while n - pos >= 2:
+            b0, b1 = buf[pos], buf[pos + 1]
+            if b0 & 0x0F >= 0x8 or not b0 & 0x80:  # control or fragmented: general parser
+                self.fast_echo, self.pending = False, b""
+                self._write_echo(out, nbytes)
+                self._frames(buf[pos:])
+                return
+            plen, off = b1 & 0x7F, 2
+            if plen == 126:
+                if n - pos < 4:
+                    break
+                plen, off = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
+            elif plen == 127:
+                if n - pos < 10:
+                    break
+                plen, off = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
+            key_len = 4 if b1 & 0x80 else 0
+            end = pos + off + key_len + plen
+            if end > n:
+                break
+            payload = buf[end - plen : end]
+            key = buf[pos + off : pos + off + key_len]
+            if key_len and key != ZERO_MASK:
+                payload = unmask(payload, key)
+            out.append(bytes((b0, plen)) + payload if plen < 126 else frame(b0 & 0x0F, payload, mask=None))
+            nbytes += plen
+            pos = end
+        self.pending = buf[pos:]
+        self._write_echo(out, nbytes)
+
+    def _write_echo(self, out: list[bytes], nbytes: int) -> None:
+        if out:
+            self.transport.write(b"".join(out))
+            self.st.bytes += nbytes
 
     def _echo(self) -> None:
         if not self.parser.messages:
@@ -316,19 +380,30 @@ def handle_command(targets: Targets, line: bytes) -> tuple[dict[str, Any], bool]
         return {"ok": True}, False
     if name == "stats":
         return targets.stats(), False
+    if name == "open_counts":
+        return targets.open_counts(), False
     if name == "quit":
         return {"ok": True}, True
     return {"error": f"unknown command {name!r}"}, False
 
 
+def raise_nofile_limit() -> tuple[int, int]:
+    """Raise this process's soft descriptor limit to the hard limit; return (soft, hard)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
 async def main() -> None:
+    nofile = raise_nofile_limit()
     targets = Targets()
     loop = asyncio.get_running_loop()
     servers = {}
     for name, factory in _factories(targets).items():
-        servers[name] = await loop.create_server(factory, HOST, 0, backlog=256)
+        servers[name] = await loop.create_server(factory, HOST, 0, backlog=BACKLOG)
     ports = {name: srv.sockets[0].getsockname()[1] for name, srv in servers.items()}
-    print(json.dumps({"ready": True, "ports": ports}), flush=True)
+    print(json.dumps({"ready": True, "ports": ports, "nofile": nofile}), flush=True)
 
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)

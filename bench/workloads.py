@@ -7,7 +7,9 @@ measured around ``run``) into the reported figures.  To add a workload, write th
 two functions and append one entry.
 
 ``run`` raises :class:`relays.BenchError` when data does not arrive complete; the
-runner then reports the failure instead of figures.
+runner then reports the failure instead of figures.  The concurrency workloads are
+different: connections that fail are part of what they measure, so they count them
+(by kind) instead of raising.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from typing import Any, Callable
 
 import proctree
 import wsclient
+from crowd import Crowd, listen_overflows
 from relays import BenchError, TargetsProcess
-from wsclient import OP_BINARY, WSConn
+from wsclient import WSConn
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -43,12 +46,24 @@ class Params:
     fanin_conns: int
     fanin_s: float
     rounds: int
+    extra_rounds: int  # rounds of the extra variants (recording, base64)
+    concurrency: tuple[int, ...]  # connection counts of the concurrency workloads run
+    conc_rounds: int
+    conc_in_flight: int = 200  # handshakes in progress at once
+    conc_handshake_s: float = 10.0  # per connection, connect to 101
+    conc_phase_s: float = 60.0  # then stop starting new connections
+    conc_give_up: int = 1000  # failed connections after which the rest are not attempted
+    conc_echo_s: float = 30.0
+    conc_hold_s: float = 1.0
+    conc_close_s: float = 20.0
 
 
 FULL = Params(stream_mib=256, round_trips=20_000, pipelined_msgs=100_000, window=64,
-              fanin_conns=50, fanin_s=10.0, rounds=4)
+              fanin_conns=50, fanin_s=10.0, rounds=4, extra_rounds=1,
+              concurrency=(1000, 9000), conc_rounds=2)
 QUICK = Params(stream_mib=32, round_trips=2_000, pipelined_msgs=10_000, window=64,
-               fanin_conns=50, fanin_s=2.0, rounds=2)
+               fanin_conns=50, fanin_s=2.0, rounds=2, extra_rounds=1,
+               concurrency=(1000,), conc_rounds=1, conc_phase_s=30.0)
 
 
 @dataclass(frozen=True)
@@ -58,11 +73,16 @@ class Endpoint:
     host: str
     port: int
     path: str = "/"
-    subprotocols: tuple[str, ...] = ()
+    base64_mode: bool = False  # offer only websockify's "base64" subprotocol
 
     def connect(self, keep_data: bool = False) -> WSConn:
-        return wsclient.connect(self.host, self.port, self.path, self.subprotocols,
-                                keep_data=keep_data)
+        return wsclient.connect(self.host, self.port, self.path,
+                                ("base64",) if self.base64_mode else (),
+                                keep_data=keep_data, base64_mode=self.base64_mode)
+
+    def data_frame(self, payload: bytes) -> bytes:
+        """One client data frame carrying ``payload`` (binary, or base64 text)."""
+        return wsclient.data_frame(payload, self.base64_mode)
 
 
 @dataclass
@@ -91,16 +111,35 @@ class Metric:
     key: str
     label: str
     higher_is_better: bool
+    ratio: bool = True  # False for counts where wsrouter / websockify means nothing
 
 
 @dataclass(frozen=True)
 class Workload:
+    """One workload; ``crowd`` marks the concurrency ones.
+
+    A crowd workload runs the plain variants only (``--record`` would add a file per
+    session, 27,000 descriptors at 9,000 connections), on a fresh relay every round
+    (so memory per connection is measured from a relay that has never held
+    connections), counts failed connections as figures, and runs when its connection
+    count is in ``Params.concurrency``.
+    """
+
     name: str
     title: Callable[[Params], str]
     target: str
     run: Callable[[Context], dict[str, Any]]
     figures: Callable[[dict[str, Any]], dict[str, float]]
     metrics: tuple[Metric, ...]
+    crowd: int = 0  # connection count of a concurrency workload, else 0
+
+    def enabled(self, params: Params) -> bool:
+        return not self.crowd or self.crowd in params.concurrency
+
+    def rounds(self, params: Params, extra_variant: bool) -> int:
+        if self.crowd:
+            return 0 if extra_variant else params.conc_rounds
+        return params.extra_rounds if extra_variant else params.rounds
 
 
 def percentile(sorted_values: list[int] | array.array[int], q: float) -> float:
@@ -134,7 +173,7 @@ def _close_note(conn: WSConn, wait_s: float = 5.0) -> list[str]:
 def run_upstream(ctx: Context) -> dict[str, Any]:
     """Send N MiB as 64 KiB binary messages; the sink must receive exactly N MiB."""
     total = ctx.params.stream_mib * MiB
-    one = wsclient.frame(OP_BINARY, bytes(range(256)) * (UP_MSG // 256))
+    one = ctx.endpoint.data_frame(bytes(range(256)) * (UP_MSG // 256))
     batch = one * 16
     nmsg = total // UP_MSG
     cpu0 = ctx.relay_cpu_ns()
@@ -236,7 +275,7 @@ def run_round_trips(ctx: Context) -> dict[str, Any]:
     """K sequential echoes of a 32-byte message; checks the echoed bytes are identical."""
     k = ctx.params.round_trips
     payload = bytes(range(65, 65 + ECHO_MSG))
-    msg = wsclient.frame(OP_BINARY, payload)
+    msg = ctx.endpoint.data_frame(payload)
     conn = ctx.endpoint.connect(keep_data=True)
     conn.sock.settimeout(STALL_S)
     p = conn.parser
@@ -277,7 +316,7 @@ def figures_round_trips(raw: dict[str, Any]) -> dict[str, float]:
 def run_pipelined(ctx: Context) -> dict[str, Any]:
     """M echoes with ``window`` messages in flight; counts echoed bytes exactly."""
     m, window = ctx.params.pipelined_msgs, ctx.params.window
-    one = wsclient.frame(OP_BINARY, bytes(range(65, 65 + ECHO_MSG)))
+    one = ctx.endpoint.data_frame(bytes(range(65, 65 + ECHO_MSG)))
     burst = memoryview(one * window)
     conn = ctx.endpoint.connect()
     conn.sock.settimeout(STALL_S)
@@ -320,7 +359,7 @@ class _FanConn:
 def run_fanin(ctx: Context) -> dict[str, Any]:
     """C connections each keep one 32-byte echo in flight for S seconds."""
     n, dur = ctx.params.fanin_conns, ctx.params.fanin_s
-    msg = wsclient.frame(OP_BINARY, bytes(range(65, 65 + ECHO_MSG)))
+    msg = ctx.endpoint.data_frame(bytes(range(65, 65 + ECHO_MSG)))
     conns = [_FanConn(ctx.endpoint.connect()) for _ in range(n)]
     sel = selectors.DefaultSelector()
     lat = array.array("q")
@@ -351,7 +390,7 @@ def run_fanin(ctx: Context) -> dict[str, Any]:
 
 def _fan_send(fc: _FanConn, msg: bytes, now: int) -> None:
     if fc.conn.sock.send(msg) != len(msg):
-        raise BenchError("fan-in: partial send of a 38-byte frame")
+        raise BenchError(f"fan-in: partial send of a {len(msg)}-byte frame")
     fc.sent += 1
     fc.t_sent = now
 
@@ -419,6 +458,88 @@ def figures_fanin(raw: dict[str, Any]) -> dict[str, float]:
     }
 
 
+# --- concurrency: N connections held at once, one echo each ----------------------------
+
+def run_concurrency(n: int) -> Callable[[Context], dict[str, Any]]:
+    """The run function for N connections: open, echo once each, hold, sample, close.
+
+    Memory is the relay tree's VmRSS (and Pss) while all are held, minus the same
+    before the first connection; CPU is the relay's from before the first connect to
+    the last echo.  The targets helper is asked how many echo connections it holds at
+    that moment, to check that each relayed connection has its own.
+    """
+    def run(ctx: Context) -> dict[str, Any]:
+        p = ctx.params
+        ep = ctx.endpoint
+        crowd = Crowd(ep.host, ep.port, ep.path, in_flight=p.conc_in_flight,
+                      handshake_s=p.conc_handshake_s, give_up=p.conc_give_up)
+        mem0 = proctree.tree_memory(ctx.relay_pid)
+        try:
+            cpu0 = ctx.relay_cpu_ns()
+            overflows0 = listen_overflows()
+            crowd.open_all(n, p.conc_phase_s)
+            overflows = listen_overflows() - overflows0
+            crowd.echo_all(p.conc_echo_s)
+            cpu_s = (ctx.relay_cpu_ns() - cpu0) / 1e9
+            held = crowd.hold(p.conc_hold_s)
+            mem1 = proctree.tree_memory(ctx.relay_pid)
+            target_open = ctx.targets.open_counts().get(ctx.target_kind("echo"), 0)
+            crowd.close_all(p.conc_close_s)
+        except BaseException:
+            crowd.abort()
+            raise
+        r = crowd.result
+        notes = []  # failed connections are figures, reported by kind from failure_kinds
+        if target_open != held and not ctx.direct:
+            notes.append(f"echo target held {target_open} connections for {held} client connections")
+        if r.close_unanswered:
+            notes.append(f"{r.close_unanswered} of {held} connections got no Close reply or EOF "
+                         f"within {p.conc_close_s:.0f} s")
+        return {"connections": n, "held": held, "direct": ctx.direct, "attempted": r.attempted, "opened": r.opened,
+                "echoed": r.echoed, "failure_kinds": dict(r.failures),
+                "open_s": r.open_s, "last_open_s": r.last_open_s, "echo_s": r.echo_s,
+                "window_cpu_s": cpu_s, "rss0_kib": mem0.rss_kib, "rss1_kib": mem1.rss_kib,
+                "pss0_kib": mem0.pss_kib, "pss1_kib": mem1.pss_kib,
+                "processes_held": mem1.processes, "target_open": target_open,
+                "close_unanswered": r.close_unanswered, "listen_overflows": overflows,
+                "notes": notes}
+    return run
+
+
+def figures_concurrency(raw: dict[str, Any]) -> dict[str, float]:
+    """Figures of one concurrency run; no memory figures for direct (see below)."""
+    held = raw["held"]
+    # The direct server lives in the long-running targets helper, which reuses memory
+    # freed by earlier rounds, so its growth per connection means little.
+    per = (lambda kib: kib / held) if held and not raw["direct"] else (lambda kib: float("nan"))
+    return {
+        "open_s": raw["open_s"],
+        "rss_kib_conn": per(raw["rss1_kib"] - raw["rss0_kib"]),
+        "pss_kib_conn": per(raw["pss1_kib"] - raw["pss0_kib"]),
+        "failures": float(raw["connections"] - held),
+        "processes": float(raw["processes_held"]),
+        "listen_overflows": float(raw["listen_overflows"]),
+        "cpu_us_conn": raw["window_cpu_s"] * 1e6 / raw["echoed"] if raw["echoed"] else float("nan"),
+    }
+
+
+CONCURRENCY_METRICS = (
+    Metric("open_s", "time to open all (or give up), s", False),
+    Metric("failures", "failed connections", False, ratio=False),
+    Metric("rss_kib_conn", "relay RSS per connection, KiB", False),
+    Metric("pss_kib_conn", "relay PSS per connection, KiB", False),
+    Metric("processes", "relay processes while held", False, ratio=False),
+    Metric("listen_overflows", "listen queue overflows while opening (system-wide)", False,
+           ratio=False),
+    Metric("cpu_us_conn", "relay CPU-µs per connection (open + 1 echo)", False),
+)
+
+
+def _concurrency(n: int) -> Workload:
+    return Workload(f"concurrent_{n}", lambda p: f"concurrency, {n:,} connections held, one echo each",
+                    "echo", run_concurrency(n), figures_concurrency, CONCURRENCY_METRICS, crowd=n)
+
+
 WORKLOADS: list[Workload] = [
     Workload("upstream", lambda p: f"upstream {p.stream_mib} MiB as 64 KiB msgs", "sink",
              run_upstream, figures_stream, STREAM_METRICS),
@@ -433,6 +554,8 @@ WORKLOADS: list[Workload] = [
              "echo", run_pipelined, figures_pipelined,
              (Metric("msg_s", "messages/s", True),
               Metric("cpu_us_msg", "relay CPU-µs per message", False))),
+    _concurrency(1000),
+    _concurrency(9000),
     Workload("fanin", lambda p: f"fan-in, {p.fanin_conns} conns echoing {p.fanin_s:g} s", "echo",
              run_fanin, figures_fanin,
              (Metric("msg_s", "messages/s", True),
