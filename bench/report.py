@@ -221,7 +221,7 @@ GOALS: tuple[RatioGoal | AbsoluteGoal, ...] = (
     RatioGoal("round trips: latency p50", "round_trips", "p50_us", 1.0, True),
     RatioGoal("fan-in: messages/s", "fanin", "msg_s", 2.0, False),
     AbsoluteGoal("9,000 concurrent: all succeed", "concurrent_9000", "failures", 0, "failed"),
-    AbsoluteGoal("9,000 concurrent: one process", "concurrent_9000", "processes", 1, "process(es)"),
+    AbsoluteGoal("9,000 concurrent: one process", "concurrent_9000", "processes", 1, "process"),
     AbsoluteGoal("9,000 concurrent: RSS per connection", "concurrent_9000", "rss_kib_conn", 48, "KiB"),
 )
 
