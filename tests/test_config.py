@@ -202,7 +202,7 @@ def problem_keys(raw: dict[str, Any]) -> list[str]:
 def test_defaults() -> None:
     """With only a route given, the router listens on loopback port 8080 with a 16 MiB limit and no timers."""
     config = build_config({"routes": ["/=echo:"]})
-    assert config.listeners == ("tcp:8080:interface=127.0.0.1",)
+    assert config.listeners == ("tcp:8080:interface=127.0.0.1:backlog=1024",)
     assert config.routes == (Route("/", EchoTarget()),)
     assert config.web is None
     assert config.limits.max_message_size == 16 * MiB
@@ -400,11 +400,11 @@ def test_config_error_is_value_error() -> None:
 
 
 @pytest.mark.parametrize("text, endpoint, port, interface", [
-    ("8080", "tcp:8080:interface=127.0.0.1", 8080, "127.0.0.1"),
-    ("0.0.0.0:8080", "tcp:8080:interface=0.0.0.0", 8080, "0.0.0.0"),
-    ("[::1]:8080", "tcp:8080:interface=\\:\\:1", 8080, "::1"),
-    ("[::]:443", "tcp:443:interface=\\:\\:", 443, "::"),
-    ("192.168.1.2:1", "tcp:1:interface=192.168.1.2", 1, "192.168.1.2"),
+    ("8080", "tcp:8080:interface=127.0.0.1:backlog=1024", 8080, "127.0.0.1"),
+    ("0.0.0.0:8080", "tcp:8080:interface=0.0.0.0:backlog=1024", 8080, "0.0.0.0"),
+    ("[::1]:8080", "tcp:8080:interface=\\:\\:1:backlog=1024", 8080, "::1"),
+    ("[::]:443", "tcp:443:interface=\\:\\::backlog=1024", 443, "::"),
+    ("192.168.1.2:1", "tcp:1:interface=192.168.1.2:backlog=1024", 1, "192.168.1.2"),
 ])
 def test_listener_from_short_form(text: str, endpoint: str, port: int, interface: str) -> None:
     """websockify's [HOST:]PORT becomes an endpoint string, loopback without a host, that Twisted reads back."""

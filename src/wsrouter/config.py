@@ -24,7 +24,7 @@ from attrs.validators import in_
 
 MiB = 1024 * 1024
 
-DEFAULT_LISTENER = "tcp:8080:interface=127.0.0.1"
+DEFAULT_LISTENER = "tcp:8080:interface=127.0.0.1:backlog=1024"
 DEFAULT_MAX_MESSAGE_SIZE = 16 * MiB
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_SHUTDOWN_GRACE = 5.0
@@ -677,4 +677,4 @@ def listener_from_short_form(text: str) -> str:
     else:
         host, port = _split_host_port(text)
     escaped = host.replace(":", "\\:")
-    return f"tcp:{port}:interface={escaped}"
+    return f"tcp:{port}:interface={escaped}:backlog=1024"

@@ -8,11 +8,17 @@ before the WebSocket handshake has completed and the bridge is ready.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    UNIXClientEndpoint,
+)
 from twisted.internet.interfaces import IConsumer, IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
@@ -138,7 +144,7 @@ class StreamConnector:
     def connect(self, session: SessionInfo) -> Deferred[Link]:
         target = session.route.target
         if isinstance(target, TcpTarget):
-            endpoint: Any = HostnameEndpoint(self._reactor, target.host, target.port, timeout=self._timeout)
+            endpoint: Any = _tcp_endpoint(self._reactor, target, self._timeout)
         elif isinstance(target, UnixTarget):
             endpoint = UNIXClientEndpoint(self._reactor, target.path, timeout=int(self._timeout))
         else:
@@ -152,6 +158,16 @@ class StreamConnector:
 
         connecting.addErrback(failed)
         return connecting  # type: ignore[return-value]
+
+
+def _tcp_endpoint(reactor: Any, target: TcpTarget, timeout: float) -> Any:
+    """An address connects directly; only a name needs HostnameEndpoint's resolving."""
+    try:
+        address = ipaddress.ip_address(target.host)
+    except ValueError:
+        return HostnameEndpoint(reactor, target.host, target.port, timeout=timeout)
+    endpoint = TCP6ClientEndpoint if address.version == 6 else TCP4ClientEndpoint
+    return endpoint(reactor, target.host, target.port, timeout=timeout)
 
 
 def _connect_error(reason: Failure) -> str:
