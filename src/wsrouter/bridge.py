@@ -207,9 +207,18 @@ class Bridge:
             return b"", "invalid base64 payload"
 
     def _refuse_payload(self, reason: str) -> None:
+        self.refuse(INVALID_PAYLOAD, reason)
+
+    def refuse(self, code: int, reason: str) -> None:
+        """The client broke the protocol: relay nothing more from it, close with C{code}."""
         self._upstream_stopped = True
         self._message = None
-        self._close_client(INVALID_PAYLOAD, reason, by="router")
+        self._close_client(code, reason, by="router")
+
+    @property
+    def finished(self) -> bool:
+        """Both sides are done and the session's summary has been given."""
+        return self._finished
 
     # -- target side (LinkReceiver) --------------------------------------------
 

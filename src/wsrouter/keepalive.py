@@ -48,6 +48,11 @@ class Keepalive:
             self.stop()
             self.start()
 
+    def alive(self) -> None:
+        """Any frame from the client shows it is there: count it as the awaited pong."""
+        if self._expected is not None:
+            self.pong_received(self._expected)
+
     def _ping(self) -> None:
         self._sequence += 1
         self._expected = struct.pack("!Q", self._sequence)

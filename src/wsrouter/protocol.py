@@ -81,6 +81,7 @@ class RouterProtocol(WebSocketServerProtocol):
     keepalive: Keepalive | None = None
     mount_prefix = ""
     session_id = ""
+    connection_gone = False
     _frames: FrameParser | None = None
     #: The target link, when it can gather writes (see StreamLink.hold).
     _held_link: Any = None
@@ -118,6 +119,7 @@ class RouterProtocol(WebSocketServerProtocol):
             self._frames.feed(leftover)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.connection_gone = True
         self.factory.router.closed(self, code, reason or "")
 
     def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders: Any = None) -> None:
@@ -148,9 +150,19 @@ class RouterProtocol(WebSocketServerProtocol):
                 write_sequence_through(self.transport, (header, payload))
 
     def close(self, code: int, reason: str) -> None:
-        """Close with any RFC 6455 code (the public sendClose refuses 1001, 1009, 1011)."""
+        """
+        Close with any RFC 6455 code (the public sendClose refuses 1001, 1009,
+        1011).  Autobahn's close timer would start now, while the close frame
+        still waits behind queued data a slow client is reading; the router
+        watches the drain instead.
+        """
         if self.state == _OPEN:
-            self.sendCloseFrame(code=code, reasonUtf8=encode_truncate(reason, 123), isReply=False)
+            timeout, self.closeHandshakeTimeout = self.closeHandshakeTimeout, 0
+            try:
+                self.sendCloseFrame(code=code, reasonUtf8=encode_truncate(reason, 123), isReply=False)
+            finally:
+                self.closeHandshakeTimeout = timeout
+            self.factory.router.watch_closing(self)
 
     def attach_producer(self, producer: IPushProducer) -> None:
         self.transport.registerProducer(producer, True)
@@ -167,6 +179,8 @@ class _ClientFrames:
         self._router = protocol.factory.router
 
     def message_begin(self, is_binary: bool) -> None:
+        if self._protocol.keepalive is not None:
+            self._protocol.keepalive.alive()
         if self._protocol.bridge is not None:
             self._protocol.bridge.message_begin(is_binary)
 
@@ -188,11 +202,37 @@ class _ClientFrames:
         self._protocol.onPong(payload)
 
     def close(self, code: int | None, reason: bytes | None) -> None:
-        # Autobahn validates the code and reason, answers, and closes.
+        problem = close_frame_problem(code, reason)
+        if problem is not None:
+            self.fail(*problem)
+            return
+        # Autobahn answers (or completes our close) and closes the connection.
         self._protocol.onCloseFrame(code, reason)
+        self._router.watch_closing(self._protocol)
 
     def fail(self, code: int, reason: str) -> None:
-        self._protocol._fail_connection(code, reason)
+        """Close with the violation's code, then the TCP connection (RFC 6455 7.1.7)."""
+        protocol = self._protocol
+        if protocol.bridge is not None:
+            protocol.bridge.refuse(code, reason)
+        else:
+            protocol.close(code, reason)
+        protocol.wasClean = False
+        protocol.wasNotCleanReason = reason
+        protocol.dropConnection(abort=False)
+        self._router.watch_closing(protocol)
+
+
+def close_frame_problem(code: int | None, reason: bytes | None) -> tuple[int, str] | None:
+    """What is wrong with a client's close frame, as (close code, reason), if anything."""
+    if code is not None and not (code in WebSocketProtocol.CLOSE_STATUS_CODES_ALLOWED or 3000 <= code <= 4999):
+        return 1002, f"invalid close code {code}"
+    if reason is not None:
+        try:
+            reason.decode("utf-8")
+        except UnicodeDecodeError:
+            return 1007, "close reason is not valid UTF-8"
+    return None
 
 
 class RouterFactory(WebSocketServerFactory):

@@ -23,6 +23,7 @@ from .bridge import Bridge, SessionStats
 from .config import DATAGRAM_TARGETS, ExecTarget, RouterConfig
 from .fdlimit import DescriptorGuard, session_cost
 from .framing import make_framer, message_is_binary
+from .closing import DrainWatch, queued_bytes
 from .interfaces import Link, Recorder, SessionInfo, TargetError
 from .keepalive import Keepalive
 from .protocol import RouterFactory, RouterProtocol
@@ -118,6 +119,9 @@ class Router:
         if protocol.state == protocol.STATE_CLOSED:
             link.abort()
             return None
+        if self._stopping:
+            link.abort()
+            raise ConnectionDeny(503, "router is shutting down")
         target = match.route.target
         default = "line" if isinstance(target, ExecTarget) else "binary"
         kind = match.route.framing.kind if match.route.framing else default
@@ -204,16 +208,27 @@ class Router:
         if not limits.ping_interval:
             return
 
+        queued_at_ping = [0]
+
+        def send_ping(payload: bytes) -> None:
+            queued_at_ping[0] = queued_bytes(protocol.transport)
+            protocol.sendPing(payload)
+
         def timed_out() -> None:
+            queued = queued_bytes(protocol.transport)
+            if 0 < queued < queued_at_ping[0]:
+                # The ping still waits behind data the client is reading.
+                protocol.keepalive.start()  # type: ignore[union-attr]
+                return
             log.info("session {id}: no pong within {timeout} s; dropping the client",
                      id=protocol.session_id, timeout=limits.ping_timeout)
             protocol.wasClean = False
             protocol.wasNotCleanReason = "ping timeout"
-            protocol.dropConnection(abort=True)
+            protocol.transport.abortConnection()
 
         protocol.keepalive = Keepalive(
             self._reactor, limits.ping_interval, limits.ping_timeout or limits.ping_interval,
-            protocol.sendPing, timed_out,
+            send_ping, timed_out,
         )
         protocol.keepalive.start()
 
@@ -232,8 +247,28 @@ class Router:
         self._activity.pop(protocol, None)
         if protocol.keepalive is not None:
             protocol.keepalive.stop()
-        if protocol.bridge is not None:
-            protocol.bridge.websocket_closed(code, reason)
+        bridge = protocol.bridge
+        if bridge is not None:
+            bridge.websocket_closed(code, reason)
+            if not bridge.finished:
+                self._watch_link(bridge)
+
+    def watch_closing(self, protocol: RouterProtocol) -> None:
+        """Abort a closing client connection that stops draining (see L{DrainWatch})."""
+        if getattr(protocol, "_closing_watched", False) or protocol.connection_gone:
+            return
+        protocol._closing_watched = True  # type: ignore[attr-defined]
+        grace = self.config.limits.shutdown_grace
+        DrainWatch(self._reactor, protocol.transport, lambda: protocol.connection_gone,
+                   protocol.transport.abortConnection, timeout=min(grace, 5.0), stall=2 * grace,
+                   finish=protocol.transport.loseConnection).start()
+
+    def _watch_link(self, bridge: Bridge) -> None:
+        """A target that stops reading what it was sent is not waited for forever."""
+        link = bridge.link
+        grace = self.config.limits.shutdown_grace
+        DrainWatch(self._reactor, getattr(link, "transport", None), lambda: bridge.finished,
+                   link.abort, timeout=grace, stall=2 * grace).start()
 
     def _close_recording(self, protocol: RouterProtocol, code: int | None, reason: str) -> None:
         recorder = self._recorders.pop(protocol, None)
@@ -312,7 +347,10 @@ class Router:
     def _abort_all(self, done: Deferred[None]) -> None:
         for protocol in list(self.sessions.values()):
             log.warn("session {id} did not close in time; dropping it", id=protocol.session_id)
-            protocol.dropConnection(abort=True)
+            if not protocol.connection_gone and protocol.transport is not None:
+                protocol.transport.abortConnection()
+            if protocol.bridge is not None and not protocol.bridge.finished:
+                protocol.bridge.link.abort()
         for protocol in list(self._recorders):
             self._close_recording(protocol, None, "router stopped before the session ended")
         if not done.called:

@@ -108,7 +108,19 @@ class WebSocketUpgrade(Resource):
 
 
 def _raw_request(request: Request) -> bytes:
+    """The request as received, plus anything the client sent after it."""
     lines = [request.method + b" " + request.uri + b" HTTP/1.1"]
     for name, values in request.requestHeaders.getAllRawHeaders():
         lines.extend(name + b": " + value for value in values)
-    return b"\r\n".join(lines) + b"\r\n\r\n" + request.content.read()
+    return b"\r\n".join(lines) + b"\r\n\r\n" + request.content.read() + _unread(request.channel)
+
+
+def _unread(channel: Any) -> bytes:
+    """
+    Bytes the HTTP channel holds beyond this request (frames a client sent
+    without waiting for the 101): the channel buffers them while the request
+    is handled, and they belong to the WebSocket now.
+    """
+    held = b"".join(getattr(channel, "_dataBuffer", None) or ())
+    rest = getattr(channel, "_buffer", b"")
+    return held + (rest if isinstance(rest, bytes) else b"")

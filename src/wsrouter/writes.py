@@ -30,6 +30,7 @@ def _idle(transport: Any) -> bool:
         and transport.connected
         and not transport.disconnecting
         and not transport._writeDisconnected
+        and not getattr(transport, "TLS", False)
     )
 
 
