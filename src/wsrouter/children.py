@@ -79,6 +79,41 @@ def deferred_environment(env: Mapping[str, str], deferred: Mapping[str, str]) ->
     return result
 
 
+class AddressWaiters:
+    """
+    Clients waiting (bounded) for a program's address: each gets it when it
+    is known, or a 503 L{TargetError} saying why when its time is up.
+    """
+
+    def __init__(self, clock: Any):
+        self._clock = clock
+        self._waiting: list[Deferred[tuple[str, int]]] = []
+
+    def wait(self, timeout: float, why: Callable[[], str]) -> Deferred[tuple[str, int]]:
+        """@param why: says, when the time is up, what the program is doing."""
+        waiter: Deferred[tuple[str, int]] = Deferred()
+        self._waiting.append(waiter)
+
+        def expire() -> None:
+            if waiter in self._waiting:
+                self._waiting.remove(waiter)
+                waiter.errback(TargetError(f"{why()} (waited {timeout:g} s)", 503))
+
+        timer = self._clock.callLater(timeout, expire)
+        waiter.addBoth(lambda result: (timer.cancel() if timer.active() else None, result)[1])
+        return waiter
+
+    def ready(self, address: tuple[str, int]) -> None:
+        waiting, self._waiting = self._waiting, []
+        for waiter in waiting:
+            waiter.callback(address)
+
+    def fail(self, reason: str) -> None:
+        waiting, self._waiting = self._waiting, []
+        for waiter in waiting:
+            waiter.errback(TargetError(reason, 503))
+
+
 class ProgramNotFound(Exception):
     """A wrapped program cannot be run; the message says which."""
 
@@ -146,7 +181,7 @@ class WrappedProgram:
         self._started_at = 0.0
         self._delay = MIN_RESTART_DELAY
         self._restart_call: IDelayedCall | None = None
-        self._waiters: list[Deferred[tuple[str, int]]] = []
+        self._waiters = AddressWaiters(reactor)
         self._stopping = False
 
     # -- running ----------------------------------------------------------------
@@ -185,19 +220,12 @@ class WrappedProgram:
         """
         if self.address is not None:
             return succeed(self.address)
-        waiter: Deferred[tuple[str, int]] = Deferred()
-        self._waiters.append(waiter)
 
-        def expire() -> None:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-                state = "is restarting" if self._restart_call else "has not bound its port"
-                waiter.errback(TargetError(
-                    f"wrapped program {self.name} {state} (waited {timeout:g} s)", 503))
+        def why() -> str:
+            state = "is restarting" if self._restart_call else "has not bound its port"
+            return f"wrapped program {self.name} {state}"
 
-        timer = self._reactor.callLater(timeout, expire)
-        waiter.addBoth(lambda result: (timer.cancel() if timer.active() else None, result)[1])
-        return waiter
+        return self._waiters.wait(timeout, why)
 
     def stop(self, grace: float = KILL_GRACE) -> Deferred[None]:
         """SIGTERM the program's process group, SIGKILL after C{grace}; fires once reaped."""
@@ -205,7 +233,7 @@ class WrappedProgram:
         if self._restart_call is not None and self._restart_call.active():
             self._restart_call.cancel()
         self._restart_call = None
-        self._fail_waiters("router is shutting down")
+        self._waiters.fail("router is shutting down")
         if self.pid is None or not self._signal_group(signal.SIGTERM):
             return succeed(None)
         gone: Deferred[None] = Deferred()
@@ -262,9 +290,7 @@ class WrappedProgram:
         self.address = (report.host, report.port)
         log.info("{name} asked for port {requested}; listening on {host}:{port} instead",
                  name=self.name, requested=report.requested_port, host=report.host, port=report.port)
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.callback(self.address)
+        self._waiters.ready(self.address)
         if self._on_listening is not None:
             self._on_listening(self)
 
@@ -290,7 +316,7 @@ class WrappedProgram:
         if mode == "exit":
             log.info("{name} exited ({status}); the router exits too", name=self.name,
                      status=_describe_status(reason))
-            self._fail_waiters(f"wrapped program {self.name} exited")
+            self._waiters.fail(f"wrapped program {self.name} exited")
             if self._on_exit is not None:
                 self._on_exit(status)
         elif mode == "ignore":
@@ -321,10 +347,6 @@ class WrappedProgram:
             log.error("cannot restart {name}: {error}", name=self.name, error=e)
             self._restart_call = self._reactor.callLater(self._delay, self._restart)
 
-    def _fail_waiters(self, reason: str) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.errback(TargetError(reason, 503))
 
 
 def _exit_status(reason: Failure) -> int:

@@ -31,7 +31,7 @@ from zope.interface import implementer
 
 from .config import RouterConfig, WrappedTarget
 from .fdlimit import DescriptorGuard, GuardedSite
-from .interfaces import TargetError
+from .children import AddressWaiters
 from .service import program_wait_timeout, build_resource
 from .targets.wrapped import WrappedConnector
 from .workers import CONTROL_FD, wrapped_targets
@@ -52,32 +52,19 @@ class ProgramAddress:
         self._reactor = reactor
         self.name = name
         self.address = address
-        self._waiters: list[Deferred[tuple[str, int]]] = []
+        self._waiters = AddressWaiters(reactor)
 
     def moved(self, address: tuple[str, int] | None) -> None:
         self.address = address
         if address is None:
             return
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.callback(address)
+        self._waiters.ready(address)
 
     def when_ready(self, timeout: float) -> Deferred[tuple[str, int]]:
         """Fires with the address once known; a 503 L{TargetError} after C{timeout} seconds without one."""
         if self.address is not None:
             return succeed(self.address)
-        waiter: Deferred[tuple[str, int]] = Deferred()
-        self._waiters.append(waiter)
-
-        def expire() -> None:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-                waiter.errback(TargetError(
-                    f"wrapped program {self.name} is not listening (waited {timeout:g} s)", 503))
-
-        timer = self._reactor.callLater(timeout, expire)
-        waiter.addBoth(lambda result: (timer.cancel() if timer.active() else None, result)[1])
-        return waiter
+        return self._waiters.wait(timeout, lambda: f"wrapped program {self.name} is not listening")
 
 
 class WorkerService(Service):
