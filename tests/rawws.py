@@ -116,3 +116,21 @@ class FrameReader:
     def read_to_close(self) -> None:
         while self.read_frame():
             pass
+
+
+def read_late_and_slowly(sock: socket.socket, pause: float = 3.0) -> FrameReader:
+    """
+    Be a slow reader: read nothing for C{pause} seconds (the sender must be
+    paused meanwhile), then 200 frames with short sleeps, then the rest at
+    full speed until the close.
+    """
+    import time
+
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    time.sleep(pause)
+    reader = FrameReader(sock)
+    for _ in range(200):
+        reader.read_frame()
+        time.sleep(0.005)
+    reader.read_to_close()
+    return reader

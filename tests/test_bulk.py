@@ -164,13 +164,7 @@ def test_slow_client_bounds_router_memory(tmp_path):
     with router_process(tmp_path, "--route", f"/*=tcp://127.0.0.1:{target.port}") as router:
         baseline = router.status("VmRSS")
         s = rawws.upgrade(router.port, "/")
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-        time.sleep(3)  # the client reads nothing: the target must be paused
-        reader = rawws.FrameReader(s)
-        for _ in range(200):  # then reads slowly for a while...
-            reader.read_frame()
-            time.sleep(0.005)
-        reader.read_to_close()  # ...and then at full speed
+        reader = rawws.read_late_and_slowly(s)
         s.close()
         target.join()
         growth = router.status("VmHWM") - baseline

@@ -748,13 +748,7 @@ def test_program_flooding_slow_client_bounds_memory(tmp_path):
     with router_process(tmp_path, "--route", exec_route("/*", "flood.py", str(total_mib), str(line))) as router:
         baseline = router.status("VmRSS")
         s = rawws.upgrade(router.port, "/")
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-        time.sleep(3)  # the client reads nothing: the program must be paused
-        reader = rawws.FrameReader(s)
-        for _ in range(200):  # then reads slowly for a while...
-            reader.read_frame()
-            time.sleep(0.005)
-        reader.read_to_close()  # ...and then at full speed
+        reader = rawws.read_late_and_slowly(s)
         s.close()
         growth = router.status("VmHWM") - baseline
         lines = total_mib * MiB // line

@@ -117,6 +117,12 @@ def worker_pids(log: str) -> dict[int, list[int]]:
     return pids
 
 
+def two_workers(router):
+    """Wait (bounded) until the log shows both workers started; their pids."""
+    return wait_for(lambda: worker_pids(router.log()) if len(worker_pids(router.log())) == 2 else None,
+                    what="two workers")
+
+
 def wait_for(predicate, timeout: float = 15.0, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -168,8 +174,7 @@ def test_two_workers_share_the_load_and_stop_on_sigterm(tmp_path):
     router = RouterProcess(["--listen", f"tcp:{port}:interface=127.0.0.1", "--workers", "2",
                             "--route", "/*=echo:"], port, tmp_path / "router.log")
     try:
-        pids = wait_for(lambda: worker_pids(router.log()) if len(worker_pids(router.log())) == 2 else None,
-                        what="two workers")
+        pids = two_workers(router)
         wait_for(lambda: router.log().count("room for about") == 2, what="both workers listening")
         echo_sessions(f"ws://127.0.0.1:{port}/x", 40)
         log = router.log()
@@ -198,8 +203,7 @@ def test_a_killed_worker_is_restarted(tmp_path):
     router = RouterProcess(["--listen", f"tcp:{port}:interface=127.0.0.1", "--workers", "2",
                             "--route", "/*=echo:"], port, tmp_path / "router.log")
     try:
-        first = wait_for(lambda: worker_pids(router.log()) if len(worker_pids(router.log())) == 2 else None,
-                         what="two workers")
+        first = two_workers(router)
         wait_for(lambda: router.log().count("room for about") == 2, what="both workers listening")
         victim = first[1][0]
         os.kill(victim, signal.SIGKILL)
@@ -248,8 +252,7 @@ def test_workers_leave_when_the_supervisor_is_killed(tmp_path):
     router = RouterProcess(["--listen", f"tcp:{port}:interface=127.0.0.1", "--workers", "2",
                             "--route", "/*=echo:"], port, tmp_path / "router.log")
     try:
-        pids = wait_for(lambda: worker_pids(router.log()) if len(worker_pids(router.log())) == 2 else None,
-                        what="two workers")
+        pids = two_workers(router)
         router.stop(signal.SIGKILL)
         assert_all_gone([pid for each in pids.values() for pid in each])
     finally:

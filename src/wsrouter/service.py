@@ -145,17 +145,7 @@ class RouterService(MultiService):
             raise CannotStart(str(e)) from None
 
     def _program_listening(self, program: WrappedProgram) -> None:
-        """With no listener of its own, the router takes the port the program asked for."""
-        if not self.config.follow_wrapped_port or self.listeners or program.requested_port is None:
-            return
-        description = f"tcp:{program.requested_port}:interface=127.0.0.1"
-        try:
-            self._add_listener(description)
-        except CannotListen as e:
-            log.error("{error}; the router has nowhere to listen", error=e)
-            self._program_exited(1)
-        else:
-            log.info("listening on {listener}, the port {name} asked for", listener=description, name=program.name)
+        follow_program_port(self, program)
 
     def _program_exited(self, status: int) -> None:
         self.exit_status = status
@@ -176,6 +166,27 @@ class RouterService(MultiService):
         stopping = [program.stop() for program in self.programs.values()]
         stopping.append(self.router.connectors.programs.terminate_all())
         await DeferredList(stopping)
+
+
+def follow_program_port(service: Any, program: WrappedProgram) -> bool:
+    """
+    With no listener of its own (C{follow_wrapped_port}), the router takes
+    the loopback port the wrapped program asked for.  C{service} has
+    C{config}, C{listeners}, C{_add_listener} and C{_program_exited}.
+
+    @return: whether a listener was opened.
+    """
+    if not service.config.follow_wrapped_port or service.listeners or program.requested_port is None:
+        return False
+    description = f"tcp:{program.requested_port}:interface=127.0.0.1"
+    try:
+        service._add_listener(description)
+    except CannotListen as e:
+        log.error("{error}; the router has nowhere to listen", error=e)
+        service._program_exited(1)
+        return False
+    log.info("listening on {listener}, the port {name} asked for", listener=description, name=program.name)
+    return True
 
 
 def program_wait_timeout(config: RouterConfig) -> float:

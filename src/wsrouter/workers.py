@@ -71,7 +71,7 @@ from .children import ProgramNotFound, WrappedProgram
 from .config import RouterConfig, WrappedTarget
 from .fdlimit import OpenFileLimit
 from .rebind import ShimUnavailable
-from .service import CannotListen, CannotStart, ListenerService
+from .service import CannotStart, ListenerService, follow_program_port
 
 log = Logger(namespace="wsrouter.workers")
 
@@ -309,17 +309,7 @@ class WorkerSupervisor(MultiService):
         index = self.programs.index(program)
         for worker in self.workers:
             worker.send(address_message(index, program.address))
-        if program.address is None:
-            return
-        if self.config.follow_wrapped_port and not self.listeners and program.requested_port is not None:
-            description = f"tcp:{program.requested_port}:interface=127.0.0.1"
-            try:
-                self._add_listener(description)
-            except CannotListen as e:
-                log.error("{error}; the router has nowhere to listen", error=e)
-                self._program_exited(1)
-                return
-            log.info("listening on {listener}, the port {name} asked for", listener=description, name=program.name)
+        if program.address is not None and follow_program_port(self, program):
             self._start_workers()
 
     def _program_exited(self, status: int) -> None:
