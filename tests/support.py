@@ -24,7 +24,7 @@ from websockets.sync.client import connect as ws_connect
 from zope.interface import implementer
 
 from wsrouter.config import build_config
-from wsrouter.service import build_service
+from wsrouter.service.single import build_service
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

@@ -21,7 +21,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from wsrouter.config import EchoTarget, ExecTarget, Route, TcpTarget, build_config
-from wsrouter.fdlimit import (
+from wsrouter.descriptors import (
     RECOUNT_INTERVAL, RESUME_CHECK_INTERVAL, STALE_AFTER, DescriptorGuard, OpenFileLimit, accept_pause_level,
     accept_resume_level, count_open_descriptors, has_room, reserve_for, session_cost, sessions_that_fit,
 )
@@ -184,7 +184,7 @@ def test_count_open_descriptors_sees_new_ones():
 
 def test_raising_the_soft_limit_to_the_hard_one():
     """raise_open_file_limit lifts the soft limit to the hard limit and reports both."""
-    code = ("import resource; from wsrouter.fdlimit import raise_open_file_limit as r; o = r(); "
+    code = ("import resource; from wsrouter.descriptors import raise_open_file_limit as r; o = r(); "
             "print(o.before, o.now, resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
     result = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, env=child_env(), cwd=REPO,
                             preexec_fn=_limit_descriptors(50, 90), timeout=30)

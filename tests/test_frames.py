@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from wsrouter.frames import FrameParser, unmask
+from wsrouter.ws.parser import FrameParser, unmask
 
 
 def frame(opcode: int, payload: bytes, fin: bool = True, mask: bytes | None = b"\x01\x02\x03\x04",

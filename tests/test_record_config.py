@@ -12,7 +12,7 @@ from wsrouter.config import (
     DEFAULT_RECORD_REDACT, RECORDING_FORMATS, ConfigError, Recording, ReplayTarget, Route, build_config,
     parse_route, parse_target,
 )
-from wsrouter.tap import Options
+from wsrouter.cli.tap import Options
 
 
 def test_defaults_agree_with_recording_module() -> None:

@@ -1,6 +1,6 @@
 """
 Tests for session recordings (L{wsrouter.recording}) and the recording
-tools (L{wsrouter.replay}).
+tools (L{wsrouter.cli.replay}).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from wsrouter.recording import (
     read_recording,
     session_file_name,
 )
-from wsrouter.replay import (
+from wsrouter.cli.replay import (
     convert_websockify,
     format_transcript,
     iter_websockify,

@@ -1,5 +1,5 @@
 """
-End-to-end tests for L{wsrouter.static}: a real Site on a loopback port,
+End-to-end tests for L{wsrouter.web.static}: a real Site on a loopback port,
 asked with raw HTTP bytes so that request paths arrive exactly as written
 (HTTP client libraries normalise C{..} away before sending).
 """
@@ -19,7 +19,7 @@ from twisted.internet import defer, reactor, threads
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
-from wsrouter.static import build_web_root
+from wsrouter.web.static import build_web_root
 
 SECRET = b"TOP-SECRET-0f8a1c"
 PASSWD_MARK = b"root:"

@@ -25,8 +25,8 @@ from websockets.exceptions import ConnectionClosed
 
 from wsrouter.config import ConfigError, build_config
 from wsrouter.interfaces import TargetError
-from wsrouter.worker import ProgramAddress
-from wsrouter.workers import (
+from wsrouter.service.worker_process import ProgramAddress
+from wsrouter.service.workers import (
     FIRST_LISTENER_FD, MAX_RESTART_DELAY, MIN_RESTART_DELAY, STABLE_AFTER, address_message, parse_log_line,
     restart_delay, setup_message, wrapped_targets,
 )

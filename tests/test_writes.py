@@ -8,7 +8,7 @@ import pytest_twisted
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.threads import deferToThread
 
-from wsrouter.writes import _after, write_sequence_through, write_through
+from wsrouter.ws.writes import _after, write_sequence_through, write_through
 
 
 def test_after_splits_parts_at_any_point():

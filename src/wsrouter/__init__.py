@@ -7,11 +7,11 @@ __all__ = ["__version__", "build_config", "build_resource", "build_service"]
 
 def __getattr__(name: str):  # imported lazily: `import wsrouter` stays cheap and reactor-free
     if name == "build_config":
-        from .config import build_config
+        from wsrouter.config import build_config
 
         return build_config
     if name in ("build_resource", "build_service"):
-        from . import service
+        from wsrouter import service
 
         return getattr(service, name)
     raise AttributeError(name)

@@ -15,7 +15,7 @@ def serve(argv: list[str]) -> int:
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    from .tap import Options, makeService
+    from wsrouter.cli.tap import Options, makeService
 
     options = Options()
     try:
@@ -38,11 +38,11 @@ def serve(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] == "replay":
-        from .replay import main_replay
+        from wsrouter.cli.replay import main_replay
 
         return main_replay(args[1:])
     if args and args[0] == "record-convert":
-        from .replay import main_convert
+        from wsrouter.cli.replay import main_convert
 
         return main_convert(args[1:])
     return serve(args)

@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 from attrs import define, field
 
-from .interfaces import Framer, Link, Recorder, WebSocketEnd
+from wsrouter.interfaces import Framer, Link, Recorder, WebSocketEnd
 
 NORMAL = 1000
 GOING_AWAY = 1001

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .config import FRAMINGS, Framing
+from wsrouter.config import FRAMINGS, Framing
 
 if TYPE_CHECKING:  # the protocol module imports Twisted; framing stays free of it
-    from .interfaces import Framer
+    from wsrouter.interfaces import Framer
 
 #: Framings whose messages are sent as text when they are valid UTF-8.
 TEXT_FRAMINGS = ("line", "separator")

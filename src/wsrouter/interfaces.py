@@ -15,7 +15,7 @@ from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer
 
-from .config import Route
+from wsrouter.config import Route
 
 
 @frozen

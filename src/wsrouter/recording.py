@@ -28,7 +28,7 @@ from attrs import frozen
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from .interfaces import Recorder, SessionInfo
+from wsrouter.interfaces import Recorder, SessionInfo
 
 #: Version of our JSON Lines format; bumped only for incompatible changes.
 FORMAT_VERSION = 1

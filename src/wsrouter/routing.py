@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from attrs import frozen
 
-from .config import Route
+from wsrouter.config import Route
 
 #: websockify's subprotocols: raw binary frames, or base64 in text frames.
 BINARY = "binary"

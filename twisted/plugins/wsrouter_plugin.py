@@ -4,7 +4,7 @@ from twisted.application.service import ServiceMaker
 
 wsrouter = ServiceMaker(
     "wsrouter",
-    "wsrouter.tap",
+    "wsrouter.cli.tap",
     "A programmable WebSocket router: WebSocket clients to TCP, UDP, Unix sockets and programs.",
     "wsrouter",
 )

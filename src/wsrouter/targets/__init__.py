@@ -9,13 +9,13 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, fail
 
-from ..config import EchoTarget, ExecTarget, Limits, ReplayTarget, TcpTarget, UdpTarget, UnixDatagramTarget, UnixTarget
-from ..interfaces import Connector, Link, SessionInfo, TargetError
-from .datagram import DatagramConnector
-from .echo import EchoConnector
-from .exec import ExecConnector
-from .replay import ReplayConnector
-from .stream import StreamConnector
+from wsrouter.config import EchoTarget, ExecTarget, Limits, ReplayTarget, TcpTarget, UdpTarget, UnixDatagramTarget, UnixTarget
+from wsrouter.interfaces import Connector, Link, SessionInfo, TargetError
+from wsrouter.targets.datagram import DatagramConnector
+from wsrouter.targets.echo import EchoConnector
+from wsrouter.targets.exec import ExecConnector
+from wsrouter.targets.replay import ReplayConnector
+from wsrouter.targets.stream import StreamConnector
 
 
 class Connectors:

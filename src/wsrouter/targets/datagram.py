@@ -25,8 +25,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..config import UdpTarget, UnixDatagramTarget
-from ..interfaces import Link, LinkReceiver, SessionInfo, TargetError
+from wsrouter.config import UdpTarget, UnixDatagramTarget
+from wsrouter.interfaces import Link, LinkReceiver, SessionInfo, TargetError
 
 #: Largest datagram read from a target (the UDP maximum payload).
 MAX_DATAGRAM = 65535

@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-from ..interfaces import Link, LinkReceiver, SessionInfo
+from wsrouter.interfaces import Link, LinkReceiver, SessionInfo
 
 
 @implementer(IPushProducer)

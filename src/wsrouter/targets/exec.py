@@ -93,9 +93,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .. import __version__
-from ..config import ExecTarget, Limits, Route
-from ..interfaces import Link, LinkReceiver, SessionInfo, TargetError
+from wsrouter import __version__
+from wsrouter.config import ExecTarget, Limits, Route
+from wsrouter.interfaces import Link, LinkReceiver, SessionInfo, TargetError
 
 log = Logger(namespace="wsrouter.exec")
 

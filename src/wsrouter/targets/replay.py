@@ -25,9 +25,9 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from zope.interface import implementer
 
-from ..config import ReplayTarget
-from ..interfaces import Link, LinkReceiver, SessionInfo, TargetError
-from ..recording import Event, RecordingFormatError, read_recording
+from wsrouter.config import ReplayTarget
+from wsrouter.interfaces import Link, LinkReceiver, SessionInfo, TargetError
+from wsrouter.recording import Event, RecordingFormatError, read_recording
 
 #: The most overdue messages sent in one go before letting the reactor run
 #: (a fast speed, or many messages recorded at the same instant).

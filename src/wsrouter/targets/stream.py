@@ -24,9 +24,9 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..config import TcpTarget, UnixTarget
-from ..interfaces import Link, LinkReceiver, SessionInfo, TargetError
-from ..writes import write_sequence_through, write_through
+from wsrouter.config import TcpTarget, UnixTarget
+from wsrouter.interfaces import Link, LinkReceiver, SessionInfo, TargetError
+from wsrouter.ws.writes import write_sequence_through, write_through
 
 
 #: Bytes read from a target at once, and queued for it before pausing.

@@ -14,10 +14,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
-from ..children import WrappedProgram
-from ..config import TcpTarget, WrappedTarget
-from ..interfaces import Link, SessionInfo, TargetError
-from .stream import StreamConnector
+from wsrouter.process.wrapped import WrappedProgram
+from wsrouter.config import TcpTarget, WrappedTarget
+from wsrouter.interfaces import Link, SessionInfo, TargetError
+from wsrouter.targets.stream import StreamConnector
 
 #: The shim reports the address when bind() returns, a moment before the
 #: program calls listen(); refused connections are retried this often.

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import BinaryIO
 
-from .recording import (
+from wsrouter.recording import (
     FORMAT_VERSION,
     Event,
     Header,

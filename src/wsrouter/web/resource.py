@@ -16,8 +16,8 @@ from twisted.web.pages import errorPage, notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from .router import Router
-from .routing import path_matches
+from wsrouter.gateway import Router
+from wsrouter.routing import path_matches
 
 
 def is_websocket_upgrade(request: Request) -> bool:

@@ -1,6 +1,6 @@
 """
-One worker process of C{--workers N}: C{python -m wsrouter.worker}, started
-only by L{wsrouter.workers.WorkerSupervisor}, which describes the design.
+One worker process of C{--workers N}: C{python -m wsrouter.service.worker_process}, started
+only by L{wsrouter.service.workers.WorkerSupervisor}, which describes the design.
 
 The worker reads its set-up from the control socket (descriptor 3), adopts
 the listening sockets it inherited, and serves them as a single-process
@@ -29,12 +29,12 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .config import RouterConfig, WrappedTarget
-from .fdlimit import DescriptorGuard, GuardedSite
-from .children import AddressWaiters
-from .service import program_wait_timeout, build_resource
-from .targets.wrapped import WrappedConnector
-from .workers import CONTROL_FD, wrapped_targets
+from wsrouter.config import RouterConfig, WrappedTarget
+from wsrouter.descriptors import DescriptorGuard, GuardedSite
+from wsrouter.process.wrapped import AddressWaiters
+from wsrouter.service.single import program_wait_timeout, build_resource
+from wsrouter.targets.wrapped import WrappedConnector
+from wsrouter.service.workers import CONTROL_FD, wrapped_targets
 
 log = Logger(namespace="wsrouter")
 

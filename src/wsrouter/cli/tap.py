@@ -15,10 +15,10 @@ from typing import Any
 
 from twisted.python import usage
 
-from .config import WRAP_MODES, ConfigError, Route, WrappedTarget, build_config, listener_from_short_form
-from .fdlimit import raise_open_file_limit
-from .service import RouterService, build_service
-from .workers import WorkerSupervisor, build_supervisor
+from wsrouter.config import WRAP_MODES, ConfigError, Route, WrappedTarget, build_config, listener_from_short_form
+from wsrouter.descriptors import raise_open_file_limit
+from wsrouter.service.single import RouterService, build_service
+from wsrouter.service.workers import WorkerSupervisor, build_supervisor
 
 SHORT_FORM = "[HOST:]PORT TARGET_HOST:TARGET_PORT"
 

@@ -49,7 +49,7 @@ from attrs import frozen
 from twisted.logger import Logger
 from twisted.web.server import Site
 
-from .config import EchoTarget, ExecTarget, Route, RouterConfig, Target
+from wsrouter.config import EchoTarget, ExecTarget, Route, RouterConfig, Target
 
 log = Logger(namespace="wsrouter")
 

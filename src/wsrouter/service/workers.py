@@ -67,13 +67,13 @@ from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from .children import ProgramNotFound, WrappedProgram
-from .config import RouterConfig, WrappedTarget
-from .fdlimit import OpenFileLimit
-from .rebind import ShimUnavailable
-from .service import CannotStart, ListenerService, follow_program_port
+from wsrouter.process.wrapped import ProgramNotFound, WrappedProgram
+from wsrouter.config import RouterConfig, WrappedTarget
+from wsrouter.descriptors import OpenFileLimit
+from wsrouter.rebind import ShimUnavailable
+from wsrouter.service.single import CannotStart, ListenerService, follow_program_port
 
-log = Logger(namespace="wsrouter.workers")
+log = Logger(namespace="wsrouter.service.workers")
 
 #: The worker's descriptor for the control socket; listening sockets follow it.
 CONTROL_FD = 3
@@ -212,7 +212,7 @@ class WorkerSupervisor(MultiService):
         super().__init__()
         self.config = config
         self._reactor = reactor
-        self._argv = worker_argv or [sys.executable, "-m", "wsrouter.worker"]
+        self._argv = worker_argv or [sys.executable, "-m", "wsrouter.service.worker_process"]
         self._env = dict(os.environ if environ is None else environ)
         self.listeners: list[ListenerService] = []
         for description in config.listeners:

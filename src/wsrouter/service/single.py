@@ -22,14 +22,14 @@ from twisted.python.failure import Failure
 from twisted.logger import Logger
 from twisted.web.server import Site
 
-from .children import ProgramNotFound, WrappedProgram
-from .config import RouterConfig, WrappedTarget
-from .fdlimit import DescriptorGuard, GuardedSite
-from .rebind import ShimUnavailable
-from .router import Router
-from .static import build_web_root
-from .targets.wrapped import WrappedConnector
-from .web import RouterResource
+from wsrouter.process.wrapped import ProgramNotFound, WrappedProgram
+from wsrouter.config import RouterConfig, WrappedTarget
+from wsrouter.descriptors import DescriptorGuard, GuardedSite
+from wsrouter.rebind import ShimUnavailable
+from wsrouter.gateway import Router
+from wsrouter.web.static import build_web_root
+from wsrouter.targets.wrapped import WrappedConnector
+from wsrouter.web.resource import RouterResource
 
 log = Logger(namespace="wsrouter")
 

@@ -3,7 +3,7 @@ The thin Autobahn adapter: a WebSocket server protocol that hands every
 decision to the router and every byte to its session's bridge.
 
 Autobahn performs the opening handshake and the closing handshake.  In
-between, client frames are parsed by L{wsrouter.frames}, which hands payload
+between, client frames are parsed by L{wsrouter.ws.parser}, which hands payload
 on as it arrives, so a large message is relayed as it comes and never held
 whole.  Messages to the client are framed here directly: server frames are
 unmasked, so a frame is a small header written together with the payload.
@@ -21,16 +21,16 @@ from autobahn.websocket import protocol as autobahn_protocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.interfaces import IPushProducer
 
-from . import __version__
-from .config import Limits
-from .frames import FrameParser
-from .targets.stream import IO_CHUNK
-from .writes import write_sequence_through, write_through
+from wsrouter import __version__
+from wsrouter.config import Limits
+from wsrouter.ws.parser import FrameParser
+from wsrouter.targets.stream import IO_CHUNK
+from wsrouter.ws.writes import write_sequence_through, write_through
 
 if TYPE_CHECKING:
-    from .bridge import Bridge
-    from .keepalive import Keepalive
-    from .router import Router
+    from wsrouter.bridge import Bridge
+    from wsrouter.ws.keepalive import Keepalive
+    from wsrouter.gateway import Router
 
 _OPEN = WebSocketProtocol.STATE_OPEN
 

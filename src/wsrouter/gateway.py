@@ -19,17 +19,17 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .bridge import Bridge, SessionStats
-from .config import DATAGRAM_TARGETS, ExecTarget, RouterConfig
-from .fdlimit import DescriptorGuard, session_cost
-from .framing import make_framer, message_is_binary
-from .closing import DrainWatch, queued_bytes
-from .interfaces import Link, Recorder, SessionInfo, TargetError
-from .keepalive import Keepalive
-from .protocol import RouterFactory, RouterProtocol
-from .recording import open_recorder
-from .routing import Match, NoRoute, select_route
-from .targets import Connectors
+from wsrouter.bridge import Bridge, SessionStats
+from wsrouter.config import DATAGRAM_TARGETS, ExecTarget, RouterConfig
+from wsrouter.descriptors import DescriptorGuard, session_cost
+from wsrouter.framing import make_framer, message_is_binary
+from wsrouter.ws.closing import DrainWatch, queued_bytes
+from wsrouter.interfaces import Link, Recorder, SessionInfo, TargetError
+from wsrouter.ws.keepalive import Keepalive
+from wsrouter.ws.adapter import RouterFactory, RouterProtocol
+from wsrouter.recording import open_recorder
+from wsrouter.routing import Match, NoRoute, select_route
+from wsrouter.targets import Connectors
 
 log = Logger(namespace="wsrouter")
 

@@ -2,7 +2,7 @@
 The router's configuration: frozen data, parsed from plain values.
 
 Everything the router does is decided by one L{RouterConfig}.  The command
-line (L{wsrouter.tap}) and embedding applications build it through
+line (L{wsrouter.cli.tap}) and embedding applications build it through
 L{build_config}, which checks every field and reports all problems at once,
 each with the key path it concerns, instead of stopping at the first.
 
@@ -29,7 +29,7 @@ DEFAULT_MAX_MESSAGE_SIZE = 16 * MiB
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_SHUTDOWN_GRACE = 5.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
-#: Router processes sharing the listeners (L{wsrouter.workers}).
+#: Router processes sharing the listeners (L{wsrouter.service.workers}).
 DEFAULT_WORKERS = 1
 #: Listener kinds whose sockets several worker processes can share.
 SHAREABLE_LISTENERS = ("tcp:", "tcp6:", "unix:")

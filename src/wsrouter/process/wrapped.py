@@ -29,9 +29,9 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .config import WrappedTarget
-from .interfaces import TargetError
-from .rebind import parse_report_line, shim_environment
+from wsrouter.config import WrappedTarget
+from wsrouter.interfaces import TargetError
+from wsrouter.rebind import parse_report_line, shim_environment
 
 log = Logger(namespace="wsrouter.wrap")
 

@@ -1,0 +1,1 @@
+"""The command line: twistd options, subcommands and tools."""

@@ -1,0 +1,1 @@
+"""The web side: the root resource (upgrades and static files) and safe static files."""

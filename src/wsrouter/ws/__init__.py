@@ -1,0 +1,1 @@
+"""The Autobahn adapter and the WebSocket wire: frame parser, writes, keepalive, closing."""
