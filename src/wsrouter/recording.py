@@ -22,7 +22,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeGuard
 
 from attrs import frozen
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -592,7 +592,8 @@ def open_recorder(
 _EventParser = Callable[[str, int, Any], "Event | None"]
 
 
-def _number(value: Any) -> bool:
+def _number(value: Any) -> TypeGuard[int | float]:
+    """A JSON number (JSON's true and false are bools in Python, not numbers here)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

@@ -83,11 +83,11 @@ import shutil
 import signal
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol, cast
 
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IProducer, IPushProducer
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -365,19 +365,21 @@ class _Stdin:
         self._link = link
         self._shim: _PauseOnly | None = None
 
-    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
-        transport = self._link.transport
-        if transport is None or not self._link.stdin_open or self._shim is not None:
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        pipes = self._link.pipes
+        if pipes is None or not self._link.stdin_open or self._shim is not None:
             return
-        self._shim = _PauseOnly(producer)
-        transport.registerProducer(self._shim, True)
+        # The bridge registers the client's transport, a streaming (push) producer.
+        self._shim = _PauseOnly(cast(IPushProducer, producer))
+        pipes.registerProducer(self._shim, True)
 
     def unregisterProducer(self) -> None:
         shim, self._shim = self._shim, None
         if shim is None:
             return
-        if self._link.stdin_open and self._link.transport is not None:
-            self._link.transport.unregisterProducer()
+        pipes = self._link.pipes
+        if self._link.stdin_open and pipes is not None:
+            pipes.unregisterProducer()
         shim.release()
 
     def write(self, data: bytes) -> None:
@@ -409,6 +411,23 @@ class _Stdout:
 
 
 # -- the link -----------------------------------------------------------------------------
+
+
+class _ProcessPipes(Protocol):
+    """
+    What Twisted's process transport offers beyond L{IProcessTransport}: its
+    stdout/stderr readers pause as a producer, its stdin writer takes one.
+    """
+
+    pid: int | None
+
+    def pauseProducing(self) -> None: ...
+
+    def resumeProducing(self) -> None: ...
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None: ...
+
+    def unregisterProducer(self) -> None: ...
 
 
 class ProgramLink(ProcessProtocol):
@@ -457,8 +476,14 @@ class ProgramLink(ProcessProtocol):
         self._kill_call: IDelayedCall | None = None
         self._watch_call: IDelayedCall | None = None
         self.ended: Deferred[None] = Deferred()
-        self.producer: IPushProducer = _Stdout(self)
-        self.consumer: _Stdin = _Stdin(self)
+        self.producer: IPushProducer | None = _Stdout(self)
+        self._stdin = _Stdin(self)
+        self.consumer: IConsumer | None = self._stdin
+
+    @property
+    def pipes(self) -> _ProcessPipes | None:
+        """The process transport, with its pipe controls (see L{_ProcessPipes})."""
+        return cast("_ProcessPipes | None", self.transport)
 
     # -- Link ---------------------------------------------------------------------
 
@@ -516,18 +541,22 @@ class ProgramLink(ProcessProtocol):
         self._update_reading()
 
     def _update_reading(self) -> None:
-        if self.transport is None:
+        pipes = self.pipes
+        if pipes is None:
             return
         if self._reading():
-            self.transport.resumeProducing()
+            pipes.resumeProducing()
         else:
-            self.transport.pauseProducing()
+            pipes.pauseProducing()
 
     # -- ProcessProtocol ----------------------------------------------------------------
 
     def connectionMade(self) -> None:
-        self.pid = self.transport.pid  # type: ignore[union-attr]
-        self.transport.pauseProducing()  # type: ignore[union-attr]
+        pipes = self.pipes
+        if pipes is None:  # makeConnection sets the transport before calling this
+            return
+        self.pid = pipes.pid
+        pipes.pauseProducing()
 
     def outReceived(self, data: bytes) -> None:
         self._activity += 1
@@ -544,7 +573,7 @@ class ProgramLink(ProcessProtocol):
 
     def inConnectionLost(self) -> None:
         self.stdin_open = False
-        self.consumer.lost()
+        self._stdin.lost()
 
     def outConnectionLost(self) -> None:
         self._stdout_open = False
@@ -624,8 +653,9 @@ class ProgramLink(ProcessProtocol):
             self._watch_pipes()
             return
         log.info("{label}: output still held open after the program's group ended; closing it", label=self.label)
-        self.transport.closeStdout()  # type: ignore[union-attr]
-        self.transport.closeStderr()  # type: ignore[union-attr]
+        if self.transport is not None:
+            self.transport.closeStdout()
+            self.transport.closeStderr()
 
     def _cancel(self, name: str) -> None:
         call = getattr(self, name)
