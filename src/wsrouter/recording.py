@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import contextlib
 import errno
 import json
 import os
@@ -144,7 +145,7 @@ class Event:
 
 def format_utc(seconds: float) -> str:
     """C{2026-11-21T07:30:12.123Z}: ISO 8601, UTC, milliseconds."""
-    whole, millis = divmod(int(round(seconds * 1000)), 1000)
+    whole, millis = divmod(round(seconds * 1000), 1000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
 
 
@@ -461,10 +462,8 @@ class _FileRecorder:
         self._timer = None
         fd, self._fd = self._fd, None
         if fd is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
 
 class JsonlRecorder(_FileRecorder):

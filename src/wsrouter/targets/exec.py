@@ -77,6 +77,7 @@ then, and its later messages are discarded.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -175,12 +176,12 @@ def cgi_environment(session: SessionInfo, pass_env: Iterable[str], environ: Mapp
 def header_variables(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
     """C{HTTP_*} variables for request headers; see L{cgi_environment}."""
     variables: dict[str, str] = {}
-    for name, value in headers:
-        name = name.lower()
+    for raw_name, raw_value in headers:
+        name = raw_name.lower()
         if not _HEADER_NAME.fullmatch(name) or name == "proxy":
             continue
         key = "HTTP_" + name.upper().replace("-", "_")
-        value = _clean(value).strip()
+        value = _clean(raw_value).strip()
         variables[key] = f"{variables[key]}, {value}" if key in variables else value
     return variables
 
@@ -254,10 +255,8 @@ def signal_program(pid: int, signum: int, leader_alive: bool) -> bool:
     except PermissionError:  # some member changed its user; the rest were signalled
         pass
     if leader_alive:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
     return group
 
 

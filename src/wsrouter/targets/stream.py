@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-from typing import Any, Protocol as TypingProtocol, cast
+from typing import Any, cast
+from typing import Protocol as TypingProtocol
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred
@@ -20,7 +21,13 @@ from twisted.internet.endpoints import (
     TCP6ClientEndpoint,
     UNIXClientEndpoint,
 )
-from twisted.internet.interfaces import IConsumer, IHalfCloseableProtocol, IPushProducer, IStreamClientEndpoint, ITCPTransport
+from twisted.internet.interfaces import (
+    IConsumer,
+    IHalfCloseableProtocol,
+    IPushProducer,
+    IStreamClientEndpoint,
+    ITCPTransport,
+)
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -28,7 +35,6 @@ from zope.interface import implementer
 from wsrouter.config import TcpTarget, UnixTarget
 from wsrouter.interfaces import Link, LinkReceiver, SessionInfo, TargetError
 from wsrouter.ws.writes import write_sequence_through, write_through
-
 
 #: Bytes read from a target at once, and queued for it before pausing.
 IO_CHUNK = 256 * 1024
