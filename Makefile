@@ -43,9 +43,10 @@ $(SYSTEM_DEPS): tests/setup/system-deps.sh
 	bash tests/setup/system-deps.sh .cache
 	touch $@
 
-# Rules and mypy settings live in pyproject.toml ([tool.ruff.lint], [tool.mypy]).
+# Rules and mypy settings live in pyproject.toml ([tool.ruff.lint], [tool.mypy]);
+# ruff checks every Python file of the project (.venv, build, dist excluded).
 lint: install
-	$(BIN)/ruff check src tests twisted examples bench
+	$(BIN)/ruff check
 
 # mypy --strict over src/ (the files setting), with the zope.interface plugin.
 typecheck: install
