@@ -153,7 +153,7 @@ class Options(usage.Options):
             raw["follow_program_port"] = True
         name = program_name(self["program"])
         raw["programs"] = {name: {"mode": self["wrap"], "command": list(self["program"]), "ports": ports,
-                                  "keep_env": self["wrap-keep-env"]}}
+                                  "keep_env": bool(self["wrap-keep-env"])}}
         raw["routes"].append({"path": "/*", "target": f"program:{name}"})
 
 

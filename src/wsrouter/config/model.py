@@ -319,7 +319,8 @@ class ReplayTarget:
         checks.raise_any()
 
     def describe(self) -> str:
-        return f"replay:{self.path}" + (f"?speed={self.speed!r}" if self.speed != 1.0 else "")
+        speed = repr(self.speed).removesuffix(".0")  # exact, unlike :g
+        return f"replay:{self.path}" + (f"?speed={speed}" if self.speed != 1.0 else "")
 
 
 Target = Union[TcpTarget, UnixTarget, UdpTarget, UnixDatagramTarget, EchoTarget, ExecTarget, WrappedTarget,
@@ -557,14 +558,15 @@ class Recording:
     Session recording, router-wide (see C{docs/recording.md}).
 
     @ivar directory: record every session into this directory; C{None}
-        records only the routes that name a directory of their own.
+        (or L{RECORD_OFF}) records only the routes that name a directory of
+        their own.
     @ivar format: one of L{RECORDING_FORMATS}.
     @ivar max_bytes: stop recording a session before its file would grow
         past this many bytes; C{None}: no limit.
     @ivar redact: request headers (lower case) whose values are not recorded.
     """
 
-    directory: str | None = None
+    directory: str | None = field(default=None, converter=lambda value: None if value == RECORD_OFF else value)
     format: str = "jsonl"
     max_bytes: int | None = None
     redact: tuple[str, ...] = field(default=DEFAULT_RECORD_REDACT, converter=_as_tuple)
@@ -572,8 +574,6 @@ class Recording:
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
         _check_text(checks, "directory", self.directory, "a directory", optional=True)
-        if self.directory == RECORD_OFF:
-            checks.add("directory", f"{RECORD_OFF!r} is for routes; leave the directory out to record nothing")
         _check_choice(checks, "format", self.format, RECORDING_FORMATS)
         _check_positive(checks, "max_bytes", self.max_bytes, integer=True, optional=True)
         _check_strings(checks, "redact", self.redact, "request header name")

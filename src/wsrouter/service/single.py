@@ -2,7 +2,7 @@
 The embedding API: build the router's twisted.web resource or a whole
 service from a L{RouterConfig}.
 
-    config = build_config({"routes": ["/vnc=tcp://127.0.0.1:5900"]})
+    config = build_config({"routes": [{"path": "/vnc", "target": "tcp://127.0.0.1:5900"}]})
     root.putChild(b"ws", build_resource(config, reactor))
 
 The twistd plugin and the C{wsrouter} command are thin layers over
