@@ -57,8 +57,9 @@ def _table(data: Mapping[str, Any], path: list[str], out: list[str]) -> None:
     for key, value in data.items():
         if isinstance(value, Mapping):
             name = [*path, _key(key)]
-            out.append("")
-            out.append(f"[{'.'.join(name)}]")
+            if not value or not all(isinstance(v, Mapping) or _is_table_list(v) for v in value.values()):
+                out.append("")
+                out.append(f"[{'.'.join(name)}]")  # a table of tables only needs its sub-tables' headers
             _table(value, name, out)
     for key, value in data.items():
         if _is_table_list(value):

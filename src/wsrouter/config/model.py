@@ -162,7 +162,8 @@ def _check_port(checks: _Checks, key: str, port: object) -> None:
 
 def _check_argv(checks: _Checks, key: str, argv: object) -> None:
     if not isinstance(argv, tuple) or not argv or not all(isinstance(a, str) for a in argv) or not argv[0]:
-        checks.add(key, f"must be a program and its arguments, not {argv!r}")
+        shown = list(argv) if isinstance(argv, tuple) else argv
+        checks.add(key, f"must be a program and its arguments, not {shown!r}")
 
 
 @frozen

@@ -513,7 +513,9 @@ class _Builder:
             "pass_env": pass_env, "follow_program_port": follow,
             "workers": _number(values.get("workers", 1), True),
         }, "")
-        self._renumber(before, places, some_failed=len(places) < len(values.get("routes") or []))
+        routes_given = values.get("routes") if isinstance(values.get("routes"), list) else []
+        some_failed = len(places) < len(routes_given) or (values.get("web") is not None and web is None)
+        self._renumber(before, places, some_failed)
         return config
 
     def routes(self, raw: Any) -> tuple[list[Route], list[int]]:
@@ -531,7 +533,11 @@ class _Builder:
         return routes, places
 
     def _renumber(self, start: int, places: list[int], some_failed: bool) -> None:
-        """Problems the whole config found speak of the built routes: give them their indices in the data."""
+        """
+        Problems the whole config found speak of the built routes: give them
+        their indices in the data; "nothing to serve" is no news when a route
+        or the web root was refused.
+        """
         def place(match: re.Match[str]) -> str:
             return f"routes[{places[int(match.group(1))]}]"
 
