@@ -20,7 +20,13 @@ class CheckOptions(usage.Options):
                 "filled in and exits 0, or lists every problem as FILE: key.path: problem and exits 1. "
                 "Checks that need the file system (does the web root exist?) are made when the router starts.")
 
-    def parseArgs(self, path: str) -> None:
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        super().parseOptions(options)  # type: ignore[no-untyped-call]
+
+    def parseArgs(self, path: str) -> None:  # type: ignore[override]
         self["path"] = path
 
 

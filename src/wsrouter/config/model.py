@@ -553,6 +553,11 @@ class WebRoot:
         checks.raise_any()
 
 
+def _off_when_off(value: Any) -> Any:
+    """A router-wide recording directory of L{RECORD_OFF} records nothing, as absent does."""
+    return None if value == RECORD_OFF else value
+
+
 @frozen
 class Recording:
     """
@@ -567,7 +572,7 @@ class Recording:
     @ivar redact: request headers (lower case) whose values are not recorded.
     """
 
-    directory: str | None = field(default=None, converter=lambda value: None if value == RECORD_OFF else value)
+    directory: str | None = field(default=None, converter=_off_when_off)
     format: str = "jsonl"
     max_bytes: int | None = None
     redact: tuple[str, ...] = field(default=DEFAULT_RECORD_REDACT, converter=_as_tuple)
@@ -613,7 +618,8 @@ class RouterConfig:
     lifetime: Lifetime = field(factory=Lifetime)
     log: LogSettings = field(factory=LogSettings)
     programs: tuple[WrappedTarget, ...] = field(
-        default=Factory(lambda self: _wrapped_of(self.routes), takes_self=True), converter=_as_tuple)
+        default=Factory(lambda self: _wrapped_of(self.routes), takes_self=True),
+        converter=_as_tuple)
     pass_env: tuple[str, ...] = field(default=(), converter=_as_tuple)
     follow_program_port: bool = False
     workers: int = DEFAULT_WORKERS

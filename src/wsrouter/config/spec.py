@@ -513,8 +513,8 @@ class _Builder:
             "pass_env": pass_env, "follow_program_port": follow,
             "workers": _number(values.get("workers", 1), True),
         }, "")
-        routes_given = values.get("routes") if isinstance(values.get("routes"), list) else []
-        some_failed = len(places) < len(routes_given) or (values.get("web") is not None and web is None)
+        routes_given = values.get("routes")
+        some_failed = len(places) < (len(routes_given) if isinstance(routes_given, list) else 0) or (values.get("web") is not None and web is None)
         self._renumber(before, places, some_failed)
         return config
 
