@@ -56,6 +56,11 @@ BAD_FILES = [
                  ["limits.zzz: unknown key (expected max_message_size, ping_interval, ping_timeout, "
                   "session_idle_timeout, handshake_timeout, connect_timeout, shutdown_grace, max_forks)"],
                  id="unknown-key-no-near-miss"),
+    pytest.param('idle_timeout = 5\nrecord = "r"\n' + ROUTE,
+                 ["idle_timeout: unknown key (did you mean limits.session_idle_timeout?)",
+                  "record: unknown key (did you mean recording.directory?)"], id="flat-keys-of-old"),
+    pytest.param('[limits]\nidle_timeout = 5\n' + ROUTE,
+                 ["limits.idle_timeout: unknown key (did you mean session_idle_timeout?)"], id="renamed-limit"),
     pytest.param('[limit]\nmax_forks = 1\n' + ROUTE, ["limit: unknown key (did you mean limits?)"],
                  id="unknown-table"),
     pytest.param('listen = ["bogus:1"]\n' + ROUTE,
@@ -295,6 +300,8 @@ def test_inline_programs_get_distinct_names() -> None:
 
 CONFIGS = [
     pytest.param({"routes": [{"path": "/", "target": "echo:"}]}, id="minimal"),
+    pytest.param({"routes": [{"path": "/", "target": "echo:"}], "limits": {"ping_interval": 5, "ping_timeout": 0}},
+                 id="ping-without-timeout"),
     pytest.param({"follow_program_port": True, "routes": [route_from_string("/*=wrap:exit:server --port 80")]},
                  id="follow-program-port"),
     pytest.param({"web": {"root": "www"}, "limits": {"ping_interval": 0.1, "ping_timeout": 7},

@@ -61,6 +61,14 @@ _INTEGER_KEYS = ("workers", "max_message_size", "max_forks", "max_bytes")
 _NUMBER_KEYS = ("ping_interval", "ping_timeout", "session_idle_timeout", "handshake_timeout", "connect_timeout",
                 "shutdown_grace", "start_timeout", "idle_exit")
 
+#: Keys of the flat settings of earlier versions, and where they live now.
+MOVED_KEYS = {
+    "idle_timeout": "limits.session_idle_timeout", "follow_wrapped_port": "follow_program_port",
+    "web_listing": "web.listing", "record": "recording.directory", "record_format": "recording.format",
+    "record_max_bytes": "recording.max_bytes", "record_redact": "recording.redact",
+    **{key: f"limits.{key}" for key in LIMITS_KEYS},
+}
+
 #: Options a route string may carry in brackets (the file's keys, with '-').
 ROUTE_OPTIONS = ("framing", "max-forks", "record", "env")
 
@@ -321,7 +329,9 @@ class _Builder:
             return None
         for key in raw:
             if key not in allowed:
-                hint = _did_you_mean(str(key), allowed) or f" (expected {', '.join(allowed)})"
+                moved = MOVED_KEYS.get(str(key)) if not path else None
+                hint = (f" (did you mean {moved}?)" if moved else _did_you_mean(str(key), allowed)
+                        or f" (expected {', '.join(allowed)})")
                 self.add(_key(path, str(key)), "unknown key" + hint)
         return {key: raw[key] for key in allowed if key in raw}
 
@@ -595,6 +605,13 @@ def _fields(obj: Any, names: Sequence[str]) -> dict[str, Any]:
             for name, value in values.items() if value is not None}
 
 
+def _limits_data(limits: Limits) -> dict[str, Any]:
+    data = _fields(limits, LIMITS_KEYS)
+    if limits.ping_timeout is None and limits.ping_interval is not None:
+        data["ping_timeout"] = 0  # off, unlike absent (which means ping_interval)
+    return data
+
+
 def to_data(config: RouterConfig) -> dict[str, Any]:
     """
     The normalised nested schema of C{config}: every setting written out,
@@ -606,7 +623,7 @@ def to_data(config: RouterConfig) -> dict[str, Any]:
         "workers": config.workers,
         "pass_env": list(config.pass_env),
         "follow_program_port": config.follow_program_port,
-        "limits": _fields(config.limits, LIMITS_KEYS),
+        "limits": _limits_data(config.limits),
         "lifetime": _fields(config.lifetime, LIFETIME_KEYS),
         "log": _fields(config.log, LOG_KEYS),
     }
