@@ -20,6 +20,8 @@ import shlex
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import attrs
+
 from wsrouter.config.model import (
     DEFAULT_LISTENER,
     FRAMINGS,
@@ -374,8 +376,8 @@ class _Builder:
         if "root" not in values:
             self.add("web.root", "required: the directory of static files to serve")
             return None
-        made: WebRoot | None = self.make(WebRoot, {"directory": values["root"],
-                                                   "listing": values.get("listing", False)}, "web")
+        fields = {"directory": values["root"], **({"listing": values["listing"]} if "listing" in values else {})}
+        made: WebRoot | None = self.make(WebRoot, fields, "web")
         return made
 
     def recording(self, raw: Any) -> Recording:
@@ -402,12 +404,15 @@ class _Builder:
             except ValueError as e:
                 self.add(f"{path}.command", f"cannot split the command line: {e}")
                 return
-        ports = values.get("ports", "*")
         if missing:
             return
-        made = self.make(WrappedTarget, {"name": name, "mode": values["mode"], "argv": command,
-                                         "ports": str(ports) if isinstance(ports, int) else ports,
-                                         "keep_env": values.get("keep_env", False)}, path)
+        fields = {"name": name, "mode": values["mode"], "argv": command}
+        if "ports" in values:
+            ports = values["ports"]
+            fields["ports"] = str(ports) if isinstance(ports, int) and not isinstance(ports, bool) else ports
+        if "keep_env" in values:
+            fields["keep_env"] = values["keep_env"]
+        made = self.make(WrappedTarget, fields, path)
         if made is not None:
             self.programs[name] = made
 
@@ -496,7 +501,7 @@ class _Builder:
         values = self.table(raw, "", TOP_KEYS)
         if values is None:
             return None
-        follow = values.get("follow_program_port", False)
+        follow = values.get("follow_program_port", attrs.fields(RouterConfig).follow_program_port.default)
         listen: Any = values.get("listen")
         if listen is None:
             listen = [] if follow is True else [DEFAULT_LISTENER]
@@ -517,12 +522,14 @@ class _Builder:
             self.add("programs", f"must be a table of [programs.NAME] tables, not {programs!r}")
         routes, places = self.routes(values.get("routes", []))
         before = len(self.problems)
-        config: RouterConfig | None = self.make(RouterConfig, {
+        fields: dict[str, Any] = {
             "listeners": listeners, "routes": routes, "web": web, "limits": limits, "recording": recording,
             "lifetime": lifetime, "log": log, "programs": (*self.programs.values(), *self.inline),
             "pass_env": pass_env, "follow_program_port": follow,
-            "workers": _number(values.get("workers", 1), True),
-        }, "")
+        }
+        if "workers" in values:
+            fields["workers"] = _number(values["workers"], True)
+        config: RouterConfig | None = self.make(RouterConfig, fields, "")
         routes_given = values.get("routes")
         some_failed = len(places) < (len(routes_given) if isinstance(routes_given, list) else 0) or (values.get("web") is not None and web is None)
         self._renumber(before, places, some_failed)
