@@ -437,3 +437,26 @@ def test_command_line_route_duplicating_file_route(base_file: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(base_file, {"routes": [route_from_string("/c=echo:"), route_from_string("/b=exec:cat")]})
     assert str(caught.value).splitlines() == [f"command line: routes[1]: duplicates routes[1] in {base_file} (/b)"]
+
+
+def test_check_as_a_process(tmp_path: Path) -> None:
+    """Run as its own process, check exits 0 for the example and 1 with the problem list (no traceback) for a bad file."""
+    import subprocess
+    import sys
+
+    from tests.support import child_env
+
+    script = "import sys; from wsrouter.cli.check import main_check; sys.exit(main_check(sys.argv[1:]))"
+    good = subprocess.run([sys.executable, "-c", script, str(EXAMPLE)], capture_output=True, text=True, timeout=60,
+                          env=child_env())
+    assert (good.returncode, good.stderr) == (0, "")
+    assert tomllib.loads(good.stdout)["routes"]
+    path = tmp_path / "bad.toml"
+    path.write_text('listen = ["bogus:1"]\n')
+    bad = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=60,
+                          env=child_env())
+    assert bad.returncode == 1
+    assert bad.stderr.splitlines() == [
+        f"{path}: listen[0]: unknown endpoint type 'bogus' (expected tcp, tcp6, unix, ssl, systemd)",
+        f"{path}: routes: nothing to serve: give at least one route (or a web root)",
+    ]
