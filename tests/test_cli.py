@@ -40,9 +40,9 @@ def test_bad_options_name_each_problem():
     result = run([PYTHON, "-m", "wsrouter", "--route", "/a=nowhere", "--route", "b=echo:",
                   "--max-message-size", "-5"])
     assert result.returncode == 2
-    assert "routes[0]: unknown target 'nowhere'" in result.stderr
-    assert "routes[1]: route path must start with '/'" in result.stderr
-    assert "max_message_size: must be a finite number greater than 0" in result.stderr
+    assert "routes[0].target: unknown target 'nowhere'" in result.stderr
+    assert "routes[1].path: must start with '/'" in result.stderr
+    assert "limits.max_message_size: must be a whole number greater than 0" in result.stderr
     assert "Traceback" not in result.stderr
 
 

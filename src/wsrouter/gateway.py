@@ -234,7 +234,7 @@ class Router:
 
     def touch(self, protocol: RouterProtocol) -> None:
         """Note traffic on a session, for the idle timeout (per message: kept cheap)."""
-        if self.config.limits.idle_timeout is not None and protocol in self._activity:
+        if self.config.limits.session_idle_timeout is not None and protocol in self._activity:
             self._activity[protocol] = self._reactor.seconds()
 
     def closed(self, protocol: RouterProtocol, code: int | None, reason: str) -> None:
@@ -294,7 +294,7 @@ class Router:
     # -- idle timeout ----------------------------------------------------------------
 
     def _schedule_idle_check(self, protocol: RouterProtocol) -> None:
-        idle = self.config.limits.idle_timeout
+        idle = self.config.limits.session_idle_timeout
         if idle is None or protocol not in self._activity:
             return
         due = self._activity[protocol] + idle - self._reactor.seconds()
@@ -304,7 +304,7 @@ class Router:
         last = self._activity.get(protocol)
         if last is None or protocol.bridge is None:
             return
-        if self._reactor.seconds() - last >= self.config.limits.idle_timeout:  # type: ignore[operator]
+        if self._reactor.seconds() - last >= self.config.limits.session_idle_timeout:  # type: ignore[operator]
             protocol.bridge.idle_timeout()
         else:
             self._schedule_idle_check(protocol)

@@ -15,7 +15,8 @@ from typing import Any
 
 from twisted.python import usage
 
-from wsrouter.config import WRAP_MODES, ConfigError, Route, WrappedTarget, build_config, listener_from_short_form
+from wsrouter.config import WRAP_MODES, ConfigError, build_config, listener_from_short_form, route_from_string
+from wsrouter.config.spec import program_name
 from wsrouter.descriptors import raise_open_file_limit
 from wsrouter.service.single import RouterService, build_service
 from wsrouter.service.workers import WorkerSupervisor, build_supervisor
@@ -101,25 +102,31 @@ class Options(usage.Options):
         self["short_form"] = args
 
     def postOptions(self) -> None:
-        raw: dict[str, Any] = {
-            "listen": list(self["listen"]),
-            "routes": list(self["routes"]),
-            "web": self["web"],
-            "web_listing": self["web-listing"],
-            "pass_env": list(self["pass_env"]),
-        }
-        for option in ("max-message-size", "ping", "ping-timeout", "idle-timeout",
-                       "handshake-timeout", "connect-timeout", "shutdown-grace", "max-forks",
-                       "record", "record-format", "record-max-bytes", "workers"):
-            if self[option] is not None:
-                key = "ping_interval" if option == "ping" else option.replace("-", "_")
-                raw[key] = self[option]
+        raw: dict[str, Any] = {"listen": list(self["listen"]), "routes": [], "pass_env": list(self["pass_env"])}
+        if self["web"] is not None:
+            raw["web"] = {"root": self["web"], "listing": self["web-listing"]}
+        limits = {"max-message-size": "max_message_size", "ping": "ping_interval", "ping-timeout": "ping_timeout",
+                  "idle-timeout": "session_idle_timeout", "handshake-timeout": "handshake_timeout",
+                  "connect-timeout": "connect_timeout", "shutdown-grace": "shutdown_grace", "max-forks": "max_forks"}
+        recording = {"record": "directory", "record-format": "format", "record-max-bytes": "max_bytes"}
+        for table, names in (("limits", limits), ("recording", recording)):
+            values = {key: self[option] for option, key in names.items() if self[option] is not None}
+            if values:
+                raw[table] = values
+        if self["workers"] is not None:
+            raw["workers"] = self["workers"]
+        try:
+            raw["routes"] = [route_from_string(route) for route in self["routes"]]
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from e
         if self["program"] or self["wrap"]:
             self._add_wrapped_program(raw)
         elif self.get("short_form"):
             listen, target = self["short_form"]
             raw["listen"].append(self._short_listener(listen))
-            raw["routes"].append(f"/*={target}")
+            raw["routes"].append({"path": "/*", "target": target})
+        if not raw["listen"] and not raw.get("follow_program_port"):
+            del raw["listen"]
         try:
             self["config"] = build_config(raw, source="command line")
         except ConfigError as e:
@@ -143,9 +150,11 @@ class Options(usage.Options):
             raw["listen"].append(self._short_listener(listen))
             ports = listen.rsplit(":", 1)[-1]
         elif not raw["listen"]:
-            raw["follow_wrapped_port"] = True
-        target = WrappedTarget(self["wrap"], tuple(self["program"]), ports=ports, keep_env=self["wrap-keep-env"])
-        raw["routes"].append(Route(path="/", prefix=True, target=target))
+            raw["follow_program_port"] = True
+        name = program_name(self["program"])
+        raw["programs"] = {name: {"mode": self["wrap"], "command": list(self["program"]), "ports": ports,
+                                  "keep_env": bool(self["wrap-keep-env"])}}
+        raw["routes"].append({"path": "/*", "target": f"program:{name}"})
 
 
 def makeService(options: Options) -> RouterService | WorkerSupervisor:
