@@ -62,6 +62,15 @@ class Router:
         #: Put before every session id (a worker's number), so the ids and
         #: recording names of several processes never collide.
         self.session_prefix = ""
+        #: Told C{session_opened(session)} / C{session_closed(session)}; see L{observe}.
+        self._observers: list[Any] = []
+
+    def observe(self, observer: Any) -> None:
+        """
+        Tell C{observer} when a session opens and when it has finished:
+        C{observer.session_opened(session)}, C{observer.session_closed(session)}.
+        """
+        self._observers.append(observer)
 
     # -- handshake -----------------------------------------------------------------
 
@@ -202,6 +211,8 @@ class Router:
         self._schedule_idle_check(protocol)
         self._start_keepalive(protocol)
         bridge.start()
+        for observer in list(self._observers):
+            observer.session_opened(session)
 
     def _start_keepalive(self, protocol: RouterProtocol) -> None:
         limits = self.config.limits
@@ -290,6 +301,9 @@ class Router:
             up=stats.bytes_from_client, down=stats.bytes_to_client, duration=stats.duration(),
             code=stats.close_code, reason=stats.close_reason, by=stats.closed_by or "client",
         )
+        if finishing is not None:  # it had opened
+            for observer in list(self._observers):
+                observer.session_closed(session)
 
     # -- idle timeout ----------------------------------------------------------------
 

@@ -1,0 +1,136 @@
+"""
+Hot reload from the outside: SIGHUP makes the running router re-read its
+config file and command line; C{wsrouter reload} finds the router and
+sends it that signal.
+
+Finding the router: C{wsrouter [serve]} writes its pid to
+L{pidfile_path}(its C{--config} file), in C{$XDG_RUNTIME_DIR} or else
+C{/tmp/wsrouter-UID/}; under twistd, give twistd's C{--pidfile} to
+C{wsrouter reload --pidfile FILE}, or C{--pid PID}.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from twisted.logger import Logger
+from twisted.python import usage
+
+from wsrouter.config import ConfigError, RouterConfig
+
+log = Logger(namespace="wsrouter")
+
+
+class Reloadable(Protocol):
+    def reload(self, config: RouterConfig) -> Any: ...
+
+
+def pidfile_path(config_path: str | None, environ: dict[str, str] | None = None) -> str:
+    """Where C{wsrouter serve --config CONFIG_PATH} keeps its pid: one file per config file."""
+    env = dict(os.environ) if environ is None else environ
+    runtime = env.get("XDG_RUNTIME_DIR") or f"/tmp/wsrouter-{os.getuid()}"
+    key = os.path.abspath(config_path) if config_path else "(no config file)"
+    digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return os.path.join(runtime, f"wsrouter-{digest}.pid")
+
+
+def write_pidfile(path: str) -> None:
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    with open(path, "w") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+def remove_pidfile(path: str) -> None:
+    try:
+        with open(path) as f:
+            mine = f.read().strip() == str(os.getpid())
+        if mine:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+class Reloader:
+    """
+    Rebuilds the config (file and original command line, then start-up
+    checks) and hands it to the service; a config that fails is refused
+    with one log line naming every problem, and the running one stays.
+    """
+
+    def __init__(self, service: Reloadable, rebuild: Callable[[], RouterConfig]):
+        self._service = service
+        self._rebuild = rebuild
+
+    def reload(self) -> bool:
+        """@return: whether the new config was handed to the service."""
+        try:
+            config = self._rebuild()
+        except ConfigError as e:
+            log.error("reload refused, keeping the running config: {problems}",
+                      problems="; ".join(str(e).splitlines()))
+            return False
+        log.info("reloading the config")
+        self._service.reload(config)
+        return True
+
+    def install(self, reactor: Any) -> None:
+        """Reload on SIGHUP (in the reactor thread, not in the signal handler)."""
+        signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(self.reload))
+
+
+class ReloadOptions(usage.Options):
+    synopsis = "[--config FILE | --pidfile FILE | --pid PID]"
+    longdesc = ("Tell the running router to re-read its config file and command line (SIGHUP). "
+                "Without options, finds the router started without --config.")
+    optParameters = [
+        ["config", "c", None, "The router started with this --config FILE."],
+        ["pidfile", None, None, "The pid file of the router (twistd's --pidfile)."],
+        ["pid", None, None, "The router's process id."],
+    ]
+
+    def postOptions(self) -> None:
+        given = [name for name in ("config", "pidfile", "pid") if self[name] is not None]
+        if len(given) > 1:
+            raise usage.UsageError(f"give one of --config, --pidfile, --pid, not {' and '.join(given)}")
+
+
+def find_pid(options: ReloadOptions) -> int:
+    """@raise LookupError: saying where it looked."""
+    if options["pid"] is not None:
+        if not str(options["pid"]).isdigit():
+            raise LookupError(f"--pid must be a process id, not {options['pid']!r}")
+        return int(options["pid"])
+    path = options["pidfile"] or pidfile_path(options["config"])
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError as e:
+        raise LookupError(f"no running router found: cannot read {path} ({e.strerror})") from None
+    if not text.isdigit():
+        raise LookupError(f"{path} does not hold a process id")
+    return int(text)
+
+
+def main_reload(argv: list[str]) -> int:
+    options = ReloadOptions()
+    try:
+        options.parseOptions(argv)
+        pid = find_pid(options)
+    except (usage.UsageError, LookupError) as e:
+        print(f"wsrouter reload: {e}", file=sys.stderr)
+        return 2
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        print(f"wsrouter reload: no process {pid} (a stale pid file?)", file=sys.stderr)
+        return 1
+    except PermissionError:
+        print(f"wsrouter reload: not allowed to signal process {pid}", file=sys.stderr)
+        return 1
+    print(f"sent SIGHUP to the router (pid {pid}); its log says whether the new config was taken")
+    return 0
