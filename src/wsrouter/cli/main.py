@@ -8,7 +8,6 @@ websockify's C{wsrouter 8080 host:5900} keeps working.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from typing import Any

@@ -74,8 +74,12 @@ class Reloader:
             log.error("reload refused, keeping the running config: {problems}",
                       problems="; ".join(str(e).splitlines()))
             return False
+        reload = getattr(self._service, "reload", None)
+        if reload is None:
+            log.error("reload: this build of the router cannot apply a new config yet; keeping the running one")
+            return False
         log.info("reloading the config")
-        self._service.reload(config)
+        reload(config)
         return True
 
     def install(self, reactor: Any) -> None:

@@ -190,6 +190,10 @@ class Options(usage.Options):
             self["config"] = load(self["config-file"], self["raw"])
         except ConfigError as e:
             raise usage.UsageError(str(e)) from e
+        self["lifetime"] = lifetime_settings(self)
+        if any(self["lifetime"]) and self["config"].workers > 1:
+            raise usage.UsageError("--run-once, --timeout and --idle-timeout work with one router process; "
+                                   "drop --workers")
 
 
 class ServeOptions(Options):
@@ -252,16 +256,24 @@ def rebuild_config(options: Options) -> RouterConfig:
     return config
 
 
-def lifetime_of(options: Options) -> LifetimeService | None:
-    """The --run-once/--timeout/--idle-timeout rules (C{None} if none is on)."""
+def lifetime_settings(options: Options) -> tuple[bool, float | None, float | None]:
+    """
+    (run_once, start_timeout, idle_exit) from the config, or until the
+    nested loader lands, from the command line.
+
+    @raise usage.UsageError: for a value that is not a positive number of seconds.
+    """
     settings = getattr(options["config"], "lifetime", None)
     if settings is not None:
-        run_once, start_timeout, idle_exit = settings.run_once, settings.start_timeout, settings.idle_exit
-    else:  # until the nested loader lands: straight from the command line
-        table = options["raw"].get("lifetime", {})
-        run_once = bool(table.get("run_once"))
-        start_timeout = _seconds(table, "start_timeout", "--timeout")
-        idle_exit = _seconds(table, "idle_exit", "--idle-timeout")
+        return bool(settings.run_once), settings.start_timeout or None, settings.idle_exit or None
+    table = options["raw"].get("lifetime", {})
+    return (bool(table.get("run_once")), _seconds(table, "start_timeout", "--timeout"),
+            _seconds(table, "idle_exit", "--idle-timeout"))
+
+
+def lifetime_of(options: Options) -> LifetimeService | None:
+    """The --run-once/--timeout/--idle-timeout rules (C{None} if none is on)."""
+    run_once, start_timeout, idle_exit = options["lifetime"]
     if not (run_once or start_timeout or idle_exit):
         return None
     from twisted.internet import reactor
@@ -304,10 +316,6 @@ def makeService(options: Options) -> RouterService | WorkerSupervisor:
     service: RouterService | WorkerSupervisor
     lifetime = lifetime_of(options)
     if options["config"].workers > 1:
-        if lifetime is not None:
-            print("wsrouter: --run-once, --timeout and --idle-timeout work with one router process; "
-                  "drop --workers", file=sys.stderr)
-            raise SystemExit(2)
         service = build_supervisor(options["config"], reactor)
         service.raised = raised
     else:
