@@ -15,11 +15,13 @@ import time
 import urllib.request
 
 import pytest
+from twisted.internet.task import Clock
 from twisted.python import usage
 
 from wsrouter.cli.lower import LoweringError, nested_to_flat, options_to_raw
 from wsrouter.cli.tap import NOT_YET, ServeOptions
 from wsrouter.config import build_config
+from wsrouter.lifetime import LifetimeService
 
 from .rawws import upgrade
 from .support import PYTHON, REPO, RouterProcess, child_env, connect, free_port
@@ -104,6 +106,100 @@ def test_wrap_and_wrap_mode_conflict():
     """--wrap-mode is --wrap's websockify name; two different modes are an error."""
     with pytest.raises(usage.UsageError, match="same option"):
         parsed("--wrap", "exit", "--wrap-mode", "respawn", "--", "srv")
+
+
+# -- lifetime rules on a fake clock ------------------------------------------------------
+
+
+class FakeGateway:
+    def __init__(self) -> None:
+        self.observers: list[object] = []
+
+    def observe(self, observer: object) -> None:
+        self.observers.append(observer)
+
+
+def lifetime(**rules: object) -> tuple[LifetimeService, Clock, list[str]]:
+    clock = Clock()
+    stops: list[str] = []
+    service = LifetimeService(clock, stops.append, **rules)  # type: ignore[arg-type]
+    gateway = FakeGateway()
+    service.watch(gateway)
+    assert gateway.observers == [service]
+    service.startService()
+    return service, clock, stops
+
+
+def test_run_once_stops_when_the_first_session_ends():
+    """run_once stops at the first session's end, not at its start, and only once."""
+    service, clock, stops = lifetime(run_once=True)
+    service.session_opened("a")
+    service.session_opened("b")
+    assert stops == []
+    service.session_closed("a")
+    service.session_closed("b")
+    assert len(stops) == 1 and "--run-once" in stops[0]
+
+
+def test_start_timeout_stops_without_a_client():
+    """start_timeout stops the router when no session opened in time."""
+    service, clock, stops = lifetime(start_timeout=5)
+    clock.advance(4.9)
+    assert stops == []
+    clock.advance(0.2)
+    assert stops == ["--timeout: no client connected within 5 s"]
+
+
+def test_start_timeout_is_cancelled_by_a_client():
+    """A session opened in time cancels start_timeout for good, even after it ends."""
+    service, clock, stops = lifetime(start_timeout=5)
+    clock.advance(1)
+    service.session_opened("a")
+    service.session_closed("a")
+    clock.advance(100)
+    assert stops == [] and clock.getDelayedCalls() == []
+
+
+def test_idle_exit_counts_from_the_last_session():
+    """idle_exit runs only while no session is open, restarting when the last one ends."""
+    service, clock, stops = lifetime(idle_exit=3)
+    clock.advance(2)
+    service.session_opened("a")
+    clock.advance(10)
+    assert stops == []
+    service.session_closed("a")
+    clock.advance(2.9)
+    assert stops == []
+    clock.advance(0.2)
+    assert stops == ["--idle-timeout: no session open for 3 s"]
+
+
+def test_idle_exit_from_start():
+    """With no session at all, idle_exit counts from start-up."""
+    service, clock, stops = lifetime(idle_exit=2)
+    clock.advance(2.1)
+    assert len(stops) == 1
+
+
+def test_stopping_the_service_cancels_timers():
+    """stopService leaves no timer behind."""
+    service, clock, stops = lifetime(idle_exit=2, start_timeout=1)
+    service.stopService()
+    assert clock.getDelayedCalls() == []
+    clock.advance(10)
+    assert stops == []
+
+
+def test_lifetime_values_must_be_seconds():
+    """--timeout and --idle-timeout must be positive numbers, said as options."""
+    with pytest.raises(usage.UsageError, match="--idle-timeout must be a number of seconds"):
+        parsed("--idle-timeout", "soon", "--route", "/=echo:")
+
+
+def test_lifetime_refused_with_workers():
+    """Lifetime rules need one router process; with --workers they are refused, not ignored."""
+    with pytest.raises(usage.UsageError, match="drop --workers"):
+        parsed("--run-once", "--workers", "2", "--route", "/=echo:")
 
 
 # -- errors instead of something else ---------------------------------------------------
