@@ -54,7 +54,9 @@ def _reload_options() -> usage.Options:
 
 
 class MainOptions(usage.Options):
-    synopsis = "wsrouter [serve] [options] | check FILE | reload | replay FILE | record-convert IN OUT"
+    synopsis = "Usage: wsrouter"
+    longdesc = ("wsrouter [serve] [options] | check FILE | reload | replay FILE | record-convert IN OUT. "
+                "Without a command, the arguments are serve's (wsrouter serve --help lists them).")
     subCommands = [
         ["serve", None, _serve_options, "Run the router (the default command)."],
         ["check", None, CheckOptions, "Validate a config file."],
