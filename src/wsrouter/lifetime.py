@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.application.service import Service
-from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 log = Logger(namespace="wsrouter")
@@ -26,7 +25,7 @@ class Observable(Protocol):
 
 
 class Clock(Protocol):
-    def callLater(self, delay: float, f: Callable[..., Any], *args: Any, **kw: Any) -> IDelayedCall: ...
+    def callLater(self, delay: float, f: Callable[..., Any], /, *args: Any, **kw: Any) -> Any: ...
 
 
 class LifetimeService(Service):
@@ -51,8 +50,9 @@ class LifetimeService(Service):
         self.open_sessions = 0
         self._any_session = False
         self._stopped = False
-        self._start_timer: IDelayedCall | None = None
-        self._idle_timer: IDelayedCall | None = None
+        # IDelayedCall, typed Any: zope interfaces are not mypy types.
+        self._start_timer: Any = None
+        self._idle_timer: Any = None
 
     @property
     def active(self) -> bool:
@@ -63,13 +63,13 @@ class LifetimeService(Service):
         gateway.observe(self)
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         if self.start_timeout:
             self._start_timer = self._clock.callLater(self.start_timeout, self._no_client)
         self._arm_idle()
 
     def stopService(self) -> None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         self._cancel_idle()
         if self._start_timer is not None and self._start_timer.active():
             self._start_timer.cancel()

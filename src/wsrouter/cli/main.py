@@ -50,7 +50,7 @@ def _serve_options() -> usage.Options:
 def _reload_options() -> usage.Options:
     from wsrouter.cli.reload import ReloadOptions
 
-    return ReloadOptions()
+    return ReloadOptions()  # type: ignore[no-untyped-call]
 
 
 class MainOptions(usage.Options):
@@ -75,7 +75,7 @@ class MainOptions(usage.Options):
             raise usage.UsageError("give a command")
 
 
-COMMANDS = {name for name, *_ in MainOptions.subCommands}
+COMMANDS = ("serve", "check", "reload", "replay", "record-convert")
 
 
 def with_command(argv: list[str]) -> list[str]:
@@ -91,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     if command in ("check", "replay", "record-convert"):
         # Their own parsers do help and errors.
         return _TOOLS[command](args[1:])
-    options = MainOptions()
+    options = MainOptions()  # type: ignore[no-untyped-call]
     try:
-        options.parseOptions(args)
+        options.parseOptions(args)  # type: ignore[no-untyped-call]
     except usage.UsageError as e:
         print(f"wsrouter{' ' + command if command else ''}: {e}\n{USAGE_HINT}", file=sys.stderr)
         return 2
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check(argv: list[str]) -> int:
-    from wsrouter.cli.check import main_check  # type: ignore[import-not-found,unused-ignore]
+    from wsrouter.cli.check import main_check  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
     status: int = main_check(argv)
     return status
@@ -137,16 +137,14 @@ def start_logging(options: Any) -> None:
     level = settings.level if settings is not None else table.get("level", "info")
     stream = open(path, "a", buffering=1) if path else sys.stderr
     predicate = LogLevelFilterPredicate(LogLevel.debug if level == "debug" else LogLevel.info)
-    observer = FilteringLogObserver(textFileLogObserver(stream), [predicate])
+    observer: Any = FilteringLogObserver(textFileLogObserver(stream), [predicate])  # type: ignore[arg-type,list-item]
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
 def serve(options: Any) -> int:
     """Run the router until SIGINT/SIGTERM (or a lifetime rule); returns the exit status."""
-    from twisted.internet import reactor
-
     from wsrouter.cli.reload import pidfile_path, remove_pidfile, write_pidfile
-    from wsrouter.cli.tap import makeService
+    from wsrouter.cli.tap import global_reactor, makeService
     from wsrouter.service.single import CannotStart
 
     try:
@@ -169,6 +167,7 @@ def serve(options: Any) -> int:
     except OSError as e:
         print(f"wsrouter: cannot write the pid file {pidfile} ({e.strerror}); wsrouter reload will not find "
               "this router", file=sys.stderr)
+    reactor = global_reactor()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     try:
         reactor.run()

@@ -121,9 +121,9 @@ def find_pid(options: ReloadOptions) -> int:
 
 
 def main_reload(argv: list[str]) -> int:
-    options = ReloadOptions()
+    options = ReloadOptions()  # type: ignore[no-untyped-call]
     try:
-        options.parseOptions(argv)
+        options.parseOptions(argv)  # type: ignore[no-untyped-call]
         pid = find_pid(options)
     except (usage.UsageError, LookupError) as e:
         print(f"wsrouter reload: {e}", file=sys.stderr)

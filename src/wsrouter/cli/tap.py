@@ -131,7 +131,7 @@ class Options(usage.Options):
     ]
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self["listen"] = []
         self["routes"] = []
         self["pass_env"] = []
@@ -148,7 +148,7 @@ class Options(usage.Options):
             split = options.index("--")
             options, self["program"] = options[:split], options[split + 1:]
         _refuse_unsupported(options)
-        super().parseOptions(options)
+        super().parseOptions(options)  # type: ignore[no-untyped-call]
 
     def opt_pass_env(self, name: str) -> None:
         """Pass this variable of the router's environment to exec: programs (repeatable)."""
@@ -239,6 +239,13 @@ def load(path: str | None, raw: dict[str, Any]) -> RouterConfig:
     return build_config(nested_to_flat(raw), source="command line")
 
 
+def global_reactor() -> Any:
+    """The global reactor, typed Any (its zope interfaces are not mypy types)."""
+    from twisted.internet import reactor
+
+    return reactor
+
+
 def rebuild_config(options: Options) -> RouterConfig:
     """
     The config again from the original command line (and its --config
@@ -276,7 +283,7 @@ def lifetime_of(options: Options) -> LifetimeService | None:
     run_once, start_timeout, idle_exit = options["lifetime"]
     if not (run_once or start_timeout or idle_exit):
         return None
-    from twisted.internet import reactor
+    reactor = global_reactor()
 
     def stop(reason: str) -> None:
         if reactor.running:
@@ -305,8 +312,7 @@ def makeService(options: Options) -> RouterService | WorkerSupervisor:
     service (with C{--workers} above 1, their supervisor); an exit-mode
     program's exit stops the reactor with its status.  SIGHUP reloads.
     """
-    from twisted.internet import reactor
-
+    reactor = global_reactor()
     try:
         check_or_raise(options["config"])
     except ConfigError as e:
@@ -323,7 +329,7 @@ def makeService(options: Options) -> RouterService | WorkerSupervisor:
         service.descriptors.raised = raised
         if lifetime is not None:
             lifetime.watch(service.router)
-            lifetime.setServiceParent(service)
+            lifetime.setServiceParent(service)  # type: ignore[no-untyped-call]
 
     def program_exited(status: int) -> None:
         # twistd has no exit status of its own to set: exit with the
