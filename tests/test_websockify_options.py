@@ -345,6 +345,39 @@ def test_log_file_and_verbose(tmp_path):
     assert "listening on" not in proc.log()
 
 
+def test_traffic_logs_each_message(tmp_path):
+    """`--traffic` logs one line per message relayed, each way, with its size."""
+    port = free_port()
+    proc = RouterProcess(["--traffic", "--listen", f"tcp:{port}:interface=127.0.0.1", "--route", "/=echo:"],
+                         port, tmp_path / "router.log")
+    try:
+        with connect(f"ws://127.0.0.1:{port}/") as ws:
+            ws.send(b"12345")
+            assert ws.recv(timeout=10) == b"12345"
+            ws.send("abc")
+            assert ws.recv(timeout=10) == b"abc"  # echo: answers in binary
+    finally:
+        proc.stop()
+    log = proc.log()
+    assert "traffic: client -> target 5 bytes (binary)" in log
+    assert "traffic: target -> client 5 bytes (binary)" in log
+    assert "traffic: client -> target 3 bytes (text)" in log
+
+
+def test_without_traffic_no_message_lines(tmp_path):
+    """Without --traffic (or --verbose) no per-message line is logged."""
+    port = free_port()
+    proc = RouterProcess(["--listen", f"tcp:{port}:interface=127.0.0.1", "--route", "/=echo:"],
+                         port, tmp_path / "router.log")
+    try:
+        with connect(f"ws://127.0.0.1:{port}/") as ws:
+            ws.send(b"12345")
+            assert ws.recv(timeout=10) == b"12345"
+    finally:
+        proc.stop()
+    assert "session" in proc.log() and "traffic:" not in proc.log()
+
+
 def test_web_serves_the_directory(tmp_path):
     """`--web DIR` serves static files beside the routes."""
     (tmp_path / "index.html").write_text("hello web")

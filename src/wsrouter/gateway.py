@@ -28,6 +28,7 @@ from wsrouter.interfaces import Link, Recorder, SessionInfo, TargetError
 from wsrouter.ws.keepalive import Keepalive
 from wsrouter.ws.adapter import RouterFactory, RouterProtocol
 from wsrouter.recording import open_recorder
+from wsrouter.traffic import with_traffic_log
 from wsrouter.routing import Match, NoRoute, select_route
 from wsrouter.targets import Connectors
 
@@ -64,6 +65,8 @@ class Router:
         self.session_prefix = ""
         #: Told C{session_opened(session)} / C{session_closed(session)}; see L{observe}.
         self._observers: list[Any] = []
+        #: websockify's --traffic: one debug log line per message relayed.
+        self.traffic = False
 
     def observe(self, observer: Any) -> None:
         """
@@ -142,6 +145,8 @@ class Router:
             def binary_for(payload: bytes) -> bool:
                 return message_is_binary(kind, payload)
         recorder = self._open_recorder(session)
+        if self.traffic:
+            recorder = with_traffic_log(recorder, session.session_id)
         if recorder is not None:
             self._recorders[protocol] = recorder
         protocol.bridge = Bridge(

@@ -194,6 +194,8 @@ class Options(usage.Options):
         if any(self["lifetime"]) and self["config"].workers > 1:
             raise usage.UsageError("--run-once, --timeout and --idle-timeout work with one router process; "
                                    "drop --workers")
+        if self["traffic"] and self["config"].workers > 1:
+            raise usage.UsageError("--traffic logs one router process's messages; drop --workers to use it")
 
 
 class ServeOptions(Options):
@@ -278,6 +280,14 @@ def lifetime_settings(options: Options) -> tuple[bool, float | None, float | Non
             _seconds(table, "idle_exit", "--idle-timeout"))
 
 
+def traffic_of(options: Options) -> bool:
+    """Whether --traffic (log.traffic) is on."""
+    settings = getattr(options["config"], "log", None)
+    if settings is not None:
+        return bool(settings.traffic)
+    return bool(options["raw"].get("log", {}).get("traffic"))
+
+
 def lifetime_of(options: Options) -> LifetimeService | None:
     """The --run-once/--timeout/--idle-timeout rules (C{None} if none is on)."""
     run_once, start_timeout, idle_exit = options["lifetime"]
@@ -327,6 +337,7 @@ def makeService(options: Options) -> RouterService | WorkerSupervisor:
     else:
         service = build_service(options["config"], reactor)
         service.descriptors.raised = raised
+        service.router.traffic = traffic_of(options)
         if lifetime is not None:
             lifetime.watch(service.router)
             lifetime.setServiceParent(service)  # type: ignore[no-untyped-call]
