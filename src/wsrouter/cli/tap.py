@@ -19,7 +19,7 @@ import wsrouter.config as config_package
 from wsrouter import __version__
 from wsrouter.cli.lower import LoweringError, nested_to_flat, options_to_raw
 from wsrouter.config import ConfigError, RouterConfig, build_config
-from wsrouter.cli.reload import Reloader
+from wsrouter.cli.reload import Reloader, outcome_path
 from wsrouter.descriptors import raise_open_file_limit
 from wsrouter.lifetime import LifetimeService
 from wsrouter.preflight import check_or_raise
@@ -259,6 +259,8 @@ def rebuild_config(options: Options) -> RouterConfig:
     try:
         fresh.parseOptions(list(options["argv"]))
     except usage.UsageError as e:
+        if isinstance(e.__cause__, ConfigError):
+            raise e.__cause__ from None
         raise ConfigError([("command line", str(e))], "reload") from None
     config: RouterConfig = fresh["config"]
     check_or_raise(config)
@@ -350,5 +352,6 @@ def makeService(options: Options) -> RouterService | WorkerSupervisor:
             reactor.stop()
 
     service.on_program_exit = program_exited
-    Reloader(service, lambda: rebuild_config(options)).install(reactor)  # type: ignore[arg-type]
+    Reloader(service, lambda: rebuild_config(options),  # type: ignore[arg-type]
+             outcome=lambda: outcome_path(os.getpid())).install(reactor)
     return service
