@@ -153,3 +153,29 @@ def test_wsrouter_reload_signals_the_running_router(tmp_path):
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)
     assert not list(runtime.glob("wsrouter-*.pid"))
+
+
+def test_reload_finds_twistd_by_its_pidfile(tmp_path):
+    """Under `twistd --pidfile FILE wsrouter`, `wsrouter reload --pidfile FILE` reaches the router and prints its answer."""
+    from pathlib import Path
+
+    web = tmp_path / "web"
+    web.mkdir()
+    port = free_port()
+    pidfile = tmp_path / "twistd.pid"
+    env = child_env(XDG_RUNTIME_DIR=str(tmp_path / "runtime"))
+    twistd = str(Path(PYTHON).parent / "twistd")
+    with open(tmp_path / "router.log", "wb") as log:
+        proc = subprocess.Popen([twistd, "--nodaemon", f"--pidfile={pidfile}", "wsrouter", "--web", str(web),
+                                 "--listen", f"tcp:{port}:interface=127.0.0.1", "--route", "/ws=echo:"],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    try:
+        wait_for_port(port)
+        web.rmdir()
+        result = subprocess.run([PYTHON, "-m", "wsrouter", "reload", "--pidfile", str(pidfile)],
+                                capture_output=True, text=True, env=env, cwd=REPO, timeout=30)
+        assert result.returncode == 1, result.stderr
+        assert f"router (pid {proc.pid}): reload refused" in result.stdout and "web.root" in result.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
