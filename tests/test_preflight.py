@@ -110,3 +110,13 @@ def test_commands_report_problems_without_traceback(tmp_path, command):
     assert "web.root:" in result.stderr
     assert "routes[0].target: program 'no-such-program-xyz' not found" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_unwritable_directory_as_any_user(tmp_path, monkeypatch):
+    """Without write permission (as the access check reports it), existing and new directories are problems."""
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    existing = tmp_path / "rec"
+    existing.mkdir()
+    assert directory_problem(str(existing)) == f"directory {str(existing)!r} is not writable"
+    assert directory_problem(str(tmp_path / "new" / "deeper")) == (
+        f"cannot create {str(tmp_path / 'new' / 'deeper')!r}: {str(tmp_path)!r} is not writable")

@@ -102,6 +102,44 @@ def test_adapter_builds_the_same_config_as_before():
     assert route.target.argv == ("srv", "-p") and route.target.ports == "2023" and route.prefix
 
 
+def test_config_file_goes_through_the_nested_loader(monkeypatch):
+    """With the nested loader present, --config FILE and the lowered command line go to load_config(path, raw)."""
+    import wsrouter.config as config_package
+
+    calls = []
+
+    def load_config(path, raw):
+        calls.append((path, raw))
+        return build_config({"routes": ["/=echo:"]})
+
+    monkeypatch.setattr(config_package, "load_config", load_config, raising=False)
+    options = parsed("--config", "router.toml", "--ping", "5")
+    assert calls == [("router.toml", {"limits": {"ping_interval": "5"}})]
+    assert options["config-file"] == "router.toml"
+
+
+def test_log_file_under_twistd_points_to_twistds_option():
+    """Under twistd, --log-file says to use twistd's --logfile instead of being ignored."""
+    from wsrouter.cli.tap import Options
+
+    with pytest.raises(usage.UsageError, match="twistd's own --logfile"):
+        Options().parseOptions(["--log-file", "x.log", "--route", "/=echo:"])
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], ["serve"]),
+    (["8080", "h:1"], ["serve", "8080", "h:1"]),
+    (["--listen", "tcp:1"], ["serve", "--listen", "tcp:1"]),
+    (["reload", "--pid", "3"], ["reload", "--pid", "3"]),
+    (["--version"], ["--version"]),
+])
+def test_serve_is_the_default_command(argv, expected):
+    """Arguments that do not start with a command name are serve's."""
+    from wsrouter.cli.main import with_command
+
+    assert with_command(argv) == expected
+
+
 def test_wrap_and_wrap_mode_conflict():
     """--wrap-mode is --wrap's websockify name; two different modes are an error."""
     with pytest.raises(usage.UsageError, match="same option"):
