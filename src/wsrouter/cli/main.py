@@ -86,8 +86,10 @@ def with_command(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = with_command(sys.argv[1:] if argv is None else list(argv))
+    given = sys.argv[1:] if argv is None else list(argv)
+    args = with_command(given)
     command = args[0] if args and args[0] in COMMANDS else None
+    typed = command if given[:1] == [command] else None
     if command in ("check", "replay", "record-convert"):
         # Their own parsers do help and errors.
         return _TOOLS[command](args[1:])
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options.parseOptions(args)  # type: ignore[no-untyped-call]
     except usage.UsageError as e:
-        print(f"wsrouter{' ' + command if command else ''}: {e}\n{USAGE_HINT}", file=sys.stderr)
+        print(f"wsrouter{' ' + typed if typed else ''}: {e}\n{USAGE_HINT}", file=sys.stderr)
         return 2
     if options.subCommand == "reload":
         from wsrouter.cli.reload import main_reload
