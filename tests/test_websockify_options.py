@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from twisted.internet.task import Clock
@@ -257,6 +258,24 @@ def test_daemon_points_to_twistd():
     result = run(["-D", "8080", "127.0.0.1:9"], timeout=30)
     assert result.returncode == 2
     assert "-D/--daemon: use twistd wsrouter" in result.stderr
+
+
+def test_daemon_under_twistd_says_twistd_daemonizes():
+    """Under twistd, -D is refused with the note that twistd daemonizes by itself."""
+    from wsrouter.cli.tap import Options
+
+    with pytest.raises(usage.UsageError, match="twistd daemonizes by itself"):
+        Options().parseOptions(["-D", "--route", "/=echo:"])
+
+
+def test_timeout_under_twistd(tmp_path):
+    """`twistd -n wsrouter --timeout 1` exits by itself, like `wsrouter --timeout 1`."""
+    twistd = str(Path(PYTHON).parent / "twistd")
+    result = subprocess.run([twistd, "--nodaemon", "--pidfile=", "wsrouter", "--timeout", "1", "--listen",
+                             f"tcp:{free_port()}:interface=127.0.0.1", "--route", "/=echo:"],
+                            capture_output=True, text=True, env=child_env(), cwd=REPO, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "--timeout: no client connected within 1 s" in result.stdout + result.stderr
 
 
 def test_record_prefix_that_is_a_file_is_refused(tmp_path):

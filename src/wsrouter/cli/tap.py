@@ -176,7 +176,9 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         if self["daemon"]:
-            raise usage.UsageError(f"-D/--daemon: {DAEMON_HINT}")
+            hint = ("twistd daemonizes by itself unless given --nodaemon (-n); drop -D" if self.under_twistd
+                    else DAEMON_HINT)
+            raise usage.UsageError(f"-D/--daemon: {hint}")
         if self.under_twistd and self["log-file"]:
             raise usage.UsageError("--log-file: under twistd, give twistd's own --logfile FILE before 'wsrouter'")
         _merge_alias(self, "wrap-mode", "wrap")
