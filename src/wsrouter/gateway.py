@@ -28,6 +28,7 @@ from wsrouter.interfaces import Link, Recorder, SessionInfo, TargetError
 from wsrouter.ws.keepalive import Keepalive
 from wsrouter.ws.adapter import RouterFactory, RouterProtocol
 from wsrouter.recording import open_recorder
+from wsrouter.traffic import with_traffic_log
 from wsrouter.routing import Match, NoRoute, select_route
 from wsrouter.targets import Connectors
 
@@ -62,6 +63,17 @@ class Router:
         #: Put before every session id (a worker's number), so the ids and
         #: recording names of several processes never collide.
         self.session_prefix = ""
+        #: Told C{session_opened(session)} / C{session_closed(session)}; see L{observe}.
+        self._observers: list[Any] = []
+        #: websockify's --traffic: one debug log line per message relayed.
+        self.traffic = False
+
+    def observe(self, observer: Any) -> None:
+        """
+        Tell C{observer} when a session opens and when it has finished:
+        C{observer.session_opened(session)}, C{observer.session_closed(session)}.
+        """
+        self._observers.append(observer)
 
     # -- handshake -----------------------------------------------------------------
 
@@ -133,6 +145,8 @@ class Router:
             def binary_for(payload: bytes) -> bool:
                 return message_is_binary(kind, payload)
         recorder = self._open_recorder(session)
+        if self.traffic:
+            recorder = with_traffic_log(recorder, session.session_id)
         if recorder is not None:
             self._recorders[protocol] = recorder
         protocol.bridge = Bridge(
@@ -202,6 +216,8 @@ class Router:
         self._schedule_idle_check(protocol)
         self._start_keepalive(protocol)
         bridge.start()
+        for observer in list(self._observers):
+            observer.session_opened(session)
 
     def _start_keepalive(self, protocol: RouterProtocol) -> None:
         limits = self.config.limits
@@ -290,6 +306,9 @@ class Router:
             up=stats.bytes_from_client, down=stats.bytes_to_client, duration=stats.duration(),
             code=stats.close_code, reason=stats.close_reason, by=stats.closed_by or "client",
         )
+        if finishing is not None:  # it had opened
+            for observer in list(self._observers):
+                observer.session_closed(session)
 
     # -- idle timeout ----------------------------------------------------------------
 
