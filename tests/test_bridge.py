@@ -469,7 +469,15 @@ def test_on_finished_once_with_stats(end: Callable[[Bridge], Any], code: int | N
     assert (stats.bytes_from_client, stats.bytes_to_client) == (5, 3)
     assert (stats.messages_from_client, stats.messages_to_client) == (1, 1)
     assert (stats.close_code, stats.close_reason, stats.closed_by) == (code, reason, closed_by)
-    assert stats.duration() >= 0
+
+
+def test_duration_is_measured_on_the_given_clock() -> None:
+    """The stats' duration is the time from the bridge's creation to now on the injected clock."""
+    now = [100.0]
+    bridge = Bridge(FakeSocket([]), FakeLink([], message_oriented=False), BinaryFramer(), clock=lambda: now[0])
+    now[0] = 102.5
+    assert bridge.stats.duration() == 2.5
+    assert SessionStats(lambda: 7.0, started=5.0).duration() == 2.0
 
 
 @pytest.mark.parametrize("end, code, reason, closed_by", END_SCENARIOS)
