@@ -11,7 +11,7 @@ closes at once.
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import unquote, urlsplit
 
 from autobahn.websocket.types import ConnectionDeny
@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from wsrouter.config import DATAGRAM_TARGETS, ExecTarget, RouterConfig
 from wsrouter.descriptors import DescriptorGuard, session_cost
 from wsrouter.framing import make_framer, message_is_binary
-from wsrouter.interfaces import ClientConnection, Link, Recorder, SessionInfo, SessionObserver, TargetError
+from wsrouter.interfaces import ClientConnection, ConnectionSession, Link, Recorder, SessionInfo, SessionObserver, TargetError
 from wsrouter.recording import open_recorder
 from wsrouter.routing import Match, NoRoute, select_route
 from wsrouter.session import Session
@@ -78,7 +78,7 @@ class Gateway:
 
     # -- handshake -----------------------------------------------------------------
 
-    def handshake(self, connection: ClientConnection, request: Any) -> Deferred[Session | None]:
+    def handshake(self, connection: ClientConnection, request: Any) -> Deferred[ConnectionSession | None]:
         """
         Route the request and connect its target before answering.
 
@@ -108,13 +108,13 @@ class Gateway:
         )
 
     def _connected(self, link: Link, connection: ClientConnection, info: SessionInfo, match: Match,
-                   config: RouterConfig) -> Session | None:
+                   config: RouterConfig) -> ConnectionSession | None:
         if connection.connection_gone:
             link.abort()
             return None
         if self._stopping:
             link.abort()
-            raise ConnectionDeny(503, "router is shutting down")
+            raise ConnectionDeny(503, "router is shutting down")  # type: ignore[no-untyped-call, unused-ignore]
         target = match.route.target
         default = "line" if isinstance(target, ExecTarget) else "binary"
         kind = match.route.framing.kind if match.route.framing else default
@@ -223,21 +223,21 @@ def _session_info(session_id: str, connection: ClientConnection, request: Any, p
 
 
 def _not_connected(reason: Failure, request: Any) -> None:
-    if not reason.check(TargetError):
+    if not reason.check(TargetError):  # type: ignore[no-untyped-call, unused-ignore]
         log.failure("unexpected error while connecting a target for {path}", reason, path=request.path)
         _refuse(request, 502, "internal error while connecting the target")
     error: TargetError = reason.value  # type: ignore[assignment]
     _refuse(request, error.status, error.reason)
 
 
-def _refuse(request: Any, status: int, reason: str) -> Any:
+def _refuse(request: Any, status: int, reason: str) -> NoReturn:
     hint = _HINTS.get(status, "")
     log.info(
         "refused {peer} {path}: {status} {reason}{hint}",
         peer=request.peer, path=request.path, status=status, reason=reason,
         hint=f" ({hint})" if hint else "",
     )
-    raise ConnectionDeny(status, reason)
+    raise ConnectionDeny(status, reason)  # type: ignore[no-untyped-call, unused-ignore]
 
 
 def _always_binary(payload: bytes) -> bool:

@@ -34,23 +34,24 @@ class RouterResource(Resource):
     """
 
     def __init__(self, gateway: Gateway, web_root: IResource | None = None):
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call, unused-ignore]
         self.gateway = gateway
         self._web_root = web_root
 
     def getChildWithDefault(self, name: bytes, request: Request) -> IResource:
         if is_websocket_upgrade(request):
-            return WebSocketUpgrade(self.gateway.factory, _mount_prefix(request.prepath[:-1]))
+            return WebSocketUpgrade(self.gateway.factory, _mount_prefix((request.prepath or [])[:-1]))
         if self._web_root is not None:
-            return self._web_root.getChildWithDefault(name, request)
-        return self._not_here(request, _mount_prefix(request.prepath[:-1]))
+            child: IResource = self._web_root.getChildWithDefault(name, request)
+            return child
+        return self._not_here(request, _mount_prefix((request.prepath or [])[:-1]))
 
     def render(self, request: Request) -> Any:
         if is_websocket_upgrade(request):
-            return WebSocketUpgrade(self.gateway.factory, _mount_prefix(request.prepath)).render(request)
+            return WebSocketUpgrade(self.gateway.factory, _mount_prefix(request.prepath or [])).render(request)
         if self._web_root is not None:
             return self._web_root.render(request)
-        return self._not_here(request, _mount_prefix(request.prepath)).render(request)
+        return self._not_here(request, _mount_prefix(request.prepath or [])).render(request)
 
     def _not_here(self, request: Request, mount_prefix: str) -> IResource:
         """A 426 for plain HTTP on a WebSocket route's path, else 404."""

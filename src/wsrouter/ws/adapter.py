@@ -61,11 +61,14 @@ class ClientProtocol(WebSocketServerProtocol):
     """
 
     factory: ClientFactory
+    transport: Any
+    maxMessagePayloadSize: int
+    closeHandshakeTimeout: float
     #: The factory copies its options onto each protocol itself (see
     #: L{ClientFactory.apply_limits}): Autobahn's own copy pretty-prints
     #: every option for a debug line on each new connection, whether debug
     #: logging is on or not, a tenth of the cost of accepting a connection.
-    CONFIG_ATTRS: tuple[str, ...] = ()
+    CONFIG_ATTRS: list[str] = []
     session: ConnectionSession | None = None
     mount_prefix = ""
     connection_gone = False
@@ -93,8 +96,9 @@ class ClientProtocol(WebSocketServerProtocol):
 
     # -- handshake and lifecycle, decided by the host -----------------------------
 
-    def onConnect(self, request: Any) -> Deferred[str | None]:
-        return self.factory.host.handshake(self, request).addCallback(self._accepted)
+    def onConnect(self, request: Any) -> Any:
+        accepted: Deferred[str | None] = self.factory.host.handshake(self, request).addCallback(self._accepted)
+        return accepted
 
     def _accepted(self, session: ConnectionSession | None) -> str | None:
         if session is None:
@@ -198,7 +202,7 @@ class _ClientFrames:
 
     def ping(self, payload: bytes) -> None:
         if self._protocol.state == _OPEN:
-            self._protocol.sendPong(payload)
+            self._protocol.sendPong(payload)  # type: ignore[no-untyped-call, unused-ignore]
 
     def close(self, code: int | None, reason: bytes | None) -> None:
         problem = close_frame_problem(code, reason)
@@ -206,7 +210,7 @@ class _ClientFrames:
             self.fail(*problem)
             return
         # Autobahn answers (or completes our close) and closes the connection.
-        self._protocol.onCloseFrame(code, reason)
+        self._protocol.onCloseFrame(code, reason)  # type: ignore[arg-type]  # None: no code, no reason
         self._session.closing()
 
     def fail(self, code: int, reason: str) -> None:
@@ -234,17 +238,17 @@ def close_frame_problem(code: int | None, reason: bytes | None) -> tuple[int, st
 class ClientFactory(WebSocketServerFactory):
     """Builds L{ClientProtocol}s for a host, with the limits applied once per change."""
 
-    protocol = ClientProtocol
+    protocol = ClientProtocol  # type: ignore[assignment]
 
     def __init__(self, host: HandshakeHost, limits: Limits, reactor: Any):
-        super().__init__(server=f"wsrouter/{__version__}", reactor=reactor)
+        super().__init__(server=f"wsrouter/{__version__}", reactor=reactor)  # type: ignore[no-untyped-call, unused-ignore]
         self.host = host
         self.protocol_options: dict[str, Any] = {}
         self.apply_limits(limits)
 
     def apply_limits(self, limits: Limits) -> None:
         """Connections made from now on use C{limits}; open ones keep theirs."""
-        self.setProtocolOptions(
+        self.setProtocolOptions(  # type: ignore[no-untyped-call, unused-ignore]
             maxFramePayloadSize=limits.max_message_size,
             maxMessagePayloadSize=limits.max_message_size,
             openHandshakeTimeout=limits.handshake_timeout,

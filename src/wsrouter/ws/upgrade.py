@@ -22,14 +22,14 @@ L{wsrouter.ws.internals}.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.pages import errorPage
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from wsrouter.ws.adapter import ClientFactory
+from wsrouter.ws.adapter import ClientFactory, ClientProtocol
 from wsrouter.ws.internals import channel_producer_holder, channel_unread
 
 
@@ -48,16 +48,16 @@ class WebSocketUpgrade(Resource):
     isLeaf = True
 
     def __init__(self, factory: ClientFactory, mount_prefix: str):
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call, unused-ignore]
         self._factory = factory
         self._mount_prefix = mount_prefix
 
     def render(self, request: Request) -> Any:
         channel = request.channel
-        transport = channel.transport
+        transport: Any = channel.transport
         if transport is None:
             return errorPage(426, "Upgrade Required", "WebSocket needs HTTP/1.1.").render(request)
-        protocol = self._factory.buildProtocol(transport.getPeer())
+        protocol = cast(ClientProtocol, self._factory.buildProtocol(transport.getPeer()))
         protocol.mount_prefix = self._mount_prefix
         channel.transport = None
         # The HTTP channel is registered as the transport's producer and has
@@ -65,14 +65,14 @@ class WebSocketUpgrade(Resource):
         # flow control, so the channel must let go first.
         holder = channel_producer_holder(channel, transport)
         holder.unregisterProducer()
-        channel.setTimeout(None)
+        channel.setTimeout(None)  # type: ignore[no-untyped-call, unused-ignore]
         if isinstance(transport, ProtocolWrapper):
             transport.wrappedProtocol = protocol
         elif isinstance(getattr(transport, "protocol", None), ProtocolWrapper):
             transport.protocol.wrappedProtocol = protocol
         else:
             transport.protocol = protocol
-        protocol.makeConnection(transport)
+        protocol.makeConnection(transport)  # type: ignore[no-untyped-call, unused-ignore]
         protocol.dataReceived(raw_request(request))
         holder.resumeProducing()
         return NOT_DONE_YET
