@@ -111,7 +111,7 @@ ROUTES = (
 class Client:
     """One client connection to the gateway's adapter, in memory."""
 
-    def __init__(self, gateway: Gateway, path: str = "/echo", subprotocols: tuple[str, ...] = ()):
+    def __init__(self, gateway: Gateway, path: str = "/echo", subprotocols: tuple[str, ...] = (), early: bytes = b""):
         self.protocol: Any = gateway.factory.buildProtocol(iosim.FakeAddress())
         self.transport = iosim.FakeTransport(self.protocol, isServer=True)
         self.protocol.makeConnection(self.transport)
@@ -120,7 +120,7 @@ class Client:
                  "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
         if subprotocols:
             lines.append("Sec-WebSocket-Protocol: " + ", ".join(subprotocols))
-        self.protocol.dataReceived(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self.protocol.dataReceived(("\r\n".join(lines) + "\r\n\r\n").encode() + early)
 
     def output(self) -> bytes:
         data = b"".join(self.transport.stream)
@@ -283,6 +283,46 @@ def test_synchronous_connector_results(clock: MemoryReactorClock) -> None:
     assert Client(gateway).status() == 503
     connectors.result = succeed(FakeLink())
     assert Client(gateway).status() == 101
+
+
+def open_client(gateway: Gateway, connectors: FakeConnectors, early: bytes = b"") -> tuple[Client, FakeLink]:
+    link = FakeLink()
+    connectors.result = succeed(link)
+    client = Client(gateway, early=early)
+    assert client.output().startswith(b"HTTP/1.1 101 ")
+    return client, link
+
+
+def masked(opcode: int, payload: bytes) -> bytes:
+    """A client frame with an all-zero mask (the payload as is)."""
+    return bytes((0x80 | opcode, 0x80 | len(payload))) + b"\0\0\0\0" + payload
+
+
+@pytest.mark.parametrize("frame, code", [
+    pytest.param(masked(0x3, b"no"), 1002, id="reserved-opcode"),
+    pytest.param(masked(0x8, (999).to_bytes(2, "big")), 1002, id="bad-close-code"),
+    pytest.param(masked(0x8, (1000).to_bytes(2, "big") + b"\xff"), 1007, id="close-reason-not-utf8"),
+])
+def test_protocol_violation_closes_at_once(clock: MemoryReactorClock, frame: bytes, code: int) -> None:
+    """A protocol violation is answered with its close code and the TCP connection closed, no timer waited for."""
+    connectors = FakeConnectors()
+    gateway = Gateway(config(*ROUTES), clock, connectors)  # type: ignore[arg-type]
+    client, link = open_client(gateway, connectors)
+    client.protocol.dataReceived(frame)
+    out = client.output()
+    assert out[:1] == b"\x88" and int.from_bytes(out[2:4], "big") == code
+    assert client.transport.disconnecting
+    [session] = gateway.sessions.values()
+    assert (session.stats.close_code, session.stats.closed_by) == (code, "router")
+    assert link.written == []
+
+
+def test_frames_sent_with_the_upgrade_request_are_relayed(clock: MemoryReactorClock) -> None:
+    """Frames that arrive in the same read as the handshake reach the target once the session opens."""
+    connectors = FakeConnectors()
+    gateway = Gateway(config(*ROUTES), clock, connectors)  # type: ignore[arg-type]
+    client, link = open_client(gateway, connectors, early=masked(0x2, b"early") + masked(0x1, b"bird"))
+    assert link.written == [b"early", b"bird"]
 
 
 def test_adapter_does_not_import_the_gateway() -> None:
