@@ -13,13 +13,16 @@ L{SessionObserver} hears of sessions opening and closing.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer
 
 from wsrouter.config import Route
+
+if TYPE_CHECKING:
+    from wsrouter.session import Session
 
 
 @frozen
@@ -271,8 +274,8 @@ class HandshakeHost(Protocol):
 class SessionObserver(Protocol):
     """Hears of sessions opening and ending (the status page, websockify's --run-once)."""
 
-    def session_opened(self, session: Any) -> None:
-        """C{session} (a L{wsrouter.session.Session}) has been opened and is relaying."""
+    def session_opened(self, session: Session) -> None:
+        """C{session} has been opened and is relaying."""
 
-    def session_closed(self, session: Any) -> None:
+    def session_closed(self, session: Session) -> None:
         """An opened C{session} has ended: both sides closed, its recording flushed."""

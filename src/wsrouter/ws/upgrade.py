@@ -12,9 +12,10 @@ takes headers already parsed.  Driving it from twisted.web's request would
 mean re-implementing and maintaining that validation here, or setting
 Autobahn's private parse results and skipping into the middle of the
 method.  The second parse costs one join and one header parse per
-connection (a few microseconds beside the rest of accepting a
-connection), nothing per message; so it stays, and Autobahn stays the one
-judge of what a valid handshake is.
+connection -- about 10 microseconds for a browser's handshake (Autobahn's
+C{parseHttpHeader} alone: 7.6 us), against about 100 us for the rest of an
+in-memory handshake and more over a socket -- and nothing per message; so
+it stays, and Autobahn stays the one judge of what a valid handshake is.
 
 The private attributes the handover needs are read in
 L{wsrouter.ws.internals}.
