@@ -26,7 +26,7 @@ from twisted.internet.interfaces import IPushProducer
 
 from wsrouter import __version__
 from wsrouter.config import Limits
-from wsrouter.interfaces import ConnectionSession, HandshakeHost
+from wsrouter.interfaces import ConnectionSession, Gatherer, HandshakeHost
 from wsrouter.targets.stream import IO_CHUNK
 from wsrouter.ws.internals import autobahn_data_received, take_after_handshake
 from wsrouter.ws.parser import FrameParser
@@ -73,6 +73,8 @@ class ClientProtocol(WebSocketServerProtocol):
     mount_prefix = ""
     connection_gone = False
     _frames: FrameParser | None = None
+    #: The session's link, when one read's payload can go out in one send.
+    _gatherer: Gatherer | None = None
 
     def connectionMade(self) -> None:
         self.__dict__.update(self.factory.protocol_options)
@@ -83,7 +85,7 @@ class ClientProtocol(WebSocketServerProtocol):
         if frames is None:
             autobahn_data_received(self, data)
             return
-        gatherer = self.session.gatherer  # type: ignore[union-attr]
+        gatherer = self._gatherer
         if gatherer is None:
             frames.feed(data)
             return
@@ -114,6 +116,7 @@ class ClientProtocol(WebSocketServerProtocol):
         self.transport.bufferSize = IO_CHUNK  # read more per call; queue as much before pausing
         leftover = take_after_handshake(self)
         session.opened()
+        self._gatherer = session.gatherer
         if leftover:
             self._frames.feed(leftover)
 
