@@ -224,6 +224,19 @@ def test_client_gone_while_connecting_aborts_the_link(clock: MemoryReactorClock)
     assert not gateway.sessions and gateway.opened_total == 0
 
 
+def test_handshake_timed_out_while_connecting_aborts_the_link(clock: MemoryReactorClock) -> None:
+    """A handshake that times out while its target connects leaves no session, and the link is aborted."""
+    connectors = FakeConnectors()
+    gateway = Gateway(config(*ROUTES, handshake_timeout=2.0), clock, connectors)  # type: ignore[arg-type]
+    client = Client(gateway)
+    clock.advance(2.5)  # Autobahn drops the connection; the loss is reported later
+    assert client.transport.disconnecting
+    link = FakeLink()
+    connectors.pending[0][1].callback(link)
+    assert link.events == ["abort"]
+    assert not gateway.sessions and gateway.opened_total == 0
+
+
 def test_use_config_applies_to_new_connections_only(clock: MemoryReactorClock) -> None:
     """After use_config, new handshakes see the new routes and limits, while an open session keeps its own."""
     connectors = FakeConnectors()

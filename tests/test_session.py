@@ -52,6 +52,9 @@ class FakeConnection:
     def is_secure(self) -> bool:
         return False
 
+    def is_dropped(self) -> bool:
+        return self.connection_gone
+
     def send(self, payload: bytes, is_binary: bool) -> None:
         self.events.append(("send", payload))
 

@@ -109,7 +109,7 @@ class Gateway:
 
     def _connected(self, link: Link, connection: ClientConnection, info: SessionInfo, match: Match,
                    config: RouterConfig) -> ConnectionSession | None:
-        if connection.connection_gone:
+        if connection.connection_gone or connection.is_dropped():
             link.abort()
             return None
         if self._stopping:

@@ -203,6 +203,9 @@ class ClientConnection(WebSocketEnd, Protocol):
     def is_secure(self) -> bool:
         """The connection came over TLS."""
 
+    def is_dropped(self) -> bool:
+        """The connection has been closed or dropped, maybe not yet reported (a handshake timed out)."""
+
     def send_ping(self, payload: bytes) -> None:
         """Send a ping frame (a keepalive)."""
 

@@ -33,6 +33,7 @@ from wsrouter.ws.parser import FrameParser
 from wsrouter.ws.writes import write_sequence_through, write_through
 
 _OPEN = WebSocketProtocol.STATE_OPEN
+_CLOSED = WebSocketProtocol.STATE_CLOSED
 
 _HTTP_REASONS = {
     400: "Bad Request", 403: "Forbidden", 404: "Not Found", 426: "Upgrade Required",
@@ -176,6 +177,9 @@ class ClientProtocol(WebSocketServerProtocol):
 
     def is_secure(self) -> bool:
         return bool(getattr(self.transport_details, "is_secure", False))
+
+    def is_dropped(self) -> bool:
+        return bool(self.state == _CLOSED)
 
     def send_ping(self, payload: bytes) -> None:
         self.sendPing(payload)
