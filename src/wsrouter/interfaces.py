@@ -271,6 +271,8 @@ class HandshakeHost(Protocol):
         @return: fires with the session to hand the connection to (C{None}
             if the connection went away meanwhile), or fails with Autobahn's
             C{ConnectionDeny} carrying the HTTP status.
+        @raise ConnectionDeny: when the refusal is known at once (no route,
+            no subprotocol in common, shutting down, no descriptors left).
         """
 
 

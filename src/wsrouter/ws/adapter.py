@@ -199,6 +199,8 @@ class _ClientFrames:
     straight to the session's bound methods, with no call in between.
     """
 
+    __slots__ = ("_protocol", "_session", "message_begin", "message_data", "message_end", "pong")
+
     def __init__(self, protocol: ClientProtocol, session: ConnectionSession):
         self._protocol = protocol
         self._session = session
