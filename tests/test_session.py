@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
 import pytest
 from twisted.internet.task import Clock
 
@@ -120,11 +119,8 @@ class FakeRecorder:
 
 
 def limits(idle: float | None = None, **values: Any) -> Limits:
-    """Limits with the session idle timeout under whichever name the model gives it."""
-    names = attrs.fields_dict(Limits)
-    if idle is not None:
-        values["session_idle_timeout" if "session_idle_timeout" in names else "idle_timeout"] = idle
-    return Limits(**values)
+    """Limits with C{idle} as the session idle timeout."""
+    return Limits(session_idle_timeout=idle, **values)
 
 
 def make(clock: Clock, lim: Limits | None = None, recorder: FakeRecorder | None = None,

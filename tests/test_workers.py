@@ -23,7 +23,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel
 from websockets.exceptions import ConnectionClosed
 
-from wsrouter.config import ConfigError, build_config
+from wsrouter.config import ConfigError, build_config, route_from_string
 from wsrouter.interfaces import TargetError
 from wsrouter.service.worker_process import ProgramAddress
 from wsrouter.service.workers import (
@@ -41,19 +41,19 @@ TCP_SERVER = str(REPO / "tests" / "programs" / "tcp_server.py")
 
 def test_workers_default_to_one_and_need_shareable_listeners():
     """workers defaults to 1; more than one refuses listeners that cannot be shared, naming them."""
-    assert build_config({"routes": ["/=echo:"]}).workers == 1
-    assert build_config({"routes": ["/=echo:"], "workers": "4", "listen": ["tcp:0", "unix:/tmp/x.sock"]}).workers == 4
+    assert build_config({"routes": [route_from_string("/=echo:")]}).workers == 1
+    assert build_config({"routes": [route_from_string("/=echo:")], "workers": "4", "listen": ["tcp:0", "unix:/tmp/x.sock"]}).workers == 4
     with pytest.raises(ConfigError) as error:
-        build_config({"routes": ["/=echo:"], "workers": 2, "listen": ["tcp:0", "ssl:443"]})
+        build_config({"routes": [route_from_string("/=echo:")], "workers": 2, "listen": ["tcp:0", "ssl:443"]})
     assert error.value.problems == [("listen[1]", "workers cannot share 'ssl:443'; with workers > 1 use "
                                                   "tcp:..., tcp6:..., unix:... listeners")]
     with pytest.raises(ConfigError):
-        build_config({"routes": ["/=echo:"], "workers": 0})
+        build_config({"routes": [route_from_string("/=echo:")], "workers": 0})
 
 
 def test_setup_message_carries_config_listeners_and_addresses():
     """The set-up line round-trips the whole config and names the descriptors and addresses."""
-    config = build_config({"routes": ["/a=wrap:respawn:server --port 1", "/b=tcp://127.0.0.1:9"], "workers": 2})
+    config = build_config({"routes": [route_from_string("/a=wrap:respawn:server --port 1"), route_from_string("/b=tcp://127.0.0.1:9")], "workers": 2})
     line = setup_message(2, config, 2, [("127.0.0.1", 4000)])
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     message = json.loads(line)
@@ -66,7 +66,7 @@ def test_setup_message_carries_config_listeners_and_addresses():
 
 def test_wrapped_targets_are_numbered_once_in_route_order():
     """A program behind two routes is one program; numbering follows the routes."""
-    config = build_config({"routes": ["/a=wrap:respawn:one", "/b=wrap:ignore:two", "/c=wrap:respawn:one"]})
+    config = build_config({"routes": [route_from_string("/a=wrap:respawn:one"), route_from_string("/b=wrap:ignore:two"), route_from_string("/c=wrap:respawn:one")]})
     assert [target.argv for target in wrapped_targets(config)] == [("one",), ("two",)]
 
 

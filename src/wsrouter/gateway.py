@@ -27,6 +27,7 @@ from wsrouter.recording import open_recorder
 from wsrouter.routing import Match, NoRoute, select_route
 from wsrouter.session import Session
 from wsrouter.targets import Connectors
+from wsrouter.traffic import with_traffic_log
 from wsrouter.ws.adapter import ClientFactory
 
 log = Logger(namespace="wsrouter")
@@ -53,6 +54,7 @@ class Gateway:
         near; set by the service, C{None} for no accounting.
     @ivar session_prefix: put before every session id (a worker's number),
         so the ids and recording names of several processes never collide.
+    @ivar traffic: websockify's C{--traffic}: log one debug line per message.
     """
 
     def __init__(self, config: RouterConfig, reactor: Any, connectors: Connectors | None = None):
@@ -64,6 +66,8 @@ class Gateway:
         self.opened_total = 0
         self.descriptors: DescriptorGuard | None = None
         self.session_prefix = ""
+        #: websockify's --traffic: one debug log line per message relayed.
+        self.traffic = False
         self._observers: list[SessionObserver] = []
         self._stopping = False
 
@@ -127,11 +131,16 @@ class Gateway:
         session = Session(
             connection, info, link, framer,
             limits=config.limits, clock=self._reactor, base64_mode=match.base64, binary_for=binary_for,
-            recorder=self._open_recorder(info, config),
+            recorder=self._recorder(info, config),
             on_opened=self._opened, on_ended=self._ended,
         )
         self.sessions[session.id] = session
         return session
+
+    def _recorder(self, info: SessionInfo, config: RouterConfig) -> Recorder | None:
+        """The session's recording and, with L{traffic} on, the traffic log."""
+        recorder = self._open_recorder(info, config)
+        return with_traffic_log(recorder, info.session_id) if self.traffic else recorder
 
     def _open_recorder(self, info: SessionInfo, config: RouterConfig) -> Recorder | None:
         """

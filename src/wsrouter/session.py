@@ -75,7 +75,7 @@ class Session:
         self._last_activity = 0.0
         # The per-frame path: with no idle timeout to feed, client payload
         # goes straight to the bridge, with no call in between.
-        if limits.idle_timeout is None:
+        if limits.session_idle_timeout is None:
             self.message_data = self.bridge.frame_data  # type: ignore[method-assign]
             self.sent = _nothing  # type: ignore[method-assign]
 
@@ -206,7 +206,7 @@ class Session:
         self.keepalive.start()
 
     def _schedule_idle_check(self) -> None:
-        idle = self.limits.idle_timeout
+        idle = self.limits.session_idle_timeout
         if idle is None:
             return
         due = self._last_activity + idle - self._clock.seconds()
@@ -214,7 +214,7 @@ class Session:
 
     def _idle_check(self) -> None:
         self._idle_call = None
-        idle = self.limits.idle_timeout
+        idle = self.limits.session_idle_timeout
         if idle is None or self.ended:
             return
         if self._clock.seconds() - self._last_activity >= idle:

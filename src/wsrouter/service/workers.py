@@ -18,7 +18,7 @@ Design, and why:
     The supervisor tells every worker where each program listens (at
     start-up and whenever that changes) over a control socket, and the
     workers connect there; without an address a client waits and gets
-    503, as in one process.  With C{follow_wrapped_port} the supervisor
+    503, as in one process.  With C{follow_program_port} the supervisor
     opens the listener once the program has bound its port, then starts
     the workers.
   - B{The control socket} (the worker's descriptor 3, a Unix socket pair)
