@@ -252,7 +252,7 @@ ENCODED = base64.b64encode(PAYLOAD)
     pytest.param(one_byte_per_frame(ENCODED), id="one-byte-per-frame"),
     pytest.param(frames_of(ENCODED, 3), id="three-byte-frames"),
     pytest.param(frames_of(ENCODED, 7), id="seven-byte-frames"),
-    pytest.param([b""] + frames_of(ENCODED, 5) + [b""], id="empty-frames"),
+    pytest.param([b"", *frames_of(ENCODED, 5), b""], id="empty-frames"),
 ])
 @pytest.mark.parametrize("message_oriented", [False, True], ids=["stream", "message"])
 def test_base64_decoded_across_frames(frames: list[bytes], message_oriented: bool) -> None:

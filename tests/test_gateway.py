@@ -334,12 +334,12 @@ def test_frames_sent_with_the_upgrade_request_are_relayed(clock: MemoryReactorCl
     """Frames that arrive in the same read as the handshake reach the target once the session opens."""
     connectors = FakeConnectors()
     gateway = Gateway(config(*ROUTES), clock, connectors)  # type: ignore[arg-type]
-    client, link = open_client(gateway, connectors, early=masked(0x2, b"early") + masked(0x1, b"bird"))
+    _, link = open_client(gateway, connectors, early=masked(0x2, b"early") + masked(0x1, b"bird"))
     assert link.written == [b"early", b"bird"]
 
 
 def test_adapter_does_not_import_the_gateway() -> None:
-    """The WebSocket adapter and the upgrade handover depend on interfaces only: importing them loads no gateway or session."""
+    """The adapter and the upgrade handover depend on interfaces only: importing them loads no gateway or session."""
     code = ("import sys, wsrouter.ws.adapter, wsrouter.ws.upgrade; "
             "print(sorted(m for m in sys.modules if m in ('wsrouter.gateway', 'wsrouter.session')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(),

@@ -50,7 +50,7 @@ def _missing(obj: Any, key: str) -> list[str]:
 
 @pytest_twisted.inlineCallbacks
 def test_tcp_transport_queue_attributes() -> Any:
-    """A real TCP transport has the queue attributes read for write-through and drain accounting, meaning what they did."""
+    """A real TCP transport has the queue attributes read for write-through and drain accounting, as they were."""
     accepted: defer.Deferred[Any] = defer.Deferred()
 
     class Keep(protocol.Protocol):
@@ -76,7 +76,7 @@ def test_tcp_transport_queue_attributes() -> Any:
 
 
 def test_http_channel_attributes() -> None:
-    """twisted.web's HTTP channel still keeps its producer registration and unread bytes where the upgrade takes them."""
+    """twisted.web's HTTP channel keeps its producer registration and unread bytes where the upgrade takes them."""
     channel = HTTPChannel()
     transport = StringTransport()
     channel.makeConnection(transport)

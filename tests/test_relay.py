@@ -17,7 +17,12 @@ from websockets.exceptions import ConnectionClosed
 
 from . import rawws
 from .support import (
-    RecordingTarget, connect, free_port, handshake_status, in_thread, listen_target,
+    RecordingTarget,
+    connect,
+    free_port,
+    handshake_status,
+    in_thread,
+    listen_target,
     start_router,
 )
 
@@ -272,7 +277,7 @@ def test_target_reset_closes_with_1011():
 @pytest_twisted.inlineCallbacks
 def test_client_close_half_closes_target_after_data():
     """When the client closes, the target receives everything sent, then end of input."""
-    port, factory = listen_target(lambda: RecordingTarget())
+    port, factory = listen_target(RecordingTarget)
     router = start_router(routes=[f"/*=tcp://127.0.0.1:{port.getHost().port}"])
     chunks = [bytes([i]) * 70000 for i in range(20)]
 
@@ -376,7 +381,7 @@ def test_ping_drops_silent_peer():
 @pytest_twisted.inlineCallbacks
 def test_router_stop_sends_1001_after_pending_data():
     """Stopping the router delivers data already received from the target, then closes with 1001."""
-    port, factory = listen_target(lambda: RecordingTarget())
+    port, factory = listen_target(RecordingTarget)
     router = start_router(routes=[f"/*=tcp://127.0.0.1:{port.getHost().port}"])
     opened = threading.Event()
 
@@ -413,8 +418,8 @@ def deferLater(seconds):
 @pytest_twisted.inlineCallbacks
 def test_prefix_route_and_longest_match():
     """The longest matching route wins and a prefix route serves paths below it."""
-    port_a, fa = listen_target(lambda: RecordingTarget(greeting=b"A", close_after_greeting=True))
-    port_b, fb = listen_target(lambda: RecordingTarget(greeting=b"B", close_after_greeting=True))
+    port_a, _ = listen_target(lambda: RecordingTarget(greeting=b"A", close_after_greeting=True))
+    port_b, _ = listen_target(lambda: RecordingTarget(greeting=b"B", close_after_greeting=True))
     router = start_router(routes=[
         f"/*=tcp://127.0.0.1:{port_a.getHost().port}",
         f"/app/*=tcp://127.0.0.1:{port_b.getHost().port}",

@@ -195,7 +195,7 @@ def test_idle_timeout_closes_after_silence_only() -> None:
 
 
 def test_no_idle_timer_when_off() -> None:
-    """With no idle timeout, nothing is scheduled once the session opens, and client data goes straight to the bridge."""
+    """With no idle timeout nothing is scheduled once the session opens, and client data goes straight to the bridge."""
     clock = Clock()
     session, _, link, _ = make(clock, limits())
     session.opened()

@@ -27,8 +27,15 @@ from wsrouter.config import ConfigError, build_config, route_from_string
 from wsrouter.interfaces import TargetError
 from wsrouter.service.worker_process import ProgramAddress
 from wsrouter.service.workers import (
-    FIRST_LISTENER_FD, MAX_RESTART_DELAY, MIN_RESTART_DELAY, STABLE_AFTER, address_message, parse_log_line,
-    restart_delay, setup_message, wrapped_targets,
+    FIRST_LISTENER_FD,
+    MAX_RESTART_DELAY,
+    MIN_RESTART_DELAY,
+    STABLE_AFTER,
+    address_message,
+    parse_log_line,
+    restart_delay,
+    setup_message,
+    wrapped_targets,
 )
 
 from .support import PYTHON, REPO, RouterProcess, child_env, connect, free_port, wait_for_port
@@ -156,7 +163,7 @@ def echo_sessions(url: str, count: int) -> None:
                 barrier.wait(20)
                 ws.send(b"hello %d" % n)
                 assert ws.recv(timeout=10) == b"hello %d" % n
-        except BaseException as e:  # noqa: BLE001 - collected and re-raised below
+        except BaseException as e:
             errors.append(e)
             barrier.abort()
 

@@ -22,7 +22,15 @@ from twisted.python.failure import Failure
 from wsrouter.config import DATAGRAM_TARGETS, ExecTarget, RouterConfig
 from wsrouter.descriptors import DescriptorGuard, session_cost
 from wsrouter.framing import make_framer, message_is_binary
-from wsrouter.interfaces import ClientConnection, ConnectionSession, Link, Recorder, SessionInfo, SessionObserver, TargetError
+from wsrouter.interfaces import (
+    ClientConnection,
+    ConnectionSession,
+    Link,
+    Recorder,
+    SessionInfo,
+    SessionObserver,
+    TargetError,
+)
 from wsrouter.recording import open_recorder
 from wsrouter.routing import Match, NoRoute, select_route
 from wsrouter.session import Session

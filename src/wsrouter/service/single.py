@@ -18,18 +18,18 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
-from twisted.python.failure import Failure
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.server import Site
 
-from wsrouter.process.wrapped import ProgramNotFound, WrappedProgram
 from wsrouter.config import RouterConfig, WrappedTarget
 from wsrouter.descriptors import DescriptorGuard, GuardedSite
-from wsrouter.rebind import ShimUnavailable
 from wsrouter.gateway import Gateway
-from wsrouter.web.static import build_web_root
+from wsrouter.process.wrapped import ProgramNotFound, WrappedProgram
+from wsrouter.rebind import ShimUnavailable
 from wsrouter.targets.wrapped import WrappedConnector
 from wsrouter.web.resource import RouterResource
+from wsrouter.web.static import build_web_root
 
 log = Logger(namespace="wsrouter")
 

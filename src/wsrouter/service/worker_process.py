@@ -32,9 +32,9 @@ from zope.interface import implementer
 from wsrouter.config import RouterConfig, WrappedTarget
 from wsrouter.descriptors import DescriptorGuard, GuardedSite
 from wsrouter.process.wrapped import AddressWaiters
-from wsrouter.service.single import program_wait_timeout, build_resource
-from wsrouter.targets.wrapped import WrappedConnector
+from wsrouter.service.single import build_resource, program_wait_timeout
 from wsrouter.service.workers import CONTROL_FD, wrapped_targets
+from wsrouter.targets.wrapped import WrappedConnector
 
 log = Logger(namespace="wsrouter")
 

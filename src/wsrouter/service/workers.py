@@ -67,9 +67,9 @@ from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from wsrouter.process.wrapped import ProgramNotFound, WrappedProgram
 from wsrouter.config import RouterConfig, WrappedTarget
 from wsrouter.descriptors import OpenFileLimit
+from wsrouter.process.wrapped import ProgramNotFound, WrappedProgram
 from wsrouter.rebind import ShimUnavailable
 from wsrouter.service.single import CannotStart, ListenerService, follow_program_port
 

@@ -9,14 +9,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
-
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
-from wsrouter.process.wrapped import WrappedProgram
 from wsrouter.config import TcpTarget, WrappedTarget
 from wsrouter.interfaces import Link, SessionInfo, TargetError
+from wsrouter.process.wrapped import WrappedProgram
 from wsrouter.targets.stream import StreamConnector
 
 #: The shim reports the address when bind() returns, a moment before the
