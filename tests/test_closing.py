@@ -199,7 +199,7 @@ def test_protocol_error_closes_promptly():
     try:
         code, rest, waited = yield in_thread(violate)
         assert (code, rest) == (1002, b"")
-        assert waited < 3
+        assert waited < 4.5  # not the 5 s close timeout (tests/test_gateway.py checks it without a clock)
     finally:
         yield router.stopService()
 

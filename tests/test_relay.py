@@ -277,7 +277,7 @@ def test_target_reset_closes_with_1011():
 @pytest_twisted.inlineCallbacks
 def test_client_close_half_closes_target_after_data():
     """When the client closes, the target receives everything sent, then end of input."""
-    port, factory = listen_target(lambda: RecordingTarget())
+    port, factory = listen_target(RecordingTarget)
     router = start_router(routes=[f"/*=tcp://127.0.0.1:{port.getHost().port}"])
     chunks = [bytes([i]) * 70000 for i in range(20)]
 
@@ -365,7 +365,7 @@ def test_ping_drops_silent_peer():
     try:
         seen, waited = yield in_thread(silent_client)
         assert waited < 9  # dropped by the router, not by our 10 s socket timeout
-        assert seen[:1] in (b"", b"\x89")  # nothing but pings was sent (a reset may discard them)
+        assert _only_pings(seen)  # nothing but pings was sent (a reset may discard some or all)
 
         def answering_client():
             with connect(router.url + "/e") as ws:  # websockets answers pings itself
@@ -381,7 +381,7 @@ def test_ping_drops_silent_peer():
 @pytest_twisted.inlineCallbacks
 def test_router_stop_sends_1001_after_pending_data():
     """Stopping the router delivers data already received from the target, then closes with 1001."""
-    port, factory = listen_target(lambda: RecordingTarget())
+    port, factory = listen_target(RecordingTarget)
     router = start_router(routes=[f"/*=tcp://127.0.0.1:{port.getHost().port}"])
     opened = threading.Event()
 
@@ -418,8 +418,8 @@ def deferLater(seconds):
 @pytest_twisted.inlineCallbacks
 def test_prefix_route_and_longest_match():
     """The longest matching route wins and a prefix route serves paths below it."""
-    port_a, fa = listen_target(lambda: RecordingTarget(greeting=b"A", close_after_greeting=True))
-    port_b, fb = listen_target(lambda: RecordingTarget(greeting=b"B", close_after_greeting=True))
+    port_a, _ = listen_target(lambda: RecordingTarget(greeting=b"A", close_after_greeting=True))
+    port_b, _ = listen_target(lambda: RecordingTarget(greeting=b"B", close_after_greeting=True))
     router = start_router(routes=[
         f"/*=tcp://127.0.0.1:{port_a.getHost().port}",
         f"/app/*=tcp://127.0.0.1:{port_b.getHost().port}",
@@ -485,3 +485,13 @@ def test_unix_socket_listener(tmp_path):
         assert (yield in_thread(client)) == b"over a unix listener"
     finally:
         yield router.stopService()
+
+
+def _only_pings(data: bytes) -> bool:
+    """Every complete server frame in C{data} is a ping (unmasked, short)."""
+    position = 0
+    while position + 2 <= len(data):
+        if data[position] != 0x89:
+            return False
+        position += 2 + (data[position + 1] & 0x7F)
+    return True

@@ -39,9 +39,15 @@ INTERNAL_ERROR = 1011
 
 @define
 class SessionStats:
-    """Counters for the session's summary log line; bytes are payload bytes."""
+    """
+    Counters for the session's summary log line; bytes are payload bytes.
 
-    started: float = field(factory=time.monotonic)
+    @ivar clock: seconds now (the session's reactor's C{seconds}); time
+        since C{started} is the duration.
+    """
+
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
+    started: float = field()
     bytes_from_client: int = 0
     bytes_to_client: int = 0
     messages_from_client: int = 0
@@ -50,8 +56,13 @@ class SessionStats:
     close_reason: str = ""
     closed_by: str = ""
 
+    @started.default
+    def _now(self) -> float:
+        return self.clock()
+
     def duration(self) -> float:
-        return time.monotonic() - self.started
+        """Seconds since the session started."""
+        return self.clock() - self.started
 
 
 class Bridge:
@@ -61,6 +72,7 @@ class Bridge:
     @param binary_for: tells whether a framed target message goes out as a
         binary (C{True}) or text message.
     @param on_finished: called once, when both sides are done, with the stats.
+    @param clock: seconds now, for the session's duration.
     """
 
     def __init__(
@@ -73,6 +85,7 @@ class Bridge:
         binary_for: Callable[[bytes], bool] = lambda payload: True,
         recorder: Recorder | None = None,
         on_finished: Callable[[SessionStats], None] = lambda stats: None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self._socket = socket
         self._link = link
@@ -81,7 +94,7 @@ class Bridge:
         self._binary_for = binary_for
         self._recorder = recorder
         self._on_finished = on_finished
-        self.stats = SessionStats()
+        self.stats = SessionStats(clock)
         self._message: list[bytes] | None = None
         self._message_is_binary = True
         self._base64_rest = b""

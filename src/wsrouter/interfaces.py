@@ -1,21 +1,28 @@
 """
 The seams between the router's parts, as typing protocols and plain data.
 
-A session flows: the WebSocket handshake produces a L{SessionInfo}; a
-L{Connector} turns it into a connected, paused L{Link}; the bridge moves
-data between the WebSocket (a L{WebSocketEnd}) and the link, cutting the
-target's bytes into messages with a L{Framer} and telling a L{Recorder}.
+A session flows: the WebSocket adapter (a L{ClientConnection}) asks a
+L{HandshakeHost} (the gateway) to decide a handshake; the gateway produces
+a L{SessionInfo}, a L{Connector} turns it into a connected, paused L{Link},
+and the adapter is handed a L{ConnectionSession} (the session) whose
+callbacks it calls from then on.  The session's bridge moves data between
+the WebSocket (a L{WebSocketEnd}) and the link, cutting the target's bytes
+into messages with a L{Framer} and telling a L{Recorder}.  A
+L{SessionObserver} hears of sessions opening and closing.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer
 
 from wsrouter.config import Route
+
+if TYPE_CHECKING:
+    from wsrouter.session import Session
 
 
 @frozen
@@ -173,3 +180,107 @@ class WebSocketEnd(Protocol):
 
     def consumer_producer(self) -> IPushProducer:
         """The producer to register with the target (pauses client reads)."""
+
+
+class ClientConnection(WebSocketEnd, Protocol):
+    """
+    One client's WebSocket connection, as the gateway and its session see
+    it (implemented by the Autobahn adapter).
+
+    @ivar transport: the Twisted transport, for drain accounting and the
+        peer and host addresses.
+    @ivar mount_prefix: the path the resource is mounted under, removed
+        before routing.
+    @ivar http_request_uri: the request target as the client sent it.
+    @ivar connection_gone: the TCP connection has ended.
+    """
+
+    transport: Any
+    mount_prefix: str
+    http_request_uri: str
+    connection_gone: bool
+
+    def is_secure(self) -> bool:
+        """The connection came over TLS."""
+
+    def is_dropped(self) -> bool:
+        """The connection has been closed or dropped, maybe not yet reported (a handshake timed out)."""
+
+    def send_ping(self, payload: bytes) -> None:
+        """Send a ping frame (a keepalive)."""
+
+    def abort(self, reason: str) -> None:
+        """Drop the TCP connection now, recording C{reason} as why it was not clean."""
+
+    def finish(self) -> None:
+        """Close the TCP connection after queued data is sent."""
+
+
+class Gatherer(Protocol):
+    """A link that can gather several writes into one send (see StreamLink.hold)."""
+
+    def hold(self) -> None: ...
+
+    def release(self) -> None: ...
+
+
+class ConnectionSession(Protocol):
+    """
+    What the adapter calls once the gateway has accepted a handshake
+    (implemented by L{wsrouter.session.Session}).
+
+    @ivar subprotocol: the subprotocol to accept, or C{None}.
+    @ivar gatherer: the link, when one read's payload can go out in one send.
+    """
+
+    subprotocol: str | None
+    gatherer: Gatherer | None
+
+    def opened(self) -> None:
+        """The handshake is answered: start relaying."""
+
+    def closed(self, code: int | None, reason: str) -> None:
+        """The WebSocket connection is gone (cleanly or not)."""
+
+    def closing(self) -> None:
+        """A closing handshake has started: bound how long it may take."""
+
+    def message_begin(self, is_binary: bool) -> None: ...
+
+    def message_data(self, payload: bytes) -> None:
+        """Part of the current client message (per frame: kept cheap)."""
+
+    def message_end(self) -> None: ...
+
+    def pong(self, payload: bytes) -> None: ...
+
+    def sent(self) -> None:
+        """A message went to the client (for the idle timeout; per message: kept cheap)."""
+
+    def refuse(self, code: int, reason: str) -> None:
+        """The client broke the protocol: close with C{code}, relay nothing more."""
+
+
+class HandshakeHost(Protocol):
+    """Decides WebSocket handshakes (implemented by the gateway)."""
+
+    def handshake(self, connection: ClientConnection, request: Any) -> Deferred[ConnectionSession | None]:
+        """
+        Route C{request} (Autobahn's C{ConnectionRequest}) and connect its target.
+
+        @return: fires with the session to hand the connection to (C{None}
+            if the connection went away meanwhile), or fails with Autobahn's
+            C{ConnectionDeny} carrying the HTTP status.
+        @raise ConnectionDeny: when the refusal is known at once (no route,
+            no subprotocol in common, shutting down, no descriptors left).
+        """
+
+
+class SessionObserver(Protocol):
+    """Hears of sessions opening and ending (the status page, websockify's --run-once)."""
+
+    def session_opened(self, session: Session) -> None:
+        """C{session} has been opened and is relaying."""
+
+    def session_closed(self, session: Session) -> None:
+        """An opened C{session} has ended: both sides closed, its recording flushed."""

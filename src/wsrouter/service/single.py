@@ -24,7 +24,7 @@ from twisted.web.server import Site
 
 from wsrouter.config import RouterConfig, WrappedTarget
 from wsrouter.descriptors import DescriptorGuard, GuardedSite
-from wsrouter.gateway import Router
+from wsrouter.gateway import Gateway
 from wsrouter.process.wrapped import ProgramNotFound, WrappedProgram
 from wsrouter.rebind import ShimUnavailable
 from wsrouter.targets.wrapped import WrappedConnector
@@ -34,18 +34,18 @@ from wsrouter.web.static import build_web_root
 log = Logger(namespace="wsrouter")
 
 
-def build_resource(config: RouterConfig, reactor: Any = None, router: Router | None = None) -> RouterResource:
+def build_resource(config: RouterConfig, reactor: Any = None, gateway: Gateway | None = None) -> RouterResource:
     """
     The router as a twisted.web resource, to be a Site's root or mounted
-    under any path of an existing site.  Its L{Router} is C{.router}; call
-    C{router.shutdown()} when the application stops, to close sessions
+    under any path of an existing site.  Its L{Gateway} is C{.gateway}; call
+    C{gateway.shutdown()} when the application stops, to close sessions
     with 1001.
     """
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
-    router = router or Router(config, reactor)
+    gateway = gateway or Gateway(config, reactor)
     web_root = build_web_root(config.web.directory, config.web.listing) if config.web else None
-    return RouterResource(router, web_root)
+    return RouterResource(gateway, web_root)
 
 
 class ListenerService(Service):
@@ -102,7 +102,7 @@ class RouterService(MultiService):
         super().__init__()
         self.config = config
         self.resource = build_resource(config, reactor)
-        self.router = self.resource.router
+        self.router = self.resource.gateway
         self.descriptors = DescriptorGuard.for_this_process(reactor, self.ports)
         self.router.descriptors = self.descriptors
         self.site = GuardedSite(self.resource, self.descriptors)

@@ -80,7 +80,7 @@ class WorkerService(Service):
         self._reactor = reactor
         self._fds = list(listener_fds)
         self.resource = build_resource(config, reactor)
-        self.router = self.resource.router
+        self.router = self.resource.gateway
         self.router.session_prefix = f"w{index}."
         self.ports: list[IListeningPort] = []
         self.descriptors = DescriptorGuard.for_this_process(reactor, lambda: self.ports)

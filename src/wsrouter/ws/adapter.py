@@ -1,57 +1,40 @@
 """
 The thin Autobahn adapter: a WebSocket server protocol that hands every
-decision to the router and every byte to its session's bridge.
+decision to a L{HandshakeHost} (the gateway) and every byte to the
+L{ConnectionSession} it is given.
 
 Autobahn performs the opening handshake and the closing handshake.  In
 between, client frames are parsed by L{wsrouter.ws.parser}, which hands payload
 on as it arrives, so a large message is relayed as it comes and never held
 whole.  Messages to the client are framed here directly: server frames are
 unmasked, so a frame is a small header written together with the payload.
+
+This module knows the gateway and the session only through the typing
+protocols in L{wsrouter.interfaces}, so it imports neither.
 """
 
 from __future__ import annotations
 
 import struct
-from pprint import pformat
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.util import encode_truncate
-from autobahn.websocket import protocol as autobahn_protocol
 from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 
 from wsrouter import __version__
 from wsrouter.config import Limits
+from wsrouter.interfaces import ConnectionSession, Gatherer, HandshakeHost
 from wsrouter.targets.stream import IO_CHUNK
+from wsrouter.ws.internals import autobahn_data_received, take_after_handshake
 from wsrouter.ws.parser import FrameParser
 from wsrouter.ws.writes import write_sequence_through, write_through
 
-if TYPE_CHECKING:
-    from wsrouter.bridge import Bridge
-    from wsrouter.gateway import Router
-    from wsrouter.ws.keepalive import Keepalive
-
 _OPEN = WebSocketProtocol.STATE_OPEN
+_CLOSED = WebSocketProtocol.STATE_CLOSED
 
-
-class _LazyFormat:
-    """Formats only if a debug line is actually written."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: Any):
-        self._value = value
-
-    def __str__(self) -> str:
-        return pformat(self._value)
-
-
-# Autobahn pretty-prints every protocol option for a debug line on each new
-# connection, whether debug logging is on or not; deferring the formatting
-# takes a tenth of the cost of accepting a connection away.
-if getattr(autobahn_protocol, "pformat", None) is pformat:
-    autobahn_protocol.pformat = _LazyFormat
 _HTTP_REASONS = {
     400: "Bad Request", 403: "Forbidden", 404: "Not Found", 426: "Upgrade Required",
     500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
@@ -68,59 +51,80 @@ def frame_header(is_binary: bool, length: int) -> bytes:
     return struct.pack("!BBQ", opcode, 127, length)
 
 
-class RouterProtocol(WebSocketServerProtocol):
+class ClientProtocol(WebSocketServerProtocol):
     """
-    One client connection.  Per-session state lives here and on the bridge.
+    One client connection (a L{wsrouter.interfaces.ClientConnection}).
 
     @ivar mount_prefix: the path under which the router's resource is
         mounted, removed from the request path before routing.
+    @ivar session: the session the host handed over, once the handshake
+        was accepted.
     """
 
-    factory: RouterFactory
-    bridge: Bridge | None = None
-    keepalive: Keepalive | None = None
+    factory: ClientFactory
+    transport: Any
+    maxMessagePayloadSize: int
+    closeHandshakeTimeout: float
+    #: The factory copies its options onto each protocol itself (see
+    #: L{ClientFactory.apply_limits}): Autobahn's own copy pretty-prints
+    #: every option for a debug line on each new connection, whether debug
+    #: logging is on or not, a tenth of the cost of accepting a connection.
+    CONFIG_ATTRS: list[str] = []
+    session: ConnectionSession | None = None
     mount_prefix = ""
-    session_id = ""
     connection_gone = False
     _frames: FrameParser | None = None
-    #: The target link, when it can gather writes (see StreamLink.hold).
-    _held_link: Any = None
+    #: The session's link, when one read's payload can go out in one send.
+    _gatherer: Gatherer | None = None
+
+    def connectionMade(self) -> None:
+        self.__dict__.update(self.factory.protocol_options)
+        super().connectionMade()
 
     def dataReceived(self, data: bytes) -> None:
         frames = self._frames
         if frames is None:
-            self._dataReceived(data)
+            autobahn_data_received(self, data)
             return
-        link = self._held_link
-        if link is None:
+        gatherer = self._gatherer
+        if gatherer is None:
             frames.feed(data)
             return
         # All the payload one read carries goes to the target in one send.
-        link.hold()
+        gatherer.hold()
         try:
             frames.feed(data)
         finally:
-            link.release()
+            gatherer.release()
 
-    # -- handshake and lifecycle, decided by the router ---------------------------
+    # -- handshake and lifecycle, decided by the host -----------------------------
 
     def onConnect(self, request: Any) -> Any:
-        return self.factory.router.handshake(self, request)
+        accepted: Deferred[str | None] = self.factory.host.handshake(self, request).addCallback(self._accepted)
+        return accepted
+
+    def _accepted(self, session: ConnectionSession | None) -> str | None:
+        if session is None:
+            return None
+        self.session = session
+        return session.subprotocol
 
     def onOpen(self) -> None:
-        self._frames = FrameParser(_ClientFrames(self), self.maxMessagePayloadSize)
+        session = self.session
+        if session is None:
+            return
+        self._frames = FrameParser(_ClientFrames(self, session), self.maxMessagePayloadSize)
         self.transport.bufferSize = IO_CHUNK  # read more per call; queue as much before pausing
-        leftover, self.data = self.data, b""
-        self.factory.router.opened(self)
-        link = getattr(self.bridge, "link", None)
-        if hasattr(link, "hold"):
-            self._held_link = link
+        leftover = take_after_handshake(self)
+        session.opened()
+        self._gatherer = session.gatherer
         if leftover:
             self._frames.feed(leftover)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.connection_gone = True
-        self.factory.router.closed(self, code, reason or "")
+        if self.session is not None:
+            self.session.closed(code, reason or "")
 
     def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders: Any = None) -> None:
         """Refuse the handshake with a proper status line and the reason as a one-line body."""
@@ -135,14 +139,14 @@ class RouterProtocol(WebSocketServerProtocol):
         self.sendData(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + body)
 
     def onPong(self, payload: bytes) -> None:
-        if self.keepalive is not None:
-            self.keepalive.pong_received(payload)
+        if self.session is not None:
+            self.session.pong(payload)
 
-    # -- WebSocketEnd, used by the bridge ------------------------------------------
+    # -- ClientConnection, used by the session and its bridge -----------------------
 
     def send(self, payload: bytes, is_binary: bool) -> None:
         if self.state == _OPEN:
-            self.factory.router.touch(self)
+            self.session.sent()  # type: ignore[union-attr]
             header = frame_header(is_binary, len(payload))
             if len(payload) <= 1024:
                 write_through(self.transport, header + payload)
@@ -153,7 +157,7 @@ class RouterProtocol(WebSocketServerProtocol):
         """
         Close with any RFC 6455 code (the public sendClose refuses 1001, 1009,
         1011).  Autobahn's close timer would start now, while the close frame
-        still waits behind queued data a slow client is reading; the router
+        still waits behind queued data a slow client is reading; the session
         watches the drain instead.
         """
         if self.state == _OPEN:
@@ -162,7 +166,8 @@ class RouterProtocol(WebSocketServerProtocol):
                 self.sendCloseFrame(code=code, reasonUtf8=encode_truncate(reason, 123), isReply=False)
             finally:
                 self.closeHandshakeTimeout = timeout
-            self.factory.router.watch_closing(self)
+            if self.session is not None:
+                self.session.closing()
 
     def attach_producer(self, producer: IPushProducer) -> None:
         self.transport.registerProducer(producer, True)
@@ -170,36 +175,43 @@ class RouterProtocol(WebSocketServerProtocol):
     def consumer_producer(self) -> IPushProducer:
         return self.transport  # type: ignore[no-any-return]
 
+    def is_secure(self) -> bool:
+        return bool(getattr(self.transport_details, "is_secure", False))
+
+    def is_dropped(self) -> bool:
+        return bool(self.state == _CLOSED)
+
+    def send_ping(self, payload: bytes) -> None:
+        self.sendPing(payload)
+
+    def abort(self, reason: str) -> None:
+        self.wasClean = False
+        self.wasNotCleanReason = reason
+        self.transport.abortConnection()
+
+    def finish(self) -> None:
+        self.transport.loseConnection()
+
 
 class _ClientFrames:
-    """What the frame parser finds, applied to one connection."""
+    """
+    What the frame parser finds, applied to one connection: data goes
+    straight to the session's bound methods, with no call in between.
+    """
 
-    def __init__(self, protocol: RouterProtocol):
+    __slots__ = ("_protocol", "_session", "message_begin", "message_data", "message_end", "pong")
+
+    def __init__(self, protocol: ClientProtocol, session: ConnectionSession):
         self._protocol = protocol
-        self._router = protocol.factory.router
-
-    def message_begin(self, is_binary: bool) -> None:
-        if self._protocol.keepalive is not None:
-            self._protocol.keepalive.alive()
-        if self._protocol.bridge is not None:
-            self._protocol.bridge.message_begin(is_binary)
-
-    def message_data(self, payload: bytes) -> None:
-        bridge = self._protocol.bridge
-        if bridge is not None:
-            self._router.touch(self._protocol)
-            bridge.frame_data(payload)
-
-    def message_end(self) -> None:
-        if self._protocol.bridge is not None:
-            self._protocol.bridge.message_end()
+        self._session = session
+        self.message_begin = session.message_begin
+        self.message_data = session.message_data
+        self.message_end = session.message_end
+        self.pong = session.pong
 
     def ping(self, payload: bytes) -> None:
         if self._protocol.state == _OPEN:
-            self._protocol.sendPong(payload)
-
-    def pong(self, payload: bytes) -> None:
-        self._protocol.onPong(payload)
+            self._protocol.sendPong(payload)  # type: ignore[no-untyped-call, unused-ignore]
 
     def close(self, code: int | None, reason: bytes | None) -> None:
         problem = close_frame_problem(code, reason)
@@ -207,20 +219,17 @@ class _ClientFrames:
             self.fail(*problem)
             return
         # Autobahn answers (or completes our close) and closes the connection.
-        self._protocol.onCloseFrame(code, reason)
-        self._router.watch_closing(self._protocol)
+        self._protocol.onCloseFrame(code, reason)  # type: ignore[arg-type]  # None: no code, no reason
+        self._session.closing()
 
     def fail(self, code: int, reason: str) -> None:
         """Close with the violation's code, then the TCP connection (RFC 6455 7.1.7)."""
         protocol = self._protocol
-        if protocol.bridge is not None:
-            protocol.bridge.refuse(code, reason)
-        else:
-            protocol.close(code, reason)
+        self._session.refuse(code, reason)
         protocol.wasClean = False
         protocol.wasNotCleanReason = reason
         protocol.dropConnection(abort=False)
-        self._router.watch_closing(protocol)
+        self._session.closing()
 
 
 def close_frame_problem(code: int | None, reason: bytes | None) -> tuple[int, str] | None:
@@ -235,15 +244,20 @@ def close_frame_problem(code: int | None, reason: bytes | None) -> tuple[int, st
     return None
 
 
-class RouterFactory(WebSocketServerFactory):
-    """Builds L{RouterProtocol}s with the router's limits applied once."""
+class ClientFactory(WebSocketServerFactory):
+    """Builds L{ClientProtocol}s for a host, with the limits applied once per change."""
 
-    protocol = RouterProtocol
+    protocol = ClientProtocol  # type: ignore[assignment]
 
-    def __init__(self, router: Router, limits: Limits, reactor: Any):
-        super().__init__(server=f"wsrouter/{__version__}", reactor=reactor)
-        self.router = router
-        self.setProtocolOptions(
+    def __init__(self, host: HandshakeHost, limits: Limits, reactor: Any):
+        super().__init__(server=f"wsrouter/{__version__}", reactor=reactor)  # type: ignore[no-untyped-call, unused-ignore]
+        self.host = host
+        self.protocol_options: dict[str, Any] = {}
+        self.apply_limits(limits)
+
+    def apply_limits(self, limits: Limits) -> None:
+        """Connections made from now on use C{limits}; open ones keep theirs."""
+        self.setProtocolOptions(  # type: ignore[no-untyped-call, unused-ignore]
             maxFramePayloadSize=limits.max_message_size,
             maxMessagePayloadSize=limits.max_message_size,
             openHandshakeTimeout=limits.handshake_timeout,
@@ -252,3 +266,6 @@ class RouterFactory(WebSocketServerFactory):
             allowNullOrigin=True,
             perMessageCompressionAccept=lambda offers: None,
         )
+        # What Autobahn would copy onto each protocol; a new dict, so
+        # protocols already made keep the one they copied.
+        self.protocol_options = {name: getattr(self, name) for name in WebSocketServerProtocol.CONFIG_ATTRS}

@@ -11,38 +11,16 @@ forever.  This watches the transport's queue instead.
 
 from __future__ import annotations
 
-import fcntl
-import struct
-import termios
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 
+from wsrouter.ws.internals import queued_bytes
+
+__all__ = ["CHECK_INTERVAL", "DrainWatch", "queued_bytes"]
+
 CHECK_INTERVAL = 0.25
-
-
-def queued_bytes(transport: Any) -> int:
-    """
-    Bytes still on their way to the peer: in the Twisted transport's queue
-    and, on Linux, in the kernel's send queue (0 where it cannot tell).
-    """
-    try:
-        queued = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-    except (AttributeError, TypeError):
-        return 0
-    return int(queued) + _kernel_queue(transport)
-
-
-def _kernel_queue(transport: Any) -> int:
-    sock = getattr(transport, "socket", None)
-    if sock is None:
-        return 0
-    try:
-        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
-    except (OSError, ValueError):
-        return 0
-    return int(struct.unpack("i", raw)[0])
 
 
 class DrainWatch:

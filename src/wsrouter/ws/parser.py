@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from autobahn.websocket.utf8validator import Utf8Validator
-from autobahn.websocket.xormasker import create_xor_masker
+from autobahn.websocket.xormasker import create_xor_masker  # type: ignore[attr-defined, unused-ignore]
 
 PROTOCOL_ERROR = 1002
 INVALID_PAYLOAD = 1007

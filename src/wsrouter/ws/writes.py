@@ -16,22 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.internet import tcp
-
-_DIRECT = (tcp.Server, tcp.Client)
-
-
-def _idle(transport: Any) -> bool:
-    """A plain TCP transport with nothing queued and no close under way."""
-    return (
-        type(transport) in _DIRECT
-        and not transport._tempDataLen
-        and not transport.dataBuffer
-        and transport.connected
-        and not transport.disconnecting
-        and not transport._writeDisconnected
-        and not getattr(transport, "TLS", False)
-    )
+from wsrouter.ws.internals import idle_tcp as _idle
 
 
 def write_through(transport: Any, data: bytes) -> None:

@@ -1,0 +1,113 @@
+"""
+Every reach into private Twisted and Autobahn attributes, in one place.
+
+A relay needs a few things neither library offers publicly: how much a
+TCP transport still has queued (to watch a closing connection drain and to
+write straight to an idle socket), the bytes an HTTP channel read past the
+request it handed to a resource (frames a client sent without waiting for
+the 101), the HTTP channel's producer registration (to hand the socket to
+the WebSocket), and Autobahn's handshake buffer (bytes that followed the
+handshake, and feeding the handshake in).  Each access is a small function
+here, and C{tests/test_internals.py} checks on the installed versions that
+every attribute named in L{PRIVATE_ATTRIBUTES} still exists and means what
+it did, so an upgrade that changes them fails loudly instead of silently
+losing data.
+
+Functions on the per-message path (L{idle_tcp}) are plain attribute reads:
+no extra calls or allocations.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import struct
+import termios
+from typing import Any
+
+from twisted.internet import tcp
+
+#: What this module reads or writes, by the class it belongs to (checked by
+#: the tests against the installed libraries).
+PRIVATE_ATTRIBUTES = {
+    "twisted.internet.tcp.Connection": ("_tempDataLen", "dataBuffer", "offset", "_writeDisconnected", "socket"),
+    "twisted.web.http.HTTPChannel": ("_networkProducer", "_dataBuffer", "_buffer"),
+    "autobahn.websocket.protocol.WebSocketProtocol": ("data", "_dataReceived"),
+}
+
+_DIRECT = (tcp.Server, tcp.Client)
+
+
+# -- Twisted TCP transports ----------------------------------------------------------
+
+
+def idle_tcp(transport: Any) -> bool:
+    """A plain TCP transport with nothing queued and no close under way (per message: kept cheap)."""
+    return (
+        type(transport) in _DIRECT
+        and not transport._tempDataLen
+        and not transport.dataBuffer
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnected
+        and not getattr(transport, "TLS", False)
+    )
+
+
+def queued_bytes(transport: Any) -> int:
+    """
+    Bytes still on their way to the peer: in the Twisted transport's queue
+    and, on Linux, in the kernel's send queue (0 where it cannot tell).
+    """
+    try:
+        queued = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    except (AttributeError, TypeError):
+        return 0
+    return int(queued) + _kernel_queue(transport)
+
+
+def _kernel_queue(transport: Any) -> int:
+    sock = getattr(transport, "socket", None)
+    if sock is None:
+        return 0
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except (OSError, ValueError):
+        return 0
+    return int(struct.unpack("i", raw)[0])
+
+
+# -- twisted.web's HTTP channel --------------------------------------------------------
+
+
+def channel_producer_holder(channel: Any, transport: Any) -> Any:
+    """
+    What the HTTP channel registered itself with as the transport's producer
+    (a TLS wrapper's own producer, or the transport itself): it must
+    unregister before the WebSocket can register the bridge's.
+    """
+    return getattr(channel, "_networkProducer", transport)
+
+
+def channel_unread(channel: Any) -> bytes:
+    """
+    Bytes the HTTP channel holds beyond the request being handled (frames a
+    client sent without waiting for the 101): they belong to the WebSocket.
+    """
+    held = b"".join(getattr(channel, "_dataBuffer", None) or ())
+    rest = getattr(channel, "_buffer", b"")
+    return held + (rest if isinstance(rest, bytes) else b"")
+
+
+# -- Autobahn's WebSocket protocol -----------------------------------------------------
+
+
+def take_after_handshake(protocol: Any) -> bytes:
+    """The bytes Autobahn buffered after the opening handshake; they are the parser's now."""
+    leftover: bytes = protocol.data
+    protocol.data = b""
+    return leftover
+
+
+def autobahn_data_received(protocol: Any, data: bytes) -> None:
+    """Feed bytes to Autobahn's own handshake processing."""
+    protocol._dataReceived(data)
