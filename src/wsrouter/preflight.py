@@ -55,7 +55,7 @@ def check_listeners(listeners: Iterable[str]) -> Iterator[Problem]:
     """Each listener is a Twisted endpoint string (parsed only: nothing is bound)."""
     for index, description in enumerate(listeners):
         try:
-            serverFromString(MemoryReactor(), description)  # type: ignore[no-untyped-call]
+            serverFromString(MemoryReactor(), description)
         except (ValueError, KeyError, TypeError, IndexError) as e:
             yield f"listen[{index}]", f"not a Twisted endpoint string ({description!r}: {e or type(e).__name__})"
 
