@@ -114,12 +114,12 @@ def test_every_problem_at_once(tmp_path):
     assert len(text.splitlines()) == 3 and "listen[0]" in text and "web.root" in text and "routes[0].target" in text
 
 
-@pytest.mark.parametrize("command", ["wsrouter", "twistd"])
-def test_commands_report_problems_without_traceback(tmp_path, command):
+@pytest.mark.parametrize("runner", ["wsrouter", "twistd"])
+def test_both_runners_report_problems_without_traceback(tmp_path, runner):
     """`wsrouter` and `twistd wsrouter` list every start-up problem and exit 2, without a traceback."""
     args = ["--listen", "tcp:notaport", "--web", str(tmp_path / "nonexistent"), "--route", "/=exec:no-such-command-xyz",
             "--listen", f"tcp:{free_port()}:interface=127.0.0.1"]
-    argv = ([TWISTD, "--nodaemon", "--pidfile=", "wsrouter", *args] if command == "twistd"
+    argv = ([TWISTD, "--nodaemon", "--pidfile=", "wsrouter", *args] if runner == "twistd"
             else [PYTHON, "-m", "wsrouter", *args])
     result = subprocess.run(argv, capture_output=True, text=True, env=child_env(), cwd=REPO, timeout=60)
     assert result.returncode == 2
@@ -139,11 +139,11 @@ def test_unwritable_directory_as_any_user(tmp_path, monkeypatch):
         f"cannot create {str(tmp_path / 'new' / 'deeper')!r}: {str(tmp_path)!r} is not writable")
 
 
-@pytest.mark.parametrize("command, status", [("wsrouter", 2), ("twistd", 1)])
-def test_unknown_endpoint_type_is_a_one_line_problem(command, status):
+@pytest.mark.parametrize("runner, status", [("wsrouter", 2), ("twistd", 1)])
+def test_unknown_endpoint_type_is_a_one_line_problem(runner, status):
     """`--listen bogus:1` is a config problem naming the key, no traceback (twistd exits 1 on usage errors)."""
     args = ["--listen", "bogus:1", "--route", "/=echo:"]
-    argv = ([TWISTD, "--nodaemon", "--pidfile=", "wsrouter", *args] if command == "twistd"
+    argv = ([TWISTD, "--nodaemon", "--pidfile=", "wsrouter", *args] if runner == "twistd"
             else [PYTHON, "-m", "wsrouter", *args])
     result = subprocess.run(argv, capture_output=True, text=True, env=child_env(), cwd=REPO, timeout=60)
     output = result.stderr + result.stdout

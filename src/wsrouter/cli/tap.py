@@ -200,7 +200,7 @@ class Options(usage.Options):
 
 
 class ServeOptions(Options):
-    """C{wsrouter [serve]}: the same options; the command logs by itself."""
+    """C{wsrouter [serve]}: the same options; run without twistd, it logs by itself."""
 
     under_twistd = False
 
