@@ -82,10 +82,10 @@ def test_target_description_parses_back(text: str, expected: Any) -> None:
     pytest.param("unix://run/app.sock", ["absolute path", "unix:///"], id="unix-relative"),
     pytest.param("unix-dgram://log.sock", ["absolute path", "unix-dgram:///"], id="unix-dgram-relative"),
     pytest.param("http://example.com:80", ["unknown target", "'http://example.com:80'", "tcp://HOST:PORT",
-                                           "unix:///PATH", "exec:PROGRAM", "echo:"], id="unknown-scheme"),
+                                           "unix:///PATH", "exec:COMMAND", "echo:"], id="unknown-scheme"),
     pytest.param("ws://example.com:80", ["unknown target"], id="unknown-scheme-ws"),
-    pytest.param("exec:", ["needs a program"], id="exec-empty"),
-    pytest.param("exec:   ", ["needs a program"], id="exec-blank"),
+    pytest.param("exec:", ["needs a command"], id="exec-empty"),
+    pytest.param("exec:   ", ["needs a command"], id="exec-blank"),
     pytest.param(
         "exec:sh -c 'oops", ["exec"], id="exec-unbalanced-quote",
     ),

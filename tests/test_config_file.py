@@ -44,7 +44,7 @@ from wsrouter.config.emit import dumps
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "wsrouter.toml"
 ROUTE = '[[routes]]\npath = "/"\ntarget = "echo:"\n'
-TARGET_FORMS = ("tcp://HOST:PORT, HOST:PORT, unix:///PATH, udp://HOST:PORT, unix-dgram:///PATH, exec:PROGRAM, "
+TARGET_FORMS = ("tcp://HOST:PORT, HOST:PORT, unix:///PATH, udp://HOST:PORT, unix-dgram:///PATH, exec:COMMAND, "
                 "wrap:MODE:PROGRAM, program:NAME, replay:FILE[?speed=FACTOR] or echo:")
 
 BAD_FILES = [
@@ -95,7 +95,7 @@ BAD_FILES = [
                  ["programs.p.mode: required", "programs.p.command: required"], id="program-required-keys"),
     pytest.param('[programs.p]\nmode = "restart"\ncommand = []\nports = "http"\nkeep_env = "yes"\n' + ROUTE,
                  ["programs.p.mode: must be respawn or ignore or exit, not 'restart'",
-                  "programs.p.command: must be a program and its arguments, not []",
+                  "programs.p.command: must be an executable and its arguments, not []",
                   "programs.p.ports: must be comma-separated port numbers or '*', not 'http'",
                   "programs.p.keep_env: must be true or false, not 'yes'"], id="program-bad-values"),
     pytest.param('[programs."a b"]\nmode = "exit"\ncommand = "x"\n' + ROUTE,

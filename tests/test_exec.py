@@ -1,7 +1,7 @@
 """
-Program targets (C{exec:}): the CGI environment and program lookup as pure
+Exec targets (C{exec:}): the CGI environment and command lookup as pure
 functions; the link's ending and flow-control rules with a fake process and
-a Clock; then real programs from C{tests/programs} behind a router in this
+a Clock; then real commands from C{tests/programs} behind a router in this
 process (and, for memory bounds, a router process), with the independent
 ``websockets`` client in a thread.
 """
@@ -33,12 +33,12 @@ from wsrouter.interfaces import SessionInfo, TargetError
 from wsrouter.targets.exec import (
     DEFAULT_PATH,
     ExecConnector,
-    ProgramLink,
+    CommandLink,
     StderrLines,
     cgi_environment,
     describe_exit,
     python_launcher,
-    resolve_program,
+    resolve_command,
 )
 
 from . import rawws
@@ -48,9 +48,9 @@ PROGRAMS = Path(__file__).resolve().parent / "programs"
 MiB = 1024 * 1024
 
 
-def exec_route(path: str, program: str, *args: str, options: str = "") -> str:
-    """A route string running a test program with this interpreter."""
-    argv = [PYTHON, str(PROGRAMS / program), *args]
+def exec_route(path: str, script: str, *args: str, options: str = "") -> str:
+    """A route string running a test script as its command, with this interpreter."""
+    argv = [PYTHON, str(PROGRAMS / script), *args]
     return f"{path}{f'[{options}]' if options else ''}=exec:{shlex.join(argv)}"
 
 
@@ -133,18 +133,18 @@ def test_configured_names_win_over_headers():
     assert env["HTTP_X_ROLE"] == "operator"
 
 
-# -- finding the program (pure) -----------------------------------------------------------
+# -- finding the command (pure) -----------------------------------------------------------
 
 
-def test_resolve_program(tmp_path):
-    """Programs are found on the given PATH or by path; each failure is a 502 saying what to fix."""
+def test_resolve_command(tmp_path):
+    """Commands are found on the given PATH or by path; each failure is a 502 saying what to fix."""
     tool = tmp_path / "tool"
     tool.write_text("#!/bin/sh\n")
     tool.chmod(0o755)
     plain = tmp_path / "plain"
     plain.write_text("data")
-    assert resolve_program("tool", str(tmp_path)) == str(tool)
-    assert resolve_program(str(tool), "") == str(tool)
+    assert resolve_command("tool", str(tmp_path)) == str(tool)
+    assert resolve_command(str(tool), "") == str(tool)
     problems = {
         "tool": (DEFAULT_PATH, "not found"),
         str(tmp_path / "absent"): ("", "does not exist"),
@@ -153,15 +153,16 @@ def test_resolve_program(tmp_path):
     }
     for name, (path, words) in problems.items():
         with pytest.raises(TargetError) as caught:
-            resolve_program(name, path)
-        assert caught.value.status == 502 and words in caught.value.reason, caught.value.reason
+            resolve_command(name, path)
+        reason = caught.value.reason
+        assert caught.value.status == 502 and words in reason and reason.startswith("command "), reason
 
 
 def test_describe_exit():
     """Exit status 0 is clean; other statuses and signals are named."""
     assert describe_exit(Failure(ProcessDone(0))) is None
-    assert describe_exit(Failure(ProcessTerminated(exitCode=3))) == "program exited with status 3"
-    assert describe_exit(Failure(ProcessTerminated(signal=9))) == "program killed by signal 9 (SIGKILL)"
+    assert describe_exit(Failure(ProcessTerminated(exitCode=3))) == "command exited with status 3"
+    assert describe_exit(Failure(ProcessTerminated(signal=9))) == "command killed by signal 9 (SIGKILL)"
 
 
 # -- stderr lines (pure) --------------------------------------------------------------------
@@ -247,15 +248,15 @@ class Signals:
         return self.group
 
 
-def make_link(grace: float = 2.0) -> tuple[ProgramLink, FakeProcess, Clock, Signals]:
+def make_link(grace: float = 2.0) -> tuple[CommandLink, FakeProcess, Clock, Signals]:
     clock, signals, process = Clock(), Signals(), FakeProcess()
-    link = ProgramLink(clock, "prog[s1]", grace=grace, signaller=signals)
+    link = CommandLink(clock, "prog[s1]", grace=grace, signaller=signals)
     link.makeConnection(process)
     return link, process, clock, signals
 
 
 def test_link_paused_until_start():
-    """The program's output is not read before start, and anything read early is delivered first."""
+    """The command's output is not read before start, and anything read early is delivered first."""
     link, process, _, _ = make_link()
     assert process.paused
     link.outReceived(b"early")
@@ -269,7 +270,7 @@ def test_link_paused_until_start():
 @pytest.mark.parametrize("exit_first", [True, False])
 @pytest.mark.parametrize(
     "reason, error",
-    [(ProcessDone(0), None), (ProcessTerminated(exitCode=3), "program exited with status 3")],
+    [(ProcessDone(0), None), (ProcessTerminated(exitCode=3), "command exited with status 3")],
 )
 def test_exit_reported_after_last_output(exit_first, reason, error):
     """The exit is reported after the end of stdout, whichever Twisted reports first, with its status."""
@@ -287,7 +288,7 @@ def test_exit_reported_after_last_output(exit_first, reason, error):
 
 
 def test_closed_stdout_but_running_ends_session_after_grace():
-    """A program that closes stdout and keeps running ends the session (eof) after the grace period."""
+    """A command that closes stdout and keeps running ends the session (eof) after the grace period."""
     link, _, clock, _ = make_link()
     receiver = Receiver()
     link.start(receiver)
@@ -297,11 +298,11 @@ def test_closed_stdout_but_running_ends_session_after_grace():
     clock.advance(0.2)
     assert receiver.events == [("eof",)]
     link.processExited(Failure(ProcessTerminated(signal=15)))
-    assert receiver.events[-1] == ("lost", "program killed by signal 15 (SIGTERM)")
+    assert receiver.events[-1] == ("lost", "command killed by signal 15 (SIGTERM)")
 
 
 def test_exit_with_output_held_stops_group_then_closes_pipes():
-    """When the program exits with stdout still held, its group gets SIGTERM, SIGKILL, and quiet pipes are closed."""
+    """When the command exits with stdout still held, its group gets SIGTERM, SIGKILL, and quiet pipes are closed."""
     link, process, clock, signals = make_link()
     receiver = Receiver()
     link.start(receiver)
@@ -325,7 +326,7 @@ def test_exit_with_output_held_stops_group_then_closes_pipes():
 
 
 def test_close_terminates_then_kills():
-    """close() shuts stdin, sends SIGTERM to the program and its group, then SIGKILL after the grace period."""
+    """close() shuts stdin, sends SIGTERM to the command and its group, then SIGKILL after the grace period."""
     link, process, clock, signals = make_link()
     link.start(Receiver())
     link.close()
@@ -356,7 +357,7 @@ def test_abort_kills_now():
 
 
 def test_stdin_closing_resumes_a_paused_client_without_stopping_it():
-    """When the program's stdin closes, a client paused by it is resumed, never stopped (that would drop it)."""
+    """When the command's stdin closes, a client paused by it is resumed, never stopped (that would drop it)."""
     link, process, _, _ = make_link()
     calls: list[str] = []
 
@@ -396,9 +397,9 @@ class FakeReactor(Clock):
 
 @pytest.mark.parametrize("where", ["route", "router"])
 def test_connector_fork_limit_and_spawn_arguments(where):
-    """Over the fork limit the connector fails with 503; a program's exit frees its place; spawns get the CGI env."""
-    program = ExecTarget((PYTHON, "prog.py"))
-    route = Route(path="/p", target=program, max_forks=1 if where == "route" else None)
+    """Over the fork limit the connector fails with 503; a command's exit frees its place; spawns get the CGI env."""
+    command = ExecTarget((PYTHON, "prog.py"))
+    route = Route(path="/p", target=command, max_forks=1 if where == "route" else None)
     fake = FakeReactor()
     limits = Limits(max_forks=1 if where == "router" else None)
     connector = ExecConnector(fake, limits, launcher=("launch",), environ={"SECRET": "s"})
@@ -414,17 +415,17 @@ def test_connector_fork_limit_and_spawn_arguments(where):
     assert len(links) == 2 and connector.running(route) == 1
 
 
-def test_connector_missing_program_is_502():
-    """A program that cannot be found fails the connect with 502 and starts nothing."""
+def test_connector_missing_command_is_502():
+    """A command that cannot be found fails the connect with 502 and starts nothing."""
     fake = FakeReactor()
     connector = ExecConnector(fake, Limits(), launcher=("launch",))
-    session = make_session(Route(path="/p", target=ExecTarget(("no-such-program-here",))))
+    session = make_session(Route(path="/p", target=ExecTarget(("no-such-command-here",))))
     failures: list[Failure] = []
     connector.connect(session).addErrback(failures.append)
     assert failures[0].value.status == 502 and fake.spawned == []
 
 
-# -- real programs, end to end --------------------------------------------------------------------
+# -- real commands, end to end --------------------------------------------------------------------
 
 
 def receive_all(ws: Any, limit: int = 10000) -> tuple[list[Any], int | None, str]:
@@ -464,7 +465,7 @@ def wait_gone(pids: list[int], timeout: float = 15.0) -> list[int]:
 
 @pytest_twisted.inlineCallbacks
 def test_line_framing_text_messages():
-    """By default each line the program writes is one text message, and each message reaches its stdin."""
+    """By default each line the command writes is one text message, and each message reaches its stdin."""
     router = start_router(routes=[exec_route("/up", "upper_echo.py")])
 
     def client():
@@ -481,7 +482,7 @@ def test_line_framing_text_messages():
 
 @pytest_twisted.inlineCallbacks
 def test_binary_separator_and_fixed_framing():
-    """Route options pick binary, separator and fixed framing for the program's output; exit 0 closes 1000."""
+    """Route options pick binary, separator and fixed framing for the command's output; exit 0 closes 1000."""
     router = start_router(routes=[
         exec_route("/bin", "emit.py", "00ff", "0102", options="framing=binary"),
         exec_route("/sep", "emit.py", "61620063", "640065", options="framing=separator:\\0"),
@@ -503,9 +504,9 @@ def test_binary_separator_and_fixed_framing():
 
 
 @pytest_twisted.inlineCallbacks
-def test_program_sees_cgi_environment_only(monkeypatch):
+def test_command_sees_cgi_environment_only(monkeypatch):
     """
-    The program gets every CGI variable and HTTP_* header, the route's env and pass_env, and no other router
+    The command gets every CGI variable and HTTP_* header, the route's env and pass_env, and no other router
     variable.
     """
     monkeypatch.setenv("WSROUTER_TEST_SECRET", "must not leak")
@@ -545,7 +546,7 @@ def test_program_sees_cgi_environment_only(monkeypatch):
 
 @pytest_twisted.inlineCallbacks
 def test_exit_status_3_closes_1011_after_output():
-    """A program that prints a line and exits with status 3 delivers the line, then closes 1011 saying so."""
+    """A command that prints a line and exits with status 3 delivers the line, then closes 1011 saying so."""
     router = start_router(routes=[exec_route("/x", "emit.py", "--status", "3", "6279650a")])
 
     def client():
@@ -555,15 +556,15 @@ def test_exit_status_3_closes_1011_after_output():
     try:
         messages, code, reason = yield in_thread(client)
         assert (messages, code) == (["bye"], 1011)
-        assert "program exited with status 3" in reason
+        assert "command exited with status 3" in reason
     finally:
         yield router.stopService()
 
 
 @pytest_twisted.inlineCallbacks
 @pytest.mark.parametrize("launcher", ["default", "trampoline"])
-def test_client_close_kills_program_and_grandchild(launcher):
-    """When the client closes, the program and a grandchild it started are gone, with either launcher."""
+def test_client_close_kills_command_and_grandchild(launcher):
+    """When the client closes, the command and a grandchild it started are gone, with either launcher."""
     router = start_router(routes=[exec_route("/s", "sleeper.py", "--grandchild")])
     if launcher == "trampoline":
         router.router.connectors.register(ExecTarget, ExecConnector(
@@ -584,8 +585,8 @@ def test_client_close_kills_program_and_grandchild(launcher):
 
 
 @pytest_twisted.inlineCallbacks
-def test_program_closing_stdout_but_running_ends_session():
-    """A program that closes stdout and keeps running ends the session with 1000, and is then stopped."""
+def test_command_closing_stdout_but_running_ends_session():
+    """A command that closes stdout and keeps running ends the session with 1000, and is then stopped."""
     router = start_router(routes=[exec_route("/c", "sleeper.py", "--close-stdout")])
 
     def client():
@@ -602,9 +603,9 @@ def test_program_closing_stdout_but_running_ends_session():
 
 
 @pytest_twisted.inlineCallbacks
-def test_program_exiting_while_grandchild_holds_stdout():
+def test_command_exiting_while_grandchild_holds_stdout():
     """
-    A program that exits while a grandchild holds its stdout ends the session with 1000; the grandchild is stopped.
+    A command that exits while a grandchild holds its stdout ends the session with 1000; the grandchild is stopped.
     """
     router = start_router(routes=[exec_route("/g", "sleeper.py", "--grandchild", "--exit")])
 
@@ -624,8 +625,8 @@ def test_program_exiting_while_grandchild_holds_stdout():
 
 
 @pytest_twisted.inlineCallbacks
-def test_fork_limit_refuses_with_503_until_a_program_ends():
-    """With max-forks=2, a third connection gets 503 until one of the two closes and its program ends."""
+def test_fork_limit_refuses_with_503_until_a_command_ends():
+    """With max-forks=2, a third connection gets 503 until one of the two closes and its command ends."""
     router = start_router(routes=[exec_route("/s", "sleeper.py", options="max-forks=2")])
 
     def client():
@@ -650,12 +651,12 @@ def test_fork_limit_refuses_with_503_until_a_program_ends():
 
 
 @pytest_twisted.inlineCallbacks
-def test_missing_or_unusable_program_is_502(tmp_path):
-    """A program that does not exist, or is not executable, refuses the handshake with 502 and a reason."""
+def test_missing_or_unusable_command_is_502(tmp_path):
+    """A command that does not exist, or is not executable, refuses the handshake with 502 and a reason."""
     plain = tmp_path / "plain.sh"
     plain.write_text("echo hi\n")
     router = start_router(routes=[
-        "/missing=exec:no-such-program-wsrouter --flag",
+        "/missing=exec:no-such-command-wsrouter --flag",
         f"/plain=exec:{plain}",
     ])
     try:
@@ -668,8 +669,8 @@ def test_missing_or_unusable_program_is_502(tmp_path):
 
 
 @pytest_twisted.inlineCallbacks
-def test_stderr_goes_to_the_log_with_program_and_session():
-    """Each stderr line is logged with the program name and session id, long lines cut."""
+def test_stderr_goes_to_the_log_with_command_and_session():
+    """Each stderr line is logged with the command name and session id, long lines cut."""
     events: list[dict[str, Any]] = []
 
     def observer(event: dict[str, Any]) -> None:
@@ -724,8 +725,8 @@ def read_message(s: socket.socket) -> bytes:
 
 
 @pytest.mark.slow
-def test_program_not_reading_stdin_pauses_client(tmp_path):
-    """A client sending 256 MiB to a program that never reads blocks early, and the router grows by < 64 MiB."""
+def test_command_not_reading_stdin_pauses_client(tmp_path):
+    """A client sending 256 MiB to a command that never reads blocks early, and the router grows by < 64 MiB."""
     # A paused transport reads nothing, not even the end of the connection:
     # the keepalive ping is what notices the client has gone.
     # The first ping (10 s) comes after the measurement.
@@ -753,8 +754,8 @@ def test_program_not_reading_stdin_pauses_client(tmp_path):
 
 
 @pytest.mark.slow
-def test_program_flooding_slow_client_bounds_memory(tmp_path):
-    """A program writing 256 MiB of lines to a client that stops reading for a while grows the router by < 64 MiB."""
+def test_command_flooding_slow_client_bounds_memory(tmp_path):
+    """A command writing 256 MiB of lines to a client that stops reading for a while grows the router by < 64 MiB."""
     total_mib, line = 256, 8192
     with router_process(tmp_path, "--route", exec_route("/*", "flood.py", str(total_mib), str(line))) as router:
         baseline = router.status("VmRSS")

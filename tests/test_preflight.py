@@ -1,6 +1,6 @@
 """
 Start-up checks: what a valid config still needs from the machine (web
-root, programs, recording directories, listener strings), all reported at
+root, exec: commands and wrapped programs, recording directories, listener strings), all reported at
 once in the config's `key: problem` form, by `wsrouter` and `twistd wsrouter`.
 """
 
@@ -61,21 +61,21 @@ def test_web_root_must_be_a_directory(tmp_path):
     assert problems(web=str(tmp_path / "file"))[0][0] == "web.root"
 
 
-def test_exec_program_is_found_on_its_path(tmp_path):
-    """An exec: program not on the PATH it will get is found at start-up, not per connection."""
+def test_exec_command_is_found_on_its_path(tmp_path):
+    """An exec: command not on the PATH it will get is found at start-up, not per connection."""
     script = tmp_path / "not-executable"
     script.write_text("")
-    found = problems(routes=["/a=exec:no-such-program-xyz", f"/b=exec:{script}", "/c=exec:cat"])
+    found = problems(routes=["/a=exec:no-such-command-xyz", f"/b=exec:{script}", "/c=exec:cat"])
     assert [key for key, _ in found] == ["routes[0].target", "routes[1].target"]
-    assert "'no-such-program-xyz' not found" in found[0][1]
+    assert "command 'no-such-command-xyz' not found" in found[0][1]
     assert "is not executable" in found[1][1]
 
 
 def test_exec_path_follows_route_env(tmp_path):
-    """A route's env=PATH:... is the PATH its program is looked up on."""
-    program = tmp_path / "tool"
-    program.write_text("#!/bin/sh\n")
-    program.chmod(0o755)
+    """A route's env=PATH:... is the PATH its command is looked up on."""
+    tool = tmp_path / "tool"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
     assert problems(routes=[f"/[env=PATH:{tmp_path}]=exec:tool"]) == []
     assert problems(routes=["/=exec:tool"])[0][0] == "routes[0].target"
 
@@ -114,18 +114,18 @@ def test_every_problem_at_once(tmp_path):
     assert len(text.splitlines()) == 3 and "listen[0]" in text and "web.root" in text and "routes[0].target" in text
 
 
-@pytest.mark.parametrize("command", ["wsrouter", "twistd"])
-def test_commands_report_problems_without_traceback(tmp_path, command):
+@pytest.mark.parametrize("runner", ["wsrouter", "twistd"])
+def test_both_runners_report_problems_without_traceback(tmp_path, runner):
     """`wsrouter` and `twistd wsrouter` list every start-up problem and exit 2, without a traceback."""
-    args = ["--listen", "tcp:notaport", "--web", str(tmp_path / "nonexistent"), "--route", "/=exec:no-such-program-xyz",
+    args = ["--listen", "tcp:notaport", "--web", str(tmp_path / "nonexistent"), "--route", "/=exec:no-such-command-xyz",
             "--listen", f"tcp:{free_port()}:interface=127.0.0.1"]
-    argv = ([TWISTD, "--nodaemon", "--pidfile=", "wsrouter", *args] if command == "twistd"
+    argv = ([TWISTD, "--nodaemon", "--pidfile=", "wsrouter", *args] if runner == "twistd"
             else [PYTHON, "-m", "wsrouter", *args])
     result = subprocess.run(argv, capture_output=True, text=True, env=child_env(), cwd=REPO, timeout=60)
     assert result.returncode == 2
     assert "listen[0]: not a Twisted endpoint string ('tcp:notaport'" in result.stderr
     assert "web.root:" in result.stderr
-    assert "routes[0].target: program 'no-such-program-xyz' not found" in result.stderr
+    assert "routes[0].target: command 'no-such-command-xyz' not found" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
 
 
@@ -139,11 +139,11 @@ def test_unwritable_directory_as_any_user(tmp_path, monkeypatch):
         f"cannot create {str(tmp_path / 'new' / 'deeper')!r}: {str(tmp_path)!r} is not writable")
 
 
-@pytest.mark.parametrize("command, status", [("wsrouter", 2), ("twistd", 1)])
-def test_unknown_endpoint_type_is_a_one_line_problem(command, status):
+@pytest.mark.parametrize("runner, status", [("wsrouter", 2), ("twistd", 1)])
+def test_unknown_endpoint_type_is_a_one_line_problem(runner, status):
     """`--listen bogus:1` is a config problem naming the key, no traceback (twistd exits 1 on usage errors)."""
     args = ["--listen", "bogus:1", "--route", "/=echo:"]
-    argv = ([TWISTD, "--nodaemon", "--pidfile=", "wsrouter", *args] if command == "twistd"
+    argv = ([TWISTD, "--nodaemon", "--pidfile=", "wsrouter", *args] if runner == "twistd"
             else [PYTHON, "-m", "wsrouter", *args])
     result = subprocess.run(argv, capture_output=True, text=True, env=child_env(), cwd=REPO, timeout=60)
     output = result.stderr + result.stdout

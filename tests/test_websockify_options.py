@@ -21,7 +21,7 @@ from twisted.python import usage
 
 from wsrouter.cli.lower import LoweringError, options_to_raw
 from wsrouter.cli.tap import NOT_YET, ServeOptions
-from wsrouter.config import build_config, load_config
+from wsrouter.config import load_config
 from wsrouter.lifetime import LifetimeService
 
 from .rawws import upgrade

@@ -2,7 +2,7 @@
 Running out of file descriptors gracefully.
 
 Every relayed session holds descriptors: the client's socket, plus the
-target's socket (an C{exec:} program's three pipes, six while it is being
+target's socket (an C{exec:} command's three pipes, six while it is being
 started), plus a file while it is recorded.  A process that runs out finds
 out in C{accept()}: Twisted 26's C{tcp.Port} then closes the one descriptor
 it keeps in reserve for that, accepts what waits in the backlog and closes
@@ -96,7 +96,7 @@ def accept_resume_level(limit: int, reserve: int) -> int:
 def target_cost(target: Target) -> int:
     """
     Descriptors a session's target holds at most: one socket for most, none
-    for the in-process echo, three pipes for a program (six while it starts:
+    for the in-process echo, three pipes for an exec: command (six while it starts:
     the child's ends are open until it has forked).
     """
     if isinstance(target, EchoTarget):

@@ -1,7 +1,7 @@
 """
 Cutting a target's byte stream into WebSocket messages.
 
-A stream target (a TCP socket, a program's stdout) delivers bytes in chunks
+A stream target (a TCP socket, an exec: command's stdout) delivers bytes in chunks
 whose boundaries mean nothing; a framer decides where each message ends.
 Every framer here is pure: it is fed bytes and returns whole messages, so
 the bridge stays free of parsing and the framers are tested without a
@@ -9,7 +9,7 @@ reactor.  All of them implement L{wsrouter.interfaces.Framer}.
 
 Memory stays bounded: a line or separated record longer than C{max_size}
 is sent as several messages of C{max_size} bytes (the last one shorter),
-so a program that never writes a newline cannot make the router buffer
+so a target that never writes a newline cannot make the router buffer
 without limit.  The result never depends on how the stream was chunked.
 """
 

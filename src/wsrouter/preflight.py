@@ -2,7 +2,7 @@
 Start-up checks of what a valid config still needs from this machine.
 
 A config can be well formed and still name a web root that is not there,
-a program that is not on PATH or a recording directory the router cannot
+a command or program that is not on PATH or a recording directory the router cannot
 write.  These are checked once, before anything listens, and every
 problem is reported at once in the config's own C{key.path: problem}
 form, instead of showing up later as a traceback, a 502 per connection or
@@ -20,7 +20,7 @@ from twisted.internet.testing import MemoryReactor
 
 from wsrouter.config import ConfigError, ExecTarget, RouterConfig, WrappedTarget
 from wsrouter.interfaces import TargetError
-from wsrouter.targets.exec import DEFAULT_PATH, resolve_program
+from wsrouter.targets.exec import DEFAULT_PATH, resolve_command
 
 Problem = tuple[str, str]
 
@@ -30,14 +30,14 @@ def preflight(config: RouterConfig, environ: Mapping[str, str] | None = None) ->
     Every problem the machine has with C{config}, as C{(key path, problem)}.
 
     @param environ: the router's environment (PATH for wrapped programs,
-        and for exec programs when C{pass_env} passes it); default
+        and for exec: commands when C{pass_env} passes it); default
         C{os.environ}.
     """
     env = os.environ if environ is None else environ
     return [
         *check_listeners(config.listeners),
         *check_web_root(config),
-        *check_programs(config, env),
+        *check_executables(config, env),
         *check_recording(config),
     ]
 
@@ -55,7 +55,7 @@ def check_listeners(listeners: Iterable[str]) -> Iterator[Problem]:
     """Each listener is a Twisted endpoint string (parsed only: nothing is bound)."""
     for index, description in enumerate(listeners):
         try:
-            serverFromString(MemoryReactor(), description)  # type: ignore[no-untyped-call]
+            serverFromString(MemoryReactor(), description)
         except (ValueError, KeyError, TypeError, IndexError) as e:
             yield f"listen[{index}]", f"not a Twisted endpoint string ({description!r}: {e or type(e).__name__})"
 
@@ -65,8 +65,8 @@ def check_web_root(config: RouterConfig) -> Iterator[Problem]:
         yield "web.root", f"{config.web.directory!r} is not an existing directory"
 
 
-def check_programs(config: RouterConfig, environ: Mapping[str, str]) -> Iterator[Problem]:
-    """exec: programs are found on the PATH they will get; wrapped programs on the router's."""
+def check_executables(config: RouterConfig, environ: Mapping[str, str]) -> Iterator[Problem]:
+    """exec: commands are found on the PATH they will get; wrapped programs on the router's."""
     reported: set[object] = set()
     for index, route in enumerate(config.routes):
         target = route.target
@@ -74,7 +74,7 @@ def check_programs(config: RouterConfig, environ: Mapping[str, str]) -> Iterator
             continue
         if isinstance(target, ExecTarget):
             try:
-                resolve_program(target.argv[0], _exec_path(config, dict(route.env), environ))
+                resolve_command(target.argv[0], _exec_path(config, dict(route.env), environ))
             except TargetError as e:
                 reported.add(target)
                 yield f"routes[{index}].target", str(e)
@@ -86,7 +86,7 @@ def check_programs(config: RouterConfig, environ: Mapping[str, str]) -> Iterator
 
 
 def _exec_path(config: RouterConfig, route_env: Mapping[str, str], environ: Mapping[str, str]) -> str:
-    """The PATH an exec: program gets (see C{cgi_environment})."""
+    """The PATH an exec: command gets (see C{cgi_environment})."""
     if "PATH" in route_env:
         return route_env["PATH"]
     if "PATH" in config.pass_env and "PATH" in environ:

@@ -76,7 +76,7 @@ class Options(usage.Options):
         f"websockify's form '{SHORT_FORM}' listens on PORT (loopback unless HOST is given) "
         "and sends every path to the TCP target. Routes: --route PATH[@SUBPROTOCOLS]=TARGET, "
         "where PATH is exact or ends in /* for a prefix (the longest match wins), and TARGET is "
-        "tcp://HOST:PORT, unix:///PATH, udp://HOST:PORT, unix-dgram:///PATH, exec:PROGRAM ARGS "
+        "tcp://HOST:PORT, unix:///PATH, udp://HOST:PORT, unix-dgram:///PATH, exec:COMMAND ARGS "
         "(one process per connection), wrap:MODE:PROGRAM ARGS or echo:. "
         "--wrap MODE -- PROGRAM ARGS starts a TCP server program under the rebind shim, which moves "
         "the port it binds to a free loopback port; the router listens on PORT (or, without one, on "
@@ -91,7 +91,7 @@ class Options(usage.Options):
 
     optFlags = [
         ["web-listing", None, "List directories of the web root that have no index.html."],
-        ["wrap-keep-env", None, "Keep the rebind shim for programs the wrapped program execs (start scripts)."],
+        ["wrap-keep-env", None, "Keep the rebind shim in whatever the wrapped program execs (start scripts)."],
         ["run-once", None, "Exit after the first session ends (websockify --run-once)."],
         ["verbose", "v", "Log debug messages too (websockify --verbose)."],
         ["traffic", None, "Log one debug line per message relayed (websockify --traffic); implies --verbose."],
@@ -123,7 +123,7 @@ class Options(usage.Options):
         ["wrap-mode", None, None, "websockify's name for --wrap MODE."],
         ["unix-target", None, None, "Proxy every path to this Unix socket (websockify --unix-target); "
                                     "give the listening [HOST:]PORT alone."],
-        ["max-forks", None, None, "Most exec: programs running at once per route (default unlimited); then 503."],
+        ["max-forks", None, None, "Most exec: commands running at once per route (default unlimited); then 503."],
         ["workers", None, None,
          "Router processes sharing the listeners (default 1); wrapped programs still run once."],
         ["log-file", None, None, "Log to this file instead of stderr (websockify --log-file)."],
@@ -150,7 +150,7 @@ class Options(usage.Options):
         super().parseOptions(options)  # type: ignore[no-untyped-call]
 
     def opt_pass_env(self, name: str) -> None:
-        """Pass this variable of the router's environment to exec: programs (repeatable)."""
+        """Pass this variable of the router's environment to exec: commands (repeatable)."""
         self["pass_env"].append(name)
 
     def opt_listen(self, endpoint: str) -> None:
@@ -200,7 +200,7 @@ class Options(usage.Options):
 
 
 class ServeOptions(Options):
-    """C{wsrouter [serve]}: the same options; the command logs by itself."""
+    """C{wsrouter [serve]}: the same options; run without twistd, it logs by itself."""
 
     under_twistd = False
 

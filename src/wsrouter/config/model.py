@@ -163,7 +163,7 @@ def _check_port(checks: _Checks, key: str, port: object) -> None:
 def _check_argv(checks: _Checks, key: str, argv: object) -> None:
     if not isinstance(argv, tuple) or not argv or not all(isinstance(a, str) for a in argv) or not argv[0]:
         shown = list(argv) if isinstance(argv, tuple) else argv
-        checks.add(key, f"must be a program and its arguments, not {shown!r}")
+        checks.add(key, f"must be an executable and its arguments, not {shown!r}")
 
 
 @frozen
@@ -244,7 +244,7 @@ class EchoTarget:
 
 @frozen
 class ExecTarget:
-    """A program started per connection: messages to stdin, stdout to messages."""
+    """A command run once per connection (session): messages to its stdin, its stdout to messages."""
 
     argv: tuple[str, ...] = field(converter=_as_tuple)
 

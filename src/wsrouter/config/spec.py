@@ -74,7 +74,7 @@ MOVED_KEYS = {
 #: Options a route string may carry in brackets (the file's keys, with '-').
 ROUTE_OPTIONS = ("framing", "max-forks", "record", "env")
 
-TARGET_FORMS = ("tcp://HOST:PORT, HOST:PORT, unix:///PATH, udp://HOST:PORT, unix-dgram:///PATH, exec:PROGRAM, "
+TARGET_FORMS = ("tcp://HOST:PORT, HOST:PORT, unix:///PATH, udp://HOST:PORT, unix-dgram:///PATH, exec:COMMAND, "
                 "wrap:MODE:PROGRAM, program:NAME, replay:FILE[?speed=FACTOR] or echo:")
 
 
@@ -126,7 +126,7 @@ def _split_command(text: str, kind: str, example: str) -> tuple[str, ...]:
     except ValueError as e:
         raise ValueError(f"{kind}: cannot split the command line: {e}") from None
     if not argv:
-        raise ValueError(f"{kind}: needs a program, e.g. {example}")
+        raise ValueError(f"{kind}: needs a command, e.g. {example}")
     return argv
 
 
@@ -174,7 +174,7 @@ def parse_target(text: str) -> Target:
 
     Accepted forms: C{tcp://HOST:PORT}, C{HOST:PORT} (TCP, websockify's
     form), C{unix:///PATH}, C{udp://HOST:PORT}, C{unix-dgram:///PATH},
-    C{echo:}, C{exec:PROGRAM ARGS...} (shell-like quoting, no shell),
+    C{echo:}, C{exec:COMMAND ARGS...} (shell-like quoting, no shell),
     C{wrap:MODE:PROGRAM ARGS...} and C{replay:FILE} (a recording played back
     to each client; C{replay:FILE?speed=2} plays it twice as fast).
 

@@ -33,19 +33,28 @@ class Connectors:
     def __init__(self, reactor: Any, limits: Limits, pass_env: Sequence[str] = ()):
         stream = StreamConnector(reactor, limits.connect_timeout)
         datagram = DatagramConnector(reactor)
-        self.programs = ExecConnector(reactor, limits, pass_env)
+        #: Runs the C{exec:} targets' commands (one process per session).
+        self.commands = ExecConnector(reactor, limits, pass_env)
         self._by_kind: dict[type, Connector] = {
             TcpTarget: stream,
             UnixTarget: stream,
             UdpTarget: datagram,
             UnixDatagramTarget: datagram,
             EchoTarget: EchoConnector(),
-            ExecTarget: self.programs,
+            ExecTarget: self.commands,
             ReplayTarget: ReplayConnector(reactor),
         }
 
+    @property
+    def programs(self) -> ExecConnector:
+        """
+        Transitional alias of L{commands} for service/ until it is renamed
+        there (C{programs} now means wrapped programs only); remove then.
+        """
+        return self.commands
+
     def register(self, kind: type, connector: Connector) -> None:
-        """Serve targets of C{kind} with C{connector} (program targets, tests)."""
+        """Serve targets of C{kind} with C{connector} (wrapped programs' targets, tests)."""
         self._by_kind[kind] = connector
 
     def connect(self, session: SessionInfo) -> Deferred[Link]:

@@ -1,18 +1,21 @@
 """
-Program targets (C{exec:PROGRAM ARGS}): one process per WebSocket session,
-websocketd style.
+Exec targets (C{exec:COMMAND ARGS}): one run of the command per WebSocket
+session, websocketd style.  (A "program" is a wrapped server program, see
+L{wsrouter.targets.wrapped}; what an C{exec:} route runs is its "command".)
 
-Client messages go to the program's stdin; its stdout comes back as
+Client messages go to the command's stdin; its stdout comes back as
 messages, cut by the route's framer (lines by default); each stderr line
-goes to the router's log, prefixed with the program's name and the session
-id.  The program sees a CGI-style environment (L{cgi_environment}) and
+goes to the router's log, prefixed with the command's name and the session
+id.  The command sees a CGI-style environment (L{cgi_environment}) and
 nothing else of the router's.
 
 Process group
 =============
-The program runs in a session (and so a process group) of its own, whose id
-is its pid, so that stopping it reaches everything it started: a shell
-script's children, a pipeline, a forked helper.  C{reactor.spawnProcess}
+The command runs in a process group of its own, whose id is its pid, so
+that stopping it reaches everything it started: a shell script's children,
+a pipeline, a forked helper.  (It gets the group by becoming leader of a
+new POSIX "process session", C{setsid()}; in this module, as everywhere
+in wsrouter, a plain "session" is the life of one WebSocket connection.)  C{reactor.spawnProcess}
 has no option for that, and the alternatives are worse:
 
   - calling C{os.setpgid(pid, pid)} from the router after the spawn is
@@ -23,54 +26,54 @@ has no option for that, and the alternatives are worse:
     C{posix_spawnp} or fork path relies on private methods that have
     changed before.
 
-So the program is started through a launcher that calls C{setsid()} and
-then execs it, keeping the pid: the C{setsid} command (util-linux, also in
+So the command is started through a launcher that calls C{setsid()} and
+then execs it, keeping the pid: the C{setsid} utility (util-linux, also in
 BusyBox), found at start-up, which adds one small exec (about 1.5 ms per
 session, measured); where there is none, a few lines of Python run with
 the router's interpreter (C{-I -S}; about 25 ms).  The spawned process is never a group
 leader, so C{setsid} does not fork and the pid Twisted reaps is the
-program's own.  Being a new session also detaches the program from the
-router's terminal, so a Ctrl-C meant for the router does not reach it
-directly: the router stops its programs itself.  Programs run in the
+command's own.  Being a new process session also detaches the command from
+the router's terminal, so a Ctrl-C meant for the router does not reach it
+directly: the router stops its commands itself.  Commands run in the
 router's working directory.
 
-Signals go to the group (C{killpg(pid)}) and, until the program is reaped,
+Signals go to the group (C{killpg(pid)}) and, until the command is reaped,
 to its pid as well, which covers the instant before the launcher has
-called C{setsid()}.  A descendant that starts a session of its own leaves
-the group and is out of reach (only a cgroup would catch it); if it keeps
-the program's stdout open, see below.
+called C{setsid()}.  A descendant that starts a process session of its own
+leaves the group and is out of reach (only a cgroup would catch it); if it
+keeps the command's stdout open, see below.
 
 Ending
 ======
-  - The program exits: its last output is delivered first (Twisted reports
+  - The command exits: its last output is delivered first (Twisted reports
     the exit and the end of stdout in either order; the link waits for
     both), then status 0 ends the session with 1000 and anything else
-    with 1011 and "program exited with status N" or "program killed by
+    with 1011 and "command exited with status N" or "command killed by
     signal S".  What is left of its process group (a background job still
     holding stdout, say) gets SIGTERM at once and SIGKILL after the grace
     period, so the session ends and no orphan outlives it.  If stdout is
-    still open when the group is gone (a descendant in a session of its
-    own holds it), it is closed once no output has come for a grace
+    still open when the group is gone (a descendant in a process session of
+    its own holds it), it is closed once no output has come for a grace
     period while the client was reading.
-  - The program closes stdout but keeps running: if it has not exited
+  - The command closes stdout but keeps running: if it has not exited
     within the grace period, the session closes with 1000 ("target
     closed the connection"), and the client's close then stops the
-    program as below.
+    command as below.
   - The client closes (or the router does): stdin is closed, then the
     group gets SIGTERM and, after the grace period (2 s), SIGKILL.
-    Twisted reaps the program; L{ProgramLink.ended} fires once it is
+    Twisted reaps the command; L{CommandLink.ended} fires once it is
     reaped and its pipes are closed.
 
 Flow control
 ============
-The program's stdout (and stderr) are read only while the client keeps up:
-the link's producer pauses Twisted's process reader, and the program
+The command's stdout (and stderr) are read only while the client keeps up:
+the link's producer pauses Twisted's process reader, and the command
 blocks in write() when the pipe is full.  The other way, the WebSocket
-transport is registered as producer on the program's stdin writer, which
+transport is registered as producer on the command's stdin writer, which
 pauses it (stops reading from the client) when more than 64 KiB wait for a
-program that does not read.  The registration goes through a shim that
+command that does not read.  The registration goes through a shim that
 ignores C{stopProducing}: Twisted calls it when the stdin pipe closes
-(the program exited or closed its stdin), and passing it on would drop the
+(the command exited or closed its stdin), and passing it on would drop the
 client's connection without a close frame.  A paused client is resumed
 then, and its later messages are discarded.
 """
@@ -100,7 +103,7 @@ from wsrouter.interfaces import Link, LinkReceiver, SessionInfo, TargetError
 
 log = Logger(namespace="wsrouter.exec")
 
-#: The programs' PATH unless the router's is passed on (pass_env) or the
+#: The commands' PATH unless the router's is passed on (pass_env) or the
 #: route sets one.
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 #: Seconds between SIGTERM and SIGKILL, and the other waits described in
@@ -110,8 +113,8 @@ KILL_GRACE = 2.0
 MAX_STDERR_LINE = 1024
 GATEWAY_INTERFACE = "websocketd-CGI/0.1"
 
-#: Used where there is no C{setsid} command: become a session leader, then
-#: the program (argv[1] is its absolute path, so no PATH search).
+#: Used where there is no C{setsid} utility: become a process session leader, then
+#: the command (argv[1] is its absolute path, so no PATH search).
 _TRAMPOLINE = """
 import os, sys
 os.setsid()
@@ -130,7 +133,7 @@ _HEADER_NAME = re.compile(r"[a-z0-9-]+")
 
 def cgi_environment(session: SessionInfo, pass_env: Iterable[str], environ: Mapping[str, str]) -> dict[str, str]:
     """
-    The complete environment of a session's program, CGI style.
+    The complete environment of a session's command, CGI style.
 
     Request variables (as websocketd sets them, plus C{REMOTE_HOST} and
     C{UNIQUE_ID}, the session id), one C{HTTP_*} per request header, a
@@ -190,35 +193,35 @@ def _clean(value: str) -> str:
     return value.replace("\r", " ").replace("\n", " ").replace("\0", " ")
 
 
-# -- finding the program --------------------------------------------------------------
+# -- finding the command --------------------------------------------------------------
 
 
-def resolve_program(name: str, path: str) -> str:
+def resolve_command(name: str, path: str) -> str:
     """
-    The absolute path of the program to run, found like a shell would.
+    The absolute path of the command's executable, found like a shell would.
 
     Checked before spawning because a failed exec shows up only later, as
     an exit status; this way the client gets 502 with a reason instead.
 
-    @param path: the program's C{PATH}, searched when C{name} has no C{/}.
+    @param path: the command's C{PATH}, searched when C{name} has no C{/}.
     @raise TargetError: 502, saying what to fix.
     """
     if "/" in name:
         candidate = os.path.abspath(name)
         if not os.path.exists(candidate):
-            raise TargetError(f"program {name} does not exist; check the route's exec: path", 502)
+            raise TargetError(f"command {name} does not exist; check the route's exec: path", 502)
         if os.path.isdir(candidate):
-            raise TargetError(f"program {name} is a directory, not a program", 502)
+            raise TargetError(f"command {name} is a directory, not an executable file", 502)
         if not os.access(candidate, os.X_OK):
             raise TargetError(
-                f"program {name} is not executable; make it so (chmod +x) "
+                f"command {name} is not executable; make it so (chmod +x) "
                 "or name its interpreter (exec:python3 SCRIPT)", 502,
             )
         return candidate
     found = shutil.which(name, path=path)
     if found is None:
         raise TargetError(
-            f"program {name!r} not found on the programs' PATH; give its full path, "
+            f"command {name!r} not found on the commands' PATH; give its full path, "
             "or set PATH (pass_env, or the route's env=PATH:...)", 502,
         )
     return os.path.abspath(found)
@@ -226,8 +229,8 @@ def resolve_program(name: str, path: str) -> str:
 
 def default_launcher() -> tuple[str, ...]:
     """
-    The command that starts a program in a session of its own: the
-    C{setsid} command if there is one, else L{python_launcher}.
+    The argv prefix that starts a command in a process session of its
+    own: the C{setsid} utility if there is one, else L{python_launcher}.
     """
     setsid = shutil.which("setsid")
     if setsid is not None:
@@ -240,9 +243,9 @@ def python_launcher() -> tuple[str, ...]:
     return (sys.executable, "-I", "-S", "-c", _TRAMPOLINE)
 
 
-def signal_program(pid: int, signum: int, leader_alive: bool) -> bool:
+def signal_command(pid: int, signum: int, leader_alive: bool) -> bool:
     """
-    Send C{signum} to the process group C{pid} and, while the program has
+    Send C{signum} to the process group C{pid} and, while the command has
     not been reaped (its pid cannot have been reused), to C{pid} itself.
 
     @return: whether the group still has members.
@@ -271,10 +274,10 @@ def describe_exit(reason: Failure) -> str | None:
                 name = f" ({signal.Signals(value.signal).name})"
             except ValueError:
                 name = ""
-            return f"program killed by signal {value.signal}{name}"
+            return f"command killed by signal {value.signal}{name}"
         if value.exitCode == 0:
             return None
-        return f"program exited with status {value.exitCode}"
+        return f"command exited with status {value.exitCode}"
     return str(value) or type(value).__name__
 
 
@@ -283,8 +286,8 @@ def describe_exit(reason: Failure) -> str | None:
 
 class StderrLines:
     """
-    Cuts a program's stderr into lines for the log, each at most
-    C{max_line} bytes: the rest of a longer line is dropped, so a program
+    Cuts a command's stderr into lines for the log, each at most
+    C{max_line} bytes: the rest of a longer line is dropped, so a command
     that never writes a newline cannot make the router buffer much.
     """
 
@@ -329,7 +332,7 @@ class StderrLines:
 @implementer(IPushProducer)
 class _PauseOnly:
     """
-    The client's producer as registered on the program's stdin: pause and
+    The client's producer as registered on the command's stdin: pause and
     resume pass through; C{stopProducing} (the pipe closed) only undoes a
     pause, it does not close the client.
     """
@@ -358,9 +361,9 @@ class _PauseOnly:
 
 @implementer(IConsumer)
 class _Stdin:
-    """The link's consumer: the program's stdin, for the client's producer."""
+    """The link's consumer: the command's stdin, for the client's producer."""
 
-    def __init__(self, link: ProgramLink):
+    def __init__(self, link: CommandLink):
         self._link = link
         self._shim: _PauseOnly | None = None
 
@@ -393,9 +396,9 @@ class _Stdin:
 
 @implementer(IPushProducer)
 class _Stdout:
-    """The link's producer: pausing it stops reading the program's output."""
+    """The link's producer: pausing it stops reading the command's output."""
 
-    def __init__(self, link: ProgramLink):
+    def __init__(self, link: CommandLink):
         self._link = link
 
     def pauseProducing(self) -> None:
@@ -429,16 +432,16 @@ class _ProcessPipes(Protocol):
     def unregisterProducer(self) -> None: ...
 
 
-class ProgramLink(ProcessProtocol):
+class CommandLink(ProcessProtocol):
     """
-    One running program, as a paused L{Link}; see the module docstring for
+    One running command, as a paused L{Link}; see the module docstring for
     how it ends.
 
     @param clock: for the grace periods (the reactor, or a test's Clock).
-    @param label: names the program and session in log lines.
-    @param signaller: sends signals; L{signal_program} unless testing.
-    @param on_exit: called once when the program has been reaped.
-    @ivar ended: fires once the program is reaped and its pipes closed.
+    @param label: names the command and session in log lines.
+    @param signaller: sends signals; L{signal_command} unless testing.
+    @param on_exit: called once when the command has been reaped.
+    @ivar ended: fires once the command is reaped and its pipes closed.
     """
 
     message_oriented = False
@@ -449,8 +452,8 @@ class ProgramLink(ProcessProtocol):
         label: str,
         *,
         grace: float = KILL_GRACE,
-        signaller: Callable[[int, int, bool], bool] = signal_program,
-        on_exit: Callable[[ProgramLink], None] = lambda link: None,
+        signaller: Callable[[int, int, bool], bool] = signal_command,
+        on_exit: Callable[[CommandLink], None] = lambda link: None,
     ):
         self._clock = clock
         self.label = label
@@ -617,7 +620,7 @@ class ProgramLink(ProcessProtocol):
             self._receiver.eof_received()
 
     def _wind_down(self) -> None:
-        """The program has exited: stop what is left of its group."""
+        """The command has exited: stop what is left of its group."""
         if self._kill_call is not None or self.pid is None:
             return  # already being stopped; _kill finishes the job
         if self._signal(self.pid, signal.SIGTERM, False):
@@ -651,7 +654,7 @@ class ProgramLink(ProcessProtocol):
         if self._activity != mark or not self._reading():
             self._watch_pipes()
             return
-        log.info("{label}: output still held open after the program's group ended; closing it", label=self.label)
+        log.info("{label}: output still held open after the command's group ended; closing it", label=self.label)
         if self.transport is not None:
             self.transport.closeStdout()
             self.transport.closeStderr()
@@ -671,13 +674,13 @@ class ProgramLink(ProcessProtocol):
 
 class ExecConnector:
     """
-    Starts a program per session, within the fork limit.
+    Starts a command per session, within the fork limit.
 
     @param pass_env: names of the router's environment variables that
-        programs get (see L{cgi_environment}).
+        commands get (see L{cgi_environment}).
     @param environ: the router's environment; C{os.environ} unless testing.
-    @param launcher: the command that runs a program in a session of its
-        own (L{default_launcher}).
+    @param launcher: the argv prefix that runs a command in a process
+        session of its own (L{default_launcher}).
     """
 
     def __init__(
@@ -689,7 +692,7 @@ class ExecConnector:
         environ: Mapping[str, str] | None = None,
         launcher: Iterable[str] | None = None,
         grace: float = KILL_GRACE,
-        signaller: Callable[[int, int, bool], bool] = signal_program,
+        signaller: Callable[[int, int, bool], bool] = signal_command,
     ):
         self._reactor = reactor
         self._limits = limits
@@ -699,10 +702,10 @@ class ExecConnector:
         self._grace = grace
         self._signaller = signaller
         self._running: dict[Route, int] = {}
-        self._links: set[ProgramLink] = set()
+        self._links: set[CommandLink] = set()
 
     def running(self, route: Route) -> int:
-        """How many programs of C{route} have not exited yet."""
+        """How many commands of C{route} have not exited yet."""
         return self._running.get(route, 0)
 
     def connect(self, session: SessionInfo) -> Deferred[Link]:
@@ -711,24 +714,24 @@ class ExecConnector:
         except TargetError:
             return fail()
 
-    def _spawn(self, session: SessionInfo) -> ProgramLink:
+    def _spawn(self, session: SessionInfo) -> CommandLink:
         route = session.route
         target = route.target
         if not isinstance(target, ExecTarget):
-            raise TypeError(f"not a program target: {target!r}")
+            raise TypeError(f"not an exec: target: {target!r}")
         limit = route.max_forks if route.max_forks is not None else self._limits.max_forks
         if limit is not None and self.running(route) >= limit:
             raise TargetError(
-                f"route {route.describe()} already runs {limit} program(s), its max-forks limit; retry later", 503,
+                f"route {route.describe()} already runs {limit} command(s), its max-forks limit; retry later", 503,
             )
         env = cgi_environment(session, self._pass_env, self._environ)
-        program = resolve_program(target.argv[0], env.get("PATH", ""))
-        link = ProgramLink(
+        executable = resolve_command(target.argv[0], env.get("PATH", ""))
+        link = CommandLink(
             self._reactor, f"{os.path.basename(target.argv[0])}[{session.session_id}]",
             grace=self._grace, signaller=self._signaller,
             on_exit=lambda link: self._exited(route),
         )
-        args = [*self._launcher, program, *target.argv[1:]]
+        args = [*self._launcher, executable, *target.argv[1:]]
         self._running[route] = self.running(route) + 1
         try:
             self._reactor.spawnProcess(link, args[0], args, env=env, path=None, usePTY=False)
@@ -748,7 +751,7 @@ class ExecConnector:
 
     def terminate_all(self) -> Deferred[Any]:
         """
-        Stop every program (as a client close would) and fire once all are
+        Stop every command (as a client close would) and fire once all are
         reaped and their pipes closed; for the router's shutdown.
         """
         links = list(self._links)
