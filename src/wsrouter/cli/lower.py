@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from wsrouter.config import listener_from_short_form, program_name, route_from_string
+from wsrouter.config import listener_from_short_form, program_name
 
 #: Option name -> limits.KEY.
 LIMIT_OPTIONS = {
@@ -48,7 +48,7 @@ def options_to_raw(options: Mapping[str, Any]) -> dict[str, Any]:
     """
     raw: dict[str, Any] = {}
     listen = list(options.get("listen") or ())
-    routes: list[Any] = [route_from_string(text) for text in options.get("routes") or ()]
+    routes: list[Any] = list(options.get("routes") or ())  # route strings: the schema lowers them
     short = tuple(options.get("short_form") or ())
     program = list(options.get("program") or ())
     mode = options.get("wrap")

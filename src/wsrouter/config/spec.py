@@ -454,6 +454,13 @@ class _Builder:
         return self.inline_program(target) if isinstance(target, WrappedTarget) else target
 
     def route(self, raw: Any, path: str) -> Route | None:
+        if isinstance(raw, str):
+            # The command line's route language (also accepted in a file).
+            try:
+                raw = route_from_string(raw)
+            except ValueError as e:
+                self.add(path, str(e))
+                return None
         values = self.table(raw, path, ROUTE_KEYS)
         if values is None:
             return None
