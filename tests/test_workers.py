@@ -26,9 +26,11 @@ from websockets.exceptions import ConnectionClosed
 from wsrouter.config import ConfigError, build_config
 from wsrouter.interfaces import TargetError
 from wsrouter.service.worker_process import ProgramAddress
+from wsrouter.process.supervisor import MAX_RESTART_DELAY, MIN_RESTART_DELAY, STABLE_AFTER, restart_delay
+from wsrouter.process.wrapped import wrapped_targets
 from wsrouter.service.workers import (
-    FIRST_LISTENER_FD, MAX_RESTART_DELAY, MIN_RESTART_DELAY, STABLE_AFTER, address_message, parse_log_line,
-    restart_delay, setup_message, wrapped_targets,
+    FIRST_LISTENER_FD, address_message, decode_config, encode_config, parse_log_line, reload_message,
+    setup_message,
 )
 
 from .support import PYTHON, REPO, RouterProcess, child_env, connect, free_port, wait_for_port
@@ -54,14 +56,28 @@ def test_workers_default_to_one_and_need_shareable_listeners():
 def test_setup_message_carries_config_listeners_and_addresses():
     """The set-up line round-trips the whole config and names the descriptors and addresses."""
     config = build_config({"routes": ["/a=wrap:respawn:server --port 1", "/b=tcp://127.0.0.1:9"], "workers": 2})
-    line = setup_message(2, config, 2, [("127.0.0.1", 4000)])
+    line = setup_message(2, config, 2, [(("127.0.0.1", 4000), None)])
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     message = json.loads(line)
     assert message["worker"] == 2
     assert message["listeners"] == [FIRST_LISTENER_FD, FIRST_LISTENER_FD + 1]
-    assert message["programs"] == [["127.0.0.1", 4000]]
-    assert pickle.loads(base64.b64decode(message["config"])) == config
-    assert json.loads(address_message(0, None)) == {"program": 0, "address": None}
+    assert message["programs"] == [{"address": ["127.0.0.1", 4000], "gone": None}]
+    assert decode_config(message["config"]) == config
+    assert json.loads(address_message(0, (None, "gone for good"))) == {
+        "program": 0, "address": None, "gone": "gone for good"}
+
+
+def test_config_crosses_to_workers_as_text_and_reloads_as_one_json_line():
+    """encode_config gives text that decode_config turns back into an equal config; a reload is one JSON line."""
+    config = build_config({"routes": ["/a=echo:", "/b=tcp://127.0.0.1:9"], "workers": 2})
+    text = encode_config(config)
+    assert isinstance(text, str) and "\n" not in text
+    assert decode_config(text) == config
+    line = reload_message(config, [])
+    assert line.count(b"\n") == 1 and line.endswith(b"\n")
+    assert decode_config(json.loads(line)["reload"]) == config
+    with pytest.raises(TypeError):
+        decode_config(base64.b64encode(pickle.dumps({"not": "a config"})).decode("ascii"))
 
 
 def test_wrapped_targets_are_numbered_once_in_route_order():
@@ -191,7 +207,7 @@ def test_two_workers_share_the_load_and_stop_on_sigterm(tmp_path):
         assert status == 0
         assert_all_gone([router.pid] + [pid for each in pids.values() for pid in each])
         log = router.log()
-        assert "worker 1 (pid" in log and "stopped (status 0)" in log
+        assert "worker 1 (pid" in log and "stopped (exited with status 0)" in log
         assert "restarting" not in log and "Traceback" not in log
     finally:
         router.stop()
@@ -209,7 +225,7 @@ def test_a_killed_worker_is_restarted(tmp_path):
         os.kill(victim, signal.SIGKILL)
         restarted = wait_for(lambda: len(worker_pids(router.log()).get(1, [])) == 2 and worker_pids(router.log()),
                              what="worker 1 restarted")
-        assert "worker 1 (pid %d) exited (killed by signal 9)" % victim in router.log()
+        assert "worker 1 (pid %d) killed by signal 9" % victim in router.log()
         assert "restarting in 1 s" in router.log()
         new = restarted[1][1]
         assert new != victim and alive(new) and not alive(victim)
@@ -338,5 +354,5 @@ def test_exit_mode_program_stops_supervisor_and_workers_with_its_status(tmp_path
             process.kill()
             process.wait(5)
     text = log_path.read_text()
-    assert "exited (status 3); the router exits too" in text
+    assert "exited with status 3; the router exits too" in text
     assert_all_gone([pid for each in worker_pids(text).values() for pid in each])

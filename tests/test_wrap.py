@@ -112,7 +112,7 @@ def test_exit_mode_exits_with_program_status(tmp_path):
         if process.poll() is None:
             process.kill()
             process.wait(5)
-    assert "exited (status 3); the router exits too" in log_path.read_text()
+    assert "exited with status 3; the router exits too" in log_path.read_text()
 
 
 def test_ignore_mode_keeps_serving_a_daemonized_program(tmp_path):

@@ -11,7 +11,8 @@ L{build_service}.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -22,7 +23,8 @@ from twisted.python.failure import Failure
 from twisted.logger import Logger
 from twisted.web.server import Site
 
-from wsrouter.process.wrapped import ProgramNotFound, WrappedProgram
+from wsrouter.process.supervisor import Supervisor
+from wsrouter.process.wrapped import ProgramNotFound, ProgramSet, WrappedProgram, wrapped_targets
 from wsrouter.config import RouterConfig, WrappedTarget
 from wsrouter.descriptors import DescriptorGuard, GuardedSite
 from wsrouter.rebind import ShimUnavailable
@@ -115,15 +117,20 @@ class RouterService(MultiService):
         #: Called with a wrapped program's status when an C{exit}-mode
         #: program exits; the command line stops the reactor here.
         self.on_program_exit: Callable[[int], None] | None = None
-        self.programs: dict[WrappedTarget, WrappedProgram] = {}
-        for route in config.routes:
-            if isinstance(route.target, WrappedTarget) and route.target not in self.programs:
-                self.programs[route.target] = WrappedProgram(
-                    reactor, route.target, on_exit=self._program_exited, on_listening=self._program_listening,
-                )
-        if self.programs:
-            self.router.connectors.register(
-                WrappedTarget, WrappedConnector(reactor, self.programs, program_wait_timeout(config)))
+        self.process_supervisor = Supervisor(reactor)
+        self._programs = ProgramSet(self._make_program)
+        self._programs.add(wrapped_targets(config))
+        self.router.connectors.register(
+            WrappedTarget, WrappedConnector(reactor, self._programs.by_target, program_wait_timeout(config)))
+
+    @property
+    def programs(self) -> Mapping[WrappedTarget, WrappedProgram]:
+        """The wrapped programs by target (read-only view; reload changes them)."""
+        return MappingProxyType(self._programs.by_target)
+
+    def _make_program(self, target: WrappedTarget) -> WrappedProgram:
+        return WrappedProgram(self._reactor, target, on_exit=self._program_exited,
+                              on_listening=self._program_listening, supervisor=self.process_supervisor)
 
     def _add_listener(self, description: str) -> ListenerService:
         listener = ListenerService(self._reactor, description, self.site)
@@ -138,11 +145,7 @@ class RouterService(MultiService):
         for route in self.config.routes:
             log.info("route {route} -> {target}", route=route.describe(), target=route.target.describe())
         log.info("{capacity}", capacity=self.descriptors.describe_capacity(self.config))
-        try:
-            for program in self.programs.values():
-                program.start()
-        except (ShimUnavailable, ProgramNotFound) as e:
-            raise CannotStart(str(e)) from None
+        start_programs(self._programs.ordered())
 
     def _program_listening(self, program: WrappedProgram) -> None:
         follow_program_port(self, program)
@@ -156,6 +159,57 @@ class RouterService(MultiService):
         """The listening ports, once started (e.g. to learn a port chosen by the system)."""
         return [listener.port for listener in self.listeners if listener.port is not None]
 
+    def reload(self, config: RouterConfig) -> Deferred[None]:
+        """
+        Serve C{config} from now on, without dropping open sessions: they
+        keep the route they were opened on to their end.  Listeners and
+        wrapped programs are brought to C{config} by difference -- an
+        unchanged program keeps running, a removed one is stopped, a new or
+        changed one started -- then the gateway switches to C{config}.
+
+        Fires when done; fails with L{CannotStart} if a new listener cannot
+        be opened or a new program cannot run (the rest is in force).
+        """
+        return ensureDeferred(self._reload(config))
+
+    async def _reload(self, config: RouterConfig) -> None:
+        targets = wrapped_targets(config)
+        await self._programs.remove_others(targets)
+        added = self._programs.add(targets)
+        self._programs.reorder(targets)
+        problems: list[str] = []
+        try:
+            start_programs(added)
+        except CannotStart as e:
+            problems.append(str(e))
+        problems += await self._change_listeners(config.listeners)
+        self.config = config
+        self.router.use_config(config)
+        log.info("configuration reloaded: {routes} routes, {listeners} listeners, {programs} wrapped programs",
+                 routes=len(config.routes), listeners=len(self.listeners), programs=len(targets))
+        if problems:
+            raise CannotStart("; ".join(problems))
+
+    async def _change_listeners(self, wanted: Sequence[str]) -> list[str]:
+        """Stop listeners not in C{wanted}, open the new ones; the problems met."""
+        for listener in list(self.listeners):
+            if listener.description not in wanted:
+                self.listeners.remove(listener)
+                await listener.disownServiceParent()
+                log.info("no longer listening on {listener}", listener=listener.description)
+        have = {listener.description for listener in self.listeners}
+        problems = []
+        for description in wanted:
+            if description in have:
+                continue
+            try:
+                self._add_listener(description)
+            except CannotListen as e:
+                problems.append(str(e))
+            else:
+                log.info("listening on {listener}", listener=description)
+        return problems
+
     def stopService(self) -> Deferred[None]:
         return ensureDeferred(self._stop())
 
@@ -163,9 +217,16 @@ class RouterService(MultiService):
         self.descriptors.stop()
         await super().stopService()
         await self.router.shutdown()
-        stopping = [program.stop() for program in self.programs.values()]
-        stopping.append(self.router.connectors.programs.terminate_all())
-        await DeferredList(stopping)
+        await DeferredList([self._programs.stop_all(), self.router.connectors.programs.terminate_all()])
+
+
+def start_programs(programs: list[WrappedProgram]) -> None:
+    """Start C{programs}; a program that cannot run is a L{CannotStart}."""
+    for program in programs:
+        try:
+            program.start()
+        except (ShimUnavailable, ProgramNotFound) as e:
+            raise CannotStart(str(e)) from None
 
 
 def follow_program_port(service: Any, program: WrappedProgram) -> bool:

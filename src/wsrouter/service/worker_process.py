@@ -11,17 +11,15 @@ C{LEVEL TEXT} lines for the supervisor to relay.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import pickle
 import socket
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail, succeed
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import ILogObserver, Logger, eventAsText, globalLogBeginner
@@ -34,37 +32,61 @@ from wsrouter.descriptors import DescriptorGuard, GuardedSite
 from wsrouter.process.wrapped import AddressWaiters
 from wsrouter.service.single import program_wait_timeout, build_resource
 from wsrouter.targets.wrapped import WrappedConnector
-from wsrouter.service.workers import CONTROL_FD, wrapped_targets
+from wsrouter.interfaces import TargetError
+from wsrouter.process.wrapped import wrapped_targets
+from wsrouter.service.workers import CONTROL_FD, decode_config
 
 log = Logger(namespace="wsrouter")
 
-#: The set-up line carries the pickled configuration; keep room for a big one.
+#: The set-up and reload lines carry the whole configuration; keep room for a big one.
 MAX_CONTROL_LINE = 64 * 1024 * 1024
 
 
 class ProgramAddress:
     """
     A wrapped program as a worker sees it: where the supervisor says it
-    listens.  Offers what L{WrappedConnector} needs of a L{WrappedProgram}.
+    listens, and whether it is gone for good.  Offers what
+    L{WrappedConnector} needs of a L{WrappedProgram}.
     """
 
-    def __init__(self, reactor: Any, name: str, address: tuple[str, int] | None = None):
+    def __init__(self, reactor: Any, name: str, address: tuple[str, int] | None = None,
+                 gone: str | None = None):
         self._reactor = reactor
         self.name = name
         self.address = address
+        self._gone = gone
         self._waiters = AddressWaiters(reactor)
 
-    def moved(self, address: tuple[str, int] | None) -> None:
+    def moved(self, address: tuple[str, int] | None, gone: str | None = None) -> None:
         self.address = address
-        if address is None:
-            return
-        self._waiters.ready(address)
+        self._gone = gone
+        if address is not None:
+            self._waiters.ready(address)
+        elif gone is not None:
+            self._waiters.fail(gone, 502)
+
+    def gone_reason(self) -> str | None:
+        return self._gone
 
     def when_ready(self, timeout: float) -> Deferred[tuple[str, int]]:
-        """Fires with the address once known; a 503 L{TargetError} after C{timeout} seconds without one."""
+        """
+        Fires with the address once known; a 503 L{TargetError} after
+        C{timeout} seconds without one, a 502 at once if the program is gone.
+        """
         if self.address is not None:
             return succeed(self.address)
+        if self._gone is not None:
+            return fail(TargetError(self._gone, 502))
         return self._waiters.wait(timeout, lambda: f"wrapped program {self.name} is not listening")
+
+
+def program_state(fields: Mapping[str, Any] | Sequence[Any] | None) -> tuple[tuple[str, int] | None, str | None]:
+    """A program's address and gone reason from a control message's fields."""
+    if not isinstance(fields, Mapping):  # an address alone, or nothing
+        return ((str(fields[0]), int(fields[1])) if fields else None), None
+    address = fields.get("address")
+    gone = fields.get("gone")
+    return ((str(address[0]), int(address[1])) if address else None), (str(gone) if gone else None)
 
 
 class WorkerService(Service):
@@ -74,7 +96,7 @@ class WorkerService(Service):
     """
 
     def __init__(self, config: RouterConfig, reactor: Any, index: int, listener_fds: Iterable[int],
-                 addresses: list[list[Any] | None]):
+                 addresses: Sequence[Any]):
         self.config = config
         self.index = index
         self._reactor = reactor
@@ -88,18 +110,34 @@ class WorkerService(Service):
         self.site = GuardedSite(self.resource, self.descriptors)
         self.site.noisy = False
         self.programs: dict[WrappedTarget, ProgramAddress] = {}
-        for number, target in enumerate(wrapped_targets(config)):
-            known = addresses[number] if number < len(addresses) else None
-            self.programs[target] = ProgramAddress(
-                reactor, os.path.basename(target.argv[0]), (known[0], int(known[1])) if known else None)
-        if self.programs:
-            self.router.connectors.register(
-                WrappedTarget, WrappedConnector(reactor, self.programs, program_wait_timeout(config)))  # type: ignore[arg-type]
+        self._adopt_programs(config, addresses)
+        self.router.connectors.register(
+            WrappedTarget, WrappedConnector(reactor, self.programs, program_wait_timeout(config)))
 
-    def program_moved(self, number: int, address: tuple[str, int] | None) -> None:
+    def _adopt_programs(self, config: RouterConfig, states: Sequence[Any]) -> None:
+        """
+        Number C{config}'s wrapped programs anew, keeping the view of each
+        one still configured (the connector holds this very mapping).
+        """
+        current = dict(self.programs)
+        self.programs.clear()
+        for number, target in enumerate(wrapped_targets(config)):
+            address, gone = program_state(states[number] if number < len(states) else None)
+            program = current.get(target) or ProgramAddress(self._reactor, os.path.basename(target.argv[0]))
+            program.moved(address, gone)
+            self.programs[target] = program
+
+    def program_moved(self, number: int, address: tuple[str, int] | None, gone: str | None = None) -> None:
         targets = list(self.programs)
         if 0 <= number < len(targets):
-            self.programs[targets[number]].moved(address)
+            self.programs[targets[number]].moved(address, gone)
+
+    def reload(self, config: RouterConfig, states: Sequence[Any]) -> None:
+        """Serve C{config} from now on; open sessions keep their routes."""
+        self._adopt_programs(config, states)
+        self.config = config
+        self.router.use_config(config)
+        log.info("configuration reloaded: {routes} routes", routes=len(config.routes))
 
     def startService(self) -> None:
         super().startService()
@@ -139,12 +177,13 @@ class ControlReceiver(LineOnlyReceiver):
         message = json.loads(line)
         if self.service is None:
             self._start(message)
+        elif "reload" in message:
+            self.service.reload(decode_config(message["reload"]), message.get("programs") or [])
         elif "program" in message:
-            address = message.get("address")
-            self.service.program_moved(int(message["program"]), (address[0], int(address[1])) if address else None)
+            self.service.program_moved(int(message["program"]), *program_state(message))
 
     def _start(self, message: dict[str, Any]) -> None:
-        config: RouterConfig = pickle.loads(base64.b64decode(message["config"]))
+        config = decode_config(message["config"])
         self.service = WorkerService(config, self._reactor, int(message["worker"]), message["listeners"],
                                      message.get("programs") or [])
         self.service.startService()

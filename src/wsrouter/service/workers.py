@@ -53,67 +53,82 @@ import base64
 import json
 import os
 import pickle
-import signal
 import socket
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
-from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.interfaces import IDelayedCall, IListeningPort
-from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger, LogLevel
-from twisted.python.failure import Failure
 
-from wsrouter.process.wrapped import ProgramNotFound, WrappedProgram
+from wsrouter.process.supervisor import Child, ChildOwner, ExitStatus, Launch, Supervisor
+from wsrouter.process.wrapped import ProgramSet, WrappedProgram, wrapped_targets
 from wsrouter.config import RouterConfig, WrappedTarget
 from wsrouter.descriptors import OpenFileLimit
-from wsrouter.rebind import ShimUnavailable
-from wsrouter.service.single import CannotStart, ListenerService, follow_program_port
+from wsrouter.service.single import ListenerService, follow_program_port, start_programs
 
 log = Logger(namespace="wsrouter.service.workers")
 
 #: The worker's descriptor for the control socket; listening sockets follow it.
 CONTROL_FD = 3
 FIRST_LISTENER_FD = 4
-#: Restart delays for workers that keep dying young, in seconds.
-MIN_RESTART_DELAY = 1.0
-MAX_RESTART_DELAY = 60.0
-#: A worker that ran this long is restarted at once.
-STABLE_AFTER = 10.0
-#: Beyond the shutdown grace, how long workers get before SIGKILL, and how
-#: long to wait for them after it.
+#: Beyond the shutdown grace, how long workers get before SIGKILL.
 KILL_GRACE = 5.0
 #: Log levels a worker's lines may start with.
 LEVELS = {level.name: level for level in LogLevel.iterconstants()}
 
 
-def wrapped_targets(config: RouterConfig) -> list[WrappedTarget]:
-    """The configured wrapped programs, each once, in route order: their index is their name on the wire."""
-    targets: list[WrappedTarget] = []
-    for route in config.routes:
-        if isinstance(route.target, WrappedTarget) and route.target not in targets:
-            targets.append(route.target)
-    return targets
+def encode_config(config: RouterConfig) -> str:
+    """
+    The configuration as text for the control socket.  The one place that
+    knows the encoding (with L{decode_config}): pickled for now, as it
+    crosses only to a child running the same code.
+    """
+    return base64.b64encode(pickle.dumps(config)).decode("ascii")
+
+
+def decode_config(text: str) -> RouterConfig:
+    """The configuration L{encode_config} encoded."""
+    config = pickle.loads(base64.b64decode(text))
+    if not isinstance(config, RouterConfig):
+        raise TypeError(f"not a router configuration: {type(config).__name__}")
+    return config
+
+
+#: Where a wrapped program is, for a worker: its address, or C{None} and
+#: (perhaps) why it will not listen again.
+ProgramState = tuple[tuple[str, int] | None, str | None]
+
+
+def _program_fields(state: ProgramState) -> dict[str, Any]:
+    address, gone = state
+    return {"address": list(address) if address else None, "gone": gone}
 
 
 def setup_message(index: int, config: RouterConfig, listener_count: int,
-                  addresses: list[tuple[str, int] | None]) -> bytes:
+                  programs: list[ProgramState]) -> bytes:
     """The first line a worker reads: who it is, what to serve, where programs are."""
     message = {
         "worker": index,
-        "config": base64.b64encode(pickle.dumps(config)).decode("ascii"),
+        "config": encode_config(config),
         "listeners": [FIRST_LISTENER_FD + n for n in range(listener_count)],
-        "programs": [list(address) if address else None for address in addresses],
+        "programs": [_program_fields(state) for state in programs],
     }
     return json.dumps(message).encode("utf-8") + b"\n"
 
 
-def address_message(program: int, address: tuple[str, int] | None) -> bytes:
+def address_message(program: int, state: ProgramState) -> bytes:
     """A line telling a worker where wrapped program number C{program} listens now (C{None}: nowhere)."""
-    return json.dumps({"program": program, "address": list(address) if address else None}).encode("utf-8") + b"\n"
+    return json.dumps({"program": program, **_program_fields(state)}).encode("utf-8") + b"\n"
+
+
+def reload_message(config: RouterConfig, programs: list[ProgramState]) -> bytes:
+    """A line giving a worker a new configuration and where its programs (numbered anew) are."""
+    message = {"reload": encode_config(config), "programs": [_program_fields(state) for state in programs]}
+    return json.dumps(message).encode("utf-8") + b"\n"
 
 
 def parse_log_line(line: str) -> tuple[LogLevel | None, str]:
@@ -121,17 +136,6 @@ def parse_log_line(line: str) -> tuple[LogLevel | None, str]:
     name, sep, text = line.partition(" ")
     level = LEVELS.get(name)
     return (level, text) if sep and level is not None else (None, line)
-
-
-def restart_delay(ran: float, previous: float) -> tuple[float, float]:
-    """
-    How long to wait before restarting a worker that ran C{ran} seconds,
-    and the delay to use next time: at once after a stable run, else
-    doubling from L{MIN_RESTART_DELAY} to L{MAX_RESTART_DELAY}.
-    """
-    if ran >= STABLE_AFTER:
-        return 0.0, MIN_RESTART_DELAY
-    return previous, min(previous * 2, MAX_RESTART_DELAY)
 
 
 class _Unused(Factory):
@@ -146,51 +150,58 @@ class _Unused(Factory):
         return None
 
 
-class _WorkerOutput(ProcessProtocol):
-    """Logs a worker's output lines and tells the supervisor when it exits."""
-
-    def __init__(self, supervisor: WorkerSupervisor, worker: Worker):
-        self._supervisor = supervisor
-        self._worker = worker
-        self._partial: dict[int, bytes] = {}
-
-    def childDataReceived(self, fd: int, data: bytes) -> None:
-        *lines, rest = (self._partial.get(fd, b"") + data).split(b"\n")
-        self._partial[fd] = rest[-65536:]
-        for line in lines:
-            self._worker.log_line(fd, line)
-
-    def processExited(self, reason: Failure) -> None:
-        for fd, rest in self._partial.items():
-            if rest:
-                self._worker.log_line(fd, rest)
-        self._partial.clear()
-        self._supervisor._worker_exited(self._worker, reason)
-
-
 class _Control(Protocol):
     """The supervisor's end of a worker's control socket: it only writes."""
 
 
-class Worker:
-    """One worker slot: its current process (if any) and its restart state."""
+class Worker(ChildOwner):
+    """One worker slot: a supervised child, and the control socket of its current run."""
 
-    def __init__(self, index: int):
+    def __init__(self, supervisor: WorkerSupervisor, index: int):
         self.index = index
-        self.pid: int | None = None
-        self.process: Any = None
+        self._supervisor = supervisor
         self.control: Any = None
-        self.started_at = 0.0
-        self.delay = MIN_RESTART_DELAY
-        self.restart_call: IDelayedCall | None = None
-        self.exited: Deferred[None] = succeed(None)
+        self._ours: socket.socket | None = None
+        self.child = supervisor.process_supervisor.add(f"worker {index}", self._launch, self, restart=True)
+
+    @property
+    def pid(self) -> int | None:
+        return self.child.pid
 
     def send(self, line: bytes) -> None:
         if self.control is not None:
             self.control.write(line)
 
-    def log_line(self, fd: int, raw: bytes) -> None:
-        text = raw.decode("utf-8", "replace").rstrip("\r")
+    def _launch(self) -> Launch:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._ours = ours
+        child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r", CONTROL_FD: theirs.fileno()}
+        for offset, port in enumerate(self._supervisor.ports()):
+            child_fds[FIRST_LISTENER_FD + offset] = port.fileno()  # type: ignore[attr-defined]
+        argv = self._supervisor.worker_argv
+        return Launch(argv[0], tuple(argv), self._supervisor.environ, child_fds, after=theirs.close)
+
+    def child_started(self, child: Child) -> None:
+        ours, self._ours = self._ours, None
+        assert ours is not None, "a worker starts only after its launch"
+        reactor = self._supervisor.process_supervisor.clock
+        self.control = reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, Factory.forProtocol(_Control))
+        ours.close()
+        self.send(self._supervisor.setup_for(self.index))
+        log.info("started worker {index} (pid {pid})", index=self.index, pid=child.pid)
+
+    def child_spawn_failed(self, child: Child, error: Exception) -> None:
+        if self._ours is not None:
+            self._ours.close()
+            self._ours = None
+
+    def child_exited(self, child: Child, status: ExitStatus) -> None:
+        if self.control is not None:
+            self.control.loseConnection()
+            self.control = None
+
+    def child_line(self, child: Child, fd: int, line: bytes) -> None:
+        text = line.decode("utf-8", "replace").rstrip("\r")
         level, text = parse_log_line(text)
         if level is None:
             level = LogLevel.warn if fd == 2 else LogLevel.info
@@ -208,27 +219,35 @@ class WorkerSupervisor(MultiService):
     """
 
     def __init__(self, config: RouterConfig, reactor: Any, *, worker_argv: list[str] | None = None,
-                 environ: Mapping[str, str] | None = None):
+                 environ: Mapping[str, str] | None = None, supervisor: Supervisor | None = None):
         super().__init__()
         self.config = config
         self._reactor = reactor
-        self._argv = worker_argv or [sys.executable, "-m", "wsrouter.service.worker_process"]
-        self._env = dict(os.environ if environ is None else environ)
+        self.worker_argv = worker_argv or [sys.executable, "-m", "wsrouter.service.worker_process"]
+        self.environ = dict(os.environ if environ is None else environ)
+        self.process_supervisor = supervisor or Supervisor(reactor)
         self.listeners: list[ListenerService] = []
         for description in config.listeners:
             self._add_listener(description)
-        self.workers = [Worker(index) for index in range(1, config.workers + 1)]
+        self.workers = [Worker(self, index) for index in range(1, config.workers + 1)]
         self.exit_status: int | None = None
         self.on_program_exit: Callable[[int], None] | None = None
         #: What raising the open-file limit did (the workers inherit it).
         self.raised: OpenFileLimit | None = None
-        self.programs: list[WrappedProgram] = []
-        for target in wrapped_targets(config):
-            program = WrappedProgram(reactor, target, on_exit=self._program_exited,
-                                     on_listening=self._program_listening,
-                                     on_stopped_listening=self._program_listening)
-            self.programs.append(program)
+        self._programs = ProgramSet(self._make_program)
+        self._programs.add(wrapped_targets(config))
         self._stopping = False
+
+    @property
+    def programs(self) -> list[WrappedProgram]:
+        """The wrapped programs, numbered as the workers know them."""
+        return self._programs.ordered()
+
+    def _make_program(self, target: WrappedTarget) -> WrappedProgram:
+        return WrappedProgram(self._reactor, target, on_exit=self._program_exited,
+                              on_listening=self._program_listening,
+                              on_stopped_listening=self._program_listening,
+                              supervisor=self.process_supervisor)
 
     # -- starting ------------------------------------------------------------------------
 
@@ -255,48 +274,24 @@ class WorkerSupervisor(MultiService):
             log.info("route {route} -> {target}", route=route.describe(), target=route.target.describe())
         if self.raised is not None:
             log.info("{limit}, for each worker", limit=self.raised.describe())
-        try:
-            for program in self.programs:
-                program.start()
-        except (ShimUnavailable, ProgramNotFound) as e:
-            raise CannotStart(str(e)) from None
+        start_programs(self.programs)
         if self.listeners:
             self._start_workers()
 
     def _start_workers(self) -> None:
         for worker in self.workers:
-            if worker.process is None:
-                self._spawn(worker)
+            if not worker.child.running and not worker.child.restart_pending:
+                try:
+                    worker.child.start()
+                except OSError as e:
+                    log.error("cannot start worker {index}: {error}", index=worker.index, error=e)
 
-    def _spawn(self, worker: Worker) -> None:
-        worker.restart_call = None
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r", CONTROL_FD: theirs.fileno()}
-        for offset, port in enumerate(self.ports()):
-            child_fds[FIRST_LISTENER_FD + offset] = port.fileno()  # type: ignore[attr-defined]
-        exited: Deferred[None] = Deferred()
-        worker.exited = exited
-        try:
-            worker.process = self._reactor.spawnProcess(
-                _WorkerOutput(self, worker), self._argv[0], self._argv, env=self._env, childFDs=child_fds)
-        except OSError as e:
-            ours.close()
-            theirs.close()
-            exited.callback(None)
-            delay, worker.delay = restart_delay(0.0, worker.delay)
-            log.error("cannot start worker {index}: {error}; trying again in {delay:g} s", index=worker.index,
-                      error=e, delay=delay)
-            self._schedule_restart(worker, delay)
-            return
-        finally:
-            theirs.close()
-        worker.pid = worker.process.pid
-        worker.started_at = self._reactor.seconds()
-        worker.control = self._reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, Factory.forProtocol(_Control))
-        ours.close()
-        addresses = [program.address for program in self.programs]
-        worker.send(setup_message(worker.index, self.config, len(self.ports()), addresses))
-        log.info("started worker {index} (pid {pid})", index=worker.index, pid=worker.pid)
+    def setup_for(self, index: int) -> bytes:
+        """The set-up line for worker C{index} starting now."""
+        return setup_message(index, self.config, len(self.ports()), self._program_states())
+
+    def _program_states(self) -> list[ProgramState]:
+        return [(program.address, program.gone_reason()) for program in self.programs]
 
     def ports(self) -> list[IListeningPort]:
         """The listening ports, in configuration order (then the followed program's)."""
@@ -306,9 +301,12 @@ class WorkerSupervisor(MultiService):
 
     def _program_listening(self, program: WrappedProgram) -> None:
         """Tell every worker where the program listens now; follow its port if so configured."""
-        index = self.programs.index(program)
+        programs = self.programs
+        if program not in programs:
+            return  # removed by a reload, on its way out
+        index = programs.index(program)
         for worker in self.workers:
-            worker.send(address_message(index, program.address))
+            worker.send(address_message(index, (program.address, program.gone_reason())))
         if program.address is not None and follow_program_port(self, program):
             self._start_workers()
 
@@ -317,28 +315,56 @@ class WorkerSupervisor(MultiService):
         if self.on_program_exit is not None:
             self.on_program_exit(status)
 
-    # -- workers' lives ----------------------------------------------------------------------
+    # -- reloading -----------------------------------------------------------------------------
 
-    def _worker_exited(self, worker: Worker, reason: Failure) -> None:
-        ran = self._reactor.seconds() - worker.started_at
-        worker.process = None
-        if worker.control is not None:
-            worker.control.loseConnection()
-            worker.control = None
-        status = _describe(reason)
-        if self._stopping:
-            log.info("worker {index} (pid {pid}) stopped ({status})", index=worker.index, pid=worker.pid,
-                     status=status)
-        else:
-            delay, worker.delay = restart_delay(ran, worker.delay)
-            log.warn("worker {index} (pid {pid}) exited ({status}) after {ran:.1f} s; restarting in {delay:g} s",
-                     index=worker.index, pid=worker.pid, status=status, ran=ran, delay=delay)
-            self._schedule_restart(worker, delay)
-        worker.exited.callback(None)
+    def reload(self, config: RouterConfig) -> Deferred[None]:
+        """
+        Serve C{config} from now on: wrapped programs are brought to it by
+        difference (see L{ProgramSet}), then every worker gets the new
+        configuration over its control socket and switches its gateway,
+        keeping its open sessions.  A change of listeners restarts the
+        workers one by one on the new set (each closing its sessions with
+        1001, as on stop).  The number of workers is not changed.
 
-    def _schedule_restart(self, worker: Worker, delay: float) -> None:
-        if not self._stopping:
-            worker.restart_call = self._reactor.callLater(delay, self._spawn, worker)
+        @raise CannotStart: (as a failure) a new wrapped program cannot run;
+            the rest of the configuration is in force.
+        """
+        return ensureDeferred(self._reload(config))
+
+    async def _reload(self, config: RouterConfig) -> None:
+        targets = wrapped_targets(config)
+        await self._programs.remove_others(targets)
+        added = self._programs.add(targets)
+        self._programs.reorder(targets)
+        listeners_changed = list(config.listeners) != list(self.config.listeners)
+        self.config = config
+        try:
+            start_programs(added)
+        finally:
+            message = reload_message(config, self._program_states())
+            for worker in self.workers:
+                worker.send(message)
+            if listeners_changed:
+                await self._change_listeners(config)
+
+    async def _change_listeners(self, config: RouterConfig) -> None:
+        wanted = list(config.listeners)
+        for listener in list(self.listeners):
+            if listener.description not in wanted:
+                self.listeners.remove(listener)
+                await listener.disownServiceParent()
+        have = {listener.description for listener in self.listeners}
+        for description in wanted:
+            if description not in have:
+                self._add_listener(description)
+        self.listeners.sort(key=lambda listener: wanted.index(listener.description))
+        grace = config.limits.shutdown_grace + KILL_GRACE
+        for worker in self.workers:
+            if self._stopping:
+                return
+            await worker.child.stop(grace)
+            if not self._stopping:
+                worker.child.start()
 
     # -- stopping ----------------------------------------------------------------------------
 
@@ -347,60 +373,10 @@ class WorkerSupervisor(MultiService):
 
     async def _stop(self) -> None:
         self._stopping = True
-        for worker in self.workers:
-            if worker.restart_call is not None and worker.restart_call.active():
-                worker.restart_call.cancel()
-            worker.restart_call = None
-        await self._stop_workers()
-        await DeferredList([program.stop() for program in self.programs])
-        await super().stopService()
-
-    async def _stop_workers(self) -> None:
-        """SIGTERM every worker; SIGKILL those still there after the grace period."""
-        running = [worker for worker in self.workers if worker.process is not None]
-        for worker in running:
-            _signal(worker, signal.SIGTERM)
-        if not running:
-            return
         grace = self.config.limits.shutdown_grace + KILL_GRACE
-        if not await self._all_exited(running, grace):
-            for worker in running:
-                if worker.process is not None:
-                    log.warn("worker {index} (pid {pid}) did not stop within {grace:g} s; sending SIGKILL",
-                             index=worker.index, pid=worker.pid, grace=grace)
-                    _signal(worker, signal.SIGKILL)
-            await self._all_exited(running, KILL_GRACE)
-
-    async def _all_exited(self, workers: list[Worker], timeout: float) -> bool:
-        """Whether all C{workers} exit within C{timeout} seconds."""
-        done: Deferred[bool] = Deferred()
-        timer = self._reactor.callLater(timeout, lambda: done.called or done.callback(False))
-
-        def exited(_: Any) -> None:
-            if timer.active():
-                timer.cancel()
-            if not done.called:
-                done.callback(True)
-
-        DeferredList([worker.exited for worker in workers]).addCallback(exited)
-        return await done
-
-
-def _signal(worker: Worker, signum: int) -> None:
-    if worker.process is None:
-        return
-    try:
-        worker.process.signalProcess(signum)
-    except (ProcessExitedAlready, OSError) as e:  # gone already; its exit is on its way
-        log.debug("cannot signal worker {index}: {error}", index=worker.index, error=e)
-
-
-def _describe(reason: Failure) -> str:
-    value = reason.value
-    signum = getattr(value, "signal", None)
-    if signum is not None:
-        return f"killed by signal {signum}"
-    return f"status {getattr(value, 'exitCode', None) or 0}"
+        await DeferredList([worker.child.stop(grace) for worker in self.workers])
+        await self._programs.stop_all()
+        await super().stopService()
 
 
 def build_supervisor(config: RouterConfig, reactor: Any = None) -> WorkerSupervisor:
