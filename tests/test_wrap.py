@@ -132,6 +132,26 @@ def test_ignore_mode_keeps_serving_a_daemonized_program(tmp_path):
     assert_gone(daemon_pid)
 
 
+def test_ignore_mode_answers_502_at_once_when_the_program_is_gone(tmp_path):
+    """In ignore mode, once the program has exited and nothing listens, a client gets 502 with the reason at once, not after the connect timeout."""
+    port = free_port()
+    program = [PYTHON, str(PROGRAMS / "bind_then_exit.py"), str(port), "0.2", "0"]
+    router = wrapped_router(tmp_path, ["--connect-timeout", "40", "--handshake-timeout", "60",
+                                       "--wrap", "ignore", str(port), "--", *program], port)
+    try:
+        deadline = time.monotonic() + 10
+        while "ignored, as it may have daemonized" not in router.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        started = time.monotonic()
+        status, body = handshake_status(f"ws://127.0.0.1:{port}/", open_timeout=60)
+        waited = time.monotonic() - started
+        assert status == 502
+        assert b"exited with status 0 and is not restarted (mode ignore)" in body
+        assert waited < 20, f"the client waited {waited:.1f} s, as for a restart"
+    finally:
+        router.stop()
+
+
 def test_respawn_backs_off_and_recovers(tmp_path):
     """A program that dies right after starting is restarted with a doubling delay, and serves again after each restart."""
     port = free_port()

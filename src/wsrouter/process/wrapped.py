@@ -112,6 +112,9 @@ class WrappedProgram(ChildOwner):
     """
     One wrapped program, supervised by a L{Supervisor} child.
 
+    C{on_listening} is called once a run listens; C{on_changed} when a run
+    ends (its address may be gone, and L{gone_reason} may say why).
+
     @ivar address: where the program listens now, C{(host, port)}, or
         C{None} while it is not (yet) listening.
     @ivar requested_port: the port the program asked for, once known.
@@ -121,7 +124,7 @@ class WrappedProgram(ChildOwner):
                  environ: Mapping[str, str] | None = None,
                  on_exit: Callable[[int], None] | None = None,
                  on_listening: Callable[[WrappedProgram], None] | None = None,
-                 on_stopped_listening: Callable[[WrappedProgram], None] | None = None,
+                 on_changed: Callable[[WrappedProgram], None] | None = None,
                  shim: str | None = None, supervisor: Supervisor | None = None):
         self._reactor = reactor
         self.target = target
@@ -130,7 +133,7 @@ class WrappedProgram(ChildOwner):
         self._base_env = {k: v for k, v in base.items() if not k.startswith("WSROUTER_")}
         self._on_exit = on_exit
         self._on_listening = on_listening
-        self._on_stopped_listening = on_stopped_listening
+        self._on_changed = on_changed
         self._shim = shim
         self.address: tuple[str, int] | None = None
         self.requested_port: int | None = None
@@ -244,10 +247,10 @@ class WrappedProgram(ChildOwner):
 
     def child_exited(self, child: Child, status: ExitStatus) -> None:
         mode = self.target.mode
-        if mode != "ignore" and self.address is not None:
+        if mode != "ignore":
             self.address = None
-            if self._on_stopped_listening is not None:
-                self._on_stopped_listening(self)
+        if self._on_changed is not None:
+            self._on_changed(self)
         if child.stopping:
             return
         if mode == "exit":

@@ -236,17 +236,20 @@ class WorkerSupervisor(MultiService):
         self.raised: OpenFileLimit | None = None
         self._programs = ProgramSet(self._make_program)
         self._programs.add(wrapped_targets(config))
+        #: The wrapped programs numbered as the workers know them (until
+        #: a reload has told them the new numbering).
+        self._numbered = self._programs.ordered()
         self._stopping = False
 
     @property
     def programs(self) -> list[WrappedProgram]:
-        """The wrapped programs, numbered as the workers know them."""
+        """The wrapped programs, in the configuration's order."""
         return self._programs.ordered()
 
     def _make_program(self, target: WrappedTarget) -> WrappedProgram:
         return WrappedProgram(self._reactor, target, on_exit=self._program_exited,
                               on_listening=self._program_listening,
-                              on_stopped_listening=self._program_listening,
+                              on_changed=self._program_listening,
                               supervisor=self.process_supervisor)
 
     # -- starting ------------------------------------------------------------------------
@@ -291,7 +294,7 @@ class WorkerSupervisor(MultiService):
         return setup_message(index, self.config, len(self.ports()), self._program_states())
 
     def _program_states(self) -> list[ProgramState]:
-        return [(program.address, program.gone_reason()) for program in self.programs]
+        return [(program.address, program.gone_reason()) for program in self._numbered]
 
     def ports(self) -> list[IListeningPort]:
         """The listening ports, in configuration order (then the followed program's)."""
@@ -301,10 +304,9 @@ class WorkerSupervisor(MultiService):
 
     def _program_listening(self, program: WrappedProgram) -> None:
         """Tell every worker where the program listens now; follow its port if so configured."""
-        programs = self.programs
-        if program not in programs:
-            return  # removed by a reload, on its way out
-        index = programs.index(program)
+        if program not in self._numbered:
+            return  # new: its state goes out with the reload; or gone: nobody asks
+        index = self._numbered.index(program)
         for worker in self.workers:
             worker.send(address_message(index, (program.address, program.gone_reason())))
         if program.address is not None and follow_program_port(self, program):
@@ -338,9 +340,12 @@ class WorkerSupervisor(MultiService):
         self._programs.reorder(targets)
         listeners_changed = list(config.listeners) != list(self.config.listeners)
         self.config = config
+        log.info("reloading: {routes} routes, {programs} wrapped programs, for {count} workers",
+                 routes=len(config.routes), programs=len(targets), count=len(self.workers))
         try:
             start_programs(added)
         finally:
+            self._numbered = self._programs.ordered()
             message = reload_message(config, self._program_states())
             for worker in self.workers:
                 worker.send(message)
