@@ -25,7 +25,6 @@ from typing import Any, Protocol
 import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
-from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -102,6 +101,14 @@ class Launch:
     after: Callable[[], None] | None = None
 
 
+class Timer(Protocol):
+    """What the supervisor uses of a delayed call (L{IDelayedCall})."""
+
+    def active(self) -> bool: ...
+
+    def cancel(self) -> None: ...
+
+
 class Spawner(Protocol):
     """The spawning seam: C{reactor.spawnProcess} in production."""
 
@@ -164,8 +171,9 @@ class _ChildProtocol(ProcessProtocol):
         self._partial: dict[int, bytes] = {}
 
     def connectionMade(self) -> None:
-        if self.transport is not None:
-            self.transport.closeStdin()
+        transport: Any = self.transport
+        if transport is not None:
+            transport.closeStdin()
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
         *lines, rest = (self._partial.get(fd, b"") + data).split(b"\n")
@@ -215,7 +223,7 @@ class Child:
         self._protocol: _ChildProtocol | None = None
         self._started_at = 0.0
         self._delay = MIN_RESTART_DELAY
-        self._restart_call: IDelayedCall | None = None
+        self._restart_call: Timer | None = None
 
     @property
     def running(self) -> bool:

@@ -19,9 +19,9 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from twisted.logger import Logger
-from twisted.web.server import Site
 
 from wsrouter.process.supervisor import Supervisor
 from wsrouter.process.wrapped import ProgramNotFound, ProgramSet, WrappedProgram, wrapped_targets
@@ -44,7 +44,7 @@ def build_resource(config: RouterConfig, reactor: Any = None, router: Router | N
     with 1001.
     """
     if reactor is None:
-        from twisted.internet import reactor  # type: ignore[no-redef]
+        from twisted.internet import reactor
     router = router or Router(config, reactor)
     web_root = build_web_root(config.web.directory, config.web.listing) if config.web else None
     return RouterResource(router, web_root)
@@ -57,21 +57,21 @@ class ListenerService(Service):
     the C{wsrouter} command stop with that message instead of running deaf.
     """
 
-    def __init__(self, reactor: Any, description: str, site: Site):
+    def __init__(self, reactor: Any, description: str, site: Factory[Any]):
         self.description = description
-        self._endpoint = serverFromString(reactor, description)
+        self._endpoint = serverFromString(reactor, description)  # type: ignore[no-untyped-call]
         self._site = site
         self._listening: Deferred[IListeningPort] | None = None
         self.port: IListeningPort | None = None
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self._listening = self._endpoint.listen(self._site)
         failure: list[Failure] = []
         self._listening.addCallbacks(self._listened, failure.append)
         if failure:
             self._listening = None
-            super().stopService()
+            super().stopService()  # type: ignore[no-untyped-call]
             raise CannotListen(f"cannot listen on {self.description}: {failure[0].getErrorMessage()}")
 
     def _listened(self, port: IListeningPort) -> IListeningPort:
@@ -79,10 +79,12 @@ class ListenerService(Service):
         return port
 
     def stopService(self) -> Deferred[None] | None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         if self.port is not None:
-            port, self.port = self.port, None
-            return port.stopListening()  # type: ignore[no-any-return]
+            port: Any = self.port
+            self.port = None
+            stopped: Deferred[None] | None = port.stopListening()
+            return stopped
         return None
 
 
@@ -101,7 +103,7 @@ class RouterService(MultiService):
     """
 
     def __init__(self, config: RouterConfig, reactor: Any):
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.config = config
         self.resource = build_resource(config, reactor)
         self.router = self.resource.router
@@ -134,12 +136,12 @@ class RouterService(MultiService):
 
     def _add_listener(self, description: str) -> ListenerService:
         listener = ListenerService(self._reactor, description, self.site)
-        listener.setServiceParent(self)
+        listener.setServiceParent(self)  # type: ignore[no-untyped-call]
         self.listeners.append(listener)
         return listener
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         for description in self.config.listeners:
             log.info("listening on {listener}", listener=description)
         for route in self.config.routes:
@@ -195,7 +197,7 @@ class RouterService(MultiService):
         for listener in list(self.listeners):
             if listener.description not in wanted:
                 self.listeners.remove(listener)
-                await listener.disownServiceParent()
+                await listener.disownServiceParent()  # type: ignore[no-untyped-call]
                 log.info("no longer listening on {listener}", listener=listener.description)
         have = {listener.description for listener in self.listeners}
         problems = []
@@ -215,7 +217,7 @@ class RouterService(MultiService):
 
     async def _stop(self) -> None:
         self.descriptors.stop()
-        await super().stopService()
+        await super().stopService()  # type: ignore[no-untyped-call]
         await self.router.shutdown()
         await DeferredList([self._programs.stop_all(), self.router.connectors.programs.terminate_all()])
 
@@ -259,5 +261,5 @@ def program_wait_timeout(config: RouterConfig) -> float:
 def build_service(config: RouterConfig, reactor: Any = None) -> RouterService:
     """The whole router as a Twisted service: listeners, routes, sessions."""
     if reactor is None:
-        from twisted.internet import reactor  # type: ignore[no-redef]
+        from twisted.internet import reactor
     return RouterService(config, reactor)

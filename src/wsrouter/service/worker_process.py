@@ -140,7 +140,7 @@ class WorkerService(Service):
         log.info("configuration reloaded: {routes} routes", routes=len(config.routes))
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         for fd in self._fds:
             inherited = socket.socket(fileno=fd)
             try:
@@ -153,7 +153,7 @@ class WorkerService(Service):
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         self.descriptors.stop()
         # Only stop accepting: closing an adopted Unix port would remove its
         # path, which the supervisor and the other workers still serve.
@@ -191,7 +191,8 @@ class ControlReceiver(LineOnlyReceiver):
 
     def lineLengthExceeded(self, line: bytes) -> None:
         log.error("control line from the supervisor too long ({size} bytes); stopping", size=len(line))
-        self.transport.loseConnection()
+        transport: Any = self.transport
+        transport.loseConnection()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         if self._reactor.running:
@@ -216,12 +217,14 @@ class LineLogObserver:
 
 def main() -> int:
     """Run one worker until SIGTERM or until the supervisor goes away."""
-    from twisted.internet import reactor
+    from twisted.internet import reactor as global_reactor
 
+    reactor: Any = global_reactor
     # A terminal's Ctrl-C goes to the foreground process group: let it reach
     # only the supervisor, which stops the workers in order.
     os.setpgid(0, 0)
-    globalLogBeginner.beginLoggingTo([LineLogObserver(sys.stdout)], redirectStandardIO=False)
+    observer: Any = LineLogObserver(sys.stdout)  # provides ILogObserver (zope, unseen by mypy)
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     control = ControlReceiver(reactor)
     reactor.adoptStreamConnection(CONTROL_FD, socket.AF_UNIX, Factory.forProtocol(lambda: control))
     os.close(CONTROL_FD)

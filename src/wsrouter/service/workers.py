@@ -220,7 +220,7 @@ class WorkerSupervisor(MultiService):
 
     def __init__(self, config: RouterConfig, reactor: Any, *, worker_argv: list[str] | None = None,
                  environ: Mapping[str, str] | None = None, supervisor: Supervisor | None = None):
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.config = config
         self._reactor = reactor
         self.worker_argv = worker_argv or [sys.executable, "-m", "wsrouter.service.worker_process"]
@@ -256,7 +256,7 @@ class WorkerSupervisor(MultiService):
 
     def _add_listener(self, description: str) -> ListenerService:
         listener = ListenerService(self._reactor, description, _Unused())
-        listener.setServiceParent(self)
+        listener.setServiceParent(self)  # type: ignore[no-untyped-call]
         self.listeners.append(listener)
         if self.running:
             self._hold(listener)
@@ -268,7 +268,7 @@ class WorkerSupervisor(MultiService):
             listener.port.stopReading()  # type: ignore[attr-defined]
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         for listener in self.listeners:
             self._hold(listener)
             log.info("listening on {listener} (shared by {count} workers)", listener=listener.description,
@@ -357,7 +357,7 @@ class WorkerSupervisor(MultiService):
         for listener in list(self.listeners):
             if listener.description not in wanted:
                 self.listeners.remove(listener)
-                await listener.disownServiceParent()
+                await listener.disownServiceParent()  # type: ignore[no-untyped-call]
         have = {listener.description for listener in self.listeners}
         for description in wanted:
             if description not in have:
@@ -381,11 +381,11 @@ class WorkerSupervisor(MultiService):
         grace = self.config.limits.shutdown_grace + KILL_GRACE
         await DeferredList([worker.child.stop(grace) for worker in self.workers])
         await self._programs.stop_all()
-        await super().stopService()
+        await super().stopService()  # type: ignore[no-untyped-call]
 
 
 def build_supervisor(config: RouterConfig, reactor: Any = None) -> WorkerSupervisor:
     """The supervisor of C{config.workers} router processes (for C{config.workers} > 1)."""
     if reactor is None:
-        from twisted.internet import reactor  # type: ignore[no-redef]
+        from twisted.internet import reactor
     return WorkerSupervisor(config, reactor)

@@ -51,7 +51,7 @@ class WrappedConnector:
 
     def connect(self, session: SessionInfo) -> Deferred[Link]:
         target = session.route.target
-        program = self._programs.get(target)  # type: ignore[call-overload]
+        program = self._programs.get(target) if isinstance(target, WrappedTarget) else None
         if program is None:
             raise TargetError(f"no wrapped program for {target.describe()}", 502)
         return self._attempt(session, program, self._reactor.seconds() + self._timeout)
