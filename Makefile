@@ -15,7 +15,7 @@ export PYTHONPATH := $(CURDIR):$(CURDIR)/src
 
 SYSTEM_DEPS := .cache/system-deps.done
 
-.PHONY: run test bench install system-deps clean
+.PHONY: run test lint typecheck bench install system-deps clean
 
 install: $(STAMP) $(REBIND)
 
@@ -43,8 +43,16 @@ $(SYSTEM_DEPS): tests/setup/system-deps.sh
 	bash tests/setup/system-deps.sh .cache
 	touch $@
 
-test: install $(SYSTEM_DEPS)
-	$(BIN)/ruff check --select F,E9 src tests twisted examples bench
+# Rules and mypy settings live in pyproject.toml ([tool.ruff.lint], [tool.mypy]);
+# ruff checks every Python file of the project (.venv, build, dist excluded).
+lint: install
+	$(BIN)/ruff check
+
+# mypy --strict over src/ (the files setting), with the zope.interface plugin.
+typecheck: install
+	$(BIN)/mypy
+
+test: lint typecheck $(SYSTEM_DEPS)
 	$(BIN)/python -m pytest
 
 bench: install

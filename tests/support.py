@@ -79,7 +79,7 @@ class RouterProcess:
         self.port = port
         self.url = f"ws://127.0.0.1:{port}"
         self.log_path = log_path
-        self._log = open(log_path, "wb")
+        self._log = open(log_path, "wb")  # noqa: SIM115  (the router writes to it until stop() closes it)
         self.process = subprocess.Popen(
             [PYTHON, "-m", "wsrouter", *args], stdout=self._log, stderr=subprocess.STDOUT,
             env=child_env(), cwd=REPO,

@@ -31,8 +31,14 @@ from wsrouter import __version__
 from wsrouter.config import ExecTarget, Limits, Route
 from wsrouter.interfaces import SessionInfo, TargetError
 from wsrouter.targets.exec import (
-    DEFAULT_PATH, ExecConnector, ProgramLink, StderrLines, cgi_environment,
-    describe_exit, python_launcher, resolve_program,
+    DEFAULT_PATH,
+    ExecConnector,
+    ProgramLink,
+    StderrLines,
+    cgi_environment,
+    describe_exit,
+    python_launcher,
+    resolve_program,
 )
 
 from . import rawws
@@ -267,7 +273,7 @@ def test_link_paused_until_start():
 )
 def test_exit_reported_after_last_output(exit_first, reason, error):
     """The exit is reported after the end of stdout, whichever Twisted reports first, with its status."""
-    link, process, _, signals = make_link()
+    link, _process, _, signals = make_link()
     receiver = Receiver()
     link.start(receiver)
     signals.group = False
@@ -498,7 +504,10 @@ def test_binary_separator_and_fixed_framing():
 
 @pytest_twisted.inlineCallbacks
 def test_program_sees_cgi_environment_only(monkeypatch):
-    """The program gets every CGI variable and HTTP_* header, the route's env and pass_env, and no other router variable."""
+    """
+    The program gets every CGI variable and HTTP_* header, the route's env and pass_env, and no other router
+    variable.
+    """
     monkeypatch.setenv("WSROUTER_TEST_SECRET", "must not leak")
     monkeypatch.setenv("WSROUTER_TEST_PASSED", "passed on")
     router = start_router(
@@ -594,7 +603,9 @@ def test_program_closing_stdout_but_running_ends_session():
 
 @pytest_twisted.inlineCallbacks
 def test_program_exiting_while_grandchild_holds_stdout():
-    """A program that exits while a grandchild holds its stdout ends the session with 1000; the grandchild is stopped."""
+    """
+    A program that exits while a grandchild holds its stdout ends the session with 1000; the grandchild is stopped.
+    """
     router = start_router(routes=[exec_route("/g", "sleeper.py", "--grandchild", "--exit")])
 
     def client():
@@ -703,7 +714,7 @@ def read_message(s: socket.socket) -> bytes:
             data += chunk
         return data
 
-    first, second = need(2)
+    _first, second = need(2)
     length = second & 0x7F
     if length == 126:
         length = struct.unpack("!H", need(2))[0]

@@ -7,7 +7,6 @@ connections that never handshake.
 
 from __future__ import annotations
 
-import resource
 import socket
 import socketserver
 import subprocess
@@ -22,8 +21,18 @@ from twisted.internet.task import Clock
 
 from wsrouter.config import EchoTarget, ExecTarget, Route, TcpTarget, build_config
 from wsrouter.descriptors import (
-    RECOUNT_INTERVAL, RESUME_CHECK_INTERVAL, STALE_AFTER, DescriptorGuard, OpenFileLimit, accept_pause_level,
-    accept_resume_level, count_open_descriptors, has_room, reserve_for, session_cost, sessions_that_fit,
+    RECOUNT_INTERVAL,
+    RESUME_CHECK_INTERVAL,
+    STALE_AFTER,
+    DescriptorGuard,
+    OpenFileLimit,
+    accept_pause_level,
+    accept_resume_level,
+    count_open_descriptors,
+    has_room,
+    reserve_for,
+    session_cost,
+    sessions_that_fit,
 )
 
 from .support import PYTHON, REPO, child_env, connect, free_port, handshake_status, wait_for_port
@@ -186,18 +195,23 @@ def test_raising_the_soft_limit_to_the_hard_one():
     """raise_open_file_limit lifts the soft limit to the hard limit and reports both."""
     code = ("import resource; from wsrouter.descriptors import raise_open_file_limit as r; o = r(); "
             "print(o.before, o.now, resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
-    result = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, env=child_env(), cwd=REPO,
-                            preexec_fn=_limit_descriptors(50, 90), timeout=30)
+    result = subprocess.run([*_limit_descriptors(50, 90), PYTHON, "-c", code], capture_output=True, text=True,
+                            env=child_env(), cwd=REPO, timeout=30, check=False)
     assert result.stdout.split() == ["50", "90", "90"], result.stderr
 
 
 # -- a real router under a lowered limit -------------------------------------------------
 
 
-def _limit_descriptors(soft: int, hard: int):
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    return apply
+def _limit_descriptors(soft: int, hard: int) -> list[str]:
+    """
+    A command prefix that lowers the open-file limit, then runs the rest of
+    the command; unlike preexec_fn, safe while this process has threads.
+    """
+    code = ("import os, resource, sys; "
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[2]))); "
+            "os.execv(sys.argv[3], sys.argv[3:])")
+    return [PYTHON, "-c", code, str(soft), str(hard)]
 
 
 class _Echo(socketserver.BaseRequestHandler):
@@ -227,14 +241,16 @@ def echo_server() -> Iterator[int]:
 
 
 @contextmanager
-def limited_router(tmp_path: Path, soft: int, hard: int, target_port: int) -> Iterator[tuple[subprocess.Popen, int, Path]]:
+def limited_router(
+    tmp_path: Path, soft: int, hard: int, target_port: int
+) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
     port = free_port()
     log_path = tmp_path / "router.log"
     with open(log_path, "wb") as log:
+        command = [PYTHON, "-m", "wsrouter", f"127.0.0.1:{port}", f"127.0.0.1:{target_port}"]
         router = subprocess.Popen(
-            [PYTHON, "-m", "wsrouter", f"127.0.0.1:{port}", f"127.0.0.1:{target_port}"],
+            [*_limit_descriptors(soft, hard), *command],
             stdout=log, stderr=subprocess.STDOUT, env=child_env(), cwd=REPO,
-            preexec_fn=_limit_descriptors(soft, hard),
         )
     try:
         wait_for_port(port)
@@ -260,7 +276,10 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def test_lowered_limit_refuses_with_503_keeps_sessions_and_recovers(tmp_path):
-    """Under a limit of 80, sessions beyond the room left are refused with 503; open ones go on; closing some lets new ones in."""
+    """
+    Under a limit of 80, sessions beyond the room left are refused with 503; open ones go on; closing some lets new
+    ones in.
+    """
     with echo_server() as target_port, limited_router(tmp_path, 40, 80, target_port) as (router, port, log_path):
         url = f"ws://127.0.0.1:{port}/"
         with ExitStack() as stack:
@@ -269,7 +288,7 @@ def test_lowered_limit_refuses_with_503_keeps_sessions_and_recovers(tmp_path):
             for _ in range(60):
                 try:
                     ws = stack.enter_context(connect(url))
-                except Exception:  # noqa: BLE001 - the status is checked below
+                except Exception:
                     refused = handshake_status(url)
                     break
                 assert _echoes(ws, b"hello %d" % len(sessions))
@@ -293,7 +312,10 @@ def test_lowered_limit_refuses_with_503_keeps_sessions_and_recovers(tmp_path):
 
 
 def test_connection_flood_pauses_accepting_without_busy_looping(tmp_path):
-    """Connections that never handshake make the router stop accepting (no crash, no spinning) and resume once they close."""
+    """
+    Connections that never handshake make the router stop accepting (no crash, no spinning) and resume once they
+    close.
+    """
     with echo_server() as target_port, limited_router(tmp_path, 64, 64, target_port) as (router, port, log_path):
         flood = []
         try:
@@ -320,7 +342,7 @@ def test_connection_flood_pauses_accepting_without_busy_looping(tmp_path):
                 with connect(f"ws://127.0.0.1:{port}/") as ws:
                     assert _echoes(ws, b"after the flood")
                 break
-            except Exception:  # noqa: BLE001 - retried until the deadline
+            except Exception:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)

@@ -110,7 +110,7 @@ def test_random_streams_ignore_chunking(factory: FramerFactory, seed: int) -> No
 
 @pytest.mark.parametrize("max_size", [1, 3, 16])
 @pytest.mark.parametrize("factory, content", [
-    pytest.param(lambda size: LineFramer(size), b"x" * 50 + b"<>" + b"y" * 7, id="line"),
+    pytest.param(LineFramer, b"x" * 50 + b"<>" + b"y" * 7, id="line"),
     pytest.param(lambda size: SeparatorFramer(b"<>", size), b"x" * 50 + b"\r\n" + b"y" * 7 + b"\n", id="separator"),
 ])
 def test_messages_never_exceed_max_size(factory: Callable[[int], Framer], content: bytes, max_size: int) -> None:

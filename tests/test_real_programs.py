@@ -66,7 +66,7 @@ def self_signed_pem(path: Path) -> None:
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now)
             .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
@@ -79,7 +79,9 @@ def self_signed_pem(path: Path) -> None:
 
 
 def test_telnetd_login_prompt_twice_with_respawn(tmp_path):
-    """`wsrouter --wrap respawn -- in.telnetd -debug PORT` shows a login prompt to a WebSocket client, twice in a row."""
+    """
+    `wsrouter --wrap respawn -- in.telnetd -debug PORT` shows a login prompt to a WebSocket client, twice in a row.
+    """
     if not TELNETD.exists():
         pytest.skip("netkit telnetd not available: `make test` fetches it (telnetd-ssl) as root with apt reachable")
     if os.geteuid() != 0:

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -212,10 +212,8 @@ def wrapped(
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    try:
+    with suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)  # the group is this test's child and its children
-    except ProcessLookupError:
-        pass
     proc.wait(timeout=TIMEOUT)
     for stream in (proc.stdin, proc.stdout):
         if stream is not None:
@@ -251,13 +249,12 @@ def unused_port(kind: int = socket.SOCK_STREAM) -> int:
 
 def talk(host: str, port: int, payload: bytes | None = None) -> tuple[bytes, bytes]:
     """Read the banner line, send payload (if any), half-close, read the rest."""
-    with socket.create_connection((host, port), timeout=TIMEOUT) as conn:
-        with conn.makefile("rb") as reader:
-            banner = reader.readline()
-            if payload is not None:
-                conn.sendall(payload)
-            conn.shutdown(socket.SHUT_WR)
-            return banner, reader.read()
+    with socket.create_connection((host, port), timeout=TIMEOUT) as conn, conn.makefile("rb") as reader:
+        banner = reader.readline()
+        if payload is not None:
+            conn.sendall(payload)
+        conn.shutdown(socket.SHUT_WR)
+        return banner, reader.read()
 
 
 def assert_port_reaches(holder: socket.socket, host: str, port: int) -> None:
@@ -301,7 +298,10 @@ MOVES = [
 def test_bind_moves_to_loopback(
     shim: str, mode: str, family: str, host: str, moved_host: str
 ) -> None:
-    """A listed (or, with "*", any) TCP bind lands on loopback at a kernel-chosen port, is reported, and leaves the original port to its holder."""
+    """
+    A listed (or, with "*", any) TCP bind lands on loopback at a kernel-chosen port, is reported, and leaves the
+    original port to its holder.
+    """
     with held_port(family, host) as holder:
         port = holder.getsockname()[1]
         ports = ALL_PORTS if mode == "all" else f"7,{port},9"
@@ -405,13 +405,16 @@ def _can_unshare_network() -> bool:
     if shutil.which("unshare") is None:
         return False
     try:
-        return subprocess.run(["unshare", "-n", "true"], timeout=TIMEOUT).returncode == 0
+        return subprocess.run(["unshare", "-n", "true"], timeout=TIMEOUT, check=False).returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
 
 
 def test_dual_stack_without_ipv6_loopback_uses_127(shim: str) -> None:
-    """Where ::1 is missing (a fresh network namespace), a dual-stack bind moves to 127.0.0.1 and an IPv6-only one fails cleanly."""
+    """
+    Where ::1 is missing (a fresh network namespace), a dual-stack bind moves to 127.0.0.1 and an IPv6-only one
+    fails cleanly.
+    """
     if not _can_unshare_network():
         pytest.skip("needs `unshare -n` (root or user namespaces)")
     port = 5999  # a fresh namespace has no other listeners
@@ -516,7 +519,10 @@ ADDRLENS = [
 
 @pytest.mark.parametrize(("family", "length", "result"), ADDRLENS)
 def test_addrlen_is_honoured(shim: str, family: int, length: int, result: str) -> None:
-    """The shim never reads past addrlen: too short for the family passes through (the kernel says EINVAL), long enough is moved."""
+    """
+    The shim never reads past addrlen: too short for the family passes through (the kernel says EINVAL), long enough
+    is moved.
+    """
     host = "0.0.0.0" if family == socket.AF_INET else "::"
     with held_port("4" if family == socket.AF_INET else "6", host) as holder:
         port = holder.getsockname()[1]
@@ -581,7 +587,10 @@ def _pipe_name(prog: Wrapped) -> str:
 
 
 def test_exec_child_is_not_wrapped(shim: str) -> None:
-    """Without keep, a program the wrapped one execs sees no WSROUTER_ variables, only the other LD_PRELOAD entries, and no report fd."""
+    """
+    Without keep, a program the wrapped one execs sees no WSROUTER_ variables, only the other LD_PRELOAD entries,
+    and no report fd.
+    """
     with _server_with_child(shim, keep=False) as (prog, port, other, child):
         assert child["env"] == {"LD_PRELOAD": other}
         assert child["fd"] != _pipe_name(prog)
@@ -592,7 +601,10 @@ def test_exec_child_is_not_wrapped(shim: str) -> None:
 
 
 def test_exec_child_is_wrapped_with_keep(shim: str) -> None:
-    """With keep, an exec'd program inherits the variables, LD_PRELOAD and report fd, and its own bind is moved and reported."""
+    """
+    With keep, an exec'd program inherits the variables, LD_PRELOAD and report fd, and its own bind is moved and
+    reported.
+    """
     with _server_with_child(shim, keep=True) as (prog, port, other, child):
         assert child["env"] == {
             "LD_PRELOAD": f"{shim}:{other}",
@@ -611,7 +623,10 @@ def test_exec_child_is_wrapped_with_keep(shim: str) -> None:
 
 
 def test_shim_environment_builds_a_new_env() -> None:
-    """shim_environment returns a new dict with the shim first in LD_PRELOAD, other entries kept, stale variables dropped and the base untouched."""
+    """
+    shim_environment returns a new dict with the shim first in LD_PRELOAD, other entries kept, stale variables
+    dropped and the base untouched.
+    """
     base = {"PATH": "/bin", "LD_PRELOAD": "liba.so libb.so:libc2.so", ENV_KEEP: "1"}
     before = dict(base)
     env = shim_environment("5900,5901", 7, base_env=base, shim="/opt/x/rebind.so")
@@ -695,7 +710,10 @@ def test_find_shim_prefers_the_installed_one(package: Path, shim: str) -> None:
 
 
 def test_find_shim_builds_into_cache(package: Path, tmp_path: Path) -> None:
-    """Without a usable installed shim (here an empty build), one is compiled into the cache under the source's hash, and then reused."""
+    """
+    Without a usable installed shim (here an empty build), one is compiled into the cache under the source's hash,
+    and then reused.
+    """
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler")
     shutil.copy(SOURCE, package / "rebind.c")
@@ -730,7 +748,7 @@ def test_find_shim_reports_compiler_errors(package: Path) -> None:
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler")
     (package / "rebind.c").write_text('#error "headers missing"\n')
-    with pytest.raises(ShimUnavailable, match="headers missing.*libc6-dev"):
+    with pytest.raises(ShimUnavailable, match=r"headers missing.*libc6-dev"):
         find_shim()
 
 

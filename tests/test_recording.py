@@ -19,6 +19,14 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
+from wsrouter.cli.replay import (
+    convert_websockify,
+    format_transcript,
+    iter_websockify,
+    main_convert,
+    main_replay,
+    play_realtime,
+)
 from wsrouter.config import Route, TcpTarget
 from wsrouter.interfaces import SessionInfo
 from wsrouter.recording import (
@@ -34,14 +42,6 @@ from wsrouter.recording import (
     parse_recording,
     read_recording,
     session_file_name,
-)
-from wsrouter.cli.replay import (
-    convert_websockify,
-    format_transcript,
-    iter_websockify,
-    main_convert,
-    main_replay,
-    play_realtime,
 )
 
 #: 2026-11-21T07:30:12.125Z, exactly representable so round trips compare equal.
@@ -416,6 +416,9 @@ def test_parse_recording_is_pure_and_skips_unknown_kinds() -> None:
     assert list(events) == [Event(0.5, "target", "text", b"a"), Event(0.7, None, "note", b"n")]
 
 
+HEADER_V1 = b'{"format":"wsrouter-recording","version":1,"start":0}\n'
+
+
 @pytest.mark.parametrize(
     "lines, line_number, problem",
     [
@@ -424,10 +427,10 @@ def test_parse_recording_is_pure_and_skips_unknown_kinds() -> None:
         ([b'{"format":"wsrouter-recording","version":99,"start":0}\n'], 1, "unsupported recording version 99"),
         ([b'{"some":"object"}\n'], 1, "not a recording header"),
         ([b"var VNC_frame_data = [\n"], 1, "wsrouter record-convert"),
-        ([b'{"format":"wsrouter-recording","version":1,"start":0}\n', b'{"t":0,"event":"binary","dir":"target","data":"!!"}\n'], 2, "base64"),
-        ([b'{"format":"wsrouter-recording","version":1,"start":0}\n', b'{"t":0,"event":"text","text":"a"}\n'], 2, '"dir"'),
-        ([b'{"format":"wsrouter-recording","version":1,"start":0}\n', b'{"t":-1,"event":"note","text":""}\n'], 2, "time must be"),
-        ([b'{"format":"wsrouter-recording","version":1,"start":0}\n', b'[1,"o","x"]\n'], 2, "JSON object"),
+        ([HEADER_V1, b'{"t":0,"event":"binary","dir":"target","data":"!!"}\n'], 2, "base64"),
+        ([HEADER_V1, b'{"t":0,"event":"text","text":"a"}\n'], 2, '"dir"'),
+        ([HEADER_V1, b'{"t":-1,"event":"note","text":""}\n'], 2, "time must be"),
+        ([HEADER_V1, b'[1,"o","x"]\n'], 2, "JSON object"),
         ([b'{"version":2,"width":80,"height":24}\n', b'{"t":1}\n'], 2, "[time, code, data]"),
     ],
 )

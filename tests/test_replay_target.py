@@ -21,7 +21,12 @@ from websockets.exceptions import ConnectionClosed
 from wsrouter.config import ReplayTarget, Route
 from wsrouter.interfaces import SessionInfo, TargetError
 from wsrouter.recording import (
-    Event, Header, encode_jsonl_event, encode_jsonl_header, parse_recording, read_recording,
+    Event,
+    Header,
+    encode_jsonl_event,
+    encode_jsonl_header,
+    parse_recording,
+    read_recording,
 )
 from wsrouter.targets.replay import BURST, ReplayConnector, ReplayLink
 
@@ -89,7 +94,7 @@ def session_for(target: Any) -> SessionInfo:
 
 def test_target_messages_at_recorded_offsets() -> None:
     """Only the target's messages are played, each at its recorded offset, with its own type."""
-    link, receiver, clock = started([
+    _link, receiver, clock = started([
         target(0.1, b"one", "text"),
         Event(0.2, "client", "text", b"typed by the client"),
         Event(0.25, None, "note", b"a note"),
@@ -101,14 +106,14 @@ def test_target_messages_at_recorded_offsets() -> None:
 
 def test_speed_divides_offsets() -> None:
     """speed=2 plays every message at half its recorded offset."""
-    link, receiver, clock = started([target(0.2, b"a"), target(0.6, b"b")], speed=2)
+    _link, receiver, clock = started([target(0.2, b"a"), target(0.6, b"b")], speed=2)
     run(clock, 100.4)
     assert [at for at, _, _ in receiver.messages] == [100.1, 100.3]
 
 
 def test_end_of_recording_waits_for_close_event() -> None:
     """The playback ends (link_lost(None)) at the recorded close's time, not at the last message."""
-    link, receiver, clock = started([target(0.1, b"a"), Event(1.0, None, "close", code=1000, reason="bye")])
+    _link, receiver, clock = started([target(0.1, b"a"), Event(1.0, None, "close", code=1000, reason="bye")])
     run(clock, 100.9)
     assert receiver.lost == []
     run(clock, 101.01)
@@ -117,7 +122,7 @@ def test_end_of_recording_waits_for_close_event() -> None:
 
 def test_recording_without_close_ends_after_last_message() -> None:
     """A recording cut short ends right after its last message."""
-    link, receiver, clock = started([target(0.1, b"a")])
+    _link, receiver, clock = started([target(0.1, b"a")])
     run(clock, 100.15)
     assert (len(receiver.messages), receiver.lost) == (1, [None])
 
@@ -182,7 +187,7 @@ def test_overdue_messages_sent_in_bursts() -> None:
 
 def test_text_that_is_not_utf8_goes_out_binary() -> None:
     """A recorded text message whose bytes are not UTF-8 is sent as binary (as text the client would fail)."""
-    link, receiver, clock = started([target(0.0, b"\xff\xfe", "text"), target(0.0, "é".encode(), "text")])
+    _link, receiver, clock = started([target(0.0, b"\xff\xfe", "text"), target(0.0, "é".encode(), "text")])
     clock.advance(0)
     assert [(payload, is_binary) for _, payload, is_binary in receiver.messages] == [
         (b"\xff\xfe", True), ("é".encode(), False)]
@@ -236,7 +241,7 @@ def test_bad_event_ends_with_error() -> None:
     header = encode_jsonl_header(Header(format="jsonl", version=1, start=0.0))
     lines = [header, encode_jsonl_event(target(0.0, b"ok")), b'{"t": "soon", "event": "text"}\n']
     _, events = parse_recording(lines, "rec.jsonl")
-    link, receiver, clock = started(events)  # the iterator itself: its error surfaces while playing
+    _link, receiver, clock = started(events)  # the iterator itself: its error surfaces while playing
     run(clock, 100.1)
     assert [payload for _, payload, _ in receiver.messages] == [b"ok"]
     assert receiver.lost == ["bad recording: line 3: time must be a number >= 0, not 'soon'"]
@@ -281,7 +286,10 @@ def timed_client(url: str) -> tuple[list[tuple[float, Any]], int | None, str]:
 
 @pytest_twisted.inlineCallbacks
 def test_replay_plays_messages_with_types_and_timing(tmp_path):
-    """A replay route sends the recorded messages in order, with their types and gaps (scaled by speed), then closes 1000."""
+    """
+    A replay route sends the recorded messages in order, with their types and gaps (scaled by speed), then closes
+    1000.
+    """
     path = write_recording(tmp_path / "rec.jsonl", [
         Event(0.0, "target", "text", b"one"),
         Event(0.05, "client", "text", b"not played"),
@@ -291,7 +299,7 @@ def test_replay_plays_messages_with_types_and_timing(tmp_path):
     ])
     router = start_router(routes=[f"/r=replay:{path}", f"/fast=replay:{path}?speed=2"])
     try:
-        received, code, reason = yield in_thread(timed_client, router.url + "/r")
+        received, code, _reason = yield in_thread(timed_client, router.url + "/r")
         fast, fast_code, _ = yield in_thread(timed_client, router.url + "/fast")
     finally:
         yield router.stopService()
@@ -347,7 +355,9 @@ def test_missing_recording_is_502(tmp_path):
 
 @pytest_twisted.inlineCallbacks
 def test_client_close_ends_replay(tmp_path):
-    """A client that closes in the middle of a long replay ends the session at once, without waiting for the recording."""
+    """
+    A client that closes in the middle of a long replay ends the session at once, without waiting for the recording.
+    """
     path = write_recording(tmp_path / "long.jsonl", [
         Event(0.0, "target", "text", b"first"),
         Event(60.0, "target", "text", b"a minute later"),
@@ -367,7 +377,9 @@ def test_client_close_ends_replay(tmp_path):
 
 @pytest_twisted.inlineCallbacks
 def test_slow_reader_pauses_playback(tmp_path):
-    """A client that does not read pauses the playback (bounded buffering); once it reads, everything arrives in order."""
+    """
+    A client that does not read pauses the playback (bounded buffering); once it reads, everything arrives in order.
+    """
     count, size = 24, 1 << 20
     path = write_recording(tmp_path / "bulk.jsonl", [
         Event(0.0, "target", "binary", bytes([i]) * size) for i in range(count)

@@ -178,7 +178,7 @@ def test_listing_when_enabled(www: Path) -> Generator[Any, Any, None]:
     assert listing.status == 200
     assert b"file.txt" in listing.body
     assert b"escape.txt" not in listing.body
-    assert redirect.status in (301, 302, 303, 307, 308)
+    assert redirect.status == 302  # twisted.web's redirect to the slashed directory
     assert redirect.headers["location"].endswith("/sub/")
     assert (inner.status, inner.body) == (200, b"plain file")
 
@@ -232,9 +232,12 @@ TRAVERSALS = [
 @pytest.mark.parametrize("path", TRAVERSALS)
 @pytest_twisted.inlineCallbacks
 def test_nothing_outside_root_is_served(www: Path, path: bytes, listing: bool) -> Generator[Any, Any, None]:
-    """Dot-dot, encoded slashes and dots, backslashes, NULs and outward symlinks all give 404 or 400."""
+    """
+    Dot-dot, encoded slashes and dots, backslashes, NULs and outward symlinks all give 404 (a raw NUL in the
+    request line: 400 from the HTTP parser).
+    """
     (response,) = yield exchange(build_web_root(str(www), listing=listing), http(path))
-    assert response.status in (400, 404)
+    assert response.status == (400 if b"\x00" in path else 404)
     assert PASSWD_MARK not in response.raw
     # exchange() has already checked that SECRET appears in no response.
 

@@ -16,13 +16,14 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import contextlib
 import errno
 import json
 import os
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeGuard
 
 from attrs import frozen
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -144,7 +145,7 @@ class Event:
 
 def format_utc(seconds: float) -> str:
     """C{2026-11-21T07:30:12.123Z}: ISO 8601, UTC, milliseconds."""
-    whole, millis = divmod(int(round(seconds * 1000)), 1000)
+    whole, millis = divmod(round(seconds * 1000), 1000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
 
 
@@ -461,10 +462,8 @@ class _FileRecorder:
         self._timer = None
         fd, self._fd = self._fd, None
         if fd is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
 
 class JsonlRecorder(_FileRecorder):
@@ -592,7 +591,8 @@ def open_recorder(
 _EventParser = Callable[[str, int, Any], "Event | None"]
 
 
-def _number(value: Any) -> bool:
+def _number(value: Any) -> TypeGuard[int | float]:
+    """A JSON number (JSON's true and false are bools in Python, not numbers here)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

@@ -9,7 +9,16 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, fail
 
-from wsrouter.config import EchoTarget, ExecTarget, Limits, ReplayTarget, TcpTarget, UdpTarget, UnixDatagramTarget, UnixTarget
+from wsrouter.config import (
+    EchoTarget,
+    ExecTarget,
+    Limits,
+    ReplayTarget,
+    TcpTarget,
+    UdpTarget,
+    UnixDatagramTarget,
+    UnixTarget,
+)
 from wsrouter.interfaces import Connector, Link, SessionInfo, TargetError
 from wsrouter.targets.datagram import DatagramConnector
 from wsrouter.targets.echo import EchoConnector

@@ -19,7 +19,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import MessageLengthError
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import ConnectedDatagramProtocol, DatagramProtocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
@@ -54,7 +54,6 @@ class _DatagramLinkBase:
     """Shared behaviour of UDP and Unix datagram links."""
 
     message_oriented = True
-    consumer = None
 
     def __init__(self, description: str) -> None:
         self.description = description
@@ -63,10 +62,16 @@ class _DatagramLinkBase:
         self._receiver: LinkReceiver | None = None
         self._lost = False
         self.ready: Deferred[Link] = Deferred()
+        #: Set once the socket exists (L{_opened}).
+        self.producer: IPushProducer | None = None
+        #: A datagram socket takes or drops each write at once: nothing to pause.
+        self.consumer: IConsumer | None = None
 
-    @property
-    def producer(self) -> IPushProducer:
-        return _ReadingProducer(self.transport)
+    def _opened(self) -> None:
+        """The socket is bound (and connected): stay paused, hand the link over."""
+        self.transport.stopReading()
+        self.producer = _ReadingProducer(self.transport)
+        self.ready.callback(self)
 
     def start(self, receiver: LinkReceiver) -> None:
         self._receiver = receiver
@@ -121,8 +126,7 @@ class UdpLink(_DatagramLinkBase, DatagramProtocol):
 
     def startProtocol(self) -> None:
         self.transport.connect(*self._address)
-        self.transport.stopReading()
-        self.ready.callback(self)
+        self._opened()
 
     def datagramReceived(self, data: bytes, addr: Any = None) -> None:
         self._deliver(data)
@@ -139,10 +143,9 @@ class UnixDatagramLink(_DatagramLinkBase, ConnectedDatagramProtocol):
         self._directory = directory
 
     def startProtocol(self) -> None:
-        self.transport.stopReading()
-        self.ready.callback(self)
+        self._opened()
 
-    def datagramReceived(self, data: bytes) -> None:
+    def datagramReceived(self, data: bytes, addr: Any = None) -> None:
         self._deliver(data)
 
     def connectionFailed(self, failure: Failure) -> None:

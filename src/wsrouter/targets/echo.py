@@ -8,16 +8,16 @@ reading from the client.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import cast
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer
 from zope.interface import implementer
 
 from wsrouter.interfaces import Link, LinkReceiver, SessionInfo
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IConsumer)
 class EchoLink:
     """
     Echoes each whole message; pausing it pauses the client's reading.
@@ -33,18 +33,13 @@ class EchoLink:
         self._receiver: LinkReceiver | None = None
         self._upstream: IPushProducer | None = None
         self._closed = False
-
-    @property
-    def producer(self) -> IPushProducer:
-        return self
-
-    @property
-    def consumer(self) -> Any:
-        return self
+        self.producer: IPushProducer | None = self
+        self.consumer: IConsumer | None = self
 
     # consumer side: the client's producer registers here
-    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
-        self._upstream = producer
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        # The bridge registers the client's transport, a streaming (push) producer.
+        self._upstream = cast(IPushProducer, producer)
 
     def unregisterProducer(self) -> None:
         self._upstream = None

@@ -77,17 +77,18 @@ then, and its later messages are discarded.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import signal
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol, cast
 
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IProducer, IPushProducer
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -175,12 +176,12 @@ def cgi_environment(session: SessionInfo, pass_env: Iterable[str], environ: Mapp
 def header_variables(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
     """C{HTTP_*} variables for request headers; see L{cgi_environment}."""
     variables: dict[str, str] = {}
-    for name, value in headers:
-        name = name.lower()
+    for raw_name, raw_value in headers:
+        name = raw_name.lower()
         if not _HEADER_NAME.fullmatch(name) or name == "proxy":
             continue
         key = "HTTP_" + name.upper().replace("-", "_")
-        value = _clean(value).strip()
+        value = _clean(raw_value).strip()
         variables[key] = f"{variables[key]}, {value}" if key in variables else value
     return variables
 
@@ -254,10 +255,8 @@ def signal_program(pid: int, signum: int, leader_alive: bool) -> bool:
     except PermissionError:  # some member changed its user; the rest were signalled
         pass
     if leader_alive:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
     return group
 
 
@@ -365,19 +364,21 @@ class _Stdin:
         self._link = link
         self._shim: _PauseOnly | None = None
 
-    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
-        transport = self._link.transport
-        if transport is None or not self._link.stdin_open or self._shim is not None:
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        pipes = self._link.pipes
+        if pipes is None or not self._link.stdin_open or self._shim is not None:
             return
-        self._shim = _PauseOnly(producer)
-        transport.registerProducer(self._shim, True)
+        # The bridge registers the client's transport, a streaming (push) producer.
+        self._shim = _PauseOnly(cast(IPushProducer, producer))
+        pipes.registerProducer(self._shim, True)
 
     def unregisterProducer(self) -> None:
         shim, self._shim = self._shim, None
         if shim is None:
             return
-        if self._link.stdin_open and self._link.transport is not None:
-            self._link.transport.unregisterProducer()
+        pipes = self._link.pipes
+        if self._link.stdin_open and pipes is not None:
+            pipes.unregisterProducer()
         shim.release()
 
     def write(self, data: bytes) -> None:
@@ -409,6 +410,23 @@ class _Stdout:
 
 
 # -- the link -----------------------------------------------------------------------------
+
+
+class _ProcessPipes(Protocol):
+    """
+    What Twisted's process transport offers beyond L{IProcessTransport}: its
+    stdout/stderr readers pause as a producer, its stdin writer takes one.
+    """
+
+    pid: int | None
+
+    def pauseProducing(self) -> None: ...
+
+    def resumeProducing(self) -> None: ...
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None: ...
+
+    def unregisterProducer(self) -> None: ...
 
 
 class ProgramLink(ProcessProtocol):
@@ -457,8 +475,14 @@ class ProgramLink(ProcessProtocol):
         self._kill_call: IDelayedCall | None = None
         self._watch_call: IDelayedCall | None = None
         self.ended: Deferred[None] = Deferred()
-        self.producer: IPushProducer = _Stdout(self)
-        self.consumer: _Stdin = _Stdin(self)
+        self.producer: IPushProducer | None = _Stdout(self)
+        self._stdin = _Stdin(self)
+        self.consumer: IConsumer | None = self._stdin
+
+    @property
+    def pipes(self) -> _ProcessPipes | None:
+        """The process transport, with its pipe controls (see L{_ProcessPipes})."""
+        return cast("_ProcessPipes | None", self.transport)
 
     # -- Link ---------------------------------------------------------------------
 
@@ -516,18 +540,22 @@ class ProgramLink(ProcessProtocol):
         self._update_reading()
 
     def _update_reading(self) -> None:
-        if self.transport is None:
+        pipes = self.pipes
+        if pipes is None:
             return
         if self._reading():
-            self.transport.resumeProducing()
+            pipes.resumeProducing()
         else:
-            self.transport.pauseProducing()
+            pipes.pauseProducing()
 
     # -- ProcessProtocol ----------------------------------------------------------------
 
     def connectionMade(self) -> None:
-        self.pid = self.transport.pid  # type: ignore[union-attr]
-        self.transport.pauseProducing()  # type: ignore[union-attr]
+        pipes = self.pipes
+        if pipes is None:  # makeConnection sets the transport before calling this
+            return
+        self.pid = pipes.pid
+        pipes.pauseProducing()
 
     def outReceived(self, data: bytes) -> None:
         self._activity += 1
@@ -544,7 +572,7 @@ class ProgramLink(ProcessProtocol):
 
     def inConnectionLost(self) -> None:
         self.stdin_open = False
-        self.consumer.lost()
+        self._stdin.lost()
 
     def outConnectionLost(self) -> None:
         self._stdout_open = False
@@ -624,8 +652,9 @@ class ProgramLink(ProcessProtocol):
             self._watch_pipes()
             return
         log.info("{label}: output still held open after the program's group ended; closing it", label=self.label)
-        self.transport.closeStdout()  # type: ignore[union-attr]
-        self.transport.closeStderr()  # type: ignore[union-attr]
+        if self.transport is not None:
+            self.transport.closeStdout()
+            self.transport.closeStderr()
 
     def _cancel(self, name: str) -> None:
         call = getattr(self, name)

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
 from zope.interface import implementer
 
 from wsrouter.config import ReplayTarget
@@ -64,7 +64,6 @@ class ReplayLink:
     """
 
     message_oriented = False
-    consumer = None
 
     def __init__(self, clock: IReactorTime, events: Iterator[Event], speed: float = 1.0):
         self._clock = clock
@@ -78,10 +77,9 @@ class ReplayLink:
         self._call: IDelayedCall | None = None
         self._stopped = False
         self._done = False
-
-    @property
-    def producer(self) -> IPushProducer:
-        return self
+        self.producer: IPushProducer | None = self
+        #: Whatever the client sends is ignored, so nothing to slow down.
+        self.consumer: IConsumer | None = None
 
     @property
     def paused(self) -> bool:

@@ -8,8 +8,10 @@ before the WebSocket handshake has completed and the bridge is ready.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
-from typing import Any
+from typing import Any, cast
+from typing import Protocol as TypingProtocol
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred
@@ -19,8 +21,14 @@ from twisted.internet.endpoints import (
     TCP6ClientEndpoint,
     UNIXClientEndpoint,
 )
-from twisted.internet.interfaces import IConsumer, IHalfCloseableProtocol, IPushProducer
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import (
+    IConsumer,
+    IHalfCloseableProtocol,
+    IPushProducer,
+    IStreamClientEndpoint,
+    ITCPTransport,
+)
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -28,9 +36,14 @@ from wsrouter.config import TcpTarget, UnixTarget
 from wsrouter.interfaces import Link, LinkReceiver, SessionInfo, TargetError
 from wsrouter.ws.writes import write_sequence_through, write_through
 
-
 #: Bytes read from a target at once, and queued for it before pausing.
 IO_CHUNK = 256 * 1024
+
+
+class _Buffered(TypingProtocol):
+    """A Twisted file descriptor's read size (not part of any interface)."""
+
+    bufferSize: int
 
 
 @implementer(IHalfCloseableProtocol)
@@ -43,31 +56,30 @@ class StreamLink(Protocol):
         self._receiver: LinkReceiver | None = None
         self._early: list[tuple[str, Any]] = []
         self._held: list[bytes] | None = None
-
-    @property
-    def producer(self) -> IPushProducer:
-        return self.transport  # type: ignore[return-value]
-
-    @property
-    def consumer(self) -> IConsumer:
-        return self.transport  # type: ignore[return-value]
+        #: The connection (TCP and Unix alike), its producer and consumer
+        #: faces; set when connected, before the link is handed over.
+        self._connection: ITCPTransport | None = None
+        self.producer: IPushProducer | None = None
+        self.consumer: IConsumer | None = None
 
     def connectionMade(self) -> None:
-        self.transport.pauseProducing()  # type: ignore[attr-defined]
+        # Adapting checks that the transport provides each interface.
+        self._connection = ITCPTransport(self.transport)
+        self.producer = IPushProducer(self.transport)
+        self.consumer = IConsumer(self.transport)
+        self.producer.pauseProducing()
         # Larger reads mean fewer system calls and fewer messages per byte
         # relayed; it is also how much may queue before the client is paused.
-        self.transport.bufferSize = IO_CHUNK  # type: ignore[attr-defined]
-        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            set_no_delay(True)
+        cast(_Buffered, self.transport).bufferSize = IO_CHUNK
+        self._connection.setTcpNoDelay(True)  # a no-op on Unix sockets
 
     def start(self, receiver: LinkReceiver) -> None:
         self._receiver = receiver
         early, self._early = self._early, []
         for event, argument in early:
             getattr(self, event)(*argument)
-        if self.transport is not None and self.connected:
-            self.transport.resumeProducing()  # type: ignore[attr-defined]
+        if self.producer is not None and self.connected:
+            self.producer.resumeProducing()
 
     def dataReceived(self, data: bytes) -> None:
         if self._receiver is None:
@@ -84,11 +96,11 @@ class StreamLink(Protocol):
     def writeConnectionLost(self) -> None:
         """Our write side is shut; keep reading until the target closes."""
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone()) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._receiver is None:
             self._early.append(("connectionLost", (reason,)))
             return
-        clean = reason.check(error.ConnectionDone) is not None
+        clean = isinstance(reason.value, error.ConnectionDone)
         self._receiver.link_lost(None if clean else _describe(reason))
 
     def write(self, data: bytes) -> None:
@@ -114,17 +126,16 @@ class StreamLink(Protocol):
             write_through(self.transport, b"".join(held))
 
     def write_eof(self) -> None:
-        lose_write = getattr(self.transport, "loseWriteConnection", None)
-        if lose_write is not None and self.connected:
-            lose_write()
+        if self._connection is not None and self.connected:
+            self._connection.loseWriteConnection()
 
     def close(self) -> None:
-        if self.transport is not None:
-            self.transport.loseConnection()
+        if self._connection is not None:
+            self._connection.loseConnection()
 
     def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+        if self._connection is not None:
+            self._connection.abortConnection()
 
 
 def _describe(reason: Failure) -> str:
@@ -144,7 +155,7 @@ class StreamConnector:
     def connect(self, session: SessionInfo) -> Deferred[Link]:
         target = session.route.target
         if isinstance(target, TcpTarget):
-            endpoint: Any = _tcp_endpoint(self._reactor, target, self._timeout)
+            endpoint: IStreamClientEndpoint = _tcp_endpoint(self._reactor, target, self._timeout)
         elif isinstance(target, UnixTarget):
             endpoint = UNIXClientEndpoint(self._reactor, target.path, timeout=int(self._timeout))
         else:
@@ -157,10 +168,10 @@ class StreamConnector:
             raise TargetError(f"cannot connect to {target.describe()}: {_connect_error(reason)}", 502)
 
         connecting.addErrback(failed)
-        return connecting  # type: ignore[return-value]
+        return cast("Deferred[Link]", connecting)
 
 
-def _tcp_endpoint(reactor: Any, target: TcpTarget, timeout: float) -> Any:
+def _tcp_endpoint(reactor: Any, target: TcpTarget, timeout: float) -> IStreamClientEndpoint:
     """An address connects directly; only a name needs HostnameEndpoint's resolving."""
     try:
         address = ipaddress.ip_address(target.host)
@@ -178,7 +189,7 @@ def _connect_error(reason: Failure) -> str:
         return "timed out"
     if isinstance(value, error.DNSLookupError):
         return "host name not found"
-    if isinstance(value, (error.NoSuchFile, FileNotFoundError)):
+    if isinstance(value, error.ConnectError) and value.osError == errno.ENOENT:
         return "no such socket file"
     text = str(value).strip()
     return text or type(value).__name__

@@ -57,6 +57,9 @@ class _MethodNotAllowed(Resource):
     isLeaf = True
     _page = pages.errorPage(405, "Method Not Allowed", "Only GET and HEAD are allowed here.")
 
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]  # Resource is not annotated
+
     def render(self, request: IRequest) -> Any:
         request.setHeader(b"allow", b", ".join(ALLOWED_METHODS))
         return self._page.render(request)
@@ -80,8 +83,9 @@ class WebRootFile(static.File):
     processors: dict[str, Any] = {}
     indexNames = ["index.html"]
     allowedMethods = ALLOWED_METHODS
-    childNotFound = pages.notFound("No Such Resource", "File not found.")
-    forbidden = pages.forbidden()
+    # File's own (deprecated) resource classes are the declared types; any resource serves.
+    childNotFound = pages.notFound("No Such Resource", "File not found.")  # type: ignore[assignment]
+    forbidden = pages.forbidden()  # type: ignore[assignment]
 
     def __init__(self, path: str, *, root: str | None = None, listing: bool = False,
                  defaultType: str = DEFAULT_TYPE) -> None:
@@ -124,7 +128,7 @@ class WebRootFile(static.File):
             return self.childNotFound
         if "\0" in name or "\\" in name or "/" in name:
             return self.childNotFound
-        child = super().getChild(name, request)
+        child: IResource = super().getChild(name, request)  # type: ignore[no-untyped-call]
         if isinstance(child, WebRootFile) and not child.is_inside_root():
             return self.childNotFound
         return child
@@ -139,14 +143,14 @@ class WebRootFile(static.File):
 
     def listNames(self) -> list[str]:
         """Names in this directory, without symlinks that lead outside the root."""
-        return [name for name in super().listNames()
+        return [name for name in super().listNames()  # type: ignore[no-untyped-call]
                 if self.createSimilarFile(os.path.join(self.path, name)).is_inside_root()]
 
     def render(self, request: IRequest) -> Any:
         """Refuse every method but GET and HEAD with 405."""
         if request.method not in ALLOWED_METHODS:
             return _method_not_allowed.render(request)
-        return super().render(request)
+        return super().render(request)  # type: ignore[no-untyped-call]
 
     def render_GET(self, request: IRequest) -> Any:
         """
@@ -160,7 +164,7 @@ class WebRootFile(static.File):
             # Redirecting to "dir/" would only reveal that the directory exists.
             return self.childNotFound.render(request)
         request.setHeader(b"x-content-type-options", b"nosniff")
-        return super().render_GET(request)
+        return super().render_GET(request)  # type: ignore[no-untyped-call]
 
     render_HEAD = render_GET
 
