@@ -12,6 +12,8 @@ import shlex
 import sys
 import threading
 import time
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +25,15 @@ from wsrouter.config import build_config
 from wsrouter.service.workers import WorkerSupervisor
 
 from .support import (
-    REPO, RecordingTarget, child_env, connect, free_port, handshake_status, in_thread, listen_target, start_router,
+    REPO,
+    RecordingTarget,
+    child_env,
+    connect,
+    free_port,
+    handshake_status,
+    in_thread,
+    listen_target,
+    start_router,
     wait_for_port,
 )
 
@@ -58,7 +68,7 @@ def banner_of(url: str) -> bytes:
 
 def alive(pid: int) -> bool:
     try:
-        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state != "Z"
@@ -66,7 +76,7 @@ def alive(pid: int) -> bool:
 
 @pytest_twisted.inlineCallbacks
 def test_reload_adds_and_removes_routes_keeping_open_sessions():
-    """A reload adds a route (new connections get it) and removes one (404 for new ones) while an open session on it goes on."""
+    """A reload adds a route (new connections get it) and removes one (404 for new ones); its open session goes on."""
     listen = ["tcp:0:interface=127.0.0.1"]
     router = start_router(listen=listen, routes=["/a=echo:"])
     try:
@@ -90,7 +100,7 @@ def test_reload_adds_and_removes_routes_keeping_open_sessions():
         held = in_thread(held_session)
         yield in_thread(opened.wait, 30)
         yield router.reload(build_config({"listen": listen, "routes": ["/a=echo:"]}))
-        status, body = yield in_thread(handshake_status, router.url + "/b")
+        status, _body = yield in_thread(handshake_status, router.url + "/b")
         assert status == 404
         reloaded.set()
         assert (yield held) == [b"before", b"after"]
@@ -121,7 +131,7 @@ def test_reload_adds_and_removes_listeners():
 
 @pytest_twisted.inlineCallbacks
 def test_reload_restarts_a_changed_program_and_leaves_an_unchanged_one():
-    """A changed wrapped program is stopped and the new one started; an unchanged one keeps its PID; a removed one is stopped."""
+    """A changed wrapped program is replaced, an unchanged one keeps its PID, and a removed one is stopped."""
     listen = ["tcp:0:interface=127.0.0.1"]
     keep, change, drop = wrap_route("/keep", "keep"), wrap_route("/change", "old"), wrap_route("/drop", "drop")
     router = start_router(listen=listen, routes=[keep, change, drop])
@@ -173,7 +183,7 @@ class Streams:
                     self.sent[n] += 1
                     if self.stop.is_set():
                         break
-        except BaseException as e:  # noqa: BLE001 - collected and re-raised by the test
+        except BaseException as e:
             self.errors.append(e)
             self.started.abort()
 
@@ -200,7 +210,7 @@ def configs(listen: list[str], target: str, rounds: int) -> list[Any]:
 @pytest_twisted.inlineCallbacks
 def test_sessions_stream_through_reloads_single_process():
     """Sessions streaming through several reloads of one router process lose no byte and are not closed."""
-    port, factory = listen_target(lambda: RecordingTarget(echo=True))
+    port, _factory = listen_target(lambda: RecordingTarget(echo=True))
     target = f"tcp://127.0.0.1:{port.getHost().port}"
     listen = ["tcp:0:interface=127.0.0.1"]
     router = start_router(listen=listen, routes=[f"/stream={target}"])
@@ -254,6 +264,10 @@ def wait_until(predicate: Any, what: str, timeout: float = 20.0) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def reloads_seen(lines: list[str], count: int) -> bool:
+    return sum("configuration reloaded" in line for line in lines) >= count
+
+
 def listening_workers(lines: list[str]) -> int:
     return sum(1 for line in lines if "room for about" in line)
 
@@ -265,7 +279,7 @@ def worker_pids(lines: list[str]) -> list[int]:
 @pytest_twisted.inlineCallbacks
 def test_workers_reload_routes_and_keep_streaming_sessions(supervisor_log):
     """With two workers, reloads add and remove routes in every worker while streaming sessions lose no byte."""
-    port, factory = listen_target(lambda: RecordingTarget(echo=True))
+    port, _factory = listen_target(lambda: RecordingTarget(echo=True))
     target = f"tcp://127.0.0.1:{port.getHost().port}"
     number = free_port()
     listen = [f"tcp:{number}:interface=127.0.0.1"]
@@ -278,8 +292,7 @@ def test_workers_reload_routes_and_keep_streaming_sessions(supervisor_log):
         yield in_thread(streams.start)
         for done, config in enumerate(configs(listen, target, 4), start=1):
             yield supervisor.reload(config)
-            yield wait_until(lambda: sum("configuration reloaded" in line for line in supervisor_log) >= 2 * done,
-                             "both workers reloaded")
+            yield wait_until(partial(reloads_seen, supervisor_log, 2 * done), "both workers reloaded")
         yield in_thread(streams.finish)
         assert not streams.errors, streams.errors[:3]
         assert all(sent > 0 for sent in streams.sent), streams.sent
@@ -301,7 +314,7 @@ def test_workers_reload_a_listener_change_restarts_workers_one_by_one(supervisor
     """With workers, a new listener is served after the workers are restarted one by one on the new set."""
     first, second = free_port(), free_port()
     old = [f"tcp:{first}:interface=127.0.0.1"]
-    new = old + [f"tcp:{second}:interface=127.0.0.1"]
+    new = [*old, f"tcp:{second}:interface=127.0.0.1"]
     supervisor = start_supervisor({"listen": old, "workers": 2, "routes": ["/*=echo:"]})
     try:
         yield wait_until(lambda: listening_workers(supervisor_log) == 2, "two workers listening")
@@ -319,7 +332,7 @@ def test_workers_reload_a_listener_change_restarts_workers_one_by_one(supervisor
 
 @pytest_twisted.inlineCallbacks
 def test_workers_reload_keeps_an_unchanged_program_and_restarts_a_changed_one(supervisor_log):
-    """With workers, a reload keeps an unchanged wrapped program (same PID), replaces a changed one, and workers reach both."""
+    """With workers, a reload keeps an unchanged program (same PID), replaces a changed one; workers reach both."""
     number = free_port()
     listen = [f"tcp:{number}:interface=127.0.0.1"]
     url = f"ws://127.0.0.1:{number}"

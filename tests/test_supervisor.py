@@ -19,7 +19,13 @@ from twisted.python.failure import Failure
 from wsrouter.config import WrappedTarget
 from wsrouter.interfaces import TargetError
 from wsrouter.process.supervisor import (
-    GROUP_POLL_INTERVAL, KILL_GRACE, MAX_RESTART_DELAY, ChildOwner, ExitStatus, Launch, Supervisor,
+    GROUP_POLL_INTERVAL,
+    KILL_GRACE,
+    MAX_RESTART_DELAY,
+    ChildOwner,
+    ExitStatus,
+    Launch,
+    Supervisor,
 )
 from wsrouter.process.wrapped import ProgramSet, WrappedProgram
 
@@ -105,8 +111,8 @@ def young_death(status: int = 1) -> ProcessTerminated:
 
 
 def test_restart_delay_doubles_to_the_cap_and_resets_after_a_stable_run():
-    """A child dying young is restarted after 1, 2, 4 ... s capped at 60 s; after a long run, at once with the delay reset."""
-    clock, system, owner, child = make()
+    """A child dying young is restarted after 1, 2, 4 ... s up to 60 s; after a long run, at once, delay reset."""
+    clock, system, _owner, child = make()
     child.start()
     delays = []
     for n in range(9):
@@ -139,8 +145,8 @@ def test_no_restart_when_not_wanted():
 
 
 def test_stop_sends_sigterm_to_the_group_and_fires_when_it_is_empty():
-    """Stopping SIGTERMs the process group and fires once the child is reaped and the group empty, without restarting."""
-    clock, system, owner, child = make()
+    """Stopping SIGTERMs the group and fires once the child is reaped and its group empty; no restart follows."""
+    clock, system, _owner, child = make()
     child.start()
     stopped = child.stop(grace=5)
     assert system.group_signals == [(101, signal.SIGTERM)]
@@ -156,7 +162,7 @@ def test_stop_sends_sigterm_to_the_group_and_fires_when_it_is_empty():
 
 def test_stop_sends_sigkill_after_the_grace_period():
     """A child ignoring SIGTERM gets SIGKILL once the grace period is over."""
-    clock, system, owner, child = make()
+    clock, system, _owner, child = make()
     child.start()
     stopped = child.stop(grace=2)
     clock.pump([GROUP_POLL_INTERVAL] * int(1.9 / GROUP_POLL_INTERVAL))
@@ -170,7 +176,7 @@ def test_stop_sends_sigkill_after_the_grace_period():
 
 def test_stop_gives_up_on_a_group_that_survives_sigkill():
     """A group that outlives SIGKILL by the kill grace is given up on, so shutdown cannot hang."""
-    clock, system, owner, child = make()
+    clock, _system, _owner, child = make()
     child.start()
     stopped = child.stop(grace=1)
     clock.pump([GROUP_POLL_INTERVAL] * int((1 + KILL_GRACE + 1) / GROUP_POLL_INTERVAL))
@@ -179,7 +185,7 @@ def test_stop_gives_up_on_a_group_that_survives_sigkill():
 
 def test_stop_signals_the_child_itself_before_it_leads_a_group():
     """A child that has not made its own group yet is signalled directly."""
-    clock, system, owner, child = make()
+    clock, system, _owner, child = make()
     child.start()
     system.groups[101] = False
     process = system.spawned[0][1]
@@ -192,7 +198,7 @@ def test_stop_signals_the_child_itself_before_it_leads_a_group():
 
 def test_stop_while_a_restart_is_pending_cancels_it():
     """Stopping a child waiting to be restarted cancels the restart and fires at once."""
-    clock, system, owner, child = make()
+    clock, system, _owner, child = make()
     child.start()
     system.exit(0, young_death())
     assert child.restart_pending
@@ -203,7 +209,7 @@ def test_stop_while_a_restart_is_pending_cancels_it():
 
 def test_a_failed_restart_is_tried_again_later():
     """When spawning fails on a restart the error is logged and the restart tried again after a delay."""
-    clock, system, owner, child = make()
+    clock, system, _owner, child = make()
     child.start()
     system.exit(0, young_death())
     system.fail_next = True
@@ -215,7 +221,7 @@ def test_a_failed_restart_is_tried_again_later():
 
 def test_a_failed_first_start_raises():
     """A spawn failure on the first start is the caller's to report."""
-    clock, system, owner, child = make()
+    _clock, system, _owner, child = make()
     system.fail_next = True
     with pytest.raises(OSError):
         child.start()
@@ -235,8 +241,8 @@ def test_exit_status_text(reason, text, shell):
 
 
 def test_output_lines_reach_the_owner_and_the_log_with_the_name():
-    """Output split across reads arrives as whole lines, logged prefixed with the child's name; a last partial line too."""
-    clock, system, owner, child = make()
+    """Output split across reads arrives as whole lines, logged with the child's name; a last partial line too."""
+    _clock, system, owner, child = make()
     seen: list[dict[str, Any]] = []
     globalLogPublisher.addObserver(seen.append)
     try:
@@ -271,8 +277,8 @@ def report(system: FakeSystem, index: int, port: int) -> None:
 
 
 def test_ignore_mode_program_gone_fails_waiting_clients_at_once_with_502():
-    """In ignore mode, once the program has exited without listening, a waiting or new client gets 502 at once, saying why."""
-    clock, system, program = wrapped("ignore")
+    """In ignore mode, once the program exited without listening, waiting and new clients get 502 at once, with why."""
+    _clock, system, program = wrapped("ignore")
     waiting = program.when_ready(9)
     failures: list[Failure] = []
     waiting.addErrback(failures.append)

@@ -25,11 +25,16 @@ from websockets.exceptions import ConnectionClosed
 
 from wsrouter.config import ConfigError, build_config
 from wsrouter.interfaces import TargetError
-from wsrouter.service.worker_process import ProgramAddress
 from wsrouter.process.supervisor import MAX_RESTART_DELAY, MIN_RESTART_DELAY, STABLE_AFTER, restart_delay
 from wsrouter.process.wrapped import wrapped_targets
+from wsrouter.service.worker_process import ProgramAddress
 from wsrouter.service.workers import (
-    FIRST_LISTENER_FD, address_message, decode_config, encode_config, parse_log_line, reload_message,
+    FIRST_LISTENER_FD,
+    address_message,
+    decode_config,
+    encode_config,
+    parse_log_line,
+    reload_message,
     setup_message,
 )
 
@@ -172,7 +177,7 @@ def echo_sessions(url: str, count: int) -> None:
                 barrier.wait(20)
                 ws.send(b"hello %d" % n)
                 assert ws.recv(timeout=10) == b"hello %d" % n
-        except BaseException as e:  # noqa: BLE001 - collected and re-raised below
+        except BaseException as e:
             errors.append(e)
             barrier.abort()
 
@@ -185,7 +190,7 @@ def echo_sessions(url: str, count: int) -> None:
 
 
 def test_two_workers_share_the_load_and_stop_on_sigterm(tmp_path):
-    """With --workers 2 both workers serve sessions (ids w1., w2.), and SIGTERM closes sessions with 1001 and leaves no process."""
+    """With --workers 2 both workers serve (ids w1., w2.); SIGTERM closes sessions with 1001, leaving no process."""
     port = free_port()
     router = RouterProcess(["--listen", f"tcp:{port}:interface=127.0.0.1", "--workers", "2",
                             "--route", "/*=echo:"], port, tmp_path / "router.log")
@@ -225,7 +230,7 @@ def test_a_killed_worker_is_restarted(tmp_path):
         os.kill(victim, signal.SIGKILL)
         restarted = wait_for(lambda: len(worker_pids(router.log()).get(1, [])) == 2 and worker_pids(router.log()),
                              what="worker 1 restarted")
-        assert "worker 1 (pid %d) killed by signal 9" % victim in router.log()
+        assert f"worker 1 (pid {victim}) killed by signal 9" in router.log()
         assert "restarting in 1 s" in router.log()
         new = restarted[1][1]
         assert new != victim and alive(new) and not alive(victim)
@@ -330,8 +335,11 @@ def test_recordings_of_several_workers_do_not_collide(tmp_path):
     try:
         wait_for(lambda: router.log().count("room for about") == 2, what="both workers listening")
         echo_sessions(f"ws://127.0.0.1:{port}/rec", 20)
-        files = wait_for(lambda: (lambda found: found if len(found) == 20 else None)(sorted(record.iterdir())),
-                         what="20 recordings")
+        def twenty_recordings() -> list[Path] | None:
+            found = sorted(record.iterdir())
+            return found if len(found) == 20 else None
+
+        files = wait_for(twenty_recordings, what="20 recordings")
         ids = {json.loads(path.read_text().splitlines()[0])["session"] for path in files}
         assert len(ids) == 20
         assert all(re.fullmatch(r"w[12]\.[0-9a-f]{8}", session) for session in ids), ids

@@ -20,18 +20,18 @@ from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
-from twisted.python.failure import Failure
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from wsrouter.process.supervisor import Supervisor
-from wsrouter.process.wrapped import ProgramNotFound, ProgramSet, WrappedProgram, wrapped_targets
 from wsrouter.config import RouterConfig, WrappedTarget
 from wsrouter.descriptors import DescriptorGuard, GuardedSite
-from wsrouter.rebind import ShimUnavailable
 from wsrouter.gateway import Router
-from wsrouter.web.static import build_web_root
+from wsrouter.process.supervisor import Supervisor
+from wsrouter.process.wrapped import ProgramNotFound, ProgramSet, WrappedProgram, wrapped_targets
+from wsrouter.rebind import ShimUnavailable
 from wsrouter.targets.wrapped import WrappedConnector
 from wsrouter.web.resource import RouterResource
+from wsrouter.web.static import build_web_root
 
 log = Logger(namespace="wsrouter")
 
@@ -59,7 +59,7 @@ class ListenerService(Service):
 
     def __init__(self, reactor: Any, description: str, site: Factory[Any]):
         self.description = description
-        self._endpoint = serverFromString(reactor, description)  # type: ignore[no-untyped-call]
+        self._endpoint = serverFromString(reactor, description)
         self._site = site
         self._listening: Deferred[IListeningPort] | None = None
         self.port: IListeningPort | None = None

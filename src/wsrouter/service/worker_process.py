@@ -29,12 +29,11 @@ from zope.interface import implementer
 
 from wsrouter.config import RouterConfig, WrappedTarget
 from wsrouter.descriptors import DescriptorGuard, GuardedSite
-from wsrouter.process.wrapped import AddressWaiters
-from wsrouter.service.single import program_wait_timeout, build_resource
-from wsrouter.targets.wrapped import WrappedConnector
 from wsrouter.interfaces import TargetError
-from wsrouter.process.wrapped import wrapped_targets
+from wsrouter.process.wrapped import AddressWaiters, wrapped_targets
+from wsrouter.service.single import build_resource, program_wait_timeout
 from wsrouter.service.workers import CONTROL_FD, decode_config
+from wsrouter.targets.wrapped import WrappedConnector
 
 log = Logger(namespace="wsrouter")
 

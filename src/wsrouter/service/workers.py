@@ -64,10 +64,10 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger, LogLevel
 
-from wsrouter.process.supervisor import Child, ChildOwner, ExitStatus, Launch, Supervisor
-from wsrouter.process.wrapped import ProgramSet, WrappedProgram, wrapped_targets
 from wsrouter.config import RouterConfig, WrappedTarget
 from wsrouter.descriptors import OpenFileLimit
+from wsrouter.process.supervisor import Child, ChildOwner, ExitStatus, Launch, Supervisor
+from wsrouter.process.wrapped import ProgramSet, WrappedProgram, wrapped_targets
 from wsrouter.service.single import ListenerService, follow_program_port, start_programs
 
 log = Logger(namespace="wsrouter.service.workers")

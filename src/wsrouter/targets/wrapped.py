@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 import attrs
-
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
