@@ -20,8 +20,10 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
+from websockets.exceptions import InvalidStatus
 
 from wsrouter.config import build_config
+from wsrouter.service.single import CannotStart
 from wsrouter.service.workers import WorkerSupervisor
 
 from .support import (
@@ -62,8 +64,12 @@ def wrap_route(path: str, banner: str) -> str:
 
 
 def banner_of(url: str) -> bytes:
-    with connect(url) as ws:
-        return ws.recv(timeout=10)
+    """The first message of a session; a refusal's status and body in the error."""
+    try:
+        with connect(url) as ws:
+            return ws.recv(timeout=10)
+    except InvalidStatus as e:
+        raise AssertionError(f"{url}: {e.response.status_code} {e.response.body!r}") from None
 
 
 def alive(pid: int) -> bool:
@@ -153,6 +159,26 @@ def test_reload_restarts_a_changed_program_and_leaves_an_unchanged_one():
         assert (yield in_thread(handshake_status, router.url + "/drop"))[0] == 404
     finally:
         yield router.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_reload_reports_what_could_not_start_and_applies_the_rest():
+    """A reload with a missing program and a busy port fails naming both, yet its other changes are in force."""
+    listen = ["tcp:0:interface=127.0.0.1"]
+    router = start_router(listen=listen, routes=["/a=echo:"])
+    busy = listen_target(lambda: RecordingTarget())[0]
+    try:
+        taken = f"tcp:{busy.getHost().port}:interface=127.0.0.1"
+        config = build_config({"listen": [*listen, taken],
+                               "routes": ["/a=echo:", "/b=echo:", "/w=wrap:respawn:no-such-program-xyz"]})
+        with pytest.raises(CannotStart) as error:
+            yield router.reload(config)
+        assert "'no-such-program-xyz' not found" in str(error.value)
+        assert f"cannot listen on {taken}" in str(error.value)
+        assert (yield in_thread(echo_once, router.url + "/b")) == b"ping"
+    finally:
+        yield router.stopService()
+        yield busy.stopListening()
 
 
 # -- live traffic ---------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
@@ -114,7 +114,7 @@ class RouterService(MultiService):
         self._reactor = reactor
         self.listeners: list[ListenerService] = []
         for description in config.listeners:
-            self._add_listener(description)
+            self.add_listener(description)
         self.exit_status: int | None = None
         #: Called with a wrapped program's status when an C{exit}-mode
         #: program exits; the command line stops the reactor here.
@@ -131,10 +131,11 @@ class RouterService(MultiService):
         return MappingProxyType(self._programs.by_target)
 
     def _make_program(self, target: WrappedTarget) -> WrappedProgram:
-        return WrappedProgram(self._reactor, target, on_exit=self._program_exited,
+        return WrappedProgram(self._reactor, target, on_exit=self.program_exited,
                               on_listening=self._program_listening, supervisor=self.process_supervisor)
 
-    def _add_listener(self, description: str) -> ListenerService:
+    def add_listener(self, description: str) -> ListenerService:
+        """Listen on C{description} too (at once if running); L{CannotListen} if that fails."""
         listener = ListenerService(self._reactor, description, self.site)
         listener.setServiceParent(self)  # type: ignore[no-untyped-call]
         self.listeners.append(listener)
@@ -152,7 +153,8 @@ class RouterService(MultiService):
     def _program_listening(self, program: WrappedProgram) -> None:
         follow_program_port(self, program)
 
-    def _program_exited(self, status: int) -> None:
+    def program_exited(self, status: int) -> None:
+        """An C{exit}-mode program exited with C{status}: the router should exit with it."""
         self.exit_status = status
         if self.on_program_exit is not None:
             self.on_program_exit(status)
@@ -205,7 +207,7 @@ class RouterService(MultiService):
             if description in have:
                 continue
             try:
-                self._add_listener(description)
+                self.add_listener(description)
             except CannotListen as e:
                 problems.append(str(e))
             else:
@@ -231,11 +233,23 @@ def start_programs(programs: list[WrappedProgram]) -> None:
             raise CannotStart(str(e)) from None
 
 
-def follow_program_port(service: Any, program: WrappedProgram) -> bool:
+class FollowingService(Protocol):
+    """What L{follow_program_port} needs of a service (single process or supervisor)."""
+
+    config: RouterConfig
+
+    @property
+    def listeners(self) -> Sequence[ListenerService]: ...
+
+    def add_listener(self, description: str) -> ListenerService: ...
+
+    def program_exited(self, status: int) -> None: ...
+
+
+def follow_program_port(service: FollowingService, program: WrappedProgram) -> bool:
     """
     With no listener of its own (C{follow_wrapped_port}), the router takes
-    the loopback port the wrapped program asked for.  C{service} has
-    C{config}, C{listeners}, C{_add_listener} and C{_program_exited}.
+    the loopback port the wrapped program asked for.
 
     @return: whether a listener was opened.
     """
@@ -243,10 +257,10 @@ def follow_program_port(service: Any, program: WrappedProgram) -> bool:
         return False
     description = f"tcp:{program.requested_port}:interface=127.0.0.1"
     try:
-        service._add_listener(description)
+        service.add_listener(description)
     except CannotListen as e:
         log.error("{error}; the router has nowhere to listen", error=e)
-        service._program_exited(1)
+        service.program_exited(1)
         return False
     log.info("listening on {listener}, the port {name} asked for", listener=description, name=program.name)
     return True

@@ -178,6 +178,8 @@ class ControlReceiver(LineOnlyReceiver):
             self._start(message)
         elif "reload" in message:
             self.service.reload(decode_config(message["reload"]), message.get("programs") or [])
+            transport: Any = self.transport
+            transport.write(json.dumps({"reloaded": True}).encode("utf-8") + b"\n")
         elif "program" in message:
             self.service.program_moved(int(message["program"]), *program_state(message))
 

@@ -59,10 +59,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger, LogLevel
+from twisted.protocols.basic import LineOnlyReceiver
 
 from wsrouter.config import RouterConfig, WrappedTarget
 from wsrouter.descriptors import OpenFileLimit
@@ -77,6 +78,8 @@ CONTROL_FD = 3
 FIRST_LISTENER_FD = 4
 #: Beyond the shutdown grace, how long workers get before SIGKILL.
 KILL_GRACE = 5.0
+#: How long a reload waits for the workers to confirm they applied it.
+RELOAD_TIMEOUT = 10.0
 #: Log levels a worker's lines may start with.
 LEVELS = {level.name: level for level in LogLevel.iterconstants()}
 
@@ -150,8 +153,22 @@ class _Unused(Factory):
         return None
 
 
-class _Control(Protocol):
-    """The supervisor's end of a worker's control socket: it only writes."""
+class _Control(LineOnlyReceiver):
+    """The supervisor's end of a worker's control socket: writes orders, reads acknowledgements."""
+
+    delimiter = b"\n"
+
+    def __init__(self, worker: Worker):
+        self._worker = worker
+
+    def lineReceived(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            log.warn("worker {index}: unreadable control line {line!r}", index=self._worker.index, line=line)
+            return
+        if isinstance(message, dict) and "reloaded" in message:
+            self._worker.reload_acknowledged()
 
 
 class Worker(ChildOwner):
@@ -162,6 +179,7 @@ class Worker(ChildOwner):
         self._supervisor = supervisor
         self.control: Any = None
         self._ours: socket.socket | None = None
+        self._reloads: list[Deferred[None]] = []
         self.child = supervisor.process_supervisor.add(f"worker {index}", self._launch, self, restart=True)
 
     @property
@@ -171,6 +189,25 @@ class Worker(ChildOwner):
     def send(self, line: bytes) -> None:
         if self.control is not None:
             self.control.write(line)
+
+    def send_reload(self, line: bytes) -> Deferred[None]:
+        """Send a reload line; fires when the worker has applied it (or is gone, or was not running)."""
+        if self.control is None:
+            return succeed(None)
+        applied: Deferred[None] = Deferred()
+        self._reloads.append(applied)
+        self.control.write(line)
+        return applied
+
+    def reload_acknowledged(self) -> None:
+        if self._reloads:
+            self._reloads.pop(0).callback(None)
+
+    def _release_reloads(self) -> None:
+        """A worker that is gone applies nothing more; its next run starts with the current config."""
+        waiting, self._reloads = self._reloads, []
+        for applied in waiting:
+            applied.callback(None)
 
     def _launch(self) -> Launch:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -185,7 +222,8 @@ class Worker(ChildOwner):
         ours, self._ours = self._ours, None
         assert ours is not None, "a worker starts only after its launch"
         reactor = self._supervisor.process_supervisor.clock
-        self.control = reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, Factory.forProtocol(_Control))
+        self.control = reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX,
+                                                     Factory.forProtocol(lambda: _Control(self)))
         ours.close()
         self.send(self._supervisor.setup_for(self.index))
         log.info("started worker {index} (pid {pid})", index=self.index, pid=child.pid)
@@ -199,6 +237,7 @@ class Worker(ChildOwner):
         if self.control is not None:
             self.control.loseConnection()
             self.control = None
+        self._release_reloads()
 
     def child_line(self, child: Child, fd: int, line: bytes) -> None:
         text = line.decode("utf-8", "replace").rstrip("\r")
@@ -228,7 +267,7 @@ class WorkerSupervisor(MultiService):
         self.process_supervisor = supervisor or Supervisor(reactor)
         self.listeners: list[ListenerService] = []
         for description in config.listeners:
-            self._add_listener(description)
+            self.add_listener(description)
         self.workers = [Worker(self, index) for index in range(1, config.workers + 1)]
         self.exit_status: int | None = None
         self.on_program_exit: Callable[[int], None] | None = None
@@ -247,14 +286,15 @@ class WorkerSupervisor(MultiService):
         return self._programs.ordered()
 
     def _make_program(self, target: WrappedTarget) -> WrappedProgram:
-        return WrappedProgram(self._reactor, target, on_exit=self._program_exited,
+        return WrappedProgram(self._reactor, target, on_exit=self.program_exited,
                               on_listening=self._program_listening,
                               on_changed=self._program_listening,
                               supervisor=self.process_supervisor)
 
     # -- starting ------------------------------------------------------------------------
 
-    def _add_listener(self, description: str) -> ListenerService:
+    def add_listener(self, description: str) -> ListenerService:
+        """Open C{description} for the workers (held, never accepted on here)."""
         listener = ListenerService(self._reactor, description, _Unused())
         listener.setServiceParent(self)  # type: ignore[no-untyped-call]
         self.listeners.append(listener)
@@ -312,7 +352,8 @@ class WorkerSupervisor(MultiService):
         if program.address is not None and follow_program_port(self, program):
             self._start_workers()
 
-    def _program_exited(self, status: int) -> None:
+    def program_exited(self, status: int) -> None:
+        """An C{exit}-mode program exited with C{status}: the router should exit with it."""
         self.exit_status = status
         if self.on_program_exit is not None:
             self.on_program_exit(status)
@@ -347,10 +388,27 @@ class WorkerSupervisor(MultiService):
         finally:
             self._numbered = self._programs.ordered()
             message = reload_message(config, self._program_states())
-            for worker in self.workers:
-                worker.send(message)
+            await self._all_applied([worker.send_reload(message) for worker in self.workers])
             if listeners_changed:
                 await self._change_listeners(config)
+
+    async def _all_applied(self, applying: list[Deferred[None]]) -> None:
+        """Wait until every worker applied a reload, at most L{RELOAD_TIMEOUT} seconds."""
+        done: Deferred[None] = Deferred()
+
+        def finish(_: object = None) -> None:
+            if not done.called:
+                done.callback(None)
+
+        def late() -> None:
+            log.warn("not every worker confirmed the reload within {timeout:g} s", timeout=RELOAD_TIMEOUT)
+            finish()
+
+        timer = self._reactor.callLater(RELOAD_TIMEOUT, late)
+        DeferredList(applying).addCallback(finish)
+        await done
+        if timer.active():
+            timer.cancel()
 
     async def _change_listeners(self, config: RouterConfig) -> None:
         wanted = list(config.listeners)
@@ -361,7 +419,7 @@ class WorkerSupervisor(MultiService):
         have = {listener.description for listener in self.listeners}
         for description in wanted:
             if description not in have:
-                self._add_listener(description)
+                self.add_listener(description)
         self.listeners.sort(key=lambda listener: wanted.index(listener.description))
         grace = config.limits.shutdown_grace + KILL_GRACE
         for worker in self.workers:
