@@ -166,7 +166,7 @@ def test_reload_reports_what_could_not_start_and_applies_the_rest():
     """A reload with a missing program and a busy port fails naming both, yet its other changes are in force."""
     listen = ["tcp:0:interface=127.0.0.1"]
     router = start_router(listen=listen, routes=["/a=echo:"])
-    busy = listen_target(lambda: RecordingTarget())[0]
+    busy = listen_target(RecordingTarget)[0]
     try:
         taken = f"tcp:{busy.getHost().port}:interface=127.0.0.1"
         config = build_config({"listen": [*listen, taken],
