@@ -38,7 +38,7 @@ from wsrouter.service.workers import (
     setup_message,
 )
 
-from .support import PYTHON, REPO, RouterProcess, child_env, connect, free_port, wait_for_port
+from .support import PYTHON, REPO, RouterProcess, child_env, connect, free_port, handshake_status, wait_for_port
 
 REAL_PYTHON = os.path.realpath(PYTHON)
 TCP_SERVER = str(REPO / "tests" / "programs" / "tcp_server.py")
@@ -364,3 +364,23 @@ def test_exit_mode_program_stops_supervisor_and_workers_with_its_status(tmp_path
     text = log_path.read_text()
     assert "exited with status 3; the router exits too" in text
     assert_all_gone([pid for each in worker_pids(text).values() for pid in each])
+
+
+def test_ignore_mode_program_gone_is_a_502_at_once_in_every_worker(tmp_path):
+    """With workers, once an ignore-mode program exited and nothing listens, every worker answers 502 and why at once."""
+    port = free_port()
+    program = [REAL_PYTHON, str(REPO / "tests" / "programs" / "bind_then_exit.py"), str(port), "0.2", "0"]
+    router = RouterProcess(["--workers", "2", "--connect-timeout", "40", "--handshake-timeout", "60",
+                            "--listen", f"tcp:{port}:interface=127.0.0.1", "--wrap", "ignore", "--", *program],
+                           port, tmp_path / "router.log")
+    try:
+        wait_for(lambda: router.log().count("room for about") == 2, what="both workers listening")
+        wait_for(lambda: "ignored, as it may have daemonized" in router.log(), what="the program's exit")
+        started = time.monotonic()
+        for _ in range(6):  # both workers, whichever accepts
+            status, body = handshake_status(f"ws://127.0.0.1:{port}/", open_timeout=60)
+            assert status == 502
+            assert b"exited with status 0 and is not restarted (mode ignore)" in body
+        assert time.monotonic() - started < 30, "clients waited as for a restart"
+    finally:
+        router.stop()

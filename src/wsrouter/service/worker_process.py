@@ -5,7 +5,7 @@ only by L{wsrouter.service.workers.WorkerSupervisor}, which describes the design
 The worker reads its set-up from the control socket (descriptor 3), adopts
 the listening sockets it inherited, and serves them as a single-process
 router would, except that wrapped programs are the supervisor's: their
-addresses come over the control socket.  Its log goes to stdout as
+addresses come over the control socket, and so do reloads.  Its log goes to stdout as
 C{LEVEL TEXT} lines for the supervisor to relay.
 """
 

@@ -18,30 +18,39 @@ Design, and why:
     The supervisor tells every worker where each program listens (at
     start-up and whenever that changes) over a control socket, and the
     workers connect there; without an address a client waits and gets
-    503, as in one process.  With C{follow_wrapped_port} the supervisor
+    503, as in one process, or 502 at once when the program is gone and
+    no restart is coming (the supervisor says so with the address).  With C{follow_wrapped_port} the supervisor
     opens the listener once the program has bound its port, then starts
     the workers.
   - B{The control socket} (the worker's descriptor 3, a Unix socket pair)
-    carries JSON lines: first the set-up (worker number, the pickled
-    L{RouterConfig}, the listening descriptors, the programs' addresses),
-    then one line per address change.  Pickle is fine here: it crosses
-    only from the supervisor to its own child, running the same code.  A
-    worker whose control socket closes (the supervisor died, even by
-    SIGKILL) shuts down: no orphaned workers.
+    carries JSON lines: first the set-up (worker number, the
+    L{RouterConfig} as text, the listening descriptors, the programs'
+    addresses), then one line per address change and one per reload
+    (C{{"reload": <config>, "programs": [...]}}), which the worker
+    confirms with C{{"reloaded": true}}.  The config's encoding lives in
+    L{encode_config} and L{decode_config} only.  A worker whose control
+    socket closes (the supervisor died, even by SIGKILL) shuts down: no
+    orphaned workers.
+  - B{Reload}: wrapped programs are brought to the new config by
+    difference, then every worker switches its gateway (open sessions
+    keep their routes) and confirms.  A change of listeners restarts the
+    workers one by one, each on the new set of sockets (its sessions are
+    closed with 1001, as on stop); handing sockets to running workers is
+    not done.
   - B{Logs}: a worker writes its log as C{LEVEL TEXT} lines to its stdout,
     which the supervisor reads and logs with a C{[worker N]} prefix at the
     same level; anything else it prints (a crash's traceback) is logged
     too.  Session ids carry the worker's number (C{w2.3f2a91c0}), so log
     lines and recording file names from different workers never collide.
-  - B{Supervision} follows L{twisted.runner.procmon}, like wrapped
+  - B{Supervision} is L{wsrouter.process.supervisor}'s, as for wrapped
     programs: a worker that dies is restarted, after 1 s doubling up to
     60 s if it keeps dying young.  Each worker runs in its own process
     group, so a terminal's Ctrl-C reaches only the supervisor, which then
     stops them in order.
-  - B{Stopping}: SIGTERM to each worker, which stops accepting and closes
-    its sessions with 1001 within the shutdown grace; the supervisor waits
-    that long plus L{KILL_GRACE}, then SIGKILLs what is left, stops the
-    wrapped programs, and closes the listeners.
+  - B{Stopping}: SIGTERM to each worker's process group, which stops
+    accepting and closes its sessions with 1001 within the shutdown grace;
+    the supervisor waits that long plus L{KILL_GRACE}, then SIGKILLs what
+    is left, stops the wrapped programs, and closes the listeners.
 
 C{--workers 1} (the default) does not use any of this: the router is the
 single process it always was.
