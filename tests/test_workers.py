@@ -367,7 +367,7 @@ def test_exit_mode_program_stops_supervisor_and_workers_with_its_status(tmp_path
 
 
 def test_ignore_mode_program_gone_is_a_502_at_once_in_every_worker(tmp_path):
-    """With workers, once an ignore-mode program exited and nothing listens, every worker answers 502 and why at once."""
+    """With workers, once an ignore-mode program exited and nothing listens, each worker says 502 and why at once."""
     port = free_port()
     program = [REAL_PYTHON, str(REPO / "tests" / "programs" / "bind_then_exit.py"), str(port), "0.2", "0"]
     router = RouterProcess(["--workers", "2", "--connect-timeout", "40", "--handshake-timeout", "60",
