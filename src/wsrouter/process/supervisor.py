@@ -330,17 +330,21 @@ class Child:
         if not exited.called:
             exited.callback(None)
 
-    def _restart(self) -> None:
-        self._restart_call = None
-        self.restarts += 1
+    def start_or_retry(self) -> None:
+        """Start now; if that fails, log why and try again after the backoff delay (for restarts)."""
         try:
             self.start()
         except Exception as e:  # the program vanished, fork failed: say so, keep trying
             delay, self._delay = restart_delay(0.0, self._delay)
-            log.error("cannot restart {name}: {error}; trying again in {delay:g} s", name=self.name, error=e,
+            log.error("cannot start {name}: {error}; trying again in {delay:g} s", name=self.name, error=e,
                       delay=delay)
             if not self.stopping:
                 self._restart_call = self._supervisor.clock.callLater(delay, self._restart)
+
+    def _restart(self) -> None:
+        self._restart_call = None
+        self.restarts += 1
+        self.start_or_retry()
 
 
 class Supervisor:

@@ -104,6 +104,12 @@ class AddressWaiters:
             waiter.errback(TargetError(reason, status))
 
 
+def program_name(target: WrappedTarget) -> str:
+    """How logs and errors call a wrapped program: its configured name, else its command's."""
+    configured = getattr(target, "name", None)  # a field once programs are named in the config
+    return str(configured) if configured else os.path.basename(target.argv[0])
+
+
 class ProgramNotFound(Exception):
     """A wrapped program cannot be run; the message says which."""
 
@@ -128,7 +134,7 @@ class WrappedProgram(ChildOwner):
                  shim: str | None = None, supervisor: Supervisor | None = None):
         self._reactor = reactor
         self.target = target
-        self.name = name or getattr(target, "name", None) or os.path.basename(target.argv[0])
+        self.name = name or program_name(target)
         base = dict(os.environ if environ is None else environ)
         self._base_env = {k: v for k, v in base.items() if not k.startswith("WSROUTER_")}
         self._on_exit = on_exit

@@ -30,7 +30,7 @@ from zope.interface import implementer
 from wsrouter.config import RouterConfig, WrappedTarget
 from wsrouter.descriptors import DescriptorGuard, GuardedSite
 from wsrouter.interfaces import TargetError
-from wsrouter.process.wrapped import AddressWaiters, wrapped_targets
+from wsrouter.process.wrapped import AddressWaiters, program_name, wrapped_targets
 from wsrouter.service.single import build_resource, program_wait_timeout
 from wsrouter.service.workers import CONTROL_FD, decode_config
 from wsrouter.targets.wrapped import WrappedConnector
@@ -122,7 +122,7 @@ class WorkerService(Service):
         self.programs.clear()
         for number, target in enumerate(wrapped_targets(config)):
             address, gone = program_state(states[number] if number < len(states) else None)
-            program = current.get(target) or ProgramAddress(self._reactor, os.path.basename(target.argv[0]))
+            program = current.get(target) or ProgramAddress(self._reactor, program_name(target))
             program.moved(address, gone)
             self.programs[target] = program
 

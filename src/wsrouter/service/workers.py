@@ -333,10 +333,7 @@ class WorkerSupervisor(MultiService):
     def _start_workers(self) -> None:
         for worker in self.workers:
             if not worker.child.running and not worker.child.restart_pending:
-                try:
-                    worker.child.start()
-                except OSError as e:
-                    log.error("cannot start worker {index}: {error}", index=worker.index, error=e)
+                worker.child.start_or_retry()
 
     def setup_for(self, index: int) -> bytes:
         """The set-up line for worker C{index} starting now."""
@@ -436,7 +433,7 @@ class WorkerSupervisor(MultiService):
                 return
             await worker.child.stop(grace)
             if not self._stopping:
-                worker.child.start()
+                worker.child.start_or_retry()
 
     # -- stopping ----------------------------------------------------------------------------
 
