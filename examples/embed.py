@@ -10,6 +10,6 @@ from wsrouter import build_config, build_resource
 
 root = Resource()
 root.putChild(b"", Data(b"<h1>my app</h1>", "text/html"))
-root.putChild(b"ws", build_resource(build_config({"routes": ["/echo=echo:"]}), reactor))
+root.putChild(b"ws", build_resource(build_config({"routes": [{"path": "/echo", "target": "echo:"}]}), reactor))
 reactor.listenTCP(int(sys.argv[1]) if len(sys.argv) > 1 else 8000, Site(root), interface="127.0.0.1")
 reactor.run()

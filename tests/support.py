@@ -23,7 +23,7 @@ from twisted.internet.threads import deferToThread
 from websockets.sync.client import connect as ws_connect
 from zope.interface import implementer
 
-from wsrouter.config import build_config
+from wsrouter.config import build_config, route_from_string
 from wsrouter.service.single import build_service
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,10 +60,33 @@ def child_env(**extra: str) -> dict[str, str]:
 # -- routers ---------------------------------------------------------------------
 
 
+_LIMIT_KEYS = {"max_message_size", "ping_interval", "ping_timeout", "idle_timeout", "session_idle_timeout",
+               "handshake_timeout", "connect_timeout", "shutdown_grace", "max_forks"}
+
+
+def nested_schema(raw: dict[str, Any]) -> dict[str, Any]:
+    """Keyword shorthands (route strings, limit names, record, web) as the nested config schema."""
+    nested: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "routes":
+            nested["routes"] = [route_from_string(r) if isinstance(r, str) else r for r in value]
+        elif key in _LIMIT_KEYS:
+            name = "session_idle_timeout" if key == "idle_timeout" else key
+            nested.setdefault("limits", {})[name] = value
+        elif key in ("record", "record_format", "record_max_bytes"):
+            name = {"record": "directory", "record_format": "format", "record_max_bytes": "max_bytes"}[key]
+            nested.setdefault("recording", {})[name] = str(value) if key == "record" else value
+        elif key == "web":
+            nested["web"] = {"root": str(value)}
+        else:
+            nested[key] = value
+    return nested
+
+
 def start_router(**raw: Any) -> Any:
     """Start a router in this process on a system-chosen loopback port; stop it with stopService."""
     raw.setdefault("listen", ["tcp:0:interface=127.0.0.1"])
-    service = build_service(build_config(raw), reactor)
+    service = build_service(build_config(nested_schema(raw)), reactor)
     service.startService()
     port = getattr(service.ports()[0].getHost(), "port", 0)
     service.url = f"ws://127.0.0.1:{port}"

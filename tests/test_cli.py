@@ -5,6 +5,7 @@ the embedding example, and shutdown by signal.
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -30,9 +31,62 @@ def test_twistd_help_documents_every_option():
     result = run([*TWISTD, "wsrouter", "--help"])
     assert result.returncode == 0, result.stderr
     for option in ("--listen", "--route", "--web", "--web-listing", "--max-message-size", "--ping",
-                   "--ping-timeout", "--idle-timeout", "--handshake-timeout", "--connect-timeout",
-                   "--shutdown-grace", "[HOST:]PORT TARGET_HOST:TARGET_PORT"):
+                   "--ping-timeout", "--session-idle-timeout", "--handshake-timeout", "--connect-timeout",
+                   "--shutdown-grace", "--config", "--run-once", "--timeout", "--idle-timeout", "--heartbeat",
+                   "--wrap-mode", "--unix-target", "--log-file", "--verbose", "--traffic",
+                   "[HOST:]PORT TARGET_HOST:TARGET_PORT"):
         assert option in result.stdout, option
+
+
+def test_serve_takes_the_same_options_as_twistd():
+    """`wsrouter serve --help` and `twistd wsrouter --help` list the same options (one Options class)."""
+    serve = run([PYTHON, "-m", "wsrouter", "serve", "--help"])
+    twistd = run([*TWISTD, "wsrouter", "--help"])
+    assert serve.returncode == 0 and twistd.returncode == 0
+    options = set(re.findall(r"--[a-z][a-z-]+", twistd.stdout))
+    assert len(options) > 20
+    assert options == set(re.findall(r"--[a-z][a-z-]+", serve.stdout))
+
+
+def test_version_prints_wsrouters_version():
+    """`wsrouter --version` prints wsrouter's own version (not Twisted's)."""
+    from wsrouter import __version__
+
+    result = run([PYTHON, "-m", "wsrouter", "--version"])
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"wsrouter {__version__}"
+
+
+def test_help_lists_the_subcommands():
+    """`wsrouter --help` lists serve, check, reload, replay and record-convert."""
+    result = run([PYTHON, "-m", "wsrouter", "--help"])
+    assert result.returncode == 0, result.stderr
+    for command in ("serve", "check", "reload", "replay", "record-convert"):
+        assert command in result.stdout, command
+
+
+@pytest.mark.parametrize("command", ["replay", "record-convert", "reload"])
+def test_tool_subcommands_dispatch(command):
+    """Each tool subcommand answers --help through its own parser."""
+    result = run([PYTHON, "-m", "wsrouter", command, "--help"])
+    assert result.returncode == 0, result.stderr
+    assert "usage" in result.stdout.lower() or "Usage" in result.stdout
+
+
+def test_check_subcommand_dispatches():
+    """`wsrouter check --help` reaches the config checker."""
+    pytest.importorskip("wsrouter.cli.check")
+    result = run([PYTHON, "-m", "wsrouter", "check", "--help"])
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_option_is_one_line_not_a_traceback():
+    """An unknown option is reported on one line with where to look, exit 2."""
+    result = run([PYTHON, "-m", "wsrouter", "--no-such-option"])
+    assert result.returncode == 2
+    assert "option --no-such-option not recognized" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_bad_options_name_each_problem():
@@ -40,9 +94,9 @@ def test_bad_options_name_each_problem():
     result = run([PYTHON, "-m", "wsrouter", "--route", "/a=nowhere", "--route", "b=echo:",
                   "--max-message-size", "-5"])
     assert result.returncode == 2
-    assert "routes[0]: unknown target 'nowhere'" in result.stderr
-    assert "routes[1]: route path must start with '/'" in result.stderr
-    assert "max_message_size: must be a finite number greater than 0" in result.stderr
+    assert "routes[0].target: unknown target 'nowhere'" in result.stderr
+    assert "routes[1].path: must start with '/'" in result.stderr
+    assert "limits.max_message_size: must be a whole number greater than 0" in result.stderr
     assert "Traceback" not in result.stderr
 
 

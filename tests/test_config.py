@@ -27,6 +27,7 @@ from wsrouter.config import (
     parse_framing,
     parse_route,
     parse_target,
+    route_from_string,
 )
 
 MiB = 1024 * 1024
@@ -191,6 +192,8 @@ def test_parse_framing_bad_escape(text: str) -> None:
 
 # -- build_config --------------------------------------------------------------
 
+ECHO = {"path": "/", "target": "echo:"}
+
 
 def problem_keys(raw: dict[str, Any]) -> list[str]:
     """The key paths of the problems build_config reports for C{raw}."""
@@ -199,68 +202,78 @@ def problem_keys(raw: dict[str, Any]) -> list[str]:
     return [key for key, _ in caught.value.problems]
 
 
+def routes(*texts: str) -> list[dict[str, Any]]:
+    """Command-line route strings as routes[] entries."""
+    return [route_from_string(text) for text in texts]
+
+
 def test_defaults() -> None:
     """With only a route given, the router listens on loopback port 8080 with a 16 MiB limit and no timers."""
-    config = build_config({"routes": ["/=echo:"]})
+    config = build_config({"routes": [ECHO]})
     assert config.listeners == ("tcp:8080:interface=127.0.0.1:backlog=1024",)
     assert config.routes == (Route("/", EchoTarget()),)
     assert config.web is None
     assert config.limits.max_message_size == 16 * MiB
     assert config.limits.ping_interval is None
     assert config.limits.ping_timeout is None
-    assert config.limits.idle_timeout is None
+    assert config.limits.session_idle_timeout is None
+    assert config.programs == ()
 
 
 def test_values_from_strings() -> None:
-    """Limits given as strings (as the command line gives them) are converted to numbers."""
+    """Limits given as numeric strings (as the command line gives them) are converted to numbers."""
     config = build_config({
-        "routes": ["/=echo:"], "listen": ["tcp:9000"], "max_message_size": "1024",
-        "ping_interval": "2.5", "idle_timeout": "60", "connect_timeout": 3,
+        "routes": [ECHO], "listen": ["tcp:9000"],
+        "limits": {"max_message_size": "1024", "ping_interval": "2.5", "session_idle_timeout": "60",
+                   "connect_timeout": 3},
     })
     assert config.listeners == ("tcp:9000",)
     assert config.limits.max_message_size == 1024
     assert config.limits.ping_interval == 2.5
-    assert config.limits.idle_timeout == 60.0
+    assert config.limits.session_idle_timeout == 60.0
     assert config.limits.connect_timeout == 3.0
 
 
-@pytest.mark.parametrize("extra, timeout", [
+@pytest.mark.parametrize("limits, timeout", [
     ({"ping_interval": 20}, 20.0),
     ({"ping_interval": 20, "ping_timeout": 5}, 5.0),
     ({}, None),
 ])
-def test_ping_timeout_defaults_to_interval(extra: dict[str, Any], timeout: float | None) -> None:
+def test_ping_timeout_defaults_to_interval(limits: dict[str, Any], timeout: float | None) -> None:
     """Without an explicit ping_timeout, a pinging router waits one ping interval for the pong."""
-    config = build_config({"routes": ["/=echo:"], **extra})
+    config = build_config({"routes": [ECHO], "limits": limits})
     assert config.limits.ping_timeout == timeout
 
 
 @pytest.mark.parametrize("extra, key, fragment", [
     pytest.param({"listen": [""]}, "listen[0]", "Twisted endpoint string", id="empty-listener"),
     pytest.param({"listen": ["tcp:1", 8080]}, "listen[1]", "Twisted endpoint string", id="listener-not-string"),
-    pytest.param({"routes": ["/=echo:", 42]}, "routes[1]", "route string or table", id="route-not-string"),
-    pytest.param({"routes": ["/=echo:", "/x"]}, "routes[1]", "PATH[[OPTIONS]][@SUBPROTOCOLS]=TARGET", id="route-no-equals"),
-    pytest.param({"routes": ["/=echo:", {"path": "x", "target": "echo:"}]}, "routes[1]", "start with '/'",
+    pytest.param({"routes": [ECHO, 42]}, "routes[1]", "must be a table", id="route-not-table"),
+    pytest.param({"routes": [ECHO, {"path": "x", "target": "echo:"}]}, "routes[1].path", "start with '/'",
                  id="table-route-bad-path"),
-    pytest.param({"routes": ["/=echo:", {"path": "/x", "target": "echo:", "framing": "json"}]}, "routes[1]",
+    pytest.param({"routes": [ECHO, {"path": "/x", "target": "tcp://h:1", "framing": "json"}]}, "routes[1].framing",
                  "framing", id="table-route-bad-framing"),
-    pytest.param({"routes": ["/=echo:", "/x=tcp://h:0"]}, "routes[1]", "1 to 65535", id="route-bad-port"),
-    pytest.param({"routes": ["/=echo:", "/=tcp://h:1"]}, "routes[1]", "duplicates routes[0]", id="duplicate"),
-    pytest.param({"web_listing": True}, "web_listing", "web root", id="listing-without-web"),
-    pytest.param({"max_message_size": "big"}, "max_message_size", "whole number", id="size-not-number"),
-    pytest.param({"max_message_size": 0}, "max_message_size", "greater than 0", id="size-zero"),
-    pytest.param({"ping_interval": "soon"}, "ping_interval", "number", id="ping-not-number"),
-    pytest.param({"ping_interval": -5}, "ping_interval", "greater than 0", id="ping-negative"),
-    pytest.param({"ping_timeout": 0}, "ping_timeout", "greater than 0", id="ping-timeout-zero"),
-    pytest.param({"idle_timeout": -1}, "idle_timeout", "greater than 0", id="idle-negative"),
-    pytest.param({"handshake_timeout": [1]}, "handshake_timeout", "number", id="handshake-list"),
-    pytest.param({"connect_timeout": "0"}, "connect_timeout", "greater than 0", id="connect-zero"),
-    pytest.param({"shutdown_grace": -2.5}, "shutdown_grace", "greater than 0", id="grace-negative"),
+    pytest.param({"routes": [ECHO, {"path": "/x", "target": "tcp://h:0"}]}, "routes[1].target", "1 to 65535",
+                 id="route-bad-port"),
+    pytest.param({"routes": [ECHO, {"path": "/", "target": "tcp://h:1"}]}, "routes[1]", "duplicates routes[0]",
+                 id="duplicate"),
+    pytest.param({"limits": {"max_message_size": "big"}}, "limits.max_message_size", "whole number",
+                 id="size-not-number"),
+    pytest.param({"limits": {"max_message_size": 0}}, "limits.max_message_size", "greater than 0", id="size-zero"),
+    pytest.param({"limits": {"ping_interval": "soon"}}, "limits.ping_interval", "number", id="ping-not-number"),
+    pytest.param({"limits": {"ping_interval": -5}}, "limits.ping_interval", "greater than 0", id="ping-negative"),
+    pytest.param({"limits": {"ping_timeout": -1}}, "limits.ping_timeout", "greater than 0", id="ping-timeout-neg"),
+    pytest.param({"limits": {"session_idle_timeout": -1}}, "limits.session_idle_timeout", "greater than 0",
+                 id="idle-negative"),
+    pytest.param({"limits": {"handshake_timeout": [1]}}, "limits.handshake_timeout", "number", id="handshake-list"),
+    pytest.param({"limits": {"connect_timeout": "0"}}, "limits.connect_timeout", "greater than 0", id="connect-zero"),
+    pytest.param({"limits": {"shutdown_grace": -2.5}}, "limits.shutdown_grace", "greater than 0",
+                 id="grace-negative"),
 ])
 def test_each_problem_has_its_key(extra: dict[str, Any], key: str, fragment: str) -> None:
     """Each kind of bad value is reported alone, under the key path it concerns, saying what is wrong."""
     with pytest.raises(ConfigError) as caught:
-        build_config({"routes": ["/=echo:"], **extra})
+        build_config({"routes": [ECHO], **extra})
     assert caught.value.problems == [(key, caught.value.problems[0][1])]
     assert fragment in caught.value.problems[0][1]
 
@@ -269,35 +282,33 @@ def test_all_problems_at_once() -> None:
     """Every problem in a configuration is reported in one ConfigError, not only the first."""
     keys = problem_keys({
         "listen": ["tcp:8080", ""],
-        "routes": ["/ok=echo:", "/ok=echo:", "nope", "/x=exec:"],
-        "web_listing": True,
-        "max_message_size": "big",
-        "ping_interval": -1,
-        "idle_timeout": 0,
-        "shutdown_grace": "later",
+        "routes": [*routes("/ok=echo:", "/ok=echo:"), {"path": "nope", "target": "echo:"}, {"path": "/x"}],
+        "web": {"listing": True},
+        "limits": {"max_message_size": "big", "ping_interval": -1, "session_idle_timeout": -3,
+                   "shutdown_grace": "later"},
     })
     assert sorted(keys) == sorted([
-        "listen[1]", "routes[1]", "routes[2]", "routes[3]", "web_listing",
-        "max_message_size", "ping_interval", "idle_timeout", "shutdown_grace",
+        "listen[1]", "routes[1]", "routes[2].path", "routes[3].target", "web.root",
+        "limits.max_message_size", "limits.ping_interval", "limits.session_idle_timeout", "limits.shutdown_grace",
     ])
 
 
 def test_duplicate_keys_survive_an_invalid_route() -> None:
     """A duplicate is reported under its own index even when an earlier route is invalid."""
     with pytest.raises(ConfigError) as caught:
-        build_config({"routes": ["nope", "/a=echo:", "/a=echo:"]})
+        build_config({"routes": [{"path": "nope", "target": "echo:"}, *routes("/a=echo:", "/a=echo:")]})
     assert caught.value.problems[1] == ("routes[2]", "duplicates routes[1] (/a)")
 
 
-@pytest.mark.parametrize("routes", [
+@pytest.mark.parametrize("texts", [
     pytest.param(["/a=echo:", "/a/*=echo:"], id="exact-and-prefix"),
     pytest.param(["/a=echo:", "/a@chat=echo:"], id="with-and-without-subprotocol"),
     pytest.param(["/a@chat=echo:", "/a@chat.v2=echo:"], id="different-subprotocols"),
     pytest.param(["/a=echo:", "/b=echo:"], id="different-paths"),
 ])
-def test_distinct_routes_are_not_duplicates(routes: list[str]) -> None:
+def test_distinct_routes_are_not_duplicates(texts: list[str]) -> None:
     """Routes that differ in path, prefix or subprotocols are all kept."""
-    assert len(build_config({"routes": routes}).routes) == 2
+    assert len(build_config({"routes": routes(*texts)}).routes) == 2
 
 
 @pytest.mark.parametrize("raw", [{}, {"routes": []}, {"listen": ["tcp:1"]}])
@@ -311,84 +322,69 @@ def test_nothing_to_serve(raw: dict[str, Any]) -> None:
 
 def test_bad_route_is_not_also_nothing_to_serve() -> None:
     """A configuration whose only route is invalid reports that route, not also 'nothing to serve'."""
-    assert problem_keys({"routes": ["nope"]}) == ["routes[0]"]
+    assert problem_keys({"routes": [{"path": "nope", "target": "echo:"}]}) == ["routes[0].path"]
 
 
 @pytest.mark.parametrize("listing", [False, True])
 def test_web_root_alone_is_enough(listing: bool) -> None:
     """A web root with no routes is a valid configuration, with listings only when asked for."""
-    config = build_config({"web": "/srv/www", "web_listing": listing})
+    config = build_config({"web": {"root": "/srv/www", "listing": listing}})
     assert config.routes == ()
+    assert config.web is not None
     assert (config.web.directory, config.web.listing) == ("/srv/www", listing)
 
 
 def test_table_routes() -> None:
     """A route given as a table takes its path, target, subprotocols and framing from its keys."""
     config = build_config({"routes": [
-        {"path": "/x/*", "target": "udp://h:1", "subprotocols": ["a", "b"], "framing": "line"},
-        {"path": "/y", "target": "echo:", "subprotocols": "chat", "framing": Framing("fixed", length=4)},
+        {"path": "/x/*", "target": "tcp://h:1", "subprotocols": ["a", "b"], "framing": "line"},
+        {"path": "/y", "target": "exec:cat", "subprotocols": ["chat"], "framing": "fixed:4"},
     ]})
     assert config.routes == (
-        Route("/x", UdpTarget("h", 1), prefix=True, subprotocols=("a", "b"), framing=Framing("line")),
-        Route("/y", EchoTarget(), subprotocols=("chat",), framing=Framing("fixed", length=4)),
+        Route("/x", TcpTarget("h", 1), prefix=True, subprotocols=("a", "b"), framing=Framing("line")),
+        Route("/y", ExecTarget(("cat",)), subprotocols=("chat",), framing=Framing("fixed", length=4)),
     )
 
 
-def test_route_objects_pass_through() -> None:
-    """A Route object in the routes list is used as it is."""
-    route = Route("/z", ExecTarget(("cat",)), framing=Framing("binary"))
-    assert build_config({"routes": [route]}).routes == (route,)
-
-
-def test_table_route_subprotocols_in_path() -> None:
-    """A table route whose path carries '@subprotocols' keeps them when no 'subprotocols' key is given."""
-    config = build_config({"routes": [{"path": "/x@chat", "target": "echo:"}]})
-    assert config.routes[0].subprotocols == ("chat",)
-
-
 def test_table_route_bad_subprotocols() -> None:
-    """A table route whose subprotocols are not a list or string is a problem reported under its key."""
-    assert problem_keys({"routes": ["/=echo:", {"path": "/x", "target": "echo:", "subprotocols": 5}]}) == ["routes[1]"]
+    """A table route whose subprotocols are not a list is a problem reported under its key."""
+    assert problem_keys({"routes": [ECHO, {"path": "/x", "target": "echo:", "subprotocols": 5}]}) == [
+        "routes[1].subprotocols"]
 
 
 def test_single_listener_string() -> None:
-    """A single listener given as a string is one listener, or a problem under 'listen', never split up."""
-    try:
-        config = build_config({"listen": "tcp:9000", "routes": ["/=echo:"]})
-    except ConfigError as e:
-        assert [key for key, _ in e.problems] == ["listen"]
-    else:
-        assert config.listeners == ("tcp:9000",)
+    """A single listener given as a string is a problem under 'listen', never split up."""
+    assert problem_keys({"listen": "tcp:9000", "routes": [ECHO]}) == ["listen"]
 
 
-@pytest.mark.parametrize("key", ["ping_interval", "idle_timeout"])
+@pytest.mark.parametrize("key", ["ping_interval", "session_idle_timeout"])
 def test_nan_timer_refused(key: str) -> None:
     """A timer of 'nan' is refused under its key rather than accepted as a number."""
-    assert problem_keys({"routes": ["/=echo:"], key: "nan"}) == [key]
+    assert problem_keys({"routes": [ECHO], "limits": {key: "nan"}}) == [f"limits.{key}"]
 
 
 # -- ConfigError ---------------------------------------------------------------
 
 
 def test_config_error_message() -> None:
-    """ConfigError's message names the source, the number of problems, and each key with its problem."""
-    error = ConfigError([("routes[1]", "bad route"), ("ping_interval", "must be a number")], "wsrouter.toml")
-    assert error.problems == [("routes[1]", "bad route"), ("ping_interval", "must be a number")]
+    """ConfigError's message has one line per problem: source, key path and problem."""
+    error = ConfigError([("routes[1]", "bad route"), ("limits.ping_interval", "must be a number")], "wsrouter.toml")
+    assert error.problems == [("routes[1]", "bad route"), ("limits.ping_interval", "must be a number")]
     assert str(error) == (
-        "wsrouter.toml: 2 problem(s):\n"
-        "  routes[1]: bad route\n"
-        "  ping_interval: must be a number"
+        "wsrouter.toml: routes[1]: bad route\n"
+        "wsrouter.toml: limits.ping_interval: must be a number"
     )
 
 
 def test_build_config_error_names_source() -> None:
-    """build_config's ConfigError names the given source and lists every key found, one per line."""
+    """build_config's ConfigError names the given source on each line, with every key found."""
     with pytest.raises(ConfigError) as caught:
-        build_config({"routes": ["/=echo:", "nope"], "idle_timeout": 0}, source="command line")
-    message = str(caught.value)
-    assert message.startswith("command line: 2 problem(s):\n")
-    assert "\n  routes[1]: " in message
-    assert "\n  idle_timeout: " in message
+        build_config({"routes": [ECHO, {"path": "nope", "target": "echo:"}], "limits": {"session_idle_timeout": -1}},
+                     source="command line")
+    assert str(caught.value).splitlines() == [
+        "command line: limits.session_idle_timeout: must be a number greater than 0, not -1",
+        "command line: routes[1].path: must start with '/', not 'nope'",
+    ]
 
 
 def test_config_error_is_value_error() -> None:
@@ -435,7 +431,7 @@ def test_route_options(text: str, expected: dict) -> None:
 
 @pytest.mark.parametrize("text, fragment", [
     ("/t[colour=red]=echo:", "route option must be one of"),
-    ("/t[max-forks=0]=echo:", "max-forks must be a whole number"),
+    ("/t[max-forks=0]=exec:cat", "max_forks: must be a whole number"),
     ("/t[env=NOVALUE]=echo:", "env must be NAME:VALUE"),
     ("/t[framing=zigzag]=echo:", "framing must be"),
 ])

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from twisted.internet.task import Clock
 
-from wsrouter.config import EchoTarget, ExecTarget, Route, TcpTarget, build_config
+from wsrouter.config import EchoTarget, ExecTarget, Route, TcpTarget, build_config, route_from_string
 from wsrouter.descriptors import (
     RECOUNT_INTERVAL,
     RESUME_CHECK_INTERVAL,
@@ -61,7 +61,7 @@ def test_accepting_pauses_inside_the_reserve_and_resumes_below():
 
 def test_session_cost_per_target_kind():
     """A session costs its target's descriptors, plus one for a recording."""
-    config = build_config({"routes": ["/a=echo:"]})
+    config = build_config({"routes": [route_from_string("/a=echo:")]})
     assert session_cost(Route("/", TcpTarget("127.0.0.1", 1)), config) == 1
     assert session_cost(Route("/", EchoTarget()), config) == 0
     assert session_cost(Route("/", ExecTarget(("cat",))), config) == 6

@@ -183,16 +183,16 @@ def test_make_framer_passes_parameters() -> None:
 
 
 @pytest.mark.parametrize("framing, default", [
-    (Framing("morse"), "binary"),
-    (None, "morse"),
-    (Framing("fixed", length=0), "binary"),
-    (None, "fixed"),
-    (Framing("separator", separator=b""), "binary"),
+    (lambda: Framing("morse"), "binary"),
+    (lambda: None, "morse"),
+    (lambda: Framing("fixed", length=0), "binary"),
+    (lambda: None, "fixed"),
+    (lambda: Framing("separator", separator=b""), "binary"),
 ])
-def test_make_framer_rejects_bad_framing(framing: Framing | None, default: str) -> None:
-    """make_framer raises ValueError for an unknown kind, a missing length or an empty separator."""
+def test_make_framer_rejects_bad_framing(framing: Callable[[], Framing | None], default: str) -> None:
+    """An unknown kind, a missing length or an empty separator raises ValueError (Framing itself refuses it)."""
     with pytest.raises(ValueError):
-        make_framer(framing, default, 100)
+        make_framer(framing(), default, 100)
 
 
 @pytest.mark.parametrize("factory", [lambda: LineFramer(0), lambda: FixedLengthFramer(-1)])

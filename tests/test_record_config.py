@@ -10,9 +10,12 @@ import pytest
 from wsrouter import recording
 from wsrouter.config import (
     DEFAULT_RECORD_REDACT, RECORDING_FORMATS, ConfigError, Recording, ReplayTarget, Route, build_config,
-    parse_route, parse_target,
+    parse_route, parse_target, route_from_string,
 )
+
 from wsrouter.cli.tap import Options
+
+ECHO = {"path": "/", "target": "echo:"}
 
 
 def test_defaults_agree_with_recording_module() -> None:
@@ -22,18 +25,18 @@ def test_defaults_agree_with_recording_module() -> None:
 
 
 def test_recording_off_by_default() -> None:
-    """Without record keys nothing is recorded, in JSON Lines, without a size limit."""
-    config = build_config({"routes": ["/=echo:"]})
+    """Without a [recording] table nothing is recorded, in JSON Lines, without a size limit."""
+    config = build_config({"routes": [ECHO]})
     assert config.recording == Recording()
     assert (config.recording.directory, config.recording.format, config.recording.max_bytes) == (None, "jsonl", None)
     assert config.recording_directory(config.routes[0]) is None
 
 
 def test_recording_keys() -> None:
-    """record, record_format, record_max_bytes and record_redact fill the router-wide Recording."""
+    """directory, format, max_bytes and redact fill the router-wide Recording; header names are lower-cased."""
     config = build_config({
-        "routes": ["/=echo:"], "record": "rec", "record_format": "asciicast",
-        "record_max_bytes": "4096", "record_redact": ["Cookie", "X-Token"],
+        "routes": [ECHO],
+        "recording": {"directory": "rec", "format": "asciicast", "max_bytes": 4096, "redact": ["Cookie", "X-Token"]},
     })
     assert config.recording == Recording("rec", "asciicast", 4096, ("cookie", "x-token"))
 
@@ -46,13 +49,14 @@ def test_recording_keys() -> None:
 ])
 def test_route_directory_overrides_global(route: str, expected: str | None) -> None:
     """A route's own directory wins over the router's, and record=off turns recording off for it."""
-    config = build_config({"routes": [route], "record": "global"})
+    config = build_config({"routes": [route_from_string(route)], "recording": {"directory": "global"}})
     assert config.recording_directory(config.routes[0]) == expected
 
 
 def test_global_off_and_route_directory() -> None:
-    """record=off router-wide records nothing, except routes naming a directory."""
-    config = build_config({"routes": ["/a=echo:", "/b[record=b]=echo:"], "record": "off"})
+    """directory = "off" router-wide records nothing, except routes naming a directory."""
+    config = build_config({"routes": [route_from_string("/a=echo:"), route_from_string("/b[record=b]=echo:")],
+                           "recording": {"directory": "off"}})
     assert [config.recording_directory(route) for route in config.routes] == [None, "b"]
 
 
@@ -63,16 +67,17 @@ def test_route_table_record() -> None:
 
 
 def test_recording_errors_collected_with_keys() -> None:
-    """Every bad recording key is reported with its key, together with the other problems."""
+    """Every bad recording key is reported with its key path, together with the other problems."""
     with pytest.raises(ConfigError) as caught:
         build_config({
-            "routes": ["/r[record=]=echo:", {"path": "/t", "target": "echo:", "record": 5}],
-            "record": "", "record_format": "mp4", "record_max_bytes": "0", "record_redact": "",
+            "routes": [route_from_string("/r[record=]=echo:"), {"path": "/t", "target": "echo:", "record": 5}],
+            "recording": {"directory": "", "format": "mp4", "max_bytes": "0", "redact": ""},
         })
     keys = [key for key, _ in caught.value.problems]
-    assert keys == ["routes[0]", "routes[1]", "record", "record_format", "record_max_bytes", "record_redact"]
-    assert "record must be a directory" in caught.value.problems[0][1]
-    assert "jsonl or asciicast" in caught.value.problems[3][1]
+    assert keys == [
+        "recording.directory", "recording.format", "recording.max_bytes", "recording.redact",
+        "routes[0].record", "routes[1].record"]
+    assert "must be a directory (or off)" in dict(caught.value.problems)["routes[0].record"]
 
 
 def test_recording_validates_format() -> None:
@@ -146,4 +151,4 @@ def test_cli_record_errors() -> None:
     options = Options()
     with pytest.raises(UsageError) as caught:
         options.parseOptions(["--route", "/=echo:", "--record-format", "gif", "--record-max-bytes", "lots"])
-    assert "record_format" in str(caught.value) and "record_max_bytes" in str(caught.value)
+    assert "recording.format" in str(caught.value) and "recording.max_bytes" in str(caught.value)

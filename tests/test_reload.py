@@ -35,12 +35,18 @@ from .support import (
     handshake_status,
     in_thread,
     listen_target,
+    nested_schema,
     start_router,
     wait_for_port,
 )
 
 PYTHON = os.path.realpath(sys.executable)
 TCP_SERVER = str(REPO / "tests" / "programs" / "tcp_server.py")
+
+
+def config_of(raw: dict[str, Any]) -> Any:
+    """A config from the test shorthands (route strings) in the nested schema."""
+    return build_config(nested_schema(raw))
 
 
 def sleep(seconds: float) -> defer.Deferred[None]:
@@ -87,7 +93,7 @@ def test_reload_adds_and_removes_routes_keeping_open_sessions():
     router = start_router(listen=listen, routes=["/a=echo:"])
     try:
         assert (yield in_thread(handshake_status, router.url + "/b"))[0] == 404
-        yield router.reload(build_config({"listen": listen, "routes": ["/a=echo:", "/b=echo:"]}))
+        yield router.reload(config_of({"listen": listen, "routes": ["/a=echo:", "/b=echo:"]}))
         assert (yield in_thread(echo_once, router.url + "/b")) == b"ping"
 
         opened, reloaded = threading.Event(), threading.Event()
@@ -105,7 +111,7 @@ def test_reload_adds_and_removes_routes_keeping_open_sessions():
 
         held = in_thread(held_session)
         yield in_thread(opened.wait, 30)
-        yield router.reload(build_config({"listen": listen, "routes": ["/a=echo:"]}))
+        yield router.reload(config_of({"listen": listen, "routes": ["/a=echo:"]}))
         status, _body = yield in_thread(handshake_status, router.url + "/b")
         assert status == 404
         reloaded.set()
@@ -123,10 +129,10 @@ def test_reload_adds_and_removes_listeners():
     new = [f"tcp:{second}:interface=127.0.0.1"]
     router = start_router(listen=old, routes=["/*=echo:"])
     try:
-        yield router.reload(build_config({"listen": old + new, "routes": ["/*=echo:"]}))
+        yield router.reload(config_of({"listen": old + new, "routes": ["/*=echo:"]}))
         assert listen_of(router) == old + new
         assert (yield in_thread(echo_once, f"ws://127.0.0.1:{second}/x")) == b"ping"
-        yield router.reload(build_config({"listen": new, "routes": ["/*=echo:"]}))
+        yield router.reload(config_of({"listen": new, "routes": ["/*=echo:"]}))
         assert listen_of(router) == new
         assert (yield in_thread(echo_once, f"ws://127.0.0.1:{second}/x")) == b"ping"
         with pytest.raises(OSError):
@@ -146,10 +152,10 @@ def test_reload_restarts_a_changed_program_and_leaves_an_unchanged_one():
         assert (yield in_thread(banner_of, router.url + "/drop")) == b"drop\n"
         before = {program.target: program.pid for program in router.programs.values()}
         changed = wrap_route("/change", "new")
-        yield router.reload(build_config({"listen": listen, "routes": [keep, changed]}))
+        yield router.reload(config_of({"listen": listen, "routes": [keep, changed]}))
         after = {program.target: program.pid for program in router.programs.values()}
         assert len(after) == 2
-        kept = build_config({"routes": [keep]}).routes[0].target
+        kept = config_of({"routes": [keep]}).routes[0].target
         assert after[kept] == before[kept] and alive(after[kept])
         for target, pid in before.items():
             if target != kept:
@@ -169,7 +175,7 @@ def test_reload_reports_what_could_not_start_and_applies_the_rest():
     busy = listen_target(RecordingTarget)[0]
     try:
         taken = f"tcp:{busy.getHost().port}:interface=127.0.0.1"
-        config = build_config({"listen": [*listen, taken],
+        config = config_of({"listen": [*listen, taken],
                                "routes": ["/a=echo:", "/b=echo:", "/w=wrap:respawn:no-such-program-xyz"]})
         with pytest.raises(CannotStart) as error:
             yield router.reload(config)
@@ -229,7 +235,7 @@ def configs(listen: list[str], target: str, rounds: int) -> list[Any]:
     result = []
     for n in range(rounds):
         extra = [f"/extra{n}=echo:"] if n % 2 else ["/other=echo:", f"/more{n}=echo:"]
-        result.append(build_config({"listen": listen, "routes": [f"/stream={target}", *extra]}))
+        result.append(config_of({"listen": listen, "routes": [f"/stream={target}", *extra]}))
     return result
 
 
@@ -275,7 +281,7 @@ def supervisor_log():
 
 
 def start_supervisor(raw: dict[str, Any]) -> WorkerSupervisor:
-    supervisor = WorkerSupervisor(build_config(raw), reactor, environ=child_env())
+    supervisor = WorkerSupervisor(config_of(raw), reactor, environ=child_env())
     supervisor.startService()
     return supervisor
 
@@ -345,7 +351,7 @@ def test_workers_reload_a_listener_change_restarts_workers_one_by_one(supervisor
     try:
         yield wait_until(lambda: listening_workers(supervisor_log) == 2, "two workers listening")
         pids = worker_pids(supervisor_log)
-        yield supervisor.reload(build_config({"listen": new, "workers": 2, "routes": ["/*=echo:"]}))
+        yield supervisor.reload(config_of({"listen": new, "workers": 2, "routes": ["/*=echo:"]}))
         yield in_thread(wait_for_port, second)
         yield wait_until(lambda: listening_workers(supervisor_log) == 4, "restarted workers listening")
         for _ in range(4):
@@ -363,12 +369,13 @@ def test_workers_reload_keeps_an_unchanged_program_and_restarts_a_changed_one(su
     listen = [f"tcp:{number}:interface=127.0.0.1"]
     url = f"ws://127.0.0.1:{number}"
     keep, change = wrap_route("/keep", "keep"), wrap_route("/change", "old")
-    supervisor = start_supervisor({"listen": listen, "workers": 2, "routes": [change, keep]})
+    # Inline programs are named by their place among the routes: keep's stays first.
+    supervisor = start_supervisor({"listen": listen, "workers": 2, "routes": [keep, change]})
     try:
         yield wait_until(lambda: listening_workers(supervisor_log) == 2, "two workers listening")
         assert (yield in_thread(banner_of, url + "/change")) == b"old\n"
-        kept_pid, old_pid = supervisor.programs[1].pid, supervisor.programs[0].pid
-        yield supervisor.reload(build_config({"listen": listen, "workers": 2,
+        kept_pid, old_pid = supervisor.programs[0].pid, supervisor.programs[1].pid
+        yield supervisor.reload(config_of({"listen": listen, "workers": 2,
                                               "routes": [keep, wrap_route("/change", "new")]}))
         assert supervisor.programs[0].pid == kept_pid and alive(kept_pid) and not alive(old_pid)
         for _ in range(4):

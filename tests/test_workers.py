@@ -7,10 +7,8 @@ process behind.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import pickle
 import re
 import signal
 import subprocess
@@ -23,7 +21,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel
 from websockets.exceptions import ConnectionClosed
 
-from wsrouter.config import ConfigError, build_config
+from wsrouter.config import ConfigError, build_config, route_from_string
 from wsrouter.interfaces import TargetError
 from wsrouter.process.supervisor import MAX_RESTART_DELAY, MIN_RESTART_DELAY, STABLE_AFTER, restart_delay
 from wsrouter.process.wrapped import wrapped_targets
@@ -48,19 +46,21 @@ TCP_SERVER = str(REPO / "tests" / "programs" / "tcp_server.py")
 
 def test_workers_default_to_one_and_need_shareable_listeners():
     """workers defaults to 1; more than one refuses listeners that cannot be shared, naming them."""
-    assert build_config({"routes": ["/=echo:"]}).workers == 1
-    assert build_config({"routes": ["/=echo:"], "workers": "4", "listen": ["tcp:0", "unix:/tmp/x.sock"]}).workers == 4
+    assert build_config({"routes": [route_from_string("/=echo:")]}).workers == 1
+    assert build_config({"routes": [route_from_string("/=echo:")], "workers": "4",
+                         "listen": ["tcp:0", "unix:/tmp/x.sock"]}).workers == 4
     with pytest.raises(ConfigError) as error:
-        build_config({"routes": ["/=echo:"], "workers": 2, "listen": ["tcp:0", "ssl:443"]})
+        build_config({"routes": [route_from_string("/=echo:")], "workers": 2, "listen": ["tcp:0", "ssl:443"]})
     assert error.value.problems == [("listen[1]", "workers cannot share 'ssl:443'; with workers > 1 use "
                                                   "tcp:..., tcp6:..., unix:... listeners")]
     with pytest.raises(ConfigError):
-        build_config({"routes": ["/=echo:"], "workers": 0})
+        build_config({"routes": [route_from_string("/=echo:")], "workers": 0})
 
 
 def test_setup_message_carries_config_listeners_and_addresses():
     """The set-up line round-trips the whole config and names the descriptors and addresses."""
-    config = build_config({"routes": ["/a=wrap:respawn:server --port 1", "/b=tcp://127.0.0.1:9"], "workers": 2})
+    config = build_config({"routes": [route_from_string("/a=wrap:respawn:server --port 1"),
+                                      route_from_string("/b=tcp://127.0.0.1:9")], "workers": 2})
     line = setup_message(2, config, 2, [(("127.0.0.1", 4000), None)])
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     message = json.loads(line)
@@ -74,20 +74,26 @@ def test_setup_message_carries_config_listeners_and_addresses():
 
 def test_config_crosses_to_workers_as_text_and_reloads_as_one_json_line():
     """encode_config gives text that decode_config turns back into an equal config; a reload is one JSON line."""
-    config = build_config({"routes": ["/a=echo:", "/b=tcp://127.0.0.1:9"], "workers": 2})
+    config = build_config({"routes": [route_from_string("/a=echo:"), route_from_string("/b=tcp://127.0.0.1:9")],
+                           "workers": 2})
     text = encode_config(config)
     assert isinstance(text, str) and "\n" not in text
     assert decode_config(text) == config
     line = reload_message(config, [])
     assert line.count(b"\n") == 1 and line.endswith(b"\n")
     assert decode_config(json.loads(line)["reload"]) == config
-    with pytest.raises(TypeError):
-        decode_config(base64.b64encode(pickle.dumps({"not": "a config"})).decode("ascii"))
+    assert json.loads(text)["routes"][0]["path"] == "/a", "plain data in the nested schema"
+    with pytest.raises(ConfigError) as error:
+        decode_config(json.dumps({"routes": [{"path": "/a", "target": "echo:"}], "wrokers": 2}))
+    assert "wrokers" in str(error.value) and "control socket" in str(error.value)
+    with pytest.raises(ConfigError):
+        decode_config("not json")
 
 
 def test_wrapped_targets_are_numbered_once_in_route_order():
     """A program behind two routes is one program; numbering follows the routes."""
-    config = build_config({"routes": ["/a=wrap:respawn:one", "/b=wrap:ignore:two", "/c=wrap:respawn:one"]})
+    routes = ["/a=wrap:respawn:one", "/b=wrap:ignore:two", "/c=wrap:respawn:one"]
+    config = build_config({"routes": [route_from_string(route) for route in routes]})
     assert [target.argv for target in wrapped_targets(config)] == [("one",), ("two",)]
 
 

@@ -243,6 +243,6 @@ def test_missing_program_is_a_clear_error():
     """A wrapped program that does not exist stops the router at once with a message naming it."""
     result = subprocess.run([sys.executable, "-m", "wsrouter", "--wrap", "respawn", "--", "no-such-program-xyz"],
                             check=False, capture_output=True, text=True, env=child_env(), cwd=REPO, timeout=30)
-    assert result.returncode == 1
+    assert result.returncode == 2  # a start-up check (preflight), like every config problem
     assert "'no-such-program-xyz' not found" in result.stderr
     assert "Traceback" not in result.stderr

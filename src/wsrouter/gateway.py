@@ -28,6 +28,7 @@ from wsrouter.interfaces import Link, Recorder, SessionInfo, TargetError
 from wsrouter.ws.keepalive import Keepalive
 from wsrouter.ws.adapter import RouterFactory, RouterProtocol
 from wsrouter.recording import open_recorder
+from wsrouter.traffic import with_traffic_log
 from wsrouter.routing import Match, NoRoute, select_route
 from wsrouter.targets import Connectors
 
@@ -62,6 +63,17 @@ class Router:
         #: Put before every session id (a worker's number), so the ids and
         #: recording names of several processes never collide.
         self.session_prefix = ""
+        #: Told C{session_opened(session)} / C{session_closed(session)}; see L{observe}.
+        self._observers: list[Any] = []
+        #: websockify's --traffic: one debug log line per message relayed.
+        self.traffic = False
+
+    def observe(self, observer: Any) -> None:
+        """
+        Tell C{observer} when a session opens and when it has finished:
+        C{observer.session_opened(session)}, C{observer.session_closed(session)}.
+        """
+        self._observers.append(observer)
 
     def use_config(self, config: RouterConfig) -> None:
         """Placeholder until the gateway's own reload lands: new handshakes use C{config}."""
@@ -137,6 +149,8 @@ class Router:
             def binary_for(payload: bytes) -> bool:
                 return message_is_binary(kind, payload)
         recorder = self._open_recorder(session)
+        if self.traffic:
+            recorder = with_traffic_log(recorder, session.session_id)
         if recorder is not None:
             self._recorders[protocol] = recorder
         protocol.bridge = Bridge(
@@ -206,6 +220,8 @@ class Router:
         self._schedule_idle_check(protocol)
         self._start_keepalive(protocol)
         bridge.start()
+        for observer in list(self._observers):
+            observer.session_opened(session)
 
     def _start_keepalive(self, protocol: RouterProtocol) -> None:
         limits = self.config.limits
@@ -238,7 +254,7 @@ class Router:
 
     def touch(self, protocol: RouterProtocol) -> None:
         """Note traffic on a session, for the idle timeout (per message: kept cheap)."""
-        if self.config.limits.idle_timeout is not None and protocol in self._activity:
+        if self.config.limits.session_idle_timeout is not None and protocol in self._activity:
             self._activity[protocol] = self._reactor.seconds()
 
     def closed(self, protocol: RouterProtocol, code: int | None, reason: str) -> None:
@@ -294,11 +310,14 @@ class Router:
             up=stats.bytes_from_client, down=stats.bytes_to_client, duration=stats.duration(),
             code=stats.close_code, reason=stats.close_reason, by=stats.closed_by or "client",
         )
+        if finishing is not None:  # it had opened
+            for observer in list(self._observers):
+                observer.session_closed(session)
 
     # -- idle timeout ----------------------------------------------------------------
 
     def _schedule_idle_check(self, protocol: RouterProtocol) -> None:
-        idle = self.config.limits.idle_timeout
+        idle = self.config.limits.session_idle_timeout
         if idle is None or protocol not in self._activity:
             return
         due = self._activity[protocol] + idle - self._reactor.seconds()
@@ -308,7 +327,7 @@ class Router:
         last = self._activity.get(protocol)
         if last is None or protocol.bridge is None:
             return
-        if self._reactor.seconds() - last >= self.config.limits.idle_timeout:  # type: ignore[operator]
+        if self._reactor.seconds() - last >= self.config.limits.session_idle_timeout:  # type: ignore[operator]
             protocol.bridge.idle_timeout()
         else:
             self._schedule_idle_check(protocol)

@@ -15,15 +15,62 @@ from typing import Any
 
 from twisted.python import usage
 
-from wsrouter.config import WRAP_MODES, ConfigError, Route, WrappedTarget, build_config, listener_from_short_form
+import wsrouter.config as config_package
+from wsrouter import __version__
+from wsrouter.cli.lower import LoweringError, nested_to_flat, options_to_raw
+from wsrouter.config import ConfigError, RouterConfig, build_config
+from wsrouter.cli.reload import Reloader, outcome_path
 from wsrouter.descriptors import raise_open_file_limit
+from wsrouter.lifetime import LifetimeService
+from wsrouter.preflight import check_or_raise
 from wsrouter.service.single import RouterService, build_service
 from wsrouter.service.workers import WorkerSupervisor, build_supervisor
 
 SHORT_FORM = "[HOST:]PORT TARGET_HOST:TARGET_PORT"
 
 
+#: websockify options wsrouter does not have yet: what to write instead, or where it is coming.
+NOT_YET = {
+    "cert": "TLS comes with issue 10 (put a TLS proxy such as haproxy in front: examples/haproxy.cfg)",
+    "key": "TLS comes with issue 10 (put a TLS proxy such as haproxy in front: examples/haproxy.cfg)",
+    "ssl-only": "TLS comes with issue 10 (put a TLS proxy such as haproxy in front: examples/haproxy.cfg)",
+    "ssl-version": "TLS comes with issue 10",
+    "ssl-ciphers": "TLS comes with issue 10",
+    "ssl-target": "TLS to targets comes with issue 10",
+    "verify-client": "client certificates come with issue 10",
+    "cafile": "client certificates come with issue 10",
+    "token-plugin": "dynamic targets (tokens) come with issue 9",
+    "token-source": "dynamic targets (tokens) come with issue 9",
+    "host-token": "dynamic targets (tokens) come with issue 9",
+    "auth-plugin": "authentication comes with issue 10",
+    "auth-source": "authentication comes with issue 10",
+    "web-auth": "authentication comes with issue 10",
+    "unix-listen": "write --listen unix:PATH instead",
+    "unix-listen-mode": "write --listen unix:PATH:mode=MODE (octal) instead",
+    "inetd": "inetd socket activation is not supported; give --listen",
+    "syslog": "syslog logging is not supported; use --log-file FILE, or twistd --syslog wsrouter ...",
+    "legacy-syslog": "syslog logging is not supported; use --log-file FILE",
+    "libserver": "not needed: wsrouter has one server implementation",
+    "file-only": "the web root never follows symlinks out of itself already; drop --file-only",
+    "prefer-ipv6": "give the address you want, e.g. [::]:8080",
+    "ssl-target-host": "TLS to targets comes with issue 10",
+}
+DAEMON_HINT = "use twistd wsrouter ... (which daemonizes; -n keeps it in the foreground)"
+
+
+class NotSupported(usage.UsageError):
+    """A websockify option wsrouter does not have (yet); the message says what to write instead."""
+
+
 class Options(usage.Options):
+    """
+    The serve options, for C{twistd wsrouter} and C{wsrouter [serve]}.
+
+    Parsing only lowers strings into the nested schema (L{options_to_raw})
+    and builds the frozen config, so every mistake is reported at once,
+    before anything listens.
+    """
+
     synopsis = f"[options] [{SHORT_FORM}] | --wrap MODE [options] [[HOST:]PORT] -- PROGRAM [ARGS...]"
     longdesc = (
         "Route WebSocket connections to TCP, UDP and Unix sockets. "
@@ -34,48 +81,74 @@ class Options(usage.Options):
         "(one process per connection), wrap:MODE:PROGRAM ARGS or echo:. "
         "--wrap MODE -- PROGRAM ARGS starts a TCP server program under the rebind shim, which moves "
         "the port it binds to a free loopback port; the router listens on PORT (or, without one, on "
-        "the loopback port the program asked for) and proxies every path to the program."
+        "the loopback port the program asked for) and proxies every path to the program. "
+        "--config FILE reads a TOML file first; the command line is combined over it "
+        "(its values win, its listeners and routes are added after the file's). "
+        "websockify's --timeout and --idle-timeout exit the whole router; "
+        "--session-idle-timeout closes one quiet session."
     )
+    #: Under twistd, logging and daemonizing are twistd's.
+    under_twistd = True
+
     optFlags = [
         ["web-listing", None, "List directories of the web root that have no index.html."],
         ["wrap-keep-env", None, "Keep the rebind shim for programs the wrapped program execs (start scripts)."],
+        ["run-once", None, "Exit after the first session ends (websockify --run-once)."],
+        ["verbose", "v", "Log debug messages too (websockify --verbose)."],
+        ["traffic", None, "Log one debug line per message relayed (websockify --traffic); implies --verbose."],
+        ["daemon", "D", "websockify's daemon mode: " + DAEMON_HINT + "."],
     ]
     optParameters = [
+        ["config", "c", None, "Read listeners, routes, programs and settings from this TOML file first."],
         ["web", None, None, "Serve static files from this directory on the same port."],
         ["max-message-size", None, None,
          "Largest WebSocket message accepted, in bytes (default 16 MiB); larger closes with 1009."],
         ["ping", None, None, "Send a keepalive ping every SECONDS; drop a peer that does not answer."],
+        ["heartbeat", None, None, "websockify's name for --ping SECONDS."],
         ["ping-timeout", None, None, "Seconds to wait for a pong (default: the ping interval)."],
-        ["idle-timeout", None, None, "Close a session (1000) after SECONDS without traffic either way."],
+        ["session-idle-timeout", None, None, "Close a session (1000) after SECONDS without traffic either way."],
+        ["timeout", None, None, "Exit if no client has connected within SECONDS (websockify --timeout)."],
+        ["idle-timeout", None, None,
+         "Exit after SECONDS without any open session (websockify --idle-timeout); "
+         "to close one quiet session use --session-idle-timeout."],
         ["handshake-timeout", None, None, "Seconds a client has to finish the opening handshake (default 10)."],
         ["connect-timeout", None, None, "Seconds to wait for a target to accept (default 10); then 502."],
         ["shutdown-grace", None, None, "Seconds sessions get to close on shutdown (default 5)."],
         ["record", None, None,
-         "Record every session into this directory, one file (mode 0600) per session; a route's "
-         "[record=DIR] or [record=off] overrides it."],
+         "Record every session into this directory (created if missing), one file (mode 0600) per "
+         "session; a route's [record=DIR] or [record=off] overrides it. websockify's --record FILE "
+         "writes FILE.1, FILE.2...: wsrouter takes a directory instead, and refuses an existing file."],
         ["record-format", None, None, "Recording format: jsonl (default) or asciicast (terminal sessions)."],
         ["record-max-bytes", None, None, "Stop recording a session before its file grows past BYTES."],
         ["wrap", None, None, "Start the program after -- and proxy to it; MODE is respawn, ignore or exit."],
+        ["wrap-mode", None, None, "websockify's name for --wrap MODE."],
+        ["unix-target", None, None, "Proxy every path to this Unix socket (websockify --unix-target); "
+                                    "give the listening [HOST:]PORT alone."],
         ["max-forks", None, None, "Most exec: programs running at once per route (default unlimited); then 503."],
         ["workers", None, None,
          "Router processes sharing the listeners (default 1); wrapped programs still run once."],
+        ["log-file", None, None, "Log to this file instead of stderr (websockify --log-file)."],
     ]
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self["listen"] = []
         self["routes"] = []
         self["pass_env"] = []
         self["program"] = []
+        self["short_form"] = ()
+        self["argv"] = []
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         """Everything after C{--} is the wrapped program's command line."""
         if options is None:
             options = sys.argv[1:]
+        self["argv"] = list(options)
         if "--" in options:
             split = options.index("--")
             options, self["program"] = options[:split], options[split + 1:]
-        super().parseOptions(options)
+        _refuse_unsupported(options)
+        super().parseOptions(options)  # type: ignore[no-untyped-call]
 
     def opt_pass_env(self, name: str) -> None:
         """Pass this variable of the router's environment to exec: programs (repeatable)."""
@@ -93,76 +166,185 @@ class Options(usage.Options):
 
     opt_r = opt_route
 
+    def opt_version(self) -> None:
+        """Print wsrouter's version and exit."""
+        print(f"wsrouter {__version__}")
+        sys.exit(0)
+
     def parseArgs(self, *args: str) -> None:
-        allowed = (0, 1) if self["program"] else (0, 2)
-        if len(args) not in allowed:
-            wanted = "[HOST:]PORT before --" if self["program"] else SHORT_FORM
-            raise usage.UsageError(f"expected {wanted} or no arguments, got {' '.join(args)}")
         self["short_form"] = args
 
     def postOptions(self) -> None:
-        raw: dict[str, Any] = {
-            "listen": list(self["listen"]),
-            "routes": list(self["routes"]),
-            "web": self["web"],
-            "web_listing": self["web-listing"],
-            "pass_env": list(self["pass_env"]),
-        }
-        for option in ("max-message-size", "ping", "ping-timeout", "idle-timeout",
-                       "handshake-timeout", "connect-timeout", "shutdown-grace", "max-forks",
-                       "record", "record-format", "record-max-bytes", "workers"):
-            if self[option] is not None:
-                key = "ping_interval" if option == "ping" else option.replace("-", "_")
-                raw[key] = self[option]
-        if self["program"] or self["wrap"]:
-            self._add_wrapped_program(raw)
-        elif self.get("short_form"):
-            listen, target = self["short_form"]
-            raw["listen"].append(self._short_listener(listen))
-            raw["routes"].append(f"/*={target}")
+        if self["daemon"]:
+            hint = ("twistd daemonizes by itself unless given --nodaemon (-n); drop -D" if self.under_twistd
+                    else DAEMON_HINT)
+            raise usage.UsageError(f"-D/--daemon: {hint}")
+        if self.under_twistd and self["log-file"]:
+            raise usage.UsageError("--log-file: under twistd, give twistd's own --logfile FILE before 'wsrouter'")
+        _merge_alias(self, "wrap-mode", "wrap")
+        _merge_alias(self, "heartbeat", "ping")
         try:
-            self["config"] = build_config(raw, source="command line")
+            self["raw"] = options_to_raw(self)
+        except LoweringError as e:
+            raise usage.UsageError(str(e)) from None
+        try:
+            self["config-file"] = self["config"]
+            self["config"] = load(self["config-file"], self["raw"])
         except ConfigError as e:
             raise usage.UsageError(str(e)) from e
+        self["lifetime"] = lifetime_settings(self)
+        if any(self["lifetime"]) and self["config"].workers > 1:
+            raise usage.UsageError("--run-once, --timeout and --idle-timeout work with one router process; "
+                                   "drop --workers")
+        if self["traffic"] and self["config"].workers > 1:
+            raise usage.UsageError("--traffic logs one router process's messages; drop --workers to use it")
 
 
-    def _short_listener(self, text: str) -> str:
-        try:
-            return listener_from_short_form(text)
-        except ValueError as e:
-            raise usage.UsageError(f"listen address: {e}") from e
+class ServeOptions(Options):
+    """C{wsrouter [serve]}: the same options; the command logs by itself."""
 
-    def _add_wrapped_program(self, raw: dict[str, Any]) -> None:
-        if not self["program"]:
-            raise usage.UsageError("--wrap needs the program after --, e.g. --wrap respawn -- telnetd -debug 2023")
-        if self["wrap"] not in WRAP_MODES:
-            raise usage.UsageError(f"a program after -- needs --wrap MODE, MODE one of {', '.join(WRAP_MODES)}")
-        ports = "*"
-        if self.get("short_form"):
-            (listen,) = self["short_form"]
-            raw["listen"].append(self._short_listener(listen))
-            ports = listen.rsplit(":", 1)[-1]
-        elif not raw["listen"]:
-            raw["follow_wrapped_port"] = True
-        target = WrappedTarget(self["wrap"], tuple(self["program"]), ports=ports, keep_env=self["wrap-keep-env"])
-        raw["routes"].append(Route(path="/", prefix=True, target=target))
+    under_twistd = False
+
+
+def _merge_alias(options: usage.Options, alias: str, name: str) -> None:
+    if options[alias] is None:
+        return
+    if options[name] is not None and options[name] != options[alias]:
+        raise usage.UsageError(f"--{alias} and --{name} are the same option; give one")
+    options[name] = options[alias]
+
+
+def _refuse_unsupported(argv: list[str]) -> None:
+    """websockify options wsrouter lacks stop with what to write instead, not a getopt message."""
+    problems = []
+    for arg in argv:
+        if not arg.startswith("--"):
+            continue
+        name = arg[2:].split("=", 1)[0]
+        if name in NOT_YET:
+            problems.append(f"--{name}: not supported yet: {NOT_YET[name]}")
+    if problems:
+        raise NotSupported("\n".join(problems))
+
+
+def load(path: str | None, raw: dict[str, Any]) -> RouterConfig:
+    """
+    The config from C{--config FILE} combined with the command line.
+
+    Uses C{wsrouter.config.load_config} (the nested loader) when present;
+    until then, the command line alone through the flat builder.
+    """
+    load_config = getattr(config_package, "load_config", None)
+    if load_config is not None:
+        return load_config(path, raw)  # type: ignore[no-any-return]
+    if path is not None:
+        raise ConfigError([("config", "--config FILE needs the nested config loader, not in this build")],
+                          "command line")
+    return build_config(nested_to_flat(raw), source="command line")
+
+
+def global_reactor() -> Any:
+    """The global reactor, typed Any (its zope interfaces are not mypy types)."""
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def rebuild_config(options: Options) -> RouterConfig:
+    """
+    The config again from the original command line (and its --config
+    file, read anew), with the start-up checks: what a reload applies.
+
+    @raise ConfigError: listing every problem.
+    """
+    fresh = type(options)()
+    try:
+        fresh.parseOptions(list(options["argv"]))
+    except usage.UsageError as e:
+        if isinstance(e.__cause__, ConfigError):
+            raise e.__cause__ from None
+        raise ConfigError([("command line", str(e))], "reload") from None
+    config: RouterConfig = fresh["config"]
+    check_or_raise(config)
+    return config
+
+
+def lifetime_settings(options: Options) -> tuple[bool, float | None, float | None]:
+    """
+    (run_once, start_timeout, idle_exit) from the config, or until the
+    nested loader lands, from the command line.
+
+    @raise usage.UsageError: for a value that is not a positive number of seconds.
+    """
+    settings = getattr(options["config"], "lifetime", None)
+    if settings is not None:
+        return bool(settings.run_once), settings.start_timeout or None, settings.idle_exit or None
+    table = options["raw"].get("lifetime", {})
+    return (bool(table.get("run_once")), _seconds(table, "start_timeout", "--timeout"),
+            _seconds(table, "idle_exit", "--idle-timeout"))
+
+
+def traffic_of(options: Options) -> bool:
+    """Whether --traffic (log.traffic) is on."""
+    settings = getattr(options["config"], "log", None)
+    if settings is not None:
+        return bool(settings.traffic)
+    return bool(options["raw"].get("log", {}).get("traffic"))
+
+
+def lifetime_of(options: Options) -> LifetimeService | None:
+    """The --run-once/--timeout/--idle-timeout rules (C{None} if none is on)."""
+    run_once, start_timeout, idle_exit = options["lifetime"]
+    if not (run_once or start_timeout or idle_exit):
+        return None
+    reactor = global_reactor()
+
+    def stop(reason: str) -> None:
+        if reactor.running:
+            reactor.stop()
+
+    return LifetimeService(reactor, stop, run_once=run_once, start_timeout=start_timeout, idle_exit=idle_exit)
+
+
+def _seconds(table: dict[str, Any], key: str, option: str) -> float | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not number > 0 or number == float("inf"):
+        raise usage.UsageError(f"command line: lifetime.{key}: {option} must be a number of seconds greater than 0, "
+                               f"not {value!r}")
+    return number
 
 
 def makeService(options: Options) -> RouterService | WorkerSupervisor:
     """
-    Build the service (with C{--workers} above 1, their supervisor); an
-    exit-mode program's exit stops the reactor with its status.
+    Check the machine (every problem at once, exit 2), then build the
+    service (with C{--workers} above 1, their supervisor); an exit-mode
+    program's exit stops the reactor with its status.  SIGHUP reloads.
     """
-    from twisted.internet import reactor
-
+    reactor = global_reactor()
+    try:
+        check_or_raise(options["config"])
+    except ConfigError as e:
+        print(f"wsrouter: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     raised = raise_open_file_limit()
     service: RouterService | WorkerSupervisor
+    lifetime = lifetime_of(options)
     if options["config"].workers > 1:
         service = build_supervisor(options["config"], reactor)
         service.raised = raised
     else:
         service = build_service(options["config"], reactor)
         service.descriptors.raised = raised
+        service.router.traffic = traffic_of(options)
+        if lifetime is not None:
+            lifetime.watch(service.router)
+            lifetime.setServiceParent(service)  # type: ignore[no-untyped-call]
 
     def program_exited(status: int) -> None:
         # twistd has no exit status of its own to set: exit with the
@@ -172,4 +354,6 @@ def makeService(options: Options) -> RouterService | WorkerSupervisor:
             reactor.stop()
 
     service.on_program_exit = program_exited
+    Reloader(service, lambda: rebuild_config(options),  # type: ignore[arg-type]
+             outcome=lambda: outcome_path(os.getpid())).install(reactor)
     return service

@@ -1,11 +1,11 @@
 """
-The router's configuration: a frozen model that validates itself, the
-schema the command line, TOML files and Python code all lower into, and
-the file loader.
+The router's configuration: a frozen model that validates itself
+(L{model}), the nested schema that TOML files, the command line and Python
+code all lower into (L{spec}), and the file loader (L{load}).
 """
 
+from wsrouter.config.load import combine, load_config, read_file
 from wsrouter.config.model import (
-    ConfigError,
     DATAGRAM_TARGETS,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -14,35 +14,49 @@ from wsrouter.config.model import (
     DEFAULT_RECORD_REDACT,
     DEFAULT_SHUTDOWN_GRACE,
     DEFAULT_WORKERS,
+    FRAMINGS,
+    LISTENER_KINDS,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    RECORD_OFF,
+    RECORDING_FORMATS,
+    SHAREABLE_LISTENERS,
+    UNFRAMED_TARGETS,
+    WRAP_MODES,
+    ConfigError,
     EchoTarget,
     ExecTarget,
-    FRAMINGS,
     Framing,
+    Lifetime,
     Limits,
+    LogSettings,
     MiB,
-    RECORDING_FORMATS,
-    RECORD_OFF,
-    ROUTE_OPTIONS,
     Recording,
     ReplayTarget,
     Route,
     RouterConfig,
-    SHAREABLE_LISTENERS,
     Target,
     TcpTarget,
     UdpTarget,
     UnixDatagramTarget,
     UnixTarget,
-    WRAP_MODES,
     WebRoot,
     WrappedTarget,
+)
+from wsrouter.config.spec import (
+    ROUTE_OPTIONS,
     build_config,
+    framing_to_string,
     listener_from_short_form,
     parse_framing,
     parse_replay,
     parse_route,
     parse_target,
     parse_wrapped,
+    program_name,
+    route_from_string,
+    target_to_string,
+    to_data,
 )
 
 __all__ = [
@@ -59,7 +73,12 @@ __all__ = [
     "ExecTarget",
     "FRAMINGS",
     "Framing",
+    "LISTENER_KINDS",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "Lifetime",
     "Limits",
+    "LogSettings",
     "MiB",
     "RECORDING_FORMATS",
     "RECORD_OFF",
@@ -71,6 +90,7 @@ __all__ = [
     "SHAREABLE_LISTENERS",
     "Target",
     "TcpTarget",
+    "UNFRAMED_TARGETS",
     "UdpTarget",
     "UnixDatagramTarget",
     "UnixTarget",
@@ -78,10 +98,18 @@ __all__ = [
     "WebRoot",
     "WrappedTarget",
     "build_config",
+    "combine",
+    "framing_to_string",
     "listener_from_short_form",
+    "load_config",
     "parse_framing",
     "parse_replay",
     "parse_route",
     "parse_target",
     "parse_wrapped",
+    "program_name",
+    "read_file",
+    "route_from_string",
+    "target_to_string",
+    "to_data",
 ]

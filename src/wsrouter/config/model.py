@@ -1,26 +1,24 @@
 """
-The router's configuration: frozen data, parsed from plain values.
+The router's configuration: frozen data that checks itself.
 
-Everything the router does is decided by one L{RouterConfig}.  The command
-line (L{wsrouter.cli.tap}) and embedding applications build it through
-L{build_config}, which checks every field and reports all problems at once,
-each with the key path it concerns, instead of stopping at the first.
+Everything the router does is decided by one L{RouterConfig}.  Each class
+checks its own fields when it is built, so a value built in Python is held
+to the same rules as one read from a file (L{wsrouter.config.spec}); a class
+reports every problem it finds at once, as a L{ConfigError} whose key paths
+are the names of the nested schema (C{docs/config.md}).
 
 This module is the only home of defaults and imports nothing from Twisted.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import math
-import os
 import re
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Union
 
-from attrs import field, frozen
-from attrs.validators import in_
+from attrs import Factory, field, frozen
 
 MiB = 1024 * 1024
 
@@ -33,6 +31,8 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_WORKERS = 1
 #: Listener kinds whose sockets several worker processes can share.
 SHAREABLE_LISTENERS = ("tcp:", "tcp6:", "unix:")
+#: Twisted server endpoint types a listener may name (checked lexically).
+LISTENER_KINDS = ("tcp", "tcp6", "unix", "ssl", "systemd")
 
 #: Framings a route may name; see L{wsrouter.framing}.
 FRAMINGS = ("binary", "line", "separator", "fixed")
@@ -45,6 +45,16 @@ DEFAULT_RECORD_REDACT = ("cookie", "authorization", "proxy-authorization", "sec-
 #: router records everything); write C{./off} for a directory of that name.
 RECORD_OFF = "off"
 
+#: Log levels (websockify's --verbose is C{debug}) and formats.
+LOG_LEVELS = ("info", "debug")
+LOG_FORMATS = ("text",)
+
+#: How a wrapped program is supervised when it exits.
+WRAP_MODES = ("respawn", "ignore", "exit")
+#: The name of a wrapped program built without one.
+DEFAULT_PROGRAM_NAME = "program"
+PROGRAM_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
 
 class ConfigError(ValueError):
     """
@@ -53,17 +63,107 @@ class ConfigError(ValueError):
     @ivar problems: C{(key path, problem)} pairs, in the order found.
     @ivar source: where the configuration came from (a file name, "command
         line"), named in the message so the user knows what to edit.
+    @ivar sources: the source of each problem (a file and the command line
+        combined give problems from both); by default all C{source}.
     """
 
-    def __init__(self, problems: Sequence[tuple[str, str]], source: str = "configuration"):
+    def __init__(self, problems: Sequence[tuple[str, str]], source: str = "configuration",
+                 sources: Sequence[str] | None = None):
         self.problems = list(problems)
         self.source = source
-        lines = [f"{source}: {len(self.problems)} problem(s):"]
-        lines += [f"  {key}: {problem}" for key, problem in self.problems]
-        super().__init__("\n".join(lines))
+        self.sources = list(sources) if sources is not None else [source] * len(self.problems)
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        """One C{SOURCE: key.path: problem} line per problem."""
+        return [f"{where}: {key}: {problem}" if key else f"{where}: {problem}"
+                for where, (key, problem) in zip(self.sources, self.problems)]
+
+
+class _Checks:
+    """Collects the problems one object finds in its own fields."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, key: str, problem: str) -> None:
+        self.items.append((key, problem))
+
+    def nested(self, prefix: str, error: ConfigError) -> None:
+        for key, problem in error.problems:
+            self.add(f"{prefix}.{key}" if key else prefix, problem)
+
+    def raise_any(self) -> None:
+        if self.items:
+            raise ConfigError(self.items)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)  # type: ignore[arg-type]
+
+
+def _check_positive(checks: _Checks, key: str, value: object, *, integer: bool = False,
+                    optional: bool = False) -> None:
+    """C{value} must be a (whole) number greater than 0 (or C{None} when optional)."""
+    if value is None and optional:
+        return
+    ok = _is_int(value) if integer else _is_number(value)
+    if not ok or value <= 0:  # type: ignore[operator]
+        kind = "a whole number" if integer else "a number"
+        checks.add(key, f"must be {kind} greater than 0, not {value!r}")
+
+
+def _check_bool(checks: _Checks, key: str, value: object) -> None:
+    if not isinstance(value, bool):
+        checks.add(key, f"must be true or false, not {value!r}")
+
+
+def _check_choice(checks: _Checks, key: str, value: object, choices: Sequence[str]) -> None:
+    if value not in choices:
+        checks.add(key, f"must be {' or '.join(choices)}, not {value!r}")
+
+
+def _check_text(checks: _Checks, key: str, value: object, what: str, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or not value:
+        checks.add(key, f"must be {what}, not {value!r}")
+
+
+def _check_strings(checks: _Checks, key: str, values: object, what: str) -> None:
+    if not isinstance(values, tuple):
+        checks.add(key, f"must be a list of {what}s, not {values!r}")
+        return
+    for index, value in enumerate(values):
+        _check_text(checks, f"{key}[{index}]", value, f"a {what}")
+
+
+def _off_when_zero(value: Any) -> Any:
+    """Optional timers: 0 means off, as absent does (websockify's --timeout 0)."""
+    return None if _is_number(value) and value == 0 else value
+
+
+def _as_tuple(value: Any) -> Any:
+    """Lists become tuples (the frozen form); anything else is left for the checks."""
+    return tuple(value) if isinstance(value, list) else value
 
 
 # -- targets -----------------------------------------------------------------
+
+
+def _check_port(checks: _Checks, key: str, port: object) -> None:
+    if not _is_int(port) or not 0 < port < 65536:  # type: ignore[operator]
+        checks.add(key, f"port must be a number from 1 to 65535, not {port!r}")
+
+
+def _check_argv(checks: _Checks, key: str, argv: object) -> None:
+    if not isinstance(argv, tuple) or not argv or not all(isinstance(a, str) for a in argv) or not argv[0]:
+        shown = list(argv) if isinstance(argv, tuple) else argv
+        checks.add(key, f"must be a program and its arguments, not {shown!r}")
 
 
 @frozen
@@ -72,6 +172,12 @@ class TcpTarget:
 
     host: str
     port: int
+
+    def __attrs_post_init__(self) -> None:
+        checks = _Checks()
+        _check_text(checks, "host", self.host, "a host name or address")
+        _check_port(checks, "port", self.port)
+        checks.raise_any()
 
     def describe(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -84,6 +190,12 @@ class UnixTarget:
 
     path: str
 
+    def __attrs_post_init__(self) -> None:
+        checks = _Checks()
+        if not isinstance(self.path, str) or not self.path.startswith("/"):
+            checks.add("path", f"must be an absolute path, not {self.path!r}")
+        checks.raise_any()
+
     def describe(self) -> str:
         return f"unix://{self.path}"
 
@@ -95,6 +207,12 @@ class UdpTarget:
     host: str
     port: int
 
+    def __attrs_post_init__(self) -> None:
+        checks = _Checks()
+        _check_text(checks, "host", self.host, "a host name or address")
+        _check_port(checks, "port", self.port)
+        checks.raise_any()
+
     def describe(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"udp://{host}:{self.port}"
@@ -105,6 +223,12 @@ class UnixDatagramTarget:
     """A Unix datagram socket; one datagram per WebSocket message."""
 
     path: str
+
+    def __attrs_post_init__(self) -> None:
+        checks = _Checks()
+        if not isinstance(self.path, str) or not self.path.startswith("/"):
+            checks.add("path", f"must be an absolute path, not {self.path!r}")
+        checks.raise_any()
 
     def describe(self) -> str:
         return f"unix-dgram://{self.path}"
@@ -122,14 +246,15 @@ class EchoTarget:
 class ExecTarget:
     """A program started per connection: messages to stdin, stdout to messages."""
 
-    argv: tuple[str, ...]
+    argv: tuple[str, ...] = field(converter=_as_tuple)
+
+    def __attrs_post_init__(self) -> None:
+        checks = _Checks()
+        _check_argv(checks, "command", self.argv)
+        checks.raise_any()
 
     def describe(self) -> str:
         return "exec:" + shlex.join(self.argv)
-
-
-#: How a wrapped program is supervised when it exits.
-WRAP_MODES = ("respawn", "ignore", "exit")
 
 
 @frozen
@@ -138,6 +263,12 @@ class WrappedTarget:
     A TCP server program started once, under the rebind shim, which moves
     the port it binds to a loopback port the router learns and proxies to.
 
+    The same object is a C{[programs.NAME]} entry of the configuration and
+    the target of every route that names it, so two configurations run the
+    same program exactly when their WrappedTargets are equal.
+
+    @ivar name: the program's name (C{[A-Za-z0-9_.-]+}); inline C{wrap:}
+        targets get one from their command.
     @ivar mode: what to do when it exits: C{respawn} (restart with backoff),
         C{ignore} (it daemonized; keep serving) or C{exit} (stop the router
         with the program's status).
@@ -147,9 +278,22 @@ class WrappedTarget:
     """
 
     mode: str
-    argv: tuple[str, ...]
+    argv: tuple[str, ...] = field(converter=_as_tuple)
     ports: str = "*"
     keep_env: bool = False
+    name: str = field(default=DEFAULT_PROGRAM_NAME, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        checks = _Checks()
+        if not isinstance(self.name, str) or not PROGRAM_NAME.fullmatch(self.name):
+            checks.add("name", f"must be letters, digits, '_', '.' or '-', not {self.name!r}")
+        _check_choice(checks, "mode", self.mode, WRAP_MODES)
+        _check_argv(checks, "command", self.argv)
+        if self.ports != "*" and not (isinstance(self.ports, str) and all(
+                part.strip().isdigit() and 0 < int(part) < 65536 for part in self.ports.split(","))):
+            checks.add("ports", f"must be comma-separated port numbers or '*', not {self.ports!r}")
+        _check_bool(checks, "keep_env", self.keep_env)
+        checks.raise_any()
 
     def describe(self) -> str:
         return f"wrap:{self.mode}:" + shlex.join(self.argv)
@@ -169,8 +313,15 @@ class ReplayTarget:
     path: str
     speed: float = 1.0
 
+    def __attrs_post_init__(self) -> None:
+        checks = _Checks()
+        _check_text(checks, "path", self.path, "a recording file")
+        _check_positive(checks, "speed", self.speed)
+        checks.raise_any()
+
     def describe(self) -> str:
-        return f"replay:{self.path}" + (f"?speed={self.speed:g}" if self.speed != 1.0 else "")
+        speed = repr(self.speed).removesuffix(".0")  # exact, unlike :g
+        return f"replay:{self.path}" + (f"?speed={speed}" if self.speed != 1.0 else "")
 
 
 Target = Union[TcpTarget, UnixTarget, UdpTarget, UnixDatagramTarget, EchoTarget, ExecTarget, WrappedTarget,
@@ -178,111 +329,8 @@ Target = Union[TcpTarget, UnixTarget, UdpTarget, UnixDatagramTarget, EchoTarget,
 
 #: Target kinds whose natural unit is a datagram, not a byte stream.
 DATAGRAM_TARGETS = (UdpTarget, UnixDatagramTarget)
-
-
-def _parse_port(text: str) -> int:
-    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
-        raise ValueError(f"port must be a number from 1 to 65535, not {text!r}")
-    return int(text)
-
-
-def _split_host_port(text: str) -> tuple[str, int]:
-    """
-    Split C{host:port}, C{[v6]:port}; the host must not be empty.
-    """
-    match = re.fullmatch(r"\[([^\]]+)\]:(\w+)|([^:\[\]]+):(\w+)", text)
-    if not match:
-        raise ValueError(f"expected HOST:PORT (IPv6 as [ADDR]:PORT), not {text!r}")
-    host = match.group(1) or match.group(3)
-    port = _parse_port(match.group(2) or match.group(4))
-    if match.group(1):
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"brackets are only for IPv6 addresses, not {host!r}") from None
-    return host, port
-
-
-def parse_wrapped(text: str, ports: str = "*", keep_env: bool = False) -> WrappedTarget:
-    """Parse C{MODE:PROGRAM ARGS...} (the part after C{wrap:})."""
-    mode, sep, command = text.partition(":")
-    if not sep or mode not in WRAP_MODES:
-        raise ValueError(f"wrap target must be wrap:MODE:PROGRAM with MODE one of {', '.join(WRAP_MODES)}")
-    try:
-        argv = tuple(shlex.split(command))
-    except ValueError as e:
-        raise ValueError(f"wrap: cannot split the command line: {e}") from None
-    if not argv:
-        raise ValueError("wrap: needs a program, e.g. wrap:respawn:telnetd -debug 2023")
-    return WrappedTarget(mode=mode, argv=argv, ports=ports, keep_env=keep_env)
-
-
-def parse_replay(text: str) -> ReplayTarget:
-    """
-    Parse C{FILE} or C{FILE?speed=FACTOR} (the part after C{replay:}).
-
-    Only a final C{?speed=} is read as the speed, so any other C{?} is part
-    of the file name.
-    """
-    path, speed = text, 1.0
-    match = re.fullmatch(r"(.*)\?speed=([^?/]*)", text, re.S)
-    if match:
-        path, factor = match.groups()
-        try:
-            speed = float(factor)
-        except ValueError:
-            speed = math.nan
-        if not math.isfinite(speed) or speed <= 0:
-            raise ValueError(f"replay speed must be a number greater than 0, not {factor!r}")
-    if not path:
-        raise ValueError("replay: needs a recording file, e.g. replay:session.jsonl or replay:session.jsonl?speed=2")
-    return ReplayTarget(path, speed)
-
-
-def parse_target(text: str) -> Target:
-    """
-    Parse a target string.
-
-    Accepted forms: C{tcp://HOST:PORT}, C{HOST:PORT} (TCP, websockify's
-    form), C{unix:///PATH}, C{udp://HOST:PORT}, C{unix-dgram:///PATH},
-    C{echo:}, C{exec:PROGRAM ARGS...} (shell-like quoting, no shell),
-    C{wrap:MODE:PROGRAM ARGS...} and C{replay:FILE} (a recording played back
-    to each client; C{replay:FILE?speed=2} plays it twice as fast).
-
-    @raise ValueError: with a message that says what is wrong.
-    """
-    text = text.strip()
-    if text.startswith("replay:"):
-        return parse_replay(text[len("replay:"):])
-    if text.startswith("wrap:"):
-        return parse_wrapped(text[len("wrap:"):])
-    if text.startswith("exec:"):
-        try:
-            argv = tuple(shlex.split(text[len("exec:"):]))
-        except ValueError as e:
-            raise ValueError(f"exec: cannot split the command line: {e}") from None
-        if not argv:
-            raise ValueError("exec: needs a program, e.g. exec:cat")
-        return ExecTarget(argv)
-    if text == "echo:" or text == "echo":
-        return EchoTarget()
-    scheme, sep, rest = text.partition("://")
-    if not sep and ":" in text:
-        host, port = _split_host_port(text)
-        return TcpTarget(host, port)
-    if scheme in ("unix", "unix-dgram"):
-        path = rest
-        if not path.startswith("/"):
-            raise ValueError(f"{scheme} target needs an absolute path, e.g. {scheme}:///run/app.sock")
-        return UnixTarget(path) if scheme == "unix" else UnixDatagramTarget(path)
-    if scheme in ("tcp", "udp"):
-        host, port = _split_host_port(rest.rstrip("/"))
-        return TcpTarget(host, port) if scheme == "tcp" else UdpTarget(host, port)
-    raise ValueError(
-        f"unknown target {text!r}; use tcp://HOST:PORT, unix:///PATH, "
-        "udp://HOST:PORT, unix-dgram:///PATH, exec:PROGRAM, wrap:MODE:PROGRAM, "
-        "replay:FILE[?speed=FACTOR] or echo:"
-    )
+#: Target kinds that have no byte stream to frame.
+UNFRAMED_TARGETS = (UdpTarget, UnixDatagramTarget, EchoTarget, ReplayTarget)
 
 
 # -- routes ------------------------------------------------------------------
@@ -291,7 +339,8 @@ def parse_target(text: str) -> Target:
 @frozen
 class Framing:
     """
-    How a target's byte stream is cut into WebSocket messages.
+    How a target's byte stream is cut into WebSocket messages; C{kind} is
+    the tag, and only the field of that kind means anything.
 
     @ivar kind: one of L{FRAMINGS}.
     @ivar separator: for C{separator}: the bytes that end each message.
@@ -301,6 +350,19 @@ class Framing:
     kind: str = "binary"
     separator: bytes = b"\n"
     length: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        checks = _Checks()
+        _check_choice(checks, "kind", self.kind, FRAMINGS)
+        if not isinstance(self.separator, bytes) or not self.separator:
+            checks.add("separator", f"must be one or more bytes, not {self.separator!r}")
+        if self.kind == "fixed":
+            _check_positive(checks, "length", self.length, integer=True)
+        elif self.length != 0:
+            checks.add("length", f"is only for fixed framing, not {self.kind!r}")
+        if self.kind != "separator" and self.separator != b"\n":
+            checks.add("separator", f"is only for separator framing, not {self.kind!r}")
+        checks.raise_any()
 
 
 @frozen
@@ -312,117 +374,88 @@ class Route:
     @ivar prefix: match C{path} and everything below it, not only C{path}.
     @ivar subprotocols: the subprotocols this route speaks; empty means any.
     @ivar framing: how target output becomes messages; C{None} picks the
-        target kind's default (binary chunks; lines for exec).
-    @ivar max_forks: for program targets, how many may run at once for this
+        target kind's default (binary chunks; lines for exec).  Only for
+        targets with a byte stream.
+    @ivar max_forks: for exec targets, how many may run at once for this
         route (C{None}: the router-wide limit).
     @ivar record: a directory to record this route's sessions into
         (C{None}: the router-wide setting; L{RECORD_OFF}: not recorded).
-    @ivar env: extra environment for program targets, C{(name, value)}.
+    @ivar env: extra environment for exec targets, C{(name, value)}.
     """
 
     path: str
     target: Target
     prefix: bool = False
-    subprotocols: tuple[str, ...] = ()
+    subprotocols: tuple[str, ...] = field(default=(), converter=_as_tuple)
     framing: Framing | None = None
     max_forks: int | None = None
     record: str | None = None
-    env: tuple[tuple[str, str], ...] = ()
+    env: tuple[tuple[str, str], ...] = field(default=(), converter=_as_tuple)
+
+    def __attrs_post_init__(self) -> None:
+        checks = _Checks()
+        self._check_path(checks)
+        if not isinstance(self.target, Target.__args__):  # type: ignore[attr-defined]
+            checks.add("target", f"must be a target, not {self.target!r}")
+        _check_bool(checks, "prefix", self.prefix)
+        _check_strings(checks, "subprotocols", self.subprotocols, "subprotocol name")
+        kind = type(self.target).__name__
+        if self.framing is not None:
+            if not isinstance(self.framing, Framing):
+                checks.add("framing", f"must be a framing, not {self.framing!r}")
+            elif isinstance(self.target, UNFRAMED_TARGETS):
+                checks.add("framing", f"is only for stream targets (tcp, unix, exec, program), not {_KIND_NAMES[kind]}")
+        if self.max_forks is not None:
+            _check_positive(checks, "max_forks", self.max_forks, integer=True)
+            if not isinstance(self.target, ExecTarget):
+                checks.add("max_forks", "is only for exec targets")
+        _check_text(checks, "record", self.record, f"a directory (or {RECORD_OFF})", optional=True)
+        self._check_env(checks)
+        checks.raise_any()
+
+    def _check_path(self, checks: _Checks) -> None:
+        if not isinstance(self.path, str) or not self.path.startswith("/"):
+            checks.add("path", f"must start with '/', not {self.path!r}")
+        elif "*" in self.path:
+            checks.add("path", f"'*' is only allowed as a final '/*', not {self.path!r}")
+        elif self.prefix and self.path != "/" and self.path.endswith("/"):
+            checks.add("path", f"a prefix route's path must not end in '/', not {self.path!r}")
+
+    def _check_env(self, checks: _Checks) -> None:
+        if not isinstance(self.env, tuple) or not all(
+                isinstance(pair, tuple) and len(pair) == 2 for pair in self.env):
+            checks.add("env", f"must be NAME = value pairs, not {self.env!r}")
+            return
+        for name, value in self.env:
+            if not isinstance(name, str) or not name or "=" in name or "\0" in name:
+                checks.add(f"env.{name}", "must be an environment variable name")
+            elif not isinstance(value, str):
+                checks.add(f"env.{name}", f"must be a string, not {value!r}")
+        if self.env and not isinstance(self.target, ExecTarget):
+            checks.add("env", "is only for exec targets")
 
     def describe(self) -> str:
-        pattern = (self.path.rstrip("/") + "/*") if self.prefix else self.path
+        pattern = self.pattern()
         if self.subprotocols:
             pattern += "@" + ",".join(self.subprotocols)
         return pattern
 
-
-_ROUTE = re.compile(r"(?P<path>[^\[@=]*)(?:\[(?P<options>[^\]]*)\])?(?:@(?P<protocols>[^=]*))?=(?P<target>.*)", re.S)
-
-#: Options a route string may carry in brackets, and how each is read.
-ROUTE_OPTIONS = ("framing", "max-forks", "record", "env")
-
-
-def _route_options(text: str) -> dict[str, Any]:
-    """Parse C{key=value;key=value} from a route string's brackets."""
-    options: dict[str, Any] = {}
-    env: list[tuple[str, str]] = []
-    for item in filter(None, (part.strip() for part in text.split(";"))):
-        key, sep, value = item.partition("=")
-        if not sep or key not in ROUTE_OPTIONS:
-            raise ValueError(f"route option must be one of {', '.join(ROUTE_OPTIONS)} as KEY=VALUE, not {item!r}")
-        if key == "framing":
-            options["framing"] = parse_framing(value)
-        elif key == "max-forks":
-            if not (value.isascii() and value.isdigit()) or int(value) < 1:
-                raise ValueError(f"max-forks must be a whole number of at least 1, not {value!r}")
-            options["max_forks"] = int(value)
-        elif key == "record":
-            options["record"] = _record_directory(value)
-        else:
-            name, sep, env_value = value.partition(":")
-            if not sep or not name:
-                raise ValueError(f"env must be NAME:VALUE, not {value!r}")
-            env.append((name, env_value))
-    if env:
-        options["env"] = tuple(env)
-    return options
+    def pattern(self) -> str:
+        """The path as written in a route: a prefix route ends in C{/*}."""
+        if not self.prefix:
+            return self.path
+        return self.path + "*" if self.path.endswith("/") else self.path + "/*"
 
 
-def _record_directory(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"record must be a directory (or {RECORD_OFF}), not {value!r}")
-    return value
-
-
-def parse_route(text: str) -> Route:
-    """
-    Parse C{PATH[[OPTIONS]][@PROTO[,PROTO...]]=TARGET}.
-
-    A path ending in C{/*} matches that path and everything below it;
-    otherwise the match is exact.  C{/*} alone matches every path.  OPTIONS
-    are C{key=value} pairs separated by C{;}: C{framing}, C{max-forks},
-    C{record} (a directory, or C{off}) and C{env} (C{NAME:VALUE}, repeatable), e.g.
-    C{/term[framing=line;max-forks=4]@tty=exec:login}.
-    """
-    match = _ROUTE.fullmatch(text)
-    if not match or text.startswith("="):
-        raise ValueError(f"expected PATH[[OPTIONS]][@SUBPROTOCOLS]=TARGET, not {text!r}")
-    pattern = match.group("path")
-    protocols = match.group("protocols") or ""
-    options = _route_options(match.group("options") or "")
-    target_text = match.group("target")
-    if not pattern.startswith("/"):
-        raise ValueError(f"route path must start with '/', not {pattern!r}")
-    prefix = pattern.endswith("/*")
-    path = pattern[:-2] or "/" if prefix else pattern
-    if "*" in path:
-        raise ValueError(f"'*' is only allowed as a final '/*' in a route path, not {pattern!r}")
-    subprotocols = tuple(p.strip() for p in protocols.split(",") if p.strip())
-    return Route(path=path, prefix=prefix, subprotocols=subprotocols, target=parse_target(target_text), **options)
-
-
-def parse_framing(text: str) -> Framing:
-    """
-    Parse C{binary}, C{line}, C{separator:SEP} (C{\\n}, C{\\0} escapes
-    allowed) or C{fixed:N}.
-    """
-    kind, _, arg = text.partition(":")
-    if kind in ("binary", "line") and not arg:
-        return Framing(kind)
-    if kind == "separator" and arg:
-        try:
-            separator = arg.encode("utf-8").decode("unicode_escape").encode("latin-1")
-        except (UnicodeDecodeError, UnicodeEncodeError):
-            raise ValueError(
-                f"separator {arg!r} must be bytes: plain characters or escapes like \\n, \\0, \\x1e"
-            ) from None
-        return Framing(kind, separator=separator)
-    if kind == "fixed" and arg.isdigit() and int(arg) > 0:
-        return Framing(kind, length=int(arg))
-    raise ValueError(f"framing must be binary, line, separator:SEP or fixed:N, not {text!r}")
+_KIND_NAMES = {"UdpTarget": "udp", "UnixDatagramTarget": "unix-dgram", "EchoTarget": "echo",
+               "ReplayTarget": "replay"}
 
 
 # -- the whole router ----------------------------------------------------------
+
+
+_LIMIT_TIMERS = ("handshake_timeout", "connect_timeout", "shutdown_grace")
+_OPTIONAL_TIMERS = ("ping_interval", "ping_timeout", "session_idle_timeout")
 
 
 @frozen
@@ -430,17 +463,80 @@ class Limits:
     """
     Per-session limits and timers; times in seconds, sizes in bytes.
 
-    C{None} for a timer turns it off.
+    C{None} (or 0) for an optional timer turns it off; C{ping_timeout}
+    defaults to C{ping_interval}.
     """
 
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
-    ping_interval: float | None = None
-    ping_timeout: float | None = None
-    idle_timeout: float | None = None
+    ping_interval: float | None = field(default=None, converter=_off_when_zero)
+    ping_timeout: float | None = field(default=Factory(lambda self: self.ping_interval, takes_self=True),
+                                       converter=_off_when_zero)
+    session_idle_timeout: float | None = field(default=None, converter=_off_when_zero)
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     max_forks: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        checks = _Checks()
+        _check_positive(checks, "max_message_size", self.max_message_size, integer=True)
+        for key in _OPTIONAL_TIMERS:
+            if key == "ping_timeout" and self.ping_timeout is self.ping_interval:
+                continue  # the default: any problem is ping_interval's
+            _check_positive(checks, key, getattr(self, key), optional=True)
+        for key in _LIMIT_TIMERS:
+            _check_positive(checks, key, getattr(self, key))
+        _check_positive(checks, "max_forks", self.max_forks, integer=True, optional=True)
+        checks.raise_any()
+
+
+@frozen
+class Lifetime:
+    """
+    When the whole router exits by itself (websockify's lifetime options).
+
+    @ivar run_once: exit after the first session ends (C{--run-once}).
+    @ivar start_timeout: exit if no client connects within this many
+        seconds (websockify's C{--timeout}); C{None}: never.
+    @ivar idle_exit: exit after this many seconds with no open session
+        (websockify's C{--idle-timeout}); C{None}: never.
+    """
+
+    run_once: bool = False
+    start_timeout: float | None = field(default=None, converter=_off_when_zero)
+    idle_exit: float | None = field(default=None, converter=_off_when_zero)
+
+    def __attrs_post_init__(self) -> None:
+        checks = _Checks()
+        _check_bool(checks, "run_once", self.run_once)
+        _check_positive(checks, "start_timeout", self.start_timeout, optional=True)
+        _check_positive(checks, "idle_exit", self.idle_exit, optional=True)
+        checks.raise_any()
+
+
+@frozen
+class LogSettings:
+    """
+    Where and how much the router logs.
+
+    @ivar file: append the log to this file; C{None}: standard error.
+    @ivar level: C{info}, or C{debug} (websockify's C{--verbose}).
+    @ivar traffic: one debug line per message relayed (C{--traffic}).
+    @ivar format: C{text} (JSON lines come later).
+    """
+
+    file: str | None = None
+    level: str = "info"
+    traffic: bool = False
+    format: str = "text"
+
+    def __attrs_post_init__(self) -> None:
+        checks = _Checks()
+        _check_text(checks, "file", self.file, "a file name", optional=True)
+        _check_choice(checks, "level", self.level, LOG_LEVELS)
+        _check_bool(checks, "traffic", self.traffic)
+        _check_choice(checks, "format", self.format, LOG_FORMATS)
+        checks.raise_any()
 
 
 @frozen
@@ -450,6 +546,17 @@ class WebRoot:
     directory: str
     listing: bool = False
 
+    def __attrs_post_init__(self) -> None:
+        checks = _Checks()
+        _check_text(checks, "root", self.directory, "a directory")
+        _check_bool(checks, "listing", self.listing)
+        checks.raise_any()
+
+
+def _off_when_off(value: Any) -> Any:
+    """A router-wide recording directory of L{RECORD_OFF} records nothing, as absent does."""
+    return None if value == RECORD_OFF else value
+
 
 @frozen
 class Recording:
@@ -457,32 +564,129 @@ class Recording:
     Session recording, router-wide (see C{docs/recording.md}).
 
     @ivar directory: record every session into this directory; C{None}
-        records only the routes that name a directory of their own.
+        (or L{RECORD_OFF}) records only the routes that name a directory of
+        their own.
     @ivar format: one of L{RECORDING_FORMATS}.
     @ivar max_bytes: stop recording a session before its file would grow
         past this many bytes; C{None}: no limit.
     @ivar redact: request headers (lower case) whose values are not recorded.
     """
 
-    directory: str | None = None
-    format: str = field(default="jsonl", validator=in_(RECORDING_FORMATS))
+    directory: str | None = field(default=None, converter=_off_when_off)
+    format: str = "jsonl"
     max_bytes: int | None = None
-    redact: tuple[str, ...] = DEFAULT_RECORD_REDACT
+    redact: tuple[str, ...] = field(default=DEFAULT_RECORD_REDACT, converter=_as_tuple)
+
+    def __attrs_post_init__(self) -> None:
+        checks = _Checks()
+        _check_text(checks, "directory", self.directory, "a directory", optional=True)
+        _check_choice(checks, "format", self.format, RECORDING_FORMATS)
+        _check_positive(checks, "max_bytes", self.max_bytes, integer=True, optional=True)
+        _check_strings(checks, "redact", self.redact, "request header name")
+        if isinstance(self.redact, tuple):
+            for index, name in enumerate(self.redact):
+                if isinstance(name, str) and name != name.lower():
+                    checks.add(f"redact[{index}]", f"must be lower case, not {name!r}")
+        checks.raise_any()
+
+
+def _wrapped_of(routes: Iterable[Route]) -> tuple[WrappedTarget, ...]:
+    """The wrapped programs behind C{routes}, each once, in route order."""
+    found: list[WrappedTarget] = []
+    for route in routes:
+        if isinstance(route.target, WrappedTarget) and route.target not in found:
+            found.append(route.target)
+    return tuple(found)
 
 
 @frozen
 class RouterConfig:
-    """Everything one router needs: where to listen, what to route, limits."""
+    """
+    Everything one router needs: where to listen, what to route, limits.
 
-    listeners: tuple[str, ...] = (DEFAULT_LISTENER,)
-    routes: tuple[Route, ...] = ()
+    @ivar programs: every wrapped program the supervisor starts; by default
+        those the routes name.  Each route's wrapped target is one of them.
+    @ivar follow_program_port: with no listener, listen on the loopback
+        port the (single) wrapped program asked for.
+    """
+
+    listeners: tuple[str, ...] = field(default=(DEFAULT_LISTENER,), converter=_as_tuple)
+    routes: tuple[Route, ...] = field(default=(), converter=_as_tuple)
     web: WebRoot | None = None
     limits: Limits = field(factory=Limits)
     recording: Recording = field(factory=Recording)
-    pass_env: tuple[str, ...] = ()
-    follow_wrapped_port: bool = False
+    lifetime: Lifetime = field(factory=Lifetime)
+    log: LogSettings = field(factory=LogSettings)
+    programs: tuple[WrappedTarget, ...] = field(
+        default=Factory(lambda self: _wrapped_of(self.routes), takes_self=True),
+        converter=_as_tuple)
+    pass_env: tuple[str, ...] = field(default=(), converter=_as_tuple)
+    follow_program_port: bool = False
     workers: int = DEFAULT_WORKERS
 
+    def __attrs_post_init__(self) -> None:
+        checks = _Checks()
+        self._check_listeners(checks)
+        self._check_routes(checks)
+        self._check_programs(checks)
+        if self.web is not None and not isinstance(self.web, WebRoot):
+            checks.add("web", f"must be a web root, not {self.web!r}")
+        if not self.routes and self.web is None:
+            checks.add("routes", "nothing to serve: give at least one route (or a web root)")
+        _check_strings(checks, "pass_env", self.pass_env, "environment variable name")
+        if isinstance(self.pass_env, tuple):
+            for index, name in enumerate(self.pass_env):
+                if isinstance(name, str) and "=" in name:
+                    checks.add(f"pass_env[{index}]", f"must be an environment variable name, not {name!r}")
+        _check_bool(checks, "follow_program_port", self.follow_program_port)
+        if self.follow_program_port is True and len(self.programs) != 1:
+            checks.add("follow_program_port", f"needs exactly one wrapped program, not {len(self.programs)}")
+        _check_positive(checks, "workers", self.workers, integer=True)
+        checks.raise_any()
+
+    def _check_listeners(self, checks: _Checks) -> None:
+        _check_strings(checks, "listen", self.listeners, "Twisted endpoint string")
+        if not isinstance(self.listeners, tuple):
+            return
+        for index, listener in enumerate(self.listeners):
+            if not isinstance(listener, str) or not listener:
+                continue
+            kind = re.split(r"(?<!\\):", listener, maxsplit=1)[0]
+            if kind not in LISTENER_KINDS:
+                checks.add(f"listen[{index}]", f"unknown endpoint type {kind!r} (expected {', '.join(LISTENER_KINDS)})")
+            elif _is_int(self.workers) and self.workers > 1 and not listener.startswith(SHAREABLE_LISTENERS):
+                checks.add(f"listen[{index}]", f"workers cannot share {listener!r}; with workers > 1 use "
+                           f"{', '.join(kind + '...' for kind in SHAREABLE_LISTENERS)} listeners")
+
+    def _check_routes(self, checks: _Checks) -> None:
+        if not isinstance(self.routes, tuple):
+            checks.add("routes", f"must be a list of routes, not {self.routes!r}")
+            return
+        seen: dict[tuple[str, bool, frozenset[str]], int] = {}
+        for index, route in enumerate(self.routes):
+            if not isinstance(route, Route):
+                checks.add(f"routes[{index}]", f"must be a route, not {route!r}")
+                continue
+            identity = (route.path, route.prefix, frozenset(route.subprotocols))
+            if identity in seen:
+                checks.add(f"routes[{index}]", f"duplicates routes[{seen[identity]}] ({route.describe()})")
+            seen.setdefault(identity, index)
+
+    def _check_programs(self, checks: _Checks) -> None:
+        if not isinstance(self.programs, tuple) or not all(isinstance(p, WrappedTarget) for p in self.programs):
+            checks.add("programs", f"must be wrapped programs, not {self.programs!r}")
+            return
+        names: set[str] = set()
+        for program in self.programs:
+            if program.name in names:
+                checks.add(f"programs.{program.name}", "two different programs have this name")
+            names.add(program.name)
+        if not isinstance(self.routes, tuple):
+            return
+        for index, route in enumerate(self.routes):
+            if isinstance(route, Route) and isinstance(route.target, WrappedTarget) \
+                    and route.target not in self.programs:
+                checks.add(f"routes[{index}].target", f"program {route.target.name!r} is not in programs")
 
     def recording_directory(self, route: Route) -> str | None:
         """Where C{route}'s sessions are recorded: its own directory, else the router's; C{None}: nowhere."""
@@ -490,191 +694,3 @@ class RouterConfig:
             return None
         return route.record or self.recording.directory
 
-
-# -- building from plain values -------------------------------------------------
-
-
-class _Problems:
-    """Collects problems with their key paths while a config is built."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, str]] = []
-
-    def add(self, key: str, problem: str) -> None:
-        self.items.append((key, problem))
-
-
-def _positive_number(raw: Mapping[str, Any], key: str, problems: _Problems, *, integer: bool = False) -> Any:
-    value = raw.get(key)
-    if value is None:
-        return None
-    try:
-        number = int(value) if integer else float(value)
-    except (TypeError, ValueError):
-        problems.add(key, f"must be a {'whole ' if integer else ''}number, not {value!r}")
-        return None
-    if not math.isfinite(number) or number <= 0:
-        problems.add(key, f"must be a finite number greater than 0, not {value!r}")
-        return None
-    return number
-
-
-def _build_limits(raw: Mapping[str, Any], problems: _Problems) -> Limits:
-    values: dict[str, Any] = {}
-    for key in ("max_message_size", "max_forks"):
-        number = _positive_number(raw, key, problems, integer=True)
-        if number is not None:
-            values[key] = number
-    for key in ("ping_interval", "ping_timeout", "idle_timeout", "handshake_timeout",
-                "connect_timeout", "shutdown_grace"):
-        number = _positive_number(raw, key, problems)
-        if number is not None:
-            values[key] = number
-    if "ping_interval" in values and "ping_timeout" not in values:
-        values["ping_timeout"] = values["ping_interval"]
-    return Limits(**values)
-
-
-def _build_route(raw: Any, key: str, problems: _Problems) -> Route | None:
-    if isinstance(raw, Route):
-        return raw
-    try:
-        if isinstance(raw, str):
-            return parse_route(raw)
-        if isinstance(raw, Mapping):
-            route = parse_route(f"{raw.get('path', '')}={raw.get('target', '')}")
-            framing = raw.get("framing")
-            protocols = raw.get("subprotocols", route.subprotocols)
-            if isinstance(protocols, str):
-                protocols = (protocols,)
-            if not isinstance(protocols, (list, tuple)) or not all(isinstance(p, str) for p in protocols):
-                raise ValueError(f"subprotocols must be a list of strings, not {protocols!r}")
-            return Route(
-                path=route.path,
-                prefix=route.prefix,
-                target=route.target,
-                subprotocols=tuple(protocols),
-                framing=parse_framing(framing) if isinstance(framing, str) else framing,
-                record=None if raw.get("record") is None else _record_directory(raw["record"]),
-            )
-    except ValueError as e:
-        problems.add(key, str(e))
-        return None
-    problems.add(key, f"must be a route string or table, not {type(raw).__name__}")
-    return None
-
-
-def _build_recording(raw: Mapping[str, Any], problems: _Problems) -> Recording:
-    values: dict[str, Any] = {}
-    directory = raw.get("record")
-    if isinstance(directory, os.PathLike):
-        directory = os.fspath(directory)
-    if directory is not None and directory != RECORD_OFF:
-        if isinstance(directory, str) and directory:
-            values["directory"] = directory
-        else:
-            problems.add("record", f"must be a directory (or {RECORD_OFF}), not {directory!r}")
-    fmt = raw.get("record_format")
-    if fmt is not None:
-        if isinstance(fmt, str) and fmt in RECORDING_FORMATS:
-            values["format"] = fmt
-        else:
-            problems.add("record_format", f"must be {' or '.join(RECORDING_FORMATS)}, not {fmt!r}")
-    max_bytes = _positive_number(raw, "record_max_bytes", problems, integer=True)
-    if max_bytes is not None:
-        values["max_bytes"] = max_bytes
-    redact = raw.get("record_redact")
-    if redact is not None:
-        names = (redact,) if isinstance(redact, str) else redact
-        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n for n in names):
-            problems.add("record_redact", f"must be a list of request header names, not {redact!r}")
-        else:
-            values["redact"] = tuple(name.lower() for name in names)
-    return Recording(**values)
-
-
-def build_config(raw: Mapping[str, Any], source: str = "configuration") -> RouterConfig:
-    """
-    Build a L{RouterConfig} from plain values (from the command line, a
-    TOML file or Python code).
-
-    Keys: C{listen} (list of Twisted endpoint strings), C{routes} (list of
-    route strings, tables or L{Route}s), C{web}, C{web_listing},
-    C{pass_env} (names of the router's environment variables that program
-    targets inherit), C{follow_wrapped_port} (with no listener, listen on
-    the loopback port the wrapped program asks for), C{record} (a
-    directory to record every session into), C{record_format},
-    C{record_max_bytes}, C{record_redact} (request headers to hide; replaces
-    the default list), C{workers} (router processes sharing the listeners),
-    and the L{Limits} field names.
-
-    @raise ConfigError: listing every problem found, each with its key.
-    """
-    problems = _Problems()
-    follow = bool(raw.get("follow_wrapped_port"))
-    raw_listen = raw.get("listen") or (() if follow else (DEFAULT_LISTENER,))
-    listeners = (raw_listen,) if isinstance(raw_listen, str) else tuple(raw_listen)
-    for index, listener in enumerate(listeners):
-        if not isinstance(listener, str) or not listener:
-            problems.add(f"listen[{index}]", "must be a Twisted endpoint string, e.g. tcp:8080:interface=127.0.0.1")
-    routes = []
-    seen: dict[tuple[str, bool, frozenset[str]], int] = {}
-    for index, raw_route in enumerate(raw.get("routes") or ()):
-        route = _build_route(raw_route, f"routes[{index}]", problems)
-        if route is None:
-            continue
-        identity = (route.path, route.prefix, frozenset(route.subprotocols))
-        if identity in seen:
-            problems.add(f"routes[{index}]", f"duplicates routes[{seen[identity]}] ({route.describe()})")
-        seen.setdefault(identity, index)
-        routes.append(route)
-    web = None
-    if raw.get("web"):
-        web = WebRoot(directory=str(raw["web"]), listing=bool(raw.get("web_listing")))
-    elif raw.get("web_listing"):
-        problems.add("web_listing", "needs a web root (web)")
-    limits = _build_limits(raw, problems)
-    recording = _build_recording(raw, problems)
-    if not routes and web is None and not raw.get("routes"):
-        problems.add("routes", "nothing to serve: give at least one route (or a web root)")
-    pass_env = raw.get("pass_env") or ()
-    if isinstance(pass_env, str):
-        pass_env = (pass_env,)
-    for index, name in enumerate(pass_env):
-        if not isinstance(name, str) or not name or "=" in name:
-            problems.add(f"pass_env[{index}]", f"must be an environment variable name, not {name!r}")
-    if follow and not any(isinstance(route.target, WrappedTarget) for route in routes):
-        problems.add("follow_wrapped_port", "needs a wrapped program (a wrap: target)")
-    workers = _build_workers(raw, listeners, problems)
-    if problems.items:
-        raise ConfigError(problems.items, source)
-    return RouterConfig(listeners=listeners, routes=tuple(routes), web=web, limits=limits, recording=recording,
-                        pass_env=tuple(pass_env), follow_wrapped_port=follow, workers=workers)
-
-
-def _build_workers(raw: Mapping[str, Any], listeners: Sequence[Any], problems: _Problems) -> int:
-    """The number of router processes; more than one needs listeners whose sockets can be shared."""
-    workers = _positive_number(raw, "workers", problems, integer=True)
-    if workers is None:
-        return DEFAULT_WORKERS
-    if workers > 1:
-        for index, listener in enumerate(listeners):
-            if isinstance(listener, str) and not listener.startswith(SHAREABLE_LISTENERS):
-                problems.add(f"listen[{index}]", f"workers cannot share {listener!r}; with workers > 1 use "
-                             f"{', '.join(kind + '...' for kind in SHAREABLE_LISTENERS)} listeners")
-    return int(workers)
-
-
-def listener_from_short_form(text: str) -> str:
-    """
-    Turn websockify's C{[HOST:]PORT} into a Twisted endpoint string.
-
-    Without a host the listener binds loopback only, unlike websockify,
-    which binds every interface: say C{0.0.0.0:PORT} to get that.
-    """
-    if text.isdigit():
-        host, port = "127.0.0.1", _parse_port(text)
-    else:
-        host, port = _split_host_port(text)
-    escaped = host.replace(":", "\\:")
-    return f"tcp:{port}:interface={escaped}:backlog=1024"

@@ -105,9 +105,8 @@ class AddressWaiters:
 
 
 def program_name(target: WrappedTarget) -> str:
-    """How logs and errors call a wrapped program: its configured name, else its command's."""
-    configured = getattr(target, "name", None)  # a field once programs are named in the config
-    return str(configured) if configured else os.path.basename(target.argv[0])
+    """How logs and errors call a wrapped program: its configured name (inline ones get one too)."""
+    return target.name or os.path.basename(target.argv[0])
 
 
 class ProgramNotFound(Exception):
@@ -272,12 +271,8 @@ class WrappedProgram(ChildOwner):
 
 
 def wrapped_targets(config: RouterConfig) -> list[WrappedTarget]:
-    """The configured wrapped programs, each once, in route order: their index is their number for workers."""
-    targets: list[WrappedTarget] = []
-    for route in config.routes:
-        if isinstance(route.target, WrappedTarget) and route.target not in targets:
-            targets.append(route.target)
-    return targets
+    """The wrapped programs to run (C{config.programs}); their index is their number for workers."""
+    return list(config.programs)
 
 
 class ProgramSet:

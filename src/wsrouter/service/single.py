@@ -2,7 +2,7 @@
 The embedding API: build the router's twisted.web resource or a whole
 service from a L{RouterConfig}.
 
-    config = build_config({"routes": ["/vnc=tcp://127.0.0.1:5900"]})
+    config = build_config({"routes": [{"path": "/vnc", "target": "tcp://127.0.0.1:5900"}]})
     root.putChild(b"ws", build_resource(config, reactor))
 
 The twistd plugin and the C{wsrouter} command are thin layers over
@@ -248,12 +248,12 @@ class FollowingService(Protocol):
 
 def follow_program_port(service: FollowingService, program: WrappedProgram) -> bool:
     """
-    With no listener of its own (C{follow_wrapped_port}), the router takes
+    With no listener of its own (C{follow_program_port}), the router takes
     the loopback port the wrapped program asked for.
 
     @return: whether a listener was opened.
     """
-    if not service.config.follow_wrapped_port or service.listeners or program.requested_port is None:
+    if not service.config.follow_program_port or service.listeners or program.requested_port is None:
         return False
     description = f"tcp:{program.requested_port}:interface=127.0.0.1"
     try:

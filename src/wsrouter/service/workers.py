@@ -19,7 +19,8 @@ Design, and why:
     start-up and whenever that changes) over a control socket, and the
     workers connect there; without an address a client waits and gets
     503, as in one process, or 502 at once when the program is gone and
-    no restart is coming (the supervisor says so with the address).  With C{follow_wrapped_port} the supervisor
+    no restart is coming (the supervisor says so with the address).  With
+    C{follow_program_port} the supervisor
     opens the listener once the program has bound its port, then starts
     the workers.
   - B{The control socket} (the worker's descriptor 3, a Unix socket pair)
@@ -58,10 +59,8 @@ single process it always was.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import pickle
 import socket
 import sys
 from collections.abc import Callable, Mapping
@@ -74,7 +73,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger, LogLevel
 from twisted.protocols.basic import LineOnlyReceiver
 
-from wsrouter.config import RouterConfig, WrappedTarget
+from wsrouter.config import ConfigError, RouterConfig, WrappedTarget, build_config, to_data
 from wsrouter.descriptors import OpenFileLimit
 from wsrouter.process.supervisor import Child, ChildOwner, ExitStatus, Launch, Supervisor
 from wsrouter.process.wrapped import ProgramSet, WrappedProgram, wrapped_targets
@@ -95,19 +94,25 @@ LEVELS = {level.name: level for level in LogLevel.iterconstants()}
 
 def encode_config(config: RouterConfig) -> str:
     """
-    The configuration as text for the control socket.  The one place that
-    knows the encoding (with L{decode_config}): pickled for now, as it
-    crosses only to a child running the same code.
+    The configuration as text for the control socket: the nested schema
+    (L{to_data}) as JSON, plain data that L{decode_config} validates again.
     """
-    return base64.b64encode(pickle.dumps(config)).decode("ascii")
+    return json.dumps(to_data(config), separators=(",", ":"))
 
 
 def decode_config(text: str) -> RouterConfig:
-    """The configuration L{encode_config} encoded."""
-    config = pickle.loads(base64.b64decode(text))
-    if not isinstance(config, RouterConfig):
-        raise TypeError(f"not a router configuration: {type(config).__name__}")
-    return config
+    """
+    The configuration L{encode_config} encoded.
+
+    @raise ConfigError: the text is not a valid configuration.
+    """
+    try:
+        raw = json.loads(text)
+    except ValueError as e:
+        raise ConfigError([("(config)", f"not JSON: {e}")], source="control socket") from None
+    if not isinstance(raw, dict):
+        raise ConfigError([("(config)", "must be a table")], source="control socket")
+    return build_config(raw, "control socket")
 
 
 #: Where a wrapped program is, for a worker: its address, or C{None} and

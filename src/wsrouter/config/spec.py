@@ -1,0 +1,648 @@
+"""
+The nested configuration schema: plain data (what C{tomllib} returns for a
+file, or what the command line is lowered into) checked key by key and
+built into the frozen model of L{wsrouter.config.model}.
+
+Unknown keys are errors with a near-miss suggestion, every problem is
+gathered with its key path (C{routes[2].framing}), and the command line's
+route and target languages are lowered into the same schema, so a route
+written on the command line and one written in a file take one path.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import math
+import os
+import re
+import shlex
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from wsrouter.config.model import (
+    DEFAULT_LISTENER,
+    FRAMINGS,
+    RECORD_OFF,
+    WRAP_MODES,
+    ConfigError,
+    EchoTarget,
+    ExecTarget,
+    Framing,
+    Lifetime,
+    Limits,
+    LogSettings,
+    PROGRAM_NAME,
+    Recording,
+    ReplayTarget,
+    Route,
+    RouterConfig,
+    Target,
+    TcpTarget,
+    UdpTarget,
+    UnixDatagramTarget,
+    UnixTarget,
+    WebRoot,
+    WrappedTarget,
+)
+
+TOP_KEYS = ("listen", "workers", "pass_env", "follow_program_port", "limits", "lifetime", "log", "web",
+            "recording", "programs", "routes")
+LIMITS_KEYS = ("max_message_size", "ping_interval", "ping_timeout", "session_idle_timeout", "handshake_timeout",
+               "connect_timeout", "shutdown_grace", "max_forks")
+LIFETIME_KEYS = ("run_once", "start_timeout", "idle_exit")
+LOG_KEYS = ("file", "level", "traffic", "format")
+WEB_KEYS = ("root", "listing")
+RECORDING_KEYS = ("directory", "format", "max_bytes", "redact")
+PROGRAM_KEYS = ("mode", "command", "ports", "keep_env")
+ROUTE_KEYS = ("path", "subprotocols", "target", "framing", "max_forks", "record", "env")
+#: Keys holding numbers; a numeric string is accepted there (command-line values).
+_INTEGER_KEYS = ("workers", "max_message_size", "max_forks", "max_bytes")
+_NUMBER_KEYS = ("ping_interval", "ping_timeout", "session_idle_timeout", "handshake_timeout", "connect_timeout",
+                "shutdown_grace", "start_timeout", "idle_exit")
+
+#: Keys of the flat settings of earlier versions, and where they live now.
+MOVED_KEYS = {
+    "idle_timeout": "limits.session_idle_timeout", "follow_wrapped_port": "follow_program_port",
+    "web_listing": "web.listing", "record": "recording.directory", "record_format": "recording.format",
+    "record_max_bytes": "recording.max_bytes", "record_redact": "recording.redact",
+    **{key: f"limits.{key}" for key in LIMITS_KEYS},
+}
+
+#: Options a route string may carry in brackets (the file's keys, with '-').
+ROUTE_OPTIONS = ("framing", "max-forks", "record", "env")
+
+TARGET_FORMS = ("tcp://HOST:PORT, HOST:PORT, unix:///PATH, udp://HOST:PORT, unix-dgram:///PATH, exec:PROGRAM, "
+                "wrap:MODE:PROGRAM, program:NAME, replay:FILE[?speed=FACTOR] or echo:")
+
+
+# -- the target and route languages ---------------------------------------------
+
+
+def parse_port(text: str) -> int:
+    """A port number from 1 to 65535, written in decimal."""
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
+        raise ValueError(f"port must be a number from 1 to 65535, not {text!r}")
+    return int(text)
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    """Split C{host:port}, C{[v6]:port}; the host must not be empty."""
+    match = re.fullmatch(r"\[([^\]]+)\]:(\w+)|([^:\[\]]+):(\w+)", text)
+    if not match:
+        raise ValueError(f"expected HOST:PORT (IPv6 as [ADDR]:PORT), not {text!r}")
+    host = match.group(1) or match.group(3)
+    port = parse_port(match.group(2) or match.group(4))
+    if match.group(1):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"brackets are only for IPv6 addresses, not {host!r}") from None
+    return host, port
+
+
+def listener_from_short_form(text: str) -> str:
+    """
+    Turn websockify's C{[HOST:]PORT} into a Twisted endpoint string.
+
+    Without a host the listener binds loopback only, unlike websockify,
+    which binds every interface: say C{0.0.0.0:PORT} to get that.
+
+    @raise ValueError: for anything else.
+    """
+    if text.isdigit():
+        host, port = "127.0.0.1", parse_port(text)
+    else:
+        host, port = split_host_port(text)
+    escaped = host.replace(":", "\\:")
+    return f"tcp:{port}:interface={escaped}:backlog=1024"
+
+
+def _split_command(text: str, kind: str, example: str) -> tuple[str, ...]:
+    try:
+        argv = tuple(shlex.split(text))
+    except ValueError as e:
+        raise ValueError(f"{kind}: cannot split the command line: {e}") from None
+    if not argv:
+        raise ValueError(f"{kind}: needs a program, e.g. {example}")
+    return argv
+
+
+def program_name(argv: Sequence[str]) -> str:
+    """A program's automatic name: its file name, with characters a name cannot hold replaced."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(argv[0]) if argv else "")
+    return name or "program"
+
+
+def parse_wrapped(text: str, ports: str = "*", keep_env: bool = False) -> WrappedTarget:
+    """Parse C{MODE:PROGRAM ARGS...} (the part after C{wrap:}); the program is named after its file."""
+    mode, sep, command = text.partition(":")
+    if not sep or mode not in WRAP_MODES:
+        raise ValueError(f"wrap target must be wrap:MODE:PROGRAM with MODE one of {', '.join(WRAP_MODES)}")
+    argv = _split_command(command, "wrap", "wrap:respawn:telnetd -debug 2023")
+    return WrappedTarget(mode=mode, argv=argv, ports=ports, keep_env=keep_env, name=program_name(argv))
+
+
+def parse_replay(text: str) -> ReplayTarget:
+    """
+    Parse C{FILE} or C{FILE?speed=FACTOR} (the part after C{replay:}).
+
+    Only a final C{?speed=} is read as the speed, so any other C{?} is part
+    of the file name.
+    """
+    path, speed = text, 1.0
+    match = re.fullmatch(r"(.*)\?speed=([^?/]*)", text, re.S)
+    if match:
+        path, factor = match.groups()
+        try:
+            speed = float(factor)
+        except ValueError:
+            speed = math.nan
+        if not math.isfinite(speed) or speed <= 0:
+            raise ValueError(f"replay speed must be a number greater than 0, not {factor!r}")
+    if not path:
+        raise ValueError("replay: needs a recording file, e.g. replay:session.jsonl or replay:session.jsonl?speed=2")
+    return ReplayTarget(path, speed)
+
+
+def parse_target(text: str) -> Target:
+    """
+    Parse a target string (all forms but C{program:NAME}, which needs the
+    configuration's programs).
+
+    Accepted forms: C{tcp://HOST:PORT}, C{HOST:PORT} (TCP, websockify's
+    form), C{unix:///PATH}, C{udp://HOST:PORT}, C{unix-dgram:///PATH},
+    C{echo:}, C{exec:PROGRAM ARGS...} (shell-like quoting, no shell),
+    C{wrap:MODE:PROGRAM ARGS...} and C{replay:FILE} (a recording played back
+    to each client; C{replay:FILE?speed=2} plays it twice as fast).
+
+    @raise ValueError: with a message that says what is wrong.
+    """
+    text = text.strip()
+    if text.startswith("replay:"):
+        return parse_replay(text[len("replay:"):])
+    if text.startswith("wrap:"):
+        return parse_wrapped(text[len("wrap:"):])
+    if text.startswith("exec:"):
+        return ExecTarget(_split_command(text[len("exec:"):], "exec", "exec:cat"))
+    if text == "echo:" or text == "echo":
+        return EchoTarget()
+    scheme, sep, rest = text.partition("://")
+    if not sep and ":" in text and not text.startswith("program:"):
+        host, port = split_host_port(text)
+        return TcpTarget(host, port)
+    if scheme in ("unix", "unix-dgram"):
+        if not rest.startswith("/"):
+            raise ValueError(f"{scheme} target needs an absolute path, e.g. {scheme}:///run/app.sock")
+        return UnixTarget(rest) if scheme == "unix" else UnixDatagramTarget(rest)
+    if scheme in ("tcp", "udp"):
+        host, port = split_host_port(rest.rstrip("/"))
+        return TcpTarget(host, port) if scheme == "tcp" else UdpTarget(host, port)
+    raise ValueError(f"unknown target {text!r}; use {TARGET_FORMS}")
+
+
+def parse_framing(text: str) -> Framing:
+    """
+    Parse C{binary}, C{line}, C{separator:SEP} (C{\\n}, C{\\0} escapes
+    allowed) or C{fixed:N}.
+    """
+    kind, _, arg = text.partition(":")
+    if kind in ("binary", "line") and not arg:
+        return Framing(kind)
+    if kind == "separator" and arg:
+        try:
+            separator = arg.encode("utf-8").decode("unicode_escape").encode("latin-1")
+        except (UnicodeDecodeError, UnicodeEncodeError):
+            raise ValueError(
+                f"separator {arg!r} must be bytes: plain characters or escapes like \\n, \\0, \\x1e"
+            ) from None
+        return Framing(kind, separator=separator)
+    if kind == "fixed" and arg.isascii() and arg.isdigit() and int(arg) > 0:
+        return Framing(kind, length=int(arg))
+    raise ValueError(f"framing must be binary, line, separator:SEP or fixed:N, not {text!r}")
+
+
+def framing_to_string(framing: Framing) -> str:
+    """The inverse of L{parse_framing}."""
+    if framing.kind == "separator":
+        escaped = framing.separator.decode("latin-1").encode("unicode_escape").decode("ascii")
+        return "separator:" + escaped
+    if framing.kind == "fixed":
+        return f"fixed:{framing.length}"
+    return framing.kind
+
+
+_ROUTE = re.compile(r"(?P<path>[^\[@=]*)(?:\[(?P<options>[^\]]*)\])?(?:@(?P<protocols>[^=]*))?=(?P<target>.*)", re.S)
+
+
+def route_from_string(text: str) -> dict[str, Any]:
+    """
+    Lower the command line's route language into a C{routes[]} entry.
+
+    C{PATH[[OPTIONS]][@PROTO[,PROTO...]]=TARGET}; OPTIONS are C{key=value}
+    pairs separated by C{;}: C{framing}, C{max-forks}, C{record} and C{env}
+    (C{NAME:VALUE}, repeatable), e.g. C{/term[framing=line;max-forks=4]@tty=exec:login}.
+    Values are checked by L{build_config}, as a file's are.
+
+    @raise ValueError: if C{text} is not in that shape.
+    """
+    match = _ROUTE.fullmatch(text)
+    if not match or text.startswith("="):
+        raise ValueError(f"expected PATH[[OPTIONS]][@SUBPROTOCOLS]=TARGET, not {text!r}")
+    entry: dict[str, Any] = {"path": match.group("path"), "target": match.group("target").strip()}
+    if match.group("protocols") is not None:
+        entry["subprotocols"] = [p.strip() for p in match.group("protocols").split(",") if p.strip()]
+    env: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in (match.group("options") or "").split(";"))):
+        key, sep, value = item.partition("=")
+        if not sep or key not in ROUTE_OPTIONS:
+            raise ValueError(f"route option must be one of {', '.join(ROUTE_OPTIONS)} as KEY=VALUE, "
+                             f"not {item!r}{_did_you_mean(key, ROUTE_OPTIONS, ' ')}")
+        if key == "env":
+            name, sep, env_value = value.partition(":")
+            if not sep or not name:
+                raise ValueError(f"env must be NAME:VALUE, not {value!r}")
+            env[name] = env_value
+        elif key == "max-forks":
+            entry["max_forks"] = int(value) if value.isascii() and value.isdigit() else value
+        else:
+            entry[key] = value
+    if env:
+        entry["env"] = env
+    return entry
+
+
+def parse_route(text: str) -> Route:
+    """
+    Parse a command-line route string into a L{Route}.
+
+    @raise ConfigError: (a ValueError) naming each problem.
+    """
+    builder = _Builder()
+    try:
+        raw = route_from_string(text)
+    except ValueError as e:
+        raise ConfigError([("route", str(e))], "route") from None
+    route = builder.route(raw, "route")
+    if route is None:
+        raise ConfigError(builder.problems, "route")
+    return route
+
+
+def _did_you_mean(key: str, allowed: Sequence[str], lead: str = " ") -> str:
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    return f"{lead}(did you mean {close[0]}?)" if close else ""
+
+
+# -- plain data to the model ----------------------------------------------------------
+
+
+def _key(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _number(value: Any, integer: bool) -> Any:
+    """A numeric string (a command-line value) as its number; anything else as is, for the model to judge."""
+    if isinstance(value, str):
+        try:
+            return int(value) if integer else float(value)
+        except ValueError:
+            return value
+    return value
+
+
+class _Builder:
+    """Builds the model from plain data, gathering every problem with its key path."""
+
+    def __init__(self) -> None:
+        self.problems: list[tuple[str, str]] = []
+        self.programs: dict[str, WrappedTarget] = {}
+        self.inline: list[WrappedTarget] = []
+
+    def add(self, key: str, problem: str) -> None:
+        self.problems.append((key, problem))
+
+    def table(self, raw: Any, path: str, allowed: Sequence[str]) -> dict[str, Any] | None:
+        """C{raw} as a table with only C{allowed} keys (unknown ones reported); C{None} if not a table."""
+        if not isinstance(raw, Mapping):
+            self.add(path, f"must be a table, not {raw!r}")
+            return None
+        for key in raw:
+            if key not in allowed:
+                moved = MOVED_KEYS.get(str(key)) if not path else None
+                hint = (f" (did you mean {moved}?)" if moved else _did_you_mean(str(key), allowed)
+                        or f" (expected {', '.join(allowed)})")
+                self.add(_key(path, str(key)), "unknown key" + hint)
+        return {key: raw[key] for key in allowed if key in raw}
+
+    def make(self, cls: Callable[..., Any], values: Mapping[str, Any], path: str) -> Any:
+        """C{cls(**values)}; its own problems are reported under C{path}; C{None} if it has any."""
+        try:
+            return cls(**values)
+        except ConfigError as e:
+            for key, problem in e.problems:
+                self.add(_key(path, key) if key else path, problem)
+            return None
+
+    def simple(self, cls: Callable[..., Any], raw: Any, path: str, allowed: Sequence[str],
+               rename: Mapping[str, str] = {}) -> Any:
+        """A table whose keys are C{cls}'s fields (numbers coerced); the default object if absent."""
+        if raw is None:
+            return cls()
+        values = self.table(raw, path, allowed)
+        if values is None:
+            return cls()
+        fields = {rename.get(key, key): _number(value, key in _INTEGER_KEYS) if key in _INTEGER_KEYS + _NUMBER_KEYS
+                  else value for key, value in values.items()}
+        made = self.make(cls, fields, path)
+        return cls() if made is None else made
+
+    def strings(self, raw: Any, path: str, what: str) -> tuple[str, ...] | None:
+        if not isinstance(raw, list):
+            self.add(path, f"must be a list of {what}s, not {raw!r}")
+            return None
+        return tuple(raw)
+
+    # -- tables ---------------------------------------------------------
+
+    def web(self, raw: Any) -> WebRoot | None:
+        if raw is None:
+            return None
+        values = self.table(raw, "web", WEB_KEYS)
+        if values is None:
+            return None
+        if "root" not in values:
+            self.add("web.root", "required: the directory of static files to serve")
+            return None
+        fields = {"directory": values["root"], **({"listing": values["listing"]} if "listing" in values else {})}
+        made: WebRoot | None = self.make(WebRoot, fields, "web")
+        return made
+
+    def recording(self, raw: Any) -> Recording:
+        if isinstance(raw, Mapping) and isinstance(raw.get("redact"), list):
+            raw = {**raw, "redact": [name.lower() if isinstance(name, str) else name for name in raw["redact"]]}
+        made: Recording = self.simple(Recording, raw, "recording", RECORDING_KEYS)
+        return made
+
+    def program(self, name: str, raw: Any) -> None:
+        path = f"programs.{name}"
+        if not PROGRAM_NAME.fullmatch(name):
+            self.add(path, "a program name must be letters, digits, '_', '.' or '-'")
+            return
+        values = self.table(raw, path, PROGRAM_KEYS)
+        if values is None:
+            return
+        missing = [key for key in ("mode", "command") if key not in values]
+        for key in missing:
+            self.add(f"{path}.{key}", "required")
+        command = values.get("command")
+        if isinstance(command, str):
+            try:
+                command = shlex.split(command)
+            except ValueError as e:
+                self.add(f"{path}.command", f"cannot split the command line: {e}")
+                return
+        if missing:
+            return
+        fields = {"name": name, "mode": values["mode"], "argv": command}
+        if "ports" in values:
+            ports = values["ports"]
+            fields["ports"] = str(ports) if isinstance(ports, int) and not isinstance(ports, bool) else ports
+        if "keep_env" in values:
+            fields["keep_env"] = values["keep_env"]
+        made = self.make(WrappedTarget, fields, path)
+        if made is not None:
+            self.programs[name] = made
+
+    def inline_program(self, target: WrappedTarget) -> WrappedTarget:
+        """An inline C{wrap:} program, the same object for the same command, with a name no other program has."""
+        for known in self.inline:
+            if (known.mode, known.argv, known.ports, known.keep_env) == (
+                    target.mode, target.argv, target.ports, target.keep_env):
+                return known
+        taken = set(self.programs) | {known.name for known in self.inline}
+        name, number = target.name, 1
+        while name in taken:
+            number += 1
+            name = f"{target.name}-{number}"
+        named = WrappedTarget(target.mode, target.argv, target.ports, target.keep_env, name=name)
+        self.inline.append(named)
+        return named
+
+    def target(self, text: Any, path: str) -> Target | None:
+        if not isinstance(text, str):
+            self.add(path, f"must be a target string ({TARGET_FORMS}), not {text!r}")
+            return None
+        stripped = text.strip()
+        if stripped.startswith("program:"):
+            name = stripped[len("program:"):]
+            if name in self.programs:
+                return self.programs[name]
+            self.add(path, f"no program {name!r} in [programs]{_did_you_mean(name, list(self.programs))}")
+            return None
+        try:
+            target = parse_target(stripped)
+        except ConfigError as e:
+            for _, problem in e.problems:
+                self.add(path, problem)
+            return None
+        except ValueError as e:
+            self.add(path, str(e))
+            return None
+        return self.inline_program(target) if isinstance(target, WrappedTarget) else target
+
+    def route(self, raw: Any, path: str) -> Route | None:
+        values = self.table(raw, path, ROUTE_KEYS)
+        if values is None:
+            return None
+        failed = len(self.problems)
+        for key in ("path", "target"):
+            if key not in values:
+                self.add(f"{path}.{key}", "required")
+        fields: dict[str, Any] = {}
+        pattern = values.get("path")
+        if isinstance(pattern, str):
+            prefix = pattern.endswith("/*")
+            fields["path"] = (pattern[:-2] or "/") if prefix else pattern
+            fields["prefix"] = prefix
+        elif pattern is not None:
+            self.add(f"{path}.path", f"must be a path string, not {pattern!r}")
+        if "target" in values:
+            fields["target"] = self.target(values["target"], f"{path}.target")
+        if "subprotocols" in values:
+            fields["subprotocols"] = self.strings(values["subprotocols"], f"{path}.subprotocols", "subprotocol name")
+        framing = values.get("framing")
+        if isinstance(framing, str):
+            try:
+                fields["framing"] = parse_framing(framing)
+            except ValueError as e:
+                self.add(f"{path}.framing", str(e))
+        elif framing is not None:
+            self.add(f"{path}.framing", f"must be binary, line, separator:SEP or fixed:N, not {framing!r}")
+        if "max_forks" in values:
+            fields["max_forks"] = _number(values["max_forks"], True)
+        if "record" in values:
+            fields["record"] = values["record"]
+        env = values.get("env")
+        if isinstance(env, Mapping):
+            fields["env"] = tuple(env.items())
+        elif env is not None:
+            self.add(f"{path}.env", f"must be a table of NAME = \"value\", not {env!r}")
+        if len(self.problems) > failed:
+            return None
+        made: Route | None = self.make(Route, fields, path)
+        return made
+
+    # -- the whole --------------------------------------------------------
+
+    def config(self, raw: Mapping[str, Any]) -> RouterConfig | None:
+        values = self.table(raw, "", TOP_KEYS)
+        if values is None:
+            return None
+        follow = values.get("follow_program_port", attrs.fields(RouterConfig).follow_program_port.default)
+        listen: Any = values.get("listen")
+        if listen is None:
+            listen = [] if follow is True else [DEFAULT_LISTENER]
+        elif isinstance(listen, list) and not listen and follow is not True:
+            self.add("listen", "must list at least one endpoint (or set follow_program_port)")
+        listeners = self.strings(listen, "listen", "Twisted endpoint string") or ()
+        pass_env = self.strings(values.get("pass_env", []), "pass_env", "environment variable name") or ()
+        limits = self.simple(Limits, values.get("limits"), "limits", LIMITS_KEYS)
+        lifetime = self.simple(Lifetime, values.get("lifetime"), "lifetime", LIFETIME_KEYS)
+        log = self.simple(LogSettings, values.get("log"), "log", LOG_KEYS)
+        web = self.web(values.get("web"))
+        recording = self.recording(values.get("recording"))
+        programs = values.get("programs", {})
+        if isinstance(programs, Mapping):
+            for name, program in programs.items():
+                self.program(str(name), program)
+        else:
+            self.add("programs", f"must be a table of [programs.NAME] tables, not {programs!r}")
+        routes, places = self.routes(values.get("routes", []))
+        before = len(self.problems)
+        fields: dict[str, Any] = {
+            "listeners": listeners, "routes": routes, "web": web, "limits": limits, "recording": recording,
+            "lifetime": lifetime, "log": log, "programs": (*self.programs.values(), *self.inline),
+            "pass_env": pass_env, "follow_program_port": follow,
+        }
+        if "workers" in values:
+            fields["workers"] = _number(values["workers"], True)
+        config: RouterConfig | None = self.make(RouterConfig, fields, "")
+        routes_given = values.get("routes")
+        some_failed = len(places) < (len(routes_given) if isinstance(routes_given, list) else 0) or (values.get("web") is not None and web is None)
+        self._renumber(before, places, some_failed)
+        return config
+
+    def routes(self, raw: Any) -> tuple[list[Route], list[int]]:
+        """The routes that could be built, and the index each had in C{raw}."""
+        routes: list[Route] = []
+        places: list[int] = []
+        if not isinstance(raw, list):
+            self.add("routes", f"must be a list of [[routes]] tables, not {raw!r}")
+            return routes, places
+        for index, entry in enumerate(raw):
+            route = self.route(entry, f"routes[{index}]")
+            if route is not None:
+                routes.append(route)
+                places.append(index)
+        return routes, places
+
+    def _renumber(self, start: int, places: list[int], some_failed: bool) -> None:
+        """
+        Problems the whole config found speak of the built routes: give them
+        their indices in the data; "nothing to serve" is no news when a route
+        or the web root was refused.
+        """
+        def place(match: re.Match[str]) -> str:
+            return f"routes[{places[int(match.group(1))]}]"
+
+        renumbered = []
+        for key, problem in self.problems[start:]:
+            if some_failed and key == "routes" and problem.startswith("nothing to serve"):
+                continue
+            renumbered.append((re.sub(r"routes\[(\d+)\]", place, key), re.sub(r"routes\[(\d+)\]", place, problem)))
+        self.problems[start:] = renumbered
+
+
+def build_config(raw: Mapping[str, Any], source: str = "configuration") -> RouterConfig:
+    """
+    Build a L{RouterConfig} from the nested schema (C{docs/config.md}).
+
+    @param raw: plain data, as C{tomllib} returns it.
+    @param source: named in the error (a file name, "command line").
+    @raise ConfigError: listing every problem found, each with its key path.
+    """
+    builder = _Builder()
+    config = builder.config(raw)
+    if builder.problems or config is None:
+        raise ConfigError(builder.problems or [("", "not a configuration")], source)
+    return config
+
+
+# -- the model to plain data ------------------------------------------------------
+
+
+def target_to_string(target: Target) -> str:
+    """A target in the target language; a wrapped program as C{program:NAME}."""
+    if isinstance(target, WrappedTarget):
+        return f"program:{target.name}"
+    return target.describe()
+
+
+def _route_data(route: Route) -> dict[str, Any]:
+    data: dict[str, Any] = {"path": route.pattern(), "target": target_to_string(route.target)}
+    if route.subprotocols:
+        data["subprotocols"] = list(route.subprotocols)
+    if route.framing is not None:
+        data["framing"] = framing_to_string(route.framing)
+    if route.max_forks is not None:
+        data["max_forks"] = route.max_forks
+    if route.record is not None:
+        data["record"] = route.record
+    if route.env:
+        data["env"] = dict(route.env)
+    return data
+
+
+def _fields(obj: Any, names: Sequence[str]) -> dict[str, Any]:
+    values = {name: getattr(obj, name) for name in names}
+    return {name: list(value) if isinstance(value, tuple) else value
+            for name, value in values.items() if value is not None}
+
+
+def _limits_data(limits: Limits) -> dict[str, Any]:
+    data = _fields(limits, LIMITS_KEYS)
+    if limits.ping_timeout is None and limits.ping_interval is not None:
+        data["ping_timeout"] = 0  # off, unlike absent (which means ping_interval)
+    return data
+
+
+def to_data(config: RouterConfig) -> dict[str, Any]:
+    """
+    The normalised nested schema of C{config}: every setting written out,
+    C{None} left out (TOML has no null), inline programs named in
+    C{programs}.  JSON-able, and C{build_config(to_data(c)) == c}.
+    """
+    data: dict[str, Any] = {
+        "listen": list(config.listeners),
+        "workers": config.workers,
+        "pass_env": list(config.pass_env),
+        "follow_program_port": config.follow_program_port,
+        "limits": _limits_data(config.limits),
+        "lifetime": _fields(config.lifetime, LIFETIME_KEYS),
+        "log": _fields(config.log, LOG_KEYS),
+    }
+    if config.web is not None:
+        data["web"] = {"root": config.web.directory, "listing": config.web.listing}
+    data["recording"] = _fields(config.recording, RECORDING_KEYS)
+    data["programs"] = {program.name: {"mode": program.mode, "command": list(program.argv), "ports": program.ports,
+                                       "keep_env": program.keep_env} for program in config.programs}
+    data["routes"] = [_route_data(route) for route in config.routes]
+    return data
+
+
+__all__ = ["RECORD_OFF", "FRAMINGS", "build_config", "to_data", "route_from_string", "parse_route", "parse_target",
+           "parse_framing", "parse_replay", "parse_wrapped", "listener_from_short_form", "framing_to_string",
+           "target_to_string", "program_name", "split_host_port", "parse_port"]

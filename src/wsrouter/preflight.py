@@ -1,0 +1,129 @@
+"""
+Start-up checks of what a valid config still needs from this machine.
+
+A config can be well formed and still name a web root that is not there,
+a program that is not on PATH or a recording directory the router cannot
+write.  These are checked once, before anything listens, and every
+problem is reported at once in the config's own C{key.path: problem}
+form, instead of showing up later as a traceback, a 502 per connection or
+a failure at the first recorded session.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable, Iterator, Mapping
+
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.testing import MemoryReactor
+
+from wsrouter.config import ConfigError, ExecTarget, RouterConfig, WrappedTarget
+from wsrouter.interfaces import TargetError
+from wsrouter.targets.exec import DEFAULT_PATH, resolve_program
+
+Problem = tuple[str, str]
+
+
+def preflight(config: RouterConfig, environ: Mapping[str, str] | None = None) -> list[Problem]:
+    """
+    Every problem the machine has with C{config}, as C{(key path, problem)}.
+
+    @param environ: the router's environment (PATH for wrapped programs,
+        and for exec programs when C{pass_env} passes it); default
+        C{os.environ}.
+    """
+    env = os.environ if environ is None else environ
+    return [
+        *check_listeners(config.listeners),
+        *check_web_root(config),
+        *check_programs(config, env),
+        *check_recording(config),
+    ]
+
+
+def check_or_raise(config: RouterConfig, source: str = "start-up", environ: Mapping[str, str] | None = None) -> None:
+    """
+    @raise ConfigError: listing every problem L{preflight} finds.
+    """
+    problems = preflight(config, environ)
+    if problems:
+        raise ConfigError(problems, source)
+
+
+def check_listeners(listeners: Iterable[str]) -> Iterator[Problem]:
+    """Each listener is a Twisted endpoint string (parsed only: nothing is bound)."""
+    for index, description in enumerate(listeners):
+        try:
+            serverFromString(MemoryReactor(), description)  # type: ignore[no-untyped-call]
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            yield f"listen[{index}]", f"not a Twisted endpoint string ({description!r}: {e or type(e).__name__})"
+
+
+def check_web_root(config: RouterConfig) -> Iterator[Problem]:
+    if config.web is not None and not os.path.isdir(config.web.directory):
+        yield "web.root", f"{config.web.directory!r} is not an existing directory"
+
+
+def check_programs(config: RouterConfig, environ: Mapping[str, str]) -> Iterator[Problem]:
+    """exec: programs are found on the PATH they will get; wrapped programs on the router's."""
+    reported: set[object] = set()
+    for index, route in enumerate(config.routes):
+        target = route.target
+        if target in reported:
+            continue
+        if isinstance(target, ExecTarget):
+            try:
+                resolve_program(target.argv[0], _exec_path(config, dict(route.env), environ))
+            except TargetError as e:
+                reported.add(target)
+                yield f"routes[{index}].target", str(e)
+        elif isinstance(target, WrappedTarget):
+            if shutil.which(target.argv[0], path=environ.get("PATH", os.defpath)) is None:
+                reported.add(target)
+                yield f"routes[{index}].target", (f"wrapped program {target.argv[0]!r} not found or not "
+                                                  "executable (the router's PATH is searched)")
+
+
+def _exec_path(config: RouterConfig, route_env: Mapping[str, str], environ: Mapping[str, str]) -> str:
+    """The PATH an exec: program gets (see C{cgi_environment})."""
+    if "PATH" in route_env:
+        return route_env["PATH"]
+    if "PATH" in config.pass_env and "PATH" in environ:
+        return environ["PATH"]
+    return DEFAULT_PATH
+
+
+def check_recording(config: RouterConfig) -> Iterator[Problem]:
+    """Every directory sessions will be recorded into can be created and written."""
+    directories: dict[str, str] = {}
+    if config.recording.directory is not None:
+        directories.setdefault(config.recording.directory, "recording.directory")
+    for index, route in enumerate(config.routes):
+        directory = config.recording_directory(route)
+        if directory is not None:
+            directories.setdefault(directory, f"routes[{index}].record")
+    for directory, key in directories.items():
+        problem = directory_problem(directory)
+        if problem is not None:
+            yield key, problem
+
+
+def directory_problem(directory: str) -> str | None:
+    """Why the router could not create or write files in C{directory}; C{None} if it can."""
+    path = os.path.abspath(directory)
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            return (f"{directory!r} exists and is not a directory (recordings go into a directory, "
+                    "one file per session; websockify's --record FILE prefix: write a directory)")
+        if not os.access(path, os.W_OK | os.X_OK):
+            return f"directory {directory!r} is not writable"
+        return None
+    parent = os.path.dirname(path)
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"cannot create {directory!r}: {parent!r} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create {directory!r}: {parent!r} is not writable"
+    return None
