@@ -184,9 +184,8 @@ def test_embedding_example_mounts_router_under_ws(tmp_path):
             assert ws.recv(timeout=10) == b"embedded"
         from websockets.exceptions import InvalidStatus
 
-        with pytest.raises(InvalidStatus) as refused:
-            with connect(f"ws://127.0.0.1:{port}/ws/nothing"):
-                pass
+        with pytest.raises(InvalidStatus) as refused, connect(f"ws://127.0.0.1:{port}/ws/nothing"):
+            pass
         assert refused.value.response.status_code == 404
     finally:
         app.terminate()

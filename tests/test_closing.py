@@ -211,8 +211,8 @@ def test_frame_sent_with_the_upgrade_request_is_not_lost():
 
     def eager():
         s = socket.create_connection(("127.0.0.1", router.port_number), timeout=10)
-        request = ("GET /e HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                   "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+        request = (b"GET /e HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
         s.sendall(request + rawws.frame_header(5) + b"early")
         response = b""
         while b"\r\n\r\n" not in response:

@@ -36,9 +36,9 @@ from wsrouter.config import (
     load_config,
     read_file,
     route_from_string,
+    spec,
     to_data,
 )
-from wsrouter.config import spec
 from wsrouter.config.emit import dumps
 
 REPO = Path(__file__).resolve().parent.parent

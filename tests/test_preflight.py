@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from wsrouter.config import build_config
+from wsrouter.config import ConfigError, build_config, route_from_string
 from wsrouter.preflight import check_or_raise, directory_problem, preflight
 
 from .support import PYTHON, REPO, child_env, free_port
@@ -20,9 +20,25 @@ from .support import PYTHON, REPO, child_env, free_port
 TWISTD = str(Path(PYTHON).parent / "twistd")
 
 
-def problems(**raw):
-    raw.setdefault("routes", ["/=echo:"])
-    return preflight(build_config(raw), environ={"PATH": "/usr/bin:/bin"})
+def nested(listen=None, web=None, record=None, routes=("/=echo:",)):
+    """The schema for a few test settings; routes in the command-line language."""
+    raw = {"routes": [route_from_string(text) for text in routes]}
+    if listen is not None:
+        raw["listen"] = listen
+    if web is not None:
+        raw["web"] = {"root": web}
+    if record is not None:
+        raw["recording"] = {"directory": record}
+    return raw
+
+
+def problems(**settings):
+    """Every problem with the config: the config's own (lexical) ones, else the start-up checks'."""
+    try:
+        config = build_config(nested(**settings))
+    except ConfigError as e:
+        return e.problems
+    return preflight(config, environ={"PATH": "/usr/bin:/bin"})
 
 
 def test_a_good_config_has_no_problems(tmp_path):
@@ -34,7 +50,8 @@ def test_a_good_config_has_no_problems(tmp_path):
 def test_listener_strings_are_parsed(listener):
     """A listener that is not a Twisted endpoint string is a problem naming it."""
     (problem,) = problems(listen=[listener])
-    assert problem[0] == "listen[0]" and repr(listener) in problem[1]
+    assert problem[0] == "listen[0]"
+    assert repr(listener) in problem[1] or repr(listener.split(":")[0]) in problem[1]
 
 
 def test_web_root_must_be_a_directory(tmp_path):
@@ -90,23 +107,23 @@ def test_unwritable_directory(tmp_path):
 
 def test_every_problem_at_once(tmp_path):
     """All problems are raised together, each on its own line."""
-    config = build_config({"listen": ["bogus:1"], "web": str(tmp_path / "none"), "routes": ["/=exec:no-such-xyz"]})
+    config = build_config(nested(listen=["tcp:notaport"], web=str(tmp_path / "none"), routes=["/=exec:no-such-xyz"]))
     with pytest.raises(Exception) as raised:
         check_or_raise(config)
     text = str(raised.value)
-    assert "3 problem" in text and "listen[0]" in text and "web.root" in text and "routes[0].target" in text
+    assert len(text.splitlines()) == 3 and "listen[0]" in text and "web.root" in text and "routes[0].target" in text
 
 
 @pytest.mark.parametrize("command", ["wsrouter", "twistd"])
 def test_commands_report_problems_without_traceback(tmp_path, command):
     """`wsrouter` and `twistd wsrouter` list every start-up problem and exit 2, without a traceback."""
-    args = ["--listen", "bogus:1", "--web", str(tmp_path / "nonexistent"), "--route", "/=exec:no-such-program-xyz",
+    args = ["--listen", "tcp:notaport", "--web", str(tmp_path / "nonexistent"), "--route", "/=exec:no-such-program-xyz",
             "--listen", f"tcp:{free_port()}:interface=127.0.0.1"]
     argv = ([TWISTD, "--nodaemon", "--pidfile=", "wsrouter", *args] if command == "twistd"
             else [PYTHON, "-m", "wsrouter", *args])
     result = subprocess.run(argv, capture_output=True, text=True, env=child_env(), cwd=REPO, timeout=60)
     assert result.returncode == 2
-    assert "listen[0]: not a Twisted endpoint string ('bogus:1'" in result.stderr
+    assert "listen[0]: not a Twisted endpoint string ('tcp:notaport'" in result.stderr
     assert "web.root:" in result.stderr
     assert "routes[0].target: program 'no-such-program-xyz' not found" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
@@ -120,3 +137,16 @@ def test_unwritable_directory_as_any_user(tmp_path, monkeypatch):
     assert directory_problem(str(existing)) == f"directory {str(existing)!r} is not writable"
     assert directory_problem(str(tmp_path / "new" / "deeper")) == (
         f"cannot create {str(tmp_path / 'new' / 'deeper')!r}: {str(tmp_path)!r} is not writable")
+
+
+@pytest.mark.parametrize("command, status", [("wsrouter", 2), ("twistd", 1)])
+def test_unknown_endpoint_type_is_a_one_line_problem(command, status):
+    """`--listen bogus:1` is a config problem naming the key, no traceback (twistd exits 1 on usage errors)."""
+    args = ["--listen", "bogus:1", "--route", "/=echo:"]
+    argv = ([TWISTD, "--nodaemon", "--pidfile=", "wsrouter", *args] if command == "twistd"
+            else [PYTHON, "-m", "wsrouter", *args])
+    result = subprocess.run(argv, capture_output=True, text=True, env=child_env(), cwd=REPO, timeout=60)
+    output = result.stderr + result.stdout
+    assert result.returncode == status
+    assert "command line: listen[0]: unknown endpoint type 'bogus'" in output
+    assert "Traceback" not in output

@@ -8,19 +8,26 @@ from __future__ import annotations
 import pytest
 
 from wsrouter import recording
-from wsrouter.config import (
-    DEFAULT_RECORD_REDACT, RECORDING_FORMATS, ConfigError, Recording, ReplayTarget, Route, build_config,
-    parse_route, parse_target, route_from_string,
-)
-
 from wsrouter.cli.tap import Options
+from wsrouter.config import (
+    DEFAULT_RECORD_REDACT,
+    RECORDING_FORMATS,
+    ConfigError,
+    Recording,
+    ReplayTarget,
+    Route,
+    build_config,
+    parse_route,
+    parse_target,
+    route_from_string,
+)
 
 ECHO = {"path": "/", "target": "echo:"}
 
 
 def test_defaults_agree_with_recording_module() -> None:
     """The config's formats and redacted headers are the ones the recorder knows (config cannot import it)."""
-    assert RECORDING_FORMATS == tuple(recording.FORMATS)
+    assert tuple(recording.FORMATS) == RECORDING_FORMATS
     assert DEFAULT_RECORD_REDACT == recording.DEFAULT_REDACT
 
 

@@ -17,7 +17,12 @@ from websockets.exceptions import ConnectionClosed
 
 from . import rawws
 from .support import (
-    RecordingTarget, connect, free_port, handshake_status, in_thread, listen_target,
+    RecordingTarget,
+    connect,
+    free_port,
+    handshake_status,
+    in_thread,
+    listen_target,
     start_router,
 )
 

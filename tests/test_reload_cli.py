@@ -14,9 +14,17 @@ import time
 import pytest
 from twisted.logger import globalLogPublisher
 
-from wsrouter.cli.reload import ReloadOptions, Reloader, find_pid, main_reload, pidfile_path, remove_pidfile, write_pidfile
+from wsrouter.cli.reload import (
+    Reloader,
+    ReloadOptions,
+    find_pid,
+    main_reload,
+    pidfile_path,
+    remove_pidfile,
+    write_pidfile,
+)
 from wsrouter.cli.tap import ServeOptions, rebuild_config
-from wsrouter.config import ConfigError, build_config
+from wsrouter.config import ConfigError, build_config, route_from_string
 
 from .support import PYTHON, REPO, child_env, connect, free_port, wait_for_port
 
@@ -40,7 +48,7 @@ def logged():
 def test_good_config_is_handed_to_the_service():
     """A config that builds and passes the checks reaches service.reload."""
     service = FakeService()
-    config = build_config({"routes": ["/=echo:"]})
+    config = build_config({"routes": [route_from_string("/=echo:")]})
     assert Reloader(service, lambda: config).reload() is True
     assert service.configs == [config]
 
@@ -104,7 +112,7 @@ def test_reload_without_a_router_says_where_it_looked(tmp_path, capsys):
 def test_outcome_is_written_for_wsrouter_reload(tmp_path):
     """Each reload attempt writes its numbered outcome where `wsrouter reload` waits for it."""
     path = str(tmp_path / "run" / "w.reload")
-    reloader = Reloader(FakeService(), lambda: build_config({"routes": ["/=echo:"]}), outcome=lambda: path)
+    reloader = Reloader(FakeService(), lambda: build_config({"routes": [route_from_string("/=echo:")]}), outcome=lambda: path)
     reloader.reload()
     assert open(path).read() == "1\nok: new config taken\n"
 

@@ -19,9 +19,9 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.python import usage
 
-from wsrouter.cli.lower import LoweringError, nested_to_flat, options_to_raw
+from wsrouter.cli.lower import LoweringError, options_to_raw
 from wsrouter.cli.tap import NOT_YET, ServeOptions
-from wsrouter.config import build_config
+from wsrouter.config import build_config, load_config
 from wsrouter.lifetime import LifetimeService
 
 from .rawws import upgrade
@@ -94,29 +94,24 @@ def test_lowering_refuses_what_the_schema_cannot_say(options, message):
         options_to_raw(options)
 
 
-def test_adapter_builds_the_same_config_as_before():
-    """The lowered command line still builds today's config (limits renamed, wrapped route intact)."""
-    config = build_config(nested_to_flat(parsed("--session-idle-timeout", "3", "--wrap", "respawn", "2023",
-                                                "--", "srv", "-p")["raw"]))
-    assert config.limits.idle_timeout == 3.0
+def test_lowered_command_line_builds_the_config():
+    """The lowered command line builds the config: renamed limit, wrapped program on a /* route."""
+    config = load_config(None, parsed("--session-idle-timeout", "3", "--wrap", "respawn", "2023",
+                                      "--", "srv", "-p")["raw"])
+    assert config.limits.session_idle_timeout == 3.0
     (route,) = config.routes
     assert route.target.argv == ("srv", "-p") and route.target.ports == "2023" and route.prefix
+    assert config.programs == (route.target,)
 
 
-def test_config_file_goes_through_the_nested_loader(monkeypatch):
-    """With the nested loader present, --config FILE and the lowered command line go to load_config(path, raw)."""
-    import wsrouter.config as config_package
-
-    calls = []
-
-    def load_config(path, raw):
-        calls.append((path, raw))
-        return build_config({"routes": ["/=echo:"]})
-
-    monkeypatch.setattr(config_package, "load_config", load_config, raising=False)
-    options = parsed("--config", "router.toml", "--ping", "5")
-    assert calls == [("router.toml", {"limits": {"ping_interval": "5"}})]
-    assert options["config-file"] == "router.toml"
+def test_config_file_combined_with_the_command_line(tmp_path):
+    """--config FILE is read and the command line's values win over the file's."""
+    path = tmp_path / "router.toml"
+    path.write_text('[limits]\nping_interval = 9\nconnect_timeout = 4\n[[routes]]\npath = "/"\ntarget = "echo:"\n')
+    options = parsed("--config", str(path), "--ping", "5")
+    assert options["config-file"] == str(path)
+    assert options["config"].limits.ping_interval == 5.0
+    assert options["config"].limits.connect_timeout == 4.0
 
 
 def test_log_file_under_twistd_points_to_twistds_option():
@@ -231,7 +226,7 @@ def test_stopping_the_service_cancels_timers():
 
 def test_lifetime_values_must_be_seconds():
     """--timeout and --idle-timeout must be positive numbers, said as options."""
-    with pytest.raises(usage.UsageError, match="--idle-timeout must be a number of seconds"):
+    with pytest.raises(usage.UsageError, match="lifetime.idle_exit"):
         parsed("--idle-timeout", "soon", "--route", "/=echo:")
 
 

@@ -23,14 +23,14 @@ from wsrouter.bridge import Bridge, SessionStats
 from wsrouter.config import DATAGRAM_TARGETS, ExecTarget, RouterConfig
 from wsrouter.descriptors import DescriptorGuard, session_cost
 from wsrouter.framing import make_framer, message_is_binary
-from wsrouter.ws.closing import DrainWatch, queued_bytes
 from wsrouter.interfaces import Link, Recorder, SessionInfo, TargetError
-from wsrouter.ws.keepalive import Keepalive
-from wsrouter.ws.adapter import RouterFactory, RouterProtocol
 from wsrouter.recording import open_recorder
-from wsrouter.traffic import with_traffic_log
 from wsrouter.routing import Match, NoRoute, select_route
 from wsrouter.targets import Connectors
+from wsrouter.traffic import with_traffic_log
+from wsrouter.ws.adapter import RouterFactory, RouterProtocol
+from wsrouter.ws.closing import DrainWatch, queued_bytes
+from wsrouter.ws.keepalive import Keepalive
 
 log = Logger(namespace="wsrouter")
 

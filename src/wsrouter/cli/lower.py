@@ -3,20 +3,16 @@ The command line lowered into the nested config schema (docs/config.md).
 
 L{options_to_raw} is pure: parsed option values in, plain data out, the
 same shape a TOML file gives, so the file and the command line are
-validated by one function.  L{nested_to_flat} is a temporary adapter to the
-older flat C{build_config} input and goes once the nested loader lands.
+validated by one function.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import shlex
 from collections.abc import Mapping
 from typing import Any
 
-import wsrouter.config as config_package
-from wsrouter.config import WRAP_MODES, Route, WrappedTarget, listener_from_short_form
+from wsrouter.config import listener_from_short_form, program_name, route_from_string
 
 #: Option name -> limits.KEY.
 LIMIT_OPTIONS = {
@@ -38,21 +34,6 @@ class LoweringError(ValueError):
     """The command line cannot be said in the schema; the message says what to write."""
 
 
-def route_entry(text: str) -> Any:
-    """
-    One C{--route} string as a routes[] entry: C{route_from_string} once the
-    config package has it, else the string (which the flat builder reads).
-    """
-    lower = getattr(config_package, "route_from_string", None)
-    return lower(text) if lower is not None else text
-
-
-def program_name(argv: list[str]) -> str:
-    """An automatic [programs.NAME] name from the program's file name."""
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(argv[0])) if argv else ""
-    return name or "program"
-
-
 def options_to_raw(options: Mapping[str, Any]) -> dict[str, Any]:
     """
     Lower parsed serve options into the nested schema.
@@ -67,7 +48,7 @@ def options_to_raw(options: Mapping[str, Any]) -> dict[str, Any]:
     """
     raw: dict[str, Any] = {}
     listen = list(options.get("listen") or ())
-    routes: list[Any] = [route_entry(text) for text in options.get("routes") or ()]
+    routes: list[Any] = [route_from_string(text) for text in options.get("routes") or ()]
     short = tuple(options.get("short_form") or ())
     program = list(options.get("program") or ())
     mode = options.get("wrap")
@@ -140,47 +121,3 @@ def _lower_program(raw: dict[str, Any], listen: list[str], routes: list[Any], sh
     name = program_name(program)
     raw["programs"] = {name: {"mode": mode, "command": program, "ports": ports, "keep_env": keep_env}}
     routes.append({"path": "/*", "target": f"program:{name}"})
-
-
-# -- temporary: the flat build_config input of today ---------------------------------
-
-
-def nested_to_flat(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """
-    The nested schema as today's flat C{build_config} input (C{lifetime}
-    and C{log} are not part of it: the command line reads them itself).
-    """
-    flat: dict[str, Any] = {key: raw[key] for key in ("listen", "workers", "pass_env") if key in raw}
-    if raw.get("follow_program_port"):
-        flat["follow_wrapped_port"] = True
-    for key, value in raw.get("limits", {}).items():
-        flat["idle_timeout" if key == "session_idle_timeout" else key] = value
-    web = raw.get("web", {})
-    if "root" in web:
-        flat["web"] = web["root"]
-    if web.get("listing"):
-        flat["web_listing"] = True
-    recording = raw.get("recording", {})
-    for key, flat_key in (("directory", "record"), ("format", "record_format"),
-                          ("max_bytes", "record_max_bytes"), ("redact", "record_redact")):
-        if key in recording:
-            flat[flat_key] = recording[key]
-    programs = raw.get("programs", {})
-    flat["routes"] = [_flat_route(entry, programs) for entry in raw.get("routes", ())]
-    return flat
-
-
-def _flat_route(entry: Any, programs: Mapping[str, Any]) -> Any:
-    if not isinstance(entry, Mapping):
-        return entry
-    target = str(entry.get("target", ""))
-    if target.startswith("program:") and target[len("program:"):] in programs:
-        program = programs[target[len("program:"):]]
-        if program.get("mode") not in WRAP_MODES:
-            return f"{entry['path']}=wrap:{program.get('mode')}:{shlex.join(program['command'])}"
-        wrapped = WrappedTarget(program["mode"], tuple(program["command"]), ports=program.get("ports", "*"),
-                                keep_env=bool(program.get("keep_env")))
-        path = str(entry["path"])
-        return Route(path=path[:-1] if path.endswith("/*") else path, prefix=path.endswith("/*"), target=wrapped)
-    path = str(entry.get("path", ""))
-    return f"{path}={target}"

@@ -130,16 +130,19 @@ _TOOLS: dict[str, Callable[[list[str]], int]] = {"check": _check, "replay": _rep
 
 def start_logging(options: Any) -> None:
     """stderr or --log-file; info and up, debug with --verbose/--traffic."""
-    from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate, globalLogBeginner,
-                                textFileLogObserver)
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
 
-    settings = getattr(options["config"], "log", None)
-    table = options["raw"].get("log", {})
-    path = settings.file if settings is not None else table.get("file")
-    level = settings.level if settings is not None else table.get("level", "info")
-    stream = open(path, "a", buffering=1) if path else sys.stderr
-    predicate = LogLevelFilterPredicate(LogLevel.debug if level == "debug" else LogLevel.info)
-    observer: Any = FilteringLogObserver(textFileLogObserver(stream), [predicate])  # type: ignore[arg-type,list-item]
+    settings = options["config"].log
+    # The log file stays open for the life of the process.
+    stream = open(settings.file, "a", buffering=1) if settings.file else sys.stderr  # noqa: SIM115
+    predicate = LogLevelFilterPredicate(LogLevel.debug if settings.level == "debug" else LogLevel.info)
+    observer: Any = FilteringLogObserver(textFileLogObserver(stream), [predicate])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 

@@ -15,11 +15,10 @@ from typing import Any
 
 from twisted.python import usage
 
-import wsrouter.config as config_package
 from wsrouter import __version__
-from wsrouter.cli.lower import LoweringError, nested_to_flat, options_to_raw
-from wsrouter.config import ConfigError, RouterConfig, build_config
+from wsrouter.cli.lower import LoweringError, options_to_raw
 from wsrouter.cli.reload import Reloader, outcome_path
+from wsrouter.config import ConfigError, RouterConfig, load_config
 from wsrouter.descriptors import raise_open_file_limit
 from wsrouter.lifetime import LifetimeService
 from wsrouter.preflight import check_or_raise
@@ -189,7 +188,7 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
         try:
             self["config-file"] = self["config"]
-            self["config"] = load(self["config-file"], self["raw"])
+            self["config"] = load_config(self["config-file"], self["raw"])
         except ConfigError as e:
             raise usage.UsageError(str(e)) from e
         self["lifetime"] = lifetime_settings(self)
@@ -227,22 +226,6 @@ def _refuse_unsupported(argv: list[str]) -> None:
         raise NotSupported("\n".join(problems))
 
 
-def load(path: str | None, raw: dict[str, Any]) -> RouterConfig:
-    """
-    The config from C{--config FILE} combined with the command line.
-
-    Uses C{wsrouter.config.load_config} (the nested loader) when present;
-    until then, the command line alone through the flat builder.
-    """
-    load_config = getattr(config_package, "load_config", None)
-    if load_config is not None:
-        return load_config(path, raw)  # type: ignore[no-any-return]
-    if path is not None:
-        raise ConfigError([("config", "--config FILE needs the nested config loader, not in this build")],
-                          "command line")
-    return build_config(nested_to_flat(raw), source="command line")
-
-
 def global_reactor() -> Any:
     """The global reactor, typed Any (its zope interfaces are not mypy types)."""
     from twisted.internet import reactor
@@ -270,26 +253,14 @@ def rebuild_config(options: Options) -> RouterConfig:
 
 
 def lifetime_settings(options: Options) -> tuple[bool, float | None, float | None]:
-    """
-    (run_once, start_timeout, idle_exit) from the config, or until the
-    nested loader lands, from the command line.
-
-    @raise usage.UsageError: for a value that is not a positive number of seconds.
-    """
-    settings = getattr(options["config"], "lifetime", None)
-    if settings is not None:
-        return bool(settings.run_once), settings.start_timeout or None, settings.idle_exit or None
-    table = options["raw"].get("lifetime", {})
-    return (bool(table.get("run_once")), _seconds(table, "start_timeout", "--timeout"),
-            _seconds(table, "idle_exit", "--idle-timeout"))
+    """(run_once, start_timeout, idle_exit) from the config."""
+    settings = options["config"].lifetime
+    return settings.run_once, settings.start_timeout, settings.idle_exit
 
 
 def traffic_of(options: Options) -> bool:
     """Whether --traffic (log.traffic) is on."""
-    settings = getattr(options["config"], "log", None)
-    if settings is not None:
-        return bool(settings.traffic)
-    return bool(options["raw"].get("log", {}).get("traffic"))
+    return bool(options["config"].log.traffic)
 
 
 def lifetime_of(options: Options) -> LifetimeService | None:
@@ -305,19 +276,6 @@ def lifetime_of(options: Options) -> LifetimeService | None:
 
     return LifetimeService(reactor, stop, run_once=run_once, start_timeout=start_timeout, idle_exit=idle_exit)
 
-
-def _seconds(table: dict[str, Any], key: str, option: str) -> float | None:
-    value = table.get(key)
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        number = -1.0
-    if not number > 0 or number == float("inf"):
-        raise usage.UsageError(f"command line: lifetime.{key}: {option} must be a number of seconds greater than 0, "
-                               f"not {value!r}")
-    return number
 
 
 def makeService(options: Options) -> RouterService | WorkerSupervisor:

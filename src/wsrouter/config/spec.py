@@ -25,6 +25,7 @@ import attrs
 from wsrouter.config.model import (
     DEFAULT_LISTENER,
     FRAMINGS,
+    PROGRAM_NAME,
     RECORD_OFF,
     WRAP_MODES,
     ConfigError,
@@ -34,7 +35,6 @@ from wsrouter.config.model import (
     Lifetime,
     Limits,
     LogSettings,
-    PROGRAM_NAME,
     Recording,
     ReplayTarget,
     Route,
@@ -643,6 +643,21 @@ def to_data(config: RouterConfig) -> dict[str, Any]:
     return data
 
 
-__all__ = ["RECORD_OFF", "FRAMINGS", "build_config", "to_data", "route_from_string", "parse_route", "parse_target",
-           "parse_framing", "parse_replay", "parse_wrapped", "listener_from_short_form", "framing_to_string",
-           "target_to_string", "program_name", "split_host_port", "parse_port"]
+__all__ = [
+    "FRAMINGS",
+    "RECORD_OFF",
+    "build_config",
+    "framing_to_string",
+    "listener_from_short_form",
+    "parse_framing",
+    "parse_port",
+    "parse_replay",
+    "parse_route",
+    "parse_target",
+    "parse_wrapped",
+    "program_name",
+    "route_from_string",
+    "split_host_port",
+    "target_to_string",
+    "to_data",
+]

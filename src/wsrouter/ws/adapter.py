@@ -23,14 +23,14 @@ from twisted.internet.interfaces import IPushProducer
 
 from wsrouter import __version__
 from wsrouter.config import Limits
-from wsrouter.ws.parser import FrameParser
 from wsrouter.targets.stream import IO_CHUNK
+from wsrouter.ws.parser import FrameParser
 from wsrouter.ws.writes import write_sequence_through, write_through
 
 if TYPE_CHECKING:
     from wsrouter.bridge import Bridge
-    from wsrouter.ws.keepalive import Keepalive
     from wsrouter.gateway import Router
+    from wsrouter.ws.keepalive import Keepalive
 
 _OPEN = WebSocketProtocol.STATE_OPEN
 
