@@ -15,7 +15,6 @@ from twisted.python.failure import Failure
 
 from wsrouter.config import TcpTarget, WrappedTarget
 from wsrouter.interfaces import Link, SessionInfo, TargetError
-from wsrouter.process.wrapped import WrappedProgram
 from wsrouter.targets.stream import StreamConnector
 
 #: The shim reports the address when bind() returns, a moment before the
