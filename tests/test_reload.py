@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -40,6 +42,7 @@ from .support import (
     wait_for_port,
 )
 
+#: The real interpreter binary for wrapped programs (a wrapper script would take the shim for itself).
 PYTHON = os.path.realpath(sys.executable)
 TCP_SERVER = str(REPO / "tests" / "programs" / "tcp_server.py")
 
@@ -383,3 +386,58 @@ def test_workers_reload_keeps_an_unchanged_program_and_restarts_a_changed_one(su
             assert (yield in_thread(banner_of, url + "/keep")) == b"keep\n"
     finally:
         yield supervisor.stopService()
+
+
+# -- the whole path: config file, SIGHUP, real router process ------------------------------------
+
+
+def write_config(path: Path, port: int, workers: int, routes: dict[str, str]) -> None:
+    lines = [f'listen = ["tcp:{port}:interface=127.0.0.1"]', f"workers = {workers}", ""]
+    for route, target in routes.items():
+        lines += ["[[routes]]", f'path = "{route}"', f'target = "{target}"', ""]
+    path.write_text("\n".join(lines))
+
+
+def poll(predicate: Any, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sighup_reloads_the_config_file_keeping_open_sessions(tmp_path, workers):
+    """SIGHUP to a router run with --config serves the edited file's routes while a session opened before goes on."""
+    port = free_port()
+    config = tmp_path / "wsrouter.toml"
+    write_config(config, port, workers, {"/a": "echo:", "/gone": "echo:"})
+    log_path = tmp_path / "router.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "wsrouter", "--config", str(config)], stdout=log,
+                                   stderr=subprocess.STDOUT, env=child_env(XDG_RUNTIME_DIR=str(tmp_path)), cwd=REPO)
+    try:
+        wait_for_port(port)
+        url = f"ws://127.0.0.1:{port}"
+        poll(lambda: log_path.read_text().count("room for about") >= workers, "the router listening")
+        assert handshake_status(url + "/b")[0] == 404
+        with connect(url + "/gone") as held:
+            held.send(b"before")
+            assert held.recv(timeout=10) == b"before"
+            write_config(config, port, workers, {"/a": "echo:", "/b": "echo:"})
+            process.send_signal(signal.SIGHUP)
+            poll(lambda: all(handshake_status(url + "/b")[0] == 101 for _ in range(4)), "the new route")
+            assert all(handshake_status(url + "/gone")[0] == 404 for _ in range(4))
+            held.send(b"after")
+            assert held.recv(timeout=10) == b"after"
+        assert echo_once(url + "/a") == b"ping"
+        assert process.poll() is None
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+    assert process.returncode == 0, log_path.read_text()
