@@ -133,6 +133,24 @@ def test_program_address_waits_for_the_supervisor_then_503s():
     assert "server is not listening" in failures[0].value.reason
 
 
+def test_program_address_gone_fails_at_once_with_502():
+    """When the supervisor says a program is gone for good, waiting and new clients get 502 with its reason at once."""
+    clock = Clock()
+    program = ProgramAddress(clock, "telnetd")
+    waiting = program.when_ready(9)
+    failures: list = []
+    waiting.addErrback(failures.append)
+    program.moved(None, "wrapped program telnetd exited with status 0 and is not restarted (mode ignore)")
+    assert failures and failures[0].value.status == 502
+    assert "is not restarted (mode ignore)" in failures[0].value.reason
+    later: list = []
+    program.when_ready(9).addErrback(later.append)
+    assert later and later[0].value.status == 502
+    assert program.gone_reason() is not None
+    program.moved(("127.0.0.1", 4000))
+    assert program.gone_reason() is None and program.when_ready(9).result == ("127.0.0.1", 4000)
+
+
 # -- real supervisors ---------------------------------------------------------------------
 
 
