@@ -192,6 +192,7 @@ class RouterService(MultiService):
         log.info("configuration reloaded: {routes} routes, {listeners} listeners, {programs} wrapped programs",
                  routes=len(config.routes), listeners=len(self.listeners), programs=len(targets))
         if problems:
+            log.error("reload incomplete, the rest is in force: {problems}", problems="; ".join(problems))
             raise CannotStart("; ".join(problems))
 
     async def _change_listeners(self, wanted: Sequence[str]) -> list[str]:

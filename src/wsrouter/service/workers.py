@@ -77,7 +77,7 @@ from wsrouter.config import ConfigError, RouterConfig, WrappedTarget, build_conf
 from wsrouter.descriptors import OpenFileLimit
 from wsrouter.process.supervisor import Child, ChildOwner, ExitStatus, Launch, Supervisor
 from wsrouter.process.wrapped import ProgramSet, WrappedProgram, wrapped_targets
-from wsrouter.service.single import ListenerService, follow_program_port, start_programs
+from wsrouter.service.single import CannotStart, ListenerService, follow_program_port, start_programs
 
 log = Logger(namespace="wsrouter.service.workers")
 
@@ -396,6 +396,9 @@ class WorkerSupervisor(MultiService):
                  routes=len(config.routes), programs=len(targets), count=len(self.workers))
         try:
             start_programs(added)
+        except CannotStart as e:
+            log.error("reload incomplete, the rest is in force: {error}", error=e)
+            raise
         finally:
             self._numbered = self._programs.ordered()
             message = reload_message(config, self._program_states())
