@@ -77,7 +77,7 @@ from wsrouter.config import ConfigError, RouterConfig, WrappedTarget, build_conf
 from wsrouter.descriptors import OpenFileLimit
 from wsrouter.process.supervisor import Child, ChildOwner, ExitStatus, Launch, Supervisor
 from wsrouter.process.wrapped import ProgramSet, WrappedProgram, wrapped_targets
-from wsrouter.service.single import CannotStart, ListenerService, follow_program_port, start_programs
+from wsrouter.service.single import CannotListen, CannotStart, ListenerService, follow_program_port, start_programs
 
 log = Logger(namespace="wsrouter.service.workers")
 
@@ -378,10 +378,12 @@ class WorkerSupervisor(MultiService):
         configuration over its control socket and switches its gateway,
         keeping its open sessions.  A change of listeners restarts the
         workers one by one on the new set (each closing its sessions with
-        1001, as on stop).  The number of workers is not changed.
+        1001, as on stop).  The number of workers is not changed.  Fires
+        once every worker confirmed (or L{RELOAD_TIMEOUT} passed).
 
-        @raise CannotStart: (as a failure) a new wrapped program cannot run;
-            the rest of the configuration is in force.
+        @raise CannotStart: (as a failure) a new wrapped program cannot run,
+            or a new listener cannot be opened (L{CannotListen}); the rest
+            of the configuration is in force.
         """
         return ensureDeferred(self._reload(config))
 
@@ -431,17 +433,24 @@ class WorkerSupervisor(MultiService):
                 self.listeners.remove(listener)
                 await listener.disownServiceParent()  # type: ignore[no-untyped-call]
         have = {listener.description for listener in self.listeners}
+        problems = []
         for description in wanted:
             if description not in have:
-                self.add_listener(description)
+                try:
+                    self.add_listener(description)
+                except CannotListen as e:
+                    problems.append(str(e))
         self.listeners.sort(key=lambda listener: wanted.index(listener.description))
         grace = config.limits.shutdown_grace + KILL_GRACE
         for worker in self.workers:
             if self._stopping:
-                return
+                break
             await worker.child.stop(grace)
             if not self._stopping:
                 worker.child.start_or_retry()
+        if problems:
+            log.error("reload incomplete, the rest is in force: {problems}", problems="; ".join(problems))
+            raise CannotListen("; ".join(problems))
 
     # -- stopping ----------------------------------------------------------------------------
 
