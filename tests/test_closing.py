@@ -101,7 +101,7 @@ def test_client_that_closes_and_stops_reading_is_dropped():
         waited = yield in_thread(stuck_client)
         assert (yield served) == "target connection closed"
         assert waited < 15
-        assert not router.router.sessions
+        assert not router.gateway.sessions
     finally:
         yield router.stopService()
 

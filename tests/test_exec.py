@@ -567,7 +567,7 @@ def test_client_close_kills_command_and_grandchild(launcher):
     """When the client closes, the command and a grandchild it started are gone, with either launcher."""
     router = start_router(routes=[exec_route("/s", "sleeper.py", "--grandchild")])
     if launcher == "trampoline":
-        router.router.connectors.register(ExecTarget, ExecConnector(
+        router.gateway.connectors.register(ExecTarget, ExecConnector(
             reactor, Limits(), launcher=python_launcher(),
         ))
 

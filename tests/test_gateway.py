@@ -66,6 +66,10 @@ class FakeConnectors:
     def __init__(self) -> None:
         self.pending: list[tuple[Any, Deferred[Any]]] = []
         self.result: Any = None
+        self.settings: list[tuple[Any, Any]] = []
+
+    def use_settings(self, limits: Any, pass_env: Any) -> None:
+        self.settings.append((limits, pass_env))
 
     def connect(self, info: Any) -> Deferred[Any]:
         if self.result is not None:
@@ -254,6 +258,7 @@ def test_use_config_applies_to_new_connections_only(clock: MemoryReactorClock) -
     assert (old.limits.max_message_size, new.limits.max_message_size) == (1000, 50)
     assert (first.protocol.maxMessagePayloadSize, second.protocol.maxMessagePayloadSize) == (1000, 50)
     assert second.protocol.allowNullOrigin  # every option set again, not only the changed ones
+    assert [limits.max_message_size for limits, _ in connectors.settings] == [50]  # connect timeout, forks
 
 
 def test_shutdown_refuses_new_and_closes_open_sessions_with_1001(clock: MemoryReactorClock) -> None:

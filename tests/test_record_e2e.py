@@ -229,7 +229,7 @@ def test_unwritable_directory_logged_once(tmp_path):
     try:
         with ErrorLog() as errors:
             replies = yield in_thread(echo_session, router.url + "/echo")
-            yield wait_for(lambda: not router.router.sessions)
+            yield wait_for(lambda: not router.gateway.sessions)
     finally:
         yield router.stopService()
     assert replies == ["héllo".encode(), b"\x00\x01\xff", BIG]

@@ -12,6 +12,7 @@ import subprocess
 import time
 
 import pytest
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import globalLogPublisher
 
 from wsrouter.cli.reload import (
@@ -30,11 +31,17 @@ from .support import PYTHON, REPO, child_env, connect, free_port, wait_for_port
 
 
 class FakeService:
+    """Takes every config; C{failure} makes the next reload fail as a service does when a part cannot start."""
+
     def __init__(self) -> None:
         self.configs: list[object] = []
+        self.failure: Exception | None = None
 
-    def reload(self, config: object) -> None:
+    def reload(self, config: object) -> Deferred[None]:
         self.configs.append(config)
+        if self.failure is not None:
+            return fail(self.failure)
+        return succeed(None)
 
 
 @pytest.fixture
@@ -187,3 +194,13 @@ def test_reload_finds_twistd_by_its_pidfile(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)
+
+
+def test_outcome_says_when_part_of_a_reload_failed(tmp_path):
+    """A reload the service could apply only in part is reported as such, with the service's reason."""
+    path = str(tmp_path / "outcome")
+    service = FakeService()
+    service.failure = RuntimeError("cannot listen on tcp:1")
+    Reloader(service, lambda: build_config({"routes": [route_from_string("/=echo:")]}), outcome=lambda: path).reload()
+    with open(path) as f:
+        assert f.read() == "1\npartly applied: cannot listen on tcp:1\n"

@@ -370,7 +370,7 @@ def test_client_close_ends_replay(tmp_path):
 
     try:
         assert (yield in_thread(client)) == "first"
-        yield wait_for(lambda: not router.router.sessions)
+        yield wait_for(lambda: not router.gateway.sessions)
     finally:
         yield router.stopService()
 
@@ -397,8 +397,8 @@ def test_slow_reader_pauses_playback(tmp_path):
 
     done = in_thread(client)
     try:
-        yield wait_for(lambda: len(router.router.sessions) == 1)
-        [protocol] = router.router.sessions.values()
+        yield wait_for(lambda: len(router.gateway.sessions) == 1)
+        [protocol] = router.gateway.sessions.values()
         yield task.deferLater(reactor, 0.5, lambda: None)
         sent_while_stalled = protocol.bridge.stats.bytes_to_client
         assert protocol.bridge._link.paused

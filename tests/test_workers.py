@@ -7,10 +7,8 @@ process behind.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import pickle
 import re
 import signal
 import subprocess
@@ -25,20 +23,20 @@ from websockets.exceptions import ConnectionClosed
 
 from wsrouter.config import ConfigError, build_config, route_from_string
 from wsrouter.interfaces import TargetError
+from wsrouter.process.supervisor import MAX_RESTART_DELAY, MIN_RESTART_DELAY, STABLE_AFTER, restart_delay
+from wsrouter.process.wrapped import wrapped_targets
 from wsrouter.service.worker_process import ProgramAddress
 from wsrouter.service.workers import (
     FIRST_LISTENER_FD,
-    MAX_RESTART_DELAY,
-    MIN_RESTART_DELAY,
-    STABLE_AFTER,
     address_message,
+    decode_config,
+    encode_config,
     parse_log_line,
-    restart_delay,
+    reload_message,
     setup_message,
-    wrapped_targets,
 )
 
-from .support import PYTHON, REPO, RouterProcess, child_env, connect, free_port, wait_for_port
+from .support import PYTHON, REPO, RouterProcess, child_env, connect, free_port, handshake_status, wait_for_port
 
 REAL_PYTHON = os.path.realpath(PYTHON)
 TCP_SERVER = str(REPO / "tests" / "programs" / "tcp_server.py")
@@ -49,7 +47,8 @@ TCP_SERVER = str(REPO / "tests" / "programs" / "tcp_server.py")
 def test_workers_default_to_one_and_need_shareable_listeners():
     """workers defaults to 1; more than one refuses listeners that cannot be shared, naming them."""
     assert build_config({"routes": [route_from_string("/=echo:")]}).workers == 1
-    assert build_config({"routes": [route_from_string("/=echo:")], "workers": "4", "listen": ["tcp:0", "unix:/tmp/x.sock"]}).workers == 4
+    assert build_config({"routes": [route_from_string("/=echo:")], "workers": "4",
+                         "listen": ["tcp:0", "unix:/tmp/x.sock"]}).workers == 4
     with pytest.raises(ConfigError) as error:
         build_config({"routes": [route_from_string("/=echo:")], "workers": 2, "listen": ["tcp:0", "ssl:443"]})
     assert error.value.problems == [("listen[1]", "workers cannot share 'ssl:443'; with workers > 1 use "
@@ -60,20 +59,41 @@ def test_workers_default_to_one_and_need_shareable_listeners():
 
 def test_setup_message_carries_config_listeners_and_addresses():
     """The set-up line round-trips the whole config and names the descriptors and addresses."""
-    config = build_config({"routes": [route_from_string("/a=wrap:respawn:server --port 1"), route_from_string("/b=tcp://127.0.0.1:9")], "workers": 2})
-    line = setup_message(2, config, 2, [("127.0.0.1", 4000)])
+    config = build_config({"routes": [route_from_string("/a=wrap:respawn:server --port 1"),
+                                      route_from_string("/b=tcp://127.0.0.1:9")], "workers": 2})
+    line = setup_message(2, config, 2, [(("127.0.0.1", 4000), None)])
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     message = json.loads(line)
     assert message["worker"] == 2
     assert message["listeners"] == [FIRST_LISTENER_FD, FIRST_LISTENER_FD + 1]
-    assert message["programs"] == [["127.0.0.1", 4000]]
-    assert pickle.loads(base64.b64decode(message["config"])) == config
-    assert json.loads(address_message(0, None)) == {"program": 0, "address": None}
+    assert message["programs"] == [{"address": ["127.0.0.1", 4000], "gone": None}]
+    assert decode_config(message["config"]) == config
+    assert json.loads(address_message(0, (None, "gone for good"))) == {
+        "program": 0, "address": None, "gone": "gone for good"}
+
+
+def test_config_crosses_to_workers_as_text_and_reloads_as_one_json_line():
+    """encode_config gives text that decode_config turns back into an equal config; a reload is one JSON line."""
+    config = build_config({"routes": [route_from_string("/a=echo:"), route_from_string("/b=tcp://127.0.0.1:9")],
+                           "workers": 2})
+    text = encode_config(config)
+    assert isinstance(text, str) and "\n" not in text
+    assert decode_config(text) == config
+    line = reload_message(config, [])
+    assert line.count(b"\n") == 1 and line.endswith(b"\n")
+    assert decode_config(json.loads(line)["reload"]) == config
+    assert json.loads(text)["routes"][0]["path"] == "/a", "plain data in the nested schema"
+    with pytest.raises(ConfigError) as error:
+        decode_config(json.dumps({"routes": [{"path": "/a", "target": "echo:"}], "wrokers": 2}))
+    assert "wrokers" in str(error.value) and "control socket" in str(error.value)
+    with pytest.raises(ConfigError):
+        decode_config("not json")
 
 
 def test_wrapped_targets_are_numbered_once_in_route_order():
     """A program behind two routes is one program; numbering follows the routes."""
-    config = build_config({"routes": [route_from_string("/a=wrap:respawn:one"), route_from_string("/b=wrap:ignore:two"), route_from_string("/c=wrap:respawn:one")]})
+    routes = ["/a=wrap:respawn:one", "/b=wrap:ignore:two", "/c=wrap:respawn:one"]
+    config = build_config({"routes": [route_from_string(route) for route in routes]})
     assert [target.argv for target in wrapped_targets(config)] == [("one",), ("two",)]
 
 
@@ -111,6 +131,24 @@ def test_program_address_waits_for_the_supervisor_then_503s():
     clock.advance(2)
     assert failures and isinstance(failures[0].value, TargetError) and failures[0].value.status == 503
     assert "server is not listening" in failures[0].value.reason
+
+
+def test_program_address_gone_fails_at_once_with_502():
+    """When the supervisor says a program is gone for good, waiting and new clients get 502 with its reason at once."""
+    clock = Clock()
+    program = ProgramAddress(clock, "telnetd")
+    waiting = program.when_ready(9)
+    failures: list = []
+    waiting.addErrback(failures.append)
+    program.moved(None, "wrapped program telnetd exited with status 0 and is not restarted (mode ignore)")
+    assert failures and failures[0].value.status == 502
+    assert "is not restarted (mode ignore)" in failures[0].value.reason
+    later: list = []
+    program.when_ready(9).addErrback(later.append)
+    assert later and later[0].value.status == 502
+    assert program.gone_reason() is not None
+    program.moved(("127.0.0.1", 4000))
+    assert program.gone_reason() is None and program.when_ready(9).result == ("127.0.0.1", 4000)
 
 
 # -- real supervisors ---------------------------------------------------------------------
@@ -176,7 +214,7 @@ def echo_sessions(url: str, count: int) -> None:
 
 
 def test_two_workers_share_the_load_and_stop_on_sigterm(tmp_path):
-    """With --workers 2 both workers serve sessions (ids w1., w2.), and SIGTERM closes sessions with 1001 and leaves no process."""
+    """With --workers 2 both workers serve (ids w1., w2.); SIGTERM closes sessions with 1001, leaving no process."""
     port = free_port()
     router = RouterProcess(["--listen", f"tcp:{port}:interface=127.0.0.1", "--workers", "2",
                             "--route", "/*=echo:"], port, tmp_path / "router.log")
@@ -198,7 +236,7 @@ def test_two_workers_share_the_load_and_stop_on_sigterm(tmp_path):
         assert status == 0
         assert_all_gone([router.pid] + [pid for each in pids.values() for pid in each])
         log = router.log()
-        assert "worker 1 (pid" in log and "stopped (status 0)" in log
+        assert "worker 1 (pid" in log and "stopped (exited with status 0)" in log
         assert "restarting" not in log and "Traceback" not in log
     finally:
         router.stop()
@@ -216,7 +254,7 @@ def test_a_killed_worker_is_restarted(tmp_path):
         os.kill(victim, signal.SIGKILL)
         restarted = wait_for(lambda: len(worker_pids(router.log()).get(1, [])) == 2 and worker_pids(router.log()),
                              what="worker 1 restarted")
-        assert "worker 1 (pid %d) exited (killed by signal 9)" % victim in router.log()
+        assert f"worker 1 (pid {victim}) killed by signal 9" in router.log()
         assert "restarting in 1 s" in router.log()
         new = restarted[1][1]
         assert new != victim and alive(new) and not alive(victim)
@@ -321,8 +359,11 @@ def test_recordings_of_several_workers_do_not_collide(tmp_path):
     try:
         wait_for(lambda: router.log().count("room for about") == 2, what="both workers listening")
         echo_sessions(f"ws://127.0.0.1:{port}/rec", 20)
-        files = wait_for(lambda: (lambda found: found if len(found) == 20 else None)(sorted(record.iterdir())),
-                         what="20 recordings")
+        def twenty_recordings() -> list[Path] | None:
+            found = sorted(record.iterdir())
+            return found if len(found) == 20 else None
+
+        files = wait_for(twenty_recordings, what="20 recordings")
         ids = {json.loads(path.read_text().splitlines()[0])["session"] for path in files}
         assert len(ids) == 20
         assert all(re.fullmatch(r"w[12]\.[0-9a-f]{8}", session) for session in ids), ids
@@ -345,5 +386,25 @@ def test_exit_mode_program_stops_supervisor_and_workers_with_its_status(tmp_path
             process.kill()
             process.wait(5)
     text = log_path.read_text()
-    assert "exited (status 3); the router exits too" in text
+    assert "exited with status 3; the router exits too" in text
     assert_all_gone([pid for each in worker_pids(text).values() for pid in each])
+
+
+def test_ignore_mode_program_gone_is_a_502_at_once_in_every_worker(tmp_path):
+    """With workers, once an ignore-mode program exited and nothing listens, each worker says 502 and why at once."""
+    port = free_port()
+    program = [REAL_PYTHON, str(REPO / "tests" / "programs" / "bind_then_exit.py"), str(port), "0.2", "0"]
+    router = RouterProcess(["--workers", "2", "--connect-timeout", "40", "--handshake-timeout", "60",
+                            "--listen", f"tcp:{port}:interface=127.0.0.1", "--wrap", "ignore", "--", *program],
+                           port, tmp_path / "router.log")
+    try:
+        wait_for(lambda: router.log().count("room for about") == 2, what="both workers listening")
+        wait_for(lambda: "ignored, as it may have daemonized" in router.log(), what="the program's exit")
+        started = time.monotonic()
+        for _ in range(6):  # both workers, whichever accepts
+            status, body = handshake_status(f"ws://127.0.0.1:{port}/", open_timeout=60)
+            assert status == 502
+            assert b"exited with status 0 and is not restarted (mode ignore)" in body
+        assert time.monotonic() - started < 30, "clients waited as for a restart"
+    finally:
+        router.stop()

@@ -56,7 +56,7 @@ def assert_gone(pid: int, timeout: float = 10) -> None:
 
 @pytest.mark.parametrize("host, family", [("0.0.0.0", "4"), ("127.0.0.1", "4"), ("::", "6"), ("::", "dual")])
 def test_wrap_short_form_moves_the_program(tmp_path, host, family):
-    """`--wrap respawn PORT -- server PORT`: the router owns PORT and relays to the moved server, for every bind family."""
+    """`--wrap respawn PORT -- server PORT`: the router owns PORT and relays to the moved server, any bind family."""
     if family != "4" and not socket.has_ipv6:
         pytest.skip("no IPv6 on this machine")
     port = free_port()
@@ -112,7 +112,7 @@ def test_exit_mode_exits_with_program_status(tmp_path):
         if process.poll() is None:
             process.kill()
             process.wait(5)
-    assert "exited (status 3); the router exits too" in log_path.read_text()
+    assert "exited with status 3; the router exits too" in log_path.read_text()
 
 
 def test_ignore_mode_keeps_serving_a_daemonized_program(tmp_path):
@@ -132,8 +132,28 @@ def test_ignore_mode_keeps_serving_a_daemonized_program(tmp_path):
     assert_gone(daemon_pid)
 
 
+def test_ignore_mode_answers_502_at_once_when_the_program_is_gone(tmp_path):
+    """In ignore mode, once the program has exited and nothing listens, a client gets 502 and why at once."""
+    port = free_port()
+    program = [PYTHON, str(PROGRAMS / "bind_then_exit.py"), str(port), "0.2", "0"]
+    router = wrapped_router(tmp_path, ["--connect-timeout", "40", "--handshake-timeout", "60",
+                                       "--wrap", "ignore", str(port), "--", *program], port)
+    try:
+        deadline = time.monotonic() + 10
+        while "ignored, as it may have daemonized" not in router.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        started = time.monotonic()
+        status, body = handshake_status(f"ws://127.0.0.1:{port}/", open_timeout=60)
+        waited = time.monotonic() - started
+        assert status == 502
+        assert b"exited with status 0 and is not restarted (mode ignore)" in body
+        assert waited < 20, f"the client waited {waited:.1f} s, as for a restart"
+    finally:
+        router.stop()
+
+
 def test_respawn_backs_off_and_recovers(tmp_path):
-    """A program that dies right after starting is restarted with a doubling delay, and serves again after each restart."""
+    """A program that dies right after starting is restarted with a doubling delay, and serves after each restart."""
     port = free_port()
     program = [PYTHON, str(PROGRAMS / "bind_then_exit.py"), str(port), "0", "1"]
     router = wrapped_router(tmp_path, ["--wrap", "respawn", str(port), "--", *program], port)
@@ -222,7 +242,7 @@ def test_wrapped_output_goes_to_the_log(tmp_path):
 def test_missing_program_is_a_clear_error():
     """A wrapped program that does not exist stops the router at once with a message naming it."""
     result = subprocess.run([sys.executable, "-m", "wsrouter", "--wrap", "respawn", "--", "no-such-program-xyz"],
-                            capture_output=True, text=True, env=child_env(), cwd=REPO, timeout=30)
+                            check=False, capture_output=True, text=True, env=child_env(), cwd=REPO, timeout=30)
     assert result.returncode == 2  # a start-up check (preflight), like every config problem
     assert "'no-such-program-xyz' not found" in result.stderr
     assert "Traceback" not in result.stderr

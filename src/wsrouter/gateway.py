@@ -83,6 +83,7 @@ class Gateway:
         """New connections use C{config}'s routes and limits; open sessions keep theirs."""
         self.config = config
         self.factory.apply_limits(config.limits)
+        self.connectors.use_settings(config.limits, config.pass_env)
 
     def observe(self, observer: SessionObserver) -> None:
         """Tell C{observer} of every session that opens and, later, ends."""

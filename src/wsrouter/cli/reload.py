@@ -19,7 +19,9 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python import usage
 
 from wsrouter.config import ConfigError, RouterConfig
@@ -28,7 +30,9 @@ log = Logger(namespace="wsrouter")
 
 
 class Reloadable(Protocol):
-    def reload(self, config: RouterConfig) -> Any: ...
+    """A service that applies a new config: fires when done, fails if part of it could not start."""
+
+    def reload(self, config: RouterConfig) -> Deferred[None]: ...
 
 
 def runtime_dir(environ: dict[str, str] | None = None) -> str:
@@ -91,15 +95,18 @@ class Reloader:
             log.error("reload refused, keeping the running config: {problems}", problems=problems)
             self._tell(f"refused, keeping the running config: {problems}")
             return False
-        reload = getattr(self._service, "reload", None)
-        if reload is None:
-            log.error("reload: this build of the router cannot apply a new config yet; keeping the running one")
-            self._tell("refused: this build of the router cannot apply a new config yet")
-            return False
         log.info("reloading the config")
-        reload(config)
-        self._tell("ok: new config taken")
+        applying = self._service.reload(config)
+        applying.addCallbacks(self._applied, self._not_applied)
         return True
+
+    def _applied(self, _: object) -> None:
+        log.info("reload done: new config in use")
+        self._tell("ok: new config taken")
+
+    def _not_applied(self, reason: Failure) -> None:
+        # The service has logged what failed; it keeps the parts that started.
+        self._tell(f"partly applied: {reason.getErrorMessage()}")
 
     def _tell(self, text: str) -> None:
         if self.outcome is None:

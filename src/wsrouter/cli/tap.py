@@ -299,9 +299,9 @@ def makeService(options: Options) -> RouterService | WorkerSupervisor:
     else:
         service = build_service(options["config"], reactor)
         service.descriptors.raised = raised
-        service.router.traffic = traffic_of(options)
+        service.gateway.traffic = traffic_of(options)
         if lifetime is not None:
-            lifetime.watch(service.router)
+            lifetime.watch(service.gateway)
             lifetime.setServiceParent(service)  # type: ignore[no-untyped-call]
 
     def program_exited(status: int) -> None:
@@ -312,6 +312,6 @@ def makeService(options: Options) -> RouterService | WorkerSupervisor:
             reactor.stop()
 
     service.on_program_exit = program_exited
-    Reloader(service, lambda: rebuild_config(options),  # type: ignore[arg-type]
+    Reloader(service, lambda: rebuild_config(options),
              outcome=lambda: outcome_path(os.getpid())).install(reactor)
     return service

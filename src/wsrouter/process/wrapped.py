@@ -7,9 +7,10 @@ signalled) with the shim preloaded.  The shim moves the port the program
 binds to a loopback port chosen by the kernel and reports the real address
 on an inherited pipe (child fd 3); the router connects there.
 
-Supervision follows L{twisted.runner.procmon}: a program that dies soon
-after starting is restarted after a delay that doubles each time, and
-stopping sends SIGTERM to the group, then SIGKILL after a grace period.
+Supervision is L{wsrouter.process.supervisor}'s (restart backoff, SIGTERM
+then SIGKILL to the group); this module adds what is particular to wrapped
+programs: the shim's environment and reports, the modes, and clients
+waiting for the address.
 """
 
 from __future__ import annotations
@@ -17,20 +18,16 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import signal
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
-from wsrouter.config import WrappedTarget
+from wsrouter.config import RouterConfig, WrappedTarget
 from wsrouter.interfaces import TargetError
+from wsrouter.process.supervisor import KILL_GRACE, Child, ChildOwner, ExitStatus, Launch, Supervisor, log_output
 from wsrouter.rebind import parse_report_line, shim_environment
 
 log = Logger(namespace="wsrouter.wrap")
@@ -53,13 +50,6 @@ except OSError as e:
     sys.stderr.write("cannot run %s: %s\\n" % (sys.argv[1], e.strerror))
     os._exit(127)
 """
-
-MIN_RESTART_DELAY = 1.0
-MAX_RESTART_DELAY = 60.0
-#: A program that ran at least this long is not restarted with a delay.
-STABLE_AFTER = 10.0
-KILL_GRACE = 5.0
-GROUP_POLL_INTERVAL = 0.05
 
 
 def spawn_arguments(argv: tuple[str, ...]) -> list[str]:
@@ -108,50 +98,27 @@ class AddressWaiters:
         for waiter in waiting:
             waiter.callback(address)
 
-    def fail(self, reason: str) -> None:
+    def fail(self, reason: str, status: int = 503) -> None:
         waiting, self._waiting = self._waiting, []
         for waiter in waiting:
-            waiter.errback(TargetError(reason, 503))
+            waiter.errback(TargetError(reason, status))
+
+
+def program_name(target: WrappedTarget) -> str:
+    """How logs and errors call a wrapped program: its configured name (inline ones get one too)."""
+    return target.name or os.path.basename(target.argv[0])
 
 
 class ProgramNotFound(Exception):
     """A wrapped program cannot be run; the message says which."""
 
 
-class _ProgramProtocol(ProcessProtocol):
-    """Relays one run's output to the log and its shim reports to the program."""
-
-    def __init__(self, program: WrappedProgram):
-        self._program = program
-        self._partial: dict[int, bytes] = {}
-
-    def connectionMade(self) -> None:
-        self.transport.closeStdin()  # type: ignore[union-attr]
-
-    def childDataReceived(self, fd: int, data: bytes) -> None:
-        buffered = self._partial.get(fd, b"") + data
-        *lines, rest = buffered.split(b"\n")
-        self._partial[fd] = rest[-4096:]
-        for line in lines:
-            if fd == REPORT_FD:
-                self._program._report(line)
-            else:
-                self._program._output(fd, line)
-
-    def processExited(self, reason: Failure) -> None:
-        # Not processEnded: a daemonized grandchild may hold the pipes open
-        # for as long as it runs.
-        self._program._ended(reason)
-
-    def processEnded(self, reason: Failure) -> None:
-        for fd, rest in self._partial.items():
-            if rest and fd != REPORT_FD:
-                self._program._output(fd, rest)
-
-
-class WrappedProgram:
+class WrappedProgram(ChildOwner):
     """
-    One wrapped program and its supervision.
+    One wrapped program, supervised by a L{Supervisor} child.
+
+    C{on_listening} is called once a run listens; C{on_changed} when a run
+    ends (its address may be gone, and L{gone_reason} may say why).
 
     @ivar address: where the program listens now, C{(host, port)}, or
         C{None} while it is not (yet) listening.
@@ -162,29 +129,36 @@ class WrappedProgram:
                  environ: Mapping[str, str] | None = None,
                  on_exit: Callable[[int], None] | None = None,
                  on_listening: Callable[[WrappedProgram], None] | None = None,
-                 on_stopped_listening: Callable[[WrappedProgram], None] | None = None,
-                 shim: str | None = None):
+                 on_changed: Callable[[WrappedProgram], None] | None = None,
+                 shim: str | None = None, supervisor: Supervisor | None = None):
         self._reactor = reactor
         self.target = target
-        self.name = name or os.path.basename(target.argv[0])
+        self.name = name or program_name(target)
         base = dict(os.environ if environ is None else environ)
         self._base_env = {k: v for k, v in base.items() if not k.startswith("WSROUTER_")}
         self._on_exit = on_exit
         self._on_listening = on_listening
-        self._on_stopped_listening = on_stopped_listening
+        self._on_changed = on_changed
         self._shim = shim
         self.address: tuple[str, int] | None = None
         self.requested_port: int | None = None
-        self.pid: int | None = None
-        self.restarts = 0
-        self._process: Any = None
-        self._started_at = 0.0
-        self._delay = MIN_RESTART_DELAY
-        self._restart_call: IDelayedCall | None = None
         self._waiters = AddressWaiters(reactor)
-        self._stopping = False
+        supervisor = supervisor or Supervisor(reactor)
+        self._child = supervisor.add(self.name, self._launch, self, restart=target.mode == "respawn")
 
     # -- running ----------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid
+
+    @property
+    def restarts(self) -> int:
+        return self._child.restarts
+
+    @property
+    def running(self) -> bool:
+        return self._child.running
 
     def start(self) -> None:
         """
@@ -193,85 +167,67 @@ class WrappedProgram:
         @raise ProgramNotFound: the program is not on C{PATH} or not executable.
         @raise ShimUnavailable: the rebind shim cannot be found or built.
         """
+        self._child.start()
+
+    def _launch(self) -> Launch:
         program = self.target.argv[0]
         if shutil.which(program, path=self._base_env.get("PATH", os.defpath)) is None:
             raise ProgramNotFound(f"wrapped program {program!r} not found or not executable (PATH is searched)")
         preload = {k: v for k, v in self._base_env.items() if k == "LD_PRELOAD"}
         shim_env = shim_environment(self.target.ports, REPORT_FD, self.target.keep_env,
                                     base_env=preload, shim=self._shim)
-        full_env = deferred_environment(self._base_env, shim_env)
-        self._started_at = self._reactor.seconds()
-        self._process = self._reactor.spawnProcess(
-            _ProgramProtocol(self), sys.executable, spawn_arguments(self.target.argv),
-            env=full_env, childFDs={0: "w", 1: "r", 2: "r", REPORT_FD: "r"},
-        )
-        self.pid = self._process.pid
-        log.info("started {name} (pid {pid}, {mode} mode): {command}", name=self.name, pid=self.pid,
+        return Launch(sys.executable, tuple(spawn_arguments(self.target.argv)),
+                      deferred_environment(self._base_env, shim_env),
+                      {0: "w", 1: "r", 2: "r", REPORT_FD: "r"})
+
+    def child_started(self, child: Child) -> None:
+        log.info("started {name} (pid {pid}, {mode} mode): {command}", name=self.name, pid=child.pid,
                  mode=self.target.mode, command=shlex.join(self.target.argv))
 
-    @property
-    def running(self) -> bool:
-        return self._process is not None
+    def gone_reason(self) -> str | None:
+        """
+        Why no client can be served now or later without a new start: the
+        program exited and no restart is coming.  C{None} while it runs or
+        a restart is scheduled.
+        """
+        child = self._child
+        if child.running or child.restart_pending or child.last_status is None:
+            return None
+        if child.stopping:
+            return f"wrapped program {self.name} was stopped"
+        return (f"wrapped program {self.name} {child.last_status.describe()} and is not restarted"
+                f" (mode {self.target.mode})")
 
     def when_ready(self, timeout: float) -> Deferred[tuple[str, int]]:
         """
         Fires with the program's address once it listens; fails with a 503
-        L{TargetError} if that takes longer than C{timeout} seconds.
+        L{TargetError} if that takes longer than C{timeout} seconds, or at
+        once with a 502 one if the program is gone for good.
         """
         if self.address is not None:
             return succeed(self.address)
+        gone = self.gone_reason()
+        if gone is not None:
+            return fail(TargetError(gone, 502))
 
         def why() -> str:
-            state = "is restarting" if self._restart_call else "has not bound its port"
+            state = "is restarting" if self._child.restart_pending else "has not bound its port"
             return f"wrapped program {self.name} {state}"
 
         return self._waiters.wait(timeout, why)
 
     def stop(self, grace: float = KILL_GRACE) -> Deferred[None]:
         """SIGTERM the program's process group, SIGKILL after C{grace}; fires once reaped."""
-        self._stopping = True
-        if self._restart_call is not None and self._restart_call.active():
-            self._restart_call.cancel()
-        self._restart_call = None
-        self._waiters.fail("router is shutting down")
-        if self.pid is None or not self._signal_group(signal.SIGTERM):
-            return succeed(None)
-        gone: Deferred[None] = Deferred()
-        self._poll_group(gone, self._reactor.seconds() + grace, killed=False)
-        return gone
-
-    def _poll_group(self, gone: Deferred[None], deadline: float, killed: bool) -> None:
-        """
-        Wait until the process group is empty: the program is reaped by
-        Twisted, daemonized members by init, so their absence is polled.
-        """
-        if self._process is None and not self._signal_group(0):
-            gone.callback(None)
-            return
-        if self._reactor.seconds() >= deadline:
-            if killed:
-                log.error("{name}: process group {pid} survived SIGKILL; giving up", name=self.name, pid=self.pid)
-                gone.callback(None)
-                return
-            log.warn("{name} did not stop within the grace period; sending SIGKILL", name=self.name)
-            self._signal_group(signal.SIGKILL)
-            deadline, killed = self._reactor.seconds() + KILL_GRACE, True
-        self._reactor.callLater(GROUP_POLL_INTERVAL, self._poll_group, gone, deadline, killed)
-
-    def _signal_group(self, signum: int) -> bool:
-        """Signal the program's process group; C{False} if it has no members left."""
-        if self.pid is None:
-            return False
-        try:
-            os.killpg(self.pid, signum)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            log.warn("cannot signal {name}'s process group {pid}", name=self.name, pid=self.pid)
-            return False
-        return True
+        self._waiters.fail(f"wrapped program {self.name} is stopping")
+        return self._child.stop(grace)
 
     # -- what the child tells us ------------------------------------------------------
+
+    def child_line(self, child: Child, fd: int, line: bytes) -> None:
+        if fd == REPORT_FD:
+            self._report(line)
+        else:
+            log_output(self.name, fd, line)
 
     def _report(self, line: bytes) -> None:
         report = parse_report_line(line)
@@ -294,75 +250,74 @@ class WrappedProgram:
         if self._on_listening is not None:
             self._on_listening(self)
 
-    def _output(self, fd: int, line: bytes) -> None:
-        text = line.decode("utf-8", "replace").rstrip("\r")[:2000]
-        if fd == 2:
-            log.warn("[{name}] {line}", name=self.name, line=text)
-        else:
-            log.info("[{name}] {line}", name=self.name, line=text)
-
-    def _ended(self, reason: Failure) -> None:
-        status = _exit_status(reason)
-        ran = self._reactor.seconds() - self._started_at
-        self._process = None
+    def child_exited(self, child: Child, status: ExitStatus) -> None:
         mode = self.target.mode
-        if mode != "ignore" and self.address is not None:
+        if mode != "ignore":
             self.address = None
-            if self._on_stopped_listening is not None:
-                self._on_stopped_listening(self)
-        if self._stopping:
-            log.info("{name} stopped ({status})", name=self.name, status=_describe_status(reason))
+        if self._on_changed is not None:
+            self._on_changed(self)
+        if child.stopping:
             return
         if mode == "exit":
-            log.info("{name} exited ({status}); the router exits too", name=self.name,
-                     status=_describe_status(reason))
+            log.info("{name} {status}; the router exits too", name=self.name, status=status.describe())
             self._waiters.fail(f"wrapped program {self.name} exited")
             if self._on_exit is not None:
-                self._on_exit(status)
+                self._on_exit(status.shell_status)
         elif mode == "ignore":
-            log.info("{name} exited ({status}); ignored, as it may have daemonized", name=self.name,
-                     status=_describe_status(reason))
-        else:
-            self._schedule_restart(reason, ran)
-
-    def _schedule_restart(self, reason: Failure, ran: float) -> None:
-        if ran >= STABLE_AFTER:
-            self._delay = MIN_RESTART_DELAY
-            delay = 0.0
-        else:
-            delay = self._delay
-            self._delay = min(self._delay * 2, MAX_RESTART_DELAY)
-        log.info(
-            "{name} exited ({status}) after {ran:.1f} s; restarting in {delay:g} s",
-            name=self.name, status=_describe_status(reason), ran=ran, delay=delay,
-        )
-        self._restart_call = self._reactor.callLater(delay, self._restart)
-
-    def _restart(self) -> None:
-        self._restart_call = None
-        self.restarts += 1
-        try:
-            self.start()
-        except Exception as e:  # the shim vanished, fork failed: say so, keep trying
-            log.error("cannot restart {name}: {error}", name=self.name, error=e)
-            self._restart_call = self._reactor.callLater(self._delay, self._restart)
+            log.info("{name} {status}; ignored, as it may have daemonized", name=self.name,
+                     status=status.describe())
+            if self.address is None:
+                self._waiters.fail(self.gone_reason() or f"wrapped program {self.name} exited", 502)
 
 
-
-def _exit_status(reason: Failure) -> int:
-    value = reason.value
-    if isinstance(value, ProcessDone):
-        return 0
-    if isinstance(value, ProcessTerminated):
-        if value.exitCode is not None:
-            return int(value.exitCode)
-        if value.signal is not None:
-            return 128 + int(value.signal)
-    return 1
+def wrapped_targets(config: RouterConfig) -> list[WrappedTarget]:
+    """The wrapped programs to run (C{config.programs}); their index is their number for workers."""
+    return list(config.programs)
 
 
-def _describe_status(reason: Failure) -> str:
-    value = reason.value
-    if isinstance(value, ProcessTerminated) and value.signal is not None:
-        return f"killed by signal {value.signal}"
-    return f"status {_exit_status(reason)}"
+class ProgramSet:
+    """
+    The wrapped programs of a configuration, kept by target, and brought
+    to another configuration's by difference: an equal target keeps its
+    running program; a removed one is stopped; a new (or changed) one is
+    made, to be started by the caller.
+    """
+
+    def __init__(self, make: Callable[[WrappedTarget], WrappedProgram]):
+        self._make = make
+        #: The current programs by target; connectors hold this very mapping.
+        self.by_target: dict[WrappedTarget, WrappedProgram] = {}
+
+    def ordered(self) -> list[WrappedProgram]:
+        return list(self.by_target.values())
+
+    def add(self, targets: list[WrappedTarget]) -> list[WrappedProgram]:
+        """Make the programs of C{targets} not there yet (not started); the new ones."""
+        added = []
+        for target in targets:
+            if target not in self.by_target:
+                self.by_target[target] = program = self._make(target)
+                added.append(program)
+        return added
+
+    def remove_others(self, targets: list[WrappedTarget], grace: float = KILL_GRACE) -> Deferred[None]:
+        """Forget and stop every program whose target is not in C{targets}; fires when they are gone."""
+        removed = [program for target, program in self.by_target.items() if target not in targets]
+        for program in removed:
+            del self.by_target[program.target]
+            log.info("stopping {name}: no longer configured", name=program.name)
+        stopped = DeferredList([program.stop(grace) for program in removed])
+        return stopped.addCallback(lambda _: None)
+
+    def reorder(self, targets: list[WrappedTarget]) -> None:
+        """Keep the mapping in C{targets}' order (the numbering workers see)."""
+        current = dict(self.by_target)
+        self.by_target.clear()
+        for target in targets:
+            if target in current:
+                self.by_target[target] = current[target]
+
+    def stop_all(self, grace: float = KILL_GRACE) -> Deferred[None]:
+        """Stop every program (they stay in the set); fires when they are gone."""
+        stopped = DeferredList([program.stop(grace) for program in self.by_target.values()])
+        return stopped.addCallback(lambda _: None)

@@ -11,21 +11,23 @@ L{build_service}.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, Protocol
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.server import Site
 
 from wsrouter.config import RouterConfig, WrappedTarget
 from wsrouter.descriptors import DescriptorGuard, GuardedSite
 from wsrouter.gateway import Gateway
-from wsrouter.process.wrapped import ProgramNotFound, WrappedProgram
+from wsrouter.process.supervisor import Supervisor
+from wsrouter.process.wrapped import ProgramNotFound, ProgramSet, WrappedProgram, wrapped_targets
 from wsrouter.rebind import ShimUnavailable
 from wsrouter.targets.wrapped import WrappedConnector
 from wsrouter.web.resource import RouterResource
@@ -42,7 +44,7 @@ def build_resource(config: RouterConfig, reactor: Any = None, gateway: Gateway |
     with 1001.
     """
     if reactor is None:
-        from twisted.internet import reactor  # type: ignore[no-redef]
+        from twisted.internet import reactor
     gateway = gateway or Gateway(config, reactor)
     web_root = build_web_root(config.web.directory, config.web.listing) if config.web else None
     return RouterResource(gateway, web_root)
@@ -55,7 +57,7 @@ class ListenerService(Service):
     the C{wsrouter} command stop with that message instead of running deaf.
     """
 
-    def __init__(self, reactor: Any, description: str, site: Site):
+    def __init__(self, reactor: Any, description: str, site: Factory[Any]):
         self.description = description
         self._endpoint = serverFromString(reactor, description)
         self._site = site
@@ -63,13 +65,13 @@ class ListenerService(Service):
         self.port: IListeningPort | None = None
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self._listening = self._endpoint.listen(self._site)
         failure: list[Failure] = []
         self._listening.addCallbacks(self._listened, failure.append)
         if failure:
             self._listening = None
-            super().stopService()
+            super().stopService()  # type: ignore[no-untyped-call]
             raise CannotListen(f"cannot listen on {self.description}: {failure[0].getErrorMessage()}")
 
     def _listened(self, port: IListeningPort) -> IListeningPort:
@@ -77,10 +79,12 @@ class ListenerService(Service):
         return port
 
     def stopService(self) -> Deferred[None] | None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         if self.port is not None:
-            port, self.port = self.port, None
-            return port.stopListening()  # type: ignore[no-any-return]
+            port: Any = self.port
+            self.port = None
+            stopped: Deferred[None] | None = port.stopListening()
+            return stopped
         return None
 
 
@@ -99,55 +103,58 @@ class RouterService(MultiService):
     """
 
     def __init__(self, config: RouterConfig, reactor: Any):
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.config = config
         self.resource = build_resource(config, reactor)
-        self.router = self.resource.gateway
+        self.gateway = self.resource.gateway
         self.descriptors = DescriptorGuard.for_this_process(reactor, self.ports)
-        self.router.descriptors = self.descriptors
+        self.gateway.descriptors = self.descriptors
         self.site = GuardedSite(self.resource, self.descriptors)
         self.site.noisy = False
         self._reactor = reactor
         self.listeners: list[ListenerService] = []
         for description in config.listeners:
-            self._add_listener(description)
+            self.add_listener(description)
         self.exit_status: int | None = None
         #: Called with a wrapped program's status when an C{exit}-mode
         #: program exits; the command line stops the reactor here.
         self.on_program_exit: Callable[[int], None] | None = None
-        self.programs: dict[WrappedTarget, WrappedProgram] = {}
-        for route in config.routes:
-            if isinstance(route.target, WrappedTarget) and route.target not in self.programs:
-                self.programs[route.target] = WrappedProgram(
-                    reactor, route.target, on_exit=self._program_exited, on_listening=self._program_listening,
-                )
-        if self.programs:
-            self.router.connectors.register(
-                WrappedTarget, WrappedConnector(reactor, self.programs, program_wait_timeout(config)))
+        self.process_supervisor = Supervisor(reactor)
+        self._programs = ProgramSet(self._make_program)
+        self._programs.add(wrapped_targets(config))
+        self.gateway.connectors.register(
+            WrappedTarget, WrappedConnector(reactor, self._programs.by_target, program_wait_timeout(config)))
 
-    def _add_listener(self, description: str) -> ListenerService:
+    @property
+    def programs(self) -> Mapping[WrappedTarget, WrappedProgram]:
+        """The wrapped programs by target (read-only view; reload changes them)."""
+        return MappingProxyType(self._programs.by_target)
+
+    def _make_program(self, target: WrappedTarget) -> WrappedProgram:
+        return WrappedProgram(self._reactor, target, on_exit=self.program_exited,
+                              on_listening=self._program_listening, supervisor=self.process_supervisor)
+
+    def add_listener(self, description: str) -> ListenerService:
+        """Listen on C{description} too (at once if running); L{CannotListen} if that fails."""
         listener = ListenerService(self._reactor, description, self.site)
-        listener.setServiceParent(self)
+        listener.setServiceParent(self)  # type: ignore[no-untyped-call]
         self.listeners.append(listener)
         return listener
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         for description in self.config.listeners:
             log.info("listening on {listener}", listener=description)
         for route in self.config.routes:
             log.info("route {route} -> {target}", route=route.describe(), target=route.target.describe())
         log.info("{capacity}", capacity=self.descriptors.describe_capacity(self.config))
-        try:
-            for program in self.programs.values():
-                program.start()
-        except (ShimUnavailable, ProgramNotFound) as e:
-            raise CannotStart(str(e)) from None
+        start_programs(self._programs.ordered())
 
     def _program_listening(self, program: WrappedProgram) -> None:
         follow_program_port(self, program)
 
-    def _program_exited(self, status: int) -> None:
+    def program_exited(self, status: int) -> None:
+        """An C{exit}-mode program exited with C{status}: the router should exit with it."""
         self.exit_status = status
         if self.on_program_exit is not None:
             self.on_program_exit(status)
@@ -156,23 +163,94 @@ class RouterService(MultiService):
         """The listening ports, once started (e.g. to learn a port chosen by the system)."""
         return [listener.port for listener in self.listeners if listener.port is not None]
 
+    def reload(self, config: RouterConfig) -> Deferred[None]:
+        """
+        Serve C{config} from now on, without dropping open sessions: they
+        keep the route they were opened on to their end.  Listeners and
+        wrapped programs are brought to C{config} by difference -- an
+        unchanged program keeps running, a removed one is stopped, a new or
+        changed one started -- then the gateway switches to C{config}.
+
+        Fires when done; fails with L{CannotStart} if a new listener cannot
+        be opened or a new program cannot run (the rest is in force).
+        """
+        return ensureDeferred(self._reload(config))
+
+    async def _reload(self, config: RouterConfig) -> None:
+        targets = wrapped_targets(config)
+        await self._programs.remove_others(targets)
+        added = self._programs.add(targets)
+        self._programs.reorder(targets)
+        problems: list[str] = []
+        try:
+            start_programs(added)
+        except CannotStart as e:
+            problems.append(str(e))
+        problems += await self._change_listeners(config.listeners)
+        self.config = config
+        self.gateway.use_config(config)
+        log.info("configuration reloaded: {routes} routes, {listeners} listeners, {programs} wrapped programs",
+                 routes=len(config.routes), listeners=len(self.listeners), programs=len(targets))
+        if problems:
+            log.error("reload incomplete, the rest is in force: {problems}", problems="; ".join(problems))
+            raise CannotStart("; ".join(problems))
+
+    async def _change_listeners(self, wanted: Sequence[str]) -> list[str]:
+        """Stop listeners not in C{wanted}, open the new ones; the problems met."""
+        for listener in list(self.listeners):
+            if listener.description not in wanted:
+                self.listeners.remove(listener)
+                await listener.disownServiceParent()  # type: ignore[no-untyped-call]
+                log.info("no longer listening on {listener}", listener=listener.description)
+        have = {listener.description for listener in self.listeners}
+        problems = []
+        for description in wanted:
+            if description in have:
+                continue
+            try:
+                self.add_listener(description)
+            except CannotListen as e:
+                problems.append(str(e))
+            else:
+                log.info("listening on {listener}", listener=description)
+        return problems
+
     def stopService(self) -> Deferred[None]:
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
         self.descriptors.stop()
-        await super().stopService()
-        await self.router.shutdown()
-        stopping = [program.stop() for program in self.programs.values()]
-        stopping.append(self.router.connectors.programs.terminate_all())
-        await DeferredList(stopping)
+        await super().stopService()  # type: ignore[no-untyped-call]
+        await self.gateway.shutdown()
+        await DeferredList([self._programs.stop_all(), self.gateway.connectors.commands.terminate_all()])
 
 
-def follow_program_port(service: Any, program: WrappedProgram) -> bool:
+def start_programs(programs: list[WrappedProgram]) -> None:
+    """Start C{programs}; a program that cannot run is a L{CannotStart}."""
+    for program in programs:
+        try:
+            program.start()
+        except (ShimUnavailable, ProgramNotFound) as e:
+            raise CannotStart(str(e)) from None
+
+
+class FollowingService(Protocol):
+    """What L{follow_program_port} needs of a service (single process or supervisor)."""
+
+    config: RouterConfig
+
+    @property
+    def listeners(self) -> Sequence[ListenerService]: ...
+
+    def add_listener(self, description: str) -> ListenerService: ...
+
+    def program_exited(self, status: int) -> None: ...
+
+
+def follow_program_port(service: FollowingService, program: WrappedProgram) -> bool:
     """
     With no listener of its own (C{follow_program_port}), the router takes
-    the loopback port the wrapped program asked for.  C{service} has
-    C{config}, C{listeners}, C{_add_listener} and C{_program_exited}.
+    the loopback port the wrapped program asked for.
 
     @return: whether a listener was opened.
     """
@@ -180,10 +258,10 @@ def follow_program_port(service: Any, program: WrappedProgram) -> bool:
         return False
     description = f"tcp:{program.requested_port}:interface=127.0.0.1"
     try:
-        service._add_listener(description)
+        service.add_listener(description)
     except CannotListen as e:
         log.error("{error}; the router has nowhere to listen", error=e)
-        service._program_exited(1)
+        service.program_exited(1)
         return False
     log.info("listening on {listener}, the port {name} asked for", listener=description, name=program.name)
     return True
@@ -198,5 +276,5 @@ def program_wait_timeout(config: RouterConfig) -> float:
 def build_service(config: RouterConfig, reactor: Any = None) -> RouterService:
     """The whole router as a Twisted service: listeners, routes, sessions."""
     if reactor is None:
-        from twisted.internet import reactor  # type: ignore[no-redef]
+        from twisted.internet import reactor
     return RouterService(config, reactor)

@@ -5,23 +5,21 @@ only by L{wsrouter.service.workers.WorkerSupervisor}, which describes the design
 The worker reads its set-up from the control socket (descriptor 3), adopts
 the listening sockets it inherited, and serves them as a single-process
 router would, except that wrapped programs are the supervisor's: their
-addresses come over the control socket.  Its log goes to stdout as
+addresses come over the control socket, and so do reloads.  Its log goes to stdout as
 C{LEVEL TEXT} lines for the supervisor to relay.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import pickle
 import socket
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail, succeed
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import ILogObserver, Logger, eventAsText, globalLogBeginner
@@ -31,78 +29,117 @@ from zope.interface import implementer
 
 from wsrouter.config import RouterConfig, WrappedTarget
 from wsrouter.descriptors import DescriptorGuard, GuardedSite
-from wsrouter.process.wrapped import AddressWaiters
+from wsrouter.interfaces import TargetError
+from wsrouter.process.wrapped import AddressWaiters, program_name, wrapped_targets
 from wsrouter.service.single import build_resource, program_wait_timeout
-from wsrouter.service.workers import CONTROL_FD, wrapped_targets
+from wsrouter.service.workers import CONTROL_FD, decode_config
 from wsrouter.targets.wrapped import WrappedConnector
 
 log = Logger(namespace="wsrouter")
 
-#: The set-up line carries the pickled configuration; keep room for a big one.
+#: The set-up and reload lines carry the whole configuration; keep room for a big one.
 MAX_CONTROL_LINE = 64 * 1024 * 1024
 
 
 class ProgramAddress:
     """
     A wrapped program as a worker sees it: where the supervisor says it
-    listens.  Offers what L{WrappedConnector} needs of a L{WrappedProgram}.
+    listens, and whether it is gone for good.  Offers what
+    L{WrappedConnector} needs of a L{WrappedProgram}.
     """
 
-    def __init__(self, reactor: Any, name: str, address: tuple[str, int] | None = None):
+    def __init__(self, reactor: Any, name: str, address: tuple[str, int] | None = None,
+                 gone: str | None = None):
         self._reactor = reactor
         self.name = name
         self.address = address
+        self._gone = gone
         self._waiters = AddressWaiters(reactor)
 
-    def moved(self, address: tuple[str, int] | None) -> None:
+    def moved(self, address: tuple[str, int] | None, gone: str | None = None) -> None:
         self.address = address
-        if address is None:
-            return
-        self._waiters.ready(address)
+        self._gone = gone
+        if address is not None:
+            self._waiters.ready(address)
+        elif gone is not None:
+            self._waiters.fail(gone, 502)
+
+    def gone_reason(self) -> str | None:
+        return self._gone
 
     def when_ready(self, timeout: float) -> Deferred[tuple[str, int]]:
-        """Fires with the address once known; a 503 L{TargetError} after C{timeout} seconds without one."""
+        """
+        Fires with the address once known; a 503 L{TargetError} after
+        C{timeout} seconds without one, a 502 at once if the program is gone.
+        """
         if self.address is not None:
             return succeed(self.address)
+        if self._gone is not None:
+            return fail(TargetError(self._gone, 502))
         return self._waiters.wait(timeout, lambda: f"wrapped program {self.name} is not listening")
+
+
+def program_state(fields: Mapping[str, Any] | Sequence[Any] | None) -> tuple[tuple[str, int] | None, str | None]:
+    """A program's address and gone reason from a control message's fields."""
+    if not isinstance(fields, Mapping):  # an address alone, or nothing
+        return ((str(fields[0]), int(fields[1])) if fields else None), None
+    address = fields.get("address")
+    gone = fields.get("gone")
+    return ((str(address[0]), int(address[1])) if address else None), (str(gone) if gone else None)
 
 
 class WorkerService(Service):
     """
     The router on adopted listening sockets.  Stopping stops accepting,
-    closes the sessions with 1001 and ends exec programs.
+    closes the sessions with 1001 and ends exec commands.
     """
 
     def __init__(self, config: RouterConfig, reactor: Any, index: int, listener_fds: Iterable[int],
-                 addresses: list[list[Any] | None]):
+                 addresses: Sequence[Any]):
         self.config = config
         self.index = index
         self._reactor = reactor
         self._fds = list(listener_fds)
         self.resource = build_resource(config, reactor)
-        self.router = self.resource.gateway
-        self.router.session_prefix = f"w{index}."
+        self.gateway = self.resource.gateway
+        self.gateway.session_prefix = f"w{index}."
         self.ports: list[IListeningPort] = []
         self.descriptors = DescriptorGuard.for_this_process(reactor, lambda: self.ports)
-        self.router.descriptors = self.descriptors
+        self.gateway.descriptors = self.descriptors
         self.site = GuardedSite(self.resource, self.descriptors)
         self.site.noisy = False
         self.programs: dict[WrappedTarget, ProgramAddress] = {}
-        for number, target in enumerate(wrapped_targets(config)):
-            known = addresses[number] if number < len(addresses) else None
-            self.programs[target] = ProgramAddress(
-                reactor, os.path.basename(target.argv[0]), (known[0], int(known[1])) if known else None)
-        if self.programs:
-            self.router.connectors.register(
-                WrappedTarget, WrappedConnector(reactor, self.programs, program_wait_timeout(config)))  # type: ignore[arg-type]
+        self._adopt_programs(config, addresses)
+        self.gateway.connectors.register(
+            WrappedTarget, WrappedConnector(reactor, self.programs, program_wait_timeout(config)))
 
-    def program_moved(self, number: int, address: tuple[str, int] | None) -> None:
+    def _adopt_programs(self, config: RouterConfig, states: Sequence[Any]) -> None:
+        """
+        Number C{config}'s wrapped programs anew, keeping the view of each
+        one still configured (the connector holds this very mapping).
+        """
+        current = dict(self.programs)
+        self.programs.clear()
+        for number, target in enumerate(wrapped_targets(config)):
+            address, gone = program_state(states[number] if number < len(states) else None)
+            program = current.get(target) or ProgramAddress(self._reactor, program_name(target))
+            program.moved(address, gone)
+            self.programs[target] = program
+
+    def program_moved(self, number: int, address: tuple[str, int] | None, gone: str | None = None) -> None:
         targets = list(self.programs)
         if 0 <= number < len(targets):
-            self.programs[targets[number]].moved(address)
+            self.programs[targets[number]].moved(address, gone)
+
+    def reload(self, config: RouterConfig, states: Sequence[Any]) -> None:
+        """Serve C{config} from now on; open sessions keep their routes."""
+        self._adopt_programs(config, states)
+        self.config = config
+        self.gateway.use_config(config)
+        log.info("configuration reloaded: {routes} routes", routes=len(config.routes))
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         for fd in self._fds:
             inherited = socket.socket(fileno=fd)
             try:
@@ -115,14 +152,14 @@ class WorkerService(Service):
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         self.descriptors.stop()
         # Only stop accepting: closing an adopted Unix port would remove its
         # path, which the supervisor and the other workers still serve.
         for port in self.ports:
             port.stopReading()  # type: ignore[attr-defined]
-        await self.router.shutdown()
-        await DeferredList([self.router.connectors.programs.terminate_all()])
+        await self.gateway.shutdown()
+        await DeferredList([self.gateway.connectors.commands.terminate_all()])
 
 
 class ControlReceiver(LineOnlyReceiver):
@@ -139,12 +176,15 @@ class ControlReceiver(LineOnlyReceiver):
         message = json.loads(line)
         if self.service is None:
             self._start(message)
+        elif "reload" in message:
+            self.service.reload(decode_config(message["reload"]), message.get("programs") or [])
+            transport: Any = self.transport
+            transport.write(json.dumps({"reloaded": True}).encode("utf-8") + b"\n")
         elif "program" in message:
-            address = message.get("address")
-            self.service.program_moved(int(message["program"]), (address[0], int(address[1])) if address else None)
+            self.service.program_moved(int(message["program"]), *program_state(message))
 
     def _start(self, message: dict[str, Any]) -> None:
-        config: RouterConfig = pickle.loads(base64.b64decode(message["config"]))
+        config = decode_config(message["config"])
         self.service = WorkerService(config, self._reactor, int(message["worker"]), message["listeners"],
                                      message.get("programs") or [])
         self.service.startService()
@@ -152,7 +192,8 @@ class ControlReceiver(LineOnlyReceiver):
 
     def lineLengthExceeded(self, line: bytes) -> None:
         log.error("control line from the supervisor too long ({size} bytes); stopping", size=len(line))
-        self.transport.loseConnection()
+        transport: Any = self.transport
+        transport.loseConnection()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         if self._reactor.running:
@@ -177,12 +218,14 @@ class LineLogObserver:
 
 def main() -> int:
     """Run one worker until SIGTERM or until the supervisor goes away."""
-    from twisted.internet import reactor
+    from twisted.internet import reactor as global_reactor
 
+    reactor: Any = global_reactor
     # A terminal's Ctrl-C goes to the foreground process group: let it reach
     # only the supervisor, which stops the workers in order.
     os.setpgid(0, 0)
-    globalLogBeginner.beginLoggingTo([LineLogObserver(sys.stdout)], redirectStandardIO=False)
+    observer: Any = LineLogObserver(sys.stdout)  # provides ILogObserver (zope, unseen by mypy)
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     control = ControlReceiver(reactor)
     reactor.adoptStreamConnection(CONTROL_FD, socket.AF_UNIX, Factory.forProtocol(lambda: control))
     os.close(CONTROL_FD)

@@ -18,30 +18,40 @@ Design, and why:
     The supervisor tells every worker where each program listens (at
     start-up and whenever that changes) over a control socket, and the
     workers connect there; without an address a client waits and gets
-    503, as in one process.  With C{follow_program_port} the supervisor
+    503, as in one process, or 502 at once when the program is gone and
+    no restart is coming (the supervisor says so with the address).  With
+    C{follow_program_port} the supervisor
     opens the listener once the program has bound its port, then starts
     the workers.
   - B{The control socket} (the worker's descriptor 3, a Unix socket pair)
-    carries JSON lines: first the set-up (worker number, the pickled
-    L{RouterConfig}, the listening descriptors, the programs' addresses),
-    then one line per address change.  Pickle is fine here: it crosses
-    only from the supervisor to its own child, running the same code.  A
-    worker whose control socket closes (the supervisor died, even by
-    SIGKILL) shuts down: no orphaned workers.
+    carries JSON lines: first the set-up (worker number, the
+    L{RouterConfig} as text, the listening descriptors, the programs'
+    addresses), then one line per address change and one per reload
+    (C{{"reload": <config>, "programs": [...]}}), which the worker
+    confirms with C{{"reloaded": true}}.  The config's encoding lives in
+    L{encode_config} and L{decode_config} only.  A worker whose control
+    socket closes (the supervisor died, even by SIGKILL) shuts down: no
+    orphaned workers.
+  - B{Reload}: wrapped programs are brought to the new config by
+    difference, then every worker switches its gateway (open sessions
+    keep their routes) and confirms.  A change of listeners restarts the
+    workers one by one, each on the new set of sockets (its sessions are
+    closed with 1001, as on stop); handing sockets to running workers is
+    not done.
   - B{Logs}: a worker writes its log as C{LEVEL TEXT} lines to its stdout,
     which the supervisor reads and logs with a C{[worker N]} prefix at the
     same level; anything else it prints (a crash's traceback) is logged
     too.  Session ids carry the worker's number (C{w2.3f2a91c0}), so log
     lines and recording file names from different workers never collide.
-  - B{Supervision} follows L{twisted.runner.procmon}, like wrapped
+  - B{Supervision} is L{wsrouter.process.supervisor}'s, as for wrapped
     programs: a worker that dies is restarted, after 1 s doubling up to
     60 s if it keeps dying young.  Each worker runs in its own process
     group, so a terminal's Ctrl-C reaches only the supervisor, which then
     stops them in order.
-  - B{Stopping}: SIGTERM to each worker, which stops accepting and closes
-    its sessions with 1001 within the shutdown grace; the supervisor waits
-    that long plus L{KILL_GRACE}, then SIGKILLs what is left, stops the
-    wrapped programs, and closes the listeners.
+  - B{Stopping}: SIGTERM to each worker's process group, which stops
+    accepting and closes its sessions with 1001 within the shutdown grace;
+    the supervisor waits that long plus L{KILL_GRACE}, then SIGKILLs what
+    is left, stops the wrapped programs, and closes the listeners.
 
 C{--workers 1} (the default) does not use any of this: the router is the
 single process it always was.
@@ -49,11 +59,8 @@ single process it always was.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import pickle
-import signal
 import socket
 import sys
 from collections.abc import Callable, Mapping
@@ -61,59 +68,84 @@ from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
-from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.interfaces import IDelayedCall, IListeningPort
-from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger, LogLevel
-from twisted.python.failure import Failure
+from twisted.protocols.basic import LineOnlyReceiver
 
-from wsrouter.config import RouterConfig, WrappedTarget
+from wsrouter.config import ConfigError, RouterConfig, WrappedTarget, build_config, to_data
 from wsrouter.descriptors import OpenFileLimit
-from wsrouter.process.wrapped import ProgramNotFound, WrappedProgram
-from wsrouter.rebind import ShimUnavailable
-from wsrouter.service.single import CannotStart, ListenerService, follow_program_port
+from wsrouter.process.supervisor import Child, ChildOwner, ExitStatus, Launch, Supervisor
+from wsrouter.process.wrapped import ProgramSet, WrappedProgram, wrapped_targets
+from wsrouter.service.single import CannotListen, CannotStart, ListenerService, follow_program_port, start_programs
 
 log = Logger(namespace="wsrouter.service.workers")
 
 #: The worker's descriptor for the control socket; listening sockets follow it.
 CONTROL_FD = 3
 FIRST_LISTENER_FD = 4
-#: Restart delays for workers that keep dying young, in seconds.
-MIN_RESTART_DELAY = 1.0
-MAX_RESTART_DELAY = 60.0
-#: A worker that ran this long is restarted at once.
-STABLE_AFTER = 10.0
-#: Beyond the shutdown grace, how long workers get before SIGKILL, and how
-#: long to wait for them after it.
+#: Beyond the shutdown grace, how long workers get before SIGKILL.
 KILL_GRACE = 5.0
+#: How long a reload waits for the workers to confirm they applied it.
+RELOAD_TIMEOUT = 10.0
 #: Log levels a worker's lines may start with.
 LEVELS = {level.name: level for level in LogLevel.iterconstants()}
 
 
-def wrapped_targets(config: RouterConfig) -> list[WrappedTarget]:
-    """The configured wrapped programs, each once, in route order: their index is their name on the wire."""
-    targets: list[WrappedTarget] = []
-    for route in config.routes:
-        if isinstance(route.target, WrappedTarget) and route.target not in targets:
-            targets.append(route.target)
-    return targets
+def encode_config(config: RouterConfig) -> str:
+    """
+    The configuration as text for the control socket: the nested schema
+    (L{to_data}) as JSON, plain data that L{decode_config} validates again.
+    """
+    return json.dumps(to_data(config), separators=(",", ":"))
+
+
+def decode_config(text: str) -> RouterConfig:
+    """
+    The configuration L{encode_config} encoded.
+
+    @raise ConfigError: the text is not a valid configuration.
+    """
+    try:
+        raw = json.loads(text)
+    except ValueError as e:
+        raise ConfigError([("(config)", f"not JSON: {e}")], source="control socket") from None
+    if not isinstance(raw, dict):
+        raise ConfigError([("(config)", "must be a table")], source="control socket")
+    return build_config(raw, "control socket")
+
+
+#: Where a wrapped program is, for a worker: its address, or C{None} and
+#: (perhaps) why it will not listen again.
+ProgramState = tuple[tuple[str, int] | None, str | None]
+
+
+def _program_fields(state: ProgramState) -> dict[str, Any]:
+    address, gone = state
+    return {"address": list(address) if address else None, "gone": gone}
 
 
 def setup_message(index: int, config: RouterConfig, listener_count: int,
-                  addresses: list[tuple[str, int] | None]) -> bytes:
+                  programs: list[ProgramState]) -> bytes:
     """The first line a worker reads: who it is, what to serve, where programs are."""
     message = {
         "worker": index,
-        "config": base64.b64encode(pickle.dumps(config)).decode("ascii"),
+        "config": encode_config(config),
         "listeners": [FIRST_LISTENER_FD + n for n in range(listener_count)],
-        "programs": [list(address) if address else None for address in addresses],
+        "programs": [_program_fields(state) for state in programs],
     }
     return json.dumps(message).encode("utf-8") + b"\n"
 
 
-def address_message(program: int, address: tuple[str, int] | None) -> bytes:
+def address_message(program: int, state: ProgramState) -> bytes:
     """A line telling a worker where wrapped program number C{program} listens now (C{None}: nowhere)."""
-    return json.dumps({"program": program, "address": list(address) if address else None}).encode("utf-8") + b"\n"
+    return json.dumps({"program": program, **_program_fields(state)}).encode("utf-8") + b"\n"
+
+
+def reload_message(config: RouterConfig, programs: list[ProgramState]) -> bytes:
+    """A line giving a worker a new configuration and where its programs (numbered anew) are."""
+    message = {"reload": encode_config(config), "programs": [_program_fields(state) for state in programs]}
+    return json.dumps(message).encode("utf-8") + b"\n"
 
 
 def parse_log_line(line: str) -> tuple[LogLevel | None, str]:
@@ -121,17 +153,6 @@ def parse_log_line(line: str) -> tuple[LogLevel | None, str]:
     name, sep, text = line.partition(" ")
     level = LEVELS.get(name)
     return (level, text) if sep and level is not None else (None, line)
-
-
-def restart_delay(ran: float, previous: float) -> tuple[float, float]:
-    """
-    How long to wait before restarting a worker that ran C{ran} seconds,
-    and the delay to use next time: at once after a stable run, else
-    doubling from L{MIN_RESTART_DELAY} to L{MAX_RESTART_DELAY}.
-    """
-    if ran >= STABLE_AFTER:
-        return 0.0, MIN_RESTART_DELAY
-    return previous, min(previous * 2, MAX_RESTART_DELAY)
 
 
 class _Unused(Factory):
@@ -146,51 +167,94 @@ class _Unused(Factory):
         return None
 
 
-class _WorkerOutput(ProcessProtocol):
-    """Logs a worker's output lines and tells the supervisor when it exits."""
+class _Control(LineOnlyReceiver):
+    """The supervisor's end of a worker's control socket: writes orders, reads acknowledgements."""
 
-    def __init__(self, supervisor: WorkerSupervisor, worker: Worker):
-        self._supervisor = supervisor
+    delimiter = b"\n"
+
+    def __init__(self, worker: Worker):
         self._worker = worker
-        self._partial: dict[int, bytes] = {}
 
-    def childDataReceived(self, fd: int, data: bytes) -> None:
-        *lines, rest = (self._partial.get(fd, b"") + data).split(b"\n")
-        self._partial[fd] = rest[-65536:]
-        for line in lines:
-            self._worker.log_line(fd, line)
-
-    def processExited(self, reason: Failure) -> None:
-        for fd, rest in self._partial.items():
-            if rest:
-                self._worker.log_line(fd, rest)
-        self._partial.clear()
-        self._supervisor._worker_exited(self._worker, reason)
+    def lineReceived(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            log.warn("worker {index}: unreadable control line {line!r}", index=self._worker.index, line=line)
+            return
+        if isinstance(message, dict) and "reloaded" in message:
+            self._worker.reload_acknowledged()
 
 
-class _Control(Protocol):
-    """The supervisor's end of a worker's control socket: it only writes."""
+class Worker(ChildOwner):
+    """One worker slot: a supervised child, and the control socket of its current run."""
 
-
-class Worker:
-    """One worker slot: its current process (if any) and its restart state."""
-
-    def __init__(self, index: int):
+    def __init__(self, supervisor: WorkerSupervisor, index: int):
         self.index = index
-        self.pid: int | None = None
-        self.process: Any = None
+        self._supervisor = supervisor
         self.control: Any = None
-        self.started_at = 0.0
-        self.delay = MIN_RESTART_DELAY
-        self.restart_call: IDelayedCall | None = None
-        self.exited: Deferred[None] = succeed(None)
+        self._ours: socket.socket | None = None
+        self._reloads: list[Deferred[None]] = []
+        self.child = supervisor.process_supervisor.add(f"worker {index}", self._launch, self, restart=True)
+
+    @property
+    def pid(self) -> int | None:
+        return self.child.pid
 
     def send(self, line: bytes) -> None:
         if self.control is not None:
             self.control.write(line)
 
-    def log_line(self, fd: int, raw: bytes) -> None:
-        text = raw.decode("utf-8", "replace").rstrip("\r")
+    def send_reload(self, line: bytes) -> Deferred[None]:
+        """Send a reload line; fires when the worker has applied it (or is gone, or was not running)."""
+        if self.control is None:
+            return succeed(None)
+        applied: Deferred[None] = Deferred()
+        self._reloads.append(applied)
+        self.control.write(line)
+        return applied
+
+    def reload_acknowledged(self) -> None:
+        if self._reloads:
+            self._reloads.pop(0).callback(None)
+
+    def _release_reloads(self) -> None:
+        """A worker that is gone applies nothing more; its next run starts with the current config."""
+        waiting, self._reloads = self._reloads, []
+        for applied in waiting:
+            applied.callback(None)
+
+    def _launch(self) -> Launch:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._ours = ours
+        child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r", CONTROL_FD: theirs.fileno()}
+        for offset, port in enumerate(self._supervisor.ports()):
+            child_fds[FIRST_LISTENER_FD + offset] = port.fileno()  # type: ignore[attr-defined]
+        argv = self._supervisor.worker_argv
+        return Launch(argv[0], tuple(argv), self._supervisor.environ, child_fds, after=theirs.close)
+
+    def child_started(self, child: Child) -> None:
+        ours, self._ours = self._ours, None
+        assert ours is not None, "a worker starts only after its launch"
+        reactor = self._supervisor.process_supervisor.clock
+        self.control = reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX,
+                                                     Factory.forProtocol(lambda: _Control(self)))
+        ours.close()
+        self.send(self._supervisor.setup_for(self.index))
+        log.info("started worker {index} (pid {pid})", index=self.index, pid=child.pid)
+
+    def child_spawn_failed(self, child: Child, error: Exception) -> None:
+        if self._ours is not None:
+            self._ours.close()
+            self._ours = None
+
+    def child_exited(self, child: Child, status: ExitStatus) -> None:
+        if self.control is not None:
+            self.control.loseConnection()
+            self.control = None
+        self._release_reloads()
+
+    def child_line(self, child: Child, fd: int, line: bytes) -> None:
+        text = line.decode("utf-8", "replace").rstrip("\r")
         level, text = parse_log_line(text)
         if level is None:
             level = LogLevel.warn if fd == 2 else LogLevel.info
@@ -208,33 +272,45 @@ class WorkerSupervisor(MultiService):
     """
 
     def __init__(self, config: RouterConfig, reactor: Any, *, worker_argv: list[str] | None = None,
-                 environ: Mapping[str, str] | None = None):
-        super().__init__()
+                 environ: Mapping[str, str] | None = None, supervisor: Supervisor | None = None):
+        super().__init__()  # type: ignore[no-untyped-call]
         self.config = config
         self._reactor = reactor
-        self._argv = worker_argv or [sys.executable, "-m", "wsrouter.service.worker_process"]
-        self._env = dict(os.environ if environ is None else environ)
+        self.worker_argv = worker_argv or [sys.executable, "-m", "wsrouter.service.worker_process"]
+        self.environ = dict(os.environ if environ is None else environ)
+        self.process_supervisor = supervisor or Supervisor(reactor)
         self.listeners: list[ListenerService] = []
         for description in config.listeners:
-            self._add_listener(description)
-        self.workers = [Worker(index) for index in range(1, config.workers + 1)]
+            self.add_listener(description)
+        self.workers = [Worker(self, index) for index in range(1, config.workers + 1)]
         self.exit_status: int | None = None
         self.on_program_exit: Callable[[int], None] | None = None
         #: What raising the open-file limit did (the workers inherit it).
         self.raised: OpenFileLimit | None = None
-        self.programs: list[WrappedProgram] = []
-        for target in wrapped_targets(config):
-            program = WrappedProgram(reactor, target, on_exit=self._program_exited,
-                                     on_listening=self._program_listening,
-                                     on_stopped_listening=self._program_listening)
-            self.programs.append(program)
+        self._programs = ProgramSet(self._make_program)
+        self._programs.add(wrapped_targets(config))
+        #: The wrapped programs numbered as the workers know them (until
+        #: a reload has told them the new numbering).
+        self._numbered = self._programs.ordered()
         self._stopping = False
+
+    @property
+    def programs(self) -> list[WrappedProgram]:
+        """The wrapped programs, in the configuration's order."""
+        return self._programs.ordered()
+
+    def _make_program(self, target: WrappedTarget) -> WrappedProgram:
+        return WrappedProgram(self._reactor, target, on_exit=self.program_exited,
+                              on_listening=self._program_listening,
+                              on_changed=self._program_listening,
+                              supervisor=self.process_supervisor)
 
     # -- starting ------------------------------------------------------------------------
 
-    def _add_listener(self, description: str) -> ListenerService:
+    def add_listener(self, description: str) -> ListenerService:
+        """Open C{description} for the workers (held, never accepted on here)."""
         listener = ListenerService(self._reactor, description, _Unused())
-        listener.setServiceParent(self)
+        listener.setServiceParent(self)  # type: ignore[no-untyped-call]
         self.listeners.append(listener)
         if self.running:
             self._hold(listener)
@@ -246,7 +322,7 @@ class WorkerSupervisor(MultiService):
             listener.port.stopReading()  # type: ignore[attr-defined]
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         for listener in self.listeners:
             self._hold(listener)
             log.info("listening on {listener} (shared by {count} workers)", listener=listener.description,
@@ -255,48 +331,21 @@ class WorkerSupervisor(MultiService):
             log.info("route {route} -> {target}", route=route.describe(), target=route.target.describe())
         if self.raised is not None:
             log.info("{limit}, for each worker", limit=self.raised.describe())
-        try:
-            for program in self.programs:
-                program.start()
-        except (ShimUnavailable, ProgramNotFound) as e:
-            raise CannotStart(str(e)) from None
+        start_programs(self.programs)
         if self.listeners:
             self._start_workers()
 
     def _start_workers(self) -> None:
         for worker in self.workers:
-            if worker.process is None:
-                self._spawn(worker)
+            if not worker.child.running and not worker.child.restart_pending:
+                worker.child.start_or_retry()
 
-    def _spawn(self, worker: Worker) -> None:
-        worker.restart_call = None
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r", CONTROL_FD: theirs.fileno()}
-        for offset, port in enumerate(self.ports()):
-            child_fds[FIRST_LISTENER_FD + offset] = port.fileno()  # type: ignore[attr-defined]
-        exited: Deferred[None] = Deferred()
-        worker.exited = exited
-        try:
-            worker.process = self._reactor.spawnProcess(
-                _WorkerOutput(self, worker), self._argv[0], self._argv, env=self._env, childFDs=child_fds)
-        except OSError as e:
-            ours.close()
-            theirs.close()
-            exited.callback(None)
-            delay, worker.delay = restart_delay(0.0, worker.delay)
-            log.error("cannot start worker {index}: {error}; trying again in {delay:g} s", index=worker.index,
-                      error=e, delay=delay)
-            self._schedule_restart(worker, delay)
-            return
-        finally:
-            theirs.close()
-        worker.pid = worker.process.pid
-        worker.started_at = self._reactor.seconds()
-        worker.control = self._reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, Factory.forProtocol(_Control))
-        ours.close()
-        addresses = [program.address for program in self.programs]
-        worker.send(setup_message(worker.index, self.config, len(self.ports()), addresses))
-        log.info("started worker {index} (pid {pid})", index=worker.index, pid=worker.pid)
+    def setup_for(self, index: int) -> bytes:
+        """The set-up line for worker C{index} starting now."""
+        return setup_message(index, self.config, len(self.ports()), self._program_states())
+
+    def _program_states(self) -> list[ProgramState]:
+        return [(program.address, program.gone_reason()) for program in self._numbered]
 
     def ports(self) -> list[IListeningPort]:
         """The listening ports, in configuration order (then the followed program's)."""
@@ -306,39 +355,102 @@ class WorkerSupervisor(MultiService):
 
     def _program_listening(self, program: WrappedProgram) -> None:
         """Tell every worker where the program listens now; follow its port if so configured."""
-        index = self.programs.index(program)
+        if program not in self._numbered:
+            return  # new: its state goes out with the reload; or gone: nobody asks
+        index = self._numbered.index(program)
         for worker in self.workers:
-            worker.send(address_message(index, program.address))
+            worker.send(address_message(index, (program.address, program.gone_reason())))
         if program.address is not None and follow_program_port(self, program):
             self._start_workers()
 
-    def _program_exited(self, status: int) -> None:
+    def program_exited(self, status: int) -> None:
+        """An C{exit}-mode program exited with C{status}: the router should exit with it."""
         self.exit_status = status
         if self.on_program_exit is not None:
             self.on_program_exit(status)
 
-    # -- workers' lives ----------------------------------------------------------------------
+    # -- reloading -----------------------------------------------------------------------------
 
-    def _worker_exited(self, worker: Worker, reason: Failure) -> None:
-        ran = self._reactor.seconds() - worker.started_at
-        worker.process = None
-        if worker.control is not None:
-            worker.control.loseConnection()
-            worker.control = None
-        status = _describe(reason)
-        if self._stopping:
-            log.info("worker {index} (pid {pid}) stopped ({status})", index=worker.index, pid=worker.pid,
-                     status=status)
-        else:
-            delay, worker.delay = restart_delay(ran, worker.delay)
-            log.warn("worker {index} (pid {pid}) exited ({status}) after {ran:.1f} s; restarting in {delay:g} s",
-                     index=worker.index, pid=worker.pid, status=status, ran=ran, delay=delay)
-            self._schedule_restart(worker, delay)
-        worker.exited.callback(None)
+    def reload(self, config: RouterConfig) -> Deferred[None]:
+        """
+        Serve C{config} from now on: wrapped programs are brought to it by
+        difference (see L{ProgramSet}), then every worker gets the new
+        configuration over its control socket and switches its gateway,
+        keeping its open sessions.  A change of listeners restarts the
+        workers one by one on the new set (each closing its sessions with
+        1001, as on stop).  The number of workers is not changed.  Fires
+        once every worker confirmed (or L{RELOAD_TIMEOUT} passed).
 
-    def _schedule_restart(self, worker: Worker, delay: float) -> None:
-        if not self._stopping:
-            worker.restart_call = self._reactor.callLater(delay, self._spawn, worker)
+        @raise CannotStart: (as a failure) a new wrapped program cannot run,
+            or a new listener cannot be opened (L{CannotListen}); the rest
+            of the configuration is in force.
+        """
+        return ensureDeferred(self._reload(config))
+
+    async def _reload(self, config: RouterConfig) -> None:
+        targets = wrapped_targets(config)
+        await self._programs.remove_others(targets)
+        added = self._programs.add(targets)
+        self._programs.reorder(targets)
+        listeners_changed = list(config.listeners) != list(self.config.listeners)
+        self.config = config
+        log.info("reloading: {routes} routes, {programs} wrapped programs, for {count} workers",
+                 routes=len(config.routes), programs=len(targets), count=len(self.workers))
+        try:
+            start_programs(added)
+        except CannotStart as e:
+            log.error("reload incomplete, the rest is in force: {error}", error=e)
+            raise
+        finally:
+            self._numbered = self._programs.ordered()
+            message = reload_message(config, self._program_states())
+            await self._all_applied([worker.send_reload(message) for worker in self.workers])
+            if listeners_changed:
+                await self._change_listeners(config)
+
+    async def _all_applied(self, applying: list[Deferred[None]]) -> None:
+        """Wait until every worker applied a reload, at most L{RELOAD_TIMEOUT} seconds."""
+        done: Deferred[None] = Deferred()
+
+        def finish(_: object = None) -> None:
+            if not done.called:
+                done.callback(None)
+
+        def late() -> None:
+            log.warn("not every worker confirmed the reload within {timeout:g} s", timeout=RELOAD_TIMEOUT)
+            finish()
+
+        timer = self._reactor.callLater(RELOAD_TIMEOUT, late)
+        DeferredList(applying).addCallback(finish)
+        await done
+        if timer.active():
+            timer.cancel()
+
+    async def _change_listeners(self, config: RouterConfig) -> None:
+        wanted = list(config.listeners)
+        for listener in list(self.listeners):
+            if listener.description not in wanted:
+                self.listeners.remove(listener)
+                await listener.disownServiceParent()  # type: ignore[no-untyped-call]
+        have = {listener.description for listener in self.listeners}
+        problems = []
+        for description in wanted:
+            if description not in have:
+                try:
+                    self.add_listener(description)
+                except CannotListen as e:
+                    problems.append(str(e))
+        self.listeners.sort(key=lambda listener: wanted.index(listener.description))
+        grace = config.limits.shutdown_grace + KILL_GRACE
+        for worker in self.workers:
+            if self._stopping:
+                break
+            await worker.child.stop(grace)
+            if not self._stopping:
+                worker.child.start_or_retry()
+        if problems:
+            log.error("reload incomplete, the rest is in force: {problems}", problems="; ".join(problems))
+            raise CannotListen("; ".join(problems))
 
     # -- stopping ----------------------------------------------------------------------------
 
@@ -347,64 +459,14 @@ class WorkerSupervisor(MultiService):
 
     async def _stop(self) -> None:
         self._stopping = True
-        for worker in self.workers:
-            if worker.restart_call is not None and worker.restart_call.active():
-                worker.restart_call.cancel()
-            worker.restart_call = None
-        await self._stop_workers()
-        await DeferredList([program.stop() for program in self.programs])
-        await super().stopService()
-
-    async def _stop_workers(self) -> None:
-        """SIGTERM every worker; SIGKILL those still there after the grace period."""
-        running = [worker for worker in self.workers if worker.process is not None]
-        for worker in running:
-            _signal(worker, signal.SIGTERM)
-        if not running:
-            return
         grace = self.config.limits.shutdown_grace + KILL_GRACE
-        if not await self._all_exited(running, grace):
-            for worker in running:
-                if worker.process is not None:
-                    log.warn("worker {index} (pid {pid}) did not stop within {grace:g} s; sending SIGKILL",
-                             index=worker.index, pid=worker.pid, grace=grace)
-                    _signal(worker, signal.SIGKILL)
-            await self._all_exited(running, KILL_GRACE)
-
-    async def _all_exited(self, workers: list[Worker], timeout: float) -> bool:
-        """Whether all C{workers} exit within C{timeout} seconds."""
-        done: Deferred[bool] = Deferred()
-        timer = self._reactor.callLater(timeout, lambda: done.called or done.callback(False))
-
-        def exited(_: Any) -> None:
-            if timer.active():
-                timer.cancel()
-            if not done.called:
-                done.callback(True)
-
-        DeferredList([worker.exited for worker in workers]).addCallback(exited)
-        return await done
-
-
-def _signal(worker: Worker, signum: int) -> None:
-    if worker.process is None:
-        return
-    try:
-        worker.process.signalProcess(signum)
-    except (ProcessExitedAlready, OSError) as e:  # gone already; its exit is on its way
-        log.debug("cannot signal worker {index}: {error}", index=worker.index, error=e)
-
-
-def _describe(reason: Failure) -> str:
-    value = reason.value
-    signum = getattr(value, "signal", None)
-    if signum is not None:
-        return f"killed by signal {signum}"
-    return f"status {getattr(value, 'exitCode', None) or 0}"
+        await DeferredList([worker.child.stop(grace) for worker in self.workers])
+        await self._programs.stop_all()
+        await super().stopService()  # type: ignore[no-untyped-call]
 
 
 def build_supervisor(config: RouterConfig, reactor: Any = None) -> WorkerSupervisor:
     """The supervisor of C{config.workers} router processes (for C{config.workers} > 1)."""
     if reactor is None:
-        from twisted.internet import reactor  # type: ignore[no-redef]
+        from twisted.internet import reactor
     return WorkerSupervisor(config, reactor)

@@ -31,7 +31,7 @@ class Connectors:
     """Dispatches each session to the connector for its target's kind."""
 
     def __init__(self, reactor: Any, limits: Limits, pass_env: Sequence[str] = ()):
-        stream = StreamConnector(reactor, limits.connect_timeout)
+        stream = self._stream = StreamConnector(reactor, limits.connect_timeout)
         datagram = DatagramConnector(reactor)
         #: Runs the C{exec:} targets' commands (one process per session).
         self.commands = ExecConnector(reactor, limits, pass_env)
@@ -45,13 +45,13 @@ class Connectors:
             ReplayTarget: ReplayConnector(reactor),
         }
 
-    @property
-    def programs(self) -> ExecConnector:
+    def use_settings(self, limits: Limits, pass_env: Sequence[str]) -> None:
         """
-        Transitional alias of L{commands} for service/ until it is renamed
-        there (C{programs} now means wrapped programs only); remove then.
+        New connections use these limits (connect timeout, fork limits) and
+        environment names (a reload); commands already running are untouched.
         """
-        return self.commands
+        self._stream.use_timeout(limits.connect_timeout)
+        self.commands.use_settings(limits, pass_env)
 
     def register(self, kind: type, connector: Connector) -> None:
         """Serve targets of C{kind} with C{connector} (wrapped programs' targets, tests)."""

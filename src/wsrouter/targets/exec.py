@@ -86,7 +86,7 @@ import re
 import shutil
 import signal
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, cast
 
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
@@ -707,6 +707,11 @@ class ExecConnector:
     def running(self, route: Route) -> int:
         """How many commands of C{route} have not exited yet."""
         return self._running.get(route, 0)
+
+    def use_settings(self, limits: Limits, pass_env: Sequence[str]) -> None:
+        """Commands started from now on get these limits and variables (a reload)."""
+        self._limits = limits
+        self._pass_env = tuple(pass_env)
 
     def connect(self, session: SessionInfo) -> Deferred[Link]:
         try:

@@ -152,6 +152,10 @@ class StreamConnector:
         self._reactor = reactor
         self._timeout = timeout
 
+    def use_timeout(self, timeout: float) -> None:
+        """Connections from now on wait this long for the target (a reload)."""
+        self._timeout = timeout
+
     def connect(self, session: SessionInfo) -> Deferred[Link]:
         target = session.route.target
         if isinstance(target, TcpTarget):

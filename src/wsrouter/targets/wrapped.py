@@ -6,7 +6,7 @@ program's port, waiting (bounded) for it to come up.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -15,7 +15,6 @@ from twisted.python.failure import Failure
 
 from wsrouter.config import TcpTarget, WrappedTarget
 from wsrouter.interfaces import Link, SessionInfo, TargetError
-from wsrouter.process.wrapped import WrappedProgram
 from wsrouter.targets.stream import StreamConnector
 
 #: The shim reports the address when bind() returns, a moment before the
@@ -23,10 +22,27 @@ from wsrouter.targets.stream import StreamConnector
 RETRY_INTERVAL = 0.05
 
 
-class WrappedConnector:
-    """Connects sessions to the wrapped programs the service supervises."""
+class ProgramEndpoint(Protocol):
+    """
+    What the connector needs of a wrapped program: the supervisor's
+    L{wsrouter.process.wrapped.WrappedProgram}, or a worker's view of it.
+    """
 
-    def __init__(self, reactor: Any, programs: Mapping[WrappedTarget, WrappedProgram], timeout: float):
+    def when_ready(self, timeout: float) -> Deferred[tuple[str, int]]:
+        """The program's address once it listens; a L{TargetError} if not in time or never."""
+
+    def gone_reason(self) -> str | None:
+        """Why the program will not listen again without a new start; C{None} while it may."""
+
+
+class WrappedConnector:
+    """
+    Connects sessions to the wrapped programs the service supervises.
+    C{programs} is the service's own mapping: programs it adds or removes
+    on reload are seen by the next connection.
+    """
+
+    def __init__(self, reactor: Any, programs: Mapping[WrappedTarget, ProgramEndpoint], timeout: float):
         self._reactor = reactor
         self._programs = programs
         self._timeout = timeout
@@ -34,15 +50,17 @@ class WrappedConnector:
 
     def connect(self, session: SessionInfo) -> Deferred[Link]:
         target = session.route.target
-        program = self._programs.get(target)  # type: ignore[call-overload]
+        program = self._programs.get(target) if isinstance(target, WrappedTarget) else None
         if program is None:
             raise TargetError(f"no wrapped program for {target.describe()}", 502)
         return self._attempt(session, program, self._reactor.seconds() + self._timeout)
 
-    def _attempt(self, session: SessionInfo, program: WrappedProgram, deadline: float) -> Deferred[Link]:
+    def _attempt(self, session: SessionInfo, program: ProgramEndpoint, deadline: float) -> Deferred[Link]:
         """
         Wait for the program's current address and connect; a refusal means
-        it is between bind() and listen(), or being restarted, so ask again.
+        it is between bind() and listen(), or being restarted, so ask again
+        -- unless it has exited and no restart is coming: then answer 502 at
+        once, saying so.
         """
         remaining = max(deadline - self._reactor.seconds(), 0.001)
         attempt = program.when_ready(remaining)
@@ -51,6 +69,9 @@ class WrappedConnector:
         def refused(reason: Failure) -> Any:
             if not _is_refusal(reason) or self._reactor.seconds() >= deadline:
                 return reason
+            gone = program.gone_reason()
+            if gone is not None:
+                raise TargetError(f"{gone}; nothing listens at its address", 502)
             return deferLater(self._reactor, RETRY_INTERVAL, lambda: None).addCallback(
                 lambda _: self._attempt(session, program, deadline))
 
