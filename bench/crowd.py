@@ -33,6 +33,7 @@ Frames use a zero mask key like ``wsclient``; the handshake is checked the same 
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import itertools
 import os
@@ -104,7 +105,7 @@ def listen_overflows() -> int:
         return -1
     for names, values in itertools.pairwise(lines):
         if names and names[0] == "TcpExt:" and values and values[0] == "TcpExt:" and names != values:
-            table = dict(zip(names[1:], values[1:]))
+            table = dict(zip(names[1:], values[1:], strict=False))
             if "ListenOverflows" in table:
                 return int(table["ListenOverflows"])
     return -1
@@ -183,10 +184,8 @@ class Crowd:
         self._drop(c)
 
     def _drop(self, c: _Conn) -> None:
-        try:
+        with contextlib.suppress(KeyError, ValueError):
             self.sel.unregister(c.sock)
-        except (KeyError, ValueError):
-            pass
         c.sock.close()
         c.state = DONE
 

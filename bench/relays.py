@@ -8,6 +8,7 @@ their start time so a recycled PID is never hit.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -18,9 +19,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 import proctree
 
@@ -69,7 +71,7 @@ def _wsrouter(lport: int, tport: int, *extra: str) -> list[str]:
 
 
 def _websockify(lport: int, tport: int, *extra: str) -> list[str]:
-    return _bin("websockify") + [*extra, f"{HOST}:{lport}", f"{HOST}:{tport}"]
+    return [*_bin("websockify"), *extra, f"{HOST}:{lport}", f"{HOST}:{tport}"]
 
 
 RELAYS: dict[str, RelaySpec] = {
@@ -240,10 +242,8 @@ class Relay:
         for pid, starttime in self._descendants:
             st = proctree.read_stat(pid)
             if st is not None and st.starttime == starttime and st.state != "Z":
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
@@ -273,7 +273,7 @@ def start_relays(wanted: list[tuple[RelaySpec, int]], ports: PortPool,
     overlap; each entry of the result is the running relay or why it did not start."""
     spawned = [Relay(spec, ports.take(), tport, log_dir) for spec, tport in wanted]
     out: list[Relay | BenchError] = []
-    for (spec, tport), relay in zip(wanted, spawned):
+    for (spec, tport), relay in zip(wanted, spawned, strict=True):
         try:
             relay.wait_ready()
             out.append(relay)
@@ -371,10 +371,8 @@ class TargetsProcess:
         return dict(self.request({"cmd": "open_counts"})["open"])
 
     def stop(self) -> None:
-        try:
+        with contextlib.suppress(BenchError, OSError, ValueError):
             self.request({"cmd": "quit"}, timeout_s=2.0)
-        except (BenchError, OSError, ValueError):
-            pass
         stop_process(self.proc)
 
 

@@ -214,7 +214,7 @@ def run_workload(w: Workload, variants: list[Variant], params: Params, targets: 
         if not w.crowd:
             pairs = [(r, want) for r in runners if (want := r.wanted()) is not None]
             started = relays.start_relays([want for _, want in pairs], ports, log_dir)
-            for (r, _), res in zip(pairs, started):
+            for (r, _), res in zip(pairs, started, strict=True):
                 r.attach(res)
         for rnd in range(max((r.rounds for r in runners), default=0)):
             order = runners if rnd % 2 == 0 else list(reversed(runners))
@@ -273,7 +273,7 @@ def version(dist: str) -> str:
 def git_rev() -> str:
     try:
         out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=relays.REPO_DIR,
-                             capture_output=True, text=True, timeout=10)
+                             capture_output=True, check=False, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return out.stdout.strip() or "no commits"
@@ -302,7 +302,7 @@ def read_proc_int(path: str) -> int:
 def metadata(params: Params, targets: TargetsProcess, client_nofile: tuple[int, int]) -> dict[str, Any]:
     clock = time.get_clock_info("perf_counter").implementation
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),
         "cpu_model": cpu_model(),
         "kernel": platform.release(),

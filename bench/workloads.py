@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import array
 import selectors
-import socket
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import proctree
 import wsclient
@@ -146,7 +146,7 @@ def percentile(sorted_values: list[int] | array.array[int], q: float) -> float:
     """Nearest-rank percentile of an ascending sequence."""
     if not sorted_values:
         return float("nan")
-    idx = min(len(sorted_values) - 1, max(0, int(round(q / 100 * len(sorted_values) + 0.5)) - 1))
+    idx = min(len(sorted_values) - 1, max(0, round(q / 100 * len(sorted_values) + 0.5) - 1))
     return float(sorted_values[idx])
 
 
@@ -154,7 +154,7 @@ def _recv_or_fail(conn: WSConn, what: str) -> None:
     """Receive once; raise BenchError on EOF or a stall longer than STALL_S."""
     try:
         n = conn.recv_some()
-    except socket.timeout:
+    except TimeoutError:
         raise BenchError(f"{what}: stalled, nothing received for {STALL_S:.0f} s") from None
     if n == 0:
         raise BenchError(f"{what}: connection closed early (close code {conn.parser.close_code})")
@@ -185,7 +185,7 @@ def run_upstream(ctx: Context) -> dict[str, Any]:
             conn.sock.sendall(batch)
         for _ in range(nmsg % 16):
             conn.sock.sendall(one)
-    except socket.timeout:
+    except TimeoutError:
         raise BenchError(f"upstream: send stalled for {STALL_S:.0f} s") from None
     t_sent = time.perf_counter_ns()
     sink = _wait_sink(ctx, lambda c: c["bytes"] >= total)
@@ -249,7 +249,7 @@ def run_downstream(ctx: Context) -> dict[str, Any]:
         try:
             if conn.recv_some() == 0:
                 break
-        except socket.timeout:
+        except TimeoutError:
             raise BenchError(f"downstream: stalled at {p.data_bytes} of {total} bytes") from None
     t_last = time.perf_counter_ns()
     window_cpu_s = (ctx.relay_cpu_ns() - cpu0) / 1e9

@@ -293,7 +293,7 @@ class WSConn:
             try:
                 if self.recv_some() == 0:
                     return True
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 return False
         return False
 
@@ -308,7 +308,7 @@ def _read_response_head(sock: socket.socket, deadline: float) -> tuple[bytes, by
         sock.settimeout(left)
         try:
             chunk = sock.recv(4096)
-        except socket.timeout:
+        except TimeoutError:
             raise HandshakeError(f"no complete answer to the upgrade request in time "
                                  f"(got {buf[:200]!r})") from None
         if not chunk:

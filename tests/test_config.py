@@ -418,7 +418,8 @@ def test_listener_from_short_form_errors(text: str) -> None:
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("/t[framing=line;max-forks=4]@tty=exec:login", {"framing": Framing("line"), "max_forks": 4, "subprotocols": ("tty",)}),
+    ("/t[framing=line;max-forks=4]@tty=exec:login",
+     {"framing": Framing("line"), "max_forks": 4, "subprotocols": ("tty",)}),
     ("/r[record=rec/dir]=echo:", {"record": "rec/dir"}),
     ("/e[env=TERM:xterm;env=LANG:C.UTF-8]=exec:env", {"env": (("TERM", "xterm"), ("LANG", "C.UTF-8"))}),
 ])

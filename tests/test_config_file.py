@@ -283,7 +283,7 @@ def test_program_route_and_programs_share_one_object() -> None:
 
 
 def test_inline_programs_get_distinct_names() -> None:
-    """Inline wrap: programs are named after their command, never taking a name already used; a repeat is one program."""
+    """Inline wrap: programs are named after their command, never a name already used; a repeat is one program."""
     config = build_config({
         "programs": {"server": {"mode": "exit", "command": ["other"]}},
         "routes": [route_from_string("/a=wrap:respawn:/usr/sbin/server -p 1"),
@@ -383,7 +383,7 @@ def test_check_lists_every_problem(tmp_path: Path) -> None:
 @pytest.mark.parametrize("argv", [[], ["a.toml", "b.toml"]])
 def test_check_usage(argv: list[str]) -> None:
     """wsrouter check without exactly one file is a usage error (status 2)."""
-    status, out, err = check(argv)
+    status, _out, err = check(argv)
     assert status == 2 and "usage: wsrouter check FILE" in err
 
 
@@ -440,21 +440,21 @@ def test_command_line_route_duplicating_file_route(base_file: str) -> None:
 
 
 def test_check_as_a_process(tmp_path: Path) -> None:
-    """Run as its own process, check exits 0 for the example and 1 with the problem list (no traceback) for a bad file."""
+    """Run as its own process, check exits 0 for the example, 1 with the problem list (no traceback) for a bad file."""
     import subprocess
     import sys
 
     from tests.support import child_env
 
     script = "import sys; from wsrouter.cli.check import main_check; sys.exit(main_check(sys.argv[1:]))"
-    good = subprocess.run([sys.executable, "-c", script, str(EXAMPLE)], capture_output=True, text=True, timeout=60,
-                          env=child_env())
+    good = subprocess.run([sys.executable, "-c", script, str(EXAMPLE)], capture_output=True, check=False, text=True,
+                          timeout=60, env=child_env())
     assert (good.returncode, good.stderr) == (0, "")
     assert tomllib.loads(good.stdout)["routes"]
     path = tmp_path / "bad.toml"
     path.write_text('listen = ["bogus:1"]\n')
-    bad = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=60,
-                          env=child_env())
+    bad = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, check=False, text=True,
+                         timeout=60, env=child_env())
     assert bad.returncode == 1
     assert bad.stderr.splitlines() == [
         f"{path}: listen[0]: unknown endpoint type 'bogus' (expected tcp, tcp6, unix, ssl, systemd)",

@@ -32,8 +32,8 @@ from wsrouter.config import ExecTarget, Limits, Route
 from wsrouter.interfaces import SessionInfo, TargetError
 from wsrouter.targets.exec import (
     DEFAULT_PATH,
-    ExecConnector,
     CommandLink,
+    ExecConnector,
     StderrLines,
     cgi_environment,
     describe_exit,

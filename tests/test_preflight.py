@@ -57,7 +57,8 @@ def test_listener_strings_are_parsed(listener):
 def test_web_root_must_be_a_directory(tmp_path):
     """A web root that is missing or a file is a problem."""
     (tmp_path / "file").write_text("")
-    assert problems(web=str(tmp_path / "missing")) == [("web.root", f"{str(tmp_path / 'missing')!r} is not an existing directory")]
+    assert problems(web=str(tmp_path / "missing")) == [
+        ("web.root", f"{str(tmp_path / 'missing')!r} is not an existing directory")]
     assert problems(web=str(tmp_path / "file"))[0][0] == "web.root"
 
 
@@ -121,7 +122,7 @@ def test_both_runners_report_problems_without_traceback(tmp_path, runner):
             "--listen", f"tcp:{free_port()}:interface=127.0.0.1"]
     argv = ([TWISTD, "--nodaemon", "--pidfile=", "wsrouter", *args] if runner == "twistd"
             else [PYTHON, "-m", "wsrouter", *args])
-    result = subprocess.run(argv, capture_output=True, text=True, env=child_env(), cwd=REPO, timeout=60)
+    result = subprocess.run(argv, capture_output=True, check=False, text=True, env=child_env(), cwd=REPO, timeout=60)
     assert result.returncode == 2
     assert "listen[0]: not a Twisted endpoint string ('tcp:notaport'" in result.stderr
     assert "web.root:" in result.stderr
@@ -145,7 +146,7 @@ def test_unknown_endpoint_type_is_a_one_line_problem(runner, status):
     args = ["--listen", "bogus:1", "--route", "/=echo:"]
     argv = ([TWISTD, "--nodaemon", "--pidfile=", "wsrouter", *args] if runner == "twistd"
             else [PYTHON, "-m", "wsrouter", *args])
-    result = subprocess.run(argv, capture_output=True, text=True, env=child_env(), cwd=REPO, timeout=60)
+    result = subprocess.run(argv, capture_output=True, check=False, text=True, env=child_env(), cwd=REPO, timeout=60)
     output = result.stderr + result.stdout
     assert result.returncode == status
     assert "command line: listen[0]: unknown endpoint type 'bogus'" in output

@@ -37,7 +37,7 @@ def parsed(*argv: str) -> ServeOptions:
 
 
 def run(args: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PYTHON, "-m", "wsrouter", *args], capture_output=True, text=True,
+    return subprocess.run([PYTHON, "-m", "wsrouter", *args], capture_output=True, check=False, text=True,
                           env=child_env(), cwd=REPO, timeout=timeout)
 
 
@@ -166,7 +166,7 @@ def lifetime(**rules: object) -> tuple[LifetimeService, Clock, list[str]]:
 
 def test_run_once_stops_when_the_first_session_ends():
     """run_once stops at the first session's end, not at its start, and only once."""
-    service, clock, stops = lifetime(run_once=True)
+    service, _clock, stops = lifetime(run_once=True)
     service.session_opened("a")
     service.session_opened("b")
     assert stops == []
@@ -177,7 +177,7 @@ def test_run_once_stops_when_the_first_session_ends():
 
 def test_start_timeout_stops_without_a_client():
     """start_timeout stops the router when no session opened in time."""
-    service, clock, stops = lifetime(start_timeout=5)
+    _service, clock, stops = lifetime(start_timeout=5)
     clock.advance(4.9)
     assert stops == []
     clock.advance(0.2)
@@ -210,7 +210,7 @@ def test_idle_exit_counts_from_the_last_session():
 
 def test_idle_exit_from_start():
     """With no session at all, idle_exit counts from start-up."""
-    service, clock, stops = lifetime(idle_exit=2)
+    _service, clock, stops = lifetime(idle_exit=2)
     clock.advance(2.1)
     assert len(stops) == 1
 
@@ -226,7 +226,7 @@ def test_stopping_the_service_cancels_timers():
 
 def test_lifetime_values_must_be_seconds():
     """--timeout and --idle-timeout must be positive numbers, said as options."""
-    with pytest.raises(usage.UsageError, match="lifetime.idle_exit"):
+    with pytest.raises(usage.UsageError, match=r"lifetime\.idle_exit"):
         parsed("--idle-timeout", "soon", "--route", "/=echo:")
 
 
@@ -268,7 +268,7 @@ def test_timeout_under_twistd(tmp_path):
     twistd = str(Path(PYTHON).parent / "twistd")
     result = subprocess.run([twistd, "--nodaemon", "--pidfile=", "wsrouter", "--timeout", "1", "--listen",
                              f"tcp:{free_port()}:interface=127.0.0.1", "--route", "/=echo:"],
-                            capture_output=True, text=True, env=child_env(), cwd=REPO, timeout=60)
+                            capture_output=True, check=False, text=True, env=child_env(), cwd=REPO, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "--timeout: no client connected within 1 s" in result.stdout + result.stderr
 

@@ -1,11 +1,13 @@
 """wsrouter: a programmable WebSocket router on Twisted and Autobahn."""
 
+from typing import Any
+
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "build_config", "build_resource", "build_service"]
 
 
-def __getattr__(name: str) -> object:  # imported lazily: `import wsrouter` stays cheap and reactor-free
+def __getattr__(name: str) -> Any:  # imported lazily: `import wsrouter` stays cheap and reactor-free
     if name == "build_config":
         from wsrouter.config import build_config
 

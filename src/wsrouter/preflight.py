@@ -78,11 +78,11 @@ def check_executables(config: RouterConfig, environ: Mapping[str, str]) -> Itera
             except TargetError as e:
                 reported.add(target)
                 yield f"routes[{index}].target", str(e)
-        elif isinstance(target, WrappedTarget):
-            if shutil.which(target.argv[0], path=environ.get("PATH", os.defpath)) is None:
-                reported.add(target)
-                yield f"routes[{index}].target", (f"wrapped program {target.argv[0]!r} not found or not "
-                                                  "executable (the router's PATH is searched)")
+        elif (isinstance(target, WrappedTarget)
+              and shutil.which(target.argv[0], path=environ.get("PATH", os.defpath)) is None):
+            reported.add(target)
+            yield f"routes[{index}].target", (f"wrapped program {target.argv[0]!r} not found or not "
+                                              "executable (the router's PATH is searched)")
 
 
 def _exec_path(config: RouterConfig, route_env: Mapping[str, str], environ: Mapping[str, str]) -> str:

@@ -11,6 +11,7 @@ C{wsrouter reload --pidfile FILE}, or C{--pid PID}.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -128,10 +129,8 @@ class Reloader:
 
     def _forget(self) -> None:
         if self.outcome is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(self.outcome())
-            except OSError:
-                pass
 
 
 class ReloadOptions(usage.Options):

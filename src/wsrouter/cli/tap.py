@@ -154,13 +154,13 @@ class Options(usage.Options):
         self["pass_env"].append(name)
 
     def opt_listen(self, endpoint: str) -> None:
-        """Listen on a Twisted endpoint, e.g. tcp:8080:interface=127.0.0.1 or unix:/run/ws.sock (repeatable; default tcp:8080:interface=127.0.0.1)."""
+        """Twisted endpoint to listen on, e.g. unix:/run/ws.sock (repeatable; default tcp:8080:interface=127.0.0.1)."""
         self["listen"].append(endpoint)
 
     opt_l = opt_listen
 
     def opt_route(self, route: str) -> None:
-        """Route PATH[@SUBPROTOCOLS]=TARGET, e.g. '/vnc=tcp://127.0.0.1:5900' or '/*=udp://127.0.0.1:9000' (repeatable)."""
+        """Route PATH[@SUBPROTOCOLS]=TARGET, e.g. '/vnc=tcp://127.0.0.1:5900', '/*=udp://127.0.0.1:9000'; repeatable."""
         self["routes"].append(route)
 
     opt_r = opt_route

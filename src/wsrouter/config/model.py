@@ -16,7 +16,7 @@ import math
 import re
 import shlex
 from collections.abc import Iterable, Sequence
-from typing import Any, Union
+from typing import Any, TypeAlias
 
 from attrs import Factory, field, frozen
 
@@ -77,7 +77,7 @@ class ConfigError(ValueError):
     def lines(self) -> list[str]:
         """One C{SOURCE: key.path: problem} line per problem."""
         return [f"{where}: {key}: {problem}" if key else f"{where}: {problem}"
-                for where, (key, problem) in zip(self.sources, self.problems)]
+                for where, (key, problem) in zip(self.sources, self.problems, strict=True)]
 
 
 class _Checks:
@@ -324,8 +324,8 @@ class ReplayTarget:
         return f"replay:{self.path}" + (f"?speed={speed}" if self.speed != 1.0 else "")
 
 
-Target = Union[TcpTarget, UnixTarget, UdpTarget, UnixDatagramTarget, EchoTarget, ExecTarget, WrappedTarget,
-               ReplayTarget]
+Target: TypeAlias = (TcpTarget | UnixTarget | UdpTarget | UnixDatagramTarget | EchoTarget | ExecTarget
+                     | WrappedTarget | ReplayTarget)
 
 #: Target kinds whose natural unit is a datagram, not a byte stream.
 DATAGRAM_TARGETS = (UdpTarget, UnixDatagramTarget)
@@ -395,7 +395,7 @@ class Route:
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
         self._check_path(checks)
-        if not isinstance(self.target, Target.__args__):  # type: ignore[attr-defined]
+        if not isinstance(self.target, Target.__args__):
             checks.add("target", f"must be a target, not {self.target!r}")
         _check_bool(checks, "prefix", self.prefix)
         _check_strings(checks, "subprotocols", self.subprotocols, "subprotocol name")

@@ -538,7 +538,8 @@ class _Builder:
             fields["workers"] = _number(values["workers"], True)
         config: RouterConfig | None = self.make(RouterConfig, fields, "")
         routes_given = values.get("routes")
-        some_failed = len(places) < (len(routes_given) if isinstance(routes_given, list) else 0) or (values.get("web") is not None and web is None)
+        some_failed = (len(places) < (len(routes_given) if isinstance(routes_given, list) else 0)
+                       or (values.get("web") is not None and web is None))
         self._renumber(before, places, some_failed)
         return config
 
