@@ -22,8 +22,8 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from wsrouter.config import ConfigError, RouterConfig
 
