@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from wsrouter.clientaddr import real_client
 from wsrouter.config import DATAGRAM_TARGETS, ExecTarget, RouterConfig
 from wsrouter.descriptors import DescriptorGuard, session_cost
 from wsrouter.framing import make_framer, message_is_binary
@@ -110,7 +111,8 @@ class Gateway:
             return _refuse(request, e.status, e.reason)
         if self.descriptors is not None and not self.descriptors.admit(session_cost(match.route, config)):
             return _refuse(request, 503, "too many open connections")
-        info = _session_info(session_id, connection, request, path, route_path, match)
+        info = _session_info(session_id, connection, request, path, route_path, match,
+                             config.proxies.trusted_proxies)
         try:
             connecting = self.connectors.connect(info)
         except TargetError as e:
@@ -218,22 +220,28 @@ class Gateway:
 
 
 def _session_info(session_id: str, connection: ClientConnection, request: Any, path: str,
-                  route_path: str, match: Match) -> SessionInfo:
+                  route_path: str, match: Match, trusted_proxies: tuple[str, ...] = ()) -> SessionInfo:
+    # The transport's peer is already the PROXY header's client, if any.
     peer = connection.transport.getPeer()
     host = connection.transport.getHost()
     query = urlsplit(connection.http_request_uri).query
     server_name = (request.host or "").rsplit(":", 1)[0].strip("[]") if request.host else ""
+    headers = tuple((name.lower(), value) for name, value in request.headers.items())
+    peer_host, peer_port = real_client(
+        (str(getattr(peer, "host", "") or getattr(peer, "name", "") or "unix"), int(getattr(peer, "port", 0) or 0)),
+        headers, trusted_proxies)
     return SessionInfo(
         session_id=session_id,
-        peer_host=str(getattr(peer, "host", "") or getattr(peer, "name", "") or "unix"),
-        peer_port=int(getattr(peer, "port", 0) or 0),
+        peer_host=peer_host,
+        peer_port=peer_port,
+        local_host=str(getattr(host, "host", "") or ""),
         server_name=server_name,
         server_port=int(getattr(host, "port", 0) or 0),
         secure=connection.is_secure(),
         path=path,
         route_path=route_path,
         query=query,
-        headers=tuple((name.lower(), value) for name, value in request.headers.items()),
+        headers=headers,
         subprotocol=match.subprotocol,
         route=match.route,
         script_name=connection.mount_prefix + match.route.path.rstrip("/") if match.route.prefix else path,

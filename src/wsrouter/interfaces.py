@@ -30,7 +30,13 @@ class SessionInfo:
     """
     What is known about a WebSocket session once its handshake is read.
 
-    @ivar peer_host: the client's address.
+    @ivar peer_host: the client's real address: from a PROXY header or a
+        trusted proxy's forwarding headers if there are any, else the
+        connection's peer (L{wsrouter.clientaddr}).  What logs, limits,
+        recordings and CGI variables use.
+    @ivar peer_port: the client's port; 0 when a forwarding header gave none.
+    @ivar local_host: the address the client connected to (as a PROXY
+        header said, else the listener's own); "" on a Unix socket.
     @ivar route_path: the path matched against routes (below any mount point).
     @ivar headers: the request headers, names lower-cased, in order.
     """
@@ -48,6 +54,7 @@ class SessionInfo:
     subprotocol: str | None
     route: Route
     script_name: str = ""
+    local_host: str = ""
 
     @property
     def request_uri(self) -> str:

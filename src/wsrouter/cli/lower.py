@@ -65,6 +65,7 @@ def options_to_raw(options: Mapping[str, Any]) -> dict[str, Any]:
             raise LoweringError(f"expected [HOST:]PORT TARGET_HOST:TARGET_PORT, got {' '.join(short)}")
         listen.append(_short_listener(short[0]))
         routes.append({"path": "/*", "target": short[1]})
+    _lower_proxies(raw, listen, options)
     if listen:
         raw["listen"] = listen
     if routes:
@@ -87,6 +88,16 @@ def options_to_raw(options: Mapping[str, Any]) -> dict[str, Any]:
         "traffic": True if options.get("traffic") else None,
     })
     return raw
+
+
+def _lower_proxies(raw: dict[str, Any], listen: list[str], options: Mapping[str, Any]) -> None:
+    """--proxy-listen adds a listener and names it in proxy_protocol; --trusted-proxy fills trusted_proxies."""
+    proxied = list(options.get("proxy_listen") or ())
+    if proxied:
+        listen.extend(proxied)
+        raw["proxy_protocol"] = proxied
+    if options.get("trusted_proxies"):
+        raw["trusted_proxies"] = list(options["trusted_proxies"])
 
 
 def _table(raw: dict[str, Any], name: str, values: dict[str, Any]) -> None:

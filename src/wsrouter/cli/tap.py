@@ -134,6 +134,8 @@ class Options(usage.Options):
         self["listen"] = []
         self["routes"] = []
         self["pass_env"] = []
+        self["proxy_listen"] = []
+        self["trusted_proxies"] = []
         self["program"] = []
         self["short_form"] = ()
         self["argv"] = []
@@ -158,6 +160,14 @@ class Options(usage.Options):
         self["listen"].append(endpoint)
 
     opt_l = opt_listen
+
+    def opt_proxy_listen(self, endpoint: str) -> None:
+        """Like --listen, but each connection must start with a PROXY v1/v2 header from a --trusted-proxy."""
+        self["proxy_listen"].append(endpoint)
+
+    def opt_trusted_proxy(self, network: str) -> None:
+        """A proxy (IP or CIDR) whose PROXY and X-Forwarded-For/Forwarded headers are believed (repeatable)."""
+        self["trusted_proxies"].append(network)
 
     def opt_route(self, route: str) -> None:
         """Route PATH[@SUBPROTOCOLS]=TARGET, e.g. '/vnc=tcp://127.0.0.1:5900', '/*=udp://127.0.0.1:9000'; repeatable."""

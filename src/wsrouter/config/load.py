@@ -20,7 +20,7 @@ from wsrouter.config.spec import build_config
 
 COMMAND_LINE = "command line"
 #: Top-level lists the command line appends to instead of replacing.
-APPENDED = ("listen", "routes")
+APPENDED = ("listen", "routes", "proxy_protocol", "trusted_proxies")
 
 
 def read_file(path: str) -> dict[str, Any]:
@@ -61,7 +61,7 @@ def _merge_tables(old: Any, new: Any) -> Any:
     return new
 
 
-_INDEXED = re.compile(r"\b(listen|routes)\[(\d+)\]")
+_INDEXED = re.compile(r"\b(listen|routes|proxy_protocol|trusted_proxies)\[(\d+)\]")
 
 
 class _Origins:

@@ -12,6 +12,7 @@ This module is the only home of defaults and imports nothing from Twisted.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import shlex
@@ -33,6 +34,9 @@ DEFAULT_WORKERS = 1
 SHAREABLE_LISTENERS = ("tcp:", "tcp6:", "unix:")
 #: Twisted server endpoint types a listener may name (checked lexically).
 LISTENER_KINDS = ("tcp", "tcp6", "unix", "ssl", "systemd")
+
+#: PROXY protocol versions a route may send to its target (L{wsrouter.proxyproto}).
+PROXY_PROTOCOL_VERSIONS = ("v1", "v2")
 
 #: Framings a route may name; see L{wsrouter.framing}.
 FRAMINGS = ("binary", "line", "separator", "fixed")
@@ -381,6 +385,8 @@ class Route:
     @ivar record: a directory to record this route's sessions into
         (C{None}: the router-wide setting; L{RECORD_OFF}: not recorded).
     @ivar env: extra environment for exec targets, C{(name, value)}.
+    @ivar proxy_protocol: send the target a PROXY protocol header (C{v1}
+        or C{v2}) naming the client first; tcp and unix targets only.
     """
 
     path: str
@@ -391,10 +397,12 @@ class Route:
     max_forks: int | None = None
     record: str | None = None
     env: tuple[tuple[str, str], ...] = field(default=(), converter=_as_tuple)
+    proxy_protocol: str | None = None
 
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
         self._check_path(checks)
+        _check_proxy_protocol(checks, self.proxy_protocol, self.target)
         if not isinstance(self.target, Target.__args__):
             checks.add("target", f"must be a target, not {self.target!r}")
         _check_bool(checks, "prefix", self.prefix)
@@ -445,6 +453,14 @@ class Route:
         if not self.prefix:
             return self.path
         return self.path + "*" if self.path.endswith("/") else self.path + "/*"
+
+
+def _check_proxy_protocol(checks: _Checks, version: object, target: object) -> None:
+    if version is None:
+        return
+    _check_choice(checks, "proxy_protocol", version, PROXY_PROTOCOL_VERSIONS)
+    if not isinstance(target, (TcpTarget, UnixTarget)):
+        checks.add("proxy_protocol", "is only for tcp and unix stream targets")
 
 
 _KIND_NAMES = {"UdpTarget": "udp", "UnixDatagramTarget": "unix-dgram", "EchoTarget": "echo",
@@ -590,6 +606,42 @@ class Recording:
         checks.raise_any()
 
 
+def _check_network(checks: _Checks, key: str, value: object) -> None:
+    try:
+        ipaddress.ip_network(value, strict=False)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        checks.add(key, f"must be an IP network such as 10.0.0.0/8 or ::1/128, not {value!r}")
+
+
+@frozen
+class Proxies:
+    """
+    Who may say who the client is (see C{docs/security.md}).
+
+    @ivar trusted_proxies: networks (CIDR; a bare address is one host) whose
+        PROXY headers and C{X-Forwarded-For} / C{Forwarded} headers are
+        believed; none by default.
+    @ivar proxy_protocol: listeners (as written in C{listen}) on which every
+        connection must start with a PROXY protocol v1/v2 header from a
+        trusted proxy.
+    """
+
+    trusted_proxies: tuple[str, ...] = field(default=(), converter=_as_tuple)
+    proxy_protocol: tuple[str, ...] = field(default=(), converter=_as_tuple)
+
+    def __attrs_post_init__(self) -> None:
+        checks = _Checks()
+        _check_strings(checks, "trusted_proxies", self.trusted_proxies, "IP network")
+        if isinstance(self.trusted_proxies, tuple):
+            for index, network in enumerate(self.trusted_proxies):
+                _check_network(checks, f"trusted_proxies[{index}]", network)
+        _check_strings(checks, "proxy_protocol", self.proxy_protocol, "listener")
+        if self.proxy_protocol and not self.trusted_proxies:
+            checks.add("proxy_protocol", "needs trusted_proxies: the addresses of the load balancers "
+                       "allowed to send PROXY headers")
+        checks.raise_any()
+
+
 def _wrapped_of(routes: Iterable[Route]) -> tuple[WrappedTarget, ...]:
     """The wrapped programs behind C{routes}, each once, in route order."""
     found: list[WrappedTarget] = []
@@ -623,10 +675,12 @@ class RouterConfig:
     pass_env: tuple[str, ...] = field(default=(), converter=_as_tuple)
     follow_program_port: bool = False
     workers: int = DEFAULT_WORKERS
+    proxies: Proxies = field(factory=Proxies)
 
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
         self._check_listeners(checks)
+        self._check_proxies(checks)
         self._check_routes(checks)
         self._check_programs(checks)
         if self.web is not None and not isinstance(self.web, WebRoot):
@@ -657,6 +711,14 @@ class RouterConfig:
             elif _is_int(self.workers) and self.workers > 1 and not listener.startswith(SHAREABLE_LISTENERS):
                 checks.add(f"listen[{index}]", f"workers cannot share {listener!r}; with workers > 1 use "
                            f"{', '.join(kind + '...' for kind in SHAREABLE_LISTENERS)} listeners")
+
+    def _check_proxies(self, checks: _Checks) -> None:
+        if not isinstance(self.proxies, Proxies):
+            checks.add("proxies", f"must be proxy settings, not {self.proxies!r}")
+            return
+        for index, listener in enumerate(self.proxies.proxy_protocol):
+            if listener not in self.listeners:
+                checks.add(f"proxy_protocol[{index}]", f"{listener!r} is not one of the listeners in listen")
 
     def _check_routes(self, checks: _Checks) -> None:
         if not isinstance(self.routes, tuple):

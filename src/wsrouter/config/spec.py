@@ -35,6 +35,7 @@ from wsrouter.config.model import (
     Lifetime,
     Limits,
     LogSettings,
+    Proxies,
     Recording,
     ReplayTarget,
     Route,
@@ -49,7 +50,7 @@ from wsrouter.config.model import (
 )
 
 TOP_KEYS = ("listen", "workers", "pass_env", "follow_program_port", "limits", "lifetime", "log", "web",
-            "recording", "programs", "routes")
+            "recording", "programs", "routes", "trusted_proxies", "proxy_protocol")
 LIMITS_KEYS = ("max_message_size", "ping_interval", "ping_timeout", "session_idle_timeout", "handshake_timeout",
                "connect_timeout", "shutdown_grace", "max_forks")
 LIFETIME_KEYS = ("run_once", "start_timeout", "idle_exit")
@@ -57,7 +58,7 @@ LOG_KEYS = ("file", "level", "traffic", "format")
 WEB_KEYS = ("root", "listing")
 RECORDING_KEYS = ("directory", "format", "max_bytes", "redact")
 PROGRAM_KEYS = ("mode", "command", "ports", "keep_env")
-ROUTE_KEYS = ("path", "subprotocols", "target", "framing", "max_forks", "record", "env")
+ROUTE_KEYS = ("path", "subprotocols", "target", "framing", "max_forks", "record", "env", "proxy_protocol")
 #: Keys holding numbers; a numeric string is accepted there (command-line values).
 _INTEGER_KEYS = ("workers", "max_message_size", "max_forks", "max_bytes")
 _NUMBER_KEYS = ("ping_interval", "ping_timeout", "session_idle_timeout", "handshake_timeout", "connect_timeout",
@@ -72,7 +73,7 @@ MOVED_KEYS = {
 }
 
 #: Options a route string may carry in brackets (the file's keys, with '-').
-ROUTE_OPTIONS = ("framing", "max-forks", "record", "env")
+ROUTE_OPTIONS = ("framing", "max-forks", "record", "env", "proxy-protocol")
 
 TARGET_FORMS = ("tcp://HOST:PORT, HOST:PORT, unix:///PATH, udp://HOST:PORT, unix-dgram:///PATH, exec:COMMAND, "
                 "wrap:MODE:PROGRAM, program:NAME, replay:FILE[?speed=FACTOR] or echo:")
@@ -268,7 +269,7 @@ def route_from_string(text: str) -> dict[str, Any]:
         elif key == "max-forks":
             entry["max_forks"] = int(value) if value.isascii() and value.isdigit() else value
         else:
-            entry[key] = value
+            entry[key.replace("-", "_")] = value
     if env:
         entry["env"] = env
     return entry
@@ -492,6 +493,8 @@ class _Builder:
             fields["max_forks"] = _number(values["max_forks"], True)
         if "record" in values:
             fields["record"] = values["record"]
+        if "proxy_protocol" in values:
+            fields["proxy_protocol"] = values["proxy_protocol"]
         env = values.get("env")
         if isinstance(env, Mapping):
             fields["env"] = tuple(env.items())
@@ -536,12 +539,20 @@ class _Builder:
         }
         if "workers" in values:
             fields["workers"] = _number(values["workers"], True)
+        fields["proxies"] = self.proxies(values)
         config: RouterConfig | None = self.make(RouterConfig, fields, "")
         routes_given = values.get("routes")
         some_failed = (len(places) < (len(routes_given) if isinstance(routes_given, list) else 0)
                        or (values.get("web") is not None and web is None))
         self._renumber(before, places, some_failed)
         return config
+
+    def proxies(self, values: Mapping[str, Any]) -> Proxies:
+        """The top-level C{trusted_proxies} and C{proxy_protocol} lists."""
+        lists = {key: self.strings(values[key], key, what) for key, what in
+                 (("trusted_proxies", "IP network"), ("proxy_protocol", "listener")) if key in values}
+        made: Proxies | None = self.make(Proxies, {k: v for k, v in lists.items() if v is not None}, "")
+        return made or Proxies()
 
     def routes(self, raw: Any) -> tuple[list[Route], list[int]]:
         """The routes that could be built, and the index each had in C{raw}."""
@@ -611,6 +622,8 @@ def _route_data(route: Route) -> dict[str, Any]:
         data["record"] = route.record
     if route.env:
         data["env"] = dict(route.env)
+    if route.proxy_protocol is not None:
+        data["proxy_protocol"] = route.proxy_protocol
     return data
 
 
@@ -648,6 +661,10 @@ def to_data(config: RouterConfig) -> dict[str, Any]:
     data["programs"] = {program.name: {"mode": program.mode, "command": list(program.argv), "ports": program.ports,
                                        "keep_env": program.keep_env} for program in config.programs}
     data["routes"] = [_route_data(route) for route in config.routes]
+    if config.proxies.trusted_proxies:
+        data["trusted_proxies"] = list(config.proxies.trusted_proxies)
+    if config.proxies.proxy_protocol:
+        data["proxy_protocol"] = list(config.proxies.proxy_protocol)
     return data
 
 

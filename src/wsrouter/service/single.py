@@ -23,11 +23,13 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from wsrouter import clientaddr
 from wsrouter.config import RouterConfig, WrappedTarget
 from wsrouter.descriptors import DescriptorGuard, GuardedSite
 from wsrouter.gateway import Gateway
 from wsrouter.process.supervisor import Supervisor
 from wsrouter.process.wrapped import ProgramNotFound, ProgramSet, WrappedProgram, wrapped_targets
+from wsrouter.proxyproto import ProxyHeaderFactory
 from wsrouter.rebind import ShimUnavailable
 from wsrouter.targets.wrapped import WrappedConnector
 from wsrouter.web.resource import RouterResource
@@ -136,7 +138,7 @@ class RouterService(MultiService):
 
     def add_listener(self, description: str) -> ListenerService:
         """Listen on C{description} too (at once if running); L{CannotListen} if that fails."""
-        listener = ListenerService(self._reactor, description, self.site)
+        listener = ListenerService(self._reactor, description, listener_factory(self, description))
         listener.setServiceParent(self)  # type: ignore[no-untyped-call]
         self.listeners.append(listener)
         return listener
@@ -223,6 +225,27 @@ class RouterService(MultiService):
         await super().stopService()  # type: ignore[no-untyped-call]
         await self.gateway.shutdown()
         await DeferredList([self._programs.stop_all(), self.gateway.connectors.commands.terminate_all()])
+
+
+class _HasConfigAndSite(Protocol):
+    config: RouterConfig
+    site: GuardedSite
+
+
+def listener_factory(service: _HasConfigAndSite, description: str) -> Factory[Any]:
+    """
+    The factory for the listener C{description}: the service's Site, read
+    through a PROXY header first on the listeners in C{proxy_protocol}.
+    The trusted proxies are read from the service's config at each
+    connection, so a reload changes them for new connections.
+    """
+    if description not in service.config.proxies.proxy_protocol:
+        return service.site
+
+    def is_trusted(host: str) -> bool:
+        return clientaddr.is_trusted(host, service.config.proxies.trusted_proxies)
+
+    return ProxyHeaderFactory(service.site, is_trusted)
 
 
 def start_programs(programs: list[WrappedProgram]) -> None:

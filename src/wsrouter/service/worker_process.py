@@ -31,7 +31,7 @@ from wsrouter.config import RouterConfig, WrappedTarget
 from wsrouter.descriptors import DescriptorGuard, GuardedSite
 from wsrouter.interfaces import TargetError
 from wsrouter.process.wrapped import AddressWaiters, program_name, wrapped_targets
-from wsrouter.service.single import build_resource, program_wait_timeout
+from wsrouter.service.single import build_resource, listener_factory, program_wait_timeout
 from wsrouter.service.workers import CONTROL_FD, decode_config
 from wsrouter.targets.wrapped import WrappedConnector
 
@@ -140,10 +140,11 @@ class WorkerService(Service):
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
-        for fd in self._fds:
+        for fd, description in zip(self._fds, self.config.listeners, strict=False):
             inherited = socket.socket(fileno=fd)
+            factory = listener_factory(self, description)
             try:
-                self.ports.append(self._reactor.adoptStreamPort(inherited.fileno(), inherited.family, self.site))
+                self.ports.append(self._reactor.adoptStreamPort(inherited.fileno(), inherited.family, factory))
             finally:
                 inherited.close()  # the port has its own descriptor
         log.info("{capacity}", capacity=self.descriptors.describe_capacity(self.config))

@@ -34,6 +34,7 @@ from zope.interface import implementer
 
 from wsrouter.config import TcpTarget, UnixTarget
 from wsrouter.interfaces import Link, LinkReceiver, SessionInfo, TargetError
+from wsrouter.proxyproto import build_header
 from wsrouter.ws.writes import write_sequence_through, write_through
 
 #: Bytes read from a target at once, and queued for it before pausing.
@@ -172,7 +173,23 @@ class StreamConnector:
             raise TargetError(f"cannot connect to {target.describe()}: {_connect_error(reason)}", 502)
 
         connecting.addErrback(failed)
+        if session.route.proxy_protocol is not None:
+            connecting.addCallback(_send_first, proxy_header_for(session))
         return cast("Deferred[Link]", connecting)
+
+
+def proxy_header_for(session: SessionInfo) -> bytes:
+    """The PROXY header the route sends its target: the real client, and the address it connected to."""
+    version = session.route.proxy_protocol or "v2"
+    source = (session.peer_host, session.peer_port) if session.peer_host else None
+    destination = (session.local_host, session.server_port) if session.local_host else None
+    return build_header(version, source, destination)
+
+
+def _send_first(link: Any, header: bytes) -> Any:
+    """Write C{header} to the L{StreamLink} before anything the client sends (it is paused only for reading)."""
+    link.write(header)
+    return link
 
 
 def _tcp_endpoint(reactor: Any, target: TcpTarget, timeout: float) -> IStreamClientEndpoint:
