@@ -1,7 +1,8 @@
 """
 examples/haproxy.cfg as the README offers it: a real HAProxy in front of two
-real router processes on loopback, balancing WebSocket connections and
-keeping a client that returns with its cookie on the same instance.
+real router processes on loopback, balancing WebSocket connections,
+keeping a client that returns with its cookie on the same instance, and
+telling the routers the real client address with a PROXY v2 header.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ def test_haproxy_balances_and_sticks_websockets_over_two_routers(tmp_path):
     with ExitStack() as stack:
         routers = []
         for n, port in enumerate(ports, 1):
-            router = RouterProcess(["--listen", f"tcp:{port}:interface=127.0.0.1", "--route", "/*=echo:"], port,
-                                   tmp_path / f"router{n}.log")
+            router = RouterProcess(["--proxy-listen", f"tcp:{port}:interface=127.0.0.1", "--trusted-proxy", "127.0.0.1",
+                                    "--route", "/*=echo:"], port, tmp_path / f"router{n}.log")
             stack.callback(router.stop)
             routers.append(router)
         env = child_env(WSROUTER_LISTEN=f"127.0.0.1:{front}", WSROUTER_1=f"127.0.0.1:{ports[0]}",
@@ -70,6 +71,10 @@ def test_haproxy_balances_and_sticks_websockets_over_two_routers(tmp_path):
         assert sum(opened) == 10 and min(opened) >= 4, (opened, log_path.read_text())
         cookies = {ws.response.headers.get("Set-Cookie", "").split(";")[0] for ws in held}
         assert cookies == {"WSROUTER=r1", "WSROUTER=r2"}, cookies
+        # The routers name each client by its own address and port (from the PROXY header), not HAProxy's.
+        logged = {int(port) for router in routers
+                  for port in re.findall(r"session \S+ open: 127\.0\.0\.1:(\d+) ", router.log())}
+        assert logged == {ws.local_address[1] for ws in held}, (logged, routers[0].log())
 
         for n in range(6):  # more than leastconn alone would send to r2
             with connect(url, additional_headers={"Cookie": "WSROUTER=r2"}) as ws:

@@ -21,7 +21,7 @@ from wsrouter.clientaddr import forwarded_hops, is_trusted, real_client
 from wsrouter.config import ConfigError, build_config
 from wsrouter.proxyproto import V2_SIGNATURE, ProxyHeader, ProxyHeaderError, build_header, parse_header
 
-from .support import RecordingTarget, connect, in_thread, listen_target, start_router
+from .support import RecordingTarget, RouterProcess, connect, free_port, in_thread, listen_target, start_router
 
 PROGRAMS = Path(__file__).parent / "programs"
 ENV_JSON = shlex.join([sys.executable, str(PROGRAMS / "env_json.py")])
@@ -107,7 +107,7 @@ def test_headers_ignored_from_untrusted_peer_and_by_default():
 
 
 def test_config_problems_named_by_key():
-    """A PROXY listener without trusted proxies, one not in listen, a bad network and a misplaced route key are errors."""
+    """A PROXY listener without trusted proxies or not in listen, a bad network, a misplaced route key: errors."""
     cases = [
         ({"listen": ["tcp:1"], "proxy_protocol": ["tcp:1"]}, "proxy_protocol: needs trusted_proxies"),
         ({"listen": ["tcp:1"], "proxy_protocol": ["tcp:2"], "trusted_proxies": ["::1"]},
@@ -250,7 +250,7 @@ def parse_test_header(data: bytes) -> tuple[tuple[str, int], bytes]:
 @pytest_twisted.inlineCallbacks
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_tcp_target_receives_proxy_header_first(version):
-    """A route with proxy_protocol sends its TCP backend a header naming the client's address and port, then the data."""
+    """A route with proxy_protocol sends its TCP backend a header naming the client's address and port, then data."""
     port, factory = listen_target(RecordingTarget)
     router = start_router(routes=[f"/t[proxy-protocol={version}]=tcp://127.0.0.1:{port.getHost().port}"])
 
@@ -268,3 +268,20 @@ def test_tcp_target_receives_proxy_header_first(version):
         yield port.stopListening()
     source, rest = parse_test_header(received)
     assert source == (local[0], local[1]) and rest == b"hello"
+
+
+def test_workers_read_proxy_headers_too(tmp_path):
+    """With --workers 2, each worker process reads the PROXY header on the listener it adopted."""
+    port = free_port()
+    router = RouterProcess(["--workers", "2", "--proxy-listen", f"tcp:{port}:interface=127.0.0.1",
+                            "--trusted-proxy", "127.0.0.0/8", "--route", f"/env=exec:{ENV_JSON}"],
+                           port, tmp_path / "router.log")
+    try:
+        for n in range(4):
+            header = build_header("v2", (f"192.0.2.{n + 1}", 1000 + n), ("192.0.2.200", 80))
+            with raw_handshake(port, "/env", header) as s:
+                env = json.loads(read_text_message(s))
+            assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == (f"192.0.2.{n + 1}", str(1000 + n))
+    finally:
+        router.stop()
+    assert "open: 192.0.2.4:1003 /env" in router.log()

@@ -146,7 +146,8 @@ class RouterService(MultiService):
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
         for description in self.config.listeners:
-            log.info("listening on {listener}", listener=description)
+            proxied = " (PROXY protocol)" if description in self.config.proxies.proxy_protocol else ""
+            log.info("listening on {listener}{proxied}", listener=description, proxied=proxied)
         for route in self.config.routes:
             log.info("route {route} -> {target}", route=route.describe(), target=route.target.describe())
         log.info("{capacity}", capacity=self.descriptors.describe_capacity(self.config))
