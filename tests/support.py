@@ -77,7 +77,9 @@ def nested_schema(raw: dict[str, Any]) -> dict[str, Any]:
             name = {"record": "directory", "record_format": "format", "record_max_bytes": "max_bytes"}[key]
             nested.setdefault("recording", {})[name] = str(value) if key == "record" else value
         elif key == "web":
-            nested["web"] = {"root": str(value)}
+            nested["web"] = {"root": str(value), **raw.get("web_settings", {})}
+        elif key == "web_settings":
+            continue
         else:
             nested[key] = value
     return nested

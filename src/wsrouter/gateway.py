@@ -103,23 +103,23 @@ class Gateway:
         session_id = self.session_prefix + secrets.token_hex(4)
         path = unquote(urlsplit(request.path).path)
         route_path = path[len(connection.mount_prefix):] or "/"
+        client = client_address(connection, request, config.proxies.trusted_proxies)
         if self._stopping:
-            return _refuse(request, 503, "router is shutting down")
+            return _refuse(request, 503, "router is shutting down", client)
         try:
             match = select_route(config.routes, route_path, request.protocols)
         except NoRoute as e:
-            return _refuse(request, e.status, e.reason)
+            return _refuse(request, e.status, e.reason, client)
         if self.descriptors is not None and not self.descriptors.admit(session_cost(match.route, config)):
-            return _refuse(request, 503, "too many open connections")
-        info = _session_info(session_id, connection, request, path, route_path, match,
-                             config.proxies.trusted_proxies)
+            return _refuse(request, 503, "too many open connections", client)
+        info = _session_info(session_id, connection, request, path, route_path, match, client)
         try:
             connecting = self.connectors.connect(info)
         except TargetError as e:
-            return _refuse(request, e.status, e.reason)
+            return _refuse(request, e.status, e.reason, client)
         return connecting.addCallbacks(
             self._connected, _not_connected,
-            callbackArgs=(connection, info, match, config), errbackArgs=(request,),
+            callbackArgs=(connection, info, match, config), errbackArgs=(request, client),
         )
 
     def _connected(self, link: Link, connection: ClientConnection, info: SessionInfo, match: Match,
@@ -219,21 +219,30 @@ class Gateway:
             done.callback(None)
 
 
-def _session_info(session_id: str, connection: ClientConnection, request: Any, path: str,
-                  route_path: str, match: Match, trusted_proxies: tuple[str, ...] = ()) -> SessionInfo:
-    # The transport's peer is already the PROXY header's client, if any.
+def client_address(connection: ClientConnection, request: Any, trusted_proxies: tuple[str, ...]) -> tuple[str, int]:
+    """
+    The real client of a handshake, as C{(address, port)}: what logs, limits,
+    recordings and CGI variables use.  The connection's peer is already the
+    client a PROXY header named (L{wsrouter.proxyproto}); from a trusted
+    proxy, its C{Forwarded} / C{X-Forwarded-For} headers are followed too
+    (L{wsrouter.clientaddr.real_client}; the port is 0 when they give none).
+    A Unix-socket peer is C{("unix", 0)}.
+    """
     peer = connection.transport.getPeer()
+    own = (str(getattr(peer, "host", "") or getattr(peer, "name", "") or "unix"), int(getattr(peer, "port", 0) or 0))
+    return real_client(own, [(name.lower(), value) for name, value in request.headers.items()], trusted_proxies)
+
+
+def _session_info(session_id: str, connection: ClientConnection, request: Any, path: str,
+                  route_path: str, match: Match, client: tuple[str, int]) -> SessionInfo:
     host = connection.transport.getHost()
     query = urlsplit(connection.http_request_uri).query
     server_name = (request.host or "").rsplit(":", 1)[0].strip("[]") if request.host else ""
     headers = tuple((name.lower(), value) for name, value in request.headers.items())
-    peer_host, peer_port = real_client(
-        (str(getattr(peer, "host", "") or getattr(peer, "name", "") or "unix"), int(getattr(peer, "port", 0) or 0)),
-        headers, trusted_proxies)
     return SessionInfo(
         session_id=session_id,
-        peer_host=peer_host,
-        peer_port=peer_port,
+        peer_host=client[0],
+        peer_port=client[1],
         local_host=str(getattr(host, "host", "") or ""),
         server_name=server_name,
         server_port=int(getattr(host, "port", 0) or 0),
@@ -248,19 +257,22 @@ def _session_info(session_id: str, connection: ClientConnection, request: Any, p
     )
 
 
-def _not_connected(reason: Failure, request: Any) -> None:
+def _not_connected(reason: Failure, request: Any, client: tuple[str, int]) -> None:
     if not reason.check(TargetError):  # type: ignore[no-untyped-call, unused-ignore]
         log.failure("unexpected error while connecting a target for {path}", reason, path=request.path)
-        _refuse(request, 502, "internal error while connecting the target")
+        _refuse(request, 502, "internal error while connecting the target", client)
     error: TargetError = reason.value  # type: ignore[assignment]
-    _refuse(request, error.status, error.reason)
+    _refuse(request, error.status, error.reason, client)
 
 
-def _refuse(request: Any, status: int, reason: str) -> NoReturn:
+def _refuse(request: Any, status: int, reason: str, client: tuple[str, int] | None = None) -> NoReturn:
     hint = _HINTS.get(status, "")
+    peer = request.peer
+    if client is not None:
+        peer = f"[{client[0]}]:{client[1]}" if ":" in client[0] else f"{client[0]}:{client[1]}"
     log.info(
         "refused {peer} {path}: {status} {reason}{hint}",
-        peer=request.peer, path=request.path, status=status, reason=reason,
+        peer=peer, path=request.path, status=status, reason=reason,
         hint=f" ({hint})" if hint else "",
     )
     raise ConnectionDeny(status, reason)  # type: ignore[no-untyped-call, unused-ignore]

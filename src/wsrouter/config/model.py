@@ -35,6 +35,8 @@ SHAREABLE_LISTENERS = ("tcp:", "tcp6:", "unix:")
 #: Twisted server endpoint types a listener may name (checked lexically).
 LISTENER_KINDS = ("tcp", "tcp6", "unix", "ssl", "systemd")
 
+#: The web root's C{frame_options} (X-Frame-Options / CSP frame-ancestors).
+FRAME_OPTIONS = ("sameorigin", "deny", "off")
 #: PROXY protocol versions a route may send to its target (L{wsrouter.proxyproto}).
 PROXY_PROTOCOL_VERSIONS = ("v1", "v2")
 
@@ -561,11 +563,19 @@ class WebRoot:
 
     directory: str
     listing: bool = False
+    #: C{None}: the default policy (L{wsrouter.web.static.DEFAULT_CSP}); C{"off"}: none.
+    content_security_policy: str | None = None
+    frame_options: str = "sameorigin"
 
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
         _check_text(checks, "root", self.directory, "a directory")
         _check_bool(checks, "listing", self.listing)
+        _check_text(checks, "content_security_policy", self.content_security_policy, "a policy", optional=True)
+        if isinstance(self.content_security_policy, str) and (
+                not self.content_security_policy.isascii() or any(c in self.content_security_policy for c in "\r\n")):
+            checks.add("content_security_policy", "must be one line of ASCII")
+        _check_choice(checks, "frame_options", self.frame_options, FRAME_OPTIONS)
         checks.raise_any()
 
 

@@ -55,7 +55,7 @@ LIMITS_KEYS = ("max_message_size", "ping_interval", "ping_timeout", "session_idl
                "connect_timeout", "shutdown_grace", "max_forks")
 LIFETIME_KEYS = ("run_once", "start_timeout", "idle_exit")
 LOG_KEYS = ("file", "level", "traffic", "format")
-WEB_KEYS = ("root", "listing")
+WEB_KEYS = ("root", "listing", "content_security_policy", "frame_options")
 RECORDING_KEYS = ("directory", "format", "max_bytes", "redact")
 PROGRAM_KEYS = ("mode", "command", "ports", "keep_env")
 ROUTE_KEYS = ("path", "subprotocols", "target", "framing", "max_forks", "record", "env", "proxy_protocol")
@@ -377,7 +377,7 @@ class _Builder:
         if "root" not in values:
             self.add("web.root", "required: the directory of static files to serve")
             return None
-        fields = {"directory": values["root"], **({"listing": values["listing"]} if "listing" in values else {})}
+        fields = {"directory": values["root"], **{key: value for key, value in values.items() if key != "root"}}
         made: WebRoot | None = self.make(WebRoot, fields, "web")
         return made
 
@@ -656,7 +656,7 @@ def to_data(config: RouterConfig) -> dict[str, Any]:
         "log": _fields(config.log, LOG_KEYS),
     }
     if config.web is not None:
-        data["web"] = {"root": config.web.directory, "listing": config.web.listing}
+        data["web"] = {"root": config.web.directory, **_fields(config.web, WEB_KEYS[1:])}
     data["recording"] = _fields(config.recording, RECORDING_KEYS)
     data["programs"] = {program.name: {"mode": program.mode, "command": list(program.argv), "ports": program.ports,
                                        "keep_env": program.keep_env} for program in config.programs}

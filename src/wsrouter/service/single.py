@@ -33,7 +33,7 @@ from wsrouter.proxyproto import ProxyHeaderFactory
 from wsrouter.rebind import ShimUnavailable
 from wsrouter.targets.wrapped import WrappedConnector
 from wsrouter.web.resource import RouterResource
-from wsrouter.web.static import build_web_root
+from wsrouter.web.static import build_web_root, security_headers
 
 log = Logger(namespace="wsrouter")
 
@@ -48,7 +48,10 @@ def build_resource(config: RouterConfig, reactor: Any = None, gateway: Gateway |
     if reactor is None:
         from twisted.internet import reactor
     gateway = gateway or Gateway(config, reactor)
-    web_root = build_web_root(config.web.directory, config.web.listing) if config.web else None
+    web_root = None
+    if config.web:
+        headers = security_headers(config.web.content_security_policy, config.web.frame_options)
+        web_root = build_web_root(config.web.directory, config.web.listing, headers)
     return RouterResource(gateway, web_root)
 
 

@@ -13,7 +13,12 @@ directory that may hold more than the files meant for the public:
   - only GET and HEAD; any other method is 405 with an C{Allow} header;
   - no script processors (C{.rpy}), an explicit type for the files web
     apps need, C{application/octet-stream} for unknown ones, and
-    C{X-Content-Type-Options: nosniff}, so a browser never guesses HTML.
+    C{X-Content-Type-Options: nosniff}, so a browser never guesses HTML;
+  - on every answer, file or error: a Content-Security-Policy
+    (L{DEFAULT_CSP} unless configured) and C{X-Frame-Options}, so a page
+    runs only its own scripts, talks only to its own origin, and cannot
+    be framed by another site (clickjacking); C{Referrer-Policy:
+    no-referrer}, so a URL with a token in its query is not sent on.
 """
 
 from __future__ import annotations
@@ -44,6 +49,39 @@ CONTENT_TYPES = {
 }
 
 DEFAULT_TYPE = "application/octet-stream"
+
+#: The web root's default Content-Security-Policy: scripts, fonts and
+#: images from the page's own origin only (no inline scripts, no eval),
+#: WebSockets and fetches to its own origin ('self' covers ws: and wss: of
+#: the same host in current browsers), no plugins, no <base> tricks.
+#: Inline styles stay allowed: pages such as noVNC's set style attributes,
+#: and styles cannot run code.  Framing is decided by C{frame_options}.
+DEFAULT_CSP = ("default-src 'self'; script-src 'self'; connect-src 'self'; img-src 'self' data:; "
+               "style-src 'self' 'unsafe-inline'; object-src 'none'; base-uri 'none'; form-action 'self'")
+#: C{frame_options} values and the CSP C{frame-ancestors} each means.
+FRAME_OPTIONS = {"sameorigin": "'self'", "deny": "'none'", "off": None}
+#: C{content_security_policy} value that sends none.
+OFF = "off"
+
+
+def security_headers(csp: str | None = None, frame_options: str = "sameorigin") -> tuple[tuple[bytes, bytes], ...]:
+    """
+    The headers every web root answer carries.
+
+    @param csp: the Content-Security-Policy; C{None} for L{DEFAULT_CSP}
+        (plus a C{frame-ancestors} matching C{frame_options}), L{OFF} for none.
+    @param frame_options: C{sameorigin} (default: only the router's own
+        pages may frame these), C{deny}, or C{off} (any site may).
+    """
+    headers = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+    ancestors = FRAME_OPTIONS[frame_options]
+    if ancestors is not None:
+        headers.append((b"x-frame-options", frame_options.upper().encode("ascii")))
+    if csp is None:
+        csp = DEFAULT_CSP + (f"; frame-ancestors {ancestors}" if ancestors else "")
+    if csp != OFF:
+        headers.append((b"content-security-policy", csp.encode("ascii")))
+    return tuple(headers)
 
 
 class _MethodNotAllowed(Resource):
@@ -88,20 +126,29 @@ class WebRootFile(static.File):
     forbidden = pages.forbidden()  # type: ignore[assignment]
 
     def __init__(self, path: str, *, root: str | None = None, listing: bool = False,
-                 defaultType: str = DEFAULT_TYPE) -> None:
+                 defaultType: str = DEFAULT_TYPE,
+                 headers: tuple[tuple[bytes, bytes], ...] | None = None) -> None:
         """
         @param path: the file or directory this resource serves.
         @param root: the real path of the web root; C{path}'s own real path
             when C{None}.
         @param listing: list directories that have no C{index.html}.
+        @param headers: set on every answer (L{security_headers}; the
+            default ones when C{None}).
         """
         super().__init__(path, defaultType=defaultType)
         self.root = root if root is not None else os.path.realpath(path)
         self.listing = listing
+        self.headers = security_headers() if headers is None else headers
+
+    def _set_headers(self, request: IRequest) -> None:
+        for name, value in self.headers:
+            request.setHeader(name, value)
 
     def createSimilarFile(self, path: str) -> WebRootFile:
-        """Make a child resource with the same root, listing and types."""
-        child = self.__class__(path, root=self.root, listing=self.listing, defaultType=self.defaultType)
+        """Make a child resource with the same root, listing, headers and types."""
+        child = self.__class__(path, root=self.root, listing=self.listing, defaultType=self.defaultType,
+                               headers=self.headers)
         child.processors = self.processors
         child.indexNames = self.indexNames[:]
         child.childNotFound = self.childNotFound
@@ -120,6 +167,7 @@ class WebRootFile(static.File):
         or a backslash, names nothing here; C{..} is refused by
         L{FilePath.child}; a child that resolves outside the root is 404.
         """
+        self._set_headers(request)  # on errors from below too
         if request.method not in ALLOWED_METHODS:
             return _method_not_allowed
         try:
@@ -148,6 +196,7 @@ class WebRootFile(static.File):
 
     def render(self, request: IRequest) -> Any:
         """Refuse every method but GET and HEAD with 405."""
+        self._set_headers(request)
         if request.method not in ALLOWED_METHODS:
             return _method_not_allowed.render(request)
         return super().render(request)  # type: ignore[no-untyped-call]
@@ -163,23 +212,25 @@ class WebRootFile(static.File):
         if self.isdir() and not self.listing and self.childSearchPreauth(*self.indexNames) is None:
             # Redirecting to "dir/" would only reveal that the directory exists.
             return self.childNotFound.render(request)
-        request.setHeader(b"x-content-type-options", b"nosniff")
+        self._set_headers(request)
         return super().render_GET(request)  # type: ignore[no-untyped-call]
 
     render_HEAD = render_GET
 
 
-def build_web_root(directory: str, listing: bool = False) -> IResource:
+def build_web_root(directory: str, listing: bool = False,
+                   headers: tuple[tuple[bytes, bytes], ...] | None = None) -> IResource:
     """
     Build the resource that serves C{directory} as the web root.
 
     @param directory: the directory to serve; symlinks inside it are
         followed only while they stay inside its real path.
     @param listing: list directories that have no C{index.html}.
+    @param headers: set on every answer; L{security_headers}C{()} when C{None}.
     @raise ValueError: if C{directory} is not an existing directory, so
         the mistake shows at start-up, not as 404s.
     """
     root = os.path.realpath(directory)
     if not os.path.isdir(root):
         raise ValueError(f"web root {directory!r} is not a directory")
-    return WebRootFile(root, root=root, listing=listing)
+    return WebRootFile(root, root=root, listing=listing, headers=headers)
