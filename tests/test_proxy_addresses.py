@@ -286,3 +286,29 @@ def test_workers_read_proxy_headers_too(tmp_path):
     finally:
         router.stop()
     assert "open: 192.0.2.4:1003 /env" in router.log()
+
+
+@pytest_twisted.inlineCallbacks
+def test_reload_turns_proxy_protocol_on_for_a_listener_and_changes_trust():
+    """A reload that names a kept listener in proxy_protocol reopens it reading PROXY headers; trust follows reloads."""
+    port = free_port()
+    listener = f"tcp:{port}:interface=127.0.0.1"
+    routes = [f"/env=exec:{ENV_JSON}"]
+    router = start_router(listen=[listener], routes=routes)
+
+    def remote(preface: bytes) -> str:
+        with raw_handshake(port, "/env", preface) as s:
+            return json.loads(read_text_message(s))["REMOTE_ADDR"]
+
+    header = build_header("v1", ("198.51.100.3", 7), ("127.0.0.1", port))
+    try:
+        assert (yield in_thread(remote, b"")) == "127.0.0.1"
+        yield router.reload(build_config({"listen": [listener], "routes": routes, "proxy_protocol": [listener],
+                                          "trusted_proxies": ["127.0.0.1"]}))
+        assert (yield in_thread(remote, header)) == "198.51.100.3"
+        yield router.reload(build_config({"listen": [listener], "routes": routes, "proxy_protocol": [listener],
+                                          "trusted_proxies": ["10.0.0.0/8"]}))
+        with pytest.raises(OSError):
+            yield in_thread(remote, header)
+    finally:
+        yield router.stopService()

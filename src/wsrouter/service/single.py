@@ -11,7 +11,7 @@ L{build_service}.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -192,8 +192,10 @@ class RouterService(MultiService):
             start_programs(added)
         except CannotStart as e:
             problems.append(str(e))
-        problems += await self._change_listeners(config.listeners)
+        reproxied = set(self.config.proxies.proxy_protocol) ^ set(config.proxies.proxy_protocol)
+        # New listeners are made for the new config (PROXY headers or not).
         self.config = config
+        problems += await self._change_listeners(config.listeners, reproxied)
         self.gateway.use_config(config)
         log.info("configuration reloaded: {routes} routes, {listeners} listeners, {programs} wrapped programs",
                  routes=len(config.routes), listeners=len(self.listeners), programs=len(targets))
@@ -201,10 +203,10 @@ class RouterService(MultiService):
             log.error("reload incomplete, the rest is in force: {problems}", problems="; ".join(problems))
             raise CannotStart("; ".join(problems))
 
-    async def _change_listeners(self, wanted: Sequence[str]) -> list[str]:
-        """Stop listeners not in C{wanted}, open the new ones; the problems met."""
+    async def _change_listeners(self, wanted: Sequence[str], reopen: Collection[str] = ()) -> list[str]:
+        """Stop listeners not in C{wanted} or in C{reopen}, open the new ones; the problems met."""
         for listener in list(self.listeners):
-            if listener.description not in wanted:
+            if listener.description not in wanted or listener.description in reopen:
                 self.listeners.remove(listener)
                 await listener.disownServiceParent()  # type: ignore[no-untyped-call]
                 log.info("no longer listening on {listener}", listener=listener.description)

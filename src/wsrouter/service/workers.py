@@ -392,7 +392,8 @@ class WorkerSupervisor(MultiService):
         await self._programs.remove_others(targets)
         added = self._programs.add(targets)
         self._programs.reorder(targets)
-        listeners_changed = list(config.listeners) != list(self.config.listeners)
+        listeners_changed = (list(config.listeners) != list(self.config.listeners)
+                             or config.proxies.proxy_protocol != self.config.proxies.proxy_protocol)
         self.config = config
         log.info("reloading: {routes} routes, {programs} wrapped programs, for {count} workers",
                  routes=len(config.routes), programs=len(targets), count=len(self.workers))
