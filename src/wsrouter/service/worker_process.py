@@ -140,7 +140,10 @@ class WorkerService(Service):
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
-        for fd, description in zip(self._fds, self.config.listeners, strict=False):
+        # The configured listeners first, in order; then any the supervisor
+        # opened itself (follow_program_port), which never read PROXY headers.
+        descriptions = [*self.config.listeners, *[""] * len(self._fds)]
+        for fd, description in zip(self._fds, descriptions, strict=False):
             inherited = socket.socket(fileno=fd)
             factory = listener_factory(self, description)
             try:
