@@ -327,14 +327,14 @@ def test_idle_timeout_closes_quiet_session():
             ws.recv(timeout=5)
             started = time.monotonic()
             try:
-                ws.recv(timeout=10)
+                ws.recv(timeout=30)
             except ConnectionClosed as e:
                 return e.rcvd.code, e.rcvd.reason, time.monotonic() - started
 
     try:
         code, reason, waited = yield in_thread(client)
         assert (code, reason) == (1000, "idle timeout")
-        assert waited < 9
+        assert waited < 20  # closed by the router, not by our 30 s receive timeout
     finally:
         yield router.stopService()
 
@@ -346,7 +346,7 @@ def test_ping_drops_silent_peer():
 
     def silent_client():
         s = rawws.upgrade(router.port_number, "/e", timeout=10)
-        s.settimeout(10)
+        s.settimeout(30)
         seen = b""
         started = time.monotonic()
         try:
@@ -364,7 +364,7 @@ def test_ping_drops_silent_peer():
 
     try:
         seen, waited = yield in_thread(silent_client)
-        assert waited < 9  # dropped by the router, not by our 10 s socket timeout
+        assert waited < 20  # dropped by the router, not by our 30 s socket timeout
         assert _only_pings(seen)  # nothing but pings was sent (a reset may discard some or all)
 
         def answering_client():

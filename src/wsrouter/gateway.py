@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wsrouter.clientaddr import real_client
-from wsrouter.config import DATAGRAM_TARGETS, ExecTarget, RouterConfig
+from wsrouter.config import DATAGRAM_TARGETS, RouterConfig, default_framing
 from wsrouter.descriptors import DescriptorGuard, session_cost
 from wsrouter.framing import make_framer, message_is_binary
 from wsrouter.interfaces import (
@@ -131,7 +131,7 @@ class Gateway:
             link.abort()
             raise ConnectionDeny(503, "router is shutting down")  # type: ignore[no-untyped-call, unused-ignore]
         target = match.route.target
-        default = "line" if isinstance(target, ExecTarget) else "binary"
+        default = default_framing(target)
         kind = match.route.framing.kind if match.route.framing else default
         framer = make_framer(match.route.framing, default, config.limits.max_message_size)
         if isinstance(target, DATAGRAM_TARGETS) or kind == "binary" or kind == "fixed":

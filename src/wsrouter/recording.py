@@ -29,6 +29,7 @@ from attrs import frozen
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from wsrouter.config import DEFAULT_RECORD_REDACT
 from wsrouter.interfaces import Recorder, SessionInfo
 
 #: Version of our JSON Lines format; bumped only for incompatible changes.
@@ -40,8 +41,6 @@ FORMAT_NAME = "wsrouter-recording"
 #: Recording formats L{open_recorder} can write, and their file suffixes.
 FORMATS = {"jsonl": ".jsonl", "asciicast": ".cast"}
 
-#: Request headers whose values are replaced by L{REDACTED} by default.
-DEFAULT_REDACT = ("cookie", "authorization", "proxy-authorization", "sec-websocket-key")
 REDACTED = "[redacted]"
 
 #: Flush the in-memory buffer once it holds this many bytes...
@@ -177,7 +176,7 @@ def make_header(
     start: float,
     *,
     fmt: str = "jsonl",
-    redact: Iterable[str] = DEFAULT_REDACT,
+    redact: Iterable[str] = DEFAULT_RECORD_REDACT,
 ) -> Header:
     """The header for a new recording of C{session}, secrets redacted."""
     hidden = {name.lower() for name in redact}
@@ -547,7 +546,7 @@ def open_recorder(
     max_bytes: int | None,
     clock: IReactorTime,
     now: Callable[[], float] = time.time,
-    redact: Iterable[str] = DEFAULT_REDACT,
+    redact: Iterable[str] = DEFAULT_RECORD_REDACT,
 ) -> Recorder:
     """
     Start recording C{session} into a new file in C{directory}.

@@ -7,10 +7,12 @@ code all lower into (L{spec}), and the file loader (L{load}).
 from wsrouter.config.load import combine, load_config, read_file
 from wsrouter.config.model import (
     DATAGRAM_TARGETS,
+    DEFAULT_COMMAND_KILL_GRACE,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_LISTENER,
     DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_PROGRAM_KILL_GRACE,
     DEFAULT_RECORD_REDACT,
     DEFAULT_SHUTDOWN_GRACE,
     DEFAULT_WORKERS,
@@ -43,6 +45,7 @@ from wsrouter.config.model import (
     UnixTarget,
     WebRoot,
     WrappedTarget,
+    default_framing,
 )
 from wsrouter.config.spec import (
     ROUTE_OPTIONS,
@@ -62,10 +65,12 @@ from wsrouter.config.spec import (
 
 __all__ = [
     "DATAGRAM_TARGETS",
+    "DEFAULT_COMMAND_KILL_GRACE",
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_LISTENER",
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_PROGRAM_KILL_GRACE",
     "DEFAULT_RECORD_REDACT",
     "DEFAULT_SHUTDOWN_GRACE",
     "DEFAULT_WORKERS",
@@ -101,6 +106,7 @@ __all__ = [
     "WrappedTarget",
     "build_config",
     "combine",
+    "default_framing",
     "framing_to_string",
     "listener_from_short_form",
     "load_config",

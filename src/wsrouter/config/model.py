@@ -28,6 +28,12 @@ DEFAULT_MAX_MESSAGE_SIZE = 16 * MiB
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_SHUTDOWN_GRACE = 5.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
+#: Seconds a wrapped program's process group (or a worker) gets between
+#: SIGTERM and SIGKILL.
+DEFAULT_PROGRAM_KILL_GRACE = 5.0
+#: Seconds an C{exec:} command's process group gets between SIGTERM and
+#: SIGKILL once its session has ended.
+DEFAULT_COMMAND_KILL_GRACE = 2.0
 #: Router processes sharing the listeners (L{wsrouter.service.workers}).
 DEFAULT_WORKERS = 1
 #: Listener kinds whose sockets several worker processes can share.
@@ -337,6 +343,15 @@ Target: TypeAlias = (TcpTarget | UnixTarget | UdpTarget | UnixDatagramTarget | E
 DATAGRAM_TARGETS = (UdpTarget, UnixDatagramTarget)
 #: Target kinds that have no byte stream to frame.
 UNFRAMED_TARGETS = (UdpTarget, UnixDatagramTarget, EchoTarget, ReplayTarget)
+
+
+def default_framing(target: Target) -> str:
+    """
+    How a target kind's output is cut into messages when its route names no
+    framing: lines (text messages) for C{exec:} commands, as websocketd does;
+    chunks as they arrive (binary messages) for everything else.
+    """
+    return "line" if isinstance(target, ExecTarget) else "binary"
 
 
 # -- routes ------------------------------------------------------------------

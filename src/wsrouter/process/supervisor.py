@@ -29,14 +29,17 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from wsrouter.config import DEFAULT_PROGRAM_KILL_GRACE
+
 log = Logger(namespace="wsrouter.process")
 
 MIN_RESTART_DELAY = 1.0
 MAX_RESTART_DELAY = 60.0
 #: A child that ran at least this long is restarted at once.
 STABLE_AFTER = 10.0
-#: After SIGKILL, how long to wait for the group to empty before giving up.
-KILL_GRACE = 5.0
+#: Between SIGTERM and SIGKILL, and after SIGKILL how long to wait for the
+#: group to empty before giving up (the default lives in the config model).
+KILL_GRACE = DEFAULT_PROGRAM_KILL_GRACE
 #: How often an emptying process group is polled while stopping.
 GROUP_POLL_INTERVAL = 0.05
 #: The longest partial output line kept while waiting for its end.

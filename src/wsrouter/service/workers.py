@@ -73,7 +73,14 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger, LogLevel
 from twisted.protocols.basic import LineOnlyReceiver
 
-from wsrouter.config import ConfigError, RouterConfig, WrappedTarget, build_config, to_data
+from wsrouter.config import (
+    DEFAULT_PROGRAM_KILL_GRACE,
+    ConfigError,
+    RouterConfig,
+    WrappedTarget,
+    build_config,
+    to_data,
+)
 from wsrouter.descriptors import OpenFileLimit
 from wsrouter.process.supervisor import Child, ChildOwner, ExitStatus, Launch, Supervisor
 from wsrouter.process.wrapped import ProgramSet, WrappedProgram, wrapped_targets
@@ -85,7 +92,7 @@ log = Logger(namespace="wsrouter.service.workers")
 CONTROL_FD = 3
 FIRST_LISTENER_FD = 4
 #: Beyond the shutdown grace, how long workers get before SIGKILL.
-KILL_GRACE = 5.0
+KILL_GRACE = DEFAULT_PROGRAM_KILL_GRACE
 #: How long a reload waits for the workers to confirm they applied it.
 RELOAD_TIMEOUT = 10.0
 #: Log levels a worker's lines may start with.

@@ -98,7 +98,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsrouter import __version__
-from wsrouter.config import ExecTarget, Limits, Route
+from wsrouter.config import DEFAULT_COMMAND_KILL_GRACE, ExecTarget, Limits, Route
 from wsrouter.interfaces import Link, LinkReceiver, SessionInfo, TargetError
 
 log = Logger(namespace="wsrouter.exec")
@@ -107,8 +107,8 @@ log = Logger(namespace="wsrouter.exec")
 #: route sets one.
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 #: Seconds between SIGTERM and SIGKILL, and the other waits described in
-#: the module docstring.
-KILL_GRACE = 2.0
+#: the module docstring (the default lives in the config model).
+KILL_GRACE = DEFAULT_COMMAND_KILL_GRACE
 #: Longest stderr line logged, in bytes; longer lines are cut.
 MAX_STDERR_LINE = 1024
 GATEWAY_INTERFACE = "websocketd-CGI/0.1"
