@@ -15,11 +15,23 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 
+from wsrouter.cli.lower import options_to_raw
 from wsrouter.clientaddr import forwarded_hops, is_trusted, real_client
 from wsrouter.config import ConfigError, build_config
-from wsrouter.proxyproto import V2_SIGNATURE, ProxyHeader, ProxyHeaderError, build_header, parse_header
+from wsrouter.config.load import load_config
+from wsrouter.proxyproto import (
+    V2_SIGNATURE,
+    ProxyHeader,
+    ProxyHeaderError,
+    ProxyHeaderFactory,
+    build_header,
+    parse_header,
+)
 
 from .support import RecordingTarget, RouterProcess, connect, free_port, in_thread, listen_target, start_router
 
@@ -122,6 +134,58 @@ def test_config_problems_named_by_key():
         with pytest.raises(ConfigError) as caught:
             build_config(raw)
         assert problem in str(caught.value), (raw, str(caught.value))
+
+
+def test_command_line_options_append_to_the_file(tmp_path):
+    """--proxy-listen adds a listener named in proxy_protocol, --trusted-proxy adds networks, after the file's."""
+    config_file = tmp_path / "wsrouter.toml"
+    config_file.write_text('listen = ["tcp:1"]\nproxy_protocol = ["tcp:1"]\ntrusted_proxies = ["10.0.0.1"]\n'
+                           'routes = ["/=echo:"]\n')
+    raw = options_to_raw({"proxy_listen": ["tcp:2"], "trusted_proxies": ["::1/128"]})
+    config = load_config(str(config_file), raw)
+    assert config.listeners == ("tcp:1", "tcp:2")
+    assert config.proxies.proxy_protocol == ("tcp:1", "tcp:2")
+    assert config.proxies.trusted_proxies == ("10.0.0.1", "::1/128")
+
+
+# -- the listener wrapper, in memory -------------------------------------------------
+
+
+class Received(Protocol):
+    def __init__(self) -> None:
+        self.data = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+
+def wrapped_connection(peer: str, trusted: tuple[str, ...]):
+    """A PROXY-reading connection from C{peer} over a StringTransport; (wrapper, inner protocol, transport)."""
+    factory = ProxyHeaderFactory(Factory.forProtocol(Received), lambda host: is_trusted(host, trusted))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 5000))
+    wrapper = factory.buildProtocol(transport.getPeer())
+    wrapper.makeConnection(transport)
+    return wrapper, wrapper.wrappedProtocol, transport
+
+
+def test_wrapper_trickled_header_then_data():
+    """Header bytes fed one at a time are held back; then getPeer/getHost are the header's and the rest flows on."""
+    wrapper, inner, transport = wrapped_connection("127.0.0.1", TRUSTED)
+    for byte in V2 + b"GET":
+        wrapper.dataReceived(bytes([byte]))
+    wrapper.dataReceived(b" /")
+    assert inner.data == b"GET /" and not transport.disconnecting
+    assert (wrapper.getPeer().host, wrapper.getPeer().port) == ("203.0.113.9", 40001)
+    assert (wrapper.getHost().host, wrapper.getHost().port) == ("127.0.0.1", 8080)
+
+
+def test_wrapper_drops_untrusted_and_garbage():
+    """An untrusted peer is aborted on connect; a trusted one sending no header is aborted and nothing passes on."""
+    _, _, untrusted = wrapped_connection("192.0.2.1", TRUSTED)
+    assert untrusted.disconnecting
+    wrapper, inner, transport = wrapped_connection("127.0.0.1", TRUSTED)
+    wrapper.dataReceived(b"GET / HTTP/1.1\r\n")
+    assert transport.disconnecting and inner.data == b""
 
 
 # -- end to end --------------------------------------------------------------------------
