@@ -376,3 +376,24 @@ def test_reload_turns_proxy_protocol_on_for_a_listener_and_changes_trust():
             yield in_thread(remote, header)
     finally:
         yield router.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_client_from_load_balancer_header_passed_on_to_target():
+    """A client named by a PROXY header on the listener is the client the target's own PROXY header names."""
+    port, factory = listen_target(RecordingTarget)
+    router = proxied_router(routes=[f"/t[proxy-protocol=v1]=tcp://127.0.0.1:{port.getHost().port}"])
+    header = build_header("v2", ("203.0.113.9", 40001), ("198.51.100.20", 443))
+
+    def client():
+        with raw_handshake(router.port_number, "/t", header) as s:
+            s.sendall(b"\x82\x82\x00\x00\x00\x00hi")  # one masked (zero key) binary frame
+
+    try:
+        yield in_thread(client)
+        target = yield factory.connected
+        received = yield target.eof
+    finally:
+        yield router.stopService()
+        yield port.stopListening()
+    assert received == b"PROXY TCP4 203.0.113.9 198.51.100.20 40001 443\r\nhi"
