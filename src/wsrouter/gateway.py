@@ -31,12 +31,13 @@ from wsrouter.interfaces import (
     SessionObserver,
     TargetError,
 )
+from wsrouter.policy import ClientCounts, Refusal, origin_problem
 from wsrouter.recording import open_recorder
 from wsrouter.routing import Match, NoRoute, select_route
 from wsrouter.session import Session
 from wsrouter.targets import Connectors
 from wsrouter.traffic import with_traffic_log
-from wsrouter.ws.adapter import ClientFactory
+from wsrouter.ws.adapter import ClientFactory, DenyWithHeaders
 
 log = Logger(namespace="wsrouter")
 
@@ -45,6 +46,9 @@ _HINTS = {
     400: "the client must offer one of the route's subprotocols",
     502: "check that the target is running and the route's address is right",
     503: "retry later",
+    429: "the client address is over its limits (limits.max_connections_per_client, "
+         "limits.max_handshakes_per_client)",
+    403: "the route's origin policy (origin, security.origin) refused it",
 }
 
 
@@ -78,11 +82,20 @@ class Gateway:
         self.traffic = False
         self._observers: list[SessionObserver] = []
         self._stopping = False
+        limits = config.limits
+        #: Sessions in total and per client address (L{wsrouter.policy}).
+        self.counts = ClientCounts(limits.max_connections, limits.max_connections_per_client,
+                                   limits.max_handshakes_per_client)
+        # session id -> the client address it is counted under
+        self._counted: dict[str, str] = {}
 
     def use_config(self, config: RouterConfig) -> None:
         """New connections use C{config}'s routes and limits; open sessions keep theirs."""
         self.config = config
         self.factory.apply_limits(config.limits)
+        limits = config.limits
+        self.counts.set_limits(limits.max_connections, limits.max_connections_per_client,
+                               limits.max_handshakes_per_client)
         self.connectors.use_settings(config.limits, config.pass_env)
 
     def observe(self, observer: SessionObserver) -> None:
@@ -104,10 +117,43 @@ class Gateway:
         route_path = path[len(connection.mount_prefix):] or "/"
         if self._stopping:
             return _refuse(request, 503, "router is shutting down")
+        client = client_address(connection)
+        refusal = self.counts.admit(client, self._reactor.seconds())
+        if refusal is not None:
+            return _refuse_with(request, refusal)
+        try:
+            deciding = self._decide(connection, request, config, session_id, path, route_path)
+        except BaseException:
+            self.counts.release(client)
+            raise
+        return deciding.addCallbacks(self._counted_as, self._uncount, callbackArgs=(client,), errbackArgs=(client,))
+
+    def _counted_as(self, session: ConnectionSession | None, client: str) -> ConnectionSession | None:
+        """A session stays counted under C{client} until it ends; no session: no count."""
+        if isinstance(session, Session):
+            self._counted[session.id] = client
+        else:
+            self.counts.release(client)
+        return session
+
+    def _uncount(self, reason: Failure, client: str) -> Failure:
+        self.counts.release(client)
+        return reason
+
+    def _decide(self, connection: ClientConnection, request: Any, config: RouterConfig, session_id: str,
+                path: str, route_path: str) -> Deferred[ConnectionSession | None]:
+        """Route, origin, then the target: the handshake's decision after the client's limits."""
         try:
             match = select_route(config.routes, route_path, request.protocols)
         except NoRoute as e:
             return _refuse(request, e.status, e.reason)
+        origin = request.headers.get("origin")
+        problem = origin_problem(config.origin_policy(match.route), origin, request.headers.get("host"),
+                                 connection.is_secure())
+        if problem is not None:
+            log.info("refused origin {origin!r} for route {route}: {problem}",
+                     origin=origin, route=match.route.describe(), problem=problem)
+            return _refuse(request, 403, f"origin {origin} not allowed: {problem}")
         if self.descriptors is not None and not self.descriptors.admit(session_cost(match.route, config)):
             return _refuse(request, 503, "too many open connections")
         info = _session_info(session_id, connection, request, path, route_path, match)
@@ -175,6 +221,9 @@ class Gateway:
 
     def _ended(self, session: Session) -> None:
         self.sessions.pop(session.id, None)
+        client = self._counted.pop(session.id, None)
+        if client is not None:
+            self.counts.release(client)
         if session.is_open:
             for observer in self._observers:
                 observer.session_closed(session)
@@ -240,6 +289,12 @@ def _session_info(session_id: str, connection: ClientConnection, request: Any, p
     )
 
 
+def client_address(connection: ClientConnection) -> str:
+    """The address limits count a client under: its IP address (a Unix socket's peers share one)."""
+    peer = connection.transport.getPeer()
+    return str(getattr(peer, "host", "") or "unix")
+
+
 def _not_connected(reason: Failure, request: Any) -> None:
     if not reason.check(TargetError):  # type: ignore[no-untyped-call, unused-ignore]
         log.failure("unexpected error while connecting a target for {path}", reason, path=request.path)
@@ -256,6 +311,16 @@ def _refuse(request: Any, status: int, reason: str) -> NoReturn:
         hint=f" ({hint})" if hint else "",
     )
     raise ConnectionDeny(status, reason)  # type: ignore[no-untyped-call, unused-ignore]
+
+
+def _refuse_with(request: Any, refusal: Refusal) -> NoReturn:
+    """L{_refuse} for a policy's refusal, with its Retry-After."""
+    if refusal.retry_after is None:
+        _refuse(request, refusal.status, refusal.reason)
+    try:
+        _refuse(request, refusal.status, refusal.reason)
+    except ConnectionDeny:
+        raise DenyWithHeaders(refusal.status, refusal.reason, [("Retry-After", str(refusal.retry_after))]) from None
 
 
 def _always_binary(payload: bytes) -> bool:

@@ -24,6 +24,10 @@ LIMIT_OPTIONS = {
     "connect-timeout": "connect_timeout",
     "shutdown-grace": "shutdown_grace",
     "max-forks": "max_forks",
+    "max-header-bytes": "max_header_bytes",
+    "max-connections": "max_connections",
+    "max-connections-per-client": "max_connections_per_client",
+    "max-handshakes-per-client": "max_handshakes_per_client",
 }
 
 #: Option name -> recording.KEY.
@@ -74,6 +78,7 @@ def options_to_raw(options: Mapping[str, Any]) -> dict[str, Any]:
     if options.get("workers") is not None:
         raw["workers"] = options["workers"]
     _table(raw, "limits", {key: options.get(option) for option, key in LIMIT_OPTIONS.items()})
+    _table(raw, "security", {"origin": _origin_option(options)})
     _table(raw, "recording", {key: options.get(option) for option, key in RECORDING_OPTIONS.items()})
     _table(raw, "web", {"root": options.get("web"), "listing": True if options.get("web-listing") else None})
     _table(raw, "lifetime", {
@@ -87,6 +92,23 @@ def options_to_raw(options: Mapping[str, Any]) -> dict[str, Any]:
         "traffic": True if options.get("traffic") else None,
     })
     return raw
+
+
+def _origin_option(options: Mapping[str, Any]) -> Any:
+    """C{--origin-policy}, or websockify's C{--auth-plugin ExpectOrigin --auth-source "ORIGIN ..."}."""
+    plugin, source, policy = options.get("auth-plugin"), options.get("auth-source"), options.get("origin-policy")
+    if plugin is None:
+        if source is not None:
+            raise LoweringError("--auth-source needs --auth-plugin (ExpectOrigin)")
+        return policy
+    if plugin.rsplit(".", 1)[-1] != "ExpectOrigin":
+        raise LoweringError(f"--auth-plugin {plugin}: not supported yet; wsrouter has ExpectOrigin "
+                            "(or write --origin-policy)")
+    if not source or not source.split():
+        raise LoweringError("--auth-plugin ExpectOrigin needs --auth-source \"ORIGIN [ORIGIN...]\"")
+    if policy is not None:
+        raise LoweringError("--auth-plugin ExpectOrigin and --origin-policy both set the origin policy; give one")
+    return source.split()
 
 
 def _table(raw: dict[str, Any], name: str, values: dict[str, Any]) -> None:

@@ -20,6 +20,8 @@ from typing import Any, TypeAlias
 
 from attrs import Factory, field, frozen
 
+from wsrouter.policy import ORIGIN_SAME, origin_policy_problem
+
 MiB = 1024 * 1024
 
 DEFAULT_LISTENER = "tcp:8080:interface=127.0.0.1:backlog=1024"
@@ -27,6 +29,11 @@ DEFAULT_MAX_MESSAGE_SIZE = 16 * MiB
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_SHUTDOWN_GRACE = 5.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
+#: Who may connect (issue 10): the request head, sessions in all and per client address.
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+DEFAULT_MAX_CONNECTIONS = 10000
+DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 256
+DEFAULT_MAX_HANDSHAKES_PER_CLIENT = 600
 #: Router processes sharing the listeners (L{wsrouter.service.workers}).
 DEFAULT_WORKERS = 1
 #: Listener kinds whose sockets several worker processes can share.
@@ -365,6 +372,35 @@ class Framing:
         checks.raise_any()
 
 
+#: An origin policy: C{"same"}, C{"off"}, or trusted origins (see L{wsrouter.policy}).
+OriginPolicy: TypeAlias = str | tuple[str, ...]
+
+
+def _check_origin(checks: _Checks, key: str, value: object, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    problem = origin_policy_problem(value)
+    if problem:
+        checks.add(key, problem)
+
+
+@frozen
+class Security:
+    """
+    Who may connect, router-wide (issue 10).
+
+    @ivar origin: the origin policy of routes that name none: C{same} (a
+        browser's Origin must be this site), C{off}, or trusted origins.
+    """
+
+    origin: OriginPolicy = field(default=ORIGIN_SAME, converter=_as_tuple)
+
+    def __attrs_post_init__(self) -> None:
+        checks = _Checks()
+        _check_origin(checks, "origin", self.origin)
+        checks.raise_any()
+
+
 @frozen
 class Route:
     """
@@ -391,10 +427,13 @@ class Route:
     max_forks: int | None = None
     record: str | None = None
     env: tuple[tuple[str, str], ...] = field(default=(), converter=_as_tuple)
+    #: Who may open this route from a browser (L{wsrouter.policy}); C{None}: C{security.origin}.
+    origin: OriginPolicy | None = field(default=None, converter=_as_tuple)
 
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
         self._check_path(checks)
+        _check_origin(checks, "origin", self.origin, optional=True)
         if not isinstance(self.target, Target.__args__):
             checks.add("target", f"must be a target, not {self.target!r}")
         _check_bool(checks, "prefix", self.prefix)
@@ -455,6 +494,8 @@ _KIND_NAMES = {"UdpTarget": "udp", "UnixDatagramTarget": "unix-dgram", "EchoTarg
 
 
 _LIMIT_TIMERS = ("handshake_timeout", "connect_timeout", "shutdown_grace")
+_CLIENT_LIMITS = ("max_header_bytes", "max_connections", "max_connections_per_client",
+                  "max_handshakes_per_client")
 _OPTIONAL_TIMERS = ("ping_interval", "ping_timeout", "session_idle_timeout")
 
 
@@ -476,10 +517,19 @@ class Limits:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     max_forks: int | None = None
+    #: The request line and headers together (431 beyond).
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    #: Sessions at once, handshakes included (503 beyond).
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    #: Sessions at once from one client address (429 beyond).
+    max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT
+    #: Handshakes one client address may start per minute (429 beyond).
+    max_handshakes_per_client: int = DEFAULT_MAX_HANDSHAKES_PER_CLIENT
 
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
-        _check_positive(checks, "max_message_size", self.max_message_size, integer=True)
+        for key in ("max_message_size", *_CLIENT_LIMITS):
+            _check_positive(checks, key, getattr(self, key), integer=True)
         for key in _OPTIONAL_TIMERS:
             if key == "ping_timeout" and self.ping_timeout is self.ping_interval:
                 continue  # the default: any problem is ping_interval's
@@ -623,6 +673,7 @@ class RouterConfig:
     pass_env: tuple[str, ...] = field(default=(), converter=_as_tuple)
     follow_program_port: bool = False
     workers: int = DEFAULT_WORKERS
+    security: Security = field(factory=Security)
 
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
@@ -693,4 +744,8 @@ class RouterConfig:
         if route.record == RECORD_OFF:
             return None
         return route.record or self.recording.directory
+
+    def origin_policy(self, route: Route) -> OriginPolicy:
+        """C{route}'s origin policy: its own, else the router's."""
+        return route.origin if route.origin is not None else self.security.origin
 

@@ -39,6 +39,7 @@ from wsrouter.config.model import (
     ReplayTarget,
     Route,
     RouterConfig,
+    Security,
     Target,
     TcpTarget,
     UdpTarget,
@@ -49,17 +50,20 @@ from wsrouter.config.model import (
 )
 
 TOP_KEYS = ("listen", "workers", "pass_env", "follow_program_port", "limits", "lifetime", "log", "web",
-            "recording", "programs", "routes")
+            "recording", "programs", "routes", "security")
 LIMITS_KEYS = ("max_message_size", "ping_interval", "ping_timeout", "session_idle_timeout", "handshake_timeout",
-               "connect_timeout", "shutdown_grace", "max_forks")
+               "connect_timeout", "shutdown_grace", "max_forks", "max_header_bytes", "max_connections",
+               "max_connections_per_client", "max_handshakes_per_client")
+SECURITY_KEYS = ("origin",)
 LIFETIME_KEYS = ("run_once", "start_timeout", "idle_exit")
 LOG_KEYS = ("file", "level", "traffic", "format")
 WEB_KEYS = ("root", "listing")
 RECORDING_KEYS = ("directory", "format", "max_bytes", "redact")
 PROGRAM_KEYS = ("mode", "command", "ports", "keep_env")
-ROUTE_KEYS = ("path", "subprotocols", "target", "framing", "max_forks", "record", "env")
+ROUTE_KEYS = ("path", "subprotocols", "target", "framing", "max_forks", "record", "env", "origin")
 #: Keys holding numbers; a numeric string is accepted there (command-line values).
-_INTEGER_KEYS = ("workers", "max_message_size", "max_forks", "max_bytes")
+_INTEGER_KEYS = ("workers", "max_message_size", "max_forks", "max_bytes", "max_header_bytes", "max_connections",
+                 "max_connections_per_client", "max_handshakes_per_client")
 _NUMBER_KEYS = ("ping_interval", "ping_timeout", "session_idle_timeout", "handshake_timeout", "connect_timeout",
                 "shutdown_grace", "start_timeout", "idle_exit")
 
@@ -72,7 +76,7 @@ MOVED_KEYS = {
 }
 
 #: Options a route string may carry in brackets (the file's keys, with '-').
-ROUTE_OPTIONS = ("framing", "max-forks", "record", "env")
+ROUTE_OPTIONS = ("framing", "max-forks", "record", "env", "origin")
 
 TARGET_FORMS = ("tcp://HOST:PORT, HOST:PORT, unix:///PATH, udp://HOST:PORT, unix-dgram:///PATH, exec:COMMAND, "
                 "wrap:MODE:PROGRAM, program:NAME, replay:FILE[?speed=FACTOR] or echo:")
@@ -291,6 +295,15 @@ def parse_route(text: str) -> Route:
     return route
 
 
+def origin_value(value: Any) -> Any:
+    """An origin policy as written: a word, a list, or (command line) space-separated origins."""
+    if isinstance(value, str) and "://" in value:
+        return tuple(value.split())
+    if isinstance(value, str):
+        return value.strip()
+    return tuple(value) if isinstance(value, list) else value
+
+
 def _did_you_mean(key: str, allowed: Sequence[str], lead: str = " ") -> str:
     close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
     return f"{lead}(did you mean {close[0]}?)" if close else ""
@@ -384,6 +397,12 @@ class _Builder:
         if isinstance(raw, Mapping) and isinstance(raw.get("redact"), list):
             raw = {**raw, "redact": [name.lower() if isinstance(name, str) else name for name in raw["redact"]]}
         made: Recording = self.simple(Recording, raw, "recording", RECORDING_KEYS)
+        return made
+
+    def security(self, raw: Any) -> Security:
+        if isinstance(raw, Mapping) and "origin" in raw:
+            raw = {**raw, "origin": origin_value(raw["origin"])}
+        made: Security = self.simple(Security, raw, "security", SECURITY_KEYS)
         return made
 
     def program(self, name: str, raw: Any) -> None:
@@ -492,6 +511,8 @@ class _Builder:
             fields["max_forks"] = _number(values["max_forks"], True)
         if "record" in values:
             fields["record"] = values["record"]
+        if "origin" in values:
+            fields["origin"] = origin_value(values["origin"])
         env = values.get("env")
         if isinstance(env, Mapping):
             fields["env"] = tuple(env.items())
@@ -521,6 +542,7 @@ class _Builder:
         log = self.simple(LogSettings, values.get("log"), "log", LOG_KEYS)
         web = self.web(values.get("web"))
         recording = self.recording(values.get("recording"))
+        security = self.security(values.get("security"))
         programs = values.get("programs", {})
         if isinstance(programs, Mapping):
             for name, program in programs.items():
@@ -532,7 +554,7 @@ class _Builder:
         fields: dict[str, Any] = {
             "listeners": listeners, "routes": routes, "web": web, "limits": limits, "recording": recording,
             "lifetime": lifetime, "log": log, "programs": (*self.programs.values(), *self.inline),
-            "pass_env": pass_env, "follow_program_port": follow,
+            "pass_env": pass_env, "follow_program_port": follow, "security": security,
         }
         if "workers" in values:
             fields["workers"] = _number(values["workers"], True)
@@ -611,6 +633,8 @@ def _route_data(route: Route) -> dict[str, Any]:
         data["record"] = route.record
     if route.env:
         data["env"] = dict(route.env)
+    if route.origin is not None:
+        data["origin"] = route.origin if isinstance(route.origin, str) else list(route.origin)
     return data
 
 
@@ -645,6 +669,7 @@ def to_data(config: RouterConfig) -> dict[str, Any]:
     if config.web is not None:
         data["web"] = {"root": config.web.directory, "listing": config.web.listing}
     data["recording"] = _fields(config.recording, RECORDING_KEYS)
+    data["security"] = _fields(config.security, SECURITY_KEYS)
     data["programs"] = {program.name: {"mode": program.mode, "command": list(program.argv), "ports": program.ports,
                                        "keep_env": program.keep_env} for program in config.programs}
     data["routes"] = [_route_data(route) for route in config.routes]
