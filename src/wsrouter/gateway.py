@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from wsrouter.auth import Authenticator, NotAuthorized
 from wsrouter.config import DATAGRAM_TARGETS, ExecTarget, RouterConfig
 from wsrouter.descriptors import DescriptorGuard, session_cost
 from wsrouter.framing import make_framer, message_is_binary
@@ -49,6 +50,7 @@ _HINTS = {
     429: "the client address is over its limits (limits.max_connections_per_client, "
          "limits.max_handshakes_per_client)",
     403: "the route's origin policy (origin, security.origin) refused it",
+    401: "the route asks for credentials (auth, security.auth)",
 }
 
 
@@ -88,6 +90,8 @@ class Gateway:
                                    limits.max_handshakes_per_client)
         # session id -> the client address it is counted under
         self._counted: dict[str, str] = {}
+        #: Checks credentials for routes with an C{auth} (files loaded now and on L{use_config}).
+        self.authenticator = Authenticator(config, reactor)
 
     def use_config(self, config: RouterConfig) -> None:
         """New connections use C{config}'s routes and limits; open sessions keep theirs."""
@@ -96,6 +100,7 @@ class Gateway:
         limits = config.limits
         self.counts.set_limits(limits.max_connections, limits.max_connections_per_client,
                                limits.max_handshakes_per_client)
+        self.authenticator.use_config(config)
         self.connectors.use_settings(config.limits, config.pass_env)
 
     def observe(self, observer: SessionObserver) -> None:
@@ -154,6 +159,16 @@ class Gateway:
             log.info("refused origin {origin!r} for route {route}: {problem}",
                      origin=origin, route=match.route.describe(), problem=problem)
             return _refuse(request, 403, f"origin {origin} not allowed: {problem}")
+        auth = config.auth_for(match.route)
+        if auth is None:
+            return self._connect(connection, request, config, session_id, path, route_path, match)
+        checking = self.authenticator.check(auth.name, request.headers, client_address(connection))
+        return checking.addCallbacks(
+            lambda _: self._connect(connection, request, config, session_id, path, route_path, match),
+            _unauthorized, errbackArgs=(request,))
+
+    def _connect(self, connection: ClientConnection, request: Any, config: RouterConfig, session_id: str,
+                 path: str, route_path: str, match: Match) -> Deferred[ConnectionSession | None]:
         if self.descriptors is not None and not self.descriptors.admit(session_cost(match.route, config)):
             return _refuse(request, 503, "too many open connections")
         info = _session_info(session_id, connection, request, path, route_path, match)
@@ -293,6 +308,17 @@ def client_address(connection: ClientConnection) -> str:
     """The address limits count a client under: its IP address (a Unix socket's peers share one)."""
     peer = connection.transport.getPeer()
     return str(getattr(peer, "host", "") or "unix")
+
+
+def _unauthorized(reason: Failure, request: Any) -> NoReturn:
+    """A L{NotAuthorized} as a 401 with the challenge; anything else goes on failing."""
+    if not reason.check(NotAuthorized):  # type: ignore[no-untyped-call, unused-ignore]
+        reason.raiseException()
+    error: NotAuthorized = reason.value  # type: ignore[assignment]
+    try:
+        _refuse(request, 401, error.reason)
+    except ConnectionDeny:
+        raise DenyWithHeaders(401, error.reason, error.challenge) from None
 
 
 def _not_connected(reason: Failure, request: Any) -> None:

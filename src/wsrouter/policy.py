@@ -9,12 +9,19 @@ gateway calls these and turns a L{Refusal} into the HTTP answer.
     handshake rate per client address (a token bucket per address).
   - L{origin_problem}: the route's origin policy (C{same}, C{off}, or a
     list of trusted origins with C{*.} wildcards).
+  - L{authenticate}: forward auth from trusted proxies, bearer tokens
+    (compared in constant time) and HTTP Basic against bcrypt hashes (the
+    slow hash check itself is left to the caller, off the event loop).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import ipaddress
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
 from attrs import frozen
@@ -224,3 +231,161 @@ def _origin_matches(pattern: str, origin: tuple[str, str, int]) -> bool:
         suffix = host[len("wildcard"):]
         return origin[1].endswith(suffix) and len(origin[1]) > len(suffix)
     return host == origin[1]
+
+
+# -- credentials -----------------------------------------------------------------------
+
+#: The hash prefixes of bcrypt (C{htpasswd -B}); the only htpasswd hashes accepted.
+BCRYPT_PREFIXES = ("$2y$", "$2b$", "$2a$")
+
+
+def htpasswd_line_problem(line: str) -> str | None:
+    """What is wrong with one C{user:hash} line, or C{None}; only bcrypt hashes are accepted."""
+    user, sep, hashed = line.partition(":")
+    if not sep or not user:
+        return "must be user:hash"
+    if not hashed.startswith(BCRYPT_PREFIXES):
+        kind = "apr1 (MD5)" if hashed.startswith("$apr1$") else "{SHA}" if hashed.startswith("{SHA}") \
+            else "crypt or plain text"
+        return (f"user {user!r}: only bcrypt hashes are accepted (make them with htpasswd -B), "
+                f"not {kind}")
+    return None
+
+
+def parse_htpasswd(text: str) -> dict[str, str]:
+    """
+    The users and bcrypt hashes of an htpasswd file (blank lines and C{#} comments skipped).
+
+    @raise ValueError: naming the line and the problem (never the hash).
+    """
+    users: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        problem = htpasswd_line_problem(line)
+        if problem:
+            raise ValueError(f"line {number}: {problem}")
+        user, _, hashed = line.partition(":")
+        users[user] = hashed
+    return users
+
+
+def parse_tokens(text: str) -> tuple[bytes, ...]:
+    """The bearer tokens of a token file: one per line, blank lines and C{#} comments skipped."""
+    lines = (line.strip() for line in text.splitlines())
+    return tuple(line.encode("utf-8") for line in lines if line and not line.startswith("#"))
+
+
+def network_problem(text: str) -> str | None:
+    """What is wrong with a proxy address or network (C{10.0.0.1}, C{10.0.0.0/8}), or C{None}."""
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return f"must be an IP address or network, not {text!r}"
+    return None
+
+
+def address_in(address: str, networks: Sequence[str]) -> bool:
+    """C{address} is in one of C{networks} (a Unix socket's peer, C{unix}, is in none)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in ipaddress.ip_network(network, strict=False) for network in networks)
+
+
+def token_known(token: bytes, tokens: Sequence[bytes]) -> bool:
+    """
+    C{token} is one of C{tokens}, compared in constant time: every token is
+    compared (digests of equal length), whatever matches first.
+    """
+    wanted = hashlib.sha256(token).digest()
+    found = False
+    for known in tokens:
+        found |= hmac.compare_digest(wanted, hashlib.sha256(known).digest())
+    return found
+
+
+@frozen
+class PasswordCheck:
+    """A Basic user's password still to be checked against its bcrypt hash (slow: the caller runs it off the loop)."""
+
+    user: str
+    password: bytes
+    hashed: bytes
+
+
+@frozen
+class Accepted:
+    """Who connects, and how that was established (C{basic}, C{token}, C{forward})."""
+
+    user: str
+    method: str
+
+
+@frozen
+class Credentials:
+    """
+    What one C{[auth.NAME]} accepts, loaded: users with their bcrypt
+    hashes, bearer tokens, and the forward-auth header with its proxies.
+    """
+
+    realm: str
+    users: Mapping[str, str]
+    tokens: tuple[bytes, ...]
+    forward_header: str | None
+    forward_from: tuple[str, ...]
+
+    def challenge(self) -> list[tuple[str, str]]:
+        """The C{WWW-Authenticate} headers a 401 carries: one per method a client can answer."""
+        realm = self.realm.replace('"', "")
+        headers = []
+        if self.users:
+            headers.append(("WWW-Authenticate", f'Basic realm="{realm}", charset="UTF-8"'))
+        if self.tokens:
+            headers.append(("WWW-Authenticate", f'Bearer realm="{realm}"'))
+        return headers
+
+
+def authenticate(credentials: Credentials, headers: Mapping[str, str], peer: str) -> Accepted | PasswordCheck | Refusal:
+    """
+    Decide who connects from the request's C{headers} (names lower case)
+    and the C{peer} address.  A refusal's reason names the method and the
+    user, never a password or token.
+
+    Forward auth is considered first (a request from a trusted proxy
+    carrying the header), then a bearer token, then HTTP Basic.
+    """
+    if credentials.forward_header is not None:
+        forwarded = headers.get(credentials.forward_header.lower())
+        if forwarded is not None:
+            if address_in(peer, credentials.forward_from):
+                return Accepted(forwarded, "forward")
+            return Refusal(401, f"{credentials.forward_header} from {peer}, which is not a trusted proxy")
+    authorization = headers.get("authorization", "")
+    scheme, _, value = authorization.strip().partition(" ")
+    scheme = scheme.lower()
+    if scheme == "bearer" and credentials.tokens:
+        if token_known(value.strip().encode("utf-8"), credentials.tokens):
+            return Accepted("token", "token")
+        return Refusal(401, "unknown bearer token")
+    if scheme == "basic" and credentials.users:
+        return _basic(credentials, value.strip())
+    if authorization:
+        return Refusal(401, f"credentials of an unaccepted kind ({scheme or 'none'})")
+    return Refusal(401, "credentials required")
+
+
+def _basic(credentials: Credentials, value: str) -> PasswordCheck | Refusal:
+    try:
+        decoded = base64.b64decode(value, validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return Refusal(401, "malformed Basic credentials")
+    user, sep, password = decoded.partition(":")
+    if not sep:
+        return Refusal(401, "malformed Basic credentials")
+    hashed = credentials.users.get(user)
+    if hashed is None:
+        return Refusal(401, f"unknown user {user!r}")
+    return PasswordCheck(user, password.encode("utf-8"), hashed.encode("ascii"))

@@ -41,7 +41,6 @@ NOT_YET = {
     "token-plugin": "dynamic targets (tokens) come with issue 9",
     "token-source": "dynamic targets (tokens) come with issue 9",
     "host-token": "dynamic targets (tokens) come with issue 9",
-    "web-auth": "authentication comes with issue 10",
     "unix-listen": "write --listen unix:PATH instead",
     "unix-listen-mode": "write --listen unix:PATH:mode=MODE (octal) instead",
     "inetd": "inetd socket activation is not supported; give --listen",
@@ -93,6 +92,7 @@ class Options(usage.Options):
         ["run-once", None, "Exit after the first session ends (websockify --run-once)."],
         ["verbose", "v", "Log debug messages too (websockify --verbose)."],
         ["traffic", None, "Log one debug line per message relayed (websockify --traffic); implies --verbose."],
+        ["web-auth", None, "Ask the web root for the --auth-plugin BasicHTTPAuth credentials too (websockify)."],
         ["daemon", "D", "websockify's daemon mode: " + DAEMON_HINT + "."],
     ]
     optParameters = [
@@ -135,8 +135,10 @@ class Options(usage.Options):
         ["origin-policy", None, None,
          "Who may connect from a browser: same (the Origin must be this site; the default), off, "
          "or space-separated trusted origins (https://a.example https://*.b.example)."],
-        ["auth-plugin", None, None, "websockify's auth plugin: ExpectOrigin (with --auth-source ORIGINS)."],
-        ["auth-source", None, None, "The auth plugin's argument: for ExpectOrigin, space-separated origins."],
+        ["auth-plugin", None, None,
+         "websockify's auth plugin: ExpectOrigin (--auth-source ORIGINS) or BasicHTTPAuth (--auth-source USER:PASS)."],
+        ["auth-source", None, None,
+         "The auth plugin's argument: space-separated origins, or USER:PASSWORD (kept only as a bcrypt hash)."],
     ]
 
     def __init__(self) -> None:

@@ -6,6 +6,7 @@ code all lower into (L{spec}), and the file loader (L{load}).
 
 from wsrouter.config.load import combine, load_config, read_file
 from wsrouter.config.model import (
+    AUTH_OFF,
     DATAGRAM_TARGETS,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -23,6 +24,7 @@ from wsrouter.config.model import (
     SHAREABLE_LISTENERS,
     UNFRAMED_TARGETS,
     WRAP_MODES,
+    Auth,
     ConfigError,
     EchoTarget,
     ExecTarget,
@@ -61,6 +63,7 @@ from wsrouter.config.spec import (
 )
 
 __all__ = [
+    "AUTH_OFF",
     "DATAGRAM_TARGETS",
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_HANDSHAKE_TIMEOUT",
@@ -79,6 +82,7 @@ __all__ = [
     "SHAREABLE_LISTENERS",
     "UNFRAMED_TARGETS",
     "WRAP_MODES",
+    "Auth",
     "ConfigError",
     "EchoTarget",
     "ExecTarget",

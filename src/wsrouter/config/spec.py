@@ -28,6 +28,7 @@ from wsrouter.config.model import (
     PROGRAM_NAME,
     RECORD_OFF,
     WRAP_MODES,
+    Auth,
     ConfigError,
     EchoTarget,
     ExecTarget,
@@ -50,17 +51,18 @@ from wsrouter.config.model import (
 )
 
 TOP_KEYS = ("listen", "workers", "pass_env", "follow_program_port", "limits", "lifetime", "log", "web",
-            "recording", "programs", "routes", "security")
+            "recording", "programs", "routes", "security", "auth")
 LIMITS_KEYS = ("max_message_size", "ping_interval", "ping_timeout", "session_idle_timeout", "handshake_timeout",
                "connect_timeout", "shutdown_grace", "max_forks", "max_header_bytes", "max_connections",
                "max_connections_per_client", "max_handshakes_per_client")
-SECURITY_KEYS = ("origin",)
+SECURITY_KEYS = ("origin", "auth", "web_auth")
+AUTH_KEYS = ("htpasswd", "users", "tokens", "forward_user_header", "forward_from", "realm")
 LIFETIME_KEYS = ("run_once", "start_timeout", "idle_exit")
 LOG_KEYS = ("file", "level", "traffic", "format")
 WEB_KEYS = ("root", "listing")
 RECORDING_KEYS = ("directory", "format", "max_bytes", "redact")
 PROGRAM_KEYS = ("mode", "command", "ports", "keep_env")
-ROUTE_KEYS = ("path", "subprotocols", "target", "framing", "max_forks", "record", "env", "origin")
+ROUTE_KEYS = ("path", "subprotocols", "target", "framing", "max_forks", "record", "env", "origin", "auth")
 #: Keys holding numbers; a numeric string is accepted there (command-line values).
 _INTEGER_KEYS = ("workers", "max_message_size", "max_forks", "max_bytes", "max_header_bytes", "max_connections",
                  "max_connections_per_client", "max_handshakes_per_client")
@@ -76,7 +78,7 @@ MOVED_KEYS = {
 }
 
 #: Options a route string may carry in brackets (the file's keys, with '-').
-ROUTE_OPTIONS = ("framing", "max-forks", "record", "env", "origin")
+ROUTE_OPTIONS = ("framing", "max-forks", "record", "env", "origin", "auth")
 
 TARGET_FORMS = ("tcp://HOST:PORT, HOST:PORT, unix:///PATH, udp://HOST:PORT, unix-dgram:///PATH, exec:COMMAND, "
                 "wrap:MODE:PROGRAM, program:NAME, replay:FILE[?speed=FACTOR] or echo:")
@@ -405,6 +407,19 @@ class _Builder:
         made: Security = self.simple(Security, raw, "security", SECURITY_KEYS)
         return made
 
+    def auth(self, raw: Any) -> list[Auth]:
+        if not isinstance(raw, Mapping):
+            self.add("auth", f"must be a table of [auth.NAME] tables, not {raw!r}")
+            return []
+        made = []
+        for name, table in raw.items():
+            values = self.table(table, f"auth.{name}", AUTH_KEYS)
+            if values is not None:
+                auth = self.make(Auth, {"name": str(name), **values}, f"auth.{name}")
+                if auth is not None:
+                    made.append(auth)
+        return made
+
     def program(self, name: str, raw: Any) -> None:
         path = f"programs.{name}"
         if not PROGRAM_NAME.fullmatch(name):
@@ -513,6 +528,8 @@ class _Builder:
             fields["record"] = values["record"]
         if "origin" in values:
             fields["origin"] = origin_value(values["origin"])
+        if "auth" in values:
+            fields["auth"] = values["auth"]
         env = values.get("env")
         if isinstance(env, Mapping):
             fields["env"] = tuple(env.items())
@@ -555,6 +572,7 @@ class _Builder:
             "listeners": listeners, "routes": routes, "web": web, "limits": limits, "recording": recording,
             "lifetime": lifetime, "log": log, "programs": (*self.programs.values(), *self.inline),
             "pass_env": pass_env, "follow_program_port": follow, "security": security,
+            "auth": self.auth(values.get("auth", {})),
         }
         if "workers" in values:
             fields["workers"] = _number(values["workers"], True)
@@ -633,6 +651,8 @@ def _route_data(route: Route) -> dict[str, Any]:
         data["record"] = route.record
     if route.env:
         data["env"] = dict(route.env)
+    if route.auth is not None:
+        data["auth"] = route.auth
     if route.origin is not None:
         data["origin"] = route.origin if isinstance(route.origin, str) else list(route.origin)
     return data
@@ -670,6 +690,7 @@ def to_data(config: RouterConfig) -> dict[str, Any]:
         data["web"] = {"root": config.web.directory, "listing": config.web.listing}
     data["recording"] = _fields(config.recording, RECORDING_KEYS)
     data["security"] = _fields(config.security, SECURITY_KEYS)
+    data["auth"] = {auth.name: _fields(auth, AUTH_KEYS) for auth in config.auth}
     data["programs"] = {program.name: {"mode": program.mode, "command": list(program.argv), "ports": program.ports,
                                        "keep_env": program.keep_env} for program in config.programs}
     data["routes"] = [_route_data(route) for route in config.routes]
