@@ -1,11 +1,13 @@
 """
-Unit tests for L{wsrouter.policy} (plain data in, decisions out) and for
+Unit tests for L{wsrouter.policy} (client counts, origins, credentials: plain
+data in, decisions out) and for
 L{wsrouter.web.channel.LimitedChannel} on an in-memory transport and clock,
 fed one byte at a time as well as all at once.
 """
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
@@ -16,7 +18,20 @@ from twisted.web.server import Site
 
 from wsrouter.config import ConfigError, Limits, Route, Security, build_config, to_data
 from wsrouter.config.model import EchoTarget
-from wsrouter.policy import ClientCounts, origin_policy_problem, origin_problem
+from wsrouter.policy import (
+    UNKNOWN_USER_HASH,
+    Accepted,
+    ClientCounts,
+    Credentials,
+    PasswordCheck,
+    Refusal,
+    authenticate,
+    origin_policy_problem,
+    origin_problem,
+    parse_htpasswd,
+    parse_tokens,
+    token_known,
+)
 from wsrouter.web.channel import LimitedChannel, limit_requests
 
 # -- ClientCounts -----------------------------------------------------------------------
@@ -240,3 +255,55 @@ def test_head_of_exactly_the_limit_passes() -> None:
     protocol, transport, _ = channel(Limits(max_header_bytes=1024))
     protocol.dataReceived(request)
     assert transport.value().startswith(b"HTTP/1.1 200 OK")
+
+
+# -- credentials --------------------------------------------------------------------------------
+
+
+CREDENTIALS = Credentials("r", {"alice": "$2y$05$hash"}, (b"tok-1", b"tok-2"), "X-User", ("10.0.0.0/8",))
+
+
+def _basic(text: str) -> dict[str, str]:
+    return {"authorization": "Basic " + base64.b64encode(text.encode()).decode()}
+
+
+@pytest.mark.parametrize(("headers", "peer", "expected"), [
+    ({"x-user": "carol"}, "10.1.2.3", Accepted("carol", "forward")),
+    ({"x-user": "carol", "authorization": "Bearer tok-1"}, "127.0.0.1",
+     Refusal(401, "X-User from 127.0.0.1, which is not a trusted proxy")),
+    ({"authorization": "Bearer tok-2"}, "127.0.0.1", Accepted("token", "token")),
+    ({"authorization": "bearer  tok-1 "}, "127.0.0.1", Accepted("token", "token")),
+    ({"authorization": "Bearer tok-3"}, "127.0.0.1", Refusal(401, "unknown bearer token")),
+    ({"authorization": "Bearer tok-"}, "127.0.0.1", Refusal(401, "unknown bearer token")),
+    (_basic("alice:pw:with:colons"), "127.0.0.1", PasswordCheck("alice", b"pw:with:colons", b"$2y$05$hash")),
+    (_basic("bob:pw"), "127.0.0.1", PasswordCheck("bob", b"pw", UNKNOWN_USER_HASH, known=False)),
+    (_basic("no-colon"), "127.0.0.1", Refusal(401, "malformed Basic credentials")),
+    ({"authorization": "Basic %%%"}, "127.0.0.1", Refusal(401, "malformed Basic credentials")),
+    ({"authorization": "Digest x"}, "127.0.0.1", Refusal(401, "credentials of an unaccepted kind (digest)")),
+    ({}, "127.0.0.1", Refusal(401, "credentials required")),
+    ({"x-user": "carol"}, "unix", Refusal(401, "X-User from unix, which is not a trusted proxy")),
+])
+def test_authenticate(headers: dict[str, str], peer: str, expected: object) -> None:
+    """Forward auth only from trusted proxies, then bearer tokens, then Basic (left to the caller's bcrypt check)."""
+    assert authenticate(CREDENTIALS, headers, peer) == expected
+
+
+def test_token_comparison_checks_every_token() -> None:
+    """token_known matches exactly (not by prefix) and looks at the whole list whatever matches first."""
+    assert token_known(b"a", [b"a", b"b"]) and token_known(b"b", [b"a", b"b"])
+    assert not token_known(b"", [b"a"]) and not token_known(b"ab", [b"a"]) and not token_known(b"a", [])
+
+
+def test_challenge_names_the_methods_a_client_can_answer() -> None:
+    """A 401 offers Basic when there are users and Bearer when there are tokens, with the realm."""
+    assert CREDENTIALS.challenge() == [("WWW-Authenticate", 'Basic realm="r", charset="UTF-8"'),
+                                       ("WWW-Authenticate", 'Bearer realm="r"')]
+    assert Credentials("r", {}, (), "X-User", ("10.0.0.0/8",)).challenge() == []
+
+
+def test_htpasswd_and_token_files() -> None:
+    """htpasswd files keep bcrypt lines and name a bad line; token files skip blanks and comments."""
+    assert parse_htpasswd("# c\n\nalice:$2y$05$abc\nbob:$2b$05$def\n") == {"alice": "$2y$05$abc", "bob": "$2b$05$def"}
+    with pytest.raises(ValueError, match=r"line 2: user 'bob': only bcrypt .* not \{SHA\}"):
+        parse_htpasswd("alice:$2y$05$abc\nbob:{SHA}xyz=\n")
+    assert parse_tokens("# c\n a \n\nb\n") == (b"a", b"b")

@@ -193,6 +193,8 @@ class Authenticator:
         attempt = decided
 
         def judged(matches: bool) -> Accepted:
+            if not attempt.known:
+                raise NotAuthorized(f"unknown user {attempt.user!r}", credentials.challenge())
             if not matches:
                 raise NotAuthorized(f"wrong password for user {attempt.user!r}", credentials.challenge())
             return Accepted(attempt.user, "basic")

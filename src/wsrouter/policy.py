@@ -307,13 +307,25 @@ def token_known(token: bytes, tokens: Sequence[bytes]) -> bool:
     return found
 
 
+#: Checked against for unknown users, so that they take as long as known ones (a bcrypt hash of nothing useful).
+UNKNOWN_USER_HASH = b"$2b$10$pSKhOwBPOOV7rvY6nPJ6XOyHvsf0SgvIQwEfiqANKw3Y/AHDtmlfW"
+
+
 @frozen
 class PasswordCheck:
-    """A Basic user's password still to be checked against its bcrypt hash (slow: the caller runs it off the loop)."""
+    """
+    A Basic user's password still to be checked against its bcrypt hash
+    (slow: the caller runs it off the loop).
+
+    @ivar known: C{False} for a user not in the file: the check runs all
+        the same (against L{UNKNOWN_USER_HASH}, so an unknown user takes as
+        long as a known one), and must then refuse.
+    """
 
     user: str
     password: bytes
     hashed: bytes
+    known: bool = True
 
 
 @frozen
@@ -387,5 +399,5 @@ def _basic(credentials: Credentials, value: str) -> PasswordCheck | Refusal:
         return Refusal(401, "malformed Basic credentials")
     hashed = credentials.users.get(user)
     if hashed is None:
-        return Refusal(401, f"unknown user {user!r}")
+        return PasswordCheck(user, password.encode("utf-8"), UNKNOWN_USER_HASH, known=False)
     return PasswordCheck(user, password.encode("utf-8"), hashed.encode("ascii"))
