@@ -167,3 +167,18 @@ def test_start_up_names_a_bad_auth_file(tmp_path: Path) -> None:
                           check=False, env=child_env(), cwd=REPO, timeout=60)
     assert done.returncode == 2
     assert "auth.a.htpasswd: cannot read" in done.stderr
+
+
+def test_workers_get_the_policy_too(tmp_path: Path, config_file: Path) -> None:
+    """With --workers 2 every worker gets the auth tables, the origin policy and the limits (config sent as data)."""
+    with router_process(tmp_path, "--config", str(config_file), "--workers", "2",
+                        "--max-connections-per-client", "50") as router:
+        for _ in range(4):  # whichever worker accepts
+            with connect(router.url + "/basic", additional_headers=basic("alice", PASSWORD)) as ws:
+                ws.send("w")
+                assert ws.recv() == b"w"
+            assert refusal(router.url + "/basic").response.status_code == 401
+            assert refusal(router.url + "/open", origin="http://evil.example").response.status_code == 403
+        log = router.log()
+        for secret in SECRETS:
+            assert secret not in log
