@@ -8,6 +8,7 @@ refusal is a 401 with its challenge, and no secret reaches the log.
 from __future__ import annotations
 
 import base64
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -182,3 +183,23 @@ def test_workers_get_the_policy_too(tmp_path: Path, config_file: Path) -> None:
         log = router.log()
         for secret in SECRETS:
             assert secret not in log
+
+
+def test_reload_reads_the_token_file_again(tmp_path: Path, config_file: Path) -> None:
+    """After SIGHUP a token removed from the file is refused and a new one accepted; a broken file keeps the old."""
+    with router_process(tmp_path, "--config", str(config_file)) as router:
+        with connect(router.url + "/basic", additional_headers={"Authorization": f"Bearer {TOKEN}"}):
+            pass
+        (tmp_path / "tokens.txt").write_text("tok-new-55\n")
+        router.process.send_signal(signal.SIGHUP)
+        wait_for_log(router, "reload done")
+        assert refusal(router.url + "/basic", additional_headers={
+            "Authorization": f"Bearer {TOKEN}"}).response.status_code == 401
+        with connect(router.url + "/basic", additional_headers={"Authorization": "Bearer tok-new-55"}):
+            pass
+        (tmp_path / "tokens.txt").write_text("# no token left\n")
+        router.process.send_signal(signal.SIGHUP)
+        wait_for_log(router, "auth.staff.tokens")
+        with connect(router.url + "/basic", additional_headers={"Authorization": "Bearer tok-new-55"}):
+            pass
+        assert "tok-new-55" not in router.log()
