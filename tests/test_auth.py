@@ -78,7 +78,7 @@ auth = "off"
 
 
 def test_basic_tokens_and_forward_auth(tmp_path: Path, config_file: Path) -> None:
-    """Good Basic, bearer and forward-auth credentials open the route; missing or bad ones get 401 with a challenge."""
+    """Good Basic, bearer and forward-auth open the route (user logged); bad ones get 401, a challenge."""
     with router_process(tmp_path, "--config", str(config_file)) as router:
         url = router.url
         for path, headers in [("/basic", basic("alice", PASSWORD)), ("/basic", basic("alice", PASSWORD)),
@@ -89,6 +89,8 @@ def test_basic_tokens_and_forward_auth(tmp_path: Path, config_file: Path) -> Non
                 assert ws.recv() == b"hi"
         with connect(f"ws://alice:{PASSWORD}@127.0.0.1:{router.port}/basic"):
             pass  # credentials in the URL, as a browser page's would be
+        wait_for_log(router, "alice (basic) for route /basic")
+        wait_for_log(router, "carol (forward) for route /fwd")
         refused = [
             ("/basic", {}, "credentials required"),
             ("/basic", basic("alice", "wrong"), "wrong password for user 'alice'"),

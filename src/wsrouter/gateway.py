@@ -32,7 +32,7 @@ from wsrouter.interfaces import (
     SessionObserver,
     TargetError,
 )
-from wsrouter.policy import ClientCounts, Refusal, origin_problem
+from wsrouter.policy import Accepted, ClientCounts, Refusal, origin_problem
 from wsrouter.recording import open_recorder
 from wsrouter.routing import Match, NoRoute, select_route
 from wsrouter.session import Session
@@ -163,9 +163,13 @@ class Gateway:
         if auth is None:
             return self._connect(connection, request, config, session_id, path, route_path, match)
         checking = self.authenticator.check(auth.name, request.headers, client_address(connection))
-        return checking.addCallbacks(
-            lambda _: self._connect(connection, request, config, session_id, path, route_path, match),
-            _unauthorized, errbackArgs=(request,))
+
+        def authenticated(accepted: Accepted) -> Deferred[ConnectionSession | None]:
+            log.info("{peer} {path}: {user} ({method}) for route {route}", peer=request.peer, path=request.path,
+                     user=accepted.user, method=accepted.method, route=match.route.describe())
+            return self._connect(connection, request, config, session_id, path, route_path, match)
+
+        return checking.addCallbacks(authenticated, _unauthorized, errbackArgs=(request,))
 
     def _connect(self, connection: ClientConnection, request: Any, config: RouterConfig, session_id: str,
                  path: str, route_path: str, match: Match) -> Deferred[ConnectionSession | None]:
