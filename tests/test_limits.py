@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from tests.support import connect, router_process
+from tests.support import connect, free_port, router_process
 
 UPGRADE = ("GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n")
@@ -187,11 +187,14 @@ def test_handshake_rate_per_client_gets_429(tmp_path: Path) -> None:
 
 
 def test_refused_handshakes_are_not_left_counted(tmp_path: Path) -> None:
-    """Handshakes refused after admission (404, 403) give their count back, so they never fill a client's quota."""
-    with router_process(tmp_path, "--route", "/echo=echo:", "--max-connections-per-client", "1") as router:
+    """Handshakes refused after admission (404, 403, 502) give their count back, so they never fill a quota."""
+    closed = free_port()
+    with router_process(tmp_path, "--route", "/echo=echo:", "--route", f"/down=tcp://127.0.0.1:{closed}",
+                        "--max-connections-per-client", "1") as router:
         for _ in range(3):
             assert refusal(router.url + "/nowhere").response.status_code == 404
             assert refusal(router.url + "/echo", origin="http://evil.example").response.status_code == 403
+            assert refusal(router.url + "/down").response.status_code == 502
         with connect(router.url + "/echo") as ws:
             ws.send("in")
             assert ws.recv() == b"in"
