@@ -54,7 +54,8 @@ BAD_FILES = [
                  ["routes[2].framng: unknown key (did you mean framing?)"], id="unknown-route-key"),
     pytest.param('[limits]\nzzz = 1\n' + ROUTE,
                  ["limits.zzz: unknown key (expected max_message_size, ping_interval, ping_timeout, "
-                  "session_idle_timeout, handshake_timeout, connect_timeout, shutdown_grace, max_forks)"],
+                  "session_idle_timeout, handshake_timeout, connect_timeout, shutdown_grace, max_forks, "
+                  "max_header_bytes, max_connections, max_connections_per_client, max_handshakes_per_client)"],
                  id="unknown-key-no-near-miss"),
     pytest.param('idle_timeout = 5\nrecord = "r"\n' + ROUTE,
                  ["idle_timeout: unknown key (did you mean limits.session_idle_timeout?)",

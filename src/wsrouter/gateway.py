@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from wsrouter.auth import Authenticator, NotAuthorized
 from wsrouter.clientaddr import real_client
 from wsrouter.config import DATAGRAM_TARGETS, RouterConfig, default_framing
 from wsrouter.descriptors import DescriptorGuard, session_cost
@@ -32,12 +33,13 @@ from wsrouter.interfaces import (
     SessionObserver,
     TargetError,
 )
+from wsrouter.policy import Accepted, ClientCounts, Refusal, origin_problem
 from wsrouter.recording import open_recorder
 from wsrouter.routing import Match, NoRoute, select_route
 from wsrouter.session import Session
 from wsrouter.targets import Connectors
 from wsrouter.traffic import with_traffic_log
-from wsrouter.ws.adapter import ClientFactory
+from wsrouter.ws.adapter import ClientFactory, DenyWithHeaders
 
 log = Logger(namespace="wsrouter")
 
@@ -46,6 +48,10 @@ _HINTS = {
     400: "the client must offer one of the route's subprotocols",
     502: "check that the target is running and the route's address is right",
     503: "retry later",
+    429: "the client address is over its limits (limits.max_connections_per_client, "
+         "limits.max_handshakes_per_client)",
+    403: "the route's origin policy (origin, security.origin) refused it",
+    401: "the route asks for credentials (auth, security.auth)",
 }
 
 
@@ -79,11 +85,23 @@ class Gateway:
         self.traffic = False
         self._observers: list[SessionObserver] = []
         self._stopping = False
+        limits = config.limits
+        #: Sessions in total and per client address (L{wsrouter.policy}).
+        self.counts = ClientCounts(limits.max_connections, limits.max_connections_per_client,
+                                   limits.max_handshakes_per_client)
+        # session id -> the client address it is counted under
+        self._counted: dict[str, str] = {}
+        #: Checks credentials for routes with an C{auth} (files loaded now and on L{use_config}).
+        self.authenticator = Authenticator(config, reactor)
 
     def use_config(self, config: RouterConfig) -> None:
         """New connections use C{config}'s routes and limits; open sessions keep theirs."""
         self.config = config
         self.factory.apply_limits(config.limits)
+        limits = config.limits
+        self.counts.set_limits(limits.max_connections, limits.max_connections_per_client,
+                               limits.max_handshakes_per_client)
+        self.authenticator.use_config(config)
         self.connectors.use_settings(config.limits, config.pass_env)
 
     def observe(self, observer: SessionObserver) -> None:
@@ -106,10 +124,58 @@ class Gateway:
         client = client_address(connection, request, config.proxies.trusted_proxies)
         if self._stopping:
             return _refuse(request, 503, "router is shutting down", client)
+        refusal = self.counts.admit(client[0], self._reactor.seconds())
+        if refusal is not None:
+            return _refuse_with(request, refusal, client)
+        try:
+            deciding = self._decide(connection, request, config, session_id, path, route_path, client)
+        except BaseException:
+            self.counts.release(client[0])
+            raise
+        return deciding.addCallbacks(self._counted_as, self._uncount,
+                                     callbackArgs=(client[0],), errbackArgs=(client[0],))
+
+    def _counted_as(self, session: ConnectionSession | None, client: str) -> ConnectionSession | None:
+        """A session stays counted under C{client} until it ends; no session: no count."""
+        if isinstance(session, Session):
+            self._counted[session.id] = client
+        else:
+            self.counts.release(client)
+        return session
+
+    def _uncount(self, reason: Failure, client: str) -> Failure:
+        self.counts.release(client)
+        return reason
+
+    def _decide(self, connection: ClientConnection, request: Any, config: RouterConfig, session_id: str,
+                path: str, route_path: str, client: tuple[str, int]) -> Deferred[ConnectionSession | None]:
+        """Route, origin, then the target: the handshake's decision after the client's limits."""
         try:
             match = select_route(config.routes, route_path, request.protocols)
         except NoRoute as e:
             return _refuse(request, e.status, e.reason, client)
+        origin = request.headers.get("origin")
+        problem = origin_problem(config.origin_policy(match.route), origin, request.headers.get("host"),
+                                 connection.is_secure())
+        if problem is not None:
+            log.info("refused origin {origin!r} for route {route}: {problem}",
+                     origin=origin, route=match.route.describe(), problem=problem)
+            return _refuse(request, 403, f"origin {origin} not allowed: {problem}", client)
+        auth = config.auth_for(match.route)
+        if auth is None:
+            return self._connect(connection, request, config, session_id, path, route_path, match, client)
+        checking = self.authenticator.check(auth.name, request.headers, client[0])
+
+        def authenticated(accepted: Accepted) -> Deferred[ConnectionSession | None]:
+            log.info("{peer} {path}: {user} ({method}) for route {route}", peer=request.peer, path=request.path,
+                     user=accepted.user, method=accepted.method, route=match.route.describe())
+            return self._connect(connection, request, config, session_id, path, route_path, match, client)
+
+        return checking.addCallbacks(authenticated, _unauthorized, errbackArgs=(request, client))
+
+    def _connect(self, connection: ClientConnection, request: Any, config: RouterConfig, session_id: str,
+                 path: str, route_path: str, match: Match,
+                 client: tuple[str, int]) -> Deferred[ConnectionSession | None]:
         if self.descriptors is not None and not self.descriptors.admit(session_cost(match.route, config)):
             return _refuse(request, 503, "too many open connections", client)
         info = _session_info(session_id, connection, request, path, route_path, match, client)
@@ -177,6 +243,9 @@ class Gateway:
 
     def _ended(self, session: Session) -> None:
         self.sessions.pop(session.id, None)
+        client = self._counted.pop(session.id, None)
+        if client is not None:
+            self.counts.release(client)
         if session.is_open:
             for observer in self._observers:
                 observer.session_closed(session)
@@ -257,6 +326,17 @@ def _session_info(session_id: str, connection: ClientConnection, request: Any, p
     )
 
 
+def _unauthorized(reason: Failure, request: Any, client: tuple[str, int]) -> NoReturn:
+    """A L{NotAuthorized} as a 401 with the challenge; anything else goes on failing."""
+    if not reason.check(NotAuthorized):  # type: ignore[no-untyped-call, unused-ignore]
+        reason.raiseException()
+    error: NotAuthorized = reason.value  # type: ignore[assignment]
+    try:
+        _refuse(request, 401, error.reason, client)
+    except ConnectionDeny:
+        raise DenyWithHeaders(401, error.reason, error.challenge) from None
+
+
 def _not_connected(reason: Failure, request: Any, client: tuple[str, int]) -> None:
     if not reason.check(TargetError):  # type: ignore[no-untyped-call, unused-ignore]
         log.failure("unexpected error while connecting a target for {path}", reason, path=request.path)
@@ -276,6 +356,16 @@ def _refuse(request: Any, status: int, reason: str, client: tuple[str, int] | No
         hint=f" ({hint})" if hint else "",
     )
     raise ConnectionDeny(status, reason)  # type: ignore[no-untyped-call, unused-ignore]
+
+
+def _refuse_with(request: Any, refusal: Refusal, client: tuple[str, int]) -> NoReturn:
+    """L{_refuse} for a policy's refusal, with its Retry-After."""
+    if refusal.retry_after is None:
+        _refuse(request, refusal.status, refusal.reason, client)
+    try:
+        _refuse(request, refusal.status, refusal.reason, client)
+    except ConnectionDeny:
+        raise DenyWithHeaders(refusal.status, refusal.reason, [("Retry-After", str(refusal.retry_after))]) from None
 
 
 def _always_binary(payload: bytes) -> bool:

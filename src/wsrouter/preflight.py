@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
 
+from wsrouter.auth import auth_problems
 from wsrouter.config import ConfigError, ExecTarget, RouterConfig, WrappedTarget
 from wsrouter.interfaces import TargetError
 from wsrouter.targets.exec import DEFAULT_PATH, resolve_command
@@ -39,6 +40,7 @@ def preflight(config: RouterConfig, environ: Mapping[str, str] | None = None) ->
         *check_web_root(config),
         *check_executables(config, env),
         *check_recording(config),
+        *auth_problems(config),
     ]
 
 

@@ -3,7 +3,9 @@ The command line lowered into the nested config schema (docs/config.md).
 
 L{options_to_raw} is pure: parsed option values in, plain data out, the
 same shape a TOML file gives, so the file and the command line are
-validated by one function.
+validated by one function.  (One exception: websockify's
+C{--auth-source USER:PASSWORD} is bcrypt-hashed here, with a random salt,
+so no plain password is ever part of a config.)
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from wsrouter.auth import hash_password
 from wsrouter.config import listener_from_short_form, program_name
 
 #: Option name -> limits.KEY.
@@ -24,6 +27,10 @@ LIMIT_OPTIONS = {
     "connect-timeout": "connect_timeout",
     "shutdown-grace": "shutdown_grace",
     "max-forks": "max_forks",
+    "max-header-bytes": "max_header_bytes",
+    "max-connections": "max_connections",
+    "max-connections-per-client": "max_connections_per_client",
+    "max-handshakes-per-client": "max_handshakes_per_client",
 }
 
 #: Option name -> recording.KEY.
@@ -75,6 +82,7 @@ def options_to_raw(options: Mapping[str, Any]) -> dict[str, Any]:
     if options.get("workers") is not None:
         raw["workers"] = options["workers"]
     _table(raw, "limits", {key: options.get(option) for option, key in LIMIT_OPTIONS.items()})
+    _security(raw, options)
     _table(raw, "recording", {key: options.get(option) for option, key in RECORDING_OPTIONS.items()})
     _table(raw, "web", {"root": options.get("web"), "listing": True if options.get("web-listing") else None})
     _table(raw, "lifetime", {
@@ -98,6 +106,43 @@ def _lower_proxies(raw: dict[str, Any], listen: list[str], options: Mapping[str,
         raw["proxy_protocol"] = proxied
     if options.get("trusted_proxies"):
         raw["trusted_proxies"] = list(options["trusted_proxies"])
+
+
+#: The C{[auth.NAME]} websockify's C{--auth-plugin BasicHTTPAuth} becomes.
+WEBSOCKIFY_AUTH = "websockify"
+
+
+def _security(raw: dict[str, Any], options: Mapping[str, Any]) -> None:
+    """
+    C{--origin-policy}, and websockify's C{--auth-plugin} with C{--auth-source}:
+    C{ExpectOrigin "ORIGIN ..."} (the trusted origins) or C{BasicHTTPAuth
+    user:password} (kept only as a bcrypt hash), and C{--web-auth}.
+    """
+    plugin, source, policy = options.get("auth-plugin"), options.get("auth-source"), options.get("origin-policy")
+    web_auth = bool(options.get("web-auth"))
+    security: dict[str, Any] = {"origin": policy}
+    kind = plugin.rsplit(".", 1)[-1] if plugin else None
+    if plugin is None and source is not None:
+        raise LoweringError("--auth-source needs --auth-plugin (ExpectOrigin or BasicHTTPAuth)")
+    if kind == "ExpectOrigin":
+        if not source or not source.split():
+            raise LoweringError('--auth-plugin ExpectOrigin needs --auth-source "ORIGIN [ORIGIN...]"')
+        if policy is not None:
+            raise LoweringError("--auth-plugin ExpectOrigin and --origin-policy both set the origin policy; give one")
+        security["origin"] = source.split()
+    elif kind == "BasicHTTPAuth":
+        user, sep, password = (source or "").partition(":")
+        if not sep or not user or not password:
+            raise LoweringError("--auth-plugin BasicHTTPAuth needs --auth-source USER:PASSWORD")
+        raw.setdefault("auth", {})[WEBSOCKIFY_AUTH] = {"users": [f"{user}:{hash_password(password)}"]}
+        security["auth"] = WEBSOCKIFY_AUTH
+        security["web_auth"] = WEBSOCKIFY_AUTH if web_auth else None
+    elif plugin is not None:
+        raise LoweringError(f"--auth-plugin {plugin}: not supported yet; wsrouter has ExpectOrigin and "
+                            "BasicHTTPAuth (and [auth.NAME] tables in a config file)")
+    if web_auth and kind != "BasicHTTPAuth":
+        raise LoweringError("--web-auth needs --auth-plugin BasicHTTPAuth (or security.web_auth in a config file)")
+    _table(raw, "security", security)
 
 
 def _table(raw: dict[str, Any], name: str, values: dict[str, Any]) -> None:

@@ -41,9 +41,6 @@ NOT_YET = {
     "token-plugin": "dynamic targets (tokens) come with issue 9",
     "token-source": "dynamic targets (tokens) come with issue 9",
     "host-token": "dynamic targets (tokens) come with issue 9",
-    "auth-plugin": "authentication comes with issue 10",
-    "auth-source": "authentication comes with issue 10",
-    "web-auth": "authentication comes with issue 10",
     "unix-listen": "write --listen unix:PATH instead",
     "unix-listen-mode": "write --listen unix:PATH:mode=MODE (octal) instead",
     "inetd": "inetd socket activation is not supported; give --listen",
@@ -95,6 +92,7 @@ class Options(usage.Options):
         ["run-once", None, "Exit after the first session ends (websockify --run-once)."],
         ["verbose", "v", "Log debug messages too (websockify --verbose)."],
         ["traffic", None, "Log one debug line per message relayed (websockify --traffic); implies --verbose."],
+        ["web-auth", None, "Ask the web root for the --auth-plugin BasicHTTPAuth credentials too (websockify)."],
         ["daemon", "D", "websockify's daemon mode: " + DAEMON_HINT + "."],
     ]
     optParameters = [
@@ -127,6 +125,20 @@ class Options(usage.Options):
         ["workers", None, None,
          "Router processes sharing the listeners (default 1); wrapped programs still run once."],
         ["log-file", None, None, "Log to this file instead of stderr (websockify --log-file)."],
+        ["max-header-bytes", None, None,
+         "Largest request line plus headers, in bytes (default 65536); larger gets 431."],
+        ["max-connections", None, None, "Most sessions at once, handshakes included (default 10000); then 503."],
+        ["max-connections-per-client", None, None,
+         "Most sessions at once from one client address (default 256); then 429."],
+        ["max-handshakes-per-client", None, None,
+         "Most handshakes one client address may start per minute (default 600); then 429."],
+        ["origin-policy", None, None,
+         "Who may connect from a browser: same (the Origin must be this site; the default), off, "
+         "or space-separated trusted origins (https://a.example https://*.b.example)."],
+        ["auth-plugin", None, None,
+         "websockify's auth plugin: ExpectOrigin (--auth-source ORIGINS) or BasicHTTPAuth (--auth-source USER:PASS)."],
+        ["auth-source", None, None,
+         "The auth plugin's argument: space-separated origins, or USER:PASSWORD (kept only as a bcrypt hash)."],
     ]
 
     def __init__(self) -> None:

@@ -6,6 +6,7 @@ code all lower into (L{spec}), and the file loader (L{load}).
 
 from wsrouter.config.load import combine, load_config, read_file
 from wsrouter.config.model import (
+    AUTH_OFF,
     DATAGRAM_TARGETS,
     DEFAULT_COMMAND_KILL_GRACE,
     DEFAULT_CONNECT_TIMEOUT,
@@ -25,6 +26,7 @@ from wsrouter.config.model import (
     SHAREABLE_LISTENERS,
     UNFRAMED_TARGETS,
     WRAP_MODES,
+    Auth,
     ConfigError,
     EchoTarget,
     ExecTarget,
@@ -38,6 +40,7 @@ from wsrouter.config.model import (
     ReplayTarget,
     Route,
     RouterConfig,
+    Security,
     Target,
     TcpTarget,
     UdpTarget,
@@ -64,6 +67,7 @@ from wsrouter.config.spec import (
 )
 
 __all__ = [
+    "AUTH_OFF",
     "DATAGRAM_TARGETS",
     "DEFAULT_COMMAND_KILL_GRACE",
     "DEFAULT_CONNECT_TIMEOUT",
@@ -84,6 +88,7 @@ __all__ = [
     "SHAREABLE_LISTENERS",
     "UNFRAMED_TARGETS",
     "WRAP_MODES",
+    "Auth",
     "ConfigError",
     "EchoTarget",
     "ExecTarget",
@@ -97,6 +102,7 @@ __all__ = [
     "ReplayTarget",
     "Route",
     "RouterConfig",
+    "Security",
     "Target",
     "TcpTarget",
     "UdpTarget",

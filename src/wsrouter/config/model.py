@@ -21,6 +21,8 @@ from typing import Any, TypeAlias
 
 from attrs import Factory, field, frozen
 
+from wsrouter.policy import ORIGIN_SAME, htpasswd_line_problem, network_problem, origin_policy_problem
+
 MiB = 1024 * 1024
 
 DEFAULT_LISTENER = "tcp:8080:interface=127.0.0.1:backlog=1024"
@@ -34,6 +36,11 @@ DEFAULT_PROGRAM_KILL_GRACE = 5.0
 #: Seconds an C{exec:} command's process group gets between SIGTERM and
 #: SIGKILL once its session has ended.
 DEFAULT_COMMAND_KILL_GRACE = 2.0
+#: Who may connect (issue 10): the request head, sessions in all and per client address.
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+DEFAULT_MAX_CONNECTIONS = 10000
+DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 256
+DEFAULT_MAX_HANDSHAKES_PER_CLIENT = 600
 #: Router processes sharing the listeners (L{wsrouter.service.workers}).
 DEFAULT_WORKERS = 1
 #: Listener kinds whose sockets several worker processes can share.
@@ -386,6 +393,92 @@ class Framing:
         checks.raise_any()
 
 
+#: An origin policy: C{"same"}, C{"off"}, or trusted origins (see L{wsrouter.policy}).
+OriginPolicy: TypeAlias = str | tuple[str, ...]
+
+
+def _check_origin(checks: _Checks, key: str, value: object, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    problem = origin_policy_problem(value)
+    if problem:
+        checks.add(key, problem)
+
+
+@frozen
+class Security:
+    """
+    Who may connect, router-wide (issue 10).
+
+    @ivar origin: the origin policy of routes that name none: C{same} (a
+        browser's Origin must be this site), C{off}, or trusted origins.
+    @ivar auth: the C{[auth.NAME]} of routes that name none; C{None}: none.
+    @ivar web_auth: the C{[auth.NAME]} the web root asks for; C{None}: none.
+    """
+
+    origin: OriginPolicy = field(default=ORIGIN_SAME, converter=_as_tuple)
+    auth: str | None = None
+    web_auth: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        checks = _Checks()
+        _check_origin(checks, "origin", self.origin)
+        _check_text(checks, "auth", self.auth, "the name of an [auth.NAME] table", optional=True)
+        _check_text(checks, "web_auth", self.web_auth, "the name of an [auth.NAME] table", optional=True)
+        checks.raise_any()
+
+
+#: The C{auth} value of a route that asks for nothing even when C{security.auth} is set.
+AUTH_OFF = "off"
+
+
+@frozen
+class Auth:
+    """
+    One way of checking who connects (C{[auth.NAME]}); a request passes if
+    any configured method accepts it.
+
+    @ivar htpasswd: an htpasswd file of bcrypt hashes (C{htpasswd -B}), for HTTP Basic.
+    @ivar users: more C{user:bcrypt-hash} lines, as in an htpasswd file.
+    @ivar tokens: a file of bearer tokens, one per line (C{#} starts a comment).
+    @ivar forward_user_header: a header an auth proxy in front sets to the
+        user's name (forward auth), trusted only from C{forward_from}.
+    @ivar forward_from: the proxies' addresses or networks (C{10.0.0.0/8}).
+    @ivar realm: named in the C{WWW-Authenticate} challenge.
+    """
+
+    name: str
+    htpasswd: str | None = None
+    users: tuple[str, ...] = field(default=(), converter=_as_tuple)
+    tokens: str | None = None
+    forward_user_header: str | None = None
+    forward_from: tuple[str, ...] = field(default=(), converter=_as_tuple)
+    realm: str = "wsrouter"
+
+    def __attrs_post_init__(self) -> None:
+        checks = _Checks()
+        _check_text(checks, "htpasswd", self.htpasswd, "an htpasswd file", optional=True)
+        _check_strings(checks, "users", self.users, "user:bcrypt-hash line")
+        _check_text(checks, "tokens", self.tokens, "a file of bearer tokens", optional=True)
+        _check_text(checks, "forward_user_header", self.forward_user_header, "a header name", optional=True)
+        _check_strings(checks, "forward_from", self.forward_from, "proxy address or network")
+        _check_text(checks, "realm", self.realm, "a realm name")
+        if isinstance(self.users, tuple):
+            for index, line in enumerate(self.users):
+                problem = htpasswd_line_problem(line) if isinstance(line, str) else None
+                if problem:
+                    checks.add(f"users[{index}]", problem)
+        if isinstance(self.forward_from, tuple):
+            for index, network in enumerate(self.forward_from):
+                if isinstance(network, str) and network_problem(network):
+                    checks.add(f"forward_from[{index}]", network_problem(network) or "")
+        if (self.forward_user_header is None) != (not self.forward_from):
+            checks.add("forward_from", "forward_user_header and forward_from go together")
+        if not (self.htpasswd or self.users or self.tokens or self.forward_user_header):
+            checks.add("", "names no method: give htpasswd, users, tokens or forward_user_header")
+        checks.raise_any()
+
+
 @frozen
 class Route:
     """
@@ -415,11 +508,17 @@ class Route:
     record: str | None = None
     env: tuple[tuple[str, str], ...] = field(default=(), converter=_as_tuple)
     proxy_protocol: str | None = None
+    #: Who may open this route from a browser (L{wsrouter.policy}); C{None}: C{security.origin}.
+    origin: OriginPolicy | None = field(default=None, converter=_as_tuple)
+    #: The C{[auth.NAME]} this route asks for; C{None}: C{security.auth}; L{AUTH_OFF}: none.
+    auth: str | None = None
 
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
         self._check_path(checks)
         _check_proxy_protocol(checks, self.proxy_protocol, self.target)
+        _check_origin(checks, "origin", self.origin, optional=True)
+        _check_text(checks, "auth", self.auth, f"the name of an [auth.NAME] table (or {AUTH_OFF})", optional=True)
         if not isinstance(self.target, Target.__args__):
             checks.add("target", f"must be a target, not {self.target!r}")
         _check_bool(checks, "prefix", self.prefix)
@@ -488,6 +587,8 @@ _KIND_NAMES = {"UdpTarget": "udp", "UnixDatagramTarget": "unix-dgram", "EchoTarg
 
 
 _LIMIT_TIMERS = ("handshake_timeout", "connect_timeout", "shutdown_grace")
+_CLIENT_LIMITS = ("max_header_bytes", "max_connections", "max_connections_per_client",
+                  "max_handshakes_per_client")
 _OPTIONAL_TIMERS = ("ping_interval", "ping_timeout", "session_idle_timeout")
 
 
@@ -509,10 +610,19 @@ class Limits:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     max_forks: int | None = None
+    #: The request line and headers together (431 beyond).
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    #: Sessions at once, handshakes included (503 beyond).
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    #: Sessions at once from one client address (429 beyond).
+    max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT
+    #: Handshakes one client address may start per minute (429 beyond).
+    max_handshakes_per_client: int = DEFAULT_MAX_HANDSHAKES_PER_CLIENT
 
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
-        _check_positive(checks, "max_message_size", self.max_message_size, integer=True)
+        for key in ("max_message_size", *_CLIENT_LIMITS):
+            _check_positive(checks, key, getattr(self, key), integer=True)
         for key in _OPTIONAL_TIMERS:
             if key == "ping_timeout" and self.ping_timeout is self.ping_interval:
                 continue  # the default: any problem is ping_interval's
@@ -701,9 +811,12 @@ class RouterConfig:
     follow_program_port: bool = False
     workers: int = DEFAULT_WORKERS
     proxies: Proxies = field(factory=Proxies)
+    security: Security = field(factory=Security)
+    auth: tuple[Auth, ...] = field(default=(), converter=_as_tuple)
 
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
+        self._check_auth(checks)
         self._check_listeners(checks)
         self._check_proxies(checks)
         self._check_routes(checks)
@@ -780,4 +893,28 @@ class RouterConfig:
         if route.record == RECORD_OFF:
             return None
         return route.record or self.recording.directory
+
+    def _check_auth(self, checks: _Checks) -> None:
+        if not isinstance(self.auth, tuple) or not all(isinstance(a, Auth) for a in self.auth):
+            checks.add("auth", f"must be [auth.NAME] tables, not {self.auth!r}")
+            return
+        names = {auth.name for auth in self.auth}
+        wanted = [("security.auth", self.security.auth), ("security.web_auth", self.security.web_auth)]
+        if isinstance(self.routes, tuple):
+            wanted += [(f"routes[{i}].auth", r.auth) for i, r in enumerate(self.routes) if isinstance(r, Route)]
+        for key, name in wanted:
+            if name is not None and name != AUTH_OFF and name not in names:
+                checks.add(key, f"no [auth.{name}] table")
+
+    def auth_for(self, route: Route | None) -> Auth | None:
+        """What C{route} (C{None}: the web root) asks for: its own, else the router's; C{None}: nothing."""
+        name = self.security.web_auth if route is None else (
+            route.auth if route.auth is not None else self.security.auth)
+        if name is None or name == AUTH_OFF:
+            return None
+        return next(auth for auth in self.auth if auth.name == name)
+
+    def origin_policy(self, route: Route) -> OriginPolicy:
+        """C{route}'s origin policy: its own, else the router's."""
+        return route.origin if route.origin is not None else self.security.origin
 

@@ -28,6 +28,7 @@ from wsrouter.config.model import (
     PROGRAM_NAME,
     RECORD_OFF,
     WRAP_MODES,
+    Auth,
     ConfigError,
     EchoTarget,
     ExecTarget,
@@ -40,6 +41,7 @@ from wsrouter.config.model import (
     ReplayTarget,
     Route,
     RouterConfig,
+    Security,
     Target,
     TcpTarget,
     UdpTarget,
@@ -50,17 +52,23 @@ from wsrouter.config.model import (
 )
 
 TOP_KEYS = ("listen", "workers", "pass_env", "follow_program_port", "limits", "lifetime", "log", "web",
-            "recording", "programs", "routes", "trusted_proxies", "proxy_protocol")
+            "recording", "programs", "routes", "trusted_proxies", "proxy_protocol",
+            "security", "auth")
 LIMITS_KEYS = ("max_message_size", "ping_interval", "ping_timeout", "session_idle_timeout", "handshake_timeout",
-               "connect_timeout", "shutdown_grace", "max_forks")
+               "connect_timeout", "shutdown_grace", "max_forks", "max_header_bytes", "max_connections",
+               "max_connections_per_client", "max_handshakes_per_client")
+SECURITY_KEYS = ("origin", "auth", "web_auth")
+AUTH_KEYS = ("htpasswd", "users", "tokens", "forward_user_header", "forward_from", "realm")
 LIFETIME_KEYS = ("run_once", "start_timeout", "idle_exit")
 LOG_KEYS = ("file", "level", "traffic", "format")
 WEB_KEYS = ("root", "listing", "content_security_policy", "frame_options")
 RECORDING_KEYS = ("directory", "format", "max_bytes", "redact")
 PROGRAM_KEYS = ("mode", "command", "ports", "keep_env")
-ROUTE_KEYS = ("path", "subprotocols", "target", "framing", "max_forks", "record", "env", "proxy_protocol")
+ROUTE_KEYS = ("path", "subprotocols", "target", "framing", "max_forks", "record", "env", "proxy_protocol",
+              "origin", "auth")
 #: Keys holding numbers; a numeric string is accepted there (command-line values).
-_INTEGER_KEYS = ("workers", "max_message_size", "max_forks", "max_bytes")
+_INTEGER_KEYS = ("workers", "max_message_size", "max_forks", "max_bytes", "max_header_bytes", "max_connections",
+                 "max_connections_per_client", "max_handshakes_per_client")
 _NUMBER_KEYS = ("ping_interval", "ping_timeout", "session_idle_timeout", "handshake_timeout", "connect_timeout",
                 "shutdown_grace", "start_timeout", "idle_exit")
 
@@ -73,7 +81,7 @@ MOVED_KEYS = {
 }
 
 #: Options a route string may carry in brackets (the file's keys, with '-').
-ROUTE_OPTIONS = ("framing", "max-forks", "record", "env", "proxy-protocol")
+ROUTE_OPTIONS = ("framing", "max-forks", "record", "env", "proxy-protocol", "origin", "auth")
 
 TARGET_FORMS = ("tcp://HOST:PORT, HOST:PORT, unix:///PATH, udp://HOST:PORT, unix-dgram:///PATH, exec:COMMAND, "
                 "wrap:MODE:PROGRAM, program:NAME, replay:FILE[?speed=FACTOR] or echo:")
@@ -292,6 +300,15 @@ def parse_route(text: str) -> Route:
     return route
 
 
+def origin_value(value: Any) -> Any:
+    """An origin policy as written: a word, a list, or (command line) space-separated origins."""
+    if isinstance(value, str) and "://" in value:
+        return tuple(value.split())
+    if isinstance(value, str):
+        return value.strip()
+    return tuple(value) if isinstance(value, list) else value
+
+
 def _did_you_mean(key: str, allowed: Sequence[str], lead: str = " ") -> str:
     close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
     return f"{lead}(did you mean {close[0]}?)" if close else ""
@@ -385,6 +402,25 @@ class _Builder:
         if isinstance(raw, Mapping) and isinstance(raw.get("redact"), list):
             raw = {**raw, "redact": [name.lower() if isinstance(name, str) else name for name in raw["redact"]]}
         made: Recording = self.simple(Recording, raw, "recording", RECORDING_KEYS)
+        return made
+
+    def security(self, raw: Any) -> Security:
+        if isinstance(raw, Mapping) and "origin" in raw:
+            raw = {**raw, "origin": origin_value(raw["origin"])}
+        made: Security = self.simple(Security, raw, "security", SECURITY_KEYS)
+        return made
+
+    def auth(self, raw: Any) -> list[Auth]:
+        if not isinstance(raw, Mapping):
+            self.add("auth", f"must be a table of [auth.NAME] tables, not {raw!r}")
+            return []
+        made = []
+        for name, table in raw.items():
+            values = self.table(table, f"auth.{name}", AUTH_KEYS)
+            if values is not None:
+                auth = self.make(Auth, {"name": str(name), **values}, f"auth.{name}")
+                if auth is not None:
+                    made.append(auth)
         return made
 
     def program(self, name: str, raw: Any) -> None:
@@ -495,6 +531,10 @@ class _Builder:
             fields["record"] = values["record"]
         if "proxy_protocol" in values:
             fields["proxy_protocol"] = values["proxy_protocol"]
+        if "origin" in values:
+            fields["origin"] = origin_value(values["origin"])
+        if "auth" in values:
+            fields["auth"] = values["auth"]
         env = values.get("env")
         if isinstance(env, Mapping):
             fields["env"] = tuple(env.items())
@@ -524,6 +564,7 @@ class _Builder:
         log = self.simple(LogSettings, values.get("log"), "log", LOG_KEYS)
         web = self.web(values.get("web"))
         recording = self.recording(values.get("recording"))
+        security = self.security(values.get("security"))
         programs = values.get("programs", {})
         if isinstance(programs, Mapping):
             for name, program in programs.items():
@@ -535,7 +576,8 @@ class _Builder:
         fields: dict[str, Any] = {
             "listeners": listeners, "routes": routes, "web": web, "limits": limits, "recording": recording,
             "lifetime": lifetime, "log": log, "programs": (*self.programs.values(), *self.inline),
-            "pass_env": pass_env, "follow_program_port": follow,
+            "pass_env": pass_env, "follow_program_port": follow, "security": security,
+            "auth": self.auth(values.get("auth", {})),
         }
         if "workers" in values:
             fields["workers"] = _number(values["workers"], True)
@@ -624,6 +666,10 @@ def _route_data(route: Route) -> dict[str, Any]:
         data["env"] = dict(route.env)
     if route.proxy_protocol is not None:
         data["proxy_protocol"] = route.proxy_protocol
+    if route.auth is not None:
+        data["auth"] = route.auth
+    if route.origin is not None:
+        data["origin"] = route.origin if isinstance(route.origin, str) else list(route.origin)
     return data
 
 
@@ -658,6 +704,8 @@ def to_data(config: RouterConfig) -> dict[str, Any]:
     if config.web is not None:
         data["web"] = {"root": config.web.directory, **_fields(config.web, WEB_KEYS[1:])}
     data["recording"] = _fields(config.recording, RECORDING_KEYS)
+    data["security"] = _fields(config.security, SECURITY_KEYS)
+    data["auth"] = {auth.name: _fields(auth, AUTH_KEYS) for auth in config.auth}
     data["programs"] = {program.name: {"mode": program.mode, "command": list(program.argv), "ports": program.ports,
                                        "keep_env": program.keep_env} for program in config.programs}
     data["routes"] = [_route_data(route) for route in config.routes]

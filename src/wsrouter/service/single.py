@@ -32,6 +32,7 @@ from wsrouter.process.wrapped import ProgramNotFound, ProgramSet, WrappedProgram
 from wsrouter.proxyproto import ProxyHeaderFactory
 from wsrouter.rebind import ShimUnavailable
 from wsrouter.targets.wrapped import WrappedConnector
+from wsrouter.web.channel import limit_requests
 from wsrouter.web.resource import RouterResource
 from wsrouter.web.static import build_web_root, security_headers
 
@@ -116,6 +117,7 @@ class RouterService(MultiService):
         self.gateway.descriptors = self.descriptors
         self.site = GuardedSite(self.resource, self.descriptors)
         self.site.noisy = False
+        limit_requests(self.site, lambda: self.gateway.config.limits)
         self._reactor = reactor
         self.listeners: list[ListenerService] = []
         for description in config.listeners:

@@ -34,6 +34,7 @@ from wsrouter.process.wrapped import AddressWaiters, program_name, wrapped_targe
 from wsrouter.service.single import build_resource, listener_factory, program_wait_timeout
 from wsrouter.service.workers import CONTROL_FD, decode_config
 from wsrouter.targets.wrapped import WrappedConnector
+from wsrouter.web.channel import limit_requests
 
 log = Logger(namespace="wsrouter")
 
@@ -108,6 +109,7 @@ class WorkerService(Service):
         self.gateway.descriptors = self.descriptors
         self.site = GuardedSite(self.resource, self.descriptors)
         self.site.noisy = False
+        limit_requests(self.site, lambda: self.gateway.config.limits)
         self.programs: dict[WrappedTarget, ProgramAddress] = {}
         self._adopt_programs(config, addresses)
         self.gateway.connectors.register(

@@ -8,23 +8,42 @@ else's resource tree; routes are matched below the mount point.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.pages import errorPage, notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
+from twisted.web.util import DeferredResource
 
+from wsrouter.auth import NotAuthorized
 from wsrouter.gateway import Gateway
 from wsrouter.routing import path_matches
 from wsrouter.ws.upgrade import WebSocketUpgrade, is_websocket_upgrade
 
 __all__ = ["RouterResource", "WebSocketUpgrade", "is_websocket_upgrade"]
 
+log = Logger(namespace="wsrouter")
+
 
 def _mount_prefix(segments: list[bytes]) -> str:
     parts = [segment.decode("utf-8", "replace") for segment in segments if segment]
     return "/" + "/".join(parts) if parts else ""
+
+
+def _challenge(reason: Failure, request: Request, peer: str) -> IResource:
+    """A refused web root request: 401 with the challenge headers, and a log line (no secrets)."""
+    reason.trap(NotAuthorized)
+    error: NotAuthorized = reason.value  # type: ignore[assignment]
+    for name, value in error.challenge:
+        request.responseHeaders.addRawHeader(name, value)
+    log.info("refused {peer} {path}: 401 {reason} (the web root asks for credentials: security.web_auth)",
+             peer=peer, path=request.uri.decode("latin-1"), reason=error.reason)
+    return errorPage(401, "Unauthorized", error.reason)
 
 
 class RouterResource(Resource):
@@ -42,7 +61,11 @@ class RouterResource(Resource):
         if is_websocket_upgrade(request):
             return WebSocketUpgrade(self.gateway.factory, _mount_prefix((request.prepath or [])[:-1]))
         if self._web_root is not None:
-            child: IResource = self._web_root.getChildWithDefault(name, request)
+            web_root = self._web_root
+            gate = self._gate(request, lambda: web_root.getChildWithDefault(name, request))
+            if gate is not None:
+                return DeferredResource(gate)
+            child: IResource = web_root.getChildWithDefault(name, request)
             return child
         return self._not_here(request, _mount_prefix((request.prepath or [])[:-1]))
 
@@ -50,8 +73,28 @@ class RouterResource(Resource):
         if is_websocket_upgrade(request):
             return WebSocketUpgrade(self.gateway.factory, _mount_prefix(request.prepath or [])).render(request)
         if self._web_root is not None:
-            return self._web_root.render(request)
+            web_root = self._web_root
+            gate = self._gate(request, lambda: web_root)
+            if gate is not None:
+                return DeferredResource(gate).render(request)
+            return web_root.render(request)
         return self._not_here(request, _mount_prefix(request.prepath or [])).render(request)
+
+    def _gate(self, request: Request, then: Callable[[], IResource]) -> Deferred[IResource] | None:
+        """
+        With C{security.web_auth}: fires with C{then()} once the request's
+        credentials are accepted, else with a 401 page (its challenge set on
+        the request); C{None} when the web root asks for nothing.
+        """
+        config = self.gateway.config
+        auth = config.auth_for(None)
+        if auth is None:
+            return None
+        headers = {name.decode("latin-1").lower(): values[0].decode("latin-1")
+                   for name, values in request.requestHeaders.getAllRawHeaders()}
+        peer = str(getattr(request.getClientAddress(), "host", "") or "unix")
+        checking = self.gateway.authenticator.check(auth.name, headers, peer)
+        return checking.addCallbacks(lambda _: then(), _challenge, errbackArgs=(request, peer))
 
     def _not_here(self, request: Request, mount_prefix: str) -> IResource:
         """A 426 for plain HTTP on a WebSocket route's path, else 404."""

@@ -16,13 +16,16 @@ protocols in L{wsrouter.interfaces}, so it imports neither.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.util import encode_truncate
 from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
+from twisted.python.failure import Failure
 
 from wsrouter import __version__
 from wsrouter.config import Limits
@@ -36,9 +39,17 @@ _OPEN = WebSocketProtocol.STATE_OPEN
 _CLOSED = WebSocketProtocol.STATE_CLOSED
 
 _HTTP_REASONS = {
-    400: "Bad Request", 403: "Forbidden", 404: "Not Found", 426: "Upgrade Required",
-    500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
+    400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 426: "Upgrade Required",
+    429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
 }
+
+
+class DenyWithHeaders(ConnectionDeny):
+    """A refusal whose answer carries headers too (Retry-After, WWW-Authenticate)."""
+
+    def __init__(self, code: int, reason: str, headers: Sequence[tuple[str, str]]):
+        super().__init__(code, reason)  # type: ignore[no-untyped-call, unused-ignore]
+        self.headers = tuple(headers)
 
 
 def frame_header(is_binary: bool, length: int) -> bytes:
@@ -73,6 +84,7 @@ class ClientProtocol(WebSocketServerProtocol):
     session: ConnectionSession | None = None
     mount_prefix = ""
     connection_gone = False
+    _deny_headers: tuple[tuple[str, str], ...] = ()
     _frames: FrameParser | None = None
     #: The session's link, when one read's payload can go out in one send.
     _gatherer: Gatherer | None = None
@@ -100,8 +112,19 @@ class ClientProtocol(WebSocketServerProtocol):
     # -- handshake and lifecycle, decided by the host -----------------------------
 
     def onConnect(self, request: Any) -> Any:
-        accepted: Deferred[str | None] = self.factory.host.handshake(self, request).addCallback(self._accepted)
+        try:
+            deciding = self.factory.host.handshake(self, request)
+        except DenyWithHeaders as e:
+            self._deny_headers = e.headers
+            raise
+        accepted: Deferred[str | None] = deciding.addCallbacks(self._accepted, self._denied)
         return accepted
+
+    def _denied(self, reason: Failure) -> Failure:
+        """Keep a refusal's headers for L{sendHttpErrorResponse} (Autobahn passes only code and reason)."""
+        if isinstance(reason.value, DenyWithHeaders):
+            self._deny_headers = reason.value.headers
+        return reason
 
     def _accepted(self, session: ConnectionSession | None) -> str | None:
         if session is None:
@@ -135,7 +158,7 @@ class ClientProtocol(WebSocketServerProtocol):
             f"Content-Length: {len(body)}",
             "Connection: close",
         ]
-        lines += [f"{name}: {value}" for name, value in responseHeaders or ()]
+        lines += [f"{name}: {value}" for name, value in responseHeaders or self._deny_headers]
         self.sendData(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + body)
 
     def onPong(self, payload: bytes) -> None:
