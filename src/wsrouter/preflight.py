@@ -15,12 +15,14 @@ import os
 import shutil
 from collections.abc import Iterable, Iterator, Mapping
 
+from OpenSSL import SSL
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
 
-from wsrouter.config import ConfigError, ExecTarget, RouterConfig, WrappedTarget
+from wsrouter.config import ConfigError, ExecTarget, RouterConfig, TlsTarget, WrappedTarget
 from wsrouter.interfaces import TargetError
 from wsrouter.targets.exec import DEFAULT_PATH, resolve_command
+from wsrouter.tls import TlsProblem, client_options, server_options
 
 Problem = tuple[str, str]
 
@@ -39,6 +41,7 @@ def preflight(config: RouterConfig, environ: Mapping[str, str] | None = None) ->
         *check_web_root(config),
         *check_executables(config, env),
         *check_recording(config),
+        *check_tls(config),
     ]
 
 
@@ -56,7 +59,7 @@ def check_listeners(listeners: Iterable[str]) -> Iterator[Problem]:
     for index, description in enumerate(listeners):
         try:
             serverFromString(MemoryReactor(), description)
-        except (ValueError, KeyError, TypeError, IndexError) as e:
+        except (ValueError, KeyError, TypeError, IndexError, OSError, SSL.Error) as e:
             yield f"listen[{index}]", f"not a Twisted endpoint string ({description!r}: {e or type(e).__name__})"
 
 
@@ -127,3 +130,18 @@ def directory_problem(directory: str) -> str | None:
     if not os.access(parent, os.W_OK | os.X_OK):
         return f"cannot create {directory!r}: {parent!r} is not writable"
     return None
+
+
+def check_tls(config: RouterConfig) -> Iterator[Problem]:
+    """The listeners' certificate and key load and fit; each tls:// target's CA file is readable."""
+    if config.tls is not None:
+        try:
+            server_options(config.tls)
+        except TlsProblem as e:
+            yield "tls", str(e)
+    for index, route in enumerate(config.routes):
+        if isinstance(route.target, TlsTarget) and route.target.ca is not None:
+            try:
+                client_options(route.target)
+            except TlsProblem as e:
+                yield f"routes[{index}].tls_ca", str(e)

@@ -30,12 +30,6 @@ SHORT_FORM = "[HOST:]PORT TARGET_HOST:TARGET_PORT"
 
 #: websockify options wsrouter does not have yet: what to write instead, or where it is coming.
 NOT_YET = {
-    "cert": "TLS comes with issue 10 (put a TLS proxy such as haproxy in front: examples/haproxy.cfg)",
-    "key": "TLS comes with issue 10 (put a TLS proxy such as haproxy in front: examples/haproxy.cfg)",
-    "ssl-only": "TLS comes with issue 10 (put a TLS proxy such as haproxy in front: examples/haproxy.cfg)",
-    "ssl-version": "TLS comes with issue 10",
-    "ssl-ciphers": "TLS comes with issue 10",
-    "ssl-target": "TLS to targets comes with issue 10",
     "verify-client": "client certificates come with issue 10",
     "cafile": "client certificates come with issue 10",
     "token-plugin": "dynamic targets (tokens) come with issue 9",
@@ -95,6 +89,8 @@ class Options(usage.Options):
         ["run-once", None, "Exit after the first session ends (websockify --run-once)."],
         ["verbose", "v", "Log debug messages too (websockify --verbose)."],
         ["traffic", None, "Log one debug line per message relayed (websockify --traffic); implies --verbose."],
+        ["ssl-only", None, "Refuse plain connections on the TLS listeners (403); needs --cert."],
+        ["ssl-target", None, "Speak TLS to the short form's target, verifying its certificate (tls://HOST:PORT)."],
         ["daemon", "D", "websockify's daemon mode: " + DAEMON_HINT + "."],
     ]
     optParameters = [
@@ -126,6 +122,12 @@ class Options(usage.Options):
         ["max-forks", None, None, "Most exec: commands running at once per route (default unlimited); then 503."],
         ["workers", None, None,
          "Router processes sharing the listeners (default 1); wrapped programs still run once."],
+        ["cert", None, None,
+         "TLS on the tcp listeners: PEM file with the certificate (and the key, unless --key); "
+         "TLS and plain connections share the port unless --ssl-only."],
+        ["key", None, None, "PEM file with the TLS private key (default: in the --cert file)."],
+        ["ssl-version", None, None, "Lowest TLS version accepted: tlsv1_2 (default) or tlsv1_3."],
+        ["ssl-ciphers", None, None, "OpenSSL cipher string for TLS 1.2 (default: modern forward-secret ciphers)."],
         ["log-file", None, None, "Log to this file instead of stderr (websockify --log-file)."],
     ]
 

@@ -41,6 +41,8 @@ from wsrouter.config.model import (
     RouterConfig,
     Target,
     TcpTarget,
+    TlsSettings,
+    TlsTarget,
     UdpTarget,
     UnixDatagramTarget,
     UnixTarget,
@@ -49,15 +51,18 @@ from wsrouter.config.model import (
 )
 
 TOP_KEYS = ("listen", "workers", "pass_env", "follow_program_port", "limits", "lifetime", "log", "web",
-            "recording", "programs", "routes")
+            "recording", "programs", "routes", "tls")
 LIMITS_KEYS = ("max_message_size", "ping_interval", "ping_timeout", "session_idle_timeout", "handshake_timeout",
                "connect_timeout", "shutdown_grace", "max_forks")
+TLS_KEYS = ("cert", "key", "min_version", "ciphers", "ssl_only")
+#: Route keys for tls:// targets, and the TlsTarget fields they set.
+TLS_TARGET_KEYS = ("tls_ca", "tls_pin", "tls_verify")
 LIFETIME_KEYS = ("run_once", "start_timeout", "idle_exit")
 LOG_KEYS = ("file", "level", "traffic", "format")
 WEB_KEYS = ("root", "listing")
 RECORDING_KEYS = ("directory", "format", "max_bytes", "redact")
 PROGRAM_KEYS = ("mode", "command", "ports", "keep_env")
-ROUTE_KEYS = ("path", "subprotocols", "target", "framing", "max_forks", "record", "env")
+ROUTE_KEYS = ("path", "subprotocols", "target", "framing", "max_forks", "record", "env", *TLS_TARGET_KEYS)
 #: Keys holding numbers; a numeric string is accepted there (command-line values).
 _INTEGER_KEYS = ("workers", "max_message_size", "max_forks", "max_bytes")
 _NUMBER_KEYS = ("ping_interval", "ping_timeout", "session_idle_timeout", "handshake_timeout", "connect_timeout",
@@ -72,9 +77,10 @@ MOVED_KEYS = {
 }
 
 #: Options a route string may carry in brackets (the file's keys, with '-').
-ROUTE_OPTIONS = ("framing", "max-forks", "record", "env")
+ROUTE_OPTIONS = ("framing", "max-forks", "record", "env", "tls-ca", "tls-pin", "tls-verify")
 
-TARGET_FORMS = ("tcp://HOST:PORT, HOST:PORT, unix:///PATH, udp://HOST:PORT, unix-dgram:///PATH, exec:COMMAND, "
+TARGET_FORMS = ("tcp://HOST:PORT, HOST:PORT, tls://HOST:PORT, unix:///PATH, udp://HOST:PORT, unix-dgram:///PATH, "
+                "exec:COMMAND, "
                 "wrap:MODE:PROGRAM, program:NAME, replay:FILE[?speed=FACTOR] or echo:")
 
 
@@ -197,6 +203,8 @@ def parse_target(text: str) -> Target:
         if not rest.startswith("/"):
             raise ValueError(f"{scheme} target needs an absolute path, e.g. {scheme}:///run/app.sock")
         return UnixTarget(rest) if scheme == "unix" else UnixDatagramTarget(rest)
+    if scheme == "tls":
+        return TlsTarget(*split_host_port(rest.rstrip("/")))
     if scheme in ("tcp", "udp"):
         host, port = split_host_port(rest.rstrip("/"))
         return TcpTarget(host, port) if scheme == "tcp" else UdpTarget(host, port)
@@ -267,8 +275,10 @@ def route_from_string(text: str) -> dict[str, Any]:
             env[name] = env_value
         elif key == "max-forks":
             entry["max_forks"] = int(value) if value.isascii() and value.isdigit() else value
+        elif key == "tls-verify":
+            entry["tls_verify"] = {"true": True, "false": False}.get(value, value)
         else:
-            entry[key] = value
+            entry[key.replace("-", "_")] = value
     if env:
         entry["env"] = env
     return entry
@@ -497,9 +507,35 @@ class _Builder:
             fields["env"] = tuple(env.items())
         elif env is not None:
             self.add(f"{path}.env", f"must be a table of NAME = \"value\", not {env!r}")
+        self.tls_target(values, fields, path)
         if len(self.problems) > failed:
             return None
         made: Route | None = self.make(Route, fields, path)
+        return made
+
+    def tls_target(self, values: Mapping[str, Any], fields: dict[str, Any], path: str) -> None:
+        """A route's C{tls_*} keys go into its C{tls://} target (and are refused for other kinds)."""
+        given = {key: values[key] for key in TLS_TARGET_KEYS if key in values}
+        if not given:
+            return
+        target = fields.get("target")
+        if not isinstance(target, TlsTarget):
+            for key in given:
+                self.add(f"{path}.{key}", "is only for tls:// targets")
+            return
+        changes = {key[len("tls_"):]: value for key, value in given.items()}
+        fields["target"] = self.make(lambda **kw: attrs.evolve(target, **kw), changes, path)
+
+    def tls(self, raw: Any) -> TlsSettings | None:
+        if raw is None:
+            return None
+        values = self.table(raw, "tls", TLS_KEYS)
+        if values is None:
+            return None
+        if "cert" not in values:
+            self.add("tls.cert", "required: the PEM file with the certificate (and the key, unless tls.key)")
+            return None
+        made: TlsSettings | None = self.make(TlsSettings, values, "tls")
         return made
 
     # -- the whole --------------------------------------------------------
@@ -521,6 +557,7 @@ class _Builder:
         log = self.simple(LogSettings, values.get("log"), "log", LOG_KEYS)
         web = self.web(values.get("web"))
         recording = self.recording(values.get("recording"))
+        tls = self.tls(values.get("tls"))
         programs = values.get("programs", {})
         if isinstance(programs, Mapping):
             for name, program in programs.items():
@@ -532,7 +569,7 @@ class _Builder:
         fields: dict[str, Any] = {
             "listeners": listeners, "routes": routes, "web": web, "limits": limits, "recording": recording,
             "lifetime": lifetime, "log": log, "programs": (*self.programs.values(), *self.inline),
-            "pass_env": pass_env, "follow_program_port": follow,
+            "pass_env": pass_env, "follow_program_port": follow, "tls": tls,
         }
         if "workers" in values:
             fields["workers"] = _number(values["workers"], True)
@@ -611,6 +648,11 @@ def _route_data(route: Route) -> dict[str, Any]:
         data["record"] = route.record
     if route.env:
         data["env"] = dict(route.env)
+    if isinstance(route.target, TlsTarget):
+        target = route.target
+        data.update({key: value for key, value in
+                     (("tls_ca", target.ca), ("tls_pin", target.pin), ("tls_verify", target.verify))
+                     if value is not None and value is not True})
     return data
 
 
@@ -648,6 +690,8 @@ def to_data(config: RouterConfig) -> dict[str, Any]:
     data["programs"] = {program.name: {"mode": program.mode, "command": list(program.argv), "ports": program.ports,
                                        "keep_env": program.keep_env} for program in config.programs}
     data["routes"] = [_route_data(route) for route in config.routes]
+    if config.tls is not None:
+        data["tls"] = _fields(config.tls, TLS_KEYS)
     return data
 
 

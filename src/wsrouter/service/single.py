@@ -29,7 +29,10 @@ from wsrouter.gateway import Gateway
 from wsrouter.process.supervisor import Supervisor
 from wsrouter.process.wrapped import ProgramNotFound, ProgramSet, WrappedProgram, wrapped_targets
 from wsrouter.rebind import ShimUnavailable
+from wsrouter.targets.tls import warn_unverified
 from wsrouter.targets.wrapped import WrappedConnector
+from wsrouter.tls import ServerTls, TlsProblem
+from wsrouter.tlsport import listener_factory
 from wsrouter.web.resource import RouterResource
 from wsrouter.web.static import build_web_root
 
@@ -112,6 +115,7 @@ class RouterService(MultiService):
         self.site = GuardedSite(self.resource, self.descriptors)
         self.site.noisy = False
         self._reactor = reactor
+        self.tls = server_tls(config)
         self.listeners: list[ListenerService] = []
         for description in config.listeners:
             self.add_listener(description)
@@ -136,7 +140,9 @@ class RouterService(MultiService):
 
     def add_listener(self, description: str) -> ListenerService:
         """Listen on C{description} too (at once if running); L{CannotListen} if that fails."""
-        listener = ListenerService(self._reactor, description, self.site)
+        factory = listener_factory(description, self.site, self.tls, self._reactor,
+                                   self.config.limits.handshake_timeout)
+        listener = ListenerService(self._reactor, description, factory)
         listener.setServiceParent(self)  # type: ignore[no-untyped-call]
         self.listeners.append(listener)
         return listener
@@ -148,6 +154,7 @@ class RouterService(MultiService):
         for route in self.config.routes:
             log.info("route {route} -> {target}", route=route.describe(), target=route.target.describe())
         log.info("{capacity}", capacity=self.descriptors.describe_capacity(self.config))
+        warn_unverified(self.config)
         start_programs(self._programs.ordered())
 
     def _program_listening(self, program: WrappedProgram) -> None:
@@ -181,7 +188,7 @@ class RouterService(MultiService):
         await self._programs.remove_others(targets)
         added = self._programs.add(targets)
         self._programs.reorder(targets)
-        problems: list[str] = []
+        problems: list[str] = reload_tls(self, config)
         try:
             start_programs(added)
         except CannotStart as e:
@@ -189,6 +196,7 @@ class RouterService(MultiService):
         problems += await self._change_listeners(config.listeners)
         self.config = config
         self.gateway.use_config(config)
+        warn_unverified(config)
         log.info("configuration reloaded: {routes} routes, {listeners} listeners, {programs} wrapped programs",
                  routes=len(config.routes), listeners=len(self.listeners), programs=len(targets))
         if problems:
@@ -223,6 +231,35 @@ class RouterService(MultiService):
         await super().stopService()  # type: ignore[no-untyped-call]
         await self.gateway.shutdown()
         await DeferredList([self._programs.stop_all(), self.gateway.connectors.commands.terminate_all()])
+
+
+def server_tls(config: RouterConfig) -> ServerTls | None:
+    """The listeners' TLS certificate holder (C{None} without C{[tls]}); L{CannotStart} if it cannot load."""
+    if config.tls is None:
+        return None
+    try:
+        return ServerTls(config.tls)
+    except TlsProblem as e:
+        raise CannotStart(f"tls: {e}") from None
+
+
+def reload_tls(service: Any, config: RouterConfig) -> list[str]:
+    """
+    New TLS handshakes use C{config.tls} (open sessions keep theirs); the
+    problems met (the old certificate then stays in force).  Turning TLS on
+    or off takes a restart: listeners keep what they were opened with.
+    """
+    if (service.tls is None) != (config.tls is None):
+        return ["tls: turning TLS on or off for the listeners takes a restart"]
+    if service.tls is None or config.tls is None:
+        return []
+    # Even unchanged settings are read again: certificates are renewed in place.
+    try:
+        service.tls.use(config.tls)
+    except TlsProblem as e:
+        return [f"tls: {e}; the previous certificate stays in use"]
+    log.info("TLS certificate reloaded from {cert}", cert=config.tls.cert)
+    return []
 
 
 def start_programs(programs: list[WrappedProgram]) -> None:

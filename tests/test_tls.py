@@ -1,0 +1,377 @@
+"""
+TLS, end to end on loopback with certificates made by the openssl command
+and the independent ``websockets`` client: wss listeners ([tls] and ssl:
+endpoint strings), same-port detection, ssl_only, minimum version, reload
+of the certificate under a live session, and tls:// targets (CA, name,
+pin, no verification) -- plus the config, command line and start-up checks.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet import ssl as tssl
+from twisted.logger import globalLogPublisher
+
+from wsrouter.cli.lower import LoweringError, options_to_raw
+from wsrouter.config import ConfigError, TlsSettings, TlsTarget, build_config, to_data
+from wsrouter.preflight import preflight
+
+from .support import (
+    RecordingTarget,
+    TargetFactory,
+    connect,
+    handshake_status,
+    in_thread,
+    nested_schema,
+    start_router,
+)
+from .tlscerts import Pair, client_context, make_ca, make_server, needs_openssl
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pair]:
+    """A CA, two server certificates it signs, one for another name, and a self-signed one."""
+    if needs_openssl.args[0]:
+        pytest.skip("no openssl command")
+    directory = tmp_path_factory.mktemp("certs")
+    ca = make_ca(directory)
+    return {
+        "ca": ca,
+        "server": make_server(directory, "server", ca),
+        "renewed": make_server(directory, "renewed", ca),
+        "elsewhere": make_server(directory, "elsewhere", ca, alt="DNS:elsewhere.example"),
+        "selfsigned": make_server(directory, "selfsigned", None),
+    }
+
+
+def wss_url(service: Any, path: str = "/echo") -> str:
+    return f"wss://127.0.0.1:{service.port_number}{path}"
+
+
+def echo(url: str, context: ssl.SSLContext | None = None, payload: bytes = b"hello") -> bytes:
+    with connect(url, ssl=context) as ws:
+        ws.send(payload)
+        return bytes(ws.recv(timeout=10))
+
+
+def peer_common_name(url: str, context: ssl.SSLContext) -> str:
+    """The CN of the certificate the router presents to a new wss connection."""
+    with connect(url, ssl=context) as ws:
+        cert = ws.socket.getpeercert()
+    return dict(item[0] for item in cert["subject"])["commonName"]
+
+
+def raw_exchange(port: int, data: bytes) -> bytes:
+    """Send C{data} on a plain socket and read until the router closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+def test_tls_table_builds_and_round_trips() -> None:
+    """A [tls] table becomes TlsSettings (websockify's tlsv1_3 accepted) and to_data gives it back."""
+    config = build_config({"routes": [{"path": "/", "target": "echo:"}],
+                           "tls": {"cert": "c.pem", "key": "k.pem", "min_version": "tlsv1_3", "ssl_only": True}})
+    assert config.tls == TlsSettings("c.pem", "k.pem", "1.3", None, True)
+    assert build_config(to_data(config)) == config
+
+
+def test_tls_table_problems_have_key_paths() -> None:
+    """A [tls] table without cert, or with a bad version, is refused naming the key."""
+    with pytest.raises(ConfigError) as missing:
+        build_config({"routes": [{"path": "/", "target": "echo:"}], "tls": {"key": "k.pem"}})
+    assert "tls.cert: required" in str(missing.value)
+    with pytest.raises(ConfigError) as version:
+        build_config({"routes": [{"path": "/", "target": "echo:"}], "tls": {"cert": "c", "min_version": "1.0"}})
+    assert "tls.min_version: must be 1.2 or 1.3, not '1.0'" in str(version.value)
+
+
+def test_tls_target_options_in_file_and_route_language() -> None:
+    """tls_ca, tls_pin and tls_verify set the tls:// target, from a table or a route string, and round-trip."""
+    pin = "AB:" * 31 + "AB"
+    config = build_config({"routes": [
+        {"path": "/a", "target": "tls://db.example:443", "tls_ca": "ca.pem"},
+        f"/b[tls-pin=sha256:{pin}]=tls://127.0.0.1:8443",
+        "/c[tls-verify=false]=tls://127.0.0.1:8443",
+    ]})
+    targets = [route.target for route in config.routes]
+    assert targets == [TlsTarget("db.example", 443, ca="ca.pem"), TlsTarget("127.0.0.1", 8443, pin="ab" * 32),
+                       TlsTarget("127.0.0.1", 8443, verify=False)]
+    assert build_config(to_data(config)) == config
+
+
+def test_tls_target_options_refused_elsewhere() -> None:
+    """tls_* keys on a non-TLS target, a bad pin, or verify=false with a CA are each reported."""
+    with pytest.raises(ConfigError) as e:
+        build_config({"routes": [
+            {"path": "/a", "target": "tcp://127.0.0.1:1", "tls_ca": "ca.pem"},
+            {"path": "/b", "target": "tls://127.0.0.1:1", "tls_pin": "abc"},
+            {"path": "/c", "target": "tls://127.0.0.1:1", "tls_ca": "ca.pem", "tls_verify": False},
+        ]})
+    text = str(e.value)
+    assert "routes[0].tls_ca: is only for tls:// targets" in text
+    assert "routes[1].tls_pin: must be a SHA-256 fingerprint" in text
+    assert "routes[2].tls_verify: false turns off" in text
+
+
+def test_websockify_tls_options_lower_into_the_schema() -> None:
+    """--cert, --key, --ssl-only, --ssl-version, --ssl-ciphers and --ssl-target lower as websockify means them."""
+    raw = options_to_raw({"cert": "self.pem", "key": "k.pem", "ssl-only": 1, "ssl-version": "tlsv1_3",
+                          "ssl-ciphers": "ECDHE+AESGCM", "ssl-target": 1,
+                          "short_form": ("8443", "127.0.0.1:5900")})
+    assert raw["tls"] == {"cert": "self.pem", "key": "k.pem", "min_version": "tlsv1_3",
+                          "ciphers": "ECDHE+AESGCM", "ssl_only": True}
+    assert raw["routes"] == [{"path": "/*", "target": "tls://127.0.0.1:5900"}]
+    with pytest.raises(LoweringError, match="--ssl-target applies to the short form"):
+        options_to_raw({"ssl-target": 1, "routes": ["/x=tcp://127.0.0.1:1"]})
+
+
+def test_command_line_accepts_cert_and_refuses_ssl_only_alone() -> None:
+    """The serve options take --cert now; --ssl-only without --cert says tls.cert is required."""
+    from twisted.python import usage
+
+    from wsrouter.cli.tap import ServeOptions
+
+    options = ServeOptions()
+    options.parseOptions(["--cert", "server.pem", "--ssl-only", "8443", "127.0.0.1:5900"])
+    assert options["config"].tls == TlsSettings("server.pem", ssl_only=True)
+    with pytest.raises(usage.UsageError, match=r"tls\.cert: required"):
+        ServeOptions().parseOptions(["--ssl-only", "8443", "127.0.0.1:5900"])
+
+
+@needs_openssl
+def test_preflight_reports_unusable_certificates(certs: dict[str, Pair], tmp_path: Path) -> None:
+    """A missing certificate, a key that does not fit, a bad cipher string, an unreadable CA: start-up problems."""
+    base = {"routes": [{"path": "/", "target": "tls://127.0.0.1:1", "tls_ca": str(tmp_path / "none.pem")}]}
+    problems = dict(preflight(build_config({**base, "tls": {"cert": str(tmp_path / "missing.pem")}})))
+    assert "cannot read the certificate file" in problems["tls"]
+    assert "cannot read the CA file" in problems["routes[0].tls_ca"]
+    mismatch = {"cert": str(certs["server"].cert), "key": str(certs["renewed"].key)}
+    assert "does not fit" in dict(preflight(build_config({**base, "tls": mismatch})))["tls"]
+    no_key = {"cert": str(certs["server"].cert)}
+    assert "no PEM private key" in dict(preflight(build_config({**base, "tls": no_key})))["tls"]
+    ciphers = {"cert": str(certs["server"].combined), "ciphers": "NO-SUCH-CIPHER"}
+    assert "selects no cipher" in dict(preflight(build_config({**base, "tls": ciphers})))["tls"]
+
+
+# -- wss listeners ----------------------------------------------------------------------------
+
+
+@needs_openssl
+@pytest_twisted.inlineCallbacks
+def test_wss_and_plain_ws_share_the_port(certs: dict[str, Pair]) -> Any:
+    """With [tls] (cert and key in one file, as websockify's --cert) one port serves wss:// and ws://."""
+    service = start_router(routes=["/echo=echo:"], tls={"cert": str(certs["server"].combined)})
+    try:
+        assert (yield in_thread(echo, wss_url(service), client_context(certs["ca"]))) == b"hello"
+        assert (yield in_thread(echo, service.url + "/echo")) == b"hello"
+    finally:
+        yield service.stopService()
+
+
+@needs_openssl
+@pytest_twisted.inlineCallbacks
+def test_ssl_only_refuses_plain_connections_with_403(certs: dict[str, Pair]) -> Any:
+    """With ssl_only a plain request gets a one-line 403 saying TLS is required; wss still works."""
+    tls = {"cert": str(certs["server"].cert), "key": str(certs["server"].key), "ssl_only": True}
+    service = start_router(routes=["/echo=echo:"], tls=tls)
+    try:
+        answer = yield in_thread(raw_exchange, service.port_number, b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 403 Forbidden\r\n")
+        assert answer.endswith(b"\r\n\r\nThis port requires TLS: connect with wss:// or https://\n")
+        status, body = yield in_thread(handshake_status, service.url + "/echo")
+        assert status == 403 and b"requires TLS" in body
+        assert (yield in_thread(echo, wss_url(service), client_context(certs["ca"]))) == b"hello"
+    finally:
+        yield service.stopService()
+
+
+@needs_openssl
+@pytest_twisted.inlineCallbacks
+def test_first_byte_alone_decides(certs: dict[str, Pair]) -> Any:
+    """A plain request sent one byte at a time is still told from TLS and answered (404 for an unknown path)."""
+    service = start_router(routes=["/echo=echo:"], tls={"cert": str(certs["server"].combined)})
+
+    def trickle() -> bytes:
+        with socket.create_connection(("127.0.0.1", service.port_number), timeout=10) as sock:
+            for byte in b"GET /nowhere HTTP/1.0\r\n\r\n":
+                sock.sendall(bytes([byte]))
+            return sock.recv(100)
+
+    try:
+        assert (yield in_thread(trickle)).startswith(b"HTTP/1.0 404")
+    finally:
+        yield service.stopService()
+
+
+@needs_openssl
+@pytest_twisted.inlineCallbacks
+def test_minimum_version_refuses_older_clients(certs: dict[str, Pair]) -> Any:
+    """min_version 1.3 refuses a client capped at TLS 1.2 and serves a TLS 1.3 one."""
+    service = start_router(routes=["/echo=echo:"], tls={"cert": str(certs["server"].combined), "min_version": "1.3"})
+    try:
+        with pytest.raises(ssl.SSLError):
+            yield in_thread(echo, wss_url(service), client_context(certs["ca"], ssl.TLSVersion.TLSv1_2))
+        assert (yield in_thread(echo, wss_url(service), client_context(certs["ca"]))) == b"hello"
+    finally:
+        yield service.stopService()
+
+
+@needs_openssl
+@pytest_twisted.inlineCallbacks
+def test_ssl_endpoint_string_listener(certs: dict[str, Pair]) -> Any:
+    """A Twisted ssl: endpoint string is a wss listener of its own, without [tls]."""
+    server = certs["server"]
+    listen = f"ssl:0:interface=127.0.0.1:privateKey={server.key}:certKey={server.cert}"
+    service = start_router(routes=["/echo=echo:"], listen=[listen])
+    try:
+        assert (yield in_thread(echo, wss_url(service), client_context(certs["ca"]))) == b"hello"
+    finally:
+        yield service.stopService()
+
+
+@needs_openssl
+@pytest_twisted.inlineCallbacks
+def test_reload_swaps_the_certificate_under_a_live_session(certs: dict[str, Pair]) -> Any:
+    """After a reload new handshakes get the renewed certificate, and a wss session opened before goes on."""
+    raw = {"routes": ["/echo=echo:"], "listen": ["tcp:0:interface=127.0.0.1"],
+           "tls": {"cert": str(certs["server"].combined)}}
+    service = start_router(**raw)
+    context = client_context(certs["ca"])
+    url = wss_url(service)
+    opened, reloaded = threading.Event(), threading.Event()
+
+    def live_session() -> list[bytes]:
+        with connect(url, ssl=context) as ws:
+            ws.send(b"before")
+            answers = [bytes(ws.recv(timeout=10))]
+            opened.set()
+            reloaded.wait(30)
+            ws.send(b"after")
+            answers.append(bytes(ws.recv(timeout=10)))
+        return answers
+
+    try:
+        assert (yield in_thread(peer_common_name, url, context)) == "server"
+        session = in_thread(live_session)
+        assert (yield in_thread(opened.wait, 30))
+        listen = f"tcp:{service.port_number}:interface=127.0.0.1"
+        service.listeners[0].description = listen  # the port it has: a reload keeps this listener
+        yield service.reload(build_config(nested_schema(
+            {**raw, "listen": [listen], "tls": {"cert": str(certs["renewed"].combined)}})))
+        assert (yield in_thread(peer_common_name, url, context)) == "renewed"
+        reloaded.set()
+        assert (yield session) == [b"before", b"after"]
+    finally:
+        reloaded.set()
+        yield service.stopService()
+
+
+# -- tls:// targets ------------------------------------------------------------------------------
+
+
+def tls_backend(pair: Pair) -> tuple[Any, TargetFactory]:
+    """A TLS echo server on loopback presenting C{pair}."""
+    options = tssl.PrivateCertificate.loadPEM(pair.cert.read_text() + pair.key.read_text()).options()
+    factory = TargetFactory(lambda: RecordingTarget(echo=True))
+    return reactor.listenTCP(0, _TlsWrapped(options, factory), interface="127.0.0.1"), factory
+
+
+def _TlsWrapped(options: Any, factory: Any) -> Any:
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    return TLSMemoryBIOFactory(options, False, factory)
+
+
+def route_to(port: int, host: str = "127.0.0.1", **options: Any) -> dict[str, Any]:
+    return {"path": "/t", "target": f"tls://{host}:{port}", **options}
+
+
+@needs_openssl
+@pytest_twisted.inlineCallbacks
+def test_tls_target_verified_with_ca_file(certs: dict[str, Pair]) -> Any:
+    """A tls:// target whose certificate the tls_ca file vouches for (by IP and by name) relays both ways."""
+    port, _ = tls_backend(certs["server"])
+    number = port.getHost().port
+    ca = str(certs["ca"].cert)
+    service = start_router(routes=[route_to(number, tls_ca=ca), {**route_to(number, "localhost", tls_ca=ca),
+                                                                   "path": "/n"}])
+    try:
+        assert (yield in_thread(echo, service.url + "/t")) == b"hello"
+        assert (yield in_thread(echo, service.url + "/n")) == b"hello"
+    finally:
+        yield service.stopService()
+        yield port.stopListening()
+
+
+@needs_openssl
+@pytest_twisted.inlineCallbacks
+def test_tls_target_failing_verification_is_502_with_reason(certs: dict[str, Pair]) -> Any:
+    """An unknown CA (system trust) and a certificate for another name each refuse the handshake with 502 and why."""
+    unknown_ca, factory = tls_backend(certs["server"])
+    other_name, other_factory = tls_backend(certs["elsewhere"])
+    service = start_router(routes=[route_to(unknown_ca.getHost().port),
+                                   {**route_to(other_name.getHost().port, tls_ca=str(certs["ca"].cert)), "path": "/n"}])
+    try:
+        status, body = yield in_thread(handshake_status, service.url + "/t")
+        assert status == 502 and b"certificate verify failed" in body, body
+        status, body = yield in_thread(handshake_status, service.url + "/n")
+        assert status == 502 and b"certificate is not for 127.0.0.1" in body, body
+        assert all(not connection.received for connection in factory.connections + other_factory.connections)
+    finally:
+        yield service.stopService()
+        yield unknown_ca.stopListening()
+        yield other_name.stopListening()
+
+
+@needs_openssl
+@pytest_twisted.inlineCallbacks
+def test_tls_target_pinned_certificate(certs: dict[str, Pair]) -> Any:
+    """A pinned self-signed certificate is accepted; any other fingerprint is 502 naming both."""
+    pair = certs["selfsigned"]
+    port, _ = tls_backend(pair)
+    number = port.getHost().port
+    wrong = "0" * 64
+    service = start_router(routes=[route_to(number, tls_pin=pair.fingerprint()),
+                                   {**route_to(number, tls_pin=wrong), "path": "/w"}])
+    try:
+        assert (yield in_thread(echo, service.url + "/t")) == b"hello"
+        status, body = yield in_thread(handshake_status, service.url + "/w")
+        assert status == 502 and f"{pair.fingerprint()} is not the pinned {wrong}".encode() in body
+    finally:
+        yield service.stopService()
+        yield port.stopListening()
+
+
+@needs_openssl
+@pytest_twisted.inlineCallbacks
+def test_tls_target_without_verification_is_logged_loudly(certs: dict[str, Pair]) -> Any:
+    """tls_verify = false connects to any certificate, with a warning at start-up and one per session."""
+    port, _ = tls_backend(certs["selfsigned"])
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    service = start_router(routes=[route_to(port.getHost().port, tls_verify=False)])
+    try:
+        assert (yield in_thread(echo, service.url + "/t")) == b"hello"
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        yield service.stopService()
+        yield port.stopListening()
+    warnings = [e["log_format"] for e in events if e.get("log_namespace") == "wsrouter.tls"]
+    assert any("will NOT be verified" in text for text in warnings)
+    assert any("is NOT verified" in text and "session" in text for text in warnings)
+
