@@ -8,9 +8,12 @@ pin, no verification) -- plus the config, command line and start-up checks.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import ssl
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ from .support import (
     handshake_status,
     in_thread,
     nested_schema,
+    router_process,
     start_router,
 )
 from .tlscerts import Pair, client_context, make_ca, make_server, needs_openssl
@@ -375,3 +379,50 @@ def test_tls_target_without_verification_is_logged_loudly(certs: dict[str, Pair]
     assert any("will NOT be verified" in text for text in warnings)
     assert any("is NOT verified" in text and "session" in text for text in warnings)
 
+
+
+# -- the real command ------------------------------------------------------------------------------
+
+
+def wait_for_log(router: Any, text: str, timeout: float = 20.0) -> str:
+    """The router's log once it contains C{text} (bounded wait)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = router.log()
+        if text in log:
+            return log
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} not logged:\n{router.log()}")
+
+
+@needs_openssl
+def test_command_line_wss_ssl_only_and_sighup_reload(certs: dict[str, Pair], tmp_path: Path) -> None:
+    """`wsrouter --cert FILE --ssl-only` serves wss, refuses ws (403); SIGHUP picks up a renewed certificate file."""
+    cert = tmp_path / "live.pem"
+    cert.write_bytes(certs["server"].combined.read_bytes())
+    context = client_context(certs["ca"])
+    with router_process(tmp_path, "--cert", str(cert), "--ssl-only", "--route", "/echo=echo:") as router:
+        url = f"wss://127.0.0.1:{router.port}/echo"
+        assert echo(url, context) == b"hello"
+        assert handshake_status(router.url + "/echo")[0] == 403
+        with connect(url, ssl=context) as live:
+            live.send(b"before")
+            assert live.recv(timeout=10) == b"before"
+            cert.write_bytes(certs["renewed"].combined.read_bytes())
+            os.kill(router.pid, signal.SIGHUP)
+            wait_for_log(router, "TLS certificate reloaded")
+            assert peer_common_name(url, context) == "renewed"
+            live.send(b"after")
+            assert live.recv(timeout=10) == b"after"
+        assert "refused a plain connection" in router.log()
+
+
+@needs_openssl
+def test_workers_serve_wss(certs: dict[str, Pair], tmp_path: Path) -> None:
+    """With --workers 2 the worker processes detect TLS on the shared listener too."""
+    with router_process(tmp_path, "--workers", "2", "--cert", str(certs["server"].combined),
+                        "--route", "/echo=echo:") as router:
+        wait_for_log(router, "listening on")
+        for _ in range(4):
+            assert echo(f"wss://127.0.0.1:{router.port}/echo", client_context(certs["ca"])) == b"hello"
+        assert echo(router.url + "/echo") == b"hello"

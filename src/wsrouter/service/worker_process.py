@@ -31,9 +31,10 @@ from wsrouter.config import RouterConfig, WrappedTarget
 from wsrouter.descriptors import DescriptorGuard, GuardedSite
 from wsrouter.interfaces import TargetError
 from wsrouter.process.wrapped import AddressWaiters, program_name, wrapped_targets
-from wsrouter.service.single import build_resource, program_wait_timeout
+from wsrouter.service.single import build_resource, program_wait_timeout, reload_tls, server_tls
 from wsrouter.service.workers import CONTROL_FD, decode_config
 from wsrouter.targets.wrapped import WrappedConnector
+from wsrouter.tlsport import listener_factory
 
 log = Logger(namespace="wsrouter")
 
@@ -108,6 +109,7 @@ class WorkerService(Service):
         self.gateway.descriptors = self.descriptors
         self.site = GuardedSite(self.resource, self.descriptors)
         self.site.noisy = False
+        self.tls = server_tls(config)
         self.programs: dict[WrappedTarget, ProgramAddress] = {}
         self._adopt_programs(config, addresses)
         self.gateway.connectors.register(
@@ -136,14 +138,20 @@ class WorkerService(Service):
         self._adopt_programs(config, states)
         self.config = config
         self.gateway.use_config(config)
+        for problem in reload_tls(self, config):
+            log.error("reload incomplete: {problem}", problem=problem)
         log.info("configuration reloaded: {routes} routes", routes=len(config.routes))
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
-        for fd in self._fds:
+        for index, fd in enumerate(self._fds):
             inherited = socket.socket(fileno=fd)
+            # The supervisor's listeners in order: the configured ones, then the program's port (tcp).
+            description = self.config.listeners[index] if index < len(self.config.listeners) else "tcp:"
+            factory = listener_factory(description, self.site, self.tls, self._reactor,
+                                       self.config.limits.handshake_timeout)
             try:
-                self.ports.append(self._reactor.adoptStreamPort(inherited.fileno(), inherited.family, self.site))
+                self.ports.append(self._reactor.adoptStreamPort(inherited.fileno(), inherited.family, factory))
             finally:
                 inherited.close()  # the port has its own descriptor
         log.info("{capacity}", capacity=self.descriptors.describe_capacity(self.config))
