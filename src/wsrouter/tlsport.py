@@ -16,7 +16,7 @@ from typing import Any
 from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocol
 from twisted.internet.protocol import Factory, Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
 from wsrouter.tls import ServerTls
@@ -36,9 +36,10 @@ class Detector(Protocol):
     pass-through to the protocol chosen (the transport stays the socket's).
     """
 
-    def __init__(self, factory: DetectingFactory, addr: IAddress | None):
+    def __init__(self, factory: DetectingFactory, addr: IAddress | None, site_protocol: IProtocol):
         self._factory = factory
         self._addr = addr
+        self._site_protocol = site_protocol
         self._inner: IProtocol | None = None
         self._timer: IDelayedCall | None = None
 
@@ -71,11 +72,9 @@ class Detector(Protocol):
             transport.write(REFUSAL)
             transport.loseConnection()
             return None
-        factory = self._factory.tls_factory if tls else self._factory.site
-        inner: IProtocol | None = factory.buildProtocol(self._addr)
-        if inner is None:
-            transport.abortConnection()
-        return inner
+        if tls:
+            return TLSMemoryBIOProtocol(self._factory.tls_factory, self._site_protocol)
+        return self._site_protocol
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel()
@@ -117,8 +116,13 @@ class DetectingFactory(ServerFactory):
     def doStop(self) -> None:
         self.site.doStop()
 
-    def buildProtocol(self, addr: IAddress | None) -> Detector:
-        return Detector(self, addr)
+    def buildProtocol(self, addr: IAddress | None) -> Detector | None:
+        # The site's protocol is built at once: the site may refuse the
+        # connection (the descriptor guard), and should know of it now.
+        site_protocol: IProtocol | None = self.site.buildProtocol(addr)
+        if site_protocol is None:
+            return None
+        return Detector(self, addr, site_protocol)
 
 
 def listener_factory(description: str, site: Factory[Any], tls: ServerTls | None, clock: Any,
