@@ -21,7 +21,9 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet import ssl as tssl
+from twisted.internet.error import ConnectionDone
 from twisted.logger import globalLogPublisher
+from websockets.exceptions import ConnectionClosed
 
 from wsrouter.cli.lower import LoweringError, options_to_raw
 from wsrouter.config import ConfigError, TlsSettings, TlsTarget, build_config, to_data
@@ -379,6 +381,87 @@ def test_tls_target_without_verification_is_logged_loudly(certs: dict[str, Pair]
     assert any("will NOT be verified" in text for text in warnings)
     assert any("is NOT verified" in text and "session" in text for text in warnings)
 
+
+
+@needs_openssl
+@pytest_twisted.inlineCallbacks
+def test_tls_target_end_of_data_both_ways(certs: dict[str, Pair]) -> Any:
+    """A TLS target's data and close reach the client whole, then 1000; a client's close reaches it after the data."""
+    payload = bytes(range(256)) * 4096
+    options = tssl.PrivateCertificate.loadPEM(certs["server"].cert.read_text() + certs["server"].key.read_text())
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    talker = TargetFactory(lambda: RecordingTarget(greeting=payload, close_after_greeting=True))
+    listener = TargetFactory(CloseNoting)
+    talking = reactor.listenTCP(0, TLSMemoryBIOFactory(options.options(), False, talker), interface="127.0.0.1")
+    listening = reactor.listenTCP(0, TLSMemoryBIOFactory(options.options(), False, listener), interface="127.0.0.1")
+    ca = str(certs["ca"].cert)
+    service = start_router(routes=[route_to(talking.getHost().port, tls_ca=ca),
+                                   {**route_to(listening.getHost().port, tls_ca=ca), "path": "/in"}])
+    chunks = [bytes([i]) * 70000 for i in range(20)]
+
+    def read_all() -> tuple[bytes, int | None]:
+        got = bytearray()
+        with connect(service.url + "/t") as ws:
+            try:
+                while True:
+                    got += ws.recv(timeout=10)
+            except ConnectionClosed as e:
+                return bytes(got), e.rcvd.code if e.rcvd else None
+
+    def send_all() -> None:
+        with connect(service.url + "/in") as ws:
+            for chunk in chunks:
+                ws.send(chunk)
+
+    try:
+        assert (yield in_thread(read_all)) == (payload, 1000)
+        yield in_thread(send_all)
+        assert (yield listener.connections[0].lost) == b"".join(chunks)
+        assert listener.connections[0].reason.check(ConnectionDone)  # close_notify, not a truncated TLS stream
+    finally:
+        yield service.stopService()
+        yield talking.stopListening()
+        yield listening.stopListening()
+
+
+@needs_openssl
+@pytest_twisted.inlineCallbacks
+def test_wss_client_large_messages_both_ways(certs: dict[str, Pair]) -> Any:
+    """Over wss, large messages go through the detector and TLS layer intact both ways (TCP echo target)."""
+    port, _ = listen_target_echo()
+    service = start_router(routes=[f"/e=tcp://127.0.0.1:{port.getHost().port}"],
+                           tls={"cert": str(certs["server"].combined)})
+    message = bytes(range(256)) * 8192  # 2 MiB
+
+    def exchange() -> int:
+        received = 0
+        with connect(wss_url(service, "/e"), ssl=client_context(certs["ca"])) as ws:
+            for _ in range(3):
+                ws.send(message)
+            while received < 3 * len(message):
+                received += len(ws.recv(timeout=10))
+        return received
+
+    try:
+        assert (yield in_thread(exchange)) == 3 * len(message)
+    finally:
+        yield service.stopService()
+        yield port.stopListening()
+
+
+class CloseNoting(RecordingTarget):
+    """Notes why its connection ended."""
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.reason = reason
+        super().connectionLost(reason)
+
+
+def listen_target_echo() -> tuple[Any, TargetFactory]:
+    from .support import listen_target
+
+    return listen_target(lambda: RecordingTarget(echo=True))
 
 
 # -- the real command ------------------------------------------------------------------------------

@@ -65,6 +65,19 @@ class TlsLink(StreamLink):
         if not self.ready.called:
             self.ready.errback(TargetError(f"TLS to {self.target.describe()} failed: {problem}", 502))
 
+    def write_eof(self) -> None:
+        """
+        The client is done: send TLS's end of data (close_notify).  Twisted's
+        TLS layer keeps reading until the server's own close_notify, so what
+        the server still sends arrives (TCP's half-close would break TLS).
+        It waits for no producer to be registered, and the client -- the
+        bridge's producer for this link -- has nothing more to send.
+        """
+        if self.connected:
+            transport = cast(Any, self.transport)
+            transport.unregisterProducer()
+            transport.loseConnection()
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self.ready.called:
             if isinstance(reason.value, VerificationError):
