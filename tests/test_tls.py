@@ -22,12 +22,17 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet import ssl as tssl
 from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 from websockets.exceptions import ConnectionClosed
 
 from wsrouter.cli.lower import LoweringError, options_to_raw
 from wsrouter.config import ConfigError, TlsSettings, TlsTarget, build_config, to_data
 from wsrouter.preflight import preflight
+from wsrouter.service.single import CannotStart
+from wsrouter.tlsport import REFUSAL, DetectingFactory
 
 from .support import (
     RecordingTarget,
@@ -174,6 +179,73 @@ def test_preflight_reports_unusable_certificates(certs: dict[str, Pair], tmp_pat
     assert "selects no cipher" in dict(preflight(build_config({**base, "tls": ciphers})))["tls"]
 
 
+class _Recorder(Protocol):
+    def __init__(self) -> None:
+        self.received = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+
+class _FakeTls:
+    ssl_only = False
+
+    def getContext(self) -> Any:
+        from OpenSSL import SSL
+
+        return SSL.Context(SSL.TLS_METHOD)
+
+
+def detector(ssl_only: bool = False) -> tuple[Any, StringTransport, Clock, list[_Recorder]]:
+    """A same-port detector on a StringTransport, over a site of recording protocols."""
+    built: list[_Recorder] = []
+
+    def build() -> _Recorder:
+        built.append(_Recorder())
+        return built[-1]
+
+    tls = _FakeTls()
+    tls.ssl_only = ssl_only
+    clock = Clock()
+    protocol = DetectingFactory(Factory.forProtocol(build), tls, clock, 10.0).buildProtocol(None)  # type: ignore[arg-type]
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return protocol, transport, clock, built
+
+
+def test_detector_hands_plain_bytes_to_the_site_one_at_a_time() -> None:
+    """Plain bytes fed one at a time all reach the site's protocol, the first included."""
+    protocol, _, clock, built = detector()
+    for byte in b"GET / HTTP/1.1\r\n":
+        protocol.dataReceived(bytes([byte]))
+    assert built[0].received == b"GET / HTTP/1.1\r\n"
+    assert not clock.getDelayedCalls()
+
+
+def test_detector_refuses_plain_bytes_when_ssl_only() -> None:
+    """With ssl_only the first plain byte gets the 403 line and a close; the site sees nothing."""
+    protocol, transport, _, built = detector(ssl_only=True)
+    protocol.dataReceived(b"G")
+    assert transport.value() == REFUSAL and transport.disconnecting
+    assert built[0].received == b""
+
+
+def test_detector_drops_a_silent_connection_after_the_handshake_timeout() -> None:
+    """A connection that sends no byte within the handshake timeout is dropped, not kept forever."""
+    _, transport, clock, _ = detector()
+    clock.advance(9.9)
+    assert not transport.disconnecting
+    clock.advance(0.2)
+    assert transport.disconnecting
+
+
+def test_detector_is_refused_when_the_site_refuses() -> None:
+    """When the site will not take a connection (descriptor guard), the detecting factory refuses it too."""
+    site = Factory()
+    site.buildProtocol = lambda addr: None  # type: ignore[method-assign]
+    assert DetectingFactory(site, _FakeTls(), Clock(), 1.0).buildProtocol(None) is None  # type: ignore[arg-type]
+
+
 # -- wss listeners ----------------------------------------------------------------------------
 
 
@@ -284,6 +356,26 @@ def test_reload_swaps_the_certificate_under_a_live_session(certs: dict[str, Pair
         assert (yield session) == [b"before", b"after"]
     finally:
         reloaded.set()
+        yield service.stopService()
+
+
+@needs_openssl
+@pytest_twisted.inlineCallbacks
+def test_reload_refuses_turning_tls_off_and_keeps_unusable_certificates_out(certs: dict[str, Pair],
+                                                                            tmp_path: Path) -> Any:
+    """A reload without [tls], or with a missing certificate, fails saying so and wss goes on as before."""
+    raw = {"routes": ["/echo=echo:"], "tls": {"cert": str(certs["server"].combined)}}
+    service = start_router(**raw)
+    listen = [f"tcp:{service.port_number}:interface=127.0.0.1"]
+    service.listeners[0].description = listen[0]
+    try:
+        with pytest.raises(CannotStart, match=r"turning TLS on or off .* takes a restart"):
+            yield service.reload(build_config(nested_schema({"routes": ["/echo=echo:"], "listen": listen})))
+        missing = {**raw, "listen": listen, "tls": {"cert": str(tmp_path / "gone.pem")}}
+        with pytest.raises(CannotStart, match=r"cannot read the certificate file .* previous certificate stays"):
+            yield service.reload(build_config(nested_schema(missing)))
+        assert (yield in_thread(peer_common_name, wss_url(service), client_context(certs["ca"]))) == "server"
+    finally:
         yield service.stopService()
 
 
@@ -462,6 +554,28 @@ def listen_target_echo() -> tuple[Any, TargetFactory]:
     from .support import listen_target
 
     return listen_target(lambda: RecordingTarget(echo=True))
+
+
+@needs_openssl
+@pytest_twisted.inlineCallbacks
+def test_tls_target_that_never_answers_the_handshake_is_502() -> Any:
+    """A target that accepts TCP but never speaks TLS is a 502 once the connect timeout has passed."""
+    from twisted.internet.protocol import Protocol as Silent
+
+    port, _ = listen_target_silent(Silent)
+    service = start_router(routes=[route_to(port.getHost().port)], connect_timeout=0.5)
+    try:
+        status, body = yield in_thread(handshake_status, service.url + "/t")
+        assert status == 502 and b"the handshake timed out" in body
+    finally:
+        yield service.stopService()
+        yield port.stopListening()
+
+
+def listen_target_silent(make: Any) -> tuple[Any, TargetFactory]:
+    from .support import listen_target
+
+    return listen_target(make)
 
 
 # -- the real command ------------------------------------------------------------------------------
