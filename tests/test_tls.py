@@ -44,7 +44,7 @@ from .support import (
     router_process,
     start_router,
 )
-from .tlscerts import Pair, client_context, make_ca, make_server, needs_openssl
+from .tlscerts import Pair, client_context, make_ca, make_client, make_server, needs_openssl
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +60,9 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pair]:
         "renewed": make_server(directory, "renewed", ca),
         "elsewhere": make_server(directory, "elsewhere", ca, alt="DNS:elsewhere.example"),
         "selfsigned": make_server(directory, "selfsigned", None),
+        "vhosts": make_server(directory, "vhosts", ca, alt="DNS:other.test,DNS:*.wild.test"),
+        "alice": make_client(directory, "alice", ca),
+        "mallory": make_client(directory, "mallory", None),
     }
 
 
@@ -377,6 +380,73 @@ def test_reload_refuses_turning_tls_off_and_keeps_unusable_certificates_out(cert
         assert (yield in_thread(peer_common_name, wss_url(service), client_context(certs["ca"]))) == "server"
     finally:
         yield service.stopService()
+
+
+@needs_openssl
+@pytest_twisted.inlineCallbacks
+def test_sni_picks_the_per_host_certificate(certs: dict[str, Pair]) -> Any:
+    """[tls.hosts] certificates are chosen by SNI (exact and *. names); other names get the default one."""
+    vhosts = str(certs["vhosts"].combined)
+    tls = {"cert": str(certs["server"].combined), "hosts": {"other.test": {"cert": vhosts},
+                                                            "*.wild.test": {"cert": vhosts}}}
+    service = start_router(routes=["/echo=echo:"], tls=tls)
+    context = client_context(certs["ca"])
+
+    def name_for(server_hostname: str | None) -> str:
+        with connect(wss_url(service), ssl=context, server_hostname=server_hostname) as ws:
+            cert = ws.socket.getpeercert()
+        return dict(item[0] for item in cert["subject"])["commonName"]
+
+    try:
+        assert (yield in_thread(name_for, "other.test")) == "vhosts"
+        assert (yield in_thread(name_for, "a.wild.test")) == "vhosts"
+        assert (yield in_thread(name_for, "localhost")) == "server"
+        assert (yield in_thread(name_for, None)) == "server"
+    finally:
+        yield service.stopService()
+
+
+def test_tls_hosts_and_client_options_in_the_schema() -> None:
+    """[tls.hosts."NAME"] tables, verify_client and cafile build, round-trip, and are checked."""
+    tls = {"cert": "c.pem", "verify_client": True, "cafile": "ca.pem",
+           "hosts": {"a.example": {"cert": "a.pem", "key": "a.key"}, "*.b.example": {"cert": "b.pem"}}}
+    config = build_config({"routes": ["/=echo:"], "tls": tls})
+    assert config.tls is not None
+    assert config.tls.hosts == (("a.example", "a.pem", "a.key"), ("*.b.example", "b.pem", None))
+    assert build_config(to_data(config)) == config
+    with pytest.raises(ConfigError) as e:
+        build_config({"routes": ["/=echo:"], "tls": {"cert": "c", "verify_client": True,
+                                                      "hosts": {"a b": {"cert": "x"}, "c.example": {"key": "k"}}}})
+    text = str(e.value)
+    assert "tls.cafile: required with verify_client" in text
+    assert "tls.hosts.a b: must be a host name" in text
+    assert "tls.hosts.c.example.cert: required" in text
+
+
+@needs_openssl
+@pytest_twisted.inlineCallbacks
+def test_client_certificates_required_and_named(certs: dict[str, Pair]) -> Any:
+    """With verify_client a certificate from cafile's CA opens a session whose log names its subject; none,
+    one from elsewhere, or a plain connection are refused."""
+    from websockets.exceptions import InvalidHandshake
+
+    ca = certs["ca"]
+    tls = {"cert": str(certs["server"].combined), "verify_client": True, "cafile": str(ca.cert)}
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    service = start_router(routes=["/echo=echo:"], tls=tls)
+    try:
+        assert (yield in_thread(echo, wss_url(service), client_context(ca, cert=certs["alice"]))) == b"hello"
+        for context in (client_context(ca), client_context(ca, cert=certs["mallory"])):
+            with pytest.raises((ssl.SSLError, OSError, InvalidHandshake, ConnectionClosed)):
+                yield in_thread(echo, wss_url(service), context)
+        assert (yield in_thread(handshake_status, service.url + "/echo"))[0] == 403
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        yield service.stopService()
+    opened = [e for e in events if " open: " in e.get("log_format", "")]
+    assert [e.get("client_cert") for e in opened] == ["CN=alice"]
+    assert "client certificate {client_cert}" in opened[0]["log_format"]
 
 
 # -- tls:// targets ------------------------------------------------------------------------------

@@ -47,10 +47,11 @@ def make_ca(directory: Path) -> Pair:
     return _pair(directory, "ca")
 
 
-def make_server(directory: Path, name: str, ca: Pair | None, alt: str = "DNS:localhost,IP:127.0.0.1") -> Pair:
+def make_server(directory: Path, name: str, ca: Pair | None, alt: str = "DNS:localhost,IP:127.0.0.1",
+                usage: str = "serverAuth") -> Pair:
     """A server certificate with CN C{name} and these subject alternative names, signed by C{ca} (else self-signed)."""
     extensions = directory / f"{name}.ext"
-    extensions.write_text(f"subjectAltName={alt}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+    extensions.write_text(f"subjectAltName={alt}\nbasicConstraints=CA:FALSE\nextendedKeyUsage={usage}\n")
     if ca is None:
         _openssl("req", "-x509", *_EC, "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2",
                  "-subj", f"/CN={name}", "-addext", f"subjectAltName={alt}", cwd=directory)
@@ -68,9 +69,16 @@ def _pair(directory: Path, name: str) -> Pair:
     return Pair(cert, key, combined)
 
 
-def client_context(ca: Pair, maximum: ssl.TLSVersion | None = None) -> ssl.SSLContext:
-    """A client context trusting only C{ca} (optionally capped at a TLS version)."""
+def make_client(directory: Path, name: str, ca: Pair | None) -> Pair:
+    """A client certificate with CN C{name}, signed by C{ca} (else self-signed)."""
+    return make_server(directory, name, ca, alt=f"DNS:{name}.clients.test", usage="clientAuth")
+
+
+def client_context(ca: Pair, maximum: ssl.TLSVersion | None = None, cert: Pair | None = None) -> ssl.SSLContext:
+    """A client context trusting only C{ca} (optionally capped at a TLS version, presenting C{cert})."""
     context = ssl.create_default_context(cafile=str(ca.cert))
     if maximum is not None:
         context.maximum_version = maximum
+    if cert is not None:
+        context.load_cert_chain(str(cert.cert), str(cert.key))
     return context

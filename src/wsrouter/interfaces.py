@@ -33,6 +33,7 @@ class SessionInfo:
     @ivar peer_host: the client's address.
     @ivar route_path: the path matched against routes (below any mount point).
     @ivar headers: the request headers, names lower-cased, in order.
+    @ivar client_cert: see L{tls.client_subject}.
     """
 
     session_id: str
@@ -48,6 +49,8 @@ class SessionInfo:
     subprotocol: str | None
     route: Route
     script_name: str = ""
+    #: The subject (RFC 4514) of the client's verified TLS certificate, if any.
+    client_cert: str | None = None
 
     @property
     def request_uri(self) -> str:

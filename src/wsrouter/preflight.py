@@ -22,7 +22,7 @@ from twisted.internet.testing import MemoryReactor
 from wsrouter.config import ConfigError, ExecTarget, RouterConfig, TlsTarget, WrappedTarget
 from wsrouter.interfaces import TargetError
 from wsrouter.targets.exec import DEFAULT_PATH, resolve_command
-from wsrouter.tls import TlsProblem, client_options, server_options
+from wsrouter.tls import ServerTls, TlsProblem, client_options
 
 Problem = tuple[str, str]
 
@@ -136,7 +136,7 @@ def check_tls(config: RouterConfig) -> Iterator[Problem]:
     """The listeners' certificate and key load and fit; each tls:// target's CA file is readable."""
     if config.tls is not None:
         try:
-            server_options(config.tls)
+            ServerTls(config.tls)
         except TlsProblem as e:
             yield "tls", str(e)
     for index, route in enumerate(config.routes):

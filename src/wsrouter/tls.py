@@ -17,12 +17,13 @@ import ipaddress
 import re
 from typing import Any
 
+import attrs
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 from service_identity import VerificationError
 from service_identity.pyopenssl import verify_hostname, verify_ip_address
 from twisted.internet import ssl
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLContextFactory
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLContextFactory, ISSLTransport
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
@@ -92,6 +93,9 @@ def server_options(settings: TlsSettings) -> ssl.CertificateOptions:
         except SSL.Error:
             raise TlsProblem(f"cipher string {settings.ciphers!r} selects no cipher OpenSSL knows") from None
         kwargs["acceptableCiphers"] = ssl.AcceptableCiphers.fromOpenSSLCipherString(settings.ciphers)
+    if settings.verify_client and settings.cafile is not None:
+        cas = _certificates(_read(settings.cafile, "CA file"), settings.cafile, "CA file")
+        kwargs["trustRoot"] = ssl.trustRootFromCertificates([ssl.Certificate(ca) for ca in cas])
     options = ssl.CertificateOptions(  # cryptography objects: pyOpenSSL's own are deprecated
         privateKey=key, certificate=chain[0], extraCertChain=chain[1:],  # type: ignore[arg-type]
         raiseMinimumTo=_MINIMUM[settings.min_version], **kwargs)
@@ -113,9 +117,7 @@ class ServerTls:
     """
 
     def __init__(self, settings: TlsSettings):
-        self._options = server_options(settings)
-        self.settings = settings
-        self.ssl_only = settings.ssl_only
+        self.use(settings)
 
     def use(self, settings: TlsSettings) -> None:
         """
@@ -124,13 +126,51 @@ class ServerTls:
 
         @raise TlsProblem: the old settings stay in force.
         """
-        self._options = server_options(settings)
+        options = server_options(settings)
+        by_name = {}
+        for name, cert, key in settings.hosts:
+            try:
+                by_name[name.lower()] = server_options(attrs.evolve(settings, cert=cert, key=key, hosts=()))
+            except TlsProblem as e:
+                raise TlsProblem(f"hosts.{name}: {e}") from None
+        context = options.getContext()
+        if by_name:
+            context.set_tlsext_servername_callback(_choose_by_name(by_name))
+        self._context = context
         self.settings = settings
-        self.ssl_only = settings.ssl_only
+        #: Plain connections are refused: asked for, or they would bypass client certificates.
+        self.ssl_only = settings.ssl_only or settings.verify_client
 
     def getContext(self) -> SSL.Context:
         """The context for a new connection (Twisted's context factory interface)."""
-        return self._options.getContext()
+        return self._context
+
+
+def _choose_by_name(by_name: dict[str, ssl.CertificateOptions]) -> Any:
+    """An SNI callback switching to the certificate of the name the client asked for (exact, then C{*.})."""
+
+    def choose(connection: SSL.Connection) -> None:
+        raw = connection.get_servername()
+        if not raw:
+            return
+        name = raw.decode("ascii", "replace").lower().rstrip(".")
+        options = by_name.get(name) or by_name.get("*." + name.partition(".")[2])
+        if options is not None:
+            connection.set_context(options.getContext())
+
+    return choose
+
+
+def client_subject(transport: Any) -> str | None:
+    """The subject of the client's verified certificate (RFC 4514), if the connection is TLS and sent one."""
+    secure = ISSLTransport(transport, None)
+    if secure is None:
+        return None
+    certificate: Any = secure.getPeerCertificate()
+    if certificate is None:
+        return None
+    subject: str = certificate.to_cryptography().subject.rfc4514_string()
+    return subject
 
 
 # -- targets --------------------------------------------------------------------------------

@@ -97,9 +97,12 @@ TLS_OPTIONS = {"cert": "cert", "key": "key", "ssl-version": "min_version", "ssl-
 
 
 def tls_settings(options: Mapping[str, Any]) -> dict[str, Any]:
-    """The C{[tls]} table of websockify's C{--cert}, C{--key}, C{--ssl-only}, C{--ssl-version}, C{--ssl-ciphers}."""
+    """The C{[tls]} table of websockify's C{--cert}, C{--key}, C{--ssl-only}, C{--ssl-version}, C{--ssl-ciphers},
+    C{--verify-client} and C{--cafile}."""
     values = {key: options.get(option) for option, key in TLS_OPTIONS.items()}
     values["ssl_only"] = True if options.get("ssl-only") else None
+    values["verify_client"] = True if options.get("verify-client") else None
+    values["cafile"] = options.get("cafile")
     return values
 
 

@@ -30,8 +30,6 @@ SHORT_FORM = "[HOST:]PORT TARGET_HOST:TARGET_PORT"
 
 #: websockify options wsrouter does not have yet: what to write instead, or where it is coming.
 NOT_YET = {
-    "verify-client": "client certificates come with issue 10",
-    "cafile": "client certificates come with issue 10",
     "token-plugin": "dynamic targets (tokens) come with issue 9",
     "token-source": "dynamic targets (tokens) come with issue 9",
     "host-token": "dynamic targets (tokens) come with issue 9",
@@ -90,6 +88,7 @@ class Options(usage.Options):
         ["verbose", "v", "Log debug messages too (websockify --verbose)."],
         ["traffic", None, "Log one debug line per message relayed (websockify --traffic); implies --verbose."],
         ["ssl-only", None, "Refuse plain connections on the TLS listeners (403); needs --cert."],
+        ["verify-client", None, "Require a client certificate signed by a --cafile CA (refuses plain connections)."],
         ["ssl-target", None, "Speak TLS to the short form's target, verifying its certificate (tls://HOST:PORT)."],
         ["daemon", "D", "websockify's daemon mode: " + DAEMON_HINT + "."],
     ]
@@ -126,6 +125,7 @@ class Options(usage.Options):
          "TLS on the tcp listeners: PEM file with the certificate (and the key, unless --key); "
          "TLS and plain connections share the port unless --ssl-only."],
         ["key", None, None, "PEM file with the TLS private key (default: in the --cert file)."],
+        ["cafile", None, None, "PEM file of the CAs client certificates must chain to (--verify-client)."],
         ["ssl-version", None, None, "Lowest TLS version accepted: tlsv1_2 (default) or tlsv1_3."],
         ["ssl-ciphers", None, None, "OpenSSL cipher string for TLS 1.2 (default: modern forward-secret ciphers)."],
         ["log-file", None, None, "Log to this file instead of stderr (websockify --log-file)."],

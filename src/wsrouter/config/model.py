@@ -350,6 +350,12 @@ class TlsSettings:
     @ivar ciphers: an OpenSSL cipher string for TLS 1.2; C{None}: Twisted's
         modern default (forward-secret AEAD ciphers).
     @ivar ssl_only: refuse plain connections (403, then close).
+    @ivar verify_client: require a client certificate that C{cafile}
+        vouches for (websockify's C{--verify-client}); plain connections,
+        which cannot carry one, are then refused as with C{ssl_only}.
+    @ivar cafile: PEM file of the CAs client certificates must chain to.
+    @ivar hosts: per-host certificates chosen by SNI, C{(name, cert, key)};
+        a name may start with C{*.}; other names get C{cert}.
     """
 
     cert: str
@@ -357,9 +363,23 @@ class TlsSettings:
     min_version: str = field(default="1.2", converter=_tls_version)
     ciphers: str | None = None
     ssl_only: bool = False
+    verify_client: bool = False
+    cafile: str | None = None
+    hosts: tuple[tuple[str, str, str | None], ...] = field(default=(), converter=_as_tuple)
 
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
+        _check_bool(checks, "verify_client", self.verify_client)
+        _check_text(checks, "cafile", self.cafile, "a PEM file of CA certificates", optional=True)
+        if self.verify_client is True and self.cafile is None:
+            checks.add("cafile", "required with verify_client: the CAs client certificates must chain to")
+        if self.verify_client is False and self.cafile is not None:
+            checks.add("cafile", "is for verify_client, which is off")
+        for name, cert, key in self.hosts if isinstance(self.hosts, tuple) else ():
+            if not isinstance(name, str) or not re.fullmatch(r"(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*", name):
+                checks.add(f"hosts.{name}", "must be a host name, or *.DOMAIN")
+            _check_text(checks, f"hosts.{name}.cert", cert, "a PEM file")
+            _check_text(checks, f"hosts.{name}.key", key, "a PEM file", optional=True)
         _check_text(checks, "cert", self.cert, "a PEM file")
         _check_text(checks, "key", self.key, "a PEM file", optional=True)
         _check_choice(checks, "min_version", self.min_version, TLS_VERSIONS)

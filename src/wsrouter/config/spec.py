@@ -54,7 +54,8 @@ TOP_KEYS = ("listen", "workers", "pass_env", "follow_program_port", "limits", "l
             "recording", "programs", "routes", "tls")
 LIMITS_KEYS = ("max_message_size", "ping_interval", "ping_timeout", "session_idle_timeout", "handshake_timeout",
                "connect_timeout", "shutdown_grace", "max_forks")
-TLS_KEYS = ("cert", "key", "min_version", "ciphers", "ssl_only")
+TLS_KEYS = ("cert", "key", "min_version", "ciphers", "ssl_only", "verify_client", "cafile", "hosts")
+TLS_HOST_KEYS = ("cert", "key")
 #: Route keys for tls:// targets, and the TlsTarget fields they set.
 TLS_TARGET_KEYS = ("tls_ca", "tls_pin", "tls_verify")
 LIFETIME_KEYS = ("run_once", "start_timeout", "idle_exit")
@@ -535,8 +536,26 @@ class _Builder:
         if "cert" not in values:
             self.add("tls.cert", "required: the PEM file with the certificate (and the key, unless tls.key)")
             return None
+        if "hosts" in values:
+            values["hosts"] = self.tls_hosts(values["hosts"])
         made: TlsSettings | None = self.make(TlsSettings, values, "tls")
         return made
+
+    def tls_hosts(self, raw: Any) -> tuple[tuple[str, Any, Any], ...]:
+        """C{[tls.hosts."NAME"]} tables of cert and key: C{(name, cert, key)}."""
+        if not isinstance(raw, Mapping):
+            self.add("tls.hosts", f"must be a table of [tls.hosts.\"NAME\"] tables, not {raw!r}")
+            return ()
+        hosts = []
+        for name, entry in raw.items():
+            values = self.table(entry, f"tls.hosts.{name}", TLS_HOST_KEYS)
+            if values is None:
+                continue
+            if "cert" not in values:
+                self.add(f"tls.hosts.{name}.cert", "required")
+                continue
+            hosts.append((str(name), values["cert"], values.get("key")))
+        return tuple(hosts)
 
     # -- the whole --------------------------------------------------------
 
@@ -691,7 +710,10 @@ def to_data(config: RouterConfig) -> dict[str, Any]:
                                        "keep_env": program.keep_env} for program in config.programs}
     data["routes"] = [_route_data(route) for route in config.routes]
     if config.tls is not None:
-        data["tls"] = _fields(config.tls, TLS_KEYS)
+        data["tls"] = _fields(config.tls, TLS_KEYS[:-1])
+        if config.tls.hosts:
+            data["tls"]["hosts"] = {name: {"cert": cert, **({"key": key} if key else {})}
+                                    for name, cert, key in config.tls.hosts}
     return data
 
 
