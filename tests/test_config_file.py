@@ -348,7 +348,7 @@ def test_docs_name_every_key() -> None:
     """docs/config.md documents every key of the schema."""
     text = (REPO / "docs" / "config.md").read_text()
     for key in {*spec.TOP_KEYS, *spec.LIMITS_KEYS, *spec.LIFETIME_KEYS, *spec.LOG_KEYS, *spec.WEB_KEYS,
-                *spec.RECORDING_KEYS, *spec.PROGRAM_KEYS, *spec.ROUTE_KEYS}:
+                *spec.RECORDING_KEYS, *spec.PROGRAM_KEYS, *spec.ROUTE_KEYS, *spec.TLS_KEYS}:
         assert f"`{key}`" in text or f"`[{key}" in text or f"`[[{key}]]`" in text, key
 
 
