@@ -180,6 +180,10 @@ def test_preflight_reports_unusable_certificates(certs: dict[str, Pair], tmp_pat
     assert "no PEM private key" in dict(preflight(build_config({**base, "tls": no_key})))["tls"]
     ciphers = {"cert": str(certs["server"].combined), "ciphers": "NO-SUCH-CIPHER"}
     assert "selects no cipher" in dict(preflight(build_config({**base, "tls": ciphers})))["tls"]
+    unix_only = {**base, "listen": [f"unix:{tmp_path / 's'}"], "tls": {"cert": str(certs["server"].combined)}}
+    assert "no tcp: listener" in dict(preflight(build_config(unix_only)))["tls"]
+    ssl_listener = {**base, "listen": [f"ssl:0:privateKey={tmp_path / 'missing.key'}"]}
+    assert "cannot load the certificate of" in dict(preflight(build_config(ssl_listener)))["listen[0]"]
 
 
 class _Recorder(Protocol):

@@ -22,7 +22,7 @@ from twisted.internet.testing import MemoryReactor
 from wsrouter.config import ConfigError, ExecTarget, RouterConfig, TlsTarget, WrappedTarget
 from wsrouter.interfaces import TargetError
 from wsrouter.targets.exec import DEFAULT_PATH, resolve_command
-from wsrouter.tls import ServerTls, TlsProblem, client_options
+from wsrouter.tls import ServerTls, TlsProblem, client_options, ssl_reason
 
 Problem = tuple[str, str]
 
@@ -59,7 +59,10 @@ def check_listeners(listeners: Iterable[str]) -> Iterator[Problem]:
     for index, description in enumerate(listeners):
         try:
             serverFromString(MemoryReactor(), description)
-        except (ValueError, KeyError, TypeError, IndexError, OSError, SSL.Error) as e:
+        except (OSError, SSL.Error) as e:
+            # ssl: endpoints read their certificate files while parsing.
+            yield f"listen[{index}]", f"cannot load the certificate of {description!r}: {ssl_reason(e)}"
+        except (ValueError, KeyError, TypeError, IndexError) as e:
             yield f"listen[{index}]", f"not a Twisted endpoint string ({description!r}: {e or type(e).__name__})"
 
 
@@ -134,6 +137,9 @@ def directory_problem(directory: str) -> str | None:
 
 def check_tls(config: RouterConfig) -> Iterator[Problem]:
     """The listeners' certificate and key load and fit; each tls:// target's CA file is readable."""
+    if config.tls is not None and not config.follow_program_port and not any(
+            listener.startswith(("tcp:", "tcp6:")) for listener in config.listeners):
+        yield "tls", "no tcp: listener to put TLS on (unix: and ssl: listeners are not affected by [tls])"
     if config.tls is not None:
         try:
             ServerTls(config.tls)
