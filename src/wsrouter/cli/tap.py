@@ -44,7 +44,7 @@ NOT_YET = {
     "libserver": "not needed: wsrouter has one server implementation",
     "file-only": "the web root never follows symlinks out of itself already; drop --file-only",
     "prefer-ipv6": "give the address you want, e.g. [::]:8080",
-    "ssl-target-host": "TLS to targets comes with issue 10",
+    "ssl-target-host": "not supported: a tls://HOST:PORT target is verified for its HOST",
 }
 DAEMON_HINT = "use twistd wsrouter ... (which daemonizes; -n keeps it in the foreground)"
 
@@ -68,7 +68,8 @@ class Options(usage.Options):
         f"websockify's form '{SHORT_FORM}' listens on PORT (loopback unless HOST is given) "
         "and sends every path to the TCP target. Routes: --route PATH[@SUBPROTOCOLS]=TARGET, "
         "where PATH is exact or ends in /* for a prefix (the longest match wins), and TARGET is "
-        "tcp://HOST:PORT, unix:///PATH, udp://HOST:PORT, unix-dgram:///PATH, exec:COMMAND ARGS "
+        "tcp://HOST:PORT, tls://HOST:PORT (certificate verified), unix:///PATH, udp://HOST:PORT, "
+        "unix-dgram:///PATH, exec:COMMAND ARGS "
         "(one process per connection), wrap:MODE:PROGRAM ARGS or echo:. "
         "--wrap MODE -- PROGRAM ARGS starts a TCP server program under the rebind shim, which moves "
         "the port it binds to a free loopback port; the router listens on PORT (or, without one, on "
