@@ -19,14 +19,16 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.internet import ssl as tssl
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 from websockets.exceptions import ConnectionClosed
+from zope.interface import implementer
 
 from wsrouter.cli.lower import LoweringError, options_to_raw
 from wsrouter.config import ConfigError, TlsSettings, TlsTarget, build_config, to_data
@@ -651,6 +653,86 @@ def listen_target_silent(make: Any) -> tuple[Any, TargetFactory]:
 
     return listen_target(make)
 
+
+@implementer(IPushProducer)
+class Flooder(Protocol):
+    """Writes C{total} bytes as fast as its transport lets it, noting when it is told to pause."""
+
+    chunk = bytes(range(256)) * 4096  # 1 MiB
+
+    def __init__(self, total: int):
+        self.total = total
+        self.sent = 0
+        self.paused = defer.Deferred()
+        self._running = False
+
+    def connectionMade(self) -> None:
+        self.factory.connected.callback(self)
+        self.transport.registerProducer(self, True)
+        self.resumeProducing()
+
+    def pauseProducing(self) -> None:
+        self._running = False
+        if not self.paused.called:
+            self.paused.callback(self.sent)
+
+    def resumeProducing(self) -> None:
+        self._running = True
+        while self._running and self.sent < self.total:
+            self.sent += len(self.chunk)
+            self.transport.write(self.chunk)
+        if self.sent >= self.total:
+            self.transport.unregisterProducer()
+            self.transport.loseConnection()
+
+    def stopProducing(self) -> None:
+        self._running = False
+
+
+@needs_openssl
+@pytest_twisted.inlineCallbacks
+def test_slow_client_pauses_a_tls_target(certs: dict[str, Pair]) -> Any:
+    """A client that does not read makes the router stop reading its TLS target, which stalls; all arrives later."""
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    total = 64 * 1024 * 1024
+    options = tssl.PrivateCertificate.loadPEM(certs["server"].cert.read_text() + certs["server"].key.read_text())
+    factory = TargetFactory(lambda: Flooder(total))
+    port = reactor.listenTCP(0, TLSMemoryBIOFactory(options.options(), False, factory), interface="127.0.0.1")
+    service = start_router(routes=[route_to(port.getHost().port, tls_ca=str(certs["ca"].cert))])
+    may_read = threading.Event()
+    opened = threading.Event()
+
+    def slow_client() -> int:
+        received = 0
+        with connect(service.url + "/t", max_queue=4) as ws:
+            opened.set()
+            may_read.wait(60)
+            try:
+                while True:
+                    received += len(ws.recv(timeout=30))
+            except ConnectionClosed:
+                return received
+
+    try:
+        reading = in_thread(slow_client)
+        assert (yield in_thread(opened.wait, 30))
+        flooder = yield factory.connected.addTimeout(10, reactor)
+        yield flooder.paused.addTimeout(10, reactor)
+        # Wait until the target stops making progress (bounded), then it must be far from done.
+        steady, last = 0, -1
+        for _ in range(150):
+            yield deferLater(reactor, 0.2, lambda: None)
+            steady, last = (steady + 1, last) if flooder.sent == last else (0, flooder.sent)
+            if steady == 5:
+                break
+        assert steady == 5 and flooder.sent < total // 2, (steady, flooder.sent)
+        may_read.set()
+        assert (yield reading) == total
+    finally:
+        may_read.set()
+        yield service.stopService()
+        yield port.stopListening()
 
 # -- the real command ------------------------------------------------------------------------------
 
