@@ -690,22 +690,32 @@ class Flooder(Protocol):
 
 
 @needs_openssl
+@pytest.mark.parametrize("side", ["tls-target", "wss-client"])
 @pytest_twisted.inlineCallbacks
-def test_slow_client_pauses_a_tls_target(certs: dict[str, Pair]) -> Any:
-    """A client that does not read makes the router stop reading its TLS target, which stalls; all arrives later."""
+def test_slow_client_stalls_a_flooding_target(certs: dict[str, Pair], side: str) -> Any:
+    """A client that does not read makes the router stop reading the target (TLS target, or wss client), which
+    stalls far from done; everything arrives once the client reads."""
     from twisted.protocols.tls import TLSMemoryBIOFactory
 
     total = 64 * 1024 * 1024
-    options = tssl.PrivateCertificate.loadPEM(certs["server"].cert.read_text() + certs["server"].key.read_text())
     factory = TargetFactory(lambda: Flooder(total))
-    port = reactor.listenTCP(0, TLSMemoryBIOFactory(options.options(), False, factory), interface="127.0.0.1")
-    service = start_router(routes=[route_to(port.getHost().port, tls_ca=str(certs["ca"].cert))])
+    context = None
+    if side == "tls-target":
+        options = tssl.PrivateCertificate.loadPEM(certs["server"].cert.read_text() + certs["server"].key.read_text())
+        port = reactor.listenTCP(0, TLSMemoryBIOFactory(options.options(), False, factory), interface="127.0.0.1")
+        service = start_router(routes=[route_to(port.getHost().port, tls_ca=str(certs["ca"].cert))])
+        url = service.url + "/t"
+    else:
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        service = start_router(routes=[f"/t=tcp://127.0.0.1:{port.getHost().port}"],
+                               tls={"cert": str(certs["server"].combined)})
+        url, context = wss_url(service, "/t"), client_context(certs["ca"])
     may_read = threading.Event()
     opened = threading.Event()
 
     def slow_client() -> int:
         received = 0
-        with connect(service.url + "/t", max_queue=4) as ws:
+        with connect(url, ssl=context, max_queue=4) as ws:
             opened.set()
             may_read.wait(60)
             try:
