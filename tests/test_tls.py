@@ -789,3 +789,22 @@ def test_workers_serve_wss(certs: dict[str, Pair], tmp_path: Path) -> None:
         for _ in range(4):
             assert echo(f"wss://127.0.0.1:{router.port}/echo", client_context(certs["ca"])) == b"hello"
         assert echo(router.url + "/echo") == b"hello"
+
+
+@needs_openssl
+def test_workers_reload_the_certificate_on_sighup(certs: dict[str, Pair], tmp_path: Path) -> None:
+    """With --workers 2, SIGHUP makes every worker pick up a certificate renewed in place."""
+    cert = tmp_path / "live.pem"
+    cert.write_bytes(certs["server"].combined.read_bytes())
+    context = client_context(certs["ca"])
+    with router_process(tmp_path, "--workers", "2", "--cert", str(cert), "--route", "/echo=echo:") as router:
+        url = f"wss://127.0.0.1:{router.port}/echo"
+        wait_for_log(router, "listening on")
+        assert peer_common_name(url, context) == "server"
+        cert.write_bytes(certs["renewed"].combined.read_bytes())
+        os.kill(router.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while router.log().count("TLS certificate reloaded") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert router.log().count("TLS certificate reloaded") >= 2, router.log()
+        assert {peer_common_name(url, context) for _ in range(8)} == {"renewed"}
