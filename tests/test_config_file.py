@@ -44,8 +44,8 @@ from wsrouter.config.emit import dumps
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "wsrouter.toml"
 ROUTE = '[[routes]]\npath = "/"\ntarget = "echo:"\n'
-TARGET_FORMS = ("tcp://HOST:PORT, HOST:PORT, unix:///PATH, udp://HOST:PORT, unix-dgram:///PATH, exec:COMMAND, "
-                "wrap:MODE:PROGRAM, program:NAME, replay:FILE[?speed=FACTOR] or echo:")
+TARGET_FORMS = ("tcp://HOST:PORT, HOST:PORT, tls://HOST:PORT, unix:///PATH, udp://HOST:PORT, unix-dgram:///PATH, "
+                "exec:COMMAND, wrap:MODE:PROGRAM, program:NAME, replay:FILE[?speed=FACTOR] or echo:")
 
 BAD_FILES = [
     pytest.param('workerz = 2\n' + ROUTE, ["workerz: unknown key (did you mean workers?)"], id="unknown-top-key"),
@@ -349,7 +349,7 @@ def test_docs_name_every_key() -> None:
     """docs/config.md documents every key of the schema."""
     text = (REPO / "docs" / "config.md").read_text()
     for key in {*spec.TOP_KEYS, *spec.LIMITS_KEYS, *spec.LIFETIME_KEYS, *spec.LOG_KEYS, *spec.WEB_KEYS,
-                *spec.RECORDING_KEYS, *spec.PROGRAM_KEYS, *spec.ROUTE_KEYS}:
+                *spec.RECORDING_KEYS, *spec.PROGRAM_KEYS, *spec.ROUTE_KEYS, *spec.TLS_KEYS}:
         assert f"`{key}`" in text or f"`[{key}" in text or f"`[[{key}]]`" in text, key
 
 

@@ -38,6 +38,7 @@ from wsrouter.recording import open_recorder
 from wsrouter.routing import Match, NoRoute, select_route
 from wsrouter.session import Session
 from wsrouter.targets import Connectors
+from wsrouter.tls import client_subject
 from wsrouter.traffic import with_traffic_log
 from wsrouter.ws.adapter import ClientFactory, DenyWithHeaders
 
@@ -323,6 +324,7 @@ def _session_info(session_id: str, connection: ClientConnection, request: Any, p
         subprotocol=match.subprotocol,
         route=match.route,
         script_name=connection.mount_prefix + match.route.path.rstrip("/") if match.route.prefix else path,
+        client_cert=client_subject(connection.transport),
     )
 
 

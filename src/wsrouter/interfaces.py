@@ -39,6 +39,7 @@ class SessionInfo:
         header said, else the listener's own); "" on a Unix socket.
     @ivar route_path: the path matched against routes (below any mount point).
     @ivar headers: the request headers, names lower-cased, in order.
+    @ivar client_cert: see L{tls.client_subject}.
     """
 
     session_id: str
@@ -55,6 +56,8 @@ class SessionInfo:
     route: Route
     script_name: str = ""
     local_host: str = ""
+    #: The subject (RFC 4514) of the client's verified TLS certificate, if any.
+    client_cert: str | None = None
 
     @property
     def request_uri(self) -> str:

@@ -15,13 +15,15 @@ import os
 import shutil
 from collections.abc import Iterable, Iterator, Mapping
 
+from OpenSSL import SSL
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
 
 from wsrouter.auth import auth_problems
-from wsrouter.config import ConfigError, ExecTarget, RouterConfig, WrappedTarget
+from wsrouter.config import ConfigError, ExecTarget, RouterConfig, TlsTarget, WrappedTarget
 from wsrouter.interfaces import TargetError
 from wsrouter.targets.exec import DEFAULT_PATH, resolve_command
+from wsrouter.tls import ServerTls, TlsProblem, client_options, ssl_reason
 
 Problem = tuple[str, str]
 
@@ -41,6 +43,7 @@ def preflight(config: RouterConfig, environ: Mapping[str, str] | None = None) ->
         *check_executables(config, env),
         *check_recording(config),
         *auth_problems(config),
+        *check_tls(config),
     ]
 
 
@@ -58,6 +61,9 @@ def check_listeners(listeners: Iterable[str]) -> Iterator[Problem]:
     for index, description in enumerate(listeners):
         try:
             serverFromString(MemoryReactor(), description)
+        except (OSError, SSL.Error) as e:
+            # ssl: endpoints read their certificate files while parsing.
+            yield f"listen[{index}]", f"cannot load the certificate of {description!r}: {ssl_reason(e)}"
         except (ValueError, KeyError, TypeError, IndexError) as e:
             yield f"listen[{index}]", f"not a Twisted endpoint string ({description!r}: {e or type(e).__name__})"
 
@@ -129,3 +135,21 @@ def directory_problem(directory: str) -> str | None:
     if not os.access(parent, os.W_OK | os.X_OK):
         return f"cannot create {directory!r}: {parent!r} is not writable"
     return None
+
+
+def check_tls(config: RouterConfig) -> Iterator[Problem]:
+    """The listeners' certificate and key load and fit; each tls:// target's CA file is readable."""
+    if config.tls is not None and not config.follow_program_port and not any(
+            listener.startswith(("tcp:", "tcp6:")) for listener in config.listeners):
+        yield "tls", "no tcp: listener to put TLS on (unix: and ssl: listeners are not affected by [tls])"
+    if config.tls is not None:
+        try:
+            ServerTls(config.tls)
+        except TlsProblem as e:
+            yield "tls", str(e)
+    for index, route in enumerate(config.routes):
+        if isinstance(route.target, TlsTarget) and route.target.ca is not None:
+            try:
+                client_options(route.target)
+            except TlsProblem as e:
+                yield f"routes[{index}].tls_ca", str(e)

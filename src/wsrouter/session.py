@@ -91,9 +91,10 @@ class Session:
         self.is_open = True
         info = self.info
         log.info(
-            "session {id} open: {peer} {path} -> {target} (route {route}, subprotocol {subprotocol})",
+            "session {id} open: {peer} {path} -> {target} (route {route}, subprotocol {subprotocol})"
+            + (", client certificate {client_cert}" if info.client_cert else ""),
             id=self.id, peer=info.peer(), path=info.request_uri, target=info.route.target.describe(),
-            route=info.route.describe(), subprotocol=info.subprotocol or "none",
+            route=info.route.describe(), subprotocol=info.subprotocol or "none", client_cert=info.client_cert,
         )
         self._on_opened(self)
         self._last_activity = self._clock.seconds()

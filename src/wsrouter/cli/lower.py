@@ -71,7 +71,9 @@ def options_to_raw(options: Mapping[str, Any]) -> dict[str, Any]:
         if len(short) != 2:
             raise LoweringError(f"expected [HOST:]PORT TARGET_HOST:TARGET_PORT, got {' '.join(short)}")
         listen.append(_short_listener(short[0]))
-        routes.append({"path": "/*", "target": short[1]})
+        routes.append({"path": "/*", "target": _ssl_target(short[1]) if options.get("ssl-target") else short[1]})
+    if options.get("ssl-target") and not (short and len(short) == 2 and not program and not mode):
+        raise LoweringError("--ssl-target applies to the short form's target; in a --route write tls://HOST:PORT")
     _lower_proxies(raw, listen, options)
     if listen:
         raw["listen"] = listen
@@ -85,6 +87,7 @@ def options_to_raw(options: Mapping[str, Any]) -> dict[str, Any]:
     _security(raw, options)
     _table(raw, "recording", {key: options.get(option) for option, key in RECORDING_OPTIONS.items()})
     _table(raw, "web", {"root": options.get("web"), "listing": True if options.get("web-listing") else None})
+    _table(raw, "tls", tls_settings(options))
     _table(raw, "lifetime", {
         "run_once": True if options.get("run-once") else None,
         "start_timeout": options.get("timeout"),
@@ -143,6 +146,27 @@ def _security(raw: dict[str, Any], options: Mapping[str, Any]) -> None:
     if web_auth and kind != "BasicHTTPAuth":
         raise LoweringError("--web-auth needs --auth-plugin BasicHTTPAuth (or security.web_auth in a config file)")
     _table(raw, "security", security)
+
+
+#: Option name -> tls.KEY (websockify's names).
+TLS_OPTIONS = {"cert": "cert", "key": "key", "ssl-version": "min_version", "ssl-ciphers": "ciphers"}
+
+
+def tls_settings(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The C{[tls]} table of websockify's C{--cert}, C{--key}, C{--ssl-only}, C{--ssl-version}, C{--ssl-ciphers},
+    C{--verify-client} and C{--cafile}."""
+    values = {key: options.get(option) for option, key in TLS_OPTIONS.items()}
+    values["ssl_only"] = True if options.get("ssl-only") else None
+    values["verify_client"] = True if options.get("verify-client") else None
+    values["cafile"] = options.get("cafile")
+    return values
+
+
+def _ssl_target(target: str) -> str:
+    """websockify's C{--ssl-target}: the short form's C{HOST:PORT} spoken to over TLS."""
+    if "://" in target:
+        raise LoweringError(f"--ssl-target takes the short form's HOST:PORT, not {target!r}; or write tls://HOST:PORT")
+    return "tls://" + target
 
 
 def _table(raw: dict[str, Any], name: str, values: dict[str, Any]) -> None:

@@ -30,14 +30,6 @@ SHORT_FORM = "[HOST:]PORT TARGET_HOST:TARGET_PORT"
 
 #: websockify options wsrouter does not have yet: what to write instead, or where it is coming.
 NOT_YET = {
-    "cert": "TLS comes with issue 10 (put a TLS proxy such as haproxy in front: examples/haproxy.cfg)",
-    "key": "TLS comes with issue 10 (put a TLS proxy such as haproxy in front: examples/haproxy.cfg)",
-    "ssl-only": "TLS comes with issue 10 (put a TLS proxy such as haproxy in front: examples/haproxy.cfg)",
-    "ssl-version": "TLS comes with issue 10",
-    "ssl-ciphers": "TLS comes with issue 10",
-    "ssl-target": "TLS to targets comes with issue 10",
-    "verify-client": "client certificates come with issue 10",
-    "cafile": "client certificates come with issue 10",
     "token-plugin": "dynamic targets (tokens) come with issue 9",
     "token-source": "dynamic targets (tokens) come with issue 9",
     "host-token": "dynamic targets (tokens) come with issue 9",
@@ -49,7 +41,7 @@ NOT_YET = {
     "libserver": "not needed: wsrouter has one server implementation",
     "file-only": "the web root never follows symlinks out of itself already; drop --file-only",
     "prefer-ipv6": "give the address you want, e.g. [::]:8080",
-    "ssl-target-host": "TLS to targets comes with issue 10",
+    "ssl-target-host": "not supported: a tls://HOST:PORT target is verified for its HOST",
 }
 DAEMON_HINT = "use twistd wsrouter ... (which daemonizes; -n keeps it in the foreground)"
 
@@ -73,7 +65,8 @@ class Options(usage.Options):
         f"websockify's form '{SHORT_FORM}' listens on PORT (loopback unless HOST is given) "
         "and sends every path to the TCP target. Routes: --route PATH[@SUBPROTOCOLS]=TARGET, "
         "where PATH is exact or ends in /* for a prefix (the longest match wins), and TARGET is "
-        "tcp://HOST:PORT, unix:///PATH, udp://HOST:PORT, unix-dgram:///PATH, exec:COMMAND ARGS "
+        "tcp://HOST:PORT, tls://HOST:PORT (certificate verified), unix:///PATH, udp://HOST:PORT, "
+        "unix-dgram:///PATH, exec:COMMAND ARGS "
         "(one process per connection), wrap:MODE:PROGRAM ARGS or echo:. "
         "--wrap MODE -- PROGRAM ARGS starts a TCP server program under the rebind shim, which moves "
         "the port it binds to a free loopback port; the router listens on PORT (or, without one, on "
@@ -93,6 +86,9 @@ class Options(usage.Options):
         ["verbose", "v", "Log debug messages too (websockify --verbose)."],
         ["traffic", None, "Log one debug line per message relayed (websockify --traffic); implies --verbose."],
         ["web-auth", None, "Ask the web root for the --auth-plugin BasicHTTPAuth credentials too (websockify)."],
+        ["ssl-only", None, "Refuse plain connections on the TLS listeners (403); needs --cert."],
+        ["verify-client", None, "Require a client certificate signed by a --cafile CA (refuses plain connections)."],
+        ["ssl-target", None, "Speak TLS to the short form's target, verifying its certificate (tls://HOST:PORT)."],
         ["daemon", "D", "websockify's daemon mode: " + DAEMON_HINT + "."],
     ]
     optParameters = [
@@ -124,6 +120,13 @@ class Options(usage.Options):
         ["max-forks", None, None, "Most exec: commands running at once per route (default unlimited); then 503."],
         ["workers", None, None,
          "Router processes sharing the listeners (default 1); wrapped programs still run once."],
+        ["cert", None, None,
+         "TLS on the tcp listeners: PEM file with the certificate (and the key, unless --key); "
+         "TLS and plain connections share the port unless --ssl-only."],
+        ["key", None, None, "PEM file with the TLS private key (default: in the --cert file)."],
+        ["cafile", None, None, "PEM file of the CAs client certificates must chain to (--verify-client)."],
+        ["ssl-version", None, None, "Lowest TLS version accepted: tlsv1_2 (default) or tlsv1_3."],
+        ["ssl-ciphers", None, None, "OpenSSL cipher string for TLS 1.2 (default: modern forward-secret ciphers)."],
         ["log-file", None, None, "Log to this file instead of stderr (websockify --log-file)."],
         ["max-header-bytes", None, None,
          "Largest request line plus headers, in bytes (default 65536); larger gets 431."],

@@ -343,8 +343,114 @@ class ReplayTarget:
         return f"replay:{self.path}" + (f"?speed={speed}" if self.speed != 1.0 else "")
 
 
+# -- TLS (issue 10) --------------------------------------------------------------
+
+#: Lowest TLS versions a listener may require; websockify's names are accepted too.
+TLS_VERSIONS = ("1.2", "1.3")
+_TLS_VERSION_NAMES = {"tlsv1_2": "1.2", "tlsv1_3": "1.3", "TLSv1.2": "1.2", "TLSv1.3": "1.3"}
+
+
+def _tls_version(value: Any) -> Any:
+    return _TLS_VERSION_NAMES.get(value, value) if isinstance(value, str) else value
+
+
+@frozen
+class TlsSettings:
+    """
+    TLS on the router's C{tcp:} listeners (C{[tls]}, websockify's C{--cert}).
+
+    Each such listener then accepts TLS and plain connections on the same
+    port, told apart by their first byte, unless C{ssl_only}.
+
+    @ivar cert: PEM file with the certificate (then any chain), and the key
+        too unless C{key} is given.
+    @ivar key: PEM file with the private key.
+    @ivar min_version: the lowest TLS version accepted (L{TLS_VERSIONS}).
+    @ivar ciphers: an OpenSSL cipher string for TLS 1.2; C{None}: Twisted's
+        modern default (forward-secret AEAD ciphers).
+    @ivar ssl_only: refuse plain connections (403, then close).
+    @ivar verify_client: require a client certificate that C{cafile}
+        vouches for (websockify's C{--verify-client}); plain connections,
+        which cannot carry one, are then refused as with C{ssl_only}.
+    @ivar cafile: PEM file of the CAs client certificates must chain to.
+    @ivar hosts: per-host certificates chosen by SNI, C{(name, cert, key)};
+        a name may start with C{*.}; other names get C{cert}.
+    """
+
+    cert: str
+    key: str | None = None
+    min_version: str = field(default="1.2", converter=_tls_version)
+    ciphers: str | None = None
+    ssl_only: bool = False
+    verify_client: bool = False
+    cafile: str | None = None
+    hosts: tuple[tuple[str, str, str | None], ...] = field(default=(), converter=_as_tuple)
+
+    def __attrs_post_init__(self) -> None:
+        checks = _Checks()
+        _check_bool(checks, "verify_client", self.verify_client)
+        _check_text(checks, "cafile", self.cafile, "a PEM file of CA certificates", optional=True)
+        if self.verify_client is True and self.cafile is None:
+            checks.add("cafile", "required with verify_client: the CAs client certificates must chain to")
+        if self.verify_client is False and self.cafile is not None:
+            checks.add("cafile", "is for verify_client, which is off")
+        for name, cert, key in self.hosts if isinstance(self.hosts, tuple) else ():
+            if not isinstance(name, str) or not re.fullmatch(r"(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*", name):
+                checks.add(f"hosts.{name}", "must be a host name, or *.DOMAIN")
+            _check_text(checks, f"hosts.{name}.cert", cert, "a PEM file")
+            _check_text(checks, f"hosts.{name}.key", key, "a PEM file", optional=True)
+        _check_text(checks, "cert", self.cert, "a PEM file")
+        _check_text(checks, "key", self.key, "a PEM file", optional=True)
+        _check_choice(checks, "min_version", self.min_version, TLS_VERSIONS)
+        _check_text(checks, "ciphers", self.ciphers, "an OpenSSL cipher string", optional=True)
+        _check_bool(checks, "ssl_only", self.ssl_only)
+        checks.raise_any()
+
+
+def _pin(value: Any) -> Any:
+    """A SHA-256 fingerprint as lower-case hex: C{sha256:}, colons and case are forgiven."""
+    if not isinstance(value, str):
+        return value
+    return value.lower().removeprefix("sha256:").replace(":", "")
+
+
+@frozen
+class TlsTarget:
+    """
+    A TLS server over TCP (C{tls://HOST:PORT}); its certificate is verified
+    for C{host} against the system's CAs unless told otherwise.
+
+    @ivar ca: a PEM file of CA certificates to trust instead of the system's.
+    @ivar pin: the SHA-256 fingerprint (hex) the server's certificate must
+        have; the CA chain and name are then not checked.
+    @ivar verify: C{False} accepts any certificate (logged loudly).
+    """
+
+    host: str
+    port: int
+    ca: str | None = None
+    pin: str | None = field(default=None, converter=_pin)
+    verify: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        checks = _Checks()
+        _check_text(checks, "host", self.host, "a host name or address")
+        _check_port(checks, "port", self.port)
+        _check_text(checks, "tls_ca", self.ca, "a PEM file of CA certificates", optional=True)
+        if self.pin is not None and not (isinstance(self.pin, str) and re.fullmatch(r"[0-9a-f]{64}", self.pin)):
+            checks.add("tls_pin", f"must be a SHA-256 fingerprint (64 hex digits), not {self.pin!r}")
+        _check_bool(checks, "tls_verify", self.verify)
+        if self.verify is False and (self.ca is not None or self.pin is not None):
+            checks.add("tls_verify", "false turns off the checks tls_ca and tls_pin ask for; give one or the other")
+        checks.raise_any()
+
+    def describe(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tls://{host}:{self.port}"
+
+
 Target: TypeAlias = (TcpTarget | UnixTarget | UdpTarget | UnixDatagramTarget | EchoTarget | ExecTarget
-                     | WrappedTarget | ReplayTarget)
+                     | WrappedTarget | ReplayTarget | TlsTarget)
 
 #: Target kinds whose natural unit is a datagram, not a byte stream.
 DATAGRAM_TARGETS = (UdpTarget, UnixDatagramTarget)
@@ -813,10 +919,13 @@ class RouterConfig:
     proxies: Proxies = field(factory=Proxies)
     security: Security = field(factory=Security)
     auth: tuple[Auth, ...] = field(default=(), converter=_as_tuple)
+    tls: TlsSettings | None = None
 
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
         self._check_auth(checks)
+        if self.tls is not None and not isinstance(self.tls, TlsSettings):
+            checks.add("tls", f"must be TLS settings, not {self.tls!r}")
         self._check_listeners(checks)
         self._check_proxies(checks)
         self._check_routes(checks)

@@ -44,6 +44,8 @@ from wsrouter.config.model import (
     Security,
     Target,
     TcpTarget,
+    TlsSettings,
+    TlsTarget,
     UdpTarget,
     UnixDatagramTarget,
     UnixTarget,
@@ -53,19 +55,23 @@ from wsrouter.config.model import (
 
 TOP_KEYS = ("listen", "workers", "pass_env", "follow_program_port", "limits", "lifetime", "log", "web",
             "recording", "programs", "routes", "trusted_proxies", "proxy_protocol",
-            "security", "auth")
+            "security", "auth", "tls")
 LIMITS_KEYS = ("max_message_size", "ping_interval", "ping_timeout", "session_idle_timeout", "handshake_timeout",
                "connect_timeout", "shutdown_grace", "max_forks", "max_header_bytes", "max_connections",
                "max_connections_per_client", "max_handshakes_per_client")
 SECURITY_KEYS = ("origin", "auth", "web_auth")
 AUTH_KEYS = ("htpasswd", "users", "tokens", "forward_user_header", "forward_from", "realm")
+TLS_KEYS = ("cert", "key", "min_version", "ciphers", "ssl_only", "verify_client", "cafile", "hosts")
+TLS_HOST_KEYS = ("cert", "key")
+#: Route keys for tls:// targets, and the TlsTarget fields they set.
+TLS_TARGET_KEYS = ("tls_ca", "tls_pin", "tls_verify")
 LIFETIME_KEYS = ("run_once", "start_timeout", "idle_exit")
 LOG_KEYS = ("file", "level", "traffic", "format")
 WEB_KEYS = ("root", "listing", "content_security_policy", "frame_options")
 RECORDING_KEYS = ("directory", "format", "max_bytes", "redact")
 PROGRAM_KEYS = ("mode", "command", "ports", "keep_env")
 ROUTE_KEYS = ("path", "subprotocols", "target", "framing", "max_forks", "record", "env", "proxy_protocol",
-              "origin", "auth")
+              "origin", "auth", *TLS_TARGET_KEYS)
 #: Keys holding numbers; a numeric string is accepted there (command-line values).
 _INTEGER_KEYS = ("workers", "max_message_size", "max_forks", "max_bytes", "max_header_bytes", "max_connections",
                  "max_connections_per_client", "max_handshakes_per_client")
@@ -81,9 +87,11 @@ MOVED_KEYS = {
 }
 
 #: Options a route string may carry in brackets (the file's keys, with '-').
-ROUTE_OPTIONS = ("framing", "max-forks", "record", "env", "proxy-protocol", "origin", "auth")
+ROUTE_OPTIONS = ("framing", "max-forks", "record", "env", "proxy-protocol", "origin", "auth",
+                 "tls-ca", "tls-pin", "tls-verify")
 
-TARGET_FORMS = ("tcp://HOST:PORT, HOST:PORT, unix:///PATH, udp://HOST:PORT, unix-dgram:///PATH, exec:COMMAND, "
+TARGET_FORMS = ("tcp://HOST:PORT, HOST:PORT, tls://HOST:PORT, unix:///PATH, udp://HOST:PORT, unix-dgram:///PATH, "
+                "exec:COMMAND, "
                 "wrap:MODE:PROGRAM, program:NAME, replay:FILE[?speed=FACTOR] or echo:")
 
 
@@ -206,6 +214,8 @@ def parse_target(text: str) -> Target:
         if not rest.startswith("/"):
             raise ValueError(f"{scheme} target needs an absolute path, e.g. {scheme}:///run/app.sock")
         return UnixTarget(rest) if scheme == "unix" else UnixDatagramTarget(rest)
+    if scheme == "tls":
+        return TlsTarget(*split_host_port(rest.rstrip("/")))
     if scheme in ("tcp", "udp"):
         host, port = split_host_port(rest.rstrip("/"))
         return TcpTarget(host, port) if scheme == "tcp" else UdpTarget(host, port)
@@ -276,6 +286,8 @@ def route_from_string(text: str) -> dict[str, Any]:
             env[name] = env_value
         elif key == "max-forks":
             entry["max_forks"] = int(value) if value.isascii() and value.isdigit() else value
+        elif key == "tls-verify":
+            entry["tls_verify"] = {"true": True, "false": False}.get(value, value)
         else:
             entry[key.replace("-", "_")] = value
     if env:
@@ -540,10 +552,54 @@ class _Builder:
             fields["env"] = tuple(env.items())
         elif env is not None:
             self.add(f"{path}.env", f"must be a table of NAME = \"value\", not {env!r}")
+        self.tls_target(values, fields, path)
         if len(self.problems) > failed:
             return None
         made: Route | None = self.make(Route, fields, path)
         return made
+
+    def tls_target(self, values: Mapping[str, Any], fields: dict[str, Any], path: str) -> None:
+        """A route's C{tls_*} keys go into its C{tls://} target (and are refused for other kinds)."""
+        given = {key: values[key] for key in TLS_TARGET_KEYS if key in values}
+        if not given:
+            return
+        target = fields.get("target")
+        if not isinstance(target, TlsTarget):
+            for key in given:
+                self.add(f"{path}.{key}", "is only for tls:// targets")
+            return
+        changes = {key[len("tls_"):]: value for key, value in given.items()}
+        fields["target"] = self.make(lambda **kw: attrs.evolve(target, **kw), changes, path)
+
+    def tls(self, raw: Any) -> TlsSettings | None:
+        if raw is None:
+            return None
+        values = self.table(raw, "tls", TLS_KEYS)
+        if values is None:
+            return None
+        if "cert" not in values:
+            self.add("tls.cert", "required: the PEM file with the certificate (and the key, unless tls.key)")
+            return None
+        if "hosts" in values:
+            values["hosts"] = self.tls_hosts(values["hosts"])
+        made: TlsSettings | None = self.make(TlsSettings, values, "tls")
+        return made
+
+    def tls_hosts(self, raw: Any) -> tuple[tuple[str, Any, Any], ...]:
+        """C{[tls.hosts."NAME"]} tables of cert and key: C{(name, cert, key)}."""
+        if not isinstance(raw, Mapping):
+            self.add("tls.hosts", f"must be a table of [tls.hosts.\"NAME\"] tables, not {raw!r}")
+            return ()
+        hosts = []
+        for name, entry in raw.items():
+            values = self.table(entry, f"tls.hosts.{name}", TLS_HOST_KEYS)
+            if values is None:
+                continue
+            if "cert" not in values:
+                self.add(f"tls.hosts.{name}.cert", "required")
+                continue
+            hosts.append((str(name), values["cert"], values.get("key")))
+        return tuple(hosts)
 
     # -- the whole --------------------------------------------------------
 
@@ -565,6 +621,7 @@ class _Builder:
         web = self.web(values.get("web"))
         recording = self.recording(values.get("recording"))
         security = self.security(values.get("security"))
+        tls = self.tls(values.get("tls"))
         programs = values.get("programs", {})
         if isinstance(programs, Mapping):
             for name, program in programs.items():
@@ -577,7 +634,7 @@ class _Builder:
             "listeners": listeners, "routes": routes, "web": web, "limits": limits, "recording": recording,
             "lifetime": lifetime, "log": log, "programs": (*self.programs.values(), *self.inline),
             "pass_env": pass_env, "follow_program_port": follow, "security": security,
-            "auth": self.auth(values.get("auth", {})),
+            "auth": self.auth(values.get("auth", {})), "tls": tls,
         }
         if "workers" in values:
             fields["workers"] = _number(values["workers"], True)
@@ -670,6 +727,11 @@ def _route_data(route: Route) -> dict[str, Any]:
         data["auth"] = route.auth
     if route.origin is not None:
         data["origin"] = route.origin if isinstance(route.origin, str) else list(route.origin)
+    if isinstance(route.target, TlsTarget):
+        target = route.target
+        data.update({key: value for key, value in
+                     (("tls_ca", target.ca), ("tls_pin", target.pin), ("tls_verify", target.verify))
+                     if value is not None and value is not True})
     return data
 
 
@@ -713,6 +775,11 @@ def to_data(config: RouterConfig) -> dict[str, Any]:
         data["trusted_proxies"] = list(config.proxies.trusted_proxies)
     if config.proxies.proxy_protocol:
         data["proxy_protocol"] = list(config.proxies.proxy_protocol)
+    if config.tls is not None:
+        data["tls"] = _fields(config.tls, TLS_KEYS[:-1])
+        if config.tls.hosts:
+            data["tls"]["hosts"] = {name: {"cert": cert, **({"key": key} if key else {})}
+                                    for name, cert, key in config.tls.hosts}
     return data
 
 

@@ -31,7 +31,10 @@ from wsrouter.process.supervisor import Supervisor
 from wsrouter.process.wrapped import ProgramNotFound, ProgramSet, WrappedProgram, wrapped_targets
 from wsrouter.proxyproto import ProxyHeaderFactory
 from wsrouter.rebind import ShimUnavailable
+from wsrouter.targets.tls import warn_unverified
 from wsrouter.targets.wrapped import WrappedConnector
+from wsrouter.tls import ServerTls, TlsProblem
+from wsrouter.tlsport import listener_factory
 from wsrouter.web.channel import limit_requests
 from wsrouter.web.resource import RouterResource
 from wsrouter.web.static import build_web_root, security_headers
@@ -119,6 +122,7 @@ class RouterService(MultiService):
         self.site.noisy = False
         limit_requests(self.site, lambda: self.gateway.config.limits)
         self._reactor = reactor
+        self.tls = server_tls(config)
         self.listeners: list[ListenerService] = []
         for description in config.listeners:
             self.add_listener(description)
@@ -143,7 +147,9 @@ class RouterService(MultiService):
 
     def add_listener(self, description: str) -> ListenerService:
         """Listen on C{description} too (at once if running); L{CannotListen} if that fails."""
-        listener = ListenerService(self._reactor, description, listener_factory(self, description))
+        factory = proxy_header_factory(self, description, listener_factory(
+            description, self.site, self.tls, self._reactor, self.config.limits.handshake_timeout))
+        listener = ListenerService(self._reactor, description, factory)
         listener.setServiceParent(self)  # type: ignore[no-untyped-call]
         self.listeners.append(listener)
         return listener
@@ -156,6 +162,7 @@ class RouterService(MultiService):
         for route in self.config.routes:
             log.info("route {route} -> {target}", route=route.describe(), target=route.target.describe())
         log.info("{capacity}", capacity=self.descriptors.describe_capacity(self.config))
+        warn_unverified(self.config)
         start_programs(self._programs.ordered())
 
     def _program_listening(self, program: WrappedProgram) -> None:
@@ -189,7 +196,7 @@ class RouterService(MultiService):
         await self._programs.remove_others(targets)
         added = self._programs.add(targets)
         self._programs.reorder(targets)
-        problems: list[str] = []
+        problems: list[str] = reload_tls(self, config)
         try:
             start_programs(added)
         except CannotStart as e:
@@ -199,6 +206,7 @@ class RouterService(MultiService):
         self.config = config
         problems += await self._change_listeners(config.listeners, reproxied)
         self.gateway.use_config(config)
+        warn_unverified(config)
         log.info("configuration reloaded: {routes} routes, {listeners} listeners, {programs} wrapped programs",
                  routes=len(config.routes), listeners=len(self.listeners), programs=len(targets))
         if problems:
@@ -240,20 +248,50 @@ class _HasConfigAndSite(Protocol):
     site: GuardedSite
 
 
-def listener_factory(service: _HasConfigAndSite, description: str) -> Factory[Any]:
+def proxy_header_factory(service: _HasConfigAndSite, description: str, inner: Factory[Any]) -> Factory[Any]:
     """
-    The factory for the listener C{description}: the service's Site, read
-    through a PROXY header first on the listeners in C{proxy_protocol}.
+    The factory for the listener C{description}: C{inner} (the service's
+    Site, behind TLS detection when TLS is on), read through a PROXY header
+    first on the listeners in C{proxy_protocol} (the header comes before TLS).
     The trusted proxies are read from the service's config at each
     connection, so a reload changes them for new connections.
     """
     if description not in service.config.proxies.proxy_protocol:
-        return service.site
+        return inner
 
     def is_trusted(host: str) -> bool:
         return clientaddr.is_trusted(host, service.config.proxies.trusted_proxies)
 
-    return ProxyHeaderFactory(service.site, is_trusted)
+    return ProxyHeaderFactory(inner, is_trusted)
+
+
+def server_tls(config: RouterConfig) -> ServerTls | None:
+    """The listeners' TLS certificate holder (C{None} without C{[tls]}); L{CannotStart} if it cannot load."""
+    if config.tls is None:
+        return None
+    try:
+        return ServerTls(config.tls)
+    except TlsProblem as e:
+        raise CannotStart(f"tls: {e}") from None
+
+
+def reload_tls(service: Any, config: RouterConfig) -> list[str]:
+    """
+    New TLS handshakes use C{config.tls} (open sessions keep theirs); the
+    problems met (the old certificate then stays in force).  Turning TLS on
+    or off takes a restart: listeners keep what they were opened with.
+    """
+    if (service.tls is None) != (config.tls is None):
+        return ["tls: turning TLS on or off for the listeners takes a restart"]
+    if service.tls is None or config.tls is None:
+        return []
+    # Even unchanged settings are read again: certificates are renewed in place.
+    try:
+        service.tls.use(config.tls)
+    except TlsProblem as e:
+        return [f"tls: {e}; the previous certificate stays in use"]
+    log.info("TLS certificate reloaded from {cert}", cert=config.tls.cert)
+    return []
 
 
 def start_programs(programs: list[WrappedProgram]) -> None:

@@ -31,9 +31,16 @@ from wsrouter.config import RouterConfig, WrappedTarget
 from wsrouter.descriptors import DescriptorGuard, GuardedSite
 from wsrouter.interfaces import TargetError
 from wsrouter.process.wrapped import AddressWaiters, program_name, wrapped_targets
-from wsrouter.service.single import build_resource, listener_factory, program_wait_timeout
+from wsrouter.service.single import (
+    build_resource,
+    program_wait_timeout,
+    proxy_header_factory,
+    reload_tls,
+    server_tls,
+)
 from wsrouter.service.workers import CONTROL_FD, decode_config
 from wsrouter.targets.wrapped import WrappedConnector
+from wsrouter.tlsport import listener_factory
 from wsrouter.web.channel import limit_requests
 
 log = Logger(namespace="wsrouter")
@@ -110,6 +117,7 @@ class WorkerService(Service):
         self.site = GuardedSite(self.resource, self.descriptors)
         self.site.noisy = False
         limit_requests(self.site, lambda: self.gateway.config.limits)
+        self.tls = server_tls(config)
         self.programs: dict[WrappedTarget, ProgramAddress] = {}
         self._adopt_programs(config, addresses)
         self.gateway.connectors.register(
@@ -138,16 +146,20 @@ class WorkerService(Service):
         self._adopt_programs(config, states)
         self.config = config
         self.gateway.use_config(config)
+        for problem in reload_tls(self, config):
+            log.error("reload incomplete: {problem}", problem=problem)
         log.info("configuration reloaded: {routes} routes", routes=len(config.routes))
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
         # The configured listeners first, in order; then any the supervisor
-        # opened itself (follow_program_port), which never read PROXY headers.
-        descriptions = [*self.config.listeners, *[""] * len(self._fds)]
+        # opened itself (follow_program_port: the program's tcp port), which
+        # never read PROXY headers.
+        descriptions = [*self.config.listeners, *["tcp:"] * len(self._fds)]
         for fd, description in zip(self._fds, descriptions, strict=False):
             inherited = socket.socket(fileno=fd)
-            factory = listener_factory(self, description)
+            factory = proxy_header_factory(self, description, listener_factory(
+                description, self.site, self.tls, self._reactor, self.config.limits.handshake_timeout))
             try:
                 self.ports.append(self._reactor.adoptStreamPort(inherited.fileno(), inherited.family, factory))
             finally:

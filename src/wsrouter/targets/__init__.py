@@ -15,6 +15,7 @@ from wsrouter.config import (
     Limits,
     ReplayTarget,
     TcpTarget,
+    TlsTarget,
     UdpTarget,
     UnixDatagramTarget,
     UnixTarget,
@@ -25,6 +26,7 @@ from wsrouter.targets.echo import EchoConnector
 from wsrouter.targets.exec import ExecConnector
 from wsrouter.targets.replay import ReplayConnector
 from wsrouter.targets.stream import StreamConnector
+from wsrouter.targets.tls import TlsConnector
 
 
 class Connectors:
@@ -32,12 +34,14 @@ class Connectors:
 
     def __init__(self, reactor: Any, limits: Limits, pass_env: Sequence[str] = ()):
         stream = self._stream = StreamConnector(reactor, limits.connect_timeout)
+        tls = self._tls = TlsConnector(reactor, limits.connect_timeout)
         datagram = DatagramConnector(reactor)
         #: Runs the C{exec:} targets' commands (one process per session).
         self.commands = ExecConnector(reactor, limits, pass_env)
         self._by_kind: dict[type, Connector] = {
             TcpTarget: stream,
             UnixTarget: stream,
+            TlsTarget: tls,
             UdpTarget: datagram,
             UnixDatagramTarget: datagram,
             EchoTarget: EchoConnector(),
@@ -51,6 +55,7 @@ class Connectors:
         environment names (a reload); commands already running are untouched.
         """
         self._stream.use_timeout(limits.connect_timeout)
+        self._tls.use_timeout(limits.connect_timeout)
         self.commands.use_settings(limits, pass_env)
 
     def register(self, kind: type, connector: Connector) -> None:
