@@ -808,3 +808,44 @@ def test_workers_reload_the_certificate_on_sighup(certs: dict[str, Pair], tmp_pa
             time.sleep(0.05)
         assert router.log().count("TLS certificate reloaded") >= 2, router.log()
         assert {peer_common_name(url, context) for _ in range(8)} == {"renewed"}
+
+
+@needs_openssl
+@pytest_twisted.inlineCallbacks
+def test_proxy_header_before_tls_names_the_client(certs: dict[str, Pair]) -> Any:
+    """On a TLS listener that expects PROXY headers, the header comes first, then TLS; exec sees the named client."""
+    import json
+    import socket
+    import sys
+
+    from wsrouter.proxyproto import build_header
+
+    listener = "tcp:0:interface=127.0.0.1"
+    script = "import json, os; print(json.dumps({'addr': os.environ['REMOTE_ADDR']}))"
+    service = start_router(listen=[listener], proxy_protocol=[listener], trusted_proxies=["127.0.0.1/32"],
+                           routes=[f"/env=exec:{sys.executable} -c \"{script}\""],
+                           tls={"cert": str(certs["server"].combined)})
+    context = client_context(certs["ca"])
+
+    def client() -> dict[str, Any]:
+        raw = socket.create_connection(("127.0.0.1", service.port_number), timeout=15)
+        raw.sendall(build_header("v2", ("203.0.113.7", 40002), ("198.51.100.1", 443)))
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall((f"GET /env HTTP/1.1\r\nHost: localhost:{service.port_number}\r\nUpgrade: websocket\r\n"
+                         "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                         "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+            data = b""
+            while b"}" not in data.partition(b"\r\n\r\n")[2]:
+                chunk = tls.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 101"), head
+            return dict(json.loads(body[2:body.index(b"}") + 1]))
+
+    try:
+        env = yield in_thread(client)
+    finally:
+        yield service.stopService()
+    assert env["addr"] == "203.0.113.7"
