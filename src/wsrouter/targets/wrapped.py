@@ -1,6 +1,7 @@
 """
 Wrapped-program targets: connect to wherever the rebind shim moved the
-program's port, waiting (bounded) for it to come up.
+program's port -- a Unix socket in a private directory, or a loopback port
+-- waiting (bounded) for it to come up.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
-from wsrouter.config import TcpTarget, WrappedTarget
+from wsrouter.config import TcpTarget, UnixTarget, WrappedTarget
 from wsrouter.interfaces import Link, SessionInfo, TargetError
 from wsrouter.targets.stream import StreamConnector
 
@@ -29,7 +30,11 @@ class ProgramEndpoint(Protocol):
     """
 
     def when_ready(self, timeout: float) -> Deferred[tuple[str, int]]:
-        """The program's address once it listens; a L{TargetError} if not in time or never."""
+        """
+        The program's address once it listens, C{(host, port)} or, for a
+        private Unix socket, C{(path, 0)}; a L{TargetError} if not in time or
+        never.
+        """
 
     def gone_reason(self) -> str | None:
         """Why the program will not listen again without a new start; C{None} while it may."""
@@ -79,8 +84,16 @@ class WrappedConnector:
         return attempt  # type: ignore[return-value]
 
     def _connect(self, address: tuple[str, int], session: SessionInfo) -> Deferred[Link]:
-        direct = attrs.evolve(session, route=attrs.evolve(session.route, target=TcpTarget(*address)))
+        direct = attrs.evolve(session, route=attrs.evolve(session.route, target=program_link_target(address)))
         return self._stream.connect(direct)
+
+
+def program_link_target(address: tuple[str, int]) -> TcpTarget | UnixTarget:
+    """Where a program's address points: C{(path, 0)} is a Unix socket, anything else a TCP port."""
+    host, port = address
+    if port == 0 and host.startswith("/"):
+        return UnixTarget(host)
+    return TcpTarget(host, port)
 
 
 def _is_refusal(reason: Failure) -> bool:
