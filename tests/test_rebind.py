@@ -40,6 +40,7 @@ from wsrouter.rebind import (
     ENV_FD,
     ENV_KEEP,
     ENV_PORTS,
+    PEER_PREFIX,
     ShimReport,
     ShimUnavailable,
     find_shim,
@@ -289,6 +290,7 @@ def test_variable_names_agree_with_c_source() -> None:
     assert defines["ENV_FD"] == ENV_FD
     assert defines["ENV_KEEP"] == ENV_KEEP
     assert defines["ENV_DIR"] == ENV_DIR
+    assert re.findall(r'#define PEER_PREFIX "([^"]*)"', SOURCE.read_text()) == [PEER_PREFIX]
 
 
 # --- moving binds -------------------------------------------------------------
@@ -827,10 +829,12 @@ def sockets_in(path: Path) -> list[Path]:
     return sorted(entry for entry in path.iterdir() if entry.is_socket())
 
 
-def unix_talk(path: str) -> bytes:
-    """Connect to a Unix socket and read until the server closes."""
+def unix_talk(path: str, name: str | None = None) -> bytes:
+    """Connect to a Unix socket (from one bound to name, if given) and read until the server closes."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.settimeout(TIMEOUT)
+        if name is not None:
+            conn.bind(name)
         conn.connect(path)
         chunks = []
         while chunk := conn.recv(4096):
@@ -997,3 +1001,55 @@ def test_find_shim_skips_a_build_from_before_private_mode(package: Path, tmp_pat
     shutil.copy(SOURCE, package / "rebind.c")
     (package / "rebind.so").write_bytes(b"\x7fELF old build: " + ENV_FD.encode() + b"\0" + ENV_PORTS.encode() + b"\0")
     assert Path(find_shim()).parent == tmp_path / "cache" / "wsrouter"
+
+
+CLIENTS = [
+    pytest.param("4", "0.0.0.0", "192.0.2.7", "192.0.2.7", id="ipv4-client-ipv4-socket"),
+    pytest.param("6", "::", "192.0.2.7", "::ffff:192.0.2.7", id="ipv4-client-ipv6-socket", marks=needs_ipv6),
+    pytest.param("dual", "::ffff:0.0.0.0", "192.0.2.7", "::ffff:192.0.2.7", id="ipv4-client-mapped",
+                 marks=needs_ipv6),
+    pytest.param("6", "::", "2001:db8::1", "2001:db8::1", id="ipv6-client-ipv6-socket", marks=needs_ipv6),
+    pytest.param("4", "0.0.0.0", "2001:db8::1", None, id="ipv6-client-ipv4-socket"),
+]
+
+
+@pytest.mark.parametrize(("family", "host", "client", "shown"), CLIENTS)
+def test_private_mode_shows_the_client_the_router_names(
+    shim: str, accept_probe: str, private_dir: Path, family: str, host: str, client: str, shown: str | None
+) -> None:
+    """
+    A connection from a socket bound to the abstract name "wsrouter-peer IP PORT NONCE" shows that client to accept()
+    and getpeername() (IPv4 as ::ffff: on IPv6 sockets); an IPv6 client on an IPv4 socket falls back to loopback.
+    """
+    with held_port(family, host) as holder:
+        port = holder.getsockname()[1]
+        with wrapped(shim, [accept_probe, family, host, str(port)], str(port), private_dir=str(private_dir)) as prog:
+            report = prog.report()
+            assert report.path is not None
+            prog.line()
+            assert unix_talk(report.path, f"\0{PEER_PREFIX}{client} 4242 0123abcd") == b"hi\n"
+            accepted = prog.line().split()
+            if shown is None:
+                assert accepted[1] == "127.0.0.1" and accepted[2] != "4242"
+            else:
+                assert accepted[1:3] == [shown, "4242"]
+            assert accepted[6:9] == ["peer", *accepted[1:3]]
+
+
+@pytest.mark.parametrize("name", [
+    "\0wsrouter-peer 192.0.2.7",
+    "\0wsrouter-peer 192.0.2.7 70000 x",
+    "\0wsrouter-peer 192.0.2.7 42x y",
+    "\0wsrouter-peer host.example 42 x",
+    "\0someone-else 192.0.2.7 42 x",
+])
+def test_private_mode_ignores_other_peer_names(shim: str, accept_probe: str, private_dir: Path, name: str) -> None:
+    """A peer name that is not a well-formed client address leaves the loopback stand-in."""
+    with held_port("4", "0.0.0.0") as holder:
+        port = holder.getsockname()[1]
+        with wrapped(shim, [accept_probe, "4", "0.0.0.0", str(port)], str(port), private_dir=str(private_dir)) as prog:
+            report = prog.report()
+            assert report.path is not None
+            prog.line()
+            assert unix_talk(report.path, name) == b"hi\n"
+            assert prog.line().split()[1] == "127.0.0.1"

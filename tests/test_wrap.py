@@ -382,3 +382,13 @@ def test_wrap_socket_loopback_keeps_the_loopback_port(tmp_path, short_tmp):
         (program_pid,) = pids_in_log(log)
         assert listening_tcp_ports(program_pid) == {int(moved.group(1))}
         assert list(short_tmp.iterdir()) == []
+
+
+def test_the_program_sees_the_websocket_client(tmp_path, short_tmp):
+    """On a private socket, the program's accept() and getpeername() show the WebSocket client's address and port."""
+    port = free_port()
+    log_path = tmp_path / "router.log"
+    args = ["--wrap", "respawn", str(port), "--", *server(port, "--tell-peer")]
+    with router_in(short_tmp, log_path, args, port), connect(f"ws://127.0.0.1:{port}/") as ws:
+        client_port = ws.socket.getsockname()[1]
+        assert ws.recv(timeout=10) == f"peer 127.0.0.1 {client_port} 127.0.0.1 {client_port}\n".encode()

@@ -32,6 +32,7 @@ __all__ = [
     "ENV_FD",
     "ENV_KEEP",
     "ENV_PORTS",
+    "PEER_PREFIX",
     "ShimReport",
     "ShimUnavailable",
     "find_shim",
@@ -47,6 +48,10 @@ ENV_FD = "WSROUTER_REBIND_FD"
 ENV_KEEP = "WSROUTER_REBIND_KEEP"
 #: A private directory (mode 0700): moved sockets become Unix sockets there.
 ENV_DIR = "WSROUTER_REBIND_DIR"
+#: The abstract Unix socket name prefix under which the router passes a
+#: WebSocket client's address to a program on a private socket:
+#: C{"\0" + PEER_PREFIX + "<ip> <port> <nonce>"}.
+PEER_PREFIX = "wsrouter-peer "
 #: Move every TCP bind to a non-zero port, for when the port is not known.
 ALL_PORTS = "*"
 

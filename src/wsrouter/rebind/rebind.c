@@ -63,8 +63,11 @@
  *     on an accepted connection, the loopback address of the requested
  *     family with the requested port;
  *   - accept()/accept4() and getpeername() on an accepted connection return
- *     a loopback address of that family (the real client is the router) with
- *     a port made from the connection's inode;
+ *     the WebSocket client's address when the router bound its end of the
+ *     connection to the abstract name "\0wsrouter-peer <ip> <port> <nonce>"
+ *     (an IPv4 client as ::ffff:a.b.c.d on an IPv6 socket; an IPv6 client
+ *     on an IPv4 socket cannot be shown), else a loopback address of the
+ *     socket's family with a port made from the connection's inode;
  *   - setsockopt() at the IP, IPv6 and TCP levels succeeds doing nothing,
  *     getsockopt() there reads 0, and SO_DOMAIN/SO_PROTOCOL read the TCP
  *     family and IPPROTO_TCP.
@@ -75,6 +78,7 @@
  */
 
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -96,6 +100,8 @@
 #define ENV_FD "WSROUTER_REBIND_FD"
 #define ENV_KEEP "WSROUTER_REBIND_KEEP"
 #define ENV_DIR "WSROUTER_REBIND_DIR"
+/* The abstract socket name prefix under which the router passes the client. */
+#define PEER_PREFIX "wsrouter-peer "
 #define ENV_PRELOAD "LD_PRELOAD"
 
 /* The kernel's shortest accepted AF_INET6 address (RFC 2133, no scope id). */
@@ -733,12 +739,76 @@ static int private_socket(int fd, union address *local, socklen_t *local_len, un
     return 1;
 }
 
-/* A connection's stand-in peer: loopback, with a port made from its inode. */
-static int fake_peer(int fd, union address *peer, socklen_t *peer_len)
+/*
+ * The WebSocket client's address, if the router bound its end of the
+ * connection to the abstract name PEER_PREFIX "<ip> <port> <nonce>". Only the
+ * router's user can connect to a private socket, so the name is trusted.
+ */
+static int client_address(const union address *unix_peer, socklen_t len, int *family,
+                          unsigned char ip[16], unsigned short *port)
+{
+    static const char prefix[] = PEER_PREFIX;
+    size_t start = offsetof(struct sockaddr_un, sun_path);
+    if (len <= start + 1 || len > sizeof(struct sockaddr_un) || unix_peer->un.sun_path[0] != '\0')
+        return 0;
+    char name[sizeof unix_peer->un.sun_path];
+    size_t n = len - start - 1;
+    memcpy(name, unix_peer->un.sun_path + 1, n);
+    name[n] = '\0';
+    if (strncmp(name, prefix, sizeof prefix - 1) != 0)
+        return 0;
+    char *host = name + sizeof prefix - 1;
+    char *space = strchr(host, ' ');
+    if (space == NULL)
+        return 0;
+    *space = '\0';
+    char *end;
+    unsigned long value = strtoul(space + 1, &end, 10);
+    if (end == space + 1 || *end != ' ' || value > 65535)
+        return 0;
+    *port = (unsigned short)value;
+    if (inet_pton(AF_INET, host, ip) == 1)
+        *family = AF_INET;
+    else if (inet_pton(AF_INET6, host, ip) == 1)
+        *family = AF_INET6;
+    else
+        return 0;
+    return 1;
+}
+
+/*
+ * A connection's peer as the program should see it: the WebSocket client's
+ * address when the router passed it (shown in the listener's family, an
+ * IPv4 client as ::ffff:a.b.c.d on an IPv6 socket), else loopback with a
+ * port made from the connection's inode.
+ */
+static int fake_peer(int fd, const union address *unix_peer, socklen_t unix_len,
+                     union address *peer, socklen_t *peer_len)
 {
     unsigned short port;
     if (!private_socket(fd, peer, peer_len, &port))
         return 0;
+    int family;
+    unsigned char ip[16];
+    unsigned short client_port;
+    if (client_address(unix_peer, unix_len, &family, ip, &client_port)) {
+        if (peer->sa.sa_family == AF_INET && family == AF_INET) {
+            memcpy(&peer->in4.sin_addr, ip, 4);
+            peer->in4.sin_port = htons(client_port);
+            return 1;
+        }
+        if (peer->sa.sa_family == AF_INET6) {
+            if (family == AF_INET) {
+                set_v4mapped_loopback(&peer->in6);
+                memcpy(&peer->in6.sin6_addr.s6_addr[12], ip, 4);
+            } else {
+                memcpy(&peer->in6.sin6_addr, ip, 16);
+            }
+            peer->in6.sin6_port = htons(client_port);
+            return 1;
+        }
+        /* An IPv6 client cannot be shown on an IPv4 socket: loopback it is. */
+    }
     struct stat st;
     unsigned short fake = 32768;
     if (fstat(fd, &st) == 0)
@@ -805,7 +875,7 @@ int getpeername(int fd, struct sockaddr *addr, socklen_t *len)
     int saved = errno;
     union address peer;
     socklen_t peer_len;
-    if (actual.sa.sa_family == AF_UNIX && fake_peer(fd, &peer, &peer_len))
+    if (actual.sa.sa_family == AF_UNIX && fake_peer(fd, &actual, actual_len, &peer, &peer_len))
         copy_out(&peer, peer_len, addr, len);
     else
         copy_out(&actual, actual_len, addr, len);
@@ -830,7 +900,7 @@ int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
     int saved = errno;
     union address peer;
     socklen_t peer_len;
-    if (actual.sa.sa_family == AF_UNIX && fake_peer(conn, &peer, &peer_len))
+    if (actual.sa.sa_family == AF_UNIX && fake_peer(conn, &actual, actual_len, &peer, &peer_len))
         copy_out(&peer, peer_len, addr, len);
     else
         copy_out(&actual, actual_len, addr, len);
