@@ -18,10 +18,20 @@ import pytest
 from twisted.internet.task import Clock
 
 from wsrouter.cli.lower import LoweringError, options_to_raw
-from wsrouter.config import ConfigError, TcpTarget, UnixTarget, WrappedTarget, build_config, load_config, to_data
+from wsrouter.config import (
+    ConfigError,
+    Route,
+    TcpTarget,
+    UnixTarget,
+    WrappedTarget,
+    build_config,
+    load_config,
+    to_data,
+)
+from wsrouter.interfaces import SessionInfo
 from wsrouter.process.wrapped import WrappedProgram
 from wsrouter.rebind.private import PrivateDirError, clear_sockets, make_private_dir, remove_private_dir
-from wsrouter.targets.wrapped import program_link_target
+from wsrouter.targets.wrapped import peer_name, program_link_target
 
 ROUTE = '[[routes]]\npath = "/"\ntarget = "program:p"\n'
 
@@ -169,3 +179,25 @@ def test_loopback_program_ignores_unix_reports() -> None:
 def test_program_link_target(address: tuple[str, int], target: UnixTarget | TcpTarget) -> None:
     """A (path, 0) address is connected as a Unix socket, any other as TCP."""
     assert program_link_target(address) == target
+
+
+def session_from(host: str, port: int) -> SessionInfo:
+    route = Route(path="/", target=WrappedTarget("respawn", ("server",), name="p"))
+    return SessionInfo(session_id="s1", peer_host=host, peer_port=port, server_name="localhost", server_port=80,
+                       secure=False, path="/", route_path="/", query="", headers=(), subprotocol=None, route=route)
+
+
+@pytest.mark.parametrize(("host", "port", "prefix"), [
+    ("192.0.2.7", 4242, "\0wsrouter-peer 192.0.2.7 4242 "),
+    ("2001:db8::1", 1, "\0wsrouter-peer 2001:db8::1 1 "),
+    ("/run/router.sock", 0, None),
+    ("", 0, None),
+])
+def test_peer_name(host: str, port: int, prefix: str | None) -> None:
+    """The router names its end after an IP client, with a fresh nonce; a non-IP peer (a Unix listener) gets none."""
+    name = peer_name(session_from(host, port))
+    if prefix is None:
+        assert name is None
+    else:
+        assert name is not None and name.startswith(prefix) and len(name.encode()) <= 107
+        assert name != peer_name(session_from(host, port))
