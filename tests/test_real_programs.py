@@ -9,7 +9,9 @@ possible these tests skip and say why.
 from __future__ import annotations
 
 import datetime
+import errno
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from .other_user import connect_as_other_user
 from .support import REPO, RouterProcess, connect, free_port
 
 CACHE = REPO / ".cache"
@@ -97,8 +100,10 @@ def test_telnetd_login_prompt_twice_with_respawn(tmp_path):
         second = telnet_login_prompt(port)  # telnetd -debug serves one connection, then is respawned
         assert b"login:" in second, second
         assert "restarting in" in router.log()
+        directory = private_directory(router.log())
     finally:
         router.stop()
+    assert not directory.exists()
 
 
 @pytest.fixture
@@ -122,15 +127,36 @@ def xvfb_display():
         xvfb.wait(10)
 
 
-def test_x11vnc_behind_the_router(tmp_path, xvfb_display):
-    """x11vnc wrapped in respawn mode greets a WebSocket client with its RFB version, like noVNC sees it."""
+@pytest.mark.parametrize("socket_mode", ["private", "loopback"])
+def test_x11vnc_behind_the_router(tmp_path, xvfb_display, socket_mode):
+    """
+    x11vnc wrapped in respawn mode greets a WebSocket client with its RFB version, like noVNC sees it, on a private
+    socket (removed at stop) or a loopback port.
+    """
     port = free_port()
     program = ["x11vnc", "-display", xvfb_display, "-rfbport", str(port), "-forever", "-shared", "-nopw",
                "-quiet"]
-    router = RouterProcess(["--wrap", "respawn", str(port), "--", *program], port, tmp_path / "router.log")
+    router = RouterProcess(["--wrap", "respawn", "--wrap-socket", socket_mode, str(port), "--", *program], port,
+                           tmp_path / "router.log")
     try:
         with connect(f"ws://127.0.0.1:{port}/websockify", subprotocols=["binary"]) as ws:
             greeting = ws.recv(timeout=20)
         assert greeting.startswith(b"RFB 003.")
+        directory = private_directory(router.log()) if socket_mode == "private" else None
+        if directory is not None and os.geteuid() == 0:
+            sockets = list(directory.iterdir())  # x11vnc binds IPv4 and IPv6: two sockets
+            assert sockets and all(sock.is_socket() for sock in sockets)
+            for sock in sockets:  # x11vnc is reached only through the router
+                assert connect_as_other_user(str(sock)) == errno.EACCES
+        if socket_mode == "loopback":
+            assert re.search(rf"asked for port {port}; listening on 127\.0\.0\.1:\d+ instead", router.log())
     finally:
         router.stop()
+    assert directory is None or not directory.exists()
+
+
+def private_directory(log: str) -> Path:
+    """The private socket directory the router's log names for the (one) wrapped program."""
+    found = re.search(r"listening on the private socket (/\S+)/[^/\s]+\.sock instead", log)
+    assert found is not None, log
+    return Path(found.group(1))

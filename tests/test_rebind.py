@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -35,15 +36,19 @@ import pytest
 import wsrouter.rebind as rebind
 from wsrouter.rebind import (
     ALL_PORTS,
+    ENV_DIR,
     ENV_FD,
     ENV_KEEP,
     ENV_PORTS,
+    PEER_PREFIX,
     ShimReport,
     ShimUnavailable,
     find_shim,
     parse_report_line,
     shim_environment,
 )
+
+from .other_user import connect_as_other_user, needs_root
 
 TIMEOUT = 10.0
 SOURCE = Path(rebind.__file__).with_name("rebind.c")
@@ -181,14 +186,17 @@ def wrapped(
     keep: bool = False,
     base_env: Mapping[str, str] | None = None,
     stdin: int = subprocess.DEVNULL,
+    private_dir: str | None = None,
+    umask: int = -1,
 ) -> Iterator[Wrapped]:
-    """Run argv under the shim; kill its whole process group afterwards."""
+    """Run argv under the shim (private mode with private_dir); kill its whole process group afterwards."""
     read_end, write_end = os.pipe()
     reports = Lines(read_end)
     proc: subprocess.Popen[bytes] | None = None
     try:
         env = shim_environment(
-            ports, write_end, keep, base_env=os.environ if base_env is None else base_env, shim=shim
+            ports, write_end, keep, base_env=os.environ if base_env is None else base_env, shim=shim,
+            private_dir=private_dir,
         )
         argv = [arg.replace(REPORT_FD, str(write_end)) for arg in argv]
         proc = subprocess.Popen(
@@ -198,6 +206,7 @@ def wrapped(
             stdin=stdin,
             stdout=subprocess.PIPE,
             start_new_session=True,
+            umask=umask,
         )
         child_fd, write_end = write_end, -1
         os.close(child_fd)
@@ -280,6 +289,8 @@ def test_variable_names_agree_with_c_source() -> None:
     assert defines["ENV_PORTS"] == ENV_PORTS
     assert defines["ENV_FD"] == ENV_FD
     assert defines["ENV_KEEP"] == ENV_KEEP
+    assert defines["ENV_DIR"] == ENV_DIR
+    assert re.findall(r'#define PEER_PREFIX "([^"]*)"', SOURCE.read_text()) == [PEER_PREFIX]
 
 
 # --- moving binds -------------------------------------------------------------
@@ -676,6 +687,13 @@ def test_shim_environment_rejects_unpreloadable_path() -> None:
         (b"bound 5900 127.0.0.1 41234 extra\n", None),
         (b"bound 5900 127.0.0.1 41234\n\n", None),
         (b"failed 5900\n", None),
+        (b"bound 5900 unix /run/user/0/wsrouter-x/4-5900-12-1.sock\n",
+         ShimReport(5900, None, None, None, path="/run/user/0/wsrouter-x/4-5900-12-1.sock")),
+        (b"bound 0 unix /tmp/d/4-0-1-1.sock\n", None),
+        (b"bound 5900 unix relative/4-5900-1-1.sock\n", None),
+        (b"bound 5900 unix /tmp/d/../4-5900-1-1.sock\n", None),
+        (b"bound 5900 unix /tmp/d/with space.sock\n", None),
+        (b"bound 5900 unix /tmp/d/" + b"x" * 120 + b"\n", None),
         (b"failed 5900 eaddrinuse\n", None),
     ],
 )
@@ -774,3 +792,264 @@ def test_errno_is_used_by_name() -> None:
     """The errno names the shim writes are the standard ones the router can look up."""
     names = set(re.findall(r'return "(E[A-Z]+)"', SOURCE.read_text()))
     assert names and all(hasattr(errno, name) for name in names)
+
+
+# --- private mode ---------------------------------------------------------------
+
+PROBE_SOURCE = Path(__file__).parent / "programs" / "accept_probe.c"
+
+
+@pytest.fixture(scope="session")
+def accept_probe(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """tests/programs/accept_probe.c, compiled: a plain C server calling accept(), getsockname, getpeername."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler")
+    out = tmp_path_factory.mktemp("probe") / "accept_probe"
+    result = subprocess.run([compiler, "-O2", "-Wall", "-Wextra", "-o", str(out), str(PROBE_SOURCE)],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    return str(out)
+
+
+@pytest.fixture
+def private_dir() -> Iterator[Path]:
+    """
+    A directory only this user can enter, as the router makes for a program; in the system temp dir, as pytest's
+    are too long to hold a Unix socket name.
+    """
+    path = Path(tempfile.mkdtemp(prefix="wsr-test-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+def sockets_in(path: Path) -> list[Path]:
+    return sorted(entry for entry in path.iterdir() if entry.is_socket())
+
+
+def unix_talk(path: str, name: str | None = None) -> bytes:
+    """Connect to a Unix socket (from one bound to name, if given) and read until the server closes."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(TIMEOUT)
+        if name is not None:
+            conn.bind(name)
+        conn.connect(path)
+        chunks = []
+        while chunk := conn.recv(4096):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+PRIVATE_MOVES = [
+    pytest.param("4", "0.0.0.0", "4", "127.0.0.1", socket.AF_INET, id="ipv4-any"),
+    pytest.param("6", "::", "6", "::1", socket.AF_INET6, id="ipv6-any", marks=needs_ipv6),
+    pytest.param("dual", "::ffff:0.0.0.0", "m", "::ffff:127.0.0.1", socket.AF_INET6, id="ipv4-mapped",
+                 marks=needs_ipv6),
+]
+
+
+@pytest.mark.parametrize(("family", "host", "tag", "loopback", "domain"), PRIVATE_MOVES)
+def test_private_mode_replaces_the_socket_with_a_unix_one(
+    shim: str, accept_probe: str, private_dir: Path, family: str, host: str, tag: str, loopback: str, domain: int
+) -> None:
+    """
+    In private mode a C server's TCP bind becomes a Unix socket in the directory, on the same fd with its flags,
+    while getsockname, accept, getpeername, TCP_NODELAY and SO_DOMAIN all still look like TCP.
+    """
+    with held_port(family, host) as holder:
+        port = holder.getsockname()[1]
+        with wrapped(shim, [accept_probe, family, host, str(port)], str(port), private_dir=str(private_dir)) as prog:
+            report = prog.report()
+            assert report.path is not None and report.host is None and report.port is None
+            assert Path(report.path).parent == private_dir
+            assert re.fullmatch(rf"{tag}-{port}-{prog.proc.pid}-1\.sock", Path(report.path).name)
+            assert sockets_in(private_dir) == [Path(report.path)]
+            assert prog.line() == f"listening {host} {port} nonblock=1 cloexec=1"
+            assert unix_talk(report.path) == b"hi\n"
+            accepted = prog.line().split()
+            assert accepted[0:2] == ["accepted", loopback]
+            assert 1024 <= int(accepted[2]) <= 65535  # a made-up peer port, looking like an ephemeral one
+            assert accepted[3:] == ["local", loopback, str(port), "peer", loopback, accepted[2],
+                                    "nodelay=0", f"domain={int(domain)}"]
+            assert prog.wait() == 0
+            assert_port_reaches(holder, "127.0.0.1" if family != "6" else "::1", port)
+
+
+PYTHON_ACCEPT = r"""
+import socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+sock.bind(("0.0.0.0", int(sys.argv[1])))
+sock.listen(1)
+print("listening", sock.getsockname()[1], flush=True)
+conn, peer = sock.accept()   # accept4() in CPython
+print("accepted", peer[0], conn.getpeername()[0], conn.getsockname()[1], flush=True)
+conn.sendall(b"py\n")
+conn.close()
+"""
+
+
+def test_private_mode_fakes_accept4(shim: str, private_dir: Path) -> None:
+    """accept4(), which CPython and many servers call instead of accept(), also reports a loopback TCP peer."""
+    with held_port("4", "0.0.0.0") as holder:
+        port = holder.getsockname()[1]
+        with wrapped(shim, script(PYTHON_ACCEPT, str(port)), str(port), private_dir=str(private_dir)) as prog:
+            report = prog.report()
+            assert report.path is not None
+            assert prog.line() == f"listening {port}"
+            assert unix_talk(report.path) == b"py\n"
+            assert prog.line() == f"accepted 127.0.0.1 127.0.0.1 {port}"
+
+
+@needs_root
+def test_private_socket_refuses_another_user(shim: str, private_dir: Path) -> None:
+    """
+    A process of another uid cannot connect to the moved socket (EACCES from the 0700 directory, even when the
+    program's umask leaves the socket file itself open to all); this user can, and so could the other user if the
+    directory were open.
+    """
+    with held_port("4", "0.0.0.0") as holder:
+        port = holder.getsockname()[1]
+        argv = server("--host", "0.0.0.0", "--port", str(port), "--banner", "hi")
+        with wrapped(shim, argv, str(port), private_dir=str(private_dir), umask=0) as prog:
+            report = prog.report()
+            assert report.path is not None
+            assert prog.line() == f"listening {port}"
+            assert Path(report.path).stat().st_mode & 0o777 == 0o777
+            assert connect_as_other_user(report.path) == errno.EACCES
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                conn.settimeout(TIMEOUT)
+                conn.connect(report.path)
+                assert conn.recv(10) == b"hi\n"
+            private_dir.chmod(0o711)  # the control: only the directory stood in the way
+            assert connect_as_other_user(report.path) == 0
+
+
+def test_private_mode_leaves_other_binds_alone(shim: str, private_dir: Path) -> None:
+    """In private mode, UDP and unlisted TCP binds still pass through to real ports, with nothing in the directory."""
+    udp = unused_port(socket.SOCK_DGRAM)
+    argv = server("--host", "127.0.0.1", "--port", str(udp), "--udp", "--exit-after", "1")
+    with wrapped(shim, argv, ALL_PORTS, private_dir=str(private_dir)) as prog:
+        assert prog.line() == f"listening {udp}"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(TIMEOUT)
+            client.sendto(b"datagram", ("127.0.0.1", udp))
+            assert client.recvfrom(100)[0] == b"datagram"
+        prog.assert_no_reports()
+    tcp = unused_port()
+    argv = server("--host", "127.0.0.1", "--port", str(tcp), "--banner", "direct", "--exit-after", "1")
+    with wrapped(shim, argv, str(tcp + 1 if tcp < 65535 else tcp - 1), private_dir=str(private_dir)) as prog:
+        assert prog.line() == f"listening {tcp}"
+        assert talk("127.0.0.1", tcp) == (b"direct\n", b"")
+        prog.assert_no_reports()
+    assert sockets_in(private_dir) == []
+
+
+BIND_THEN_ANY = r"""
+import errno, socket, sys
+sock = socket.socket()
+try:
+    sock.bind(("0.0.0.0", int(sys.argv[1])))
+except OSError as e:
+    print(errno.errorcode[e.errno], flush=True)
+sock.bind(("127.0.0.1", 0))
+print(sock.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN), flush=True)
+"""
+
+
+def test_private_mode_failed_bind_keeps_the_tcp_socket(shim: str, private_dir: Path) -> None:
+    """A private directory that does not exist fails the bind (reported, returned), leaving a usable TCP socket."""
+    missing = private_dir / "missing"
+    with held_port("4", "0.0.0.0") as holder:
+        port = holder.getsockname()[1]
+        with wrapped(shim, script(BIND_THEN_ANY, str(port)), str(port), private_dir=str(missing)) as prog:
+            assert prog.report() == ShimReport(port, None, None, "ENOENT")
+            assert prog.line() == "ENOENT"
+            assert prog.line() == str(socket.AF_INET)  # the same socket, still TCP, binds port 0
+            assert sockets_in(private_dir) == []
+
+
+def test_private_dir_too_long_is_refused(shim: str) -> None:
+    """A directory too long for a Unix socket name inside it is refused at start-up, with a message, moving nothing."""
+    port = unused_port()
+    argv = server("--host", "127.0.0.1", "--port", str(port), "--banner", "direct", "--exit-after", "1")
+    env = shim_environment(str(port), 2, base_env=os.environ, shim=shim, private_dir="/" + "d" * 90)
+    result = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert result.stdout is not None and result.stdout.readline() == f"listening {port}\n".encode()
+        assert talk("127.0.0.1", port) == (b"direct\n", b"")
+        _, err = result.communicate(timeout=TIMEOUT)
+    finally:
+        _stop(result)
+    assert f"{ENV_DIR}=/ddd".encode() in err and b"binds are not moved" in err
+
+
+def test_shim_environment_sets_the_private_dir() -> None:
+    """shim_environment passes an absolute private directory, drops a stale one, and refuses a relative one."""
+    env = shim_environment("23", 3, base_env={ENV_DIR: "/stale"}, shim="/x/rebind.so", private_dir="/run/p")
+    assert env[ENV_DIR] == "/run/p"
+    assert ENV_DIR not in shim_environment("23", 3, base_env={ENV_DIR: "/stale"}, shim="/x/rebind.so")
+    with pytest.raises(ValueError, match="absolute"):
+        shim_environment("23", 3, base_env={}, shim="/x/rebind.so", private_dir="run/p")
+
+
+def test_find_shim_skips_a_build_from_before_private_mode(package: Path, tmp_path: Path) -> None:
+    """An installed shim without private mode (it would silently bind loopback ports) is passed over for a new build."""
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler")
+    shutil.copy(SOURCE, package / "rebind.c")
+    (package / "rebind.so").write_bytes(b"\x7fELF old build: " + ENV_FD.encode() + b"\0" + ENV_PORTS.encode() + b"\0")
+    assert Path(find_shim()).parent == tmp_path / "cache" / "wsrouter"
+
+
+CLIENTS = [
+    pytest.param("4", "0.0.0.0", "192.0.2.7", "192.0.2.7", id="ipv4-client-ipv4-socket"),
+    pytest.param("6", "::", "192.0.2.7", "::ffff:192.0.2.7", id="ipv4-client-ipv6-socket", marks=needs_ipv6),
+    pytest.param("dual", "::ffff:0.0.0.0", "192.0.2.7", "::ffff:192.0.2.7", id="ipv4-client-mapped",
+                 marks=needs_ipv6),
+    pytest.param("6", "::", "2001:db8::1", "2001:db8::1", id="ipv6-client-ipv6-socket", marks=needs_ipv6),
+    pytest.param("4", "0.0.0.0", "2001:db8::1", None, id="ipv6-client-ipv4-socket"),
+]
+
+
+@pytest.mark.parametrize(("family", "host", "client", "shown"), CLIENTS)
+def test_private_mode_shows_the_client_the_router_names(
+    shim: str, accept_probe: str, private_dir: Path, family: str, host: str, client: str, shown: str | None
+) -> None:
+    """
+    A connection from a socket bound to the abstract name "wsrouter-peer IP PORT NONCE" shows that client to accept()
+    and getpeername() (IPv4 as ::ffff: on IPv6 sockets); an IPv6 client on an IPv4 socket falls back to loopback.
+    """
+    with held_port(family, host) as holder:
+        port = holder.getsockname()[1]
+        with wrapped(shim, [accept_probe, family, host, str(port)], str(port), private_dir=str(private_dir)) as prog:
+            report = prog.report()
+            assert report.path is not None
+            prog.line()
+            assert unix_talk(report.path, f"\0{PEER_PREFIX}{client} 4242 0123abcd") == b"hi\n"
+            accepted = prog.line().split()
+            if shown is None:
+                assert accepted[1] == "127.0.0.1" and accepted[2] != "4242"
+            else:
+                assert accepted[1:3] == [shown, "4242"]
+            assert accepted[6:9] == ["peer", *accepted[1:3]]
+
+
+@pytest.mark.parametrize("name", [
+    "\0wsrouter-peer 192.0.2.7",
+    "\0wsrouter-peer 192.0.2.7 70000 x",
+    "\0wsrouter-peer 192.0.2.7 42x y",
+    "\0wsrouter-peer host.example 42 x",
+    "\0someone-else 192.0.2.7 42 x",
+])
+def test_private_mode_ignores_other_peer_names(shim: str, accept_probe: str, private_dir: Path, name: str) -> None:
+    """A peer name that is not a well-formed client address leaves the loopback stand-in."""
+    with held_port("4", "0.0.0.0") as holder:
+        port = holder.getsockname()[1]
+        with wrapped(shim, [accept_probe, "4", "0.0.0.0", str(port)], str(port), private_dir=str(private_dir)) as prog:
+            report = prog.report()
+            assert report.path is not None
+            prog.line()
+            assert unix_talk(report.path, name) == b"hi\n"
+            assert prog.line().split()[1] == "127.0.0.1"

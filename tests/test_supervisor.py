@@ -266,7 +266,7 @@ def test_output_lines_reach_the_owner_and_the_log_with_the_name():
 def wrapped(mode: str) -> tuple[Clock, FakeSystem, WrappedProgram]:
     clock, system = Clock(), FakeSystem()
     supervisor = Supervisor(clock, spawner=system.spawn, signaller=system.signal_group)
-    target = WrappedTarget(mode=mode, argv=(sys.executable, "server.py"))
+    target = WrappedTarget(mode=mode, argv=(sys.executable, "server.py"), socket="loopback")  # reports ports
     program = WrappedProgram(clock, target, name="telnetd", supervisor=supervisor)
     program.start()
     return clock, system, program
@@ -308,9 +308,9 @@ def test_program_set_keeps_equal_programs_and_stops_removed_ones():
     """Bringing a ProgramSet to new targets keeps an equal target's program, makes new ones, and stops removed ones."""
     clock, system = Clock(), FakeSystem()
     supervisor = Supervisor(clock, spawner=system.spawn, signaller=system.signal_group)
-    one = WrappedTarget(mode="respawn", argv=(sys.executable, "one.py"))
-    two = WrappedTarget(mode="respawn", argv=(sys.executable, "two.py"))
-    three = WrappedTarget(mode="ignore", argv=(sys.executable, "two.py"))
+    one = WrappedTarget(mode="respawn", argv=(sys.executable, "one.py"), socket="loopback")  # no directory to leave
+    two = WrappedTarget(mode="respawn", argv=(sys.executable, "two.py"), socket="loopback")
+    three = WrappedTarget(mode="ignore", argv=(sys.executable, "two.py"), socket="loopback")
     programs = ProgramSet(lambda target: WrappedProgram(clock, target, supervisor=supervisor))
     for program in programs.add([one, two]):
         program.start()

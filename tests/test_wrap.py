@@ -5,18 +5,24 @@ under the rebind shim and proxies WebSocket clients to it.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
+from .other_user import connect_as_other_user, needs_root
 from .support import REPO, RouterProcess, child_env, connect, free_port, handshake_status, wait_for_port
 
 #: The real interpreter binary: a shell-script wrapper (pyenv) would take
@@ -246,3 +252,143 @@ def test_missing_program_is_a_clear_error():
     assert result.returncode == 2  # a start-up check (preflight), like every config problem
     assert "'no-such-program-xyz' not found" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- the private socket ------------------------------------------------------------
+
+
+def listening_tcp_ports(pid: int) -> set[int]:
+    """The TCP ports process C{pid} listens on, from /proc (its socket inodes matched against /proc/net/tcp*)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:["):-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+@contextlib.contextmanager
+def router_in(tmpdir: Path, log_path: Path, args: list[str], port: int):
+    """A router process whose TMPDIR (where private socket directories go) is C{tmpdir}."""
+    env = child_env(TMPDIR=str(tmpdir))
+    env.pop("XDG_RUNTIME_DIR", None)
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "wsrouter", *args], stdout=log, stderr=subprocess.STDOUT,
+                                   env=env, cwd=REPO)
+    try:
+        wait_for_port(port)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        process.wait(15)
+
+
+@pytest.fixture
+def short_tmp():
+    """A short temporary directory (pytest's are too long for Unix socket names), removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="wsr-wrap-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+def private_socket_in(log: str) -> Path:
+    found = re.search(r"listening on the private socket (\S+) instead", log)
+    assert found is not None, log
+    return Path(found.group(1))
+
+
+def test_wrapped_program_gets_a_private_socket_by_default(tmp_path, short_tmp):
+    """
+    By default the program listens on no TCP port but on a Unix socket in a 0700 directory of its own, a WebSocket
+    client reaches it through the router, and stopping the router removes the socket and its directory.
+    """
+    port = free_port()
+    log_path = tmp_path / "router.log"
+    args = ["--wrap", "respawn", str(port), "--", *server(port, "--banner", "hi", "--echo")]
+    with router_in(short_tmp, log_path, args, port) as router:
+        with connect(f"ws://127.0.0.1:{port}/") as ws:
+            assert ws.recv(timeout=10) == b"hi\n"
+            ws.send(b"through the router")
+            assert ws.recv(timeout=10) == b"through the router"
+        log = log_path.read_text()
+        sock = private_socket_in(log)
+        directory = sock.parent
+        assert directory.parent == short_tmp
+        info = directory.stat()
+        assert stat.S_IMODE(info.st_mode) == 0o700 and info.st_uid == os.geteuid()
+        assert [entry.name for entry in directory.iterdir()] == [sock.name] and sock.is_socket()
+        (program_pid,) = pids_in_log(log)
+        assert listening_tcp_ports(program_pid) == set()
+        assert listening_tcp_ports(router.pid) == {port}
+        router.send_signal(signal.SIGTERM)
+        assert router.wait(15) == 0
+    assert_gone(program_pid)
+    assert list(short_tmp.iterdir()) == []
+
+
+@needs_root
+def test_another_user_cannot_reach_the_wrapped_program(tmp_path, short_tmp):
+    """A process of another uid gets EACCES connecting to the wrapped program's socket, while the router serves."""
+    port = free_port()
+    log_path = tmp_path / "router.log"
+    args = ["--wrap", "respawn", str(port), "--", *server(port, "--banner", "hi")]
+    with router_in(short_tmp, log_path, args, port):
+        assert first_message(port) == b"hi\n"
+        sock = private_socket_in(log_path.read_text())
+        assert connect_as_other_user(str(sock)) == errno.EACCES
+        assert first_message(port) == b"hi\n"
+
+
+def test_a_restarted_program_leaves_no_old_socket(tmp_path, short_tmp):
+    """When a respawned program is killed, its socket file goes; the next run's is the only one, and is served."""
+    port = free_port()
+    log_path = tmp_path / "router.log"
+    args = ["--wrap", "respawn", str(port), "--", *server(port, "--banner", "again")]
+    with router_in(short_tmp, log_path, args, port):
+        assert first_message(port) == b"again\n"
+        first = private_socket_in(log_path.read_text())
+        (pid,) = pids_in_log(log_path.read_text())
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while len(pids_in_log(log_path.read_text())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first_message(port) == b"again\n"
+        sockets = list(first.parent.iterdir())
+        assert len(sockets) == 1 and sockets[0] != first
+    assert list(short_tmp.iterdir()) == []
+
+
+def test_wrap_socket_loopback_keeps_the_loopback_port(tmp_path, short_tmp):
+    """`--wrap-socket loopback` moves the program to a loopback TCP port as before, with no private directory."""
+    port = free_port()
+    log_path = tmp_path / "router.log"
+    args = ["--wrap", "respawn", "--wrap-socket", "loopback", str(port), "--", *server(port, "--banner", "lo")]
+    with router_in(short_tmp, log_path, args, port):
+        assert first_message(port) == b"lo\n"
+        log = log_path.read_text()
+        moved = re.search(rf"asked for port {port}; listening on 127\.0\.0\.1:(\d+) instead", log)
+        assert moved is not None, log
+        (program_pid,) = pids_in_log(log)
+        assert listening_tcp_ports(program_pid) == {int(moved.group(1))}
+        assert list(short_tmp.iterdir()) == []
+
+
+def test_the_program_sees_the_websocket_client(tmp_path, short_tmp):
+    """On a private socket, the program's accept() and getpeername() show the WebSocket client's address and port."""
+    port = free_port()
+    log_path = tmp_path / "router.log"
+    args = ["--wrap", "respawn", str(port), "--", *server(port, "--tell-peer")]
+    with router_in(short_tmp, log_path, args, port), connect(f"ws://127.0.0.1:{port}/") as ws:
+        client_port = ws.socket.getsockname()[1]
+        assert ws.recv(timeout=10) == f"peer 127.0.0.1 {client_port} 127.0.0.1 {client_port}\n".encode()

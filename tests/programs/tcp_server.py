@@ -27,6 +27,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--udp", action="store_true", help="echo datagrams instead")
     parser.add_argument("--banner", help="line sent to each new connection")
     parser.add_argument("--echo", action="store_true", help="echo what each client sends")
+    parser.add_argument("--tell-peer", action="store_true",
+                        help="send each client 'peer HOST PORT' as accept() and getpeername() show it")
     parser.add_argument("--exit-after", type=int, help="exit after N connections (datagrams)")
     parser.add_argument(
         "--exec-child", help="after binding, run this command (fds not closed) and wait"
@@ -55,11 +57,14 @@ def make_socket(args: argparse.Namespace) -> socket.socket:
 def serve_tcp(sock: socket.socket, args: argparse.Namespace) -> None:
     served = 0
     while args.exit_after is None or served < args.exit_after:
-        conn, _ = sock.accept()
+        conn, peer = sock.accept()
         with conn:
             conn.settimeout(10)
             if args.banner is not None:
                 conn.sendall(args.banner.encode() + b"\n")
+            if args.tell_peer:
+                again = conn.getpeername()
+                conn.sendall(f"peer {peer[0]} {peer[1]} {again[0]} {again[1]}\n".encode())
             if args.echo:
                 echo_until_eof(conn)
         served += 1

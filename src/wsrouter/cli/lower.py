@@ -59,8 +59,13 @@ def options_to_raw(options: Mapping[str, Any]) -> dict[str, Any]:
     short = tuple(options.get("short_form") or ())
     program = list(options.get("program") or ())
     mode = options.get("wrap")
+    if options.get("wrap-socket") is not None and not program:
+        raise LoweringError("--wrap-socket applies to the program after --wrap MODE ... --; "
+                            "in a config file use socket = \"loopback\" in [programs.NAME]")
     if program or mode:
         _lower_program(raw, listen, routes, short, program, mode, bool(options.get("wrap-keep-env")))
+        if options.get("wrap-socket") is not None:
+            raw["programs"][program_name(program)]["socket"] = options["wrap-socket"]
     elif options.get("unix-target"):
         if len(short) != 1:
             raise LoweringError("--unix-target PATH takes the listening [HOST:]PORT alone, e.g. "

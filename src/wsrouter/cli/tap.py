@@ -115,6 +115,8 @@ class Options(usage.Options):
         ["record-max-bytes", None, None, "Stop recording a session before its file grows past BYTES."],
         ["wrap", None, None, "Start the program after -- and proxy to it; MODE is respawn, ignore or exit."],
         ["wrap-mode", None, None, "websockify's name for --wrap MODE."],
+        ["wrap-socket", None, None, "Where the shim moves the program's socket: private (default; a Unix socket "
+                                    "only the router's user can reach) or loopback (a 127.0.0.1 port)."],
         ["unix-target", None, None, "Proxy every path to this Unix socket (websockify --unix-target); "
                                     "give the listening [HOST:]PORT alone."],
         ["max-forks", None, None, "Most exec: commands running at once per route (default unlimited); then 503."],

@@ -70,6 +70,9 @@ LOG_FORMATS = ("text",)
 
 #: How a wrapped program is supervised when it exits.
 WRAP_MODES = ("respawn", "ignore", "exit")
+#: Where the shim moves a wrapped program's socket: a Unix socket in a
+#: private directory (other local users cannot reach it), or a loopback port.
+WRAP_SOCKETS = ("private", "loopback")
 #: The name of a wrapped program built without one.
 DEFAULT_PROGRAM_NAME = "program"
 PROGRAM_NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -294,6 +297,9 @@ class WrappedTarget:
     @ivar ports: the ports the shim moves: comma-separated, or C{*} for the
         first port it binds.
     @ivar keep_env: keep the shim for programs it execs (start scripts).
+    @ivar socket: C{private} (a Unix socket in a directory only the router's
+        user can enter) or C{loopback} (a loopback port any local user can
+        reach).
     """
 
     mode: str
@@ -301,6 +307,7 @@ class WrappedTarget:
     ports: str = "*"
     keep_env: bool = False
     name: str = field(default=DEFAULT_PROGRAM_NAME, kw_only=True)
+    socket: str = field(default="private", kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
@@ -312,6 +319,7 @@ class WrappedTarget:
                 part.strip().isdigit() and 0 < int(part) < 65536 for part in self.ports.split(","))):
             checks.add("ports", f"must be comma-separated port numbers or '*', not {self.ports!r}")
         _check_bool(checks, "keep_env", self.keep_env)
+        _check_choice(checks, "socket", self.socket, WRAP_SOCKETS)
         checks.raise_any()
 
     def describe(self) -> str:

@@ -69,7 +69,7 @@ LIFETIME_KEYS = ("run_once", "start_timeout", "idle_exit")
 LOG_KEYS = ("file", "level", "traffic", "format")
 WEB_KEYS = ("root", "listing", "content_security_policy", "frame_options")
 RECORDING_KEYS = ("directory", "format", "max_bytes", "redact")
-PROGRAM_KEYS = ("mode", "command", "ports", "keep_env")
+PROGRAM_KEYS = ("mode", "command", "ports", "keep_env", "socket")
 ROUTE_KEYS = ("path", "subprotocols", "target", "framing", "max_forks", "record", "env", "proxy_protocol",
               "origin", "auth", *TLS_TARGET_KEYS)
 #: Keys holding numbers; a numeric string is accepted there (command-line values).
@@ -461,6 +461,8 @@ class _Builder:
             fields["ports"] = str(ports) if isinstance(ports, int) and not isinstance(ports, bool) else ports
         if "keep_env" in values:
             fields["keep_env"] = values["keep_env"]
+        if "socket" in values:
+            fields["socket"] = values["socket"]
         made = self.make(WrappedTarget, fields, path)
         if made is not None:
             self.programs[name] = made
@@ -468,15 +470,15 @@ class _Builder:
     def inline_program(self, target: WrappedTarget) -> WrappedTarget:
         """An inline C{wrap:} program, the same object for the same command, with a name no other program has."""
         for known in self.inline:
-            if (known.mode, known.argv, known.ports, known.keep_env) == (
-                    target.mode, target.argv, target.ports, target.keep_env):
+            if (known.mode, known.argv, known.ports, known.keep_env, known.socket) == (
+                    target.mode, target.argv, target.ports, target.keep_env, target.socket):
                 return known
         taken = set(self.programs) | {known.name for known in self.inline}
         name, number = target.name, 1
         while name in taken:
             number += 1
             name = f"{target.name}-{number}"
-        named = WrappedTarget(target.mode, target.argv, target.ports, target.keep_env, name=name)
+        named = attrs.evolve(target, name=name)
         self.inline.append(named)
         return named
 
@@ -769,7 +771,8 @@ def to_data(config: RouterConfig) -> dict[str, Any]:
     data["security"] = _fields(config.security, SECURITY_KEYS)
     data["auth"] = {auth.name: _fields(auth, AUTH_KEYS) for auth in config.auth}
     data["programs"] = {program.name: {"mode": program.mode, "command": list(program.argv), "ports": program.ports,
-                                       "keep_env": program.keep_env} for program in config.programs}
+                                       "keep_env": program.keep_env, "socket": program.socket}
+                          for program in config.programs}
     data["routes"] = [_route_data(route) for route in config.routes]
     if config.proxies.trusted_proxies:
         data["trusted_proxies"] = list(config.proxies.trusted_proxies)

@@ -3,9 +3,15 @@ Supervision of wrapped programs: TCP servers the router starts once, under
 the rebind shim, and proxies to.
 
 Each program runs in its own session (so its whole process group can be
-signalled) with the shim preloaded.  The shim moves the port the program
-binds to a loopback port chosen by the kernel and reports the real address
-on an inherited pipe (child fd 3); the router connects there.
+signalled) with the shim preloaded.  The shim moves the socket the program
+binds to a Unix socket in a private directory (socket = "private", the
+default: no other local user can connect past the router) or to a loopback
+port chosen by the kernel (socket = "loopback"), and reports where on an
+inherited pipe (child fd 3); the router connects there.
+
+A program's address is C{(host, port)} for a loopback port and
+C{(path, 0)} for a Unix socket (the path is absolute, so it never looks
+like a host); L{wsrouter.targets.wrapped} connects to either.
 
 Supervision is L{wsrouter.process.supervisor}'s (restart backoff, SIGTERM
 then SIGKILL to the group); this module adds what is particular to wrapped
@@ -28,7 +34,8 @@ from twisted.logger import Logger
 from wsrouter.config import RouterConfig, WrappedTarget
 from wsrouter.interfaces import TargetError
 from wsrouter.process.supervisor import KILL_GRACE, Child, ChildOwner, ExitStatus, Launch, Supervisor, log_output
-from wsrouter.rebind import parse_report_line, shim_environment
+from wsrouter.rebind import ShimReport, parse_report_line, shim_environment
+from wsrouter.rebind.private import clear_sockets, make_private_dir, remove_private_dir
 
 log = Logger(namespace="wsrouter.wrap")
 
@@ -142,6 +149,8 @@ class WrappedProgram(ChildOwner):
         self._shim = shim
         self.address: tuple[str, int] | None = None
         self.requested_port: int | None = None
+        #: The private socket directory while the program may use it (private mode).
+        self.private_dir: str | None = None
         self._waiters = AddressWaiters(reactor)
         supervisor = supervisor or Supervisor(reactor)
         self._child = supervisor.add(self.name, self._launch, self, restart=target.mode == "respawn")
@@ -166,6 +175,7 @@ class WrappedProgram(ChildOwner):
 
         @raise ProgramNotFound: the program is not on C{PATH} or not executable.
         @raise ShimUnavailable: the rebind shim cannot be found or built.
+        @raise PrivateDirError: no private socket directory can be made.
         """
         self._child.start()
 
@@ -174,8 +184,12 @@ class WrappedProgram(ChildOwner):
         if shutil.which(program, path=self._base_env.get("PATH", os.defpath)) is None:
             raise ProgramNotFound(f"wrapped program {program!r} not found or not executable (PATH is searched)")
         preload = {k: v for k, v in self._base_env.items() if k == "LD_PRELOAD"}
+        if self.target.socket == "private":
+            if self.private_dir is None or not os.path.isdir(self.private_dir):
+                self.private_dir = make_private_dir(self.name)
+            clear_sockets(self.private_dir)
         shim_env = shim_environment(self.target.ports, REPORT_FD, self.target.keep_env,
-                                    base_env=preload, shim=self._shim)
+                                    base_env=preload, shim=self._shim, private_dir=self.private_dir)
         return Launch(sys.executable, tuple(spawn_arguments(self.target.argv)),
                       deferred_environment(self._base_env, shim_env),
                       {0: "w", 1: "r", 2: "r", REPORT_FD: "r"})
@@ -217,9 +231,18 @@ class WrappedProgram(ChildOwner):
         return self._waiters.wait(timeout, why)
 
     def stop(self, grace: float = KILL_GRACE) -> Deferred[None]:
-        """SIGTERM the program's process group, SIGKILL after C{grace}; fires once reaped."""
+        """
+        SIGTERM the program's process group, SIGKILL after C{grace}; fires
+        once reaped and its private socket directory is removed.
+        """
         self._waiters.fail(f"wrapped program {self.name} is stopping")
-        return self._child.stop(grace)
+        return self._child.stop(grace).addCallback(self._remove_private_dir)
+
+    def _remove_private_dir(self, result: None) -> None:
+        if self.private_dir is not None:
+            remove_private_dir(self.private_dir)
+            self.private_dir = None
+        return result
 
     # -- what the child tells us ------------------------------------------------------
 
@@ -238,22 +261,42 @@ class WrappedProgram(ChildOwner):
             log.error("{name}: binding port {port} failed: {error}", name=self.name,
                       port=report.requested_port, error=report.error)
             return
-        if report.host is None or report.port is None:
+        address = self._address_of(report, line)
+        if address is None:
             return
         if self.address is not None:
             return  # the first port a run binds is the one proxied (IPv4 before IPv6, say)
         self.requested_port = report.requested_port
-        self.address = (report.host, report.port)
-        log.info("{name} asked for port {requested}; listening on {host}:{port} instead",
-                 name=self.name, requested=report.requested_port, host=report.host, port=report.port)
+        self.address = address
+        where = f"{address[0]}:{address[1]}" if address[1] else f"the private socket {address[0]}"
+        log.info("{name} asked for port {requested}; listening on {where} instead",
+                 name=self.name, requested=report.requested_port, where=where)
         self._waiters.ready(self.address)
         if self._on_listening is not None:
             self._on_listening(self)
+
+    def _address_of(self, report: ShimReport, line: bytes) -> tuple[str, int] | None:
+        """
+        The address a report gives, if it is one this program may use: a
+        Unix socket only directly inside its own private directory (a
+        program in keep mode could name any path), a port only in loopback
+        mode.
+        """
+        if report.path is not None:
+            if self.private_dir is not None and os.path.dirname(report.path) == self.private_dir:
+                return (report.path, 0)
+        elif report.host is not None and report.port is not None and self.private_dir is None:
+            return (report.host, report.port)
+        log.warn("{name}: the rebind shim reported an address outside this program's {socket} mode: {line!r}",
+                 name=self.name, socket=self.target.socket, line=line)
+        return None
 
     def child_exited(self, child: Child, status: ExitStatus) -> None:
         mode = self.target.mode
         if mode != "ignore":
             self.address = None
+            if self.private_dir is not None:
+                clear_sockets(self.private_dir)
         if self._on_changed is not None:
             self._on_changed(self)
         if child.stopping:

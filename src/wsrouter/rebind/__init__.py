@@ -2,11 +2,12 @@
 Find the C{rebind.so} LD_PRELOAD shim and speak its environment protocol.
 
 The router runs an unmodified TCP server with the shim preloaded; the shim
-moves the server's listening socket to loopback on a port the kernel picks
-and writes where it went to an inherited pipe (C{rebind.c} documents the
-protocol). This module finds a usable shim (shipped next to this file, or
-compiled once into the user's cache), builds the child's environment and
-parses the report lines. It imports nothing from Twisted.
+moves the server's listening socket to a Unix socket in a private directory
+(or, in loopback mode, to loopback on a port the kernel picks) and writes
+where it went to an inherited pipe (C{rebind.c} documents the protocol).
+This module finds a usable shim (shipped next to this file, or compiled
+once into the user's cache), builds the child's environment and parses the
+report lines. It imports nothing from Twisted.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ from attrs import frozen
 
 __all__ = [
     "ALL_PORTS",
+    "ENV_DIR",
     "ENV_FD",
     "ENV_KEEP",
     "ENV_PORTS",
+    "PEER_PREFIX",
     "ShimReport",
     "ShimUnavailable",
     "find_shim",
@@ -43,6 +46,12 @@ ENV_PORTS = "WSROUTER_REBIND_PORTS"
 ENV_FD = "WSROUTER_REBIND_FD"
 #: "1" keeps the shim (and the fd) in programs the wrapped program execs.
 ENV_KEEP = "WSROUTER_REBIND_KEEP"
+#: A private directory (mode 0700): moved sockets become Unix sockets there.
+ENV_DIR = "WSROUTER_REBIND_DIR"
+#: The abstract Unix socket name prefix under which the router passes a
+#: WebSocket client's address to a program on a private socket:
+#: C{"\0" + PEER_PREFIX + "<ip> <port> <nonce>"}.
+PEER_PREFIX = "wsrouter-peer "
 #: Move every TCP bind to a non-zero port, for when the port is not known.
 ALL_PORTS = "*"
 
@@ -52,10 +61,12 @@ SOURCE_NAME = "rebind.c"
 COMPILE_TIMEOUT = 120.0
 
 # A string the shim binary must contain: tells a real build from a stale or
-# empty one (such as a build of an empty source file).
-_SHIM_MARKER = ENV_FD.encode("ascii") + b"\0"
+# empty one (such as a build of an empty source file, or one from before
+# private mode, which would silently bind loopback ports instead).
+_SHIM_MARKER = ENV_DIR.encode("ascii") + b"\0"
 _PORTS_PATTERN = re.compile(r"\*|[0-9]{1,5}(,[0-9]{1,5})*")
 _BOUND_LINE = re.compile(rb"bound ([0-9]{1,5}) ([0-9a-fA-F.:]+) ([0-9]{1,5})")
+_UNIX_LINE = re.compile(rb"bound ([0-9]{1,5}) unix (/[A-Za-z0-9._/+-]{1,107})")
 _FAILED_LINE = re.compile(rb"failed ([0-9]{1,5}) ([A-Z][A-Z0-9]*|[0-9]+)")
 # ld.so splits LD_PRELOAD on both.
 _PRELOAD_SEPARATORS = re.compile(r"[ :]+")
@@ -76,16 +87,19 @@ class ShimReport:
 
     @ivar requested_port: the port the program asked for.
     @ivar host: the loopback address now bound (C{127.0.0.1} or C{::1}), or
-        C{None} if the bind failed.
-    @ivar port: the port now bound, or C{None} if the bind failed.
+        C{None} if the bind failed or went to a Unix socket.
+    @ivar port: the port now bound, or C{None} if the bind failed or went to
+        a Unix socket.
     @ivar error: the errno name (such as C{EADDRINUSE}) or number of a failed
         bind, or C{None}.
+    @ivar path: the Unix socket the bind went to (private mode), or C{None}.
     """
 
     requested_port: int
     host: str | None
     port: int | None
     error: str | None
+    path: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -101,6 +115,12 @@ def parse_report_line(line: bytes) -> ShimReport | None:
     pipe, and a garbled line must never make the router connect elsewhere.
     """
     text = line[:-1] if line.endswith(b"\n") else line
+    unix = _UNIX_LINE.fullmatch(text)
+    if unix is not None:
+        path = unix.group(2).decode("ascii")
+        if not _valid_port(int(unix.group(1))) or "/../" in path or path.endswith("/.."):
+            return None
+        return ShimReport(int(unix.group(1)), None, None, None, path=path)
     bound = _BOUND_LINE.fullmatch(text)
     if bound is not None:
         requested, port = int(bound.group(1)), int(bound.group(3))
@@ -133,6 +153,7 @@ def shim_environment(
     *,
     base_env: Mapping[str, str],
     shim: str | None = None,
+    private_dir: str | None = None,
 ) -> dict[str, str]:
     """
     Return a new environment for a child run under the shim.
@@ -150,6 +171,9 @@ def shim_environment(
         real server); they also inherit the report fd.
     @param shim: path of the shim; L{find_shim} by default, which may
         compile it.
+    @param private_dir: a directory only the router's user can enter: the
+        moved sockets become Unix sockets there (see L{wsrouter.rebind.private});
+        C{None} moves them to loopback ports.
     @raise ValueError: C{ports} or C{report_fd} is malformed.
     @raise ShimUnavailable: no usable shim, or its path cannot be preloaded.
     """
@@ -165,13 +189,17 @@ def shim_environment(
             f"the shim's path {path!r} contains a space or colon, which LD_PRELOAD "
             "cannot hold: set XDG_CACHE_HOME to a directory without them"
         )
-    env = {k: v for k, v in base_env.items() if k not in (ENV_PORTS, ENV_FD, ENV_KEEP)}
+    if private_dir is not None and not os.path.isabs(private_dir):
+        raise ValueError(f"private_dir must be an absolute path, not {private_dir!r}")
+    env = {k: v for k, v in base_env.items() if k not in (ENV_PORTS, ENV_FD, ENV_KEEP, ENV_DIR)}
     others = [e for e in _PRELOAD_SEPARATORS.split(env.get("LD_PRELOAD", "")) if e and e != path]
     env["LD_PRELOAD"] = ":".join([path, *others])
     env[ENV_PORTS] = ports
     env[ENV_FD] = str(report_fd)
     if keep:
         env[ENV_KEEP] = "1"
+    if private_dir is not None:
+        env[ENV_DIR] = private_dir
     return env
 
 

@@ -23,6 +23,12 @@
  *                          is written when bind() returns, before the
  *                          program calls listen(): connections to the new
  *                          address may be refused for a moment after it.
+ *   WSROUTER_REBIND_DIR    optional (empty: unset): an absolute path of a directory only the
+ *                          router's user can enter (mode 0700). When set, a
+ *                          moved socket becomes a Unix stream socket there
+ *                          instead of a loopback port (private mode, below),
+ *                          and the line for it is
+ *                            bound <requested_port> unix <path>\n
  *   WSROUTER_REBIND_KEEP   "1": leave the variables, LD_PRELOAD and the fd
  *                          to programs this one execs (scripts such as
  *                          vncserver exec the real server). Otherwise the
@@ -44,9 +50,35 @@
  * getsockname() on a moved socket returns the address the program asked
  * for, so servers that print or advertise their port show the one they
  * asked for.
+ *
+ * Private mode (WSROUTER_REBIND_DIR set): a bind to move creates an AF_UNIX
+ * stream socket bound to DIR/<tag>-<port>-<pid>-<n>.sock (tag: 4 for
+ * AF_INET, 6 for AF_INET6, m for an IPv4-mapped AF_INET6 address) and puts
+ * it in place of the program's socket with dup3() onto the same fd number,
+ * keeping the file status flags (O_NONBLOCK) and FD_CLOEXEC; the TCP socket
+ * is closed. Options set before bind (SO_REUSEADDR, IPV6_V6ONLY, TCP_*) have
+ * no Unix meaning and are dropped. Only processes that can enter DIR (the
+ * router's user, and root) can connect. So that the program still sees TCP:
+ *   - getsockname() on the listening socket returns the address asked for;
+ *     on an accepted connection, the loopback address of the requested
+ *     family with the requested port;
+ *   - accept()/accept4() and getpeername() on an accepted connection return
+ *     the WebSocket client's address when the router bound its end of the
+ *     connection to the abstract name "\0wsrouter-peer <ip> <port> <nonce>"
+ *     (an IPv4 client as ::ffff:a.b.c.d on an IPv6 socket; an IPv6 client
+ *     on an IPv4 socket cannot be shown), else a loopback address of the
+ *     socket's family with a port made from the connection's inode;
+ *   - setsockopt() at the IP, IPv6 and TCP levels succeeds doing nothing,
+ *     getsockopt() there reads 0, and SO_DOMAIN/SO_PROTOCOL read the TCP
+ *     family and IPPROTO_TCP.
+ * A socket is recognised by its Unix name lying in DIR, so this also holds
+ * for sockets inherited across fork and exec. Other calls (recvmsg's
+ * address, /proc/net) still show a Unix socket. The shim never unlinks the
+ * socket files: the router removes DIR when the program has stopped.
  */
 
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -60,12 +92,16 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
 #define ENV_PORTS "WSROUTER_REBIND_PORTS"
 #define ENV_FD "WSROUTER_REBIND_FD"
 #define ENV_KEEP "WSROUTER_REBIND_KEEP"
+#define ENV_DIR "WSROUTER_REBIND_DIR"
+/* The abstract socket name prefix under which the router passes the client. */
+#define PEER_PREFIX "wsrouter-peer "
 #define ENV_PRELOAD "LD_PRELOAD"
 
 /* The kernel's shortest accepted AF_INET6 address (RFC 2133, no scope id). */
@@ -76,6 +112,9 @@
 
 typedef int (*bind_fn)(int, const struct sockaddr *, socklen_t);
 typedef int (*getsockname_fn)(int, struct sockaddr *, socklen_t *);
+typedef int (*accept4_fn)(int, struct sockaddr *, socklen_t *, int);
+typedef int (*sockopt_set_fn)(int, int, int, const void *, socklen_t);
+typedef int (*sockopt_get_fn)(int, int, int, void *, socklen_t *);
 
 /* Written only by the constructor, read-only afterwards. */
 static int active;
@@ -84,11 +123,16 @@ static unsigned char port_set[65536 / 8];
 static int report_fd = -1;
 static dev_t report_dev;
 static ino_t report_ino;
+/* Private mode: the directory, with a trailing '/', and its length. */
+static char private_dir[sizeof ((struct sockaddr_un *)0)->sun_path];
+static size_t private_dir_len;
+static unsigned long private_serial;
 
 union address {
     struct sockaddr sa;
     struct sockaddr_in in4;
     struct sockaddr_in6 in6;
+    struct sockaddr_un un;
 };
 
 /* Moved sockets, identified by fd and socket inode, for getsockname(). */
@@ -131,6 +175,50 @@ static getsockname_fn next_getsockname(void)
     getsockname_fn fn = __atomic_load_n(&cached, __ATOMIC_ACQUIRE);
     if (fn == NULL) {
         fn = (getsockname_fn)dlsym(RTLD_NEXT, "getsockname");
+        __atomic_store_n(&cached, fn, __ATOMIC_RELEASE);
+    }
+    return fn;
+}
+
+static getsockname_fn next_getpeername(void)
+{
+    static getsockname_fn cached;
+    getsockname_fn fn = __atomic_load_n(&cached, __ATOMIC_ACQUIRE);
+    if (fn == NULL) {
+        fn = (getsockname_fn)dlsym(RTLD_NEXT, "getpeername");
+        __atomic_store_n(&cached, fn, __ATOMIC_RELEASE);
+    }
+    return fn;
+}
+
+static accept4_fn next_accept4(void)
+{
+    static accept4_fn cached;
+    accept4_fn fn = __atomic_load_n(&cached, __ATOMIC_ACQUIRE);
+    if (fn == NULL) {
+        fn = (accept4_fn)dlsym(RTLD_NEXT, "accept4");
+        __atomic_store_n(&cached, fn, __ATOMIC_RELEASE);
+    }
+    return fn;
+}
+
+static sockopt_set_fn next_setsockopt(void)
+{
+    static sockopt_set_fn cached;
+    sockopt_set_fn fn = __atomic_load_n(&cached, __ATOMIC_ACQUIRE);
+    if (fn == NULL) {
+        fn = (sockopt_set_fn)dlsym(RTLD_NEXT, "setsockopt");
+        __atomic_store_n(&cached, fn, __ATOMIC_RELEASE);
+    }
+    return fn;
+}
+
+static sockopt_get_fn next_getsockopt(void)
+{
+    static sockopt_get_fn cached;
+    sockopt_get_fn fn = __atomic_load_n(&cached, __ATOMIC_ACQUIRE);
+    if (fn == NULL) {
+        fn = (sockopt_get_fn)dlsym(RTLD_NEXT, "getsockopt");
         __atomic_store_n(&cached, fn, __ATOMIC_RELEASE);
     }
     return fn;
@@ -195,6 +283,23 @@ static int parse_report_fd(const char *text)
     return (int)fd;
 }
 
+/*
+ * Take the private directory: an absolute path leaving room in sun_path for
+ * a socket name ("m-65535-<pid>-<n>.sock", at most 40 bytes). 0 if unusable.
+ */
+static int parse_private_dir(const char *text)
+{
+    size_t len = strlen(text);
+    while (len > 1 && text[len - 1] == '/')
+        len--;
+    if (text[0] != '/' || len + 1 + 40 >= sizeof private_dir)
+        return 0;
+    memcpy(private_dir, text, len);
+    private_dir[len] = '/';
+    private_dir_len = len + 1;
+    return 1;
+}
+
 /* Whether an LD_PRELOAD entry names this shim (same path or same file). */
 static int is_self(const char *entry, const char *self, const struct stat *self_st)
 {
@@ -256,6 +361,7 @@ __attribute__((constructor)) static void rebind_init(void)
     const char *ports = getenv(ENV_PORTS);
     const char *fd_text = getenv(ENV_FD);
     const char *keep_text = getenv(ENV_KEEP);
+    const char *dir_text = getenv(ENV_DIR);
     int keep = keep_text != NULL && strcmp(keep_text, "1") == 0;
 
     if (ports != NULL && fd_text != NULL) {
@@ -265,12 +371,19 @@ __attribute__((constructor)) static void rebind_init(void)
         else if ((report_fd = parse_report_fd(fd_text)) < 0)
             dprintf(2, "wsrouter rebind: %s=%s is not an open writable fd; "
                        "binds are not moved\n", ENV_FD, fd_text);
+        else if (dir_text != NULL && dir_text[0] != '\0' && !parse_private_dir(dir_text))
+            dprintf(2, "wsrouter rebind: %s=%s is not an absolute path short enough "
+                       "for a Unix socket name; binds are not moved\n", ENV_DIR, dir_text);
         else
             active = 1;
     }
     /* Prime the lookups before the program can start threads. */
     next_bind();
     next_getsockname();
+    next_getpeername();
+    next_accept4();
+    next_setsockopt();
+    next_getsockopt();
 
     if (keep)
         return;
@@ -279,6 +392,7 @@ __attribute__((constructor)) static void rebind_init(void)
     unsetenv(ENV_PORTS);
     unsetenv(ENV_FD);
     unsetenv(ENV_KEEP);
+    unsetenv(ENV_DIR);
     drop_self_from_preload();
 }
 
@@ -360,6 +474,9 @@ static const char *errno_name(int err)
     case ENOMEM: return "ENOMEM";
     case ENOTSOCK: return "ENOTSOCK";
     case EPERM: return "EPERM";
+    case EMFILE: return "EMFILE";
+    case ENAMETOOLONG: return "ENAMETOOLONG";
+    case ENOENT: return "ENOENT";
     default: return NULL;
     }
 }
@@ -407,6 +524,14 @@ static void report_failed(unsigned short requested, int err)
     int n = name != NULL
         ? snprintf(line, sizeof line, "failed %u %s\n", requested, name)
         : snprintf(line, sizeof line, "failed %u %d\n", requested, err);
+    if (n > 0 && (size_t)n < sizeof line)
+        report(line, (size_t)n);
+}
+
+static void report_unix(unsigned short requested, const char *path)
+{
+    char line[160];
+    int n = snprintf(line, sizeof line, "bound %u unix %s\n", requested, path);
     if (n > 0 && (size_t)n < sizeof line)
         report(line, (size_t)n);
 }
@@ -472,8 +597,69 @@ static unsigned short bound_port(int fd)
     return ntohs(local.sin6_port);
 }
 
+/* The family tag of a private socket's name: which TCP family it stands for. */
+static char family_tag(const struct plan *plan)
+{
+    if (plan->original.sa.sa_family == AF_INET)
+        return '4';
+    return IN6_IS_ADDR_V4MAPPED(&plan->original.in6.sin6_addr) ? 'm' : '6';
+}
+
+/*
+ * Private mode: bind a Unix socket in the private directory and put it in
+ * place of fd (same number, same O_NONBLOCK and FD_CLOEXEC). On failure fd
+ * is left as it was, and the error is returned and reported.
+ */
+static int private_bind(bind_fn real, int fd, struct plan *plan)
+{
+    int status_flags = fcntl(fd, F_GETFL);
+    int fd_flags = fcntl(fd, F_GETFD);
+    if (status_flags < 0 || fd_flags < 0) {
+        int saved = errno;
+        report_failed(plan->requested, saved);
+        errno = saved;
+        return -1;
+    }
+    struct sockaddr_un un;
+    memset(&un, 0, sizeof un);
+    un.sun_family = AF_UNIX;
+    unsigned long serial = __atomic_add_fetch(&private_serial, 1, __ATOMIC_RELAXED);
+    int n = snprintf(un.sun_path, sizeof un.sun_path, "%s%c-%u-%ld-%lu.sock", private_dir,
+                     family_tag(plan), plan->requested, (long)getpid(), serial);
+    int rc = -1;
+    int saved = ENAMETOOLONG;
+    int unix_fd = -1;
+    if (n > 0 && (size_t)n < sizeof un.sun_path) {
+        /* A name left by an earlier run under the same pid is stale. */
+        unlink(un.sun_path);
+        unix_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        saved = errno;
+    }
+    if (unix_fd >= 0) {
+        rc = real(unix_fd, (struct sockaddr *)&un, sizeof un);
+        saved = errno;
+        if (rc == 0 && dup3(unix_fd, fd, (fd_flags & FD_CLOEXEC) ? O_CLOEXEC : 0) < 0) {
+            saved = errno;
+            unlink(un.sun_path);
+            rc = -1;
+        }
+        close(unix_fd);
+    }
+    if (rc != 0) {
+        report_failed(plan->requested, saved);
+        errno = saved;
+        return -1;
+    }
+    fcntl(fd, F_SETFL, status_flags);
+    remember(fd, plan);
+    report_unix(plan->requested, un.sun_path);
+    return 0;
+}
+
 static int moved_bind(bind_fn real, int fd, struct plan *plan)
 {
+    if (private_dir_len > 0)
+        return private_bind(real, fd, plan);
     int rc = real(fd, &plan->addr.sa, plan->len);
     if (rc != 0 && errno == EADDRNOTAVAIL && plan->addr.sa.sa_family == AF_INET6
         && strcmp(plan->host, "::1") == 0 && !is_v6only(fd)) {
@@ -511,6 +697,139 @@ int bind(int fd, const struct sockaddr *addr, socklen_t len)
     return moved_bind(real, fd, &plan);
 }
 
+/*
+ * Whether fd is a socket in the private directory (a moved listening socket
+ * or a connection accepted on one); if so, fill in the loopback address of
+ * the TCP family it stands for, with the requested port.
+ */
+static int private_socket(int fd, union address *local, socklen_t *local_len, unsigned short *port)
+{
+    if (!active || private_dir_len == 0)
+        return 0;
+    struct sockaddr_un un;
+    socklen_t len = sizeof un;
+    getsockname_fn real = next_getsockname();
+    if (real == NULL || real(fd, (struct sockaddr *)&un, &len) != 0 || un.sun_family != AF_UNIX
+        || len <= offsetof(struct sockaddr_un, sun_path) + private_dir_len
+        || strncmp(un.sun_path, private_dir, private_dir_len) != 0)
+        return 0;
+    const char *name = un.sun_path + private_dir_len;
+    char tag = name[0];
+    if (name[1] != '-' || (tag != '4' && tag != '6' && tag != 'm'))
+        return 0;
+    unsigned long value = strtoul(name + 2, NULL, 10);
+    if (value == 0 || value > 65535)
+        return 0;
+    *port = (unsigned short)value;
+    memset(local, 0, sizeof *local);
+    if (tag == '4') {
+        local->in4.sin_family = AF_INET;
+        local->in4.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        local->in4.sin_port = htons(*port);
+        *local_len = sizeof local->in4;
+    } else {
+        local->in6.sin6_family = AF_INET6;
+        if (tag == 'm')
+            set_v4mapped_loopback(&local->in6);
+        else
+            local->in6.sin6_addr = in6addr_loopback;
+        local->in6.sin6_port = htons(*port);
+        *local_len = sizeof local->in6;
+    }
+    return 1;
+}
+
+/*
+ * The WebSocket client's address, if the router bound its end of the
+ * connection to the abstract name PEER_PREFIX "<ip> <port> <nonce>". Only the
+ * router's user can connect to a private socket, so the name is trusted.
+ */
+static int client_address(const union address *unix_peer, socklen_t len, int *family,
+                          unsigned char ip[16], unsigned short *port)
+{
+    static const char prefix[] = PEER_PREFIX;
+    size_t start = offsetof(struct sockaddr_un, sun_path);
+    if (len <= start + 1 || len > sizeof(struct sockaddr_un) || unix_peer->un.sun_path[0] != '\0')
+        return 0;
+    char name[sizeof unix_peer->un.sun_path];
+    size_t n = len - start - 1;
+    memcpy(name, unix_peer->un.sun_path + 1, n);
+    name[n] = '\0';
+    if (strncmp(name, prefix, sizeof prefix - 1) != 0)
+        return 0;
+    char *host = name + sizeof prefix - 1;
+    char *space = strchr(host, ' ');
+    if (space == NULL)
+        return 0;
+    *space = '\0';
+    char *end;
+    unsigned long value = strtoul(space + 1, &end, 10);
+    if (end == space + 1 || *end != ' ' || value > 65535)
+        return 0;
+    *port = (unsigned short)value;
+    if (inet_pton(AF_INET, host, ip) == 1)
+        *family = AF_INET;
+    else if (inet_pton(AF_INET6, host, ip) == 1)
+        *family = AF_INET6;
+    else
+        return 0;
+    return 1;
+}
+
+/*
+ * A connection's peer as the program should see it: the WebSocket client's
+ * address when the router passed it (shown in the listener's family, an
+ * IPv4 client as ::ffff:a.b.c.d on an IPv6 socket), else loopback with a
+ * port made from the connection's inode.
+ */
+static int fake_peer(int fd, const union address *unix_peer, socklen_t unix_len,
+                     union address *peer, socklen_t *peer_len)
+{
+    unsigned short port;
+    if (!private_socket(fd, peer, peer_len, &port))
+        return 0;
+    int family;
+    unsigned char ip[16];
+    unsigned short client_port;
+    if (client_address(unix_peer, unix_len, &family, ip, &client_port)) {
+        if (peer->sa.sa_family == AF_INET && family == AF_INET) {
+            memcpy(&peer->in4.sin_addr, ip, 4);
+            peer->in4.sin_port = htons(client_port);
+            return 1;
+        }
+        if (peer->sa.sa_family == AF_INET6) {
+            if (family == AF_INET) {
+                set_v4mapped_loopback(&peer->in6);
+                memcpy(&peer->in6.sin6_addr.s6_addr[12], ip, 4);
+            } else {
+                memcpy(&peer->in6.sin6_addr, ip, 16);
+            }
+            peer->in6.sin6_port = htons(client_port);
+            return 1;
+        }
+        /* An IPv6 client cannot be shown on an IPv4 socket: loopback it is. */
+    }
+    struct stat st;
+    unsigned short fake = 32768;
+    if (fstat(fd, &st) == 0)
+        fake = (unsigned short)(32768 + st.st_ino % 28000);
+    if (peer->sa.sa_family == AF_INET)
+        peer->in4.sin_port = htons(fake);
+    else
+        peer->in6.sin6_port = htons(fake);
+    return 1;
+}
+
+/* As the kernel does: truncate to the caller's room, report the full size. */
+static void copy_out(const union address *from, socklen_t from_len, struct sockaddr *addr, socklen_t *len)
+{
+    if (addr == NULL || len == NULL)
+        return;
+    socklen_t room = *len;
+    memcpy(addr, from, room < from_len ? room : from_len);
+    *len = from_len;
+}
+
 int getsockname(int fd, struct sockaddr *addr, socklen_t *len)
 {
     getsockname_fn real = next_getsockname();
@@ -518,18 +837,122 @@ int getsockname(int fd, struct sockaddr *addr, socklen_t *len)
         errno = ENOSYS;
         return -1;
     }
-    socklen_t room = len != NULL ? *len : 0;
-    int rc = real(fd, addr, len);
-    if (rc != 0 || !active)
+    if (!active || addr == NULL || len == NULL)
+        return real(fd, addr, len);
+    union address actual;
+    socklen_t actual_len = sizeof actual;
+    int rc = real(fd, &actual.sa, &actual_len);
+    if (rc != 0)
         return rc;
     int saved = errno;
-    union address requested;
-    socklen_t requested_len;
-    if (requested_address_of(fd, &requested, &requested_len)) {
-        /* As the kernel does: truncate to the caller's room, report the size. */
-        memcpy(addr, &requested, room < requested_len ? room : requested_len);
-        *len = requested_len;
-    }
+    union address shown;
+    socklen_t shown_len;
+    unsigned short port;
+    if (requested_address_of(fd, &shown, &shown_len))
+        copy_out(&shown, shown_len, addr, len);
+    else if (actual.sa.sa_family == AF_UNIX && private_socket(fd, &shown, &shown_len, &port))
+        copy_out(&shown, shown_len, addr, len);
+    else
+        copy_out(&actual, actual_len, addr, len);
     errno = saved;
     return rc;
+}
+
+int getpeername(int fd, struct sockaddr *addr, socklen_t *len)
+{
+    getsockname_fn real = next_getpeername();
+    if (real == NULL) {
+        errno = ENOSYS;
+        return -1;
+    }
+    if (!active || private_dir_len == 0 || addr == NULL || len == NULL)
+        return real(fd, addr, len);
+    union address actual;
+    socklen_t actual_len = sizeof actual;
+    int rc = real(fd, &actual.sa, &actual_len);
+    if (rc != 0)
+        return rc;
+    int saved = errno;
+    union address peer;
+    socklen_t peer_len;
+    if (actual.sa.sa_family == AF_UNIX && fake_peer(fd, &actual, actual_len, &peer, &peer_len))
+        copy_out(&peer, peer_len, addr, len);
+    else
+        copy_out(&actual, actual_len, addr, len);
+    errno = saved;
+    return rc;
+}
+
+int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
+{
+    accept4_fn real = next_accept4();
+    if (real == NULL) {
+        errno = ENOSYS;
+        return -1;
+    }
+    if (!active || private_dir_len == 0 || addr == NULL || len == NULL)
+        return real(fd, addr, len, flags);
+    union address actual;
+    socklen_t actual_len = sizeof actual;
+    int conn = real(fd, &actual.sa, &actual_len, flags);
+    if (conn < 0)
+        return conn;
+    int saved = errno;
+    union address peer;
+    socklen_t peer_len;
+    if (actual.sa.sa_family == AF_UNIX && fake_peer(conn, &actual, actual_len, &peer, &peer_len))
+        copy_out(&peer, peer_len, addr, len);
+    else
+        copy_out(&actual, actual_len, addr, len);
+    errno = saved;
+    return conn;
+}
+
+int accept(int fd, struct sockaddr *addr, socklen_t *len)
+{
+    return accept4(fd, addr, len, 0);
+}
+
+/* Options at these levels have no meaning on a Unix socket. */
+static int tcp_level(int level)
+{
+    return level == IPPROTO_TCP || level == IPPROTO_IP || level == IPPROTO_IPV6;
+}
+
+int setsockopt(int fd, int level, int name, const void *value, socklen_t len)
+{
+    sockopt_set_fn real = next_setsockopt();
+    if (real == NULL) {
+        errno = ENOSYS;
+        return -1;
+    }
+    union address local;
+    socklen_t local_len;
+    unsigned short port;
+    if (tcp_level(level) && private_socket(fd, &local, &local_len, &port))
+        return 0;
+    return real(fd, level, name, value, len);
+}
+
+int getsockopt(int fd, int level, int name, void *value, socklen_t *len)
+{
+    sockopt_get_fn real = next_getsockopt();
+    if (real == NULL) {
+        errno = ENOSYS;
+        return -1;
+    }
+    union address local;
+    socklen_t local_len;
+    unsigned short port;
+    int pretend = tcp_level(level)
+        || (level == SOL_SOCKET && (name == SO_DOMAIN || name == SO_PROTOCOL));
+    if (!pretend || value == NULL || len == NULL || *len < (socklen_t)sizeof(int)
+        || !private_socket(fd, &local, &local_len, &port))
+        return real(fd, level, name, value, len);
+    int shown = 0;
+    if (level == SOL_SOCKET)
+        shown = name == SO_DOMAIN ? local.sa.sa_family : IPPROTO_TCP;
+    memset(value, 0, *len);
+    memcpy(value, &shown, sizeof shown);
+    return 0;
 }

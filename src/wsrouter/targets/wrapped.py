@@ -1,21 +1,30 @@
 """
 Wrapped-program targets: connect to wherever the rebind shim moved the
-program's port, waiting (bounded) for it to come up.
+program's port -- a Unix socket in a private directory, or a loopback port
+-- waiting (bounded) for it to come up.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import ipaddress
+import secrets
+import socket
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorSocket
+from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
-from wsrouter.config import TcpTarget, WrappedTarget
+from wsrouter.config import TcpTarget, UnixTarget, WrappedTarget
 from wsrouter.interfaces import Link, SessionInfo, TargetError
-from wsrouter.targets.stream import StreamConnector
+from wsrouter.rebind import PEER_PREFIX
+from wsrouter.targets.stream import StreamConnector, StreamLink
 
 #: The shim reports the address when bind() returns, a moment before the
 #: program calls listen(); refused connections are retried this often.
@@ -29,7 +38,11 @@ class ProgramEndpoint(Protocol):
     """
 
     def when_ready(self, timeout: float) -> Deferred[tuple[str, int]]:
-        """The program's address once it listens; a L{TargetError} if not in time or never."""
+        """
+        The program's address once it listens, C{(host, port)} or, for a
+        private Unix socket, C{(path, 0)}; a L{TargetError} if not in time or
+        never.
+        """
 
     def gone_reason(self) -> str | None:
         """Why the program will not listen again without a new start; C{None} while it may."""
@@ -79,8 +92,64 @@ class WrappedConnector:
         return attempt  # type: ignore[return-value]
 
     def _connect(self, address: tuple[str, int], session: SessionInfo) -> Deferred[Link]:
-        direct = attrs.evolve(session, route=attrs.evolve(session.route, target=TcpTarget(*address)))
+        target = program_link_target(address)
+        if isinstance(target, UnixTarget) and IReactorSocket.providedBy(self._reactor):
+            return connect_private(self._reactor, target.path, session)
+        direct = attrs.evolve(session, route=attrs.evolve(session.route, target=target))
         return self._stream.connect(direct)
+
+
+def peer_name(session: SessionInfo) -> str | None:
+    """
+    The abstract socket name that tells the shim the client's address
+    (C{rebind.c}: the program's accept() and getpeername() show it), or
+    C{None} if the session's peer is not an IP address.
+    """
+    try:
+        host = ipaddress.ip_address(session.peer_host)
+    except ValueError:
+        return None
+    if not 0 <= session.peer_port <= 65535:
+        return None
+    return f"\0{PEER_PREFIX}{host} {session.peer_port} {secrets.token_hex(8)}"
+
+
+def connect_private(reactor: Any, path: str, session: SessionInfo) -> Deferred[Link]:
+    """
+    Connect to a program's private Unix socket from a socket bound to
+    L{peer_name}, so the program sees the WebSocket client's address; the
+    link comes paused, as L{StreamConnector}'s do.  A Unix connect finishes
+    at once or fails: a full backlog counts as refused (and is retried).
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+    try:
+        name = peer_name(session)
+        if name is not None:
+            with contextlib.suppress(OSError):  # unbound, the program sees a loopback peer
+                sock.bind(name)
+        try:
+            sock.connect(path)
+        except (ConnectionRefusedError, BlockingIOError):
+            return fail(TargetError(f"cannot connect to unix://{path}: connection refused", 502))
+        except OSError as e:
+            why = "no such socket file" if e.errno == errno.ENOENT else (e.strerror or str(e))
+            return fail(TargetError(f"cannot connect to unix://{path}: {why}", 502))
+        factory = Factory.forProtocol(StreamLink)
+        factory.noisy = False
+        transport = reactor.adoptStreamConnection(sock.fileno(), socket.AF_UNIX, factory)
+    finally:
+        sock.close()  # adopting took a duplicate
+    if transport is None:
+        return fail(TargetError(f"cannot connect to unix://{path}: the connection was not adopted", 502))
+    return succeed(cast(Link, transport.protocol))
+
+
+def program_link_target(address: tuple[str, int]) -> TcpTarget | UnixTarget:
+    """Where a program's address points: C{(path, 0)} is a Unix socket, anything else a TCP port."""
+    host, port = address
+    if port == 0 and host.startswith("/"):
+        return UnixTarget(host)
+    return TcpTarget(host, port)
 
 
 def _is_refusal(reason: Failure) -> bool:
