@@ -75,6 +75,7 @@ def options_to_raw(options: Mapping[str, Any]) -> dict[str, Any]:
         raw["workers"] = options["workers"]
     _table(raw, "limits", {key: options.get(option) for option, key in LIMIT_OPTIONS.items()})
     _table(raw, "recording", {key: options.get(option) for option, key in RECORDING_OPTIONS.items()})
+    _table(raw, "compression", {"permessage_deflate": True if options.get("permessage-deflate") else None})
     _table(raw, "web", {"root": options.get("web"), "listing": True if options.get("web-listing") else None})
     _table(raw, "lifetime", {
         "run_once": True if options.get("run-once") else None,

@@ -28,6 +28,7 @@ from wsrouter.config.model import (
     PROGRAM_NAME,
     RECORD_OFF,
     WRAP_MODES,
+    Compression,
     ConfigError,
     EchoTarget,
     ExecTarget,
@@ -49,10 +50,12 @@ from wsrouter.config.model import (
 )
 
 TOP_KEYS = ("listen", "workers", "pass_env", "follow_program_port", "limits", "lifetime", "log", "web",
-            "recording", "programs", "routes")
+            "recording", "programs", "routes", "compression")
 LIMITS_KEYS = ("max_message_size", "ping_interval", "ping_timeout", "session_idle_timeout", "handshake_timeout",
                "connect_timeout", "shutdown_grace", "max_forks")
 LIFETIME_KEYS = ("run_once", "start_timeout", "idle_exit")
+COMPRESSION_KEYS = ("permessage_deflate", "server_no_context_takeover", "client_no_context_takeover",
+                    "server_max_window_bits", "client_max_window_bits")
 LOG_KEYS = ("file", "level", "traffic", "format")
 WEB_KEYS = ("root", "listing")
 RECORDING_KEYS = ("directory", "format", "max_bytes", "redact")
@@ -519,6 +522,7 @@ class _Builder:
         limits = self.simple(Limits, values.get("limits"), "limits", LIMITS_KEYS)
         lifetime = self.simple(Lifetime, values.get("lifetime"), "lifetime", LIFETIME_KEYS)
         log = self.simple(LogSettings, values.get("log"), "log", LOG_KEYS)
+        compression = self.simple(Compression, values.get("compression"), "compression", COMPRESSION_KEYS)
         web = self.web(values.get("web"))
         recording = self.recording(values.get("recording"))
         programs = values.get("programs", {})
@@ -532,7 +536,7 @@ class _Builder:
         fields: dict[str, Any] = {
             "listeners": listeners, "routes": routes, "web": web, "limits": limits, "recording": recording,
             "lifetime": lifetime, "log": log, "programs": (*self.programs.values(), *self.inline),
-            "pass_env": pass_env, "follow_program_port": follow,
+            "pass_env": pass_env, "follow_program_port": follow, "compression": compression,
         }
         if "workers" in values:
             fields["workers"] = _number(values["workers"], True)
@@ -641,6 +645,7 @@ def to_data(config: RouterConfig) -> dict[str, Any]:
         "limits": _limits_data(config.limits),
         "lifetime": _fields(config.lifetime, LIFETIME_KEYS),
         "log": _fields(config.log, LOG_KEYS),
+        "compression": _fields(config.compression, COMPRESSION_KEYS),
     }
     if config.web is not None:
         data["web"] = {"root": config.web.directory, "listing": config.web.listing}
