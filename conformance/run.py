@@ -2,8 +2,9 @@
 Run Autobahn|Testsuite's fuzzingclient against wsrouter and summarise it.
 
 Starts, all on loopback ports the system picks: a TCP echo server; a router
-(C{python -m wsrouter}) with an C{echo:} route at /echo and a relay route at
-/relay to that TCP echo (a plain byte-stream relay with binary framing);
+(C{python -m wsrouter}, with permessage-deflate on unless --no-deflate) with
+an C{echo:} route at /echo and a relay route at /relay to that TCP echo (a
+plain byte-stream relay with binary framing);
 optionally Autobahn-Python's own echo server as a reference.  Then runs
 C{wstest -m fuzzingclient} over the chosen cases, and prints the counts by
 behaviour per agent and every case that is not OK.  Every process it
@@ -203,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outdir", type=Path, default=ROOT / ".cache" / "conformance")
     parser.add_argument("--markdown", type=Path, help="also write the summary as Markdown here")
     parser.add_argument("--require-clean", default="", help="agents that must have no FAILED case")
+    parser.add_argument("--no-deflate", action="store_true",
+                        help="leave permessage-deflate off (the router's default) instead of on")
     parser.add_argument("--router-option", action="append", default=[],
                         help="extra option for the router (repeatable), e.g. --router-option=--max-message-size=1000")
     options = parser.parse_args(argv)
@@ -221,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         processes.append(start(
             [sys.executable, "-m", "wsrouter", "serve", "--listen", f"tcp:{router_port}:interface=127.0.0.1",
              "--route", "/echo=echo:", "--route", f"/relay=tcp://127.0.0.1:{tcp_echo.port}",
-             *options.router_option],
+             *([] if options.no_deflate else ["--permessage-deflate"]), *options.router_option],
             router_port, outdir / "router.log"))
         servers += [{"agent": f"wsrouter-{a}", "url": f"ws://127.0.0.1:{router_port}{AGENT_PATHS[a]}"}
                     for a in agents if a in AGENT_PATHS]
