@@ -248,6 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if options.markdown:
         options.markdown.write_text(text)
+    required = [summary[f"wsrouter-{agent}"] for agent in options.require_clean.split(",")
+                if f"wsrouter-{agent}" in summary]
+    if required:
+        bad = sum(s["counts"].get("FAILED", 0) for s in required)
+        print(f"conformance: {sum(s['total'] for s in required) - bad} passed, {bad} failed")
     failed = [agent for agent in options.require_clean.split(",")
               if agent and summary.get(f"wsrouter-{agent}", {}).get("counts", {}).get("FAILED")]
     if failed:
