@@ -109,11 +109,11 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def run_suite(wstest: Path, outdir: Path, servers: list[dict[str, str]], cases: list[str],
-              exclude: list[str]) -> dict[str, Any]:
+              exclude: list[str], exclude_for: dict[str, list[str]]) -> dict[str, Any]:
     """Run the fuzzingclient; return its index (agent -> case id -> result)."""
     reports = outdir / "reports"
     spec = {"outdir": str(reports), "servers": servers, "cases": cases, "exclude-cases": exclude,
-            "exclude-agent-cases": {}}
+            "exclude-agent-cases": exclude_for}
     spec_file = outdir / "fuzzingclient.json"
     spec_file.write_text(json.dumps(spec, indent=2))
     with (outdir / "wstest.log").open("wb") as log:
@@ -199,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--cases", default="*", help="comma-separated case patterns (default all)")
     parser.add_argument("--exclude", default="", help="comma-separated case patterns to leave out")
+    parser.add_argument("--exclude-for", action="append", default=[], metavar="AGENT=PATTERNS",
+                        help="leave these cases out for one agent only (repeatable), e.g. relay=12.*,13.*")
     parser.add_argument("--agents", default="echo,relay", help="echo, relay and/or autobahn (the reference)")
     parser.add_argument("--wstest", type=Path, default=DEFAULT_WSTEST)
     parser.add_argument("--outdir", type=Path, default=ROOT / ".cache" / "conformance")
@@ -233,8 +235,13 @@ def main(argv: list[str] | None = None) -> int:
             processes.append(start([sys.executable, str(ROOT / "conformance" / "autobahn_echo.py"),
                                     str(reference_port)], reference_port, outdir / "autobahn-echo.log"))
             servers.append({"agent": "autobahn-python-echo", "url": f"ws://127.0.0.1:{reference_port}"})
+        exclude_for = {}
+        for item in options.exclude_for:
+            agent, _, patterns = item.partition("=")
+            name = "autobahn-python-echo" if agent == "autobahn" else f"wsrouter-{agent}"
+            exclude_for[name] = [p for p in patterns.split(",") if p]
         index = run_suite(options.wstest, outdir, servers, options.cases.split(","),
-                          [c for c in options.exclude.split(",") if c])
+                          [c for c in options.exclude.split(",") if c], exclude_for)
     finally:
         for process in processes:
             stop(process)
