@@ -81,6 +81,14 @@ def test_bomb_is_cut_at_the_limit_in_bounded_steps() -> None:
     assert produced <= 1024 * 1024
 
 
+def test_message_ending_with_a_final_block() -> None:
+    """A message ended with a final deflate block inflates, and the next one starts a new context."""
+    inflater = Inflater(Negotiated())
+    for message in [b"first " * 20, b"second " * 20]:
+        compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+        assert _inflate_all(inflater, compressor.compress(message) + compressor.flush(zlib.Z_FINISH)) == message
+
+
 def test_garbage_is_1007() -> None:
     """Bytes that are not deflate data close with 1007."""
     inflater = Inflater(Negotiated())

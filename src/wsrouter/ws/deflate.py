@@ -149,6 +149,7 @@ class Inflater:
 
     def end(self) -> Iterator[bytes]:
         """The message is complete: the inflated rest (RFC 7692 7.2.2)."""
-        yield from self.feed(_TAIL)
+        if not self._decompressor.eof:  # a message may end with a final block (RFC 7692 7.2.3.3)
+            yield from self.feed(_TAIL)
         if self._decompressor.eof:
             self._decompressor = None  # it ended with a final block: the next message starts anew
