@@ -14,7 +14,8 @@ from websockets.exceptions import ConnectionClosedError
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
 from tests.support import connect, in_thread, start_router
-from wsrouter.config import Compression
+from wsrouter.cli.lower import options_to_raw
+from wsrouter.config import Compression, ConfigError, build_config
 from wsrouter.ws.deflate import INFLATE_STEP, Deflater, InflateError, Inflater, Negotiated, accept_offer
 from wsrouter.ws.parser import FrameParser
 
@@ -115,6 +116,29 @@ def test_accept_offer(params: list[tuple[str, Any]], settings: Compression, expe
     """The answer to an offer carries the parameters the settings and the offer together allow."""
     offer = PerMessageDeflateOffer.parse({name: [value] for name, value in params})  # type: ignore[no-untyped-call, unused-ignore]
     assert accept_offer(offer, settings).get_extension_string() == expected  # type: ignore[no-untyped-call, unused-ignore]
+
+
+# -- configuration -----------------------------------------------------------------------------
+
+
+def test_command_line_flag_turns_it_on() -> None:
+    """--permessage-deflate lowers to compression.permessage_deflate, and leaving it out leaves the table out."""
+    assert options_to_raw({"permessage-deflate": True})["compression"] == {"permessage_deflate": True}
+    assert "compression" not in options_to_raw({})
+    assert build_config({"routes": [{"path": "/", "target": "echo:"}]}).compression == Compression()
+
+
+@pytest.mark.parametrize(("table", "key"), [
+    pytest.param({"server_max_window_bits": 8}, "compression.server_max_window_bits", id="window-too-small"),
+    pytest.param({"client_max_window_bits": 16}, "compression.client_max_window_bits", id="window-too-big"),
+    pytest.param({"permessage_deflate": "yes"}, "compression.permessage_deflate", id="not-a-boolean"),
+    pytest.param({"level": 9}, "compression.level", id="unknown-key"),
+])
+def test_bad_compression_settings_name_their_key(table: dict[str, Any], key: str) -> None:
+    """A bad [compression] value is reported with its key path."""
+    with pytest.raises(ConfigError) as caught:
+        build_config({"routes": [{"path": "/", "target": "echo:"}], "compression": table})
+    assert [k for k, _ in caught.value.problems] == [key]
 
 
 # -- the parser ------------------------------------------------------------------------------
