@@ -155,7 +155,7 @@ def test_connections_per_client_get_429_and_free_up(tmp_path: Path) -> None:
             try:
                 with connect(router.url + "/echo") as again:
                     again.send("still here")
-                    assert again.recv() == b"still here"
+                    assert again.recv() == "still here"
                 break
             except InvalidStatus:
                 assert time.monotonic() < deadline, "the closed session was never counted out"
@@ -197,7 +197,7 @@ def test_refused_handshakes_are_not_left_counted(tmp_path: Path) -> None:
             assert refusal(router.url + "/down").response.status_code == 502
         with connect(router.url + "/echo") as ws:
             ws.send("in")
-            assert ws.recv() == b"in"
+            assert ws.recv() == "in"
 
 
 # -- origin policy ------------------------------------------------------------------------

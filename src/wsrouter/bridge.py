@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 from attrs import define, field
 
-from wsrouter.interfaces import Framer, Link, Recorder, WebSocketEnd
+from wsrouter.interfaces import Framer, Link, MessageLink, Recorder, WebSocketEnd
 
 NORMAL = 1000
 GOING_AWAY = 1001
@@ -105,6 +105,8 @@ class Bridge:
         self._socket_done = False
         self._link_done = False
         self._finished = False
+        #: Set for a link that keeps message types (L{MessageLink}).
+        self._typed_link: MessageLink | None = link if hasattr(link, "write_message") else None  # type: ignore[assignment]
 
     @property
     def link(self) -> Link:
@@ -172,7 +174,11 @@ class Bridge:
             self._recorder.client_message(recorded, self._message_is_binary)
         if self._message is not None:
             message, self._message = b"".join(self._message), None
-            if not (self._upstream_stopped or self._link_done):
+            if self._upstream_stopped or self._link_done:
+                return
+            if self._typed_link is not None:
+                self._typed_link.write_message(message, self._message_is_binary)
+            else:
                 self._link.write(message)
 
     def websocket_closed(self, code: int | None, reason: str) -> None:

@@ -77,7 +77,7 @@ class Gateway:
         self.config = config
         self._reactor = reactor
         self.connectors = connectors or Connectors(reactor, config.limits, config.pass_env)
-        self.factory = ClientFactory(self, config.limits, reactor)
+        self.factory = ClientFactory(self, config.limits, reactor, config.compression)
         self.sessions: dict[str, Session] = {}
         self.opened_total = 0
         self.descriptors: DescriptorGuard | None = None
@@ -98,7 +98,7 @@ class Gateway:
     def use_config(self, config: RouterConfig) -> None:
         """New connections use C{config}'s routes and limits; open sessions keep theirs."""
         self.config = config
-        self.factory.apply_limits(config.limits)
+        self.factory.apply_limits(config.limits, config.compression)
         limits = config.limits
         self.counts.set_limits(limits.max_connections, limits.max_connections_per_client,
                                limits.max_handshakes_per_client)

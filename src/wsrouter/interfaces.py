@@ -128,6 +128,18 @@ class Link(Protocol):
         """Close now, discarding pending writes."""
 
 
+class MessageLink(Link, Protocol):
+    """
+    A message-oriented link that keeps each message's type (the echo): the
+    bridge hands it whole client messages with L{write_message} instead of
+    L{Link.write}, empty ones included, and it answers through
+    L{LinkReceiver.message_received}.
+    """
+
+    def write_message(self, payload: bytes, is_binary: bool) -> None:
+        """Send one whole client message, with its type."""
+
+
 class Connector(Protocol):
     """Makes links for one kind of target."""
 

@@ -91,6 +91,7 @@ def options_to_raw(options: Mapping[str, Any]) -> dict[str, Any]:
     _table(raw, "limits", {key: options.get(option) for option, key in LIMIT_OPTIONS.items()})
     _security(raw, options)
     _table(raw, "recording", {key: options.get(option) for option, key in RECORDING_OPTIONS.items()})
+    _table(raw, "compression", {"permessage_deflate": True if options.get("permessage-deflate") else None})
     _table(raw, "web", {"root": options.get("web"), "listing": True if options.get("web-listing") else None})
     _table(raw, "tls", tls_settings(options))
     _table(raw, "lifetime", {

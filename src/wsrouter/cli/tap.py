@@ -82,6 +82,8 @@ class Options(usage.Options):
     optFlags = [
         ["web-listing", None, "List directories of the web root that have no index.html."],
         ["wrap-keep-env", None, "Keep the rebind shim in whatever the wrapped program execs (start scripts)."],
+        ["permessage-deflate", None, "Accept permessage-deflate (compression) offers on every route; "
+         "off by default (CPU per message; see docs/conformance.md). Its parameters: [compression] in a file."],
         ["run-once", None, "Exit after the first session ends (websockify --run-once)."],
         ["verbose", "v", "Log debug messages too (websockify --verbose)."],
         ["traffic", None, "Log one debug line per message relayed (websockify --traffic); implies --verbose."],

@@ -901,6 +901,45 @@ def _wrapped_of(routes: Iterable[Route]) -> tuple[WrappedTarget, ...]:
 
 
 @frozen
+class Compression:
+    """
+    permessage-deflate (RFC 7692), negotiated on every route when on.
+
+    Off by default: compressing costs CPU on every message relayed (most
+    relayed traffic, VNC or SSH, is already compressed or encrypted), and
+    compressing secrets together with data an attacker chooses in one
+    context leaks them through sizes (CRIME, BREACH).  Turn it on where
+    clients send compressible text (JSON, terminals) over slow links.
+
+    @ivar permessage_deflate: accept a client's permessage-deflate offer.
+    @ivar server_no_context_takeover: the router starts each message it
+        sends with a fresh compressor (less memory per session, worse ratio).
+    @ivar client_no_context_takeover: ask the client to do the same (when
+        its offer allows it).
+    @ivar server_max_window_bits: the router's LZ77 window, 9 to 15 (lower
+        if the client asks for less).
+    @ivar client_max_window_bits: the window asked of the client, 9 to 15
+        (only when its offer allows it); 15 asks nothing.
+    """
+
+    permessage_deflate: bool = False
+    server_no_context_takeover: bool = False
+    client_no_context_takeover: bool = False
+    server_max_window_bits: int = 15
+    client_max_window_bits: int = 15
+
+    def __attrs_post_init__(self) -> None:
+        checks = _Checks()
+        for key in ("permessage_deflate", "server_no_context_takeover", "client_no_context_takeover"):
+            _check_bool(checks, key, getattr(self, key))
+        for key in ("server_max_window_bits", "client_max_window_bits"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or not 9 <= value <= 15:
+                checks.add(key, f"must be a whole number from 9 to 15, not {value!r}")
+        checks.raise_any()
+
+
+@frozen
 class RouterConfig:
     """
     Everything one router needs: where to listen, what to route, limits.
@@ -918,6 +957,7 @@ class RouterConfig:
     recording: Recording = field(factory=Recording)
     lifetime: Lifetime = field(factory=Lifetime)
     log: LogSettings = field(factory=LogSettings)
+    compression: Compression = field(factory=Compression)
     programs: tuple[WrappedTarget, ...] = field(
         default=Factory(lambda self: _wrapped_of(self.routes), takes_self=True),
         converter=_as_tuple)

@@ -29,6 +29,7 @@ from wsrouter.config.model import (
     RECORD_OFF,
     WRAP_MODES,
     Auth,
+    Compression,
     ConfigError,
     EchoTarget,
     ExecTarget,
@@ -55,7 +56,7 @@ from wsrouter.config.model import (
 
 TOP_KEYS = ("listen", "workers", "pass_env", "follow_program_port", "limits", "lifetime", "log", "web",
             "recording", "programs", "routes", "trusted_proxies", "proxy_protocol",
-            "security", "auth", "tls")
+            "security", "auth", "tls", "compression")
 LIMITS_KEYS = ("max_message_size", "ping_interval", "ping_timeout", "session_idle_timeout", "handshake_timeout",
                "connect_timeout", "shutdown_grace", "max_forks", "max_header_bytes", "max_connections",
                "max_connections_per_client", "max_handshakes_per_client")
@@ -66,6 +67,8 @@ TLS_HOST_KEYS = ("cert", "key")
 #: Route keys for tls:// targets, and the TlsTarget fields they set.
 TLS_TARGET_KEYS = ("tls_ca", "tls_pin", "tls_verify")
 LIFETIME_KEYS = ("run_once", "start_timeout", "idle_exit")
+COMPRESSION_KEYS = ("permessage_deflate", "server_no_context_takeover", "client_no_context_takeover",
+                    "server_max_window_bits", "client_max_window_bits")
 LOG_KEYS = ("file", "level", "traffic", "format")
 WEB_KEYS = ("root", "listing", "content_security_policy", "frame_options")
 RECORDING_KEYS = ("directory", "format", "max_bytes", "redact")
@@ -620,6 +623,7 @@ class _Builder:
         limits = self.simple(Limits, values.get("limits"), "limits", LIMITS_KEYS)
         lifetime = self.simple(Lifetime, values.get("lifetime"), "lifetime", LIFETIME_KEYS)
         log = self.simple(LogSettings, values.get("log"), "log", LOG_KEYS)
+        compression = self.simple(Compression, values.get("compression"), "compression", COMPRESSION_KEYS)
         web = self.web(values.get("web"))
         recording = self.recording(values.get("recording"))
         security = self.security(values.get("security"))
@@ -636,7 +640,7 @@ class _Builder:
             "listeners": listeners, "routes": routes, "web": web, "limits": limits, "recording": recording,
             "lifetime": lifetime, "log": log, "programs": (*self.programs.values(), *self.inline),
             "pass_env": pass_env, "follow_program_port": follow, "security": security,
-            "auth": self.auth(values.get("auth", {})), "tls": tls,
+            "auth": self.auth(values.get("auth", {})), "tls": tls, "compression": compression,
         }
         if "workers" in values:
             fields["workers"] = _number(values["workers"], True)
@@ -764,6 +768,7 @@ def to_data(config: RouterConfig) -> dict[str, Any]:
         "limits": _limits_data(config.limits),
         "lifetime": _fields(config.lifetime, LIFETIME_KEYS),
         "log": _fields(config.log, LOG_KEYS),
+        "compression": _fields(config.compression, COMPRESSION_KEYS),
     }
     if config.web is not None:
         data["web"] = {"root": config.web.directory, **_fields(config.web, WEB_KEYS[1:])}

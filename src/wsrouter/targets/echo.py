@@ -1,5 +1,6 @@
 """
-The in-process echo target: every client message comes straight back.
+The in-process echo target: every client message comes straight back,
+whole and with its type (text stays text), empty messages included.
 
 Useful for demos and for testing a deployment end to end without a backend.
 Flow control still holds: when the client stops reading, the echo stops
@@ -20,7 +21,8 @@ from wsrouter.interfaces import Link, LinkReceiver, SessionInfo
 @implementer(IPushProducer, IConsumer)
 class EchoLink:
     """
-    Echoes each whole message; pausing it pauses the client's reading.
+    Echoes each whole message with its type (a L{MessageLink}); pausing it
+    pauses the client's reading.
 
     As a consumer it keeps the client side's producer, so that when the
     client's transport asks the echo (the producer of what it sends) to
@@ -64,8 +66,12 @@ class EchoLink:
         self._receiver = receiver
 
     def write(self, data: bytes) -> None:
+        """Bytes with no known type go back as one binary message."""
+        self.write_message(data, True)
+
+    def write_message(self, payload: bytes, is_binary: bool) -> None:
         if self._receiver is not None and not self._closed:
-            self._receiver.data_received(data)
+            self._receiver.message_received(payload, is_binary)
 
     def write_eof(self) -> None:
         """The client is done; the echo has nothing more to say either."""

@@ -28,10 +28,11 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 
 from wsrouter import __version__
-from wsrouter.config import Limits
+from wsrouter.config import Compression, Limits
 from wsrouter.interfaces import ConnectionSession, Gatherer, HandshakeHost
 from wsrouter.targets.stream import IO_CHUNK
-from wsrouter.ws.internals import autobahn_data_received, take_after_handshake
+from wsrouter.ws.deflate import Deflater, Inflater, Negotiated, offer_acceptor
+from wsrouter.ws.internals import autobahn_data_received, negotiated_deflate, take_after_handshake
 from wsrouter.ws.parser import FrameParser
 from wsrouter.ws.writes import write_sequence_through, write_through
 
@@ -52,9 +53,12 @@ class DenyWithHeaders(ConnectionDeny):
         self.headers = tuple(headers)
 
 
-def frame_header(is_binary: bool, length: int) -> bytes:
-    """The header of one unmasked, final data frame of C{length} payload bytes."""
-    opcode = 0x82 if is_binary else 0x81
+def frame_header(is_binary: bool, length: int, compressed: bool = False) -> bytes:
+    """
+    The header of one unmasked, final data frame of C{length} payload bytes;
+    C{compressed} sets RSV1 (permessage-deflate).
+    """
+    opcode = (0x82 if is_binary else 0x81) | (0x40 if compressed else 0)
     if length < 126:
         return bytes((opcode, length))
     if length < 65536:
@@ -88,6 +92,8 @@ class ClientProtocol(WebSocketServerProtocol):
     _frames: FrameParser | None = None
     #: The session's link, when one read's payload can go out in one send.
     _gatherer: Gatherer | None = None
+    #: Compresses messages to the client, when permessage-deflate is in use.
+    _deflater: Deflater | None = None
 
     def connectionMade(self) -> None:
         self.__dict__.update(self.factory.protocol_options)
@@ -136,13 +142,22 @@ class ClientProtocol(WebSocketServerProtocol):
         session = self.session
         if session is None:
             return
-        self._frames = FrameParser(_ClientFrames(self, session), self.maxMessagePayloadSize)
+        self._frames = FrameParser(_ClientFrames(self, session), self.maxMessagePayloadSize, self._start_deflate())
         self.transport.bufferSize = IO_CHUNK  # read more per call; queue as much before pausing
         leftover = take_after_handshake(self)
         session.opened()
         self._gatherer = session.gatherer
         if leftover:
             self._frames.feed(leftover)
+
+    def _start_deflate(self) -> Inflater | None:
+        """If permessage-deflate was agreed: make the compressor; return the inflater."""
+        agreed = negotiated_deflate(self)
+        if agreed is None:
+            return None
+        negotiated = Negotiated(*agreed)
+        self._deflater = Deflater(negotiated)
+        return Inflater(negotiated, self.maxMessagePayloadSize)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.connection_gone = True
@@ -170,7 +185,10 @@ class ClientProtocol(WebSocketServerProtocol):
     def send(self, payload: bytes, is_binary: bool) -> None:
         if self.state == _OPEN:
             self.session.sent()  # type: ignore[union-attr]
-            header = frame_header(is_binary, len(payload))
+            deflater = self._deflater
+            if deflater is not None:
+                payload = deflater.compress(payload)
+            header = frame_header(is_binary, len(payload), deflater is not None)
             if len(payload) <= 1024:
                 write_through(self.transport, header + payload)
             else:
@@ -272,14 +290,17 @@ class ClientFactory(WebSocketServerFactory):
 
     protocol = ClientProtocol  # type: ignore[assignment]
 
-    def __init__(self, host: HandshakeHost, limits: Limits, reactor: Any):
+    def __init__(self, host: HandshakeHost, limits: Limits, reactor: Any, compression: Compression | None = None):
         super().__init__(server=f"wsrouter/{__version__}", reactor=reactor)  # type: ignore[no-untyped-call, unused-ignore]
         self.host = host
         self.protocol_options: dict[str, Any] = {}
-        self.apply_limits(limits)
+        self.apply_limits(limits, compression)
 
-    def apply_limits(self, limits: Limits) -> None:
-        """Connections made from now on use C{limits}; open ones keep theirs."""
+    def apply_limits(self, limits: Limits, compression: Compression | None = None) -> None:
+        """
+        Connections made from now on use C{limits} and C{compression}
+        (permessage-deflate; off when C{None}); open ones keep theirs.
+        """
         self.setProtocolOptions(  # type: ignore[no-untyped-call, unused-ignore]
             maxFramePayloadSize=limits.max_message_size,
             maxMessagePayloadSize=limits.max_message_size,
@@ -287,7 +308,7 @@ class ClientFactory(WebSocketServerFactory):
             closeHandshakeTimeout=min(limits.shutdown_grace, 5.0),
             failByDrop=False,
             allowNullOrigin=True,
-            perMessageCompressionAccept=lambda offers: None,
+            perMessageCompressionAccept=offer_acceptor(compression or Compression()),
         )
         # What Autobahn would copy onto each protocol; a new dict, so
         # protocols already made keep the one they copied.

@@ -111,3 +111,17 @@ def take_after_handshake(protocol: Any) -> bytes:
 def autobahn_data_received(protocol: Any, data: bytes) -> None:
     """Feed bytes to Autobahn's own handshake processing."""
     protocol._dataReceived(data)
+
+
+def negotiated_deflate(protocol: Any) -> tuple[bool, bool, int, int] | None:
+    """
+    The permessage-deflate parameters Autobahn agreed in the handshake, as
+    (server_no_context_takeover, client_no_context_takeover,
+    server_max_window_bits, client_max_window_bits), or C{None} if not in use.
+    Autobahn keeps them on its private C{_perMessageCompress}.
+    """
+    pmce = getattr(protocol, "_perMessageCompress", None)
+    if pmce is None or getattr(pmce, "EXTENSION_NAME", None) != "permessage-deflate":
+        return None
+    return (bool(pmce.server_no_context_takeover), bool(pmce.client_no_context_takeover),
+            int(pmce.server_max_window_bits), int(pmce.client_max_window_bits))

@@ -11,19 +11,28 @@ the RFC's, checked here, each violation reported with its close code:
   - 1002: reserved bits or opcodes, unmasked frames, fragmented or oversized
     control frames, a continuation with no message or a new message inside
     one, a 64-bit length with its top bit set, a close payload of one byte;
-  - 1007: a text message that is not valid UTF-8;
+  - 1007: a text message that is not valid UTF-8, a compressed message
+    that does not inflate;
   - 1009: a message larger than the limit (known from the frame header, so
-    the payload is never read).
+    the payload is never read; for a compressed message, its inflated size
+    too, counted as it inflates).
+
+With permessage-deflate negotiated (an L{Inflater} given), RSV1 on a
+message's first frame marks it compressed: its payload is inflated as it
+arrives, then validated and handed on like any other.
 
 Pure: no I/O, fed bytes, reporting to a L{FrameHandler}.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Protocol
 
 from autobahn.websocket.utf8validator import Utf8Validator
 from autobahn.websocket.xormasker import create_xor_masker  # type: ignore[attr-defined, unused-ignore]
+
+from wsrouter.ws.deflate import InflateError, Inflater
 
 PROTOCOL_ERROR = 1002
 INVALID_PAYLOAD = 1007
@@ -77,9 +86,11 @@ class FrameParser:
     frame or an error.
 
     @param max_message_size: largest message payload in bytes; 0 for none.
+    @param inflater: when permessage-deflate was negotiated, what inflates
+        compressed messages (its own limit bounds their inflated size).
     """
 
-    def __init__(self, handler: FrameHandler, max_message_size: int = 0):
+    def __init__(self, handler: FrameHandler, max_message_size: int = 0, inflater: Inflater | None = None):
         self._handler = handler
         self._max = max_message_size
         self._pending = b""
@@ -93,6 +104,8 @@ class FrameParser:
         self._in_message = False
         self._text: Utf8Validator | None = None
         self._message_size = 0
+        self._inflater = inflater
+        self._compressed = False
         self.stopped = False
 
     def feed(self, data: bytes) -> None:
@@ -145,7 +158,8 @@ class FrameParser:
             size += 4
             if available < size:
                 return 0
-        if first & 0x70:
+        rsv = first & 0x70
+        if rsv and (rsv != 0x40 or self._inflater is None):
             return self._fail(PROTOCOL_ERROR, "reserved bits set, but no extension was negotiated")
         if not masked:
             return self._fail(PROTOCOL_ERROR, "client frames must be masked")
@@ -153,10 +167,12 @@ class FrameParser:
             return self._fail(PROTOCOL_ERROR, "frame length has its most significant bit set")
         opcode = first & 0x0F
         fin = bool(first & 0x80)
+        if rsv and opcode not in (TEXT, BINARY):
+            return self._fail(PROTOCOL_ERROR, "compression bit set on a control or continuation frame")
         if opcode >= CLOSE:
             if not self._control_header(opcode, fin, length):
                 return 0
-        elif not self._data_header(opcode, fin, length):
+        elif not self._data_header(opcode, fin, length, bool(rsv)):
             return 0
         self._mask = data[position + size - 4:position + size]
         self._opcode = opcode
@@ -176,7 +192,7 @@ class FrameParser:
         self._control = []
         return True
 
-    def _data_header(self, opcode: int, fin: bool, length: int) -> bool:
+    def _data_header(self, opcode: int, fin: bool, length: int, compressed: bool = False) -> bool:
         if opcode == CONTINUATION:
             if not self._in_message:
                 return bool(self._fail(PROTOCOL_ERROR, "continuation frame with no message to continue"))
@@ -191,6 +207,9 @@ class FrameParser:
         if opcode != CONTINUATION:
             self._in_message = True
             self._text = Utf8Validator() if opcode == TEXT else None
+            self._compressed = compressed
+            if compressed:
+                self._inflater.begin()  # type: ignore[union-attr]  # compressed only with an inflater
             self._handler.message_begin(opcode == BINARY)
         return not self.stopped
 
@@ -203,10 +222,26 @@ class FrameParser:
         if self._opcode >= CLOSE:
             self._control.append(payload)
             return
+        if self._compressed:
+            self._inflated(self._inflater.feed(payload))  # type: ignore[union-attr]
+            return
         if self._text is not None and not self._text.validate(payload)[0]:
             self._fail(INVALID_PAYLOAD, "text message is not valid UTF-8")
             return
         self._handler.message_data(payload)
+
+    def _inflated(self, pieces: Iterator[bytes]) -> None:
+        """Validate and hand on inflated payload, step by step, until a problem."""
+        try:
+            for piece in pieces:
+                if self._text is not None and not self._text.validate(piece)[0]:
+                    self._fail(INVALID_PAYLOAD, "text message is not valid UTF-8")
+                    return
+                self._handler.message_data(piece)
+                if self.stopped:
+                    return
+        except InflateError as e:
+            self._fail(e.code, e.reason)
 
     def _frame_done(self) -> None:
         self._in_payload = False
@@ -216,6 +251,11 @@ class FrameParser:
             return
         if not self._fin:
             return
+        if self._compressed:
+            self._compressed = False
+            self._inflated(self._inflater.end())  # type: ignore[union-attr]
+            if self.stopped:
+                return
         if self._text is not None:
             valid, complete = self._text.validate(b"")[:2]
             if not (valid and complete):

@@ -1,0 +1,36 @@
+"""A quick subset of Autobahn|Testsuite against the echo: route (make conformance runs it all, relay included)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+WSTEST = ROOT / ".cache" / "autobahn-py27" / "bin" / "wstest"
+#: Framing, pings, reserved bits and opcodes, fragmentation, UTF-8, the
+#: basic closing cases (the ones the router's frame parser decides), and a
+#: few permessage-deflate ones.  The relay route waits out Autobahn's
+#: timeouts wherever a stream cuts messages differently: too slow for here.
+QUICK_CASES = "1.*,2.*,3.*,4.*,5.*,6.1.*,6.3.*,6.4.*,7.1.*,7.3.*,12.1.1,12.1.2,13.1.1,13.2.1"
+
+pytestmark = pytest.mark.skipif(not WSTEST.exists(), reason="Autobahn|Testsuite not installed (make conformance-setup)")
+
+
+def test_quick_subset_has_no_failed_case(tmp_path: Path) -> None:
+    """Autobahn's fuzzingclient finds no FAILED or UNIMPLEMENTED case on the echo route, deflate on."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "conformance" / "run.py"), "--cases", QUICK_CASES,
+         "--agents", "echo", "--outdir", str(tmp_path)],
+        check=False, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    echo = summary["wsrouter-echo"]
+    assert echo["total"] >= 89
+    assert echo["counts"].get("FAILED", 0) == 0, echo["not_ok"]
+    assert echo["counts"].get("UNIMPLEMENTED", 0) == 0, echo["not_ok"]
+    assert echo["counts"].get("OK", 0) >= echo["total"] - 3, echo["not_ok"]
