@@ -21,6 +21,7 @@ import pytest
 import pytest_twisted
 
 from wsrouter.cli.lower import LoweringError, options_to_raw
+from wsrouter.cli.replay import format_transcript
 from wsrouter.clientcert import cgi_variables, common_name, matching_name, name_problem
 from wsrouter.config import ConfigError, build_config, to_data
 from wsrouter.policy import Accepted, Credentials, PasswordCheck, Refusal, authenticate
@@ -205,7 +206,7 @@ def test_listed_certificates_pass_others_get_403(certs: dict[str, Pair]) -> Any:
 @needs_openssl
 @pytest_twisted.inlineCallbacks
 def test_exec_environment_and_recording_name_the_certificate(certs: dict[str, Pair], tmp_path: Path) -> Any:
-    """An exec target sees SSL_CLIENT_S_DN/_CN/VERIFY and the recording header has client_cert."""
+    """An exec target sees SSL_CLIENT_S_DN/_CN/VERIFY; the recording header has client_cert, and replay shows it."""
     service = cert_router(certs, routes=[f"/env[auth=certs]=exec:{ENV_JSON}"], record=tmp_path)
     try:
         env = json.loads((yield in_thread(first_message, wss(service, "/env"),
@@ -216,7 +217,9 @@ def test_exec_environment_and_recording_name_the_certificate(certs: dict[str, Pa
         ("CN=alice", "alice", "SUCCESS", "on")
     [recorded] = list(tmp_path.iterdir())
     assert json.loads(recorded.read_text().splitlines()[0])["client_cert"] == "CN=alice"
-    assert read_recording(recorded)[0].client_cert == "CN=alice"
+    header, events = read_recording(recorded)
+    assert header.client_cert == "CN=alice"
+    assert "# client certificate CN=alice" in list(format_transcript(header, events))
 
 
 def test_recording_header_without_certificate_has_no_field() -> None:
