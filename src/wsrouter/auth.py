@@ -79,7 +79,8 @@ def load_credentials(auth: Auth) -> Credentials:
         tokens = parse_tokens(_read(f"{prefix}.tokens", auth.tokens))
         if not tokens:
             raise AuthFileError(f"{prefix}.tokens", f"{auth.tokens!r} lists no token")
-    return Credentials(auth.realm, users, tokens, auth.forward_user_header, auth.forward_from)
+    return Credentials(auth.realm, users, tokens, auth.forward_user_header, auth.forward_from,
+                       auth.client_cert_names)
 
 
 def load_all(config: RouterConfig) -> dict[str, Credentials]:
@@ -157,10 +158,12 @@ __all__ = [
 class NotAuthorized(Exception):
     """Credentials missing or wrong: the reason (no secret in it) and the 401's challenge headers."""
 
-    def __init__(self, reason: str, challenge: list[tuple[str, str]]):
+    def __init__(self, reason: str, challenge: list[tuple[str, str]], status: int = 401):
         super().__init__(reason)
         self.reason = reason
         self.challenge = challenge
+        #: 401, or 403 when no credentials could help (client certificates only).
+        self.status = status
 
 
 class Authenticator:
@@ -177,19 +180,21 @@ class Authenticator:
         """Read the files of C{config}'s C{[auth.NAME]} tables anew (a reload)."""
         self.credentials = load_all(config)
 
-    def check(self, name: str, headers: Mapping[str, str], peer: str) -> Deferred[Accepted]:
+    def check(self, name: str, headers: Mapping[str, str], peer: str,
+              client_cert: str | None = None) -> Deferred[Accepted]:
         """
         Fires with who connects, or fails with L{NotAuthorized}.
 
         @param headers: the request headers, names lower case.
         @param peer: the client's address (for forward auth's trusted proxies).
+        @param client_cert: the subject of the client's verified certificate.
         """
         credentials = self.credentials[name]
-        decided = authenticate(credentials, headers, peer)
+        decided = authenticate(credentials, headers, peer, client_cert)
         if isinstance(decided, Accepted):
             return succeed(decided)
         if isinstance(decided, Refusal):
-            return fail(NotAuthorized(decided.reason, credentials.challenge()))
+            return fail(NotAuthorized(decided.reason, credentials.challenge(), decided.status))
         attempt = decided
 
         def judged(matches: bool) -> Accepted:

@@ -51,7 +51,7 @@ _HINTS = {
     503: "retry later",
     429: "the client address is over its limits (limits.max_connections_per_client, "
          "limits.max_handshakes_per_client)",
-    403: "the route's origin policy (origin, security.origin) refused it",
+    403: "the route's origin policy (origin, security.origin) or client_cert_names refused it",
     401: "the route asks for credentials (auth, security.auth)",
 }
 
@@ -165,7 +165,7 @@ class Gateway:
         auth = config.auth_for(match.route)
         if auth is None:
             return self._connect(connection, request, config, session_id, path, route_path, match, client)
-        checking = self.authenticator.check(auth.name, request.headers, client[0])
+        checking = self.authenticator.check(auth.name, request.headers, client[0], client_subject(connection.transport))
 
         def authenticated(accepted: Accepted) -> Deferred[ConnectionSession | None]:
             log.info("{peer} {path}: {user} ({method}) for route {route}", peer=request.peer, path=request.path,
@@ -333,6 +333,8 @@ def _unauthorized(reason: Failure, request: Any, client: tuple[str, int]) -> NoR
     if not reason.check(NotAuthorized):  # type: ignore[no-untyped-call, unused-ignore]
         reason.raiseException()
     error: NotAuthorized = reason.value  # type: ignore[assignment]
+    if error.status != 401:
+        _refuse(request, error.status, error.reason, client)
     try:
         _refuse(request, 401, error.reason, client)
     except ConnectionDeny:

@@ -26,6 +26,8 @@ from urllib.parse import urlsplit
 
 from attrs import frozen
 
+from wsrouter.clientcert import matching_name
+
 #: The origin policies that are words; any other policy is a list of origins.
 ORIGIN_SAME = "same"
 ORIGIN_OFF = "off"
@@ -348,6 +350,8 @@ class Credentials:
     tokens: tuple[bytes, ...]
     forward_header: str | None
     forward_from: tuple[str, ...]
+    #: C{client_cert_names} (see L{wsrouter.clientcert}).
+    cert_names: tuple[str, ...] = ()
 
     def challenge(self) -> list[tuple[str, str]]:
         """The C{WWW-Authenticate} headers a 401 carries: one per method a client can answer."""
@@ -360,15 +364,26 @@ class Credentials:
         return headers
 
 
-def authenticate(credentials: Credentials, headers: Mapping[str, str], peer: str) -> Accepted | PasswordCheck | Refusal:
+def authenticate(credentials: Credentials, headers: Mapping[str, str], peer: str,
+                 client_cert: str | None = None) -> Accepted | PasswordCheck | Refusal:
     """
-    Decide who connects from the request's C{headers} (names lower case)
-    and the C{peer} address.  A refusal's reason names the method and the
-    user, never a password or token.
+    Decide who connects from the request's C{headers} (names lower case),
+    the C{peer} address and the subject of the client's verified
+    certificate.  A refusal's reason names the method and the user, never
+    a password or token.
 
-    Forward auth is considered first (a request from a trusted proxy
-    carrying the header), then a bearer token, then HTTP Basic.
+    A client certificate whose name is listed is considered first; then
+    forward auth (a request from a trusted proxy carrying the header),
+    then a bearer token, then HTTP Basic.  A table naming only
+    certificates refuses with 403 (no challenge could help).
     """
+    if credentials.cert_names:
+        if matching_name(credentials.cert_names, client_cert) is not None:
+            return Accepted(client_cert or "", "client-cert")
+        if not credentials.challenge() and credentials.forward_header is None:
+            if client_cert is None:
+                return Refusal(403, "a verified client certificate is required")
+            return Refusal(403, f"client certificate {client_cert!r} is not among the accepted names")
     if credentials.forward_header is not None:
         forwarded = headers.get(credentials.forward_header.lower())
         if forwarded is not None:

@@ -89,6 +89,8 @@ class Header:
     @ivar headers: request headers, names lower-cased, secrets redacted.
     @ivar width: asciicast terminal columns; C{None} for JSON Lines.
     @ivar height: asciicast terminal rows; C{None} for JSON Lines.
+    @ivar client_cert: the subject of the client's verified certificate
+        (RFC 4514); C{None} without one (the field is then absent).
     """
 
     format: str
@@ -105,6 +107,7 @@ class Header:
     width: int | None = None
     height: int | None = None
     title: str | None = None
+    client_cert: str | None = None
 
     @property
     def start_utc(self) -> str:
@@ -199,6 +202,7 @@ def make_header(
         width=ASCIICAST_WIDTH if asciicast else None,
         height=ASCIICAST_HEIGHT if asciicast else None,
         title=f"wsrouter {session.route.describe()} from {session.peer()}" if asciicast else None,
+        client_cert=session.client_cert,
     )
 
 
@@ -219,7 +223,7 @@ def _seconds(offset: float) -> float:
 
 
 def _session_fields(header: Header) -> dict[str, Any]:
-    return {
+    fields = {
         "start": round(header.start, 6),
         "start_utc": header.start_utc,
         "session": header.session_id,
@@ -231,6 +235,9 @@ def _session_fields(header: Header) -> dict[str, Any]:
         "subprotocol": header.subprotocol,
         "headers": [list(pair) for pair in header.headers],
     }
+    if header.client_cert is not None:
+        fields["client_cert"] = header.client_cert
+    return fields
 
 
 def encode_jsonl_header(header: Header) -> bytes:
@@ -623,6 +630,7 @@ def _header_fields(obj: dict[str, Any]) -> dict[str, Any]:
         if isinstance(pair, (list, tuple)) and len(pair) == 2
     )
     subprotocol = obj.get("subprotocol")
+    client_cert = obj.get("client_cert")
     return {
         "session_id": _string(obj, "session"),
         "route": _string(obj, "route"),
@@ -632,6 +640,7 @@ def _header_fields(obj: dict[str, Any]) -> dict[str, Any]:
         "query": _string(obj, "query"),
         "subprotocol": subprotocol if isinstance(subprotocol, str) else None,
         "headers": pairs,
+        "client_cert": client_cert if isinstance(client_cert, str) else None,
     }
 
 

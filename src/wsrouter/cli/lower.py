@@ -125,14 +125,15 @@ def _security(raw: dict[str, Any], options: Mapping[str, Any]) -> None:
     """
     C{--origin-policy}, and websockify's C{--auth-plugin} with C{--auth-source}:
     C{ExpectOrigin "ORIGIN ..."} (the trusted origins) or C{BasicHTTPAuth
-    user:password} (kept only as a bcrypt hash), and C{--web-auth}.
+    user:password} (kept only as a bcrypt hash) or C{ClientCertCNAuth "CN
+    ..."} (C{client_cert_names}), and C{--web-auth}.
     """
     plugin, source, policy = options.get("auth-plugin"), options.get("auth-source"), options.get("origin-policy")
     web_auth = bool(options.get("web-auth"))
     security: dict[str, Any] = {"origin": policy}
     kind = plugin.rsplit(".", 1)[-1] if plugin else None
     if plugin is None and source is not None:
-        raise LoweringError("--auth-source needs --auth-plugin (ExpectOrigin or BasicHTTPAuth)")
+        raise LoweringError("--auth-source needs --auth-plugin (ExpectOrigin, BasicHTTPAuth or ClientCertCNAuth)")
     if kind == "ExpectOrigin":
         if not source or not source.split():
             raise LoweringError('--auth-plugin ExpectOrigin needs --auth-source "ORIGIN [ORIGIN...]"')
@@ -146,11 +147,20 @@ def _security(raw: dict[str, Any], options: Mapping[str, Any]) -> None:
         raw.setdefault("auth", {})[WEBSOCKIFY_AUTH] = {"users": [f"{user}:{hash_password(password)}"]}
         security["auth"] = WEBSOCKIFY_AUTH
         security["web_auth"] = WEBSOCKIFY_AUTH if web_auth else None
+    elif kind == "ClientCertCNAuth":
+        if not source or not source.split():
+            raise LoweringError('--auth-plugin ClientCertCNAuth needs --auth-source "CN [CN...]"')
+        if not options.get("verify-client"):
+            raise LoweringError("--auth-plugin ClientCertCNAuth needs --verify-client (and --cafile)")
+        raw.setdefault("auth", {})[WEBSOCKIFY_AUTH] = {"client_cert_names": source.split()}
+        security["auth"] = WEBSOCKIFY_AUTH
+        security["web_auth"] = WEBSOCKIFY_AUTH if web_auth else None
     elif plugin is not None:
-        raise LoweringError(f"--auth-plugin {plugin}: not supported yet; wsrouter has ExpectOrigin and "
-                            "BasicHTTPAuth (and [auth.NAME] tables in a config file)")
-    if web_auth and kind != "BasicHTTPAuth":
-        raise LoweringError("--web-auth needs --auth-plugin BasicHTTPAuth (or security.web_auth in a config file)")
+        raise LoweringError(f"--auth-plugin {plugin}: not supported; wsrouter has ExpectOrigin, BasicHTTPAuth "
+                            "and ClientCertCNAuth (and [auth.NAME] tables in a config file)")
+    if web_auth and kind not in ("BasicHTTPAuth", "ClientCertCNAuth"):
+        raise LoweringError("--web-auth needs --auth-plugin BasicHTTPAuth or ClientCertCNAuth "
+                            "(or security.web_auth in a config file)")
     _table(raw, "security", security)
 
 

@@ -52,6 +52,8 @@ def _describe_header(header: Header) -> Iterator[str]:
     yield f"# recording ({version}) started {header.start_utc}"
     if header.session_id or header.peer:
         yield f"# session {header.session_id or '?'} from {header.peer or '?'}"
+    if header.client_cert:
+        yield f"# client certificate {header.client_cert}"
     if header.route or header.target:
         yield f"# route {header.route or '?'} -> {header.target or '?'}"
     if header.path:

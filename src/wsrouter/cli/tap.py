@@ -143,9 +143,11 @@ class Options(usage.Options):
          "Who may connect from a browser: same (the Origin must be this site; the default), off, "
          "or space-separated trusted origins (https://a.example https://*.b.example)."],
         ["auth-plugin", None, None,
-         "websockify's auth plugin: ExpectOrigin (--auth-source ORIGINS) or BasicHTTPAuth (--auth-source USER:PASS)."],
+         "websockify's auth plugin: ExpectOrigin (--auth-source ORIGINS), BasicHTTPAuth (--auth-source USER:PASS) "
+         "or ClientCertCNAuth (--auth-source \"CN CN...\", with --verify-client)."],
         ["auth-source", None, None,
-         "The auth plugin's argument: space-separated origins, or USER:PASSWORD (kept only as a bcrypt hash)."],
+         "The auth plugin's argument: space-separated origins, USER:PASSWORD (kept only as a bcrypt hash), "
+         "or space-separated client-certificate common names."],
     ]
 
     def __init__(self) -> None:

@@ -21,6 +21,7 @@ from typing import Any, TypeAlias
 
 from attrs import Factory, field, frozen
 
+from wsrouter.clientcert import name_problem
 from wsrouter.policy import ORIGIN_SAME, htpasswd_line_problem, network_problem, origin_policy_problem
 
 MiB = 1024 * 1024
@@ -559,6 +560,9 @@ class Auth:
         user's name (forward auth), trusted only from C{forward_from}.
     @ivar forward_from: the proxies' addresses or networks (C{10.0.0.0/8}).
     @ivar realm: named in the C{WWW-Authenticate} challenge.
+    @ivar client_cert_names: names a verified client certificate may have
+        (a CN, C{*.} wildcard CN, or full RFC 4514 subject; see
+        L{wsrouter.clientcert}); needs C{tls.verify_client}.
     """
 
     name: str
@@ -568,9 +572,11 @@ class Auth:
     forward_user_header: str | None = None
     forward_from: tuple[str, ...] = field(default=(), converter=_as_tuple)
     realm: str = "wsrouter"
+    client_cert_names: tuple[str, ...] = field(default=(), converter=_as_tuple)
 
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
+        _check_client_cert_names(checks, self.client_cert_names)
         _check_text(checks, "htpasswd", self.htpasswd, "an htpasswd file", optional=True)
         _check_strings(checks, "users", self.users, "user:bcrypt-hash line")
         _check_text(checks, "tokens", self.tokens, "a file of bearer tokens", optional=True)
@@ -588,9 +594,18 @@ class Auth:
                     checks.add(f"forward_from[{index}]", network_problem(network) or "")
         if (self.forward_user_header is None) != (not self.forward_from):
             checks.add("forward_from", "forward_user_header and forward_from go together")
-        if not (self.htpasswd or self.users or self.tokens or self.forward_user_header):
-            checks.add("", "names no method: give htpasswd, users, tokens or forward_user_header")
+        if not (self.htpasswd or self.users or self.tokens or self.forward_user_header or self.client_cert_names):
+            checks.add("", "names no method: give htpasswd, users, tokens, forward_user_header or client_cert_names")
         checks.raise_any()
+
+
+def _check_client_cert_names(checks: _Checks, names: tuple[str, ...]) -> None:
+    _check_strings(checks, "client_cert_names", names, "certificate name")
+    if isinstance(names, tuple):
+        for index, name in enumerate(names):
+            problem = name_problem(name) if isinstance(name, str) else None
+            if problem:
+                checks.add(f"client_cert_names[{index}]", problem)
 
 
 @frozen
@@ -1062,6 +1077,11 @@ class RouterConfig:
         for key, name in wanted:
             if name is not None and name != AUTH_OFF and name not in names:
                 checks.add(key, f"no [auth.{name}] table")
+        verified = isinstance(self.tls, TlsSettings) and self.tls.verify_client is True
+        for auth in self.auth:
+            if auth.client_cert_names and not verified:
+                checks.add(f"auth.{auth.name}.client_cert_names",
+                           "needs tls.verify_client (with tls.cafile): without it no client certificate is asked for")
 
     def auth_for(self, route: Route | None) -> Auth | None:
         """What C{route} (C{None}: the web root) asks for: its own, else the router's; C{None}: nothing."""

@@ -61,7 +61,7 @@ LIMITS_KEYS = ("max_message_size", "ping_interval", "ping_timeout", "session_idl
                "connect_timeout", "shutdown_grace", "max_forks", "max_header_bytes", "max_connections",
                "max_connections_per_client", "max_handshakes_per_client")
 SECURITY_KEYS = ("origin", "auth", "web_auth")
-AUTH_KEYS = ("htpasswd", "users", "tokens", "forward_user_header", "forward_from", "realm")
+AUTH_KEYS = ("htpasswd", "users", "tokens", "forward_user_header", "forward_from", "realm", "client_cert_names")
 TLS_KEYS = ("cert", "key", "min_version", "ciphers", "ssl_only", "verify_client", "cafile", "hosts")
 TLS_HOST_KEYS = ("cert", "key")
 #: Route keys for tls:// targets, and the TlsTarget fields they set.

@@ -98,6 +98,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsrouter import __version__
+from wsrouter.clientcert import cgi_variables
 from wsrouter.config import DEFAULT_COMMAND_KILL_GRACE, ExecTarget, Limits, Route
 from wsrouter.interfaces import Link, LinkReceiver, SessionInfo, TargetError
 
@@ -141,7 +142,9 @@ def cgi_environment(session: SessionInfo, pass_env: Iterable[str], environ: Mapp
     (the router's environment; C{PATH} among them replaces the default),
     then the route's C{env} pairs.  Configured names win over the
     request's, so a client header can never replace a variable the
-    operator set.  Nothing else of C{environ} is used.
+    operator set.  Nothing else of C{environ} is used.  A verified client
+    certificate adds C{SSL_CLIENT_S_DN}, C{SSL_CLIENT_S_DN_CN} and
+    C{SSL_CLIENT_VERIFY} (L{wsrouter.clientcert.cgi_variables}).
 
     Headers whose names have characters other than letters, digits and
     C{-} are left out, so C{X_User} cannot pose as C{X-User} after a proxy
@@ -167,6 +170,7 @@ def cgi_environment(session: SessionInfo, pass_env: Iterable[str], environ: Mapp
     }
     if session.secure:
         env["HTTPS"] = "on"
+    env.update(cgi_variables(session.client_cert))
     env.update(header_variables(session.headers))
     env["PATH"] = DEFAULT_PATH
     for name in pass_env:

@@ -23,6 +23,7 @@ from twisted.web.util import DeferredResource
 from wsrouter.auth import NotAuthorized
 from wsrouter.gateway import Gateway
 from wsrouter.routing import path_matches
+from wsrouter.tls import client_subject
 from wsrouter.ws.upgrade import WebSocketUpgrade, is_websocket_upgrade
 
 __all__ = ["RouterResource", "WebSocketUpgrade", "is_websocket_upgrade"]
@@ -39,6 +40,10 @@ def _challenge(reason: Failure, request: Request, peer: str) -> IResource:
     """A refused web root request: 401 with the challenge headers, and a log line (no secrets)."""
     reason.trap(NotAuthorized)
     error: NotAuthorized = reason.value  # type: ignore[assignment]
+    if error.status != 401:
+        log.info("refused {peer} {path}: {status} {reason} (security.web_auth)", peer=peer,
+                 path=request.uri.decode("latin-1"), status=error.status, reason=error.reason)
+        return errorPage(error.status, "Forbidden", error.reason)
     for name, value in error.challenge:
         request.responseHeaders.addRawHeader(name, value)
     log.info("refused {peer} {path}: 401 {reason} (the web root asks for credentials: security.web_auth)",
@@ -93,7 +98,7 @@ class RouterResource(Resource):
         headers = {name.decode("latin-1").lower(): values[0].decode("latin-1")
                    for name, values in request.requestHeaders.getAllRawHeaders()}
         peer = str(getattr(request.getClientAddress(), "host", "") or "unix")
-        checking = self.gateway.authenticator.check(auth.name, headers, peer)
+        checking = self.gateway.authenticator.check(auth.name, headers, peer, client_subject(request.transport))
         return checking.addCallbacks(lambda _: then(), _challenge, errbackArgs=(request, peer))
 
     def _not_here(self, request: Request, mount_prefix: str) -> IResource:
