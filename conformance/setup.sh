@@ -10,13 +10,20 @@ if [ -x "$dir/bin/wstest" ]; then
     exit 0
 fi
 
+# A candidate counts only if it runs and is 2.7: pyenv's python2.7 shim is on
+# PATH even where 2.7 is not the selected version, and then fails.
+is_python27() {
+    "$1" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (2, 7) else 1)' >/dev/null 2>&1
+}
+
 find_python2() {
+    local root candidate
     if [ -n "${PYTHON2:-}" ]; then echo "$PYTHON2"; return 0; fi
-    if command -v python2.7 >/dev/null 2>&1; then command -v python2.7; return 0; fi
-    local root
     root="$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")"
-    for candidate in "$root"/versions/2.7*/bin/python2.7; do
-        if [ -x "$candidate" ]; then echo "$candidate"; return 0; fi
+    for candidate in "$(command -v python2.7 || true)" "$root"/versions/2.7*/bin/python2.7 /usr/bin/python2.7; do
+        if [ -n "$candidate" ] && [ -x "$candidate" ] && is_python27 "$candidate"; then
+            echo "$candidate"; return 0
+        fi
     done
     return 1
 }
