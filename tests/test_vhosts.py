@@ -199,8 +199,13 @@ def refused(url: str, port: int, **kwargs: Any) -> tuple[int, bytes]:
         sock.close()
 
 
-VHOST_ROUTES = ["/who[host=a.test]=exec:echo host-a", "/who[host=*.wild.test]=exec:echo wild",
-                "/who=exec:echo default"]
+def says(name: str) -> str:
+    """An exec target that sends C{name} and stays open until the client leaves (so TLS details stay readable)."""
+    return f"exec:sh -c 'echo {name}; exec cat'"
+
+
+VHOST_ROUTES = [f"/who[host=a.test]={says('host-a')}", f"/who[host=*.wild.test]={says('wild')}",
+                f"/who={says('default')}"]
 
 
 @pytest_twisted.inlineCallbacks
@@ -261,7 +266,7 @@ def peer_name(url: str, port: int, context: ssl.SSLContext, server_hostname: str
 def test_sni_certificate_and_host_route_end_to_end(certs: dict[str, Pair]) -> Any:
     """Over wss, SNI picks the host's certificate and Host its route; a server name other than Host gets 421."""
     tls = {"cert": str(certs["a"].combined), "hosts": {"b.test": {"cert": str(certs["b"].combined)}}}
-    service = start_router(routes=[*VHOST_ROUTES, "/who[host=b.test]=exec:echo host-b"], tls=tls)
+    service = start_router(routes=[*VHOST_ROUTES, f"/who[host=b.test]={says('host-b')}"], tls=tls)
     port = service.port_number
     context = client_context(certs["ca"])
     try:
@@ -282,7 +287,7 @@ def test_sni_certificate_and_host_route_end_to_end(certs: dict[str, Pair]) -> An
 @pytest_twisted.inlineCallbacks
 def test_tls_without_host_routes_ignores_the_server_name(certs: dict[str, Pair]) -> Any:
     """Without host routes, a server name other than Host is no refusal (nothing to misdirect)."""
-    service = start_router(routes=["/who=exec:echo default"], tls={"cert": str(certs["a"].combined)})
+    service = start_router(routes=[f"/who={says('default')}"], tls={"cert": str(certs["a"].combined)})
     port = service.port_number
     try:
         got = yield in_thread(peer_name, f"wss://a.test:{port}/who", port, client_context(certs["ca"]),
@@ -290,3 +295,21 @@ def test_tls_without_host_routes_ignores_the_server_name(certs: dict[str, Pair])
         assert got == ("a", "default")
     finally:
         yield service.stopService()
+
+
+# -- the command line ---------------------------------------------------------------------
+
+
+def test_command_line_host_and_unknown_host() -> None:
+    """--route '/x[host=NAME]=...' and --unknown-host 421 reach the config; a bad value names the key."""
+    from twisted.python import usage
+
+    from wsrouter.cli.tap import ServeOptions
+
+    options = ServeOptions()
+    options.parseOptions(["--unknown-host", "421", "--route", "/x[host=A.test]=echo:", "--route", "/x=echo:"])
+    config = options["config"]
+    assert config.unknown_host == "421"
+    assert [route.host for route in config.routes] == ["a.test", None]
+    with pytest.raises(usage.UsageError, match="unknown_host: must be default or 421, not 'maybe'"):
+        ServeOptions().parseOptions(["--unknown-host", "maybe", "--route", "/x=echo:"])
