@@ -264,7 +264,7 @@ def route_from_string(text: str) -> dict[str, Any]:
     Lower the command line's route language into a C{routes[]} entry.
 
     C{PATH[[OPTIONS]][@PROTO[,PROTO...]]=TARGET}; OPTIONS are C{key=value}
-    pairs separated by C{;}: C{framing}, C{max-forks}, C{record} and C{env}
+    pairs separated by C{;}: C{framing}, C{max-forks}, C{record}, C{host} (vhosts) and C{env}
     (C{NAME:VALUE}, repeatable), e.g. C{/term[framing=line;max-forks=4]@tty=exec:login}.
     Values are checked by L{build_config}, as a file's are.
 
