@@ -35,10 +35,10 @@ from wsrouter.interfaces import (
 )
 from wsrouter.policy import Accepted, ClientCounts, Refusal, origin_problem
 from wsrouter.recording import open_recorder
-from wsrouter.routing import Match, NoRoute, select_route
+from wsrouter.routing import Match, NoRoute, RouteTable
 from wsrouter.session import Session
 from wsrouter.targets import Connectors
-from wsrouter.tls import client_subject
+from wsrouter.tls import client_subject, server_name
 from wsrouter.traffic import with_traffic_log
 from wsrouter.ws.adapter import ClientFactory, DenyWithHeaders
 
@@ -53,6 +53,7 @@ _HINTS = {
          "limits.max_handshakes_per_client)",
     403: "the route's origin policy (origin, security.origin) or client_cert_names refused it",
     401: "the route asks for credentials (auth, security.auth)",
+    421: "no route serves this host name (routes' host, unknown_host), or TLS name and Host differ",
 }
 
 
@@ -94,6 +95,8 @@ class Gateway:
         self._counted: dict[str, str] = {}
         #: Checks credentials for routes with an C{auth} (files loaded now and on L{use_config}).
         self.authenticator = Authenticator(config, reactor)
+        self._table = RouteTable(config.routes, config.unknown_host)
+        self._table_of = config
 
     def use_config(self, config: RouterConfig) -> None:
         """New connections use C{config}'s routes and limits; open sessions keep theirs."""
@@ -152,7 +155,7 @@ class Gateway:
                 path: str, route_path: str, client: tuple[str, int]) -> Deferred[ConnectionSession | None]:
         """Route, origin, then the target: the handshake's decision after the client's limits."""
         try:
-            match = select_route(config.routes, route_path, request.protocols)
+            match = self._select(connection, request, config, route_path)
         except NoRoute as e:
             return _refuse(request, e.status, e.reason, client)
         origin = request.headers.get("origin")
@@ -173,6 +176,23 @@ class Gateway:
             return self._connect(connection, request, config, session_id, path, route_path, match, client)
 
         return checking.addCallbacks(authenticated, _unauthorized, errbackArgs=(request, client))
+
+    def _select(self, connection: ClientConnection, request: Any, config: RouterConfig, route_path: str) -> Match:
+        """
+        The route for the request's Host, path and subprotocols (the table
+        is built once per configuration).
+
+        @raise NoRoute: also 421 when a TLS client's server name is not its Host.
+        """
+        if self._table_of is not config:
+            self._table, self._table_of = RouteTable(config.routes, config.unknown_host), config
+        table = self._table
+        host = request.headers.get("host")
+        if table.uses_hosts and connection.is_secure():
+            problem = table.tls_name_problem(host, server_name(connection.transport))
+            if problem is not None:
+                raise NoRoute(421, problem)
+        return table.select(route_path, request.protocols, host)
 
     def _connect(self, connection: ClientConnection, request: Any, config: RouterConfig, session_id: str,
                  path: str, route_path: str, match: Match,

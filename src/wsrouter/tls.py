@@ -173,6 +173,16 @@ def client_subject(transport: Any) -> str | None:
     return subject
 
 
+def server_name(transport: Any) -> str | None:
+    """The name the client asked for by SNI, if the connection is TLS and sent one."""
+    secure = ISSLTransport(transport, None)
+    handle = getattr(secure, "getHandle", None) if secure is not None else None
+    if handle is None:
+        return None
+    raw = handle().get_servername()
+    return raw.decode("ascii", "replace") if raw else None
+
+
 # -- targets --------------------------------------------------------------------------------
 
 

@@ -88,6 +88,8 @@ def options_to_raw(options: Mapping[str, Any]) -> dict[str, Any]:
         raw["pass_env"] = list(options["pass_env"])
     if options.get("workers") is not None:
         raw["workers"] = options["workers"]
+    if options.get("unknown-host") is not None:
+        raw["unknown_host"] = options["unknown-host"]
     _table(raw, "limits", {key: options.get(option) for option, key in LIMIT_OPTIONS.items()})
     _security(raw, options)
     _table(raw, "recording", {key: options.get(option) for option, key in RECORDING_OPTIONS.items()})

@@ -132,6 +132,7 @@ class Options(usage.Options):
         ["ssl-version", None, None, "Lowest TLS version accepted: tlsv1_2 (default) or tlsv1_3."],
         ["ssl-ciphers", None, None, "OpenSSL cipher string for TLS 1.2 (default: modern forward-secret ciphers)."],
         ["log-file", None, None, "Log to this file instead of stderr (websockify --log-file)."],
+        ["unknown-host", None, None, "A Host no route names: default (the routes without [host=...]) or 421."],
         ["max-header-bytes", None, None,
          "Largest request line plus headers, in bytes (default 65536); larger gets 431."],
         ["max-connections", None, None, "Most sessions at once, handshakes included (default 10000); then 503."],

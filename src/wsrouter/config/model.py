@@ -51,6 +51,10 @@ LISTENER_KINDS = ("tcp", "tcp6", "unix", "ssl", "systemd")
 
 #: The web root's C{frame_options} (X-Frame-Options / CSP frame-ancestors).
 FRAME_OPTIONS = ("sameorigin", "deny", "off")
+#: What a Host no route names gets (C{unknown_host}): the routes without a host, or 421.
+UNKNOWN_HOST_CHOICES = ("default", "421")
+#: A route's C{host}: a DNS name (or IPv4 address), or C{*.DOMAIN} for one more label.
+HOST_PATTERN = re.compile(r"(\*\.)?[a-z0-9-]+(\.[a-z0-9-]+)*")
 #: PROXY protocol versions a route may send to its target (L{wsrouter.proxyproto}).
 PROXY_PROTOCOL_VERSIONS = ("v1", "v2")
 
@@ -168,6 +172,16 @@ def _check_strings(checks: _Checks, key: str, values: object, what: str) -> None
 def _off_when_zero(value: Any) -> Any:
     """Optional timers: 0 means off, as absent does (websockify's --timeout 0)."""
     return None if _is_number(value) and value == 0 else value
+
+
+def _lower_host(value: Any) -> Any:
+    """Host names are case-insensitive: kept in lower case, without a final dot."""
+    return value.lower().rstrip(".") if isinstance(value, str) else value
+
+
+def _number_as_text(value: Any) -> Any:
+    """C{unknown_host = 421} (a TOML number) means C{"421"}."""
+    return str(value) if _is_int(value) else value
 
 
 def _as_tuple(value: Any) -> Any:
@@ -641,10 +655,14 @@ class Route:
     origin: OriginPolicy | None = field(default=None, converter=_as_tuple)
     #: The C{[auth.NAME]} this route asks for; C{None}: C{security.auth}; L{AUTH_OFF}: none.
     auth: str | None = None
+    #: The Host this route serves (L{HOST_PATTERN}, lower case); C{None}: any host.
+    host: str | None = field(default=None, converter=_lower_host)
 
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
         self._check_path(checks)
+        if self.host is not None and not (isinstance(self.host, str) and HOST_PATTERN.fullmatch(self.host)):
+            checks.add("host", f"must be a host name or *.DOMAIN (no port), not {self.host!r}")
         _check_proxy_protocol(checks, self.proxy_protocol, self.target)
         _check_origin(checks, "origin", self.origin, optional=True)
         _check_text(checks, "auth", self.auth, f"the name of an [auth.NAME] table (or {AUTH_OFF})", optional=True)
@@ -689,6 +707,8 @@ class Route:
 
     def describe(self) -> str:
         pattern = self.pattern()
+        if self.host is not None:
+            pattern = self.host + pattern
         if self.subprotocols:
             pattern += "@" + ",".join(self.subprotocols)
         return pattern
@@ -983,10 +1003,14 @@ class RouterConfig:
     security: Security = field(factory=Security)
     auth: tuple[Auth, ...] = field(default=(), converter=_as_tuple)
     tls: TlsSettings | None = None
+    #: What a Host that no route names gets: C{"default"}, the routes without
+    #: a host; C{"421"}, 421 Misdirected Request (L{wsrouter.routing}).
+    unknown_host: str = field(default="default", converter=_number_as_text)
 
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
         self._check_auth(checks)
+        self._check_unknown_host(checks)
         if self.tls is not None and not isinstance(self.tls, TlsSettings):
             checks.add("tls", f"must be TLS settings, not {self.tls!r}")
         self._check_listeners(checks)
@@ -1034,15 +1058,21 @@ class RouterConfig:
         if not isinstance(self.routes, tuple):
             checks.add("routes", f"must be a list of routes, not {self.routes!r}")
             return
-        seen: dict[tuple[str, bool, frozenset[str]], int] = {}
+        seen: dict[tuple[str, bool, frozenset[str], str | None], int] = {}
         for index, route in enumerate(self.routes):
             if not isinstance(route, Route):
                 checks.add(f"routes[{index}]", f"must be a route, not {route!r}")
                 continue
-            identity = (route.path, route.prefix, frozenset(route.subprotocols))
+            identity = (route.path, route.prefix, frozenset(route.subprotocols), route.host)
             if identity in seen:
                 checks.add(f"routes[{index}]", f"duplicates routes[{seen[identity]}] ({route.describe()})")
             seen.setdefault(identity, index)
+
+    def _check_unknown_host(self, checks: _Checks) -> None:
+        _check_choice(checks, "unknown_host", self.unknown_host, UNKNOWN_HOST_CHOICES)
+        if self.unknown_host == "421" and isinstance(self.routes, tuple) and not any(
+                isinstance(route, Route) and route.host is not None for route in self.routes):
+            checks.add("unknown_host", "421 needs routes with a host: give some route a host, or use \"default\"")
 
     def _check_programs(self, checks: _Checks) -> None:
         if not isinstance(self.programs, tuple) or not all(isinstance(p, WrappedTarget) for p in self.programs):

@@ -56,7 +56,7 @@ from wsrouter.config.model import (
 
 TOP_KEYS = ("listen", "workers", "pass_env", "follow_program_port", "limits", "lifetime", "log", "web",
             "recording", "programs", "routes", "trusted_proxies", "proxy_protocol",
-            "security", "auth", "tls", "compression")
+            "security", "auth", "tls", "compression", "unknown_host")
 LIMITS_KEYS = ("max_message_size", "ping_interval", "ping_timeout", "session_idle_timeout", "handshake_timeout",
                "connect_timeout", "shutdown_grace", "max_forks", "max_header_bytes", "max_connections",
                "max_connections_per_client", "max_handshakes_per_client")
@@ -74,7 +74,7 @@ WEB_KEYS = ("root", "listing", "content_security_policy", "frame_options")
 RECORDING_KEYS = ("directory", "format", "max_bytes", "redact")
 PROGRAM_KEYS = ("mode", "command", "ports", "keep_env", "socket")
 ROUTE_KEYS = ("path", "subprotocols", "target", "framing", "max_forks", "record", "env", "proxy_protocol",
-              "origin", "auth", *TLS_TARGET_KEYS)
+              "origin", "auth", "host", *TLS_TARGET_KEYS)
 #: Keys holding numbers; a numeric string is accepted there (command-line values).
 _INTEGER_KEYS = ("workers", "max_message_size", "max_forks", "max_bytes", "max_header_bytes", "max_connections",
                  "max_connections_per_client", "max_handshakes_per_client")
@@ -90,7 +90,7 @@ MOVED_KEYS = {
 }
 
 #: Options a route string may carry in brackets (the file's keys, with '-').
-ROUTE_OPTIONS = ("framing", "max-forks", "record", "env", "proxy-protocol", "origin", "auth",
+ROUTE_OPTIONS = ("framing", "max-forks", "record", "env", "proxy-protocol", "origin", "auth", "host",
                  "tls-ca", "tls-pin", "tls-verify")
 
 TARGET_FORMS = ("tcp://HOST:PORT, HOST:PORT, tls://HOST:PORT, unix:///PATH, udp://HOST:PORT, unix-dgram:///PATH, "
@@ -264,7 +264,7 @@ def route_from_string(text: str) -> dict[str, Any]:
     Lower the command line's route language into a C{routes[]} entry.
 
     C{PATH[[OPTIONS]][@PROTO[,PROTO...]]=TARGET}; OPTIONS are C{key=value}
-    pairs separated by C{;}: C{framing}, C{max-forks}, C{record} and C{env}
+    pairs separated by C{;}: C{framing}, C{max-forks}, C{record}, C{host} (vhosts) and C{env}
     (C{NAME:VALUE}, repeatable), e.g. C{/term[framing=line;max-forks=4]@tty=exec:login}.
     Values are checked by L{build_config}, as a file's are.
 
@@ -552,6 +552,8 @@ class _Builder:
             fields["origin"] = origin_value(values["origin"])
         if "auth" in values:
             fields["auth"] = values["auth"]
+        if "host" in values:
+            fields["host"] = values["host"]
         env = values.get("env")
         if isinstance(env, Mapping):
             fields["env"] = tuple(env.items())
@@ -644,6 +646,8 @@ class _Builder:
         }
         if "workers" in values:
             fields["workers"] = _number(values["workers"], True)
+        if "unknown_host" in values:
+            fields["unknown_host"] = values["unknown_host"]
         fields["proxies"] = self.proxies(values)
         config: RouterConfig | None = self.make(RouterConfig, fields, "")
         routes_given = values.get("routes")
@@ -731,6 +735,8 @@ def _route_data(route: Route) -> dict[str, Any]:
         data["proxy_protocol"] = route.proxy_protocol
     if route.auth is not None:
         data["auth"] = route.auth
+    if route.host is not None:
+        data["host"] = route.host
     if route.origin is not None:
         data["origin"] = route.origin if isinstance(route.origin, str) else list(route.origin)
     if isinstance(route.target, TlsTarget):
@@ -779,6 +785,8 @@ def to_data(config: RouterConfig) -> dict[str, Any]:
                                        "keep_env": program.keep_env, "socket": program.socket}
                           for program in config.programs}
     data["routes"] = [_route_data(route) for route in config.routes]
+    if config.unknown_host != "default":
+        data["unknown_host"] = config.unknown_host
     if config.proxies.trusted_proxies:
         data["trusted_proxies"] = list(config.proxies.trusted_proxies)
     if config.proxies.proxy_protocol:
