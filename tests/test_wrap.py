@@ -389,6 +389,9 @@ def test_the_program_sees_the_websocket_client(tmp_path, short_tmp):
     port = free_port()
     log_path = tmp_path / "router.log"
     args = ["--wrap", "respawn", str(port), "--", *server(port, "--tell-peer")]
-    with router_in(short_tmp, log_path, args, port), connect(f"ws://127.0.0.1:{port}/") as ws:
-        client_port = ws.socket.getsockname()[1]
-        assert ws.recv(timeout=10) == f"peer 127.0.0.1 {client_port} 127.0.0.1 {client_port}\n".encode()
+    with router_in(short_tmp, log_path, args, port):
+        # Our own socket, so its port is known before the program answers and closes.
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        client_port = sock.getsockname()[1]
+        with connect(f"ws://127.0.0.1:{port}/", sock=sock) as ws:
+            assert ws.recv(timeout=10) == f"peer 127.0.0.1 {client_port} 127.0.0.1 {client_port}\n".encode()
