@@ -191,11 +191,12 @@ class UpstreamProtocol(WebSocketClientProtocol):
         self._lost_reason: str | None = None
         self._closed_for_client = False
         self._tls_done = False
+        self._started = False
         self._close: tuple[int | None, str, str | None] | None = None
 
     def connectionMade(self) -> None:
         if not self.target.secure:
-            super().connectionMade()
+            self._start()
             return
         handle = cast(Any, self.transport).getHandle()
         tls = self.target.tls()
@@ -210,6 +211,10 @@ class UpstreamProtocol(WebSocketClientProtocol):
             self._fail(f"TLS to {self.target.describe()} failed: {problem}")
             cast(Any, self.transport).abortConnection()
             return
+        self._start()
+
+    def _start(self) -> None:
+        self._started = True
         super().connectionMade()
 
     def _fail(self, reason: str) -> None:
@@ -246,7 +251,10 @@ class UpstreamProtocol(WebSocketClientProtocol):
                 self._lost_reason = f"certificate is not for {self.target.host}"
             else:
                 self._lost_reason = ssl_reason(value)
-        super().connectionLost(reason)
+        if self._started:
+            super().connectionLost(reason)
+        else:  # Autobahn never began (TLS failed): it has nothing to close
+            self.onClose(False, ABNORMAL, "connection lost")
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if not self.ready.called:

@@ -1,0 +1,320 @@
+"""
+ws:// and wss:// targets, end to end on loopback: the router in this
+process, the independent ``websockets`` library both as the client and as
+the upstream server (its sync server in a thread) -- message types, empty
+messages, subprotocol negotiation, close codes both ways, 502s, wss with a
+test CA, and a slow reader's backpressure; plus the config forms.
+"""
+
+from __future__ import annotations
+
+import queue
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.server import Server, ServerConnection, serve
+
+from wsrouter.config import ConfigError, WebSocketTarget, build_config, to_data
+from wsrouter.config.spec import parse_target
+
+from .support import connect, free_port, handshake_status, in_thread, nested_schema, start_router
+from .tlscerts import Pair, make_ca, make_server, needs_openssl
+
+
+class Upstream:
+    """A ``websockets`` sync server on loopback, served from its own thread."""
+
+    def __init__(self, handler: Callable[[ServerConnection], None], **kwargs: Any):
+        kwargs.setdefault("max_size", None)
+        self.server: Server = serve(handler, "127.0.0.1", 0, **kwargs)
+        self.port = self.server.socket.getsockname()[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str = "/up", scheme: str = "ws") -> str:
+        return f"{scheme}://127.0.0.1:{self.port}{path}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.thread.join(10)
+
+
+def echo_handler(connection: ServerConnection) -> None:
+    """Echo every message with its type."""
+    try:
+        for message in connection:
+            connection.send(message)
+    except ConnectionClosed:
+        pass
+
+
+def route(target: str, path: str = "/u", **options: Any) -> dict[str, Any]:
+    return {"path": path, "target": target, **options}
+
+
+# -- configuration --------------------------------------------------------------------------
+
+
+def test_route_language_and_file_forms() -> None:
+    """ws:// and wss:// parse with host, port and path (default /), describe themselves and round-trip."""
+    assert parse_target("ws://127.0.0.1:9000/chat?room=1") == WebSocketTarget(False, "127.0.0.1", 9000, "/chat?room=1")
+    assert parse_target("wss://[::1]:443") == WebSocketTarget(True, "::1", 443, "/")
+    assert parse_target("wss://[::1]:443/a").describe() == "wss://[::1]:443/a"
+    config = build_config(nested_schema({"routes": [route("wss://example.test:443/x", tls_pin="AB" * 32)]}))
+    target = config.routes[0].target
+    assert isinstance(target, WebSocketTarget) and target.pin == "ab" * 32 and target.secure
+    assert build_config(to_data(config)) == config
+
+
+def test_tls_keys_refused_for_plain_ws() -> None:
+    """tls_ca on a ws:// route is refused with its key path; a bad port is named too."""
+    with pytest.raises(ConfigError) as caught:
+        build_config(nested_schema({"routes": [route("ws://127.0.0.1:9000/x", tls_ca="ca.pem")]}))
+    assert "routes[0].tls_ca: is only for tls:// and wss:// targets" in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        build_config(nested_schema({"routes": [route("ws://127.0.0.1:0/x")]}))
+    assert "routes[0].target" in str(caught.value) and "port" in str(caught.value)
+
+
+# -- relaying --------------------------------------------------------------------------------
+
+
+def exchange(url: str, messages: list[str | bytes], **kwargs: Any) -> list[str | bytes]:
+    with connect(url, **kwargs) as ws:
+        answers = []
+        for message in messages:
+            ws.send(message)
+            answers.append(ws.recv(timeout=10))
+        return answers
+
+
+@pytest_twisted.inlineCallbacks
+def test_messages_keep_their_types_and_empty_ones() -> Any:
+    """Text stays text and binary stays binary through an echoing upstream, empty messages of both kinds included."""
+    upstream = Upstream(echo_handler)
+    service = start_router(routes=[route(upstream.url())])
+    messages: list[str | bytes] = ["héllo", b"\x00\xff", "", b"", "x" * 200_000, bytes(range(256)) * 1000]
+    try:
+        answers = yield in_thread(exchange, service.url + "/u", messages)
+        assert answers == messages
+        assert [type(a) for a in answers] == [type(m) for m in messages]
+    finally:
+        yield service.stopService()
+        upstream.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_upstream_chooses_the_subprotocol() -> Any:
+    """The client's offer goes upstream and the upstream's choice is the client's; an upstream choosing none (though
+    websockify's "binary" was offered, which the router itself would take for other targets) gives none."""
+    seen: queue.Queue[str | None] = queue.Queue()
+
+    def handler(connection: ServerConnection) -> None:
+        seen.put(connection.subprotocol)
+        echo_handler(connection)
+
+    upstream = Upstream(handler, subprotocols=["chat.v2"])  # type: ignore[list-item]
+    plain = Upstream(handler)
+    service = start_router(routes=[route(upstream.url()), route(plain.url(), "/plain")])
+
+    def chosen(offer: list[str], path: str = "/u") -> str | None:
+        with connect(service.url + path, subprotocols=offer) as ws:
+            ws.send("ping")
+            assert ws.recv(timeout=10) == "ping"
+            return ws.subprotocol  # type: ignore[no-any-return]
+
+    try:
+        assert (yield in_thread(chosen, ["chat.v1", "chat.v2"])) == "chat.v2"
+        assert seen.get(timeout=10) == "chat.v2"
+        assert (yield in_thread(chosen, ["binary"], "/plain")) is None
+        assert seen.get(timeout=10) is None
+    finally:
+        yield service.stopService()
+        upstream.close()
+        plain.close()
+
+
+@pytest.mark.parametrize(("code", "reason"), [(1000, ""), (4000, "bye")])
+@pytest_twisted.inlineCallbacks
+def test_client_close_code_reaches_upstream(code: int, reason: str) -> Any:
+    """The client's close code and reason are what the upstream receives."""
+    closes: queue.Queue[tuple[int | None, str | None]] = queue.Queue()
+
+    def handler(connection: ServerConnection) -> None:
+        echo_handler(connection)
+        closes.put((connection.close_code, connection.close_reason))
+
+    upstream = Upstream(handler)
+    service = start_router(routes=[route(upstream.url())])
+
+    def client() -> None:
+        with connect(service.url + "/u") as ws:
+            ws.send("x")
+            ws.recv(timeout=10)
+            ws.close(code, reason)
+
+    try:
+        yield in_thread(client)
+        assert (yield in_thread(closes.get, timeout=10)) == (code, reason)
+    finally:
+        yield service.stopService()
+        upstream.close()
+
+
+@pytest.mark.parametrize(("code", "reason"), [(1011, "boom"), (4001, "nope")])
+@pytest_twisted.inlineCallbacks
+def test_upstream_close_code_reaches_client(code: int, reason: str) -> Any:
+    """The upstream's close code and reason are what the client receives, after the messages before it."""
+    def handler(connection: ServerConnection) -> None:
+        message = connection.recv()
+        connection.send(message)
+        connection.close(code, reason)
+
+    upstream = Upstream(handler)
+    service = start_router(routes=[route(upstream.url())])
+
+    def client() -> tuple[Any, int | None, str | None]:
+        with connect(service.url + "/u") as ws:
+            ws.send("last")
+            got = ws.recv(timeout=10)
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=10)
+            return got, ws.close_code, ws.close_reason
+
+    try:
+        assert (yield in_thread(client)) == ("last", code, reason)
+    finally:
+        yield service.stopService()
+        upstream.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_unreachable_or_refusing_upstream_is_502() -> Any:
+    """Nothing listening, and an upstream refusing the handshake with 403, are each a 502 naming why."""
+    def refuse(connection: ServerConnection, request: Any) -> Any:
+        return connection.respond(403, "not you\n")
+
+    upstream = Upstream(echo_handler, process_request=refuse)
+    service = start_router(routes=[route(f"ws://127.0.0.1:{free_port()}/x", "/down"), route(upstream.url(), "/no")])
+    try:
+        status, body = yield in_thread(handshake_status, service.url + "/down")
+        assert status == 502 and b"connection refused" in body, body
+        status, body = yield in_thread(handshake_status, service.url + "/no")
+        assert status == 502 and b"403" in body, body
+    finally:
+        yield service.stopService()
+        upstream.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_silent_upstream_is_502_after_the_connect_timeout() -> Any:
+    """An upstream that accepts TCP but never answers the WebSocket handshake is a 502 saying it timed out."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)
+    service = start_router(routes=[route(f"ws://127.0.0.1:{silent.getsockname()[1]}/x")],
+                           limits={"connect_timeout": 1})
+    try:
+        status, body = yield in_thread(handshake_status, service.url + "/u")
+        assert status == 502 and b"timed out" in body, body
+    finally:
+        yield service.stopService()
+        silent.close()
+
+
+# -- wss -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pair]:
+    """A test CA and a server certificate for 127.0.0.1 and localhost it signs."""
+    if needs_openssl.args[0]:
+        pytest.skip("no openssl command")
+    directory = tmp_path_factory.mktemp("certs")
+    ca = make_ca(directory)
+    return {"ca": ca, "server": make_server(directory, "server", ca)}
+
+
+def tls_upstream(pair: Pair) -> Upstream:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pair.cert, pair.key)
+    return Upstream(echo_handler, ssl=context)
+
+
+@needs_openssl
+@pytest_twisted.inlineCallbacks
+def test_wss_upstream_verified_with_test_ca(certs: dict[str, Pair]) -> Any:
+    """A wss:// upstream whose certificate tls_ca vouches for relays; with system trust only it is a 502 naming why."""
+    upstream = tls_upstream(certs["server"])
+    service = start_router(routes=[route(upstream.url(scheme="wss"), tls_ca=str(certs["ca"].cert)),
+                                   route(upstream.url(scheme="wss"), "/untrusted")])
+    try:
+        assert (yield in_thread(exchange, service.url + "/u", ["secret", b""])) == ["secret", b""]
+        status, body = yield in_thread(handshake_status, service.url + "/untrusted")
+        assert status == 502 and b"certificate verify failed" in body, body
+    finally:
+        yield service.stopService()
+        upstream.close()
+
+
+# -- flow control ----------------------------------------------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_slow_client_stalls_a_flooding_upstream() -> Any:
+    """A client that does not read makes the router stop reading the upstream, which stalls far from done;
+    everything arrives once the client reads."""
+    chunk, total = 64 * 1024, 48 * 1024 * 1024
+    sent = [0]
+
+    def flood(connection: ServerConnection) -> None:
+        payload = b"\x01" * chunk
+        try:
+            while sent[0] < total:
+                connection.send(payload)
+                sent[0] += chunk
+            connection.close(1000, "done")
+        except ConnectionClosed:
+            pass
+
+    upstream = Upstream(flood)
+    service = start_router(routes=[route(upstream.url())])
+    may_read = threading.Event()
+    opened = threading.Event()
+
+    def slow_client() -> tuple[int, int | None]:
+        received = 0
+        with connect(service.url + "/u", max_queue=4) as ws:
+            opened.set()
+            may_read.wait(60)
+            try:
+                while True:
+                    received += len(ws.recv(timeout=30))
+            except ConnectionClosed:
+                return received, ws.close_code
+
+    try:
+        reading = in_thread(slow_client)
+        assert (yield in_thread(opened.wait, 30))
+        steady, last = 0, -1
+        for _ in range(150):
+            yield deferLater(reactor, 0.2, lambda: None)
+            steady, last = (steady + 1, last) if sent[0] == last else (0, sent[0])
+            if steady == 5:
+                break
+        assert steady == 5 and sent[0] < total // 2, (steady, sent[0])
+        may_read.set()
+        assert (yield reading) == (total, 1000)
+    finally:
+        may_read.set()
+        yield service.stopService()
+        upstream.close()
