@@ -318,3 +318,85 @@ def test_slow_client_stalls_a_flooding_upstream() -> Any:
         may_read.set()
         yield service.stopService()
         upstream.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_slow_upstream_stalls_a_flooding_client() -> Any:
+    """An upstream that does not read makes the router stop reading the client, whose sending stalls far from
+    done; everything arrives once the upstream reads."""
+    chunk, total = 64 * 1024, 48 * 1024 * 1024
+    may_read = threading.Event()
+    received: queue.Queue[int] = queue.Queue()
+    sent = [0]
+
+    def slow(connection: ServerConnection) -> None:
+        may_read.wait(60)
+        count = 0
+        try:
+            for message in connection:
+                count += len(message)
+        except ConnectionClosed:
+            pass
+        received.put(count)
+
+    upstream = Upstream(slow, max_queue=4)
+    service = start_router(routes=[route(upstream.url())])
+
+    def flooding_client() -> None:
+        payload = b"\x02" * chunk
+        with connect(service.url + "/u") as ws:
+            while sent[0] < total:
+                ws.send(payload)
+                sent[0] += chunk
+
+    try:
+        sending = in_thread(flooding_client)
+        steady, last = 0, -1
+        for _ in range(150):
+            yield deferLater(reactor, 0.2, lambda: None)
+            steady, last = (steady + 1, last) if sent[0] == last and last > 0 else (0, sent[0])
+            if steady == 5:
+                break
+        assert steady == 5 and sent[0] < total // 2, (steady, sent[0])
+        may_read.set()
+        yield sending
+        assert (yield in_thread(received.get, timeout=60)) == total
+    finally:
+        may_read.set()
+        yield service.stopService()
+        upstream.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_max_message_size_applies_to_upstream_messages() -> Any:
+    """An upstream message over max_message_size is refused: the upstream gets 1009, the client 1011 saying why."""
+    closes: queue.Queue[int | None] = queue.Queue()
+
+    def handler(connection: ServerConnection) -> None:
+        connection.recv()
+        connection.send(b"y" * 500)
+        try:
+            connection.send(b"z" * 5000)
+            connection.recv()
+        except ConnectionClosed:
+            pass
+        closes.put(connection.close_code)
+
+    upstream = Upstream(handler)
+    service = start_router(routes=[route(upstream.url())], limits={"max_message_size": 1000})
+
+    def client() -> tuple[Any, int | None, str | None]:
+        with connect(service.url + "/u") as ws:
+            ws.send("go")
+            got = ws.recv(timeout=10)
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=10)
+            return len(got), ws.close_code, ws.close_reason
+
+    try:
+        size, code, reason = yield in_thread(client)
+        assert (size, code) == (500, 1011) and "1009" in (reason or ""), reason
+        assert (yield in_thread(closes.get, timeout=10)) == 1009
+    finally:
+        yield service.stopService()
+        upstream.close()

@@ -369,6 +369,7 @@ def _factory(reactor: Any, target: WebSocketTarget, limits: Limits, offered: Seq
         autoPingInterval=limits.ping_interval or 0,
         autoPingTimeout=limits.ping_timeout or 0,
         openHandshakeTimeout=0,
+        failByDrop=False,  # a refused upstream message gets its close code (1009), not a dropped connection
         closeHandshakeTimeout=limits.shutdown_grace,
     )
     return factory
