@@ -12,6 +12,7 @@ import queue
 import ssl
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from websockets.sync.server import Server, ServerConnection, serve
 
 from wsrouter.config import ConfigError, WebSocketTarget, build_config, to_data
 from wsrouter.config.spec import parse_target
+from wsrouter.preflight import preflight
 
 from .support import connect, free_port, handshake_status, in_thread, nested_schema, start_router
 from .tlscerts import Pair, make_ca, make_server, needs_openssl
@@ -236,18 +238,19 @@ def test_silent_upstream_is_502_after_the_connect_timeout() -> Any:
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pair]:
-    """A test CA and a server certificate for 127.0.0.1 and localhost it signs."""
+    """A test CA, a server certificate for 127.0.0.1 and localhost it signs, and a self-signed one."""
     if needs_openssl.args[0]:
         pytest.skip("no openssl command")
     directory = tmp_path_factory.mktemp("certs")
     ca = make_ca(directory)
-    return {"ca": ca, "server": make_server(directory, "server", ca)}
+    return {"ca": ca, "server": make_server(directory, "server", ca),
+            "selfsigned": make_server(directory, "self", None)}
 
 
-def tls_upstream(pair: Pair) -> Upstream:
+def tls_upstream(pair: Pair, handler: Callable[[ServerConnection], None] = echo_handler) -> Upstream:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(pair.cert, pair.key)
-    return Upstream(echo_handler, ssl=context)
+    return Upstream(handler, ssl=context)
 
 
 @needs_openssl
@@ -264,6 +267,37 @@ def test_wss_upstream_verified_with_test_ca(certs: dict[str, Pair]) -> Any:
     finally:
         yield service.stopService()
         upstream.close()
+
+
+@needs_openssl
+@pytest_twisted.inlineCallbacks
+def test_wss_upstream_pinned_certificate(certs: dict[str, Pair]) -> Any:
+    """A pinned self-signed upstream relays; a wrong pin is a 502 naming both and the upstream never hears a request."""
+    pair = certs["selfsigned"]
+    handled: list[str] = []
+
+    def handler(connection: ServerConnection) -> None:
+        handled.append(connection.request.path if connection.request else "")
+        echo_handler(connection)
+
+    upstream = tls_upstream(pair, handler)
+    wrong = "0" * 64
+    service = start_router(routes=[route(upstream.url("/ok", "wss"), tls_pin=pair.fingerprint()),
+                                   route(upstream.url("/wrong", "wss"), "/w", tls_pin=wrong)])
+    try:
+        assert (yield in_thread(exchange, service.url + "/u", [b"pinned"])) == [b"pinned"]
+        status, body = yield in_thread(handshake_status, service.url + "/w")
+        assert status == 502 and f"{pair.fingerprint()} is not the pinned {wrong}".encode() in body, body
+        assert handled == ["/ok"]
+    finally:
+        yield service.stopService()
+        upstream.close()
+
+
+def test_preflight_reports_unreadable_wss_ca(tmp_path: Path) -> None:
+    """A wss:// route's unreadable tls_ca file is a start-up problem under its key path."""
+    config = build_config({"routes": [route("wss://127.0.0.1:1/x", tls_ca=str(tmp_path / "none.pem"))]})
+    assert "cannot read the CA file" in dict(preflight(config))["routes[0].tls_ca"]
 
 
 # -- flow control ----------------------------------------------------------------------------
