@@ -9,6 +9,7 @@ test CA, and a slow reader's backpressure; plus the config forms.
 from __future__ import annotations
 
 import queue
+import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -170,6 +171,43 @@ def test_client_close_code_reaches_upstream(code: int, reason: str) -> Any:
         upstream.close()
 
 
+@pytest.mark.parametrize("how", ["drop", "idle"])
+@pytest_twisted.inlineCallbacks
+def test_dropped_or_idle_client_closes_upstream_with_its_code(how: str) -> Any:
+    """A client that drops its TCP connection gives the upstream 1001; the router's idle timeout gives it 1000 "idle
+    timeout", the same close the client gets."""
+    closes: queue.Queue[tuple[int | None, str | None]] = queue.Queue()
+
+    def handler(connection: ServerConnection) -> None:
+        echo_handler(connection)
+        closes.put((connection.close_code, connection.close_reason))
+
+    upstream = Upstream(handler)
+    limits = {"session_idle_timeout": 1} if how == "idle" else {}
+    service = start_router(routes=[route(upstream.url())], limits=limits)
+
+    def client() -> tuple[int | None, str | None]:
+        with connect(service.url + "/u") as ws:
+            ws.send("x")
+            ws.recv(timeout=10)
+            if how == "drop":
+                ws.socket.shutdown(socket.SHUT_RDWR)
+                return None, None
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=10)
+            return ws.close_code, ws.close_reason
+
+    try:
+        got = yield in_thread(client)
+        expected = (1001, "client went away") if how == "drop" else (1000, "idle timeout")
+        assert (yield in_thread(closes.get, timeout=10)) == expected
+        if how == "idle":
+            assert got == expected
+    finally:
+        yield service.stopService()
+        upstream.close()
+
+
 @pytest.mark.parametrize(("code", "reason"), [(1011, "boom"), (4001, "nope")])
 @pytest_twisted.inlineCallbacks
 def test_upstream_close_code_reaches_client(code: int, reason: str) -> Any:
@@ -218,8 +256,6 @@ def test_unreachable_or_refusing_upstream_is_502() -> Any:
 @pytest_twisted.inlineCallbacks
 def test_silent_upstream_is_502_after_the_connect_timeout() -> Any:
     """An upstream that accepts TCP but never answers the WebSocket handshake is a 502 saying it timed out."""
-    import socket
-
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(4)

@@ -199,7 +199,8 @@ class Bridge:
         self._socket_done = True
         if not self._link_done:
             if self._closing_link is not None:
-                self._closing_link.close_with(code, reason or "")
+                # The close that ended the session: the client's, or the router's own (idle, shutdown).
+                self._closing_link.close_with(self.stats.close_code, self.stats.close_reason)
             else:
                 self._link.write_eof()
                 self._link.close()

@@ -117,9 +117,7 @@ class WebSocketLink:
         pending, self._pending = self._pending, []
         for payload, is_binary in pending:
             receiver.message_received(payload, is_binary)
-        if self._done:
-            self._protocol.report_close()
-        else:
+        if not self._protocol.report_close():
             self.resumeProducing()
 
     def deliver(self, payload: bytes, is_binary: bool) -> None:
@@ -131,12 +129,10 @@ class WebSocketLink:
 
     def ended(self, code: int | None, reason: str, error: str | None) -> None:
         """The upstream connection is over: tell the bridge the close code (or the error)."""
-        if self._done:
+        receiver = self._receiver
+        if self._done or receiver is None:  # before start: start reports it
             return
         self._done = True
-        receiver = self._receiver
-        if receiver is None:
-            return
         if error is not None:
             receiver.link_lost(error)
         elif code is None:
@@ -276,9 +272,13 @@ class UpstreamProtocol(WebSocketClientProtocol):
             self._close = (code, reason or "", None)
         self.report_close()
 
-    def report_close(self) -> None:
-        if self._close is not None and self.link is not None:
+    def report_close(self) -> bool:
+        """Tell the link how the upstream connection ended, if it has; C{True} if it has."""
+        if self._close is None:
+            return False
+        if self.link is not None:
             self.link.ended(*self._close)
+        return True
 
 
 def offered_subprotocols(info: SessionInfo) -> list[str]:
