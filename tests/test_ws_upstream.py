@@ -76,6 +76,20 @@ def test_route_language_and_file_forms() -> None:
     assert build_config(to_data(config)) == config
 
 
+def test_route_strings_with_tls_options() -> None:
+    """Route strings carry ws/wss targets, paths with queries, and the tls-* options for wss."""
+    config = build_config({"routes": [
+        "/a=ws://127.0.0.1:9000/feed?x=1",
+        "/b[tls-ca=ca.pem]=wss://db.example:443/ws",
+        "/c[tls-verify=false]=wss://127.0.0.1:8443",
+    ]})
+    assert [route.target for route in config.routes] == [
+        WebSocketTarget(False, "127.0.0.1", 9000, "/feed?x=1"),
+        WebSocketTarget(True, "db.example", 443, "/ws", "ca.pem"),
+        WebSocketTarget(True, "127.0.0.1", 8443, verify=False)]
+    assert build_config(to_data(config)) == config
+
+
 def test_tls_keys_refused_for_plain_ws() -> None:
     """tls_ca on a ws:// route is refused with its key path; a bad port is named too."""
     with pytest.raises(ConfigError) as caught:
