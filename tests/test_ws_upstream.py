@@ -158,6 +158,31 @@ def test_upstream_chooses_the_subprotocol() -> Any:
         plain.close()
 
 
+@pytest_twisted.inlineCallbacks
+def test_pings_are_answered_per_hop() -> Any:
+    """The upstream's ping is answered by the router and the client's ping too, each on its own hop."""
+    def handler(connection: ServerConnection) -> None:
+        connection.recv()
+        answered = connection.ping(b"up").wait(10)
+        connection.send(f"upstream ping answered: {answered}")
+        echo_handler(connection)
+
+    upstream = Upstream(handler)
+    service = start_router(routes=[route(upstream.url())])
+
+    def client() -> tuple[Any, bool]:
+        with connect(service.url + "/u") as ws:
+            ws.send("go")
+            said = ws.recv(timeout=10)
+            return said, ws.ping(b"down").wait(10)
+
+    try:
+        assert (yield in_thread(client)) == ("upstream ping answered: True", True)
+    finally:
+        yield service.stopService()
+        upstream.close()
+
+
 @pytest.mark.parametrize(("code", "reason"), [(1000, ""), (4000, "bye")])
 @pytest_twisted.inlineCallbacks
 def test_client_close_code_reaches_upstream(code: int, reason: str) -> Any:
