@@ -159,6 +159,32 @@ def test_upstream_chooses_the_subprotocol() -> Any:
 
 
 @pytest_twisted.inlineCallbacks
+def test_route_subprotocols_filter_what_goes_upstream() -> Any:
+    """A route naming subprotocols sends upstream only those of the client's offer; none in common is 400 at once."""
+    offers: queue.Queue[str | None] = queue.Queue()
+
+    def handler(connection: ServerConnection) -> None:
+        offers.put(connection.request.headers.get("Sec-WebSocket-Protocol") if connection.request else None)
+        echo_handler(connection)
+
+    upstream = Upstream(handler, subprotocols=["chat.v2", "chat.v1"])  # type: ignore[list-item]
+    service = start_router(routes=[route(upstream.url(), subprotocols=["chat.v1"])])
+
+    def chosen() -> str | None:
+        with connect(service.url + "/u", subprotocols=["chat.v2", "chat.v1"]) as ws:
+            return ws.subprotocol  # type: ignore[no-any-return]
+
+    try:
+        assert (yield in_thread(chosen)) == "chat.v1"
+        assert offers.get(timeout=10) == "chat.v1"
+        status, _ = yield in_thread(handshake_status, service.url + "/u", subprotocols=["chat.v2"])
+        assert status == 400 and offers.empty()
+    finally:
+        yield service.stopService()
+        upstream.close()
+
+
+@pytest_twisted.inlineCallbacks
 def test_pings_are_answered_per_hop() -> Any:
     """The upstream's ping is answered by the router and the client's ping too, each on its own hop."""
     def handler(connection: ServerConnection) -> None:
