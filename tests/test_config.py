@@ -83,7 +83,7 @@ def test_target_description_parses_back(text: str, expected: Any) -> None:
     pytest.param("unix-dgram://log.sock", ["absolute path", "unix-dgram:///"], id="unix-dgram-relative"),
     pytest.param("http://example.com:80", ["unknown target", "'http://example.com:80'", "tcp://HOST:PORT",
                                            "unix:///PATH", "exec:COMMAND", "echo:"], id="unknown-scheme"),
-    pytest.param("ws://example.com:80", ["unknown target"], id="unknown-scheme-ws"),
+    pytest.param("ws://example.com/chat", ["expected HOST:PORT"], id="ws-without-port"),
     pytest.param("exec:", ["needs a command"], id="exec-empty"),
     pytest.param("exec:   ", ["needs a command"], id="exec-blank"),
     pytest.param(

@@ -44,7 +44,8 @@ from wsrouter.config.emit import dumps
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "wsrouter.toml"
 ROUTE = '[[routes]]\npath = "/"\ntarget = "echo:"\n'
-TARGET_FORMS = ("tcp://HOST:PORT, HOST:PORT, tls://HOST:PORT, unix:///PATH, udp://HOST:PORT, unix-dgram:///PATH, "
+TARGET_FORMS = ("tcp://HOST:PORT, HOST:PORT, tls://HOST:PORT, ws[s]://HOST:PORT/PATH, unix:///PATH, "
+                "udp://HOST:PORT, unix-dgram:///PATH, "
                 "exec:COMMAND, wrap:MODE:PROGRAM, program:NAME, replay:FILE[?speed=FACTOR] or echo:")
 
 BAD_FILES = [

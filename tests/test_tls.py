@@ -139,7 +139,7 @@ def test_tls_target_options_refused_elsewhere() -> None:
             {"path": "/c", "target": "tls://127.0.0.1:1", "tls_ca": "ca.pem", "tls_verify": False},
         ]})
     text = str(e.value)
-    assert "routes[0].tls_ca: is only for tls:// targets" in text
+    assert "routes[0].tls_ca: is only for tls:// and wss:// targets" in text
     assert "routes[1].tls_pin: must be a SHA-256 fingerprint" in text
     assert "routes[2].tls_verify: false turns off" in text
 

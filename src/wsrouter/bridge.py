@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 from attrs import define, field
 
-from wsrouter.interfaces import Framer, Link, MessageLink, Recorder, WebSocketEnd
+from wsrouter.interfaces import ClosingLink, Framer, Link, MessageLink, Recorder, WebSocketEnd
 
 NORMAL = 1000
 GOING_AWAY = 1001
@@ -107,6 +107,8 @@ class Bridge:
         self._finished = False
         #: Set for a link that keeps message types (L{MessageLink}).
         self._typed_link: MessageLink | None = link if hasattr(link, "write_message") else None  # type: ignore[assignment]
+        #: Set for a link that passes the client's close code on (a WebSocket target).
+        self._closing_link: ClosingLink | None = link if hasattr(link, "close_with") else None  # type: ignore[assignment]
 
     @property
     def link(self) -> Link:
@@ -196,8 +198,12 @@ class Bridge:
         self._upstream_stopped = True
         self._socket_done = True
         if not self._link_done:
-            self._link.write_eof()
-            self._link.close()
+            if self._closing_link is not None:
+                # The close that ended the session: the client's, or the router's own (idle, shutdown).
+                self._closing_link.close_with(self.stats.close_code, self.stats.close_reason)
+            else:
+                self._link.write_eof()
+                self._link.close()
         self._maybe_finished()
 
     def _decode_base64(self, payload: bytes) -> tuple[bytes, str]:
@@ -253,6 +259,12 @@ class Bridge:
         for message in self._framer.flush():
             self._send(message)
         self._close_client(NORMAL, "target closed the connection", by="target")
+
+    def link_closed(self, code: int, reason: str) -> None:
+        """A WebSocket target closed with C{code}: the client gets the same code and reason."""
+        self._link_done = True
+        self._close_client(code, reason, by="target")
+        self._maybe_finished()
 
     def link_lost(self, error: str | None) -> None:
         self._link_done = True

@@ -14,6 +14,7 @@ import secrets
 from typing import Any, NoReturn
 from urllib.parse import unquote, urlsplit
 
+import attrs
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
@@ -217,6 +218,7 @@ class Gateway:
         if self._stopping:
             link.abort()
             raise ConnectionDeny(503, "router is shutting down")  # type: ignore[no-untyped-call, unused-ignore]
+        info, base64_mode = _upstream_choice(link, info, match.base64)
         target = match.route.target
         default = default_framing(target)
         kind = match.route.framing.kind if match.route.framing else default
@@ -228,7 +230,7 @@ class Gateway:
                 return message_is_binary(kind, payload)
         session = Session(
             connection, info, link, framer,
-            limits=config.limits, clock=self._reactor, base64_mode=match.base64, binary_for=binary_for,
+            limits=config.limits, clock=self._reactor, base64_mode=base64_mode, binary_for=binary_for,
             recorder=self._recorder(info, config),
             on_opened=self._opened, on_ended=self._ended,
         )
@@ -390,6 +392,17 @@ def _refuse_with(request: Any, refusal: Refusal, client: tuple[str, int]) -> NoR
         _refuse(request, refusal.status, refusal.reason, client)
     except ConnectionDeny:
         raise DenyWithHeaders(refusal.status, refusal.reason, [("Retry-After", str(refusal.retry_after))]) from None
+
+
+def _upstream_choice(link: Link, info: SessionInfo, base64_mode: bool) -> tuple[SessionInfo, bool]:
+    """
+    A link that negotiated a subprotocol with its target (a WebSocket
+    target, L{wsrouter.interfaces.ClosingLink}) decides the client's: the
+    upstream's choice, and no websockify base64 dialect.
+    """
+    if not hasattr(link, "close_with"):
+        return info, base64_mode
+    return attrs.evolve(info, subprotocol=getattr(link, "subprotocol", None)), False
 
 
 def _always_binary(payload: bytes) -> bool:

@@ -140,6 +140,21 @@ class MessageLink(Link, Protocol):
         """Send one whole client message, with its type."""
 
 
+class ClosingLink(MessageLink, Protocol):
+    """
+    A message link with close codes (a WebSocket target): the bridge closes
+    it with the client's code and reason, and it reports the target's
+    through the bridge's C{link_closed(code, reason)}.
+
+    @ivar subprotocol: what the target chose; the client's 101 names it.
+    """
+
+    subprotocol: str | None
+
+    def close_with(self, code: int | None, reason: str) -> None:
+        """The client closed with C{code} (C{None}: none given): close the target the same way."""
+
+
 class Connector(Protocol):
     """Makes links for one kind of target."""
 

@@ -20,7 +20,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
 
 from wsrouter.auth import auth_problems
-from wsrouter.config import ConfigError, ExecTarget, RouterConfig, TlsTarget, WrappedTarget
+from wsrouter.config import ConfigError, ExecTarget, RouterConfig, TlsTarget, WebSocketTarget, WrappedTarget
 from wsrouter.interfaces import TargetError
 from wsrouter.targets.exec import DEFAULT_PATH, resolve_command
 from wsrouter.tls import ServerTls, TlsProblem, client_options, ssl_reason
@@ -148,8 +148,9 @@ def check_tls(config: RouterConfig) -> Iterator[Problem]:
         except TlsProblem as e:
             yield "tls", str(e)
     for index, route in enumerate(config.routes):
-        if isinstance(route.target, TlsTarget) and route.target.ca is not None:
+        target = route.target.tls() if isinstance(route.target, WebSocketTarget) else route.target
+        if isinstance(target, TlsTarget) and target.ca is not None:
             try:
-                client_options(route.target)
+                client_options(target)
             except TlsProblem as e:
                 yield f"routes[{index}].tls_ca", str(e)

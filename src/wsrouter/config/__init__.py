@@ -51,6 +51,7 @@ from wsrouter.config.model import (
     UnixDatagramTarget,
     UnixTarget,
     WebRoot,
+    WebSocketTarget,
     WrappedTarget,
     default_framing,
 )
@@ -117,6 +118,7 @@ __all__ = [
     "UnixDatagramTarget",
     "UnixTarget",
     "WebRoot",
+    "WebSocketTarget",
     "WrappedTarget",
     "build_config",
     "combine",

@@ -472,13 +472,47 @@ class TlsTarget:
         return f"tls://{host}:{self.port}"
 
 
+@frozen
+class WebSocketTarget:
+    """
+    A WebSocket server (C{ws://HOST:PORT/PATH}, C{wss://...}): each client
+    message goes upstream whole with its type, and back; close codes pass
+    through.  For C{wss://} the certificate is checked as for L{TlsTarget}.
+    """
+
+    secure: bool
+    host: str
+    port: int
+    path: str = "/"
+    ca: str | None = None
+    pin: str | None = field(default=None, converter=_pin)
+    verify: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        checks = _Checks()
+        if not isinstance(self.path, str) or not self.path.startswith("/") or any(c in self.path for c in " \r\n"):
+            checks.add("path", f"must start with / and hold no spaces, not {self.path!r}")
+        if not self.secure and (self.ca is not None or self.pin is not None or self.verify is not True):
+            checks.add("tls_verify", "tls_ca, tls_pin and tls_verify are only for wss:// targets")
+        checks.raise_any()
+        self.tls()  # host, port and the tls_* keys are checked as for tls://
+
+    def tls(self) -> TlsTarget:
+        """The TLS side of a C{wss://} target, for L{wsrouter.tls}."""
+        return TlsTarget(self.host, self.port, self.ca, self.pin, self.verify)
+
+    def describe(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'wss' if self.secure else 'ws'}://{host}:{self.port}{self.path}"
+
+
 Target: TypeAlias = (TcpTarget | UnixTarget | UdpTarget | UnixDatagramTarget | EchoTarget | ExecTarget
-                     | WrappedTarget | ReplayTarget | TlsTarget)
+                     | WrappedTarget | ReplayTarget | TlsTarget | WebSocketTarget)
 
 #: Target kinds whose natural unit is a datagram, not a byte stream.
 DATAGRAM_TARGETS = (UdpTarget, UnixDatagramTarget)
 #: Target kinds that have no byte stream to frame.
-UNFRAMED_TARGETS = (UdpTarget, UnixDatagramTarget, EchoTarget, ReplayTarget)
+UNFRAMED_TARGETS = (UdpTarget, UnixDatagramTarget, EchoTarget, ReplayTarget, WebSocketTarget)
 
 
 def default_framing(target: Target) -> str:

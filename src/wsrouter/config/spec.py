@@ -51,6 +51,7 @@ from wsrouter.config.model import (
     UnixDatagramTarget,
     UnixTarget,
     WebRoot,
+    WebSocketTarget,
     WrappedTarget,
 )
 
@@ -93,7 +94,8 @@ MOVED_KEYS = {
 ROUTE_OPTIONS = ("framing", "max-forks", "record", "env", "proxy-protocol", "origin", "auth", "host",
                  "tls-ca", "tls-pin", "tls-verify")
 
-TARGET_FORMS = ("tcp://HOST:PORT, HOST:PORT, tls://HOST:PORT, unix:///PATH, udp://HOST:PORT, unix-dgram:///PATH, "
+TARGET_FORMS = ("tcp://HOST:PORT, HOST:PORT, tls://HOST:PORT, ws[s]://HOST:PORT/PATH, unix:///PATH, "
+                "udp://HOST:PORT, unix-dgram:///PATH, "
                 "exec:COMMAND, "
                 "wrap:MODE:PROGRAM, program:NAME, replay:FILE[?speed=FACTOR] or echo:")
 
@@ -219,10 +221,20 @@ def parse_target(text: str) -> Target:
         return UnixTarget(rest) if scheme == "unix" else UnixDatagramTarget(rest)
     if scheme == "tls":
         return TlsTarget(*split_host_port(rest.rstrip("/")))
+    if scheme in ("ws", "wss"):
+        return parse_websocket_target(scheme, rest)
     if scheme in ("tcp", "udp"):
         host, port = split_host_port(rest.rstrip("/"))
         return TcpTarget(host, port) if scheme == "tcp" else UdpTarget(host, port)
     raise ValueError(f"unknown target {text!r}; use {TARGET_FORMS}")
+
+
+def parse_websocket_target(scheme: str, rest: str) -> WebSocketTarget:
+    """C{HOST:PORT/PATH} after C{ws://} or C{wss://}; the path defaults to C{/}."""
+    slash = rest.find("/", rest.find("]") + 1)
+    address, path = (rest, "/") if slash == -1 else (rest[:slash], rest[slash:])
+    host, port = split_host_port(address)
+    return WebSocketTarget(scheme == "wss", host, port, path)
 
 
 def parse_framing(text: str) -> Framing:
@@ -571,9 +583,9 @@ class _Builder:
         if not given:
             return
         target = fields.get("target")
-        if not isinstance(target, TlsTarget):
+        if not isinstance(target, TlsTarget) and not (isinstance(target, WebSocketTarget) and target.secure):
             for key in given:
-                self.add(f"{path}.{key}", "is only for tls:// targets")
+                self.add(f"{path}.{key}", "is only for tls:// and wss:// targets")
             return
         changes = {key[len("tls_"):]: value for key, value in given.items()}
         fields["target"] = self.make(lambda **kw: attrs.evolve(target, **kw), changes, path)
@@ -739,7 +751,7 @@ def _route_data(route: Route) -> dict[str, Any]:
         data["host"] = route.host
     if route.origin is not None:
         data["origin"] = route.origin if isinstance(route.origin, str) else list(route.origin)
-    if isinstance(route.target, TlsTarget):
+    if isinstance(route.target, TlsTarget | WebSocketTarget):
         target = route.target
         data.update({key: value for key, value in
                      (("tls_ca", target.ca), ("tls_pin", target.pin), ("tls_verify", target.verify))

@@ -19,6 +19,7 @@ from wsrouter.config import (
     UdpTarget,
     UnixDatagramTarget,
     UnixTarget,
+    WebSocketTarget,
 )
 from wsrouter.interfaces import Connector, Link, SessionInfo, TargetError
 from wsrouter.targets.datagram import DatagramConnector
@@ -27,6 +28,7 @@ from wsrouter.targets.exec import ExecConnector
 from wsrouter.targets.replay import ReplayConnector
 from wsrouter.targets.stream import StreamConnector
 from wsrouter.targets.tls import TlsConnector
+from wsrouter.targets.websocket import WebSocketConnector
 
 
 class Connectors:
@@ -36,6 +38,7 @@ class Connectors:
         stream = self._stream = StreamConnector(reactor, limits.connect_timeout)
         tls = self._tls = TlsConnector(reactor, limits.connect_timeout)
         datagram = DatagramConnector(reactor)
+        websocket = self._websocket = WebSocketConnector(reactor, limits)
         #: Runs the C{exec:} targets' commands (one process per session).
         self.commands = ExecConnector(reactor, limits, pass_env)
         self._by_kind: dict[type, Connector] = {
@@ -47,6 +50,7 @@ class Connectors:
             EchoTarget: EchoConnector(),
             ExecTarget: self.commands,
             ReplayTarget: ReplayConnector(reactor),
+            WebSocketTarget: websocket,
         }
 
     def use_settings(self, limits: Limits, pass_env: Sequence[str]) -> None:
@@ -56,6 +60,7 @@ class Connectors:
         """
         self._stream.use_timeout(limits.connect_timeout)
         self._tls.use_timeout(limits.connect_timeout)
+        self._websocket.use_limits(limits)
         self.commands.use_settings(limits, pass_env)
 
     def register(self, kind: type, connector: Connector) -> None:

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wsrouter.config import RouterConfig, TcpTarget, TlsTarget
+from wsrouter.config import RouterConfig, TcpTarget, TlsTarget, WebSocketTarget
 from wsrouter.interfaces import Link, SessionInfo, TargetError
 from wsrouter.targets.stream import StreamLink, _connect_error, _tcp_endpoint
 from wsrouter.tls import TlsProblem, check_peer, client_options, is_address, ssl_reason
@@ -149,7 +149,7 @@ class TlsConnector:
 def warn_unverified(config: RouterConfig) -> None:
     """At start-up and reload: say loudly which routes skip certificate checks."""
     for route in config.routes:
-        if isinstance(route.target, TlsTarget) and not route.target.verify:
+        if isinstance(route.target, TlsTarget | WebSocketTarget) and not route.target.verify:
             log.warn("route {route}: the certificate of {target} will NOT be verified (tls_verify = false); "
                      "anyone on the path can read and change this traffic",
                      route=route.describe(), target=route.target.describe())

@@ -1,0 +1,537 @@
+"""
+ws:// and wss:// targets, end to end on loopback: the router in this
+process, the independent ``websockets`` library both as the client and as
+the upstream server (its sync server in a thread) -- message types, empty
+messages, subprotocol negotiation, close codes both ways, 502s, wss with a
+test CA, and a slow reader's backpressure; plus the config forms.
+"""
+
+from __future__ import annotations
+
+import queue
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.server import Server, ServerConnection, serve
+
+from wsrouter.config import ConfigError, WebSocketTarget, build_config, to_data
+from wsrouter.config.spec import parse_target
+from wsrouter.preflight import preflight
+
+from .support import connect, free_port, handshake_status, in_thread, nested_schema, start_router
+from .tlscerts import Pair, make_ca, make_server, needs_openssl
+
+
+class Upstream:
+    """A ``websockets`` sync server on loopback, served from its own thread."""
+
+    def __init__(self, handler: Callable[[ServerConnection], None], **kwargs: Any):
+        kwargs.setdefault("max_size", None)
+        self.server: Server = serve(handler, "127.0.0.1", 0, **kwargs)
+        self.port = self.server.socket.getsockname()[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str = "/up", scheme: str = "ws") -> str:
+        return f"{scheme}://127.0.0.1:{self.port}{path}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.thread.join(10)
+
+
+def echo_handler(connection: ServerConnection) -> None:
+    """Echo every message with its type."""
+    try:
+        for message in connection:
+            connection.send(message)
+    except ConnectionClosed:
+        pass
+
+
+def route(target: str, path: str = "/u", **options: Any) -> dict[str, Any]:
+    return {"path": path, "target": target, **options}
+
+
+# -- configuration --------------------------------------------------------------------------
+
+
+def test_route_language_and_file_forms() -> None:
+    """ws:// and wss:// parse with host, port and path (default /), describe themselves and round-trip."""
+    assert parse_target("ws://127.0.0.1:9000/chat?room=1") == WebSocketTarget(False, "127.0.0.1", 9000, "/chat?room=1")
+    assert parse_target("wss://[::1]:443") == WebSocketTarget(True, "::1", 443, "/")
+    assert parse_target("wss://[::1]:443/a").describe() == "wss://[::1]:443/a"
+    config = build_config(nested_schema({"routes": [route("wss://example.test:443/x", tls_pin="AB" * 32)]}))
+    target = config.routes[0].target
+    assert isinstance(target, WebSocketTarget) and target.pin == "ab" * 32 and target.secure
+    assert build_config(to_data(config)) == config
+
+
+def test_route_strings_with_tls_options() -> None:
+    """Route strings carry ws/wss targets, paths with queries, and the tls-* options for wss."""
+    config = build_config({"routes": [
+        "/a=ws://127.0.0.1:9000/feed?x=1",
+        "/b[tls-ca=ca.pem]=wss://db.example:443/ws",
+        "/c[tls-verify=false]=wss://127.0.0.1:8443",
+    ]})
+    assert [route.target for route in config.routes] == [
+        WebSocketTarget(False, "127.0.0.1", 9000, "/feed?x=1"),
+        WebSocketTarget(True, "db.example", 443, "/ws", "ca.pem"),
+        WebSocketTarget(True, "127.0.0.1", 8443, verify=False)]
+    assert build_config(to_data(config)) == config
+
+
+def test_tls_keys_refused_for_plain_ws() -> None:
+    """tls_ca on a ws:// route is refused with its key path; a bad port is named too."""
+    with pytest.raises(ConfigError) as caught:
+        build_config(nested_schema({"routes": [route("ws://127.0.0.1:9000/x", tls_ca="ca.pem")]}))
+    assert "routes[0].tls_ca: is only for tls:// and wss:// targets" in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        build_config(nested_schema({"routes": [route("ws://127.0.0.1:0/x")]}))
+    assert "routes[0].target" in str(caught.value) and "port" in str(caught.value)
+
+
+# -- relaying --------------------------------------------------------------------------------
+
+
+def exchange(url: str, messages: list[str | bytes], **kwargs: Any) -> list[str | bytes]:
+    with connect(url, **kwargs) as ws:
+        answers = []
+        for message in messages:
+            ws.send(message)
+            answers.append(ws.recv(timeout=10))
+        return answers
+
+
+@pytest_twisted.inlineCallbacks
+def test_messages_keep_their_types_and_empty_ones() -> Any:
+    """Text stays text and binary stays binary through an echoing upstream, empty messages of both kinds included."""
+    upstream = Upstream(echo_handler)
+    service = start_router(routes=[route(upstream.url())])
+    messages: list[str | bytes] = ["héllo", b"\x00\xff", "", b"", "x" * 200_000, bytes(range(256)) * 1000]
+    try:
+        answers = yield in_thread(exchange, service.url + "/u", messages)
+        assert answers == messages
+        assert [type(a) for a in answers] == [type(m) for m in messages]
+    finally:
+        yield service.stopService()
+        upstream.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_upstream_chooses_the_subprotocol() -> Any:
+    """The client's offer goes upstream and the upstream's choice is the client's; an upstream choosing none (though
+    websockify's "binary" was offered, which the router itself would take for other targets) gives none."""
+    seen: queue.Queue[str | None] = queue.Queue()
+
+    def handler(connection: ServerConnection) -> None:
+        seen.put(connection.subprotocol)
+        echo_handler(connection)
+
+    upstream = Upstream(handler, subprotocols=["chat.v2"])  # type: ignore[list-item]
+    plain = Upstream(handler)
+    service = start_router(routes=[route(upstream.url()), route(plain.url(), "/plain")])
+
+    def chosen(offer: list[str], path: str = "/u") -> str | None:
+        with connect(service.url + path, subprotocols=offer) as ws:
+            ws.send("ping")
+            assert ws.recv(timeout=10) == "ping"
+            return ws.subprotocol  # type: ignore[no-any-return]
+
+    try:
+        assert (yield in_thread(chosen, ["chat.v1", "chat.v2"])) == "chat.v2"
+        assert seen.get(timeout=10) == "chat.v2"
+        assert (yield in_thread(chosen, ["binary"], "/plain")) is None
+        assert seen.get(timeout=10) is None
+    finally:
+        yield service.stopService()
+        upstream.close()
+        plain.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_route_subprotocols_filter_what_goes_upstream() -> Any:
+    """A route naming subprotocols sends upstream only those of the client's offer; none in common is 400 at once."""
+    offers: queue.Queue[str | None] = queue.Queue()
+
+    def handler(connection: ServerConnection) -> None:
+        offers.put(connection.request.headers.get("Sec-WebSocket-Protocol") if connection.request else None)
+        echo_handler(connection)
+
+    upstream = Upstream(handler, subprotocols=["chat.v2", "chat.v1"])  # type: ignore[list-item]
+    service = start_router(routes=[route(upstream.url(), subprotocols=["chat.v1"])])
+
+    def chosen() -> str | None:
+        with connect(service.url + "/u", subprotocols=["chat.v2", "chat.v1"]) as ws:
+            return ws.subprotocol  # type: ignore[no-any-return]
+
+    try:
+        assert (yield in_thread(chosen)) == "chat.v1"
+        assert offers.get(timeout=10) == "chat.v1"
+        status, _ = yield in_thread(handshake_status, service.url + "/u", subprotocols=["chat.v2"])
+        assert status == 400 and offers.empty()
+    finally:
+        yield service.stopService()
+        upstream.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_pings_are_answered_per_hop() -> Any:
+    """The upstream's ping is answered by the router and the client's ping too, each on its own hop."""
+    def handler(connection: ServerConnection) -> None:
+        connection.recv()
+        answered = connection.ping(b"up").wait(10)
+        connection.send(f"upstream ping answered: {answered}")
+        echo_handler(connection)
+
+    upstream = Upstream(handler)
+    service = start_router(routes=[route(upstream.url())])
+
+    def client() -> tuple[Any, bool]:
+        with connect(service.url + "/u") as ws:
+            ws.send("go")
+            said = ws.recv(timeout=10)
+            return said, ws.ping(b"down").wait(10)
+
+    try:
+        assert (yield in_thread(client)) == ("upstream ping answered: True", True)
+    finally:
+        yield service.stopService()
+        upstream.close()
+
+
+@pytest.mark.parametrize(("code", "reason"), [(1000, ""), (4000, "bye")])
+@pytest_twisted.inlineCallbacks
+def test_client_close_code_reaches_upstream(code: int, reason: str) -> Any:
+    """The client's close code and reason are what the upstream receives."""
+    closes: queue.Queue[tuple[int | None, str | None]] = queue.Queue()
+
+    def handler(connection: ServerConnection) -> None:
+        echo_handler(connection)
+        closes.put((connection.close_code, connection.close_reason))
+
+    upstream = Upstream(handler)
+    service = start_router(routes=[route(upstream.url())])
+
+    def client() -> None:
+        with connect(service.url + "/u") as ws:
+            ws.send("x")
+            ws.recv(timeout=10)
+            ws.close(code, reason)
+
+    try:
+        yield in_thread(client)
+        assert (yield in_thread(closes.get, timeout=10)) == (code, reason)
+    finally:
+        yield service.stopService()
+        upstream.close()
+
+
+@pytest.mark.parametrize("how", ["drop", "idle"])
+@pytest_twisted.inlineCallbacks
+def test_dropped_or_idle_client_closes_upstream_with_its_code(how: str) -> Any:
+    """A client that drops its TCP connection gives the upstream 1001; the router's idle timeout gives it 1000 "idle
+    timeout", the same close the client gets."""
+    closes: queue.Queue[tuple[int | None, str | None]] = queue.Queue()
+
+    def handler(connection: ServerConnection) -> None:
+        echo_handler(connection)
+        closes.put((connection.close_code, connection.close_reason))
+
+    upstream = Upstream(handler)
+    limits = {"session_idle_timeout": 1} if how == "idle" else {}
+    service = start_router(routes=[route(upstream.url())], limits=limits)
+
+    def client() -> tuple[int | None, str | None]:
+        with connect(service.url + "/u") as ws:
+            ws.send("x")
+            ws.recv(timeout=10)
+            if how == "drop":
+                ws.socket.shutdown(socket.SHUT_RDWR)
+                return None, None
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=10)
+            return ws.close_code, ws.close_reason
+
+    try:
+        got = yield in_thread(client)
+        expected = (1001, "client went away") if how == "drop" else (1000, "idle timeout")
+        assert (yield in_thread(closes.get, timeout=10)) == expected
+        if how == "idle":
+            assert got == expected
+    finally:
+        yield service.stopService()
+        upstream.close()
+
+
+@pytest.mark.parametrize(("code", "reason"), [(1011, "boom"), (4001, "nope")])
+@pytest_twisted.inlineCallbacks
+def test_upstream_close_code_reaches_client(code: int, reason: str) -> Any:
+    """The upstream's close code and reason are what the client receives, after the messages before it."""
+    def handler(connection: ServerConnection) -> None:
+        message = connection.recv()
+        connection.send(message)
+        connection.close(code, reason)
+
+    upstream = Upstream(handler)
+    service = start_router(routes=[route(upstream.url())])
+
+    def client() -> tuple[Any, int | None, str | None]:
+        with connect(service.url + "/u") as ws:
+            ws.send("last")
+            got = ws.recv(timeout=10)
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=10)
+            return got, ws.close_code, ws.close_reason
+
+    try:
+        assert (yield in_thread(client)) == ("last", code, reason)
+    finally:
+        yield service.stopService()
+        upstream.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_unreachable_or_refusing_upstream_is_502() -> Any:
+    """Nothing listening, and an upstream refusing the handshake with 403, are each a 502 naming why."""
+    def refuse(connection: ServerConnection, request: Any) -> Any:
+        return connection.respond(403, "not you\n")
+
+    upstream = Upstream(echo_handler, process_request=refuse)
+    service = start_router(routes=[route(f"ws://127.0.0.1:{free_port()}/x", "/down"), route(upstream.url(), "/no")])
+    try:
+        status, body = yield in_thread(handshake_status, service.url + "/down")
+        assert status == 502 and b"connection refused" in body, body
+        status, body = yield in_thread(handshake_status, service.url + "/no")
+        assert status == 502 and b"403" in body, body
+    finally:
+        yield service.stopService()
+        upstream.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_silent_upstream_is_502_after_the_connect_timeout() -> Any:
+    """An upstream that accepts TCP but never answers the WebSocket handshake is a 502 saying it timed out."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)
+    service = start_router(routes=[route(f"ws://127.0.0.1:{silent.getsockname()[1]}/x")],
+                           limits={"connect_timeout": 1})
+    try:
+        status, body = yield in_thread(handshake_status, service.url + "/u")
+        assert status == 502 and b"timed out" in body, body
+    finally:
+        yield service.stopService()
+        silent.close()
+
+
+# -- wss -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pair]:
+    """A test CA, a server certificate for 127.0.0.1 and localhost it signs, and a self-signed one."""
+    if needs_openssl.args[0]:
+        pytest.skip("no openssl command")
+    directory = tmp_path_factory.mktemp("certs")
+    ca = make_ca(directory)
+    return {"ca": ca, "server": make_server(directory, "server", ca),
+            "selfsigned": make_server(directory, "self", None)}
+
+
+def tls_upstream(pair: Pair, handler: Callable[[ServerConnection], None] = echo_handler) -> Upstream:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pair.cert, pair.key)
+    return Upstream(handler, ssl=context)
+
+
+@needs_openssl
+@pytest_twisted.inlineCallbacks
+def test_wss_upstream_verified_with_test_ca(certs: dict[str, Pair]) -> Any:
+    """A wss:// upstream whose certificate tls_ca vouches for relays; with system trust only it is a 502 naming why."""
+    upstream = tls_upstream(certs["server"])
+    service = start_router(routes=[route(upstream.url(scheme="wss"), tls_ca=str(certs["ca"].cert)),
+                                   route(upstream.url(scheme="wss"), "/untrusted")])
+    try:
+        assert (yield in_thread(exchange, service.url + "/u", ["secret", b""])) == ["secret", b""]
+        status, body = yield in_thread(handshake_status, service.url + "/untrusted")
+        assert status == 502 and b"certificate verify failed" in body, body
+    finally:
+        yield service.stopService()
+        upstream.close()
+
+
+@needs_openssl
+@pytest_twisted.inlineCallbacks
+def test_wss_upstream_pinned_certificate(certs: dict[str, Pair]) -> Any:
+    """A pinned self-signed upstream relays; a wrong pin is a 502 naming both and the upstream never hears a request."""
+    pair = certs["selfsigned"]
+    handled: list[str] = []
+
+    def handler(connection: ServerConnection) -> None:
+        handled.append(connection.request.path if connection.request else "")
+        echo_handler(connection)
+
+    upstream = tls_upstream(pair, handler)
+    wrong = "0" * 64
+    service = start_router(routes=[route(upstream.url("/ok", "wss"), tls_pin=pair.fingerprint()),
+                                   route(upstream.url("/wrong", "wss"), "/w", tls_pin=wrong)])
+    try:
+        assert (yield in_thread(exchange, service.url + "/u", [b"pinned"])) == [b"pinned"]
+        status, body = yield in_thread(handshake_status, service.url + "/w")
+        assert status == 502 and f"{pair.fingerprint()} is not the pinned {wrong}".encode() in body, body
+        assert handled == ["/ok"]
+    finally:
+        yield service.stopService()
+        upstream.close()
+
+
+def test_preflight_reports_unreadable_wss_ca(tmp_path: Path) -> None:
+    """A wss:// route's unreadable tls_ca file is a start-up problem under its key path."""
+    config = build_config({"routes": [route("wss://127.0.0.1:1/x", tls_ca=str(tmp_path / "none.pem"))]})
+    assert "cannot read the CA file" in dict(preflight(config))["routes[0].tls_ca"]
+
+
+# -- flow control ----------------------------------------------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_slow_client_stalls_a_flooding_upstream() -> Any:
+    """A client that does not read makes the router stop reading the upstream, which stalls far from done;
+    everything arrives once the client reads."""
+    chunk, total = 64 * 1024, 48 * 1024 * 1024
+    sent = [0]
+
+    def flood(connection: ServerConnection) -> None:
+        payload = b"\x01" * chunk
+        try:
+            while sent[0] < total:
+                connection.send(payload)
+                sent[0] += chunk
+            connection.close(1000, "done")
+        except ConnectionClosed:
+            pass
+
+    upstream = Upstream(flood)
+    service = start_router(routes=[route(upstream.url())])
+    may_read = threading.Event()
+    opened = threading.Event()
+
+    def slow_client() -> tuple[int, int | None]:
+        received = 0
+        with connect(service.url + "/u", max_queue=4) as ws:
+            opened.set()
+            may_read.wait(60)
+            try:
+                while True:
+                    received += len(ws.recv(timeout=30))
+            except ConnectionClosed:
+                return received, ws.close_code
+
+    try:
+        reading = in_thread(slow_client)
+        assert (yield in_thread(opened.wait, 30))
+        steady, last = 0, -1
+        for _ in range(150):
+            yield deferLater(reactor, 0.2, lambda: None)
+            steady, last = (steady + 1, last) if sent[0] == last else (0, sent[0])
+            if steady == 5:
+                break
+        assert steady == 5 and sent[0] < total // 2, (steady, sent[0])
+        may_read.set()
+        assert (yield reading) == (total, 1000)
+    finally:
+        may_read.set()
+        yield service.stopService()
+        upstream.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_slow_upstream_stalls_a_flooding_client() -> Any:
+    """An upstream that does not read makes the router stop reading the client, whose sending stalls far from
+    done; everything arrives once the upstream reads."""
+    chunk, total = 64 * 1024, 48 * 1024 * 1024
+    may_read = threading.Event()
+    received: queue.Queue[int] = queue.Queue()
+    sent = [0]
+
+    def slow(connection: ServerConnection) -> None:
+        may_read.wait(60)
+        count = 0
+        try:
+            for message in connection:
+                count += len(message)
+        except ConnectionClosed:
+            pass
+        received.put(count)
+
+    upstream = Upstream(slow, max_queue=4)
+    service = start_router(routes=[route(upstream.url())])
+
+    def flooding_client() -> None:
+        payload = b"\x02" * chunk
+        with connect(service.url + "/u") as ws:
+            while sent[0] < total:
+                ws.send(payload)
+                sent[0] += chunk
+
+    try:
+        sending = in_thread(flooding_client)
+        steady, last = 0, -1
+        for _ in range(150):
+            yield deferLater(reactor, 0.2, lambda: None)
+            steady, last = (steady + 1, last) if sent[0] == last and last > 0 else (0, sent[0])
+            if steady == 5:
+                break
+        assert steady == 5 and sent[0] < total // 2, (steady, sent[0])
+        may_read.set()
+        yield sending
+        assert (yield in_thread(received.get, timeout=60)) == total
+    finally:
+        may_read.set()
+        yield service.stopService()
+        upstream.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_max_message_size_applies_to_upstream_messages() -> Any:
+    """An upstream message over max_message_size is refused: the upstream gets 1009, the client 1011 saying why."""
+    closes: queue.Queue[int | None] = queue.Queue()
+
+    def handler(connection: ServerConnection) -> None:
+        connection.recv()
+        connection.send(b"y" * 500)
+        try:
+            connection.send(b"z" * 5000)
+            connection.recv()
+        except ConnectionClosed:
+            pass
+        closes.put(connection.close_code)
+
+    upstream = Upstream(handler)
+    service = start_router(routes=[route(upstream.url())], limits={"max_message_size": 1000})
+
+    def client() -> tuple[Any, int | None, str | None]:
+        with connect(service.url + "/u") as ws:
+            ws.send("go")
+            got = ws.recv(timeout=10)
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=10)
+            return len(got), ws.close_code, ws.close_reason
+
+    try:
+        size, code, reason = yield in_thread(client)
+        assert (size, code) == (500, 1011) and "1009" in (reason or ""), reason
+        assert (yield in_thread(closes.get, timeout=10)) == 1009
+    finally:
+        yield service.stopService()
+        upstream.close()
