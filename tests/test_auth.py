@@ -145,19 +145,20 @@ def test_web_root_and_websockify_basic_auth(tmp_path: Path) -> None:
             assert secret not in log
 
 
-def test_only_bcrypt_hashes_and_readable_files(tmp_path: Path) -> None:
-    """apr1 and {SHA} hashes are refused with the line and a hint; a missing file is named with its key."""
-    (tmp_path / "old.htpasswd").write_text("bob:$apr1$abc$def\n")
+def test_refused_hashes_and_readable_files(tmp_path: Path) -> None:
+    """DES-crypt and plain-text lines are refused with file, line and a hint; a missing file is named with its key."""
+    (tmp_path / "old.htpasswd").write_text("ann:{SHA}GzY2Qb3z9grh8HRU8HgsfeBbMmk=\nbob:FLH8G7NiKWTv2\n")
     with pytest.raises(AuthFileError) as caught:
         load_credentials(Auth("x", htpasswd=str(tmp_path / "old.htpasswd")))
     assert caught.value.key == "auth.x.htpasswd"
-    assert "line 1: user 'bob': only bcrypt hashes are accepted (make them with htpasswd -B), not apr1" in str(
-        caught.value)
+    assert f"{tmp_path / 'old.htpasswd'}: line 2: user 'bob': refused: DES crypt" in str(caught.value)
+    assert "htpasswd -B" in str(caught.value)
+    assert "FLH8G7NiKWTv2" not in str(caught.value)
     with pytest.raises(AuthFileError) as caught:
         load_credentials(Auth("x", tokens=str(tmp_path / "missing.txt")))
     assert caught.value.key == "auth.x.tokens"
     with pytest.raises(ConfigError) as config_error:
-        build_config({"auth": {"x": {"users": ["bob:{SHA}abc="]}}, "routes": ["/a=echo:"]})
+        build_config({"auth": {"x": {"users": ["bob:plain-text"]}}, "routes": ["/a=echo:"]})
     assert config_error.value.problems[0][0] == "auth.x.users[0]"
 
 

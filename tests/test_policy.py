@@ -302,8 +302,8 @@ def test_challenge_names_the_methods_a_client_can_answer() -> None:
 
 
 def test_htpasswd_and_token_files() -> None:
-    """htpasswd files keep bcrypt lines and name a bad line; token files skip blanks and comments."""
-    assert parse_htpasswd("# c\n\nalice:$2y$05$abc\nbob:$2b$05$def\n") == {"alice": "$2y$05$abc", "bob": "$2b$05$def"}
-    with pytest.raises(ValueError, match=r"line 2: user 'bob': only bcrypt .* not \{SHA\}"):
-        parse_htpasswd("alice:$2y$05$abc\nbob:{SHA}xyz=\n")
+    """htpasswd files keep accepted lines and name a refused one; token files skip blanks and comments."""
+    assert parse_htpasswd("# c\n\nalice:$2y$05$abc\nbob:{SHA}xyz=\n") == {"alice": "$2y$05$abc", "bob": "{SHA}xyz="}
+    with pytest.raises(ValueError, match=r"line 2: user 'bob': refused: plain text .* `htpasswd -B"):
+        parse_htpasswd("alice:$2y$05$abc\nbob:secret\n")
     assert parse_tokens("# c\n a \n\nb\n") == (b"a", b"b")

@@ -1,10 +1,10 @@
 """
 Loading the C{[auth.NAME]} tables' files, and checking a Basic password
-against its bcrypt hash off the event loop.
+against its htpasswd hash (L{wsrouter.htpasswd}) off the event loop.
 
 The decisions themselves are L{wsrouter.policy.authenticate}'s; this
 module reads the htpasswd and token files (at start and on reload) and
-runs bcrypt, which takes tens of milliseconds on purpose, in the
+runs the hash check (bcrypt takes tens of milliseconds on purpose) in the
 reactor's thread pool so the loop keeps serving other connections.
 Passwords that were accepted are remembered (as a keyed digest, never
 the password) for a while, so a client reconnecting is not charged the
@@ -13,6 +13,7 @@ hash again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import secrets
@@ -23,7 +24,9 @@ from typing import Any
 import bcrypt
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 
+from wsrouter import htpasswd
 from wsrouter.config import Auth, RouterConfig
 from wsrouter.policy import (
     Accepted,
@@ -31,9 +34,12 @@ from wsrouter.policy import (
     PasswordCheck,
     Refusal,
     authenticate,
+    htpasswd_weak_lines,
     parse_htpasswd,
     parse_tokens,
 )
+
+_log = Logger(namespace="wsrouter")
 
 #: How many accepted passwords are remembered, and for how long (seconds).
 REMEMBERED = 1024
@@ -61,8 +67,8 @@ def load_credentials(auth: Auth) -> Credentials:
     """
     C{auth}'s files read and checked.
 
-    @raise AuthFileError: a file is missing, unreadable, has a hash that is
-        not bcrypt, or (tokens) lists none.
+    @raise AuthFileError: a file is missing, unreadable, has a refused hash
+        (DES crypt, plain text: see L{wsrouter.htpasswd}), or (tokens) lists none.
     """
     prefix = f"auth.{auth.name}"
     users: dict[str, str] = {}
@@ -88,6 +94,22 @@ def load_all(config: RouterConfig) -> dict[str, Credentials]:
     return {auth.name: load_credentials(auth) for auth in config.auth}
 
 
+def weak_hashes(config: RouterConfig) -> Iterator[str]:
+    """
+    A warning for each accepted but weak htpasswd line ({SHA}, apr1) of
+    C{config}, naming the file and line, never the hash.
+    """
+    for auth in config.auth:
+        sources = [(f"auth.{auth.name}.users", "\n".join(auth.users))]
+        if auth.htpasswd is not None:
+            with contextlib.suppress(AuthFileError):  # load_credentials has already said so
+                sources.insert(0, (f"auth.{auth.name}.htpasswd {auth.htpasswd}", _read("", auth.htpasswd)))
+        for where, text in sources:
+            for number, user, kind in htpasswd_weak_lines(text):
+                yield (f"{where}: line {number}: user {user!r} has a weak {kind} hash, "
+                       f"cracked quickly if the file leaks; replace it with `htpasswd -B`")
+
+
 def auth_problems(config: RouterConfig) -> Iterator[tuple[str, str]]:
     """Each C{[auth.NAME]} whose files cannot be used, as C{(key path, problem)} (for the start-up checks)."""
     for auth in config.auth:
@@ -99,7 +121,7 @@ def auth_problems(config: RouterConfig) -> Iterator[tuple[str, str]]:
 
 class PasswordChecker:
     """
-    Checks Basic passwords against bcrypt hashes in the reactor's thread
+    Checks Basic passwords against htpasswd hashes in the reactor's thread
     pool, remembering accepted ones for L{REMEMBER_FOR} seconds.
     """
 
@@ -116,7 +138,8 @@ class PasswordChecker:
         if until is not None and until > now:
             return succeed(True)
         checking: Deferred[bool] = deferToThreadPool(
-            self._reactor, self._reactor.getThreadPool(), _bcrypt_matches, attempt.password, attempt.hashed)
+            self._reactor, self._reactor.getThreadPool(), htpasswd.matches, attempt.password,
+            attempt.hashed.decode("ascii", "replace"))
         return checking.addCallback(self._remember, digest)
 
     def _remember(self, matches: bool, digest: bytes) -> bool:
@@ -126,16 +149,6 @@ class PasswordChecker:
             while len(self._accepted) > REMEMBERED:
                 self._accepted.popitem(last=False)
         return matches
-
-
-def _bcrypt_matches(password: bytes, hashed: bytes) -> bool:
-    # htpasswd writes $2y$, which the bcrypt library reads as $2b$ (the same algorithm).
-    if hashed.startswith(b"$2y$"):
-        hashed = b"$2b$" + hashed[4:]
-    try:
-        return bool(bcrypt.checkpw(password, hashed))
-    except ValueError:  # a malformed hash, or a password over bcrypt's 72 bytes
-        return False
 
 
 def hash_password(password: str) -> str:
@@ -152,6 +165,7 @@ __all__ = [
     "hash_password",
     "load_all",
     "load_credentials",
+    "weak_hashes",
 ]
 
 
@@ -169,16 +183,24 @@ class NotAuthorized(Exception):
 class Authenticator:
     """
     Decides who connects for each C{[auth.NAME]}: L{wsrouter.policy.authenticate},
-    then the bcrypt check off the loop.
+    then the hash check off the loop.  Weak hashes are logged as warnings
+    at start and on each reload.
     """
 
     def __init__(self, config: RouterConfig, reactor: Any):
         self.credentials = load_all(config)
         self.passwords = PasswordChecker(reactor)
+        self._warn(config)
 
     def use_config(self, config: RouterConfig) -> None:
         """Read the files of C{config}'s C{[auth.NAME]} tables anew (a reload)."""
         self.credentials = load_all(config)
+        self._warn(config)
+
+    @staticmethod
+    def _warn(config: RouterConfig) -> None:
+        for warning in weak_hashes(config):
+            _log.warn("{warning}", warning=warning)
 
     def check(self, name: str, headers: Mapping[str, str], peer: str,
               client_cert: str | None = None) -> Deferred[Accepted]:

@@ -10,7 +10,7 @@ gateway calls these and turns a L{Refusal} into the HTTP answer.
   - L{origin_problem}: the route's origin policy (C{same}, C{off}, or a
     list of trusted origins with C{*.} wildcards).
   - L{authenticate}: forward auth from trusted proxies, bearer tokens
-    (compared in constant time) and HTTP Basic against bcrypt hashes (the
+    (compared in constant time) and HTTP Basic against htpasswd hashes (the
     slow hash check itself is left to the caller, off the event loop).
 """
 
@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from attrs import frozen
 
+from wsrouter import htpasswd
 from wsrouter.clientcert import matching_name
 
 #: The origin policies that are words; any other policy is a list of origins.
@@ -237,26 +238,30 @@ def _origin_matches(pattern: str, origin: tuple[str, str, int]) -> bool:
 
 # -- credentials -----------------------------------------------------------------------
 
-#: The hash prefixes of bcrypt (C{htpasswd -B}); the only htpasswd hashes accepted.
-BCRYPT_PREFIXES = ("$2y$", "$2b$", "$2a$")
-
-
 def htpasswd_line_problem(line: str) -> str | None:
-    """What is wrong with one C{user:hash} line, or C{None}; only bcrypt hashes are accepted."""
+    """What is wrong with one C{user:hash} line, or C{None} (see L{wsrouter.htpasswd} for the hashes accepted)."""
     user, sep, hashed = line.partition(":")
     if not sep or not user:
         return "must be user:hash"
-    if not hashed.startswith(BCRYPT_PREFIXES):
-        kind = "apr1 (MD5)" if hashed.startswith("$apr1$") else "{SHA}" if hashed.startswith("{SHA}") \
-            else "crypt or plain text"
-        return (f"user {user!r}: only bcrypt hashes are accepted (make them with htpasswd -B), "
-                f"not {kind}")
+    if htpasswd.scheme(hashed) is None:
+        return f"user {user!r}: {htpasswd.refusal(hashed)}"
     return None
+
+
+def htpasswd_weak_lines(text: str) -> list[tuple[int, str, str]]:
+    """The accepted but weak lines of an htpasswd file, as C{(line number, user, scheme)} (never the hash)."""
+    weak = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        user, _, hashed = raw.strip().partition(":")
+        kind = htpasswd.scheme(hashed)
+        if kind in htpasswd.WEAK and not user.startswith("#"):
+            weak.append((number, user, kind or ""))
+    return weak
 
 
 def parse_htpasswd(text: str) -> dict[str, str]:
     """
-    The users and bcrypt hashes of an htpasswd file (blank lines and C{#} comments skipped).
+    The users and hashes of an htpasswd file (blank lines and C{#} comments skipped).
 
     @raise ValueError: naming the line and the problem (never the hash).
     """
@@ -309,19 +314,20 @@ def token_known(token: bytes, tokens: Sequence[bytes]) -> bool:
     return found
 
 
-#: Checked against for unknown users, so that they take as long as known ones (a bcrypt hash of nothing useful).
-UNKNOWN_USER_HASH = b"$2b$10$pSKhOwBPOOV7rvY6nPJ6XOyHvsf0SgvIQwEfiqANKw3Y/AHDtmlfW"
+#: Checked against for unknown users of an empty table (a bcrypt hash of nothing useful).
+UNKNOWN_USER_HASH = htpasswd.DECOYS[htpasswd.BCRYPT].encode("ascii")
 
 
 @frozen
 class PasswordCheck:
     """
-    A Basic user's password still to be checked against its bcrypt hash
+    A Basic user's password still to be checked against its hash
     (slow: the caller runs it off the loop).
 
     @ivar known: C{False} for a user not in the file: the check runs all
-        the same (against L{UNKNOWN_USER_HASH}, so an unknown user takes as
-        long as a known one), and must then refuse.
+        the same (against a decoy hash of the scheme of the table's first
+        user, so an unknown user takes as long as a known one), and must
+        then refuse.
     """
 
     user: str
@@ -341,7 +347,7 @@ class Accepted:
 @frozen
 class Credentials:
     """
-    What one C{[auth.NAME]} accepts, loaded: users with their bcrypt
+    What one C{[auth.NAME]} accepts, loaded: users with their password
     hashes, bearer tokens, and the forward-auth header with its proxies.
     """
 
@@ -414,5 +420,7 @@ def _basic(credentials: Credentials, value: str) -> PasswordCheck | Refusal:
         return Refusal(401, "malformed Basic credentials")
     hashed = credentials.users.get(user)
     if hashed is None:
-        return PasswordCheck(user, password.encode("utf-8"), UNKNOWN_USER_HASH, known=False)
+        first = next(iter(credentials.users.values()), "")
+        decoy = htpasswd.decoy_for(first).encode("ascii")
+        return PasswordCheck(user, password.encode("utf-8"), decoy, known=False)
     return PasswordCheck(user, password.encode("utf-8"), hashed.encode("ascii"))

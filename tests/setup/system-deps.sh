@@ -2,7 +2,7 @@
 # Installs the Debian packages the program-wrapping tests use: Xvfb and
 # x11vnc, and netkit's telnetd (from telnetd-ssl, unpacked into a cache
 # directory, since it conflicts with Debian's own telnetd); and HAProxy for
-# the scaling example (examples/haproxy.cfg); openssl for the TLS tests' certificates.  Without root or a reachable
+# the scaling example (examples/haproxy.cfg); openssl for the TLS tests' certificates; Apache's htpasswd (apache2-utils) for the htpasswd tests.  Without root or a reachable
 # package registry it says so and the tests that need these skip.
 set -u
 cache="${1:?usage: system-deps.sh CACHE_DIR}"
@@ -31,6 +31,11 @@ if ! command -v openssl >/dev/null; then
     # The TLS tests make their certificates with the openssl command.
     timeout 600 apt-get install -y -qq --no-install-recommends openssl \
         || echo "system-deps: could not install openssl; the TLS tests will be skipped"
+fi
+if ! command -v htpasswd >/dev/null; then
+    # The htpasswd tests check lines made by Apache's own htpasswd tool.
+    timeout 600 apt-get install -y -qq --no-install-recommends apache2-utils \
+        || echo "system-deps: could not install apache2-utils; the htpasswd tests will be skipped"
 fi
 if [ ! -x "$cache/telnetd-ssl/usr/sbin/in.telnetd" ]; then
     (

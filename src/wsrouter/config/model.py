@@ -626,7 +626,7 @@ class Auth:
         checks = _Checks()
         _check_client_cert_names(checks, self.client_cert_names)
         _check_text(checks, "htpasswd", self.htpasswd, "an htpasswd file", optional=True)
-        _check_strings(checks, "users", self.users, "user:bcrypt-hash line")
+        _check_strings(checks, "users", self.users, "user:hash line")
         _check_text(checks, "tokens", self.tokens, "a file of bearer tokens", optional=True)
         _check_text(checks, "forward_user_header", self.forward_user_header, "a header name", optional=True)
         _check_strings(checks, "forward_from", self.forward_from, "proxy address or network")
