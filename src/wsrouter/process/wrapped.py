@@ -360,6 +360,17 @@ class ProgramSet:
             if target in current:
                 self.by_target[target] = current[target]
 
+    async def change_to(self, targets: list[WrappedTarget]) -> list[WrappedProgram]:
+        """
+        Bring the set to C{targets} (a reload): stop the programs no longer
+        wanted, make the new ones (not started) and keep C{targets}' order;
+        an unchanged program is left running.  Returns the new programs.
+        """
+        await self.remove_others(targets)
+        added = self.add(targets)
+        self.reorder(targets)
+        return added
+
     def stop_all(self, grace: float = KILL_GRACE) -> Deferred[None]:
         """Stop every program (they stay in the set); fires when they are gone."""
         stopped = DeferredList([program.stop(grace) for program in self.by_target.values()])

@@ -192,10 +192,7 @@ class RouterService(MultiService):
         return ensureDeferred(self._reload(config))
 
     async def _reload(self, config: RouterConfig) -> None:
-        targets = wrapped_targets(config)
-        await self._programs.remove_others(targets)
-        added = self._programs.add(targets)
-        self._programs.reorder(targets)
+        added = await self._programs.change_to(wrapped_targets(config))
         problems: list[str] = reload_tls(self, config)
         try:
             start_programs(added)
@@ -208,7 +205,7 @@ class RouterService(MultiService):
         self.gateway.use_config(config)
         warn_unverified(config)
         log.info("configuration reloaded: {routes} routes, {listeners} listeners, {programs} wrapped programs",
-                 routes=len(config.routes), listeners=len(self.listeners), programs=len(targets))
+                 routes=len(config.routes), listeners=len(self.listeners), programs=len(config.programs))
         if problems:
             log.error("reload incomplete, the rest is in force: {problems}", problems="; ".join(problems))
             raise CannotStart("; ".join(problems))

@@ -395,15 +395,12 @@ class WorkerSupervisor(MultiService):
         return ensureDeferred(self._reload(config))
 
     async def _reload(self, config: RouterConfig) -> None:
-        targets = wrapped_targets(config)
-        await self._programs.remove_others(targets)
-        added = self._programs.add(targets)
-        self._programs.reorder(targets)
+        added = await self._programs.change_to(wrapped_targets(config))
         listeners_changed = (list(config.listeners) != list(self.config.listeners)
                              or config.proxies.proxy_protocol != self.config.proxies.proxy_protocol)
         self.config = config
         log.info("reloading: {routes} routes, {programs} wrapped programs, for {count} workers",
-                 routes=len(config.routes), programs=len(targets), count=len(self.workers))
+                 routes=len(config.routes), programs=len(config.programs), count=len(self.workers))
         try:
             start_programs(added)
         except CannotStart as e:
