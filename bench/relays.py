@@ -66,8 +66,15 @@ class RelaySpec:
     argv: Callable[[int, int, Path], list[str]]
 
 
+#: Every benchmark connection comes from one loopback address, which the
+#: router's per-client limits (a safe default against one client taking
+#: everything) would refuse with 429 long before 9,000 sessions; raise them.
+_ONE_ADDRESS_LOAD = ("--max-connections", "100000", "--max-connections-per-client", "100000",
+                     "--max-handshakes-per-client", "100000000")
+
+
 def _wsrouter(lport: int, tport: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "wsrouter", *extra, f"{HOST}:{lport}", f"{HOST}:{tport}"]
+    return [sys.executable, "-m", "wsrouter", *_ONE_ADDRESS_LOAD, *extra, f"{HOST}:{lport}", f"{HOST}:{tport}"]
 
 
 def _websockify(lport: int, tport: int, *extra: str) -> list[str]:
