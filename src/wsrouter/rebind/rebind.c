@@ -157,72 +157,26 @@ struct plan {
     const char *host;
 };
 
-/* The next definitions in lookup order: libc's, normally. */
-static bind_fn next_bind(void)
-{
-    static bind_fn cached;
-    bind_fn fn = __atomic_load_n(&cached, __ATOMIC_ACQUIRE);
-    if (fn == NULL) {
-        fn = (bind_fn)dlsym(RTLD_NEXT, "bind");
-        __atomic_store_n(&cached, fn, __ATOMIC_RELEASE);
+/* The next definition of NAME (libc's), looked up once and cached; a
+ * race only looks it up twice. */
+#define NEXT_SYMBOL(type, name)                                          \
+    static type next_##name(void)                                        \
+    {                                                                    \
+        static type cached;                                              \
+        type fn = __atomic_load_n(&cached, __ATOMIC_ACQUIRE);            \
+        if (fn == NULL) {                                                \
+            fn = (type)dlsym(RTLD_NEXT, #name);                          \
+            __atomic_store_n(&cached, fn, __ATOMIC_RELEASE);             \
+        }                                                                \
+        return fn;                                                       \
     }
-    return fn;
-}
 
-static getsockname_fn next_getsockname(void)
-{
-    static getsockname_fn cached;
-    getsockname_fn fn = __atomic_load_n(&cached, __ATOMIC_ACQUIRE);
-    if (fn == NULL) {
-        fn = (getsockname_fn)dlsym(RTLD_NEXT, "getsockname");
-        __atomic_store_n(&cached, fn, __ATOMIC_RELEASE);
-    }
-    return fn;
-}
-
-static getsockname_fn next_getpeername(void)
-{
-    static getsockname_fn cached;
-    getsockname_fn fn = __atomic_load_n(&cached, __ATOMIC_ACQUIRE);
-    if (fn == NULL) {
-        fn = (getsockname_fn)dlsym(RTLD_NEXT, "getpeername");
-        __atomic_store_n(&cached, fn, __ATOMIC_RELEASE);
-    }
-    return fn;
-}
-
-static accept4_fn next_accept4(void)
-{
-    static accept4_fn cached;
-    accept4_fn fn = __atomic_load_n(&cached, __ATOMIC_ACQUIRE);
-    if (fn == NULL) {
-        fn = (accept4_fn)dlsym(RTLD_NEXT, "accept4");
-        __atomic_store_n(&cached, fn, __ATOMIC_RELEASE);
-    }
-    return fn;
-}
-
-static sockopt_set_fn next_setsockopt(void)
-{
-    static sockopt_set_fn cached;
-    sockopt_set_fn fn = __atomic_load_n(&cached, __ATOMIC_ACQUIRE);
-    if (fn == NULL) {
-        fn = (sockopt_set_fn)dlsym(RTLD_NEXT, "setsockopt");
-        __atomic_store_n(&cached, fn, __ATOMIC_RELEASE);
-    }
-    return fn;
-}
-
-static sockopt_get_fn next_getsockopt(void)
-{
-    static sockopt_get_fn cached;
-    sockopt_get_fn fn = __atomic_load_n(&cached, __ATOMIC_ACQUIRE);
-    if (fn == NULL) {
-        fn = (sockopt_get_fn)dlsym(RTLD_NEXT, "getsockopt");
-        __atomic_store_n(&cached, fn, __ATOMIC_RELEASE);
-    }
-    return fn;
-}
+NEXT_SYMBOL(bind_fn, bind)
+NEXT_SYMBOL(getsockname_fn, getsockname)
+NEXT_SYMBOL(getsockname_fn, getpeername)
+NEXT_SYMBOL(accept4_fn, accept4)
+NEXT_SYMBOL(sockopt_set_fn, setsockopt)
+NEXT_SYMBOL(sockopt_get_fn, getsockopt)
 
 static void port_add(unsigned long port)
 {
