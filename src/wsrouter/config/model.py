@@ -197,6 +197,21 @@ def _check_port(checks: _Checks, key: str, port: object) -> None:
         checks.add(key, f"port must be a number from 1 to 65535, not {port!r}")
 
 
+def _check_host_port(checks: _Checks, host: object, port: object) -> None:
+    _check_text(checks, "host", host, "a host name or address")
+    _check_port(checks, "port", port)
+
+
+def _check_absolute(checks: _Checks, path: object) -> None:
+    if not isinstance(path, str) or not path.startswith("/"):
+        checks.add("path", f"must be an absolute path, not {path!r}")
+
+
+def _host_port(host: str, port: int) -> str:
+    """C{HOST:PORT}, an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _check_argv(checks: _Checks, key: str, argv: object) -> None:
     if not isinstance(argv, tuple) or not argv or not all(isinstance(a, str) for a in argv) or not argv[0]:
         shown = list(argv) if isinstance(argv, tuple) else argv
@@ -212,13 +227,11 @@ class TcpTarget:
 
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
-        _check_text(checks, "host", self.host, "a host name or address")
-        _check_port(checks, "port", self.port)
+        _check_host_port(checks, self.host, self.port)
         checks.raise_any()
 
     def describe(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"tcp://{host}:{self.port}"
+        return f"tcp://{_host_port(self.host, self.port)}"
 
 
 @frozen
@@ -229,8 +242,7 @@ class UnixTarget:
 
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
-        if not isinstance(self.path, str) or not self.path.startswith("/"):
-            checks.add("path", f"must be an absolute path, not {self.path!r}")
+        _check_absolute(checks, self.path)
         checks.raise_any()
 
     def describe(self) -> str:
@@ -246,13 +258,11 @@ class UdpTarget:
 
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
-        _check_text(checks, "host", self.host, "a host name or address")
-        _check_port(checks, "port", self.port)
+        _check_host_port(checks, self.host, self.port)
         checks.raise_any()
 
     def describe(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"udp://{host}:{self.port}"
+        return f"udp://{_host_port(self.host, self.port)}"
 
 
 @frozen
@@ -263,8 +273,7 @@ class UnixDatagramTarget:
 
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
-        if not isinstance(self.path, str) or not self.path.startswith("/"):
-            checks.add("path", f"must be an absolute path, not {self.path!r}")
+        _check_absolute(checks, self.path)
         checks.raise_any()
 
     def describe(self) -> str:
@@ -457,8 +466,7 @@ class TlsTarget:
 
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
-        _check_text(checks, "host", self.host, "a host name or address")
-        _check_port(checks, "port", self.port)
+        _check_host_port(checks, self.host, self.port)
         _check_text(checks, "tls_ca", self.ca, "a PEM file of CA certificates", optional=True)
         if self.pin is not None and not (isinstance(self.pin, str) and re.fullmatch(r"[0-9a-f]{64}", self.pin)):
             checks.add("tls_pin", f"must be a SHA-256 fingerprint (64 hex digits), not {self.pin!r}")
@@ -468,8 +476,7 @@ class TlsTarget:
         checks.raise_any()
 
     def describe(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"tls://{host}:{self.port}"
+        return f"tls://{_host_port(self.host, self.port)}"
 
 
 @frozen
@@ -502,8 +509,7 @@ class WebSocketTarget:
         return TlsTarget(self.host, self.port, self.ca, self.pin, self.verify)
 
     def describe(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'wss' if self.secure else 'ws'}://{host}:{self.port}{self.path}"
+        return f"{'wss' if self.secure else 'ws'}://{_host_port(self.host, self.port)}{self.path}"
 
 
 Target: TypeAlias = (TcpTarget | UnixTarget | UdpTarget | UnixDatagramTarget | EchoTarget | ExecTarget
