@@ -136,3 +136,9 @@ def test_router_guards_a_route_with_an_apr1_file(tmp_path: Path) -> None:
         log = wait_for_log(router, f"auth.staff.htpasswd {path}: line 2: user 'alice' has a weak apr1")
         assert line.split(":", 1)[1] not in log
         assert PASSWORD not in log
+
+
+def test_refusal_never_quotes_the_line() -> None:
+    """A refused line is described, never quoted: it may be a plain-text password starting with '$'."""
+    for line in ("$ecretpw99", "$zz$secretpass", "plainpassword", "abCDefGHij012"):
+        assert "ecret" not in htpasswd.refusal(line) and "plainpass" not in htpasswd.refusal(line)

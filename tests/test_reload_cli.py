@@ -205,3 +205,20 @@ def test_outcome_says_when_part_of_a_reload_failed(tmp_path):
     Reloader(service, lambda: build_config({"routes": [route_from_string("/=echo:")]}), outcome=lambda: path).reload()
     with open(path) as f:
         assert f.read() == "1\npartly applied: cannot listen on tcp:1\n"
+
+
+@pytest.mark.parametrize("pid", ["0", "-1", "²", "99999999999999999999999", "abc"])
+def test_reload_refuses_what_is_not_one_process(tmp_path, pid):
+    """`--pid` or a pid file holding 0, a negative, a non-ASCII digit or a huge number is refused in one line."""
+    from wsrouter.cli.reload import ReloadOptions, find_pid
+
+    options = ReloadOptions()
+    options.parseOptions(["--pid", pid])
+    with pytest.raises(LookupError, match="--pid must be a process id"):
+        find_pid(options)
+    pidfile = tmp_path / "router.pid"
+    pidfile.write_text(pid + "\n")
+    options = ReloadOptions()
+    options.parseOptions(["--pidfile", str(pidfile)])
+    with pytest.raises(LookupError, match="does not hold a process id"):
+        find_pid(options)

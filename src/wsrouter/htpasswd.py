@@ -65,7 +65,8 @@ def refusal(hashed: str) -> str:
     elif hashed.startswith("$1$"):
         kind = "MD5 crypt ($1$), a weak hash"
     elif hashed.startswith("$"):
-        kind = f"an unknown hash scheme ({hashed.split('$')[1][:8]!r})"
+        # Nothing of the line is quoted: it may be a password that starts with $.
+        kind = "an unknown hash scheme (the line starts with '$')"
     else:
         kind = "plain text (htpasswd -p), readable by anyone who reads the file"
     return f"refused: {kind}; make a bcrypt hash with `htpasswd -B FILE USER`"

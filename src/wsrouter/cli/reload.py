@@ -153,18 +153,28 @@ class ReloadOptions(usage.Options):
 def find_pid(options: ReloadOptions) -> int:
     """@raise LookupError: saying where it looked."""
     if options["pid"] is not None:
-        if not str(options["pid"]).isdigit():
+        pid = _process_id(str(options["pid"]))
+        if pid is None:
             raise LookupError(f"--pid must be a process id, not {options['pid']!r}")
-        return int(options["pid"])
+        return pid
     path = options["pidfile"] or pidfile_path(options["config"])
     try:
         with open(path) as f:
             text = f.read().strip()
     except OSError as e:
         raise LookupError(f"no running router found: cannot read {path} ({e.strerror})") from None
-    if not text.isdigit():
+    pid = _process_id(text)
+    if pid is None:
         raise LookupError(f"{path} does not hold a process id")
-    return int(text)
+    return pid
+
+
+def _process_id(text: str) -> int | None:
+    """C{text} as a process id, or C{None}: 0 and negatives would signal whole process groups."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    pid = int(text)
+    return pid if 0 < pid < 2**31 else None
 
 
 def main_reload(argv: list[str]) -> int:

@@ -111,11 +111,6 @@ class AddressWaiters:
             waiter.errback(TargetError(reason, status))
 
 
-def program_name(target: WrappedTarget) -> str:
-    """How logs and errors call a wrapped program: its configured name (inline ones get one too)."""
-    return target.name or os.path.basename(target.argv[0])
-
-
 class ProgramNotFound(Exception):
     """A wrapped program cannot be run; the message says which."""
 
@@ -140,7 +135,7 @@ class WrappedProgram(ChildOwner):
                  shim: str | None = None, supervisor: Supervisor | None = None):
         self._reactor = reactor
         self.target = target
-        self.name = name or program_name(target)
+        self.name = name or target.name  # the config names every program, inline ones too
         base = dict(os.environ if environ is None else environ)
         self._base_env = {k: v for k, v in base.items() if not k.startswith("WSROUTER_")}
         self._on_exit = on_exit

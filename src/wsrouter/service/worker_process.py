@@ -30,7 +30,7 @@ from zope.interface import implementer
 from wsrouter.config import RouterConfig, WrappedTarget
 from wsrouter.descriptors import DescriptorGuard, GuardedSite
 from wsrouter.interfaces import TargetError
-from wsrouter.process.wrapped import AddressWaiters, program_name, wrapped_targets
+from wsrouter.process.wrapped import AddressWaiters, wrapped_targets
 from wsrouter.service.single import (
     build_resource,
     program_wait_timeout,
@@ -132,7 +132,7 @@ class WorkerService(Service):
         self.programs.clear()
         for number, target in enumerate(wrapped_targets(config)):
             address, gone = program_state(states[number] if number < len(states) else None)
-            program = current.get(target) or ProgramAddress(self._reactor, program_name(target))
+            program = current.get(target) or ProgramAddress(self._reactor, target.name)
             program.moved(address, gone)
             self.programs[target] = program
 
