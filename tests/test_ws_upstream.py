@@ -12,6 +12,7 @@ import queue
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -532,6 +533,41 @@ def test_max_message_size_applies_to_upstream_messages() -> Any:
         size, code, reason = yield in_thread(client)
         assert (size, code) == (500, 1011) and "1009" in (reason or ""), reason
         assert (yield in_thread(closes.get, timeout=10)) == 1009
+    finally:
+        yield service.stopService()
+        upstream.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_client_close_waits_for_a_slow_upstream_to_read_everything() -> Any:
+    """Messages accepted from a client that then closes all reach an upstream that starts reading late."""
+    got: queue.Queue[tuple[int, int | None]] = queue.Queue()
+
+    def late_reader(connection: ServerConnection) -> None:
+        # Longer than the shutdown grace, shorter than the stall (twice the grace) after which a
+        # peer that reads nothing is given up: the router must wait while the upstream drains.
+        time.sleep(1.5)
+        total = 0
+        try:
+            for message in connection:
+                total += len(message)
+        except ConnectionClosed:
+            pass
+        got.put((total, connection.close_code))
+
+    upstream = Upstream(late_reader, max_queue=1)
+    service = start_router(routes=[route(upstream.url())], shutdown_grace=1.0)
+    chunk = b"x" * (8 * 1024 * 1024)
+
+    def client() -> None:
+        with connect(service.url + "/u") as ws:
+            for _ in range(4):
+                ws.send(chunk)
+            ws.close(1000)
+
+    try:
+        yield in_thread(client)
+        assert (yield in_thread(got.get, timeout=30)) == (4 * len(chunk), 1000)
     finally:
         yield service.stopService()
         upstream.close()

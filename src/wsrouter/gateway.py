@@ -37,7 +37,7 @@ from wsrouter.interfaces import (
 from wsrouter.policy import Accepted, ClientCounts, Refusal, origin_problem
 from wsrouter.recording import open_recorder
 from wsrouter.routing import Match, NoRoute, RouteTable
-from wsrouter.session import Session
+from wsrouter.session import Session, always_binary
 from wsrouter.targets import Connectors
 from wsrouter.tls import client_subject, server_name
 from wsrouter.traffic import with_traffic_log
@@ -224,7 +224,7 @@ class Gateway:
         kind = match.route.framing.kind if match.route.framing else default
         framer = make_framer(match.route.framing, default, config.limits.max_message_size)
         if isinstance(target, DATAGRAM_TARGETS) or kind == "binary" or kind == "fixed":
-            binary_for = _always_binary
+            binary_for = always_binary
         else:
             def binary_for(payload: bytes) -> bool:
                 return message_is_binary(kind, payload)
@@ -405,5 +405,3 @@ def _upstream_choice(link: Link, info: SessionInfo, base64_mode: bool) -> tuple[
     return attrs.evolve(info, subprotocol=getattr(link, "subprotocol", None)), False
 
 
-def _always_binary(payload: bytes) -> bool:
-    return True

@@ -30,7 +30,7 @@ from wsrouter.ws.keepalive import Keepalive
 log = Logger(namespace="wsrouter")
 
 
-def _always_binary(payload: bytes) -> bool:
+def always_binary(payload: bytes) -> bool:
     return True
 
 
@@ -49,7 +49,7 @@ class Session:
 
     def __init__(self, connection: ClientConnection, info: SessionInfo, link: Link, framer: Framer, *,
                  limits: Limits, clock: IReactorTime, base64_mode: bool = False,
-                 binary_for: Callable[[bytes], bool] = _always_binary, recorder: Recorder | None = None,
+                 binary_for: Callable[[bytes], bool] = always_binary, recorder: Recorder | None = None,
                  on_opened: Callable[[Session], None] = lambda session: None,
                  on_ended: Callable[[Session], None] = lambda session: None):
         self.id = info.session_id

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.util import encode_truncate
 from service_identity import VerificationError
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import wrapClientTLS
@@ -85,6 +86,11 @@ class WebSocketLink:
         self.consumer: IConsumer | None = self
 
     # flow control
+    @property
+    def transport(self) -> Any:
+        """The upstream's transport: the session's drain watch reads what is still queued there."""
+        return self._protocol.transport
+
     def _transport(self) -> Any:
         return self._protocol.transport
 
@@ -179,6 +185,7 @@ class UpstreamProtocol(WebSocketClientProtocol):
     """Autobahn's client side, reporting to a L{WebSocketLink} and the connector's C{ready}."""
 
     target: WebSocketTarget
+    closeHandshakeTimeout: float
     ready: Deferred[Link]
 
     def __init__(self) -> None:
@@ -235,8 +242,14 @@ class UpstreamProtocol(WebSocketClientProtocol):
     def close_for_client(self, code: int | None, reason: str) -> None:
         self._closed_for_client = True
         if self.state == self.STATE_OPEN:
-            self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123] if code is not None else None,
-                                isReply=False)
+            # Autobahn's close timer would start now, while the close frame may still wait behind
+            # messages the upstream is reading; the session's drain watch bounds the close instead.
+            timeout, self.closeHandshakeTimeout = self.closeHandshakeTimeout, 0
+            try:
+                self.sendCloseFrame(code=code, reasonUtf8=encode_truncate(reason, 123) if code is not None else None,
+                                    isReply=False)
+            finally:
+                self.closeHandshakeTimeout = timeout
         elif self.state != self.STATE_CLOSED:
             self.dropConnection(abort=True)
 
@@ -332,8 +345,9 @@ class WebSocketConnector:
             if ready.called:
                 return
             ready.errback(TargetError(f"WebSocket handshake with {target.describe()} timed out", 502))
-            if protocols:
-                protocols[0].dropConnection(abort=True)
+            if protocols and protocols[0].transport is not None:
+                # Before the TLS handshake ends Autobahn has not started: abort the transport itself.
+                protocols[0].transport.abortConnection()
             else:
                 connecting.cancel()
 
