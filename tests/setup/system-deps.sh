@@ -37,6 +37,12 @@ if ! command -v htpasswd >/dev/null; then
     timeout 600 apt-get install -y -qq --no-install-recommends apache2-utils \
         || echo "system-deps: could not install apache2-utils; the htpasswd tests will be skipped"
 fi
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    # The browser tests drive Debian's own Chromium build through its driver.
+    timeout 300 apt-get update -qq || echo "system-deps: apt-get update failed"
+    timeout 900 apt-get install -y -qq --no-install-recommends chromium chromium-driver \
+        || echo "system-deps: could not install chromium/chromium-driver; the browser tests will be skipped"
+fi
 if [ ! -x "$cache/telnetd-ssl/usr/sbin/in.telnetd" ]; then
     (
         cd "$cache" && rm -f telnetd-ssl_*.deb \
