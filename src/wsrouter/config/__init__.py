@@ -52,6 +52,7 @@ from wsrouter.config.model import (
     UnixTarget,
     WebRoot,
     WebSocketTarget,
+    Sandbox,
     WrappedTarget,
     default_framing,
 )
@@ -119,6 +120,7 @@ __all__ = [
     "UnixTarget",
     "WebRoot",
     "WebSocketTarget",
+    "Sandbox",
     "WrappedTarget",
     "build_config",
     "combine",

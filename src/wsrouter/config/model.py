@@ -212,6 +212,11 @@ def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _check_sandbox(checks: _Checks, sandbox: object) -> None:
+    if sandbox is not None and not isinstance(sandbox, Sandbox):
+        checks.add("sandbox", f"must be a sandbox, not {sandbox!r}")
+
+
 def _check_argv(checks: _Checks, key: str, argv: object) -> None:
     if not isinstance(argv, tuple) or not argv or not all(isinstance(a, str) for a in argv) or not argv[0]:
         shown = list(argv) if isinstance(argv, tuple) else argv
@@ -288,15 +293,113 @@ class EchoTarget:
         return "echo:"
 
 
+# -- sandbox (issue 13) ------------------------------------------------------------
+
+#: Where a sandbox's programs start unless it says (a directory every user may enter).
+DEFAULT_SANDBOX_CWD = "/"
+SANDBOX_NAME = PROGRAM_NAME
+#: Kinds of server a wrapped program may be; the shim moves that kind's bind.
+WRAP_PROTOCOLS = ("tcp", "udp")
+
+
+def _lookup_user(value: object) -> str | None:
+    """A problem with a user name or uid, or C{None}; the account must exist here."""
+    import pwd  # noqa: PLC0415  (POSIX only; the model stays importable elsewhere)
+    try:
+        if _is_int(value):
+            pwd.getpwuid(value)  # type: ignore[arg-type]
+        elif isinstance(value, str) and value:
+            pwd.getpwnam(value)
+        else:
+            return f"must be a user name or uid, not {value!r}"
+    except KeyError:
+        return f"no such user {value!r} on this machine"
+    return None
+
+
+def _lookup_group(value: object) -> str | None:
+    import grp  # noqa: PLC0415
+    try:
+        if _is_int(value):
+            grp.getgrgid(value)  # type: ignore[arg-type]
+        elif isinstance(value, str) and value:
+            grp.getgrnam(value)
+        else:
+            return f"must be a group name or gid, not {value!r}"
+    except KeyError:
+        return f"no such group {value!r} on this machine"
+    return None
+
+
+@frozen
+class Sandbox:
+    """
+    How the programs wsrouter starts are confined: a C{[sandbox.NAME]}
+    table, named by wrapped programs and exec routes (C{sandbox = "NAME"}).
+    Applied in the child between fork and exec (L{wsrouter.process.sandbox}).
+
+    @ivar user: run as this user (name or uid); supplementary groups are
+        cleared.  C{None}: the router's user.
+    @ivar group: and this group; by default the user's primary group.
+    @ivar cpu_seconds: RLIMIT_CPU (SIGXCPU, then SIGKILL).
+    @ivar memory: RLIMIT_AS in bytes (allocations beyond it fail).
+    @ivar open_files: RLIMIT_NOFILE.
+    @ivar processes: RLIMIT_NPROC (counted per user by the kernel).
+    @ivar env: when given, only these environment variable names reach the
+        program (a trailing C{*} matches a prefix); the shim's own are added after.
+    @ivar no_new_privs: set PR_SET_NO_NEW_PRIVS, so setuid programs cannot gain rights.
+    @ivar cwd: the working directory.
+    """
+
+    name: str
+    user: str | int | None = None
+    group: str | int | None = None
+    cpu_seconds: int | None = None
+    memory: int | None = None
+    open_files: int | None = None
+    processes: int | None = None
+    env: tuple[str, ...] | None = field(default=None, converter=lambda v: None if v is None else _as_tuple(v))
+    no_new_privs: bool = True
+    cwd: str = DEFAULT_SANDBOX_CWD
+
+    def __attrs_post_init__(self) -> None:
+        checks = _Checks()
+        if not isinstance(self.name, str) or not SANDBOX_NAME.fullmatch(self.name):
+            checks.add("name", f"must be letters, digits, '_', '.' or '-', not {self.name!r}")
+        for key, lookup in (("user", _lookup_user), ("group", _lookup_group)):
+            value = getattr(self, key)
+            problem = None if value is None else lookup(value)
+            if problem is not None:
+                checks.add(key, problem)
+        if self.group is not None and self.user is None:
+            checks.add("group", "needs a user too (the group alone is not changed)")
+        for key in ("cpu_seconds", "memory", "open_files", "processes"):
+            value = getattr(self, key)
+            if value is not None:
+                _check_positive(checks, key, value, integer=True)
+        if self.env is not None:
+            _check_strings(checks, "env", self.env, "environment variable name (or PREFIX*)")
+            for index, name in enumerate(self.env if isinstance(self.env, tuple) else ()):
+                if isinstance(name, str) and ("=" in name or "*" in name[:-1] or not name):
+                    checks.add(f"env[{index}]", f"must be a variable name or PREFIX*, not {name!r}")
+        _check_bool(checks, "no_new_privs", self.no_new_privs)
+        if not isinstance(self.cwd, str) or not self.cwd.startswith("/"):
+            checks.add("cwd", f"must be an absolute directory, not {self.cwd!r}")
+        checks.raise_any()
+
+
 @frozen
 class ExecTarget:
     """A command run once per connection (session): messages to its stdin, its stdout to messages."""
 
     argv: tuple[str, ...] = field(converter=_as_tuple)
+    #: Confinement of each command (a route's C{sandbox} key), or C{None}.
+    sandbox: Sandbox | None = field(default=None, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
         _check_argv(checks, "command", self.argv)
+        _check_sandbox(checks, self.sandbox)
         checks.raise_any()
 
     def describe(self) -> str:
@@ -331,7 +434,11 @@ class WrappedTarget:
     ports: str = "*"
     keep_env: bool = False
     name: str = field(default=DEFAULT_PROGRAM_NAME, kw_only=True)
-    socket: str = field(default="private", kw_only=True)
+    #: C{udp}: a UDP server, relayed one datagram per message (always a loopback port).
+    protocol: str = field(default="tcp", kw_only=True)
+    socket: str = field(default=Factory(lambda self: "loopback" if self.protocol == "udp" else "private",
+                                        takes_self=True), kw_only=True)
+    sandbox: Sandbox | None = field(default=None, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
@@ -344,6 +451,10 @@ class WrappedTarget:
             checks.add("ports", f"must be comma-separated port numbers or '*', not {self.ports!r}")
         _check_bool(checks, "keep_env", self.keep_env)
         _check_choice(checks, "socket", self.socket, WRAP_SOCKETS)
+        _check_choice(checks, "protocol", self.protocol, WRAP_PROTOCOLS)
+        if self.protocol == "udp" and self.socket == "private":
+            checks.add("socket", 'a UDP program is moved to a loopback port: use socket = "loopback" (the default)')
+        _check_sandbox(checks, self.sandbox)
         checks.raise_any()
 
     def describe(self) -> str:

@@ -42,6 +42,7 @@ from wsrouter.config.model import (
     ReplayTarget,
     Route,
     RouterConfig,
+    Sandbox,
     Security,
     Target,
     TcpTarget,
@@ -57,7 +58,7 @@ from wsrouter.config.model import (
 
 TOP_KEYS = ("listen", "workers", "pass_env", "follow_program_port", "limits", "lifetime", "log", "web",
             "recording", "programs", "routes", "trusted_proxies", "proxy_protocol",
-            "security", "auth", "tls", "compression", "unknown_host")
+            "security", "auth", "tls", "compression", "unknown_host", "sandbox")
 LIMITS_KEYS = ("max_message_size", "ping_interval", "ping_timeout", "session_idle_timeout", "handshake_timeout",
                "connect_timeout", "shutdown_grace", "max_forks", "max_header_bytes", "max_connections",
                "max_connections_per_client", "max_handshakes_per_client")
@@ -73,9 +74,11 @@ COMPRESSION_KEYS = ("permessage_deflate", "server_no_context_takeover", "client_
 LOG_KEYS = ("file", "level", "traffic", "format")
 WEB_KEYS = ("root", "listing", "content_security_policy", "frame_options")
 RECORDING_KEYS = ("directory", "format", "max_bytes", "redact")
-PROGRAM_KEYS = ("mode", "command", "ports", "keep_env", "socket")
+PROGRAM_KEYS = ("mode", "command", "ports", "keep_env", "socket", "protocol", "sandbox")
+#: A [sandbox.NAME] table's keys: the Sandbox fields.
+SANDBOX_KEYS = ("user", "group", "cpu_seconds", "memory", "open_files", "processes", "env", "no_new_privs", "cwd")
 ROUTE_KEYS = ("path", "subprotocols", "target", "framing", "max_forks", "record", "env", "proxy_protocol",
-              "origin", "auth", "host", *TLS_TARGET_KEYS)
+              "origin", "auth", "host", "sandbox", *TLS_TARGET_KEYS)
 #: Keys holding numbers; a numeric string is accepted there (command-line values).
 _INTEGER_KEYS = ("workers", "max_message_size", "max_forks", "max_bytes", "max_header_bytes", "max_connections",
                  "max_connections_per_client", "max_handshakes_per_client")
@@ -365,6 +368,7 @@ class _Builder:
         self.problems: list[tuple[str, str]] = []
         self.programs: dict[str, WrappedTarget] = {}
         self.inline: list[WrappedTarget] = []
+        self.sandboxes: dict[str, Sandbox] = {}
 
     def add(self, key: str, problem: str) -> None:
         self.problems.append((key, problem))
@@ -478,9 +482,31 @@ class _Builder:
             fields["keep_env"] = values["keep_env"]
         if "socket" in values:
             fields["socket"] = values["socket"]
+        if "protocol" in values:
+            fields["protocol"] = values["protocol"]
+        if "sandbox" in values:
+            fields["sandbox"] = self.sandbox_named(values["sandbox"], f"{path}.sandbox")
         made = self.make(WrappedTarget, fields, path)
         if made is not None:
             self.programs[name] = made
+
+    def sandbox_tables(self, raw: Any) -> None:
+        """The C{[sandbox.NAME]} tables, kept by name for programs and routes to refer to."""
+        if not isinstance(raw, Mapping):
+            self.add("sandbox", f"must be a table of [sandbox.NAME] tables, not {raw!r}")
+            return
+        for name, table in raw.items():
+            values = self.table(table, f"sandbox.{name}", SANDBOX_KEYS)
+            if values is not None:
+                made = self.make(Sandbox, {"name": str(name), **values}, f"sandbox.{name}")
+                if made is not None:
+                    self.sandboxes[str(name)] = made
+
+    def sandbox_named(self, name: Any, path: str) -> Sandbox | None:
+        if isinstance(name, str) and name in self.sandboxes:
+            return self.sandboxes[name]
+        self.add(path, f"no sandbox {name!r} in [sandbox]{_did_you_mean(str(name), list(self.sandboxes))}")
+        return None
 
     def inline_program(self, target: WrappedTarget) -> WrappedTarget:
         """An inline C{wrap:} program, the same object for the same command, with a name no other program has."""
@@ -572,6 +598,12 @@ class _Builder:
         elif env is not None:
             self.add(f"{path}.env", f"must be a table of NAME = \"value\", not {env!r}")
         self.tls_target(values, fields, path)
+        if "sandbox" in values:
+            sandbox, target = self.sandbox_named(values["sandbox"], f"{path}.sandbox"), fields.get("target")
+            if isinstance(target, ExecTarget):
+                fields["target"] = attrs.evolve(target, sandbox=sandbox)
+            elif target is not None:
+                self.add(f"{path}.sandbox", "is only for exec: targets (a wrapped program names its sandbox itself)")
         if len(self.problems) > failed:
             return None
         made: Route | None = self.make(Route, fields, path)
@@ -642,6 +674,7 @@ class _Builder:
         recording = self.recording(values.get("recording"))
         security = self.security(values.get("security"))
         tls = self.tls(values.get("tls"))
+        self.sandbox_tables(values.get("sandbox", {}))
         programs = values.get("programs", {})
         if isinstance(programs, Mapping):
             for name, program in programs.items():
@@ -749,6 +782,8 @@ def _route_data(route: Route) -> dict[str, Any]:
         data["auth"] = route.auth
     if route.host is not None:
         data["host"] = route.host
+    if isinstance(route.target, ExecTarget) and route.target.sandbox is not None:
+        data["sandbox"] = route.target.sandbox.name
     if route.origin is not None:
         data["origin"] = route.origin if isinstance(route.origin, str) else list(route.origin)
     if isinstance(route.target, TlsTarget | WebSocketTarget):
@@ -757,6 +792,14 @@ def _route_data(route: Route) -> dict[str, Any]:
                      (("tls_ca", target.ca), ("tls_pin", target.pin), ("tls_verify", target.verify))
                      if value is not None and value is not True})
     return data
+
+
+def _sandbox_data(config: RouterConfig) -> dict[str, Any]:
+    """The sandboxes the programs and exec routes use, by name (unused tables are not kept)."""
+    used = [program.sandbox for program in config.programs] + [
+        route.target.sandbox for route in config.routes if isinstance(route.target, ExecTarget)]
+    return {sandbox.name: {key: value for key, value in _fields(sandbox, SANDBOX_KEYS).items() if value is not None}
+            for sandbox in used if sandbox is not None}
 
 
 def _fields(obj: Any, names: Sequence[str]) -> dict[str, Any]:
@@ -794,8 +837,11 @@ def to_data(config: RouterConfig) -> dict[str, Any]:
     data["security"] = _fields(config.security, SECURITY_KEYS)
     data["auth"] = {auth.name: _fields(auth, AUTH_KEYS) for auth in config.auth}
     data["programs"] = {program.name: {"mode": program.mode, "command": list(program.argv), "ports": program.ports,
-                                       "keep_env": program.keep_env, "socket": program.socket}
+                                       "keep_env": program.keep_env, "socket": program.socket,
+                                       "protocol": program.protocol,
+                                       **({"sandbox": program.sandbox.name} if program.sandbox else {})}
                           for program in config.programs}
+    data["sandbox"] = _sandbox_data(config)
     data["routes"] = [_route_data(route) for route in config.routes]
     if config.unknown_host != "default":
         data["unknown_host"] = config.unknown_host
