@@ -12,8 +12,10 @@ This module is the only home of defaults and imports nothing from Twisted.
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import math
+import pwd
 import re
 import shlex
 from collections.abc import Iterable, Sequence
@@ -304,7 +306,6 @@ WRAP_PROTOCOLS = ("tcp", "udp")
 
 def _lookup_user(value: object) -> str | None:
     """A problem with a user name or uid, or C{None}; the account must exist here."""
-    import pwd  # noqa: PLC0415  (POSIX only; the model stays importable elsewhere)
     try:
         if _is_int(value):
             pwd.getpwuid(value)  # type: ignore[arg-type]
@@ -318,7 +319,6 @@ def _lookup_user(value: object) -> str | None:
 
 
 def _lookup_group(value: object) -> str | None:
-    import grp  # noqa: PLC0415
     try:
         if _is_int(value):
             grp.getgrgid(value)  # type: ignore[arg-type]
@@ -329,6 +329,10 @@ def _lookup_group(value: object) -> str | None:
     except KeyError:
         return f"no such group {value!r} on this machine"
     return None
+
+
+def _as_optional_tuple(value: Any) -> Any:
+    return None if value is None else _as_tuple(value)
 
 
 @frozen
@@ -358,7 +362,7 @@ class Sandbox:
     memory: int | None = None
     open_files: int | None = None
     processes: int | None = None
-    env: tuple[str, ...] | None = field(default=None, converter=lambda v: None if v is None else _as_tuple(v))
+    env: tuple[str, ...] | None = field(default=None, converter=_as_optional_tuple)
     no_new_privs: bool = True
     cwd: str = DEFAULT_SANDBOX_CWD
 
@@ -825,6 +829,8 @@ class Route:
         if self.framing is not None:
             if not isinstance(self.framing, Framing):
                 checks.add("framing", f"must be a framing, not {self.framing!r}")
+            elif isinstance(self.target, WrappedTarget) and self.target.protocol == "udp":
+                checks.add("framing", "is only for stream targets, not a UDP program (one datagram per message)")
             elif isinstance(self.target, UNFRAMED_TARGETS):
                 checks.add("framing", f"is only for stream targets (tcp, unix, exec, program), not {_KIND_NAMES[kind]}")
         if self.max_forks is not None:

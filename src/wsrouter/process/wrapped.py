@@ -33,6 +33,7 @@ from twisted.logger import Logger
 
 from wsrouter.config import RouterConfig, WrappedTarget
 from wsrouter.interfaces import TargetError
+from wsrouter.process.sandbox import SandboxError, allowed_environment, sandbox_command, share_directory
 from wsrouter.process.supervisor import KILL_GRACE, Child, ChildOwner, ExitStatus, Launch, Supervisor, log_output
 from wsrouter.rebind import ShimReport, parse_report_line, shim_environment
 from wsrouter.rebind.private import clear_sockets, make_private_dir, remove_private_dir
@@ -175,18 +176,27 @@ class WrappedProgram(ChildOwner):
         self._child.start()
 
     def _launch(self) -> Launch:
-        program = self.target.argv[0]
-        if shutil.which(program, path=self._base_env.get("PATH", os.defpath)) is None:
+        program, sandbox = self.target.argv[0], self.target.sandbox
+        base_env = allowed_environment(self._base_env, sandbox)
+        if shutil.which(program, path=base_env.get("PATH", os.defpath)) is None:
             raise ProgramNotFound(f"wrapped program {program!r} not found or not executable (PATH is searched)")
-        preload = {k: v for k, v in self._base_env.items() if k == "LD_PRELOAD"}
+        preload = {k: v for k, v in base_env.items() if k == "LD_PRELOAD"}
         if self.target.socket == "private":
             if self.private_dir is None or not os.path.isdir(self.private_dir):
                 self.private_dir = make_private_dir(self.name)
             clear_sockets(self.private_dir)
-        shim_env = shim_environment(self.target.ports, REPORT_FD, self.target.keep_env,
-                                    base_env=preload, shim=self._shim, private_dir=self.private_dir)
-        return Launch(sys.executable, tuple(spawn_arguments(self.target.argv)),
-                      deferred_environment(self._base_env, shim_env),
+        shim_env = shim_environment(self.target.ports, REPORT_FD, self.target.keep_env, base_env=preload,
+                                    shim=self._shim, private_dir=self.private_dir, protocol=self.target.protocol)
+        try:
+            if sandbox is None:
+                argv = spawn_arguments(self.target.argv)
+            else:
+                if self.private_dir is not None:
+                    share_directory(self.private_dir, sandbox)
+                argv = sandbox_command(sandbox, self.target.argv, defer_prefix=_DEFER_PREFIX)
+        except (SandboxError, OSError) as e:
+            raise ProgramNotFound(f"wrapped program {self.name}: {e}") from None
+        return Launch(sys.executable, tuple(argv), deferred_environment(base_env, shim_env),
                       {0: "w", 1: "r", 2: "r", REPORT_FD: "r"})
 
     def child_started(self, child: Child) -> None:

@@ -32,6 +32,7 @@ __all__ = [
     "ENV_FD",
     "ENV_KEEP",
     "ENV_PORTS",
+    "ENV_PROTO",
     "PEER_PREFIX",
     "ShimReport",
     "ShimUnavailable",
@@ -48,6 +49,8 @@ ENV_FD = "WSROUTER_REBIND_FD"
 ENV_KEEP = "WSROUTER_REBIND_KEEP"
 #: A private directory (mode 0700): moved sockets become Unix sockets there.
 ENV_DIR = "WSROUTER_REBIND_DIR"
+#: "udp": move a UDP server's binds (always to a loopback port) instead of TCP listeners.
+ENV_PROTO = "WSROUTER_REBIND_PROTO"
 #: The abstract Unix socket name prefix under which the router passes a
 #: WebSocket client's address to a program on a private socket:
 #: C{"\0" + PEER_PREFIX + "<ip> <port> <nonce>"}.
@@ -62,8 +65,8 @@ COMPILE_TIMEOUT = 120.0
 
 # A string the shim binary must contain: tells a real build from a stale or
 # empty one (such as a build of an empty source file, or one from before
-# private mode, which would silently bind loopback ports instead).
-_SHIM_MARKER = ENV_DIR.encode("ascii") + b"\0"
+# private mode or UDP, which would silently bind loopback ports or not move UDP).
+_SHIM_MARKER = ENV_PROTO.encode("ascii") + b"\0"
 _PORTS_PATTERN = re.compile(r"\*|[0-9]{1,5}(,[0-9]{1,5})*")
 _BOUND_LINE = re.compile(rb"bound ([0-9]{1,5}) ([0-9a-fA-F.:]+) ([0-9]{1,5})")
 _UNIX_LINE = re.compile(rb"bound ([0-9]{1,5}) unix (/[A-Za-z0-9._/+-]{1,107})")
@@ -154,6 +157,7 @@ def shim_environment(
     base_env: Mapping[str, str],
     shim: str | None = None,
     private_dir: str | None = None,
+    protocol: str = "tcp",
 ) -> dict[str, str]:
     """
     Return a new environment for a child run under the shim.
@@ -174,6 +178,8 @@ def shim_environment(
     @param private_dir: a directory only the router's user can enter: the
         moved sockets become Unix sockets there (see L{wsrouter.rebind.private});
         C{None} moves them to loopback ports.
+    @param protocol: C{"udp"} moves a UDP server's binds (to a loopback
+        port, whatever C{private_dir}) instead of TCP listeners.
     @raise ValueError: C{ports} or C{report_fd} is malformed.
     @raise ShimUnavailable: no usable shim, or its path cannot be preloaded.
     """
@@ -191,7 +197,7 @@ def shim_environment(
         )
     if private_dir is not None and not os.path.isabs(private_dir):
         raise ValueError(f"private_dir must be an absolute path, not {private_dir!r}")
-    env = {k: v for k, v in base_env.items() if k not in (ENV_PORTS, ENV_FD, ENV_KEEP, ENV_DIR)}
+    env = {k: v for k, v in base_env.items() if k not in (ENV_PORTS, ENV_FD, ENV_KEEP, ENV_DIR, ENV_PROTO)}
     others = [e for e in _PRELOAD_SEPARATORS.split(env.get("LD_PRELOAD", "")) if e and e != path]
     env["LD_PRELOAD"] = ":".join([path, *others])
     env[ENV_PORTS] = ports
@@ -200,6 +206,8 @@ def shim_environment(
         env[ENV_KEEP] = "1"
     if private_dir is not None:
         env[ENV_DIR] = private_dir
+    if protocol == "udp":
+        env[ENV_PROTO] = "udp"
     return env
 
 

@@ -1,5 +1,5 @@
 /*
- * rebind.so: an LD_PRELOAD shim that moves a TCP server's listening socket
+ * rebind.so: an LD_PRELOAD shim that moves a TCP (or UDP) server's socket
  * to loopback on a port the kernel chooses, and tells wsrouter where it went.
  *
  * wsrouter runs an unmodified server (telnetd, x11vnc, ...) with this shim
@@ -29,6 +29,12 @@
  *                          instead of a loopback port (private mode, below),
  *                          and the line for it is
  *                            bound <requested_port> unix <path>\n
+ *   WSROUTER_REBIND_PROTO  optional: "udp" moves the binds of SOCK_DGRAM
+ *                          sockets instead of SOCK_STREAM ones (a UDP
+ *                          server), always to a loopback port: DIR is
+ *                          ignored, since a Unix datagram socket would need
+ *                          every sendto/recvfrom address translated. Any
+ *                          other value, or unset: TCP.
  *   WSROUTER_REBIND_KEEP   "1": leave the variables, LD_PRELOAD and the fd
  *                          to programs this one execs (scripts such as
  *                          vncserver exec the real server). Otherwise the
@@ -44,7 +50,7 @@
  *   AF_INET6 IPv4-mapped address     -> ::ffff:127.0.0.1 port 0
  * and, when ::1 is unavailable (IPv6 disabled) on a dual-stack socket,
  * falls back to ::ffff:127.0.0.1, reported as 127.0.0.1. Every other bind
- * (other ports, families, UDP, unix sockets, addresses shorter than their
+ * (other ports, families, the other socket type, unix sockets, addresses shorter than their
  * family needs) passes through untouched.
  *
  * getsockname() on a moved socket returns the address the program asked
@@ -100,6 +106,7 @@
 #define ENV_FD "WSROUTER_REBIND_FD"
 #define ENV_KEEP "WSROUTER_REBIND_KEEP"
 #define ENV_DIR "WSROUTER_REBIND_DIR"
+#define ENV_PROTO "WSROUTER_REBIND_PROTO"
 /* The abstract socket name prefix under which the router passes the client. */
 #define PEER_PREFIX "wsrouter-peer "
 #define ENV_PRELOAD "LD_PRELOAD"
@@ -127,6 +134,8 @@ static ino_t report_ino;
 static char private_dir[sizeof ((struct sockaddr_un *)0)->sun_path];
 static size_t private_dir_len;
 static unsigned long private_serial;
+/* The socket type whose binds are moved: SOCK_STREAM, or SOCK_DGRAM for "udp". */
+static int moved_type = SOCK_STREAM;
 
 union address {
     struct sockaddr sa;
@@ -316,6 +325,11 @@ __attribute__((constructor)) static void rebind_init(void)
     const char *fd_text = getenv(ENV_FD);
     const char *keep_text = getenv(ENV_KEEP);
     const char *dir_text = getenv(ENV_DIR);
+    const char *proto_text = getenv(ENV_PROTO);
+    if (proto_text != NULL && strcmp(proto_text, "udp") == 0) {
+        moved_type = SOCK_DGRAM;
+        dir_text = NULL; /* UDP always goes to a loopback port */
+    }
     int keep = keep_text != NULL && strcmp(keep_text, "1") == 0;
 
     if (ports != NULL && fd_text != NULL) {
@@ -347,14 +361,15 @@ __attribute__((constructor)) static void rebind_init(void)
     unsetenv(ENV_FD);
     unsetenv(ENV_KEEP);
     unsetenv(ENV_DIR);
+    unsetenv(ENV_PROTO);
     drop_self_from_preload();
 }
 
-static int is_stream_socket(int fd)
+static int is_moved_type(int fd)
 {
     int type = 0;
     socklen_t len = sizeof type;
-    return getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_STREAM;
+    return getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == moved_type;
 }
 
 static int is_v6only(int fd)
@@ -412,7 +427,7 @@ static int plan_move(int fd, const struct sockaddr *addr, socklen_t len, struct 
     } else {
         return 0;
     }
-    return plan->requested != 0 && port_listed(plan->requested) && is_stream_socket(fd);
+    return plan->requested != 0 && port_listed(plan->requested) && is_moved_type(fd);
 }
 
 static const char *errno_name(int err)

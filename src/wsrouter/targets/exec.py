@@ -101,6 +101,7 @@ from wsrouter import __version__
 from wsrouter.clientcert import cgi_variables
 from wsrouter.config import DEFAULT_COMMAND_KILL_GRACE, ExecTarget, Limits, Route
 from wsrouter.interfaces import Link, LinkReceiver, SessionInfo, TargetError
+from wsrouter.process.sandbox import SandboxError, allowed_environment, sandbox_command
 
 log = Logger(namespace="wsrouter.exec")
 
@@ -733,14 +734,19 @@ class ExecConnector:
             raise TargetError(
                 f"route {route.describe()} already runs {limit} command(s), its max-forks limit; retry later", 503,
             )
-        env = cgi_environment(session, self._pass_env, self._environ)
+        env = allowed_environment(cgi_environment(session, self._pass_env, self._environ), target.sandbox,
+                                  always=[name for name, _ in route.env])
         executable = resolve_command(target.argv[0], env.get("PATH", ""))
         link = CommandLink(
             self._reactor, f"{os.path.basename(target.argv[0])}[{session.session_id}]",
             grace=self._grace, signaller=self._signaller,
             on_exit=lambda link: self._exited(route),
         )
-        args = [*self._launcher, executable, *target.argv[1:]]
+        try:
+            args = ([*self._launcher, executable, *target.argv[1:]] if target.sandbox is None
+                    else sandbox_command(target.sandbox, [executable, *target.argv[1:]]))
+        except SandboxError as e:
+            raise TargetError(str(e), 502) from None
         self._running[route] = self.running(route) + 1
         try:
             self._reactor.spawnProcess(link, args[0], args, env=env, path=None, usePTY=False)

@@ -21,9 +21,10 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
-from wsrouter.config import TcpTarget, UnixTarget, WrappedTarget
+from wsrouter.config import TcpTarget, UdpTarget, UnixTarget, WrappedTarget
 from wsrouter.interfaces import Link, SessionInfo, TargetError
 from wsrouter.rebind import PEER_PREFIX
+from wsrouter.targets.datagram import DatagramConnector
 from wsrouter.targets.stream import StreamConnector, StreamLink
 
 #: The shim reports the address when bind() returns, a moment before the
@@ -60,6 +61,7 @@ class WrappedConnector:
         self._programs = programs
         self._timeout = timeout
         self._stream = StreamConnector(reactor, timeout)
+        self._datagram = DatagramConnector(reactor)
 
     def connect(self, session: SessionInfo) -> Deferred[Link]:
         target = session.route.target
@@ -92,6 +94,11 @@ class WrappedConnector:
         return attempt  # type: ignore[return-value]
 
     def _connect(self, address: tuple[str, int], session: SessionInfo) -> Deferred[Link]:
+        program = session.route.target
+        if isinstance(program, WrappedTarget) and program.protocol == "udp":
+            # A UDP program: one datagram per message to its moved loopback port.
+            udp = UdpTarget(address[0], address[1])
+            return self._datagram.connect(attrs.evolve(session, route=attrs.evolve(session.route, target=udp)))
         target = program_link_target(address)
         if isinstance(target, UnixTarget) and IReactorSocket.providedBy(self._reactor):
             return connect_private(self._reactor, target.path, session)
