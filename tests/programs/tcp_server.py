@@ -25,7 +25,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--family", choices=["4", "6", "dual"], default="4")
     parser.add_argument("--udp", action="store_true", help="echo datagrams instead")
-    parser.add_argument("--banner", help="line sent to each new connection")
+    parser.add_argument("--banner", help="line sent to each new connection (UDP: each reply's prefix)")
     parser.add_argument("--echo", action="store_true", help="echo what each client sends")
     parser.add_argument("--tell-peer", action="store_true",
                         help="send each client 'peer HOST PORT' as accept() and getpeername() show it")
@@ -79,7 +79,7 @@ def serve_udp(sock: socket.socket, args: argparse.Namespace) -> None:
     served = 0
     while args.exit_after is None or served < args.exit_after:
         data, peer = sock.recvfrom(65536)
-        sock.sendto(data, peer)
+        sock.sendto((args.banner or "").encode() + data, peer)  # the banner prefixes each reply
         served += 1
 
 

@@ -36,7 +36,7 @@ __all__ = ["STAGE", "SandboxError", "allowed_environment", "sandbox_command", "s
 
 #: Runs in the child: rlimits, groups, gid, uid, no_new_privs, cwd, then the program.
 STAGE = r"""
-import json, os, sys, resource
+import ctypes, json, os, sys, resource  # all before the user changes: the stdlib may be unreadable after
 spec = json.loads(sys.argv[1])
 argv = sys.argv[2:]
 def die(what, e):
@@ -63,7 +63,6 @@ if spec["uid"] is not None:
     if os.getuid() != spec["uid"] or os.geteuid() != spec["uid"] or os.getegid() != spec["gid"]:
         die("switch users", "the ids did not change")
 if spec["no_new_privs"]:
-    import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
         die("set no_new_privs", OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno())))
