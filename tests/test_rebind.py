@@ -40,6 +40,7 @@ from wsrouter.rebind import (
     ENV_FD,
     ENV_KEEP,
     ENV_PORTS,
+    ENV_PROTO,
     PEER_PREFIX,
     ShimReport,
     ShimUnavailable,
@@ -290,6 +291,7 @@ def test_variable_names_agree_with_c_source() -> None:
     assert defines["ENV_FD"] == ENV_FD
     assert defines["ENV_KEEP"] == ENV_KEEP
     assert defines["ENV_DIR"] == ENV_DIR
+    assert defines["ENV_PROTO"] == ENV_PROTO
     assert re.findall(r'#define PEER_PREFIX "([^"]*)"', SOURCE.read_text()) == [PEER_PREFIX]
 
 

@@ -1,0 +1,141 @@
+"""
+UDP servers wrapped (issue 13): the shim moves a UDP server's bind to a
+loopback port when told the program is UDP, and a route to the program
+relays one datagram per WebSocket message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from wsrouter.config import ConfigError, build_config
+from wsrouter.rebind import ENV_PROTO, find_shim, parse_report_line, shim_environment
+
+from .support import REPO, RouterProcess, connect, free_port
+
+#: The real interpreter binary (a pyenv shell wrapper would take the shim for itself).
+PYTHON = os.path.realpath(sys.executable)
+SERVER = str(REPO / "tests" / "programs" / "tcp_server.py")
+TIMEOUT = 10.0
+
+
+@contextmanager
+def held_udp_port() -> Iterator[tuple[socket.socket, int]]:
+    """A UDP port on 127.0.0.1 this test holds, so a program that really binds it would fail."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        yield holder, holder.getsockname()[1]
+
+
+def udp_server(port: int, *extra: str) -> list[str]:
+    return [PYTHON, SERVER, "--host", "127.0.0.1", "--port", str(port), "--udp", *extra]
+
+
+def test_shim_moves_a_udp_bind_when_told_udp():
+    """With the shim's protocol set to udp, a UDP bind to a held port lands on a reported loopback port."""
+    with held_udp_port() as (_, port):
+        read_end, write_end = os.pipe()
+        env = shim_environment(str(port), write_end, base_env=dict(os.environ), shim=find_shim(), protocol="udp")
+        assert env[ENV_PROTO] == "udp"
+        proc = subprocess.Popen([*udp_server(port, "--banner", "u:"), "--exit-after", "2"], env=env,
+                                pass_fds=(write_end,), stdout=subprocess.PIPE)
+        os.close(write_end)
+        try:
+            with os.fdopen(read_end, "rb") as reports:
+                report = parse_report_line(reports.readline())
+            assert report is not None and report.error is None
+            assert (report.requested_port, report.host) == (port, "127.0.0.1") and report.port != port
+            assert proc.stdout is not None and proc.stdout.readline() == f"listening {port}\n".encode()
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+                client.settimeout(TIMEOUT)
+                for payload in (b"one", b"two"):
+                    client.sendto(payload, ("127.0.0.1", report.port))
+                    assert client.recvfrom(100)[0] == b"u:" + payload
+            assert proc.wait(TIMEOUT) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_tcp_binds_pass_through_when_udp_is_moved(tmp_path):
+    """In udp mode a TCP listener is left alone (and the private directory is ignored): nothing is reported."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    read_end, write_end = os.pipe()
+    env = shim_environment("*", write_end, base_env=dict(os.environ), shim=find_shim(),
+                           private_dir=str(tmp_path), protocol="udp")
+    proc = subprocess.run([PYTHON, SERVER, "--host", "127.0.0.1", "--port", str(port), "--exit-after", "0"],
+                          env=env, pass_fds=(write_end,), capture_output=True, timeout=60, check=True)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reports:
+        assert reports.read() == b""
+    assert proc.stdout == f"listening {port}\n".encode()
+
+
+def test_udp_program_must_not_ask_for_a_private_socket():
+    """A UDP program defaults to loopback; asking for private, or a framing on its route, is a config error."""
+    with pytest.raises(ConfigError) as caught:
+        build_config({"programs": {"u": {"mode": "respawn", "command": "srv", "protocol": "udp",
+                                         "socket": "private"}},
+                      "routes": [{"path": "/", "target": "program:u"}]})
+    assert "loopback" in dict(caught.value.problems)["programs.u.socket"]
+    with pytest.raises(ConfigError) as caught:
+        build_config({"programs": {"u": {"mode": "respawn", "command": "srv", "protocol": "udp"}},
+                      "routes": [{"path": "/", "target": "program:u", "framing": "line"}]})
+    assert "UDP program" in dict(caught.value.problems)["routes[0].framing"]
+    config = build_config({"programs": {"u": {"mode": "respawn", "command": "srv", "protocol": "udp"}},
+                           "routes": [{"path": "/", "target": "program:u"}]})
+    assert config.programs[0].socket == "loopback"
+
+
+def _gone(pid: int) -> bool:
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_two_udp_programs_on_the_same_port_through_the_router(tmp_path: Path):
+    """Two wrapped UDP servers asking for one (held) port both serve; each message is one datagram, both ways."""
+    with held_udp_port() as (_, port):
+        programs = {name: {"mode": "respawn", "command": udp_server(port, "--banner", f"{name}:"),
+                           "protocol": "udp"} for name in ("a", "b")}
+        config = tmp_path / "wsrouter.toml"
+        config.write_text("".join(
+            f'[programs.{name}]\nmode = "respawn"\ncommand = {json.dumps(p["command"])}\nprotocol = "udp"\n'
+            for name, p in programs.items()) + "".join(
+            f'[[routes]]\npath = "/{name}"\ntarget = "program:{name}"\n' for name in programs))
+        listen = free_port()
+        router = RouterProcess(["--config", str(config), "--listen", f"tcp:{listen}:interface=127.0.0.1"],
+                               listen, tmp_path / "router.log")
+        try:
+            with connect(f"{router.url}/a") as a, connect(f"{router.url}/b") as b:
+                a.send(b"one")
+                a.send(b"two")
+                b.send(b"x" * 1000)
+                assert [a.recv(timeout=TIMEOUT), a.recv(timeout=TIMEOUT)] == [b"a:one", b"a:two"]
+                assert b.recv(timeout=TIMEOUT) == b"b:" + b"x" * 1000
+            log = router.log()
+            moved = sorted(int(p) for p in re.findall(rf"asked for port {port}; listening on 127\.0\.0\.1:(\d+)", log))
+            assert len(moved) == 2 and moved[0] != moved[1] and port not in moved
+            pids = [int(pid) for pid in re.findall(r"started [ab] \(pid (\d+)", log)]
+        finally:
+            router.stop()
+        assert len(pids) == 2 and all(_gone(pid) for pid in pids)
