@@ -19,6 +19,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from wsrouter.config import ConfigError, Sandbox, build_config, to_data
+from wsrouter.preflight import preflight
 from wsrouter.process.sandbox import SandboxError, allowed_environment, sandbox_command, share_directory
 
 from .other_user import OTHER_GID, OTHER_UID, connect_as_other_user, needs_root
@@ -272,3 +273,13 @@ def test_the_stage_reports_what_it_cannot_do(tmp_path):
     assert result.returncode == 126
     assert result.stderr.startswith("wsrouter sandbox: cannot enter ") and "No such file" in result.stderr
 
+
+
+def test_preflight_reports_a_missing_cwd_and_a_user_it_cannot_switch_to(tmp_path, monkeypatch):
+    """Start-up checks name the sandbox key: a cwd not on this machine; a user while the router is not root."""
+    config = build_config({"sandbox": {"j": {"user": "nobody", "cwd": str(tmp_path / "gone")}},
+                           "routes": [{"path": "/", "target": "exec:cat", "sandbox": "j"}]})
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    problems = dict(preflight(config))
+    assert "no directory" in problems["sandbox.j.cwd"]
+    assert "needs the router to run as root" in problems["sandbox.j.user"]

@@ -28,11 +28,13 @@ import os
 import pwd
 import stat
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
-from wsrouter.config import Sandbox
+from wsrouter.config import ExecTarget, RouterConfig, Sandbox
+from wsrouter.rebind import ShimUnavailable, find_shim
 
-__all__ = ["STAGE", "SandboxError", "allowed_environment", "sandbox_command", "sandbox_ids", "share_directory"]
+__all__ = ["STAGE", "SandboxError", "allowed_environment", "sandbox_command", "sandbox_ids", "sandbox_problems",
+           "share_directory"]
 
 #: Runs in the child: rlimits, groups, gid, uid, no_new_privs, cwd, then the program.
 STAGE = r"""
@@ -144,6 +146,46 @@ def sandbox_command(sandbox: Sandbox, argv: Sequence[str], *, setsid: bool = Tru
     return [sys.executable, "-I", "-S", "-c", STAGE, json.dumps(spec), *argv]
 
 
+def _closed_above(path: str) -> str | None:
+    """The first directory from C{path}'s parent up to C{/} that other users cannot pass, if any."""
+    parent = os.path.dirname(path)
+    while True:
+        if not os.stat(parent).st_mode & stat.S_IXOTH:
+            return parent
+        if parent == "/":
+            return None
+        parent = os.path.dirname(parent)
+
+
+def sandbox_problems(config: RouterConfig) -> Iterator[tuple[str, str]]:
+    """
+    Start-up checks (L{wsrouter.preflight}): each sandbox in use can be
+    applied by this router and its C{cwd} exists; a wrapped program run as
+    another user can load the shim (ld.so opens it as that user).
+    """
+    used = {program.sandbox for program in config.programs} | {
+        route.target.sandbox for route in config.routes if isinstance(route.target, ExecTarget)}
+    for sandbox in sorted((s for s in used if s is not None), key=lambda s: s.name):
+        try:
+            sandbox_ids(sandbox)
+        except SandboxError as e:
+            yield f"sandbox.{sandbox.name}.user", str(e)
+        if not os.path.isdir(sandbox.cwd):
+            yield f"sandbox.{sandbox.name}.cwd", f"no directory {sandbox.cwd!r} on this machine"
+    for program in config.programs:
+        if program.sandbox is None or program.sandbox.user is None:
+            continue
+        try:
+            shim = find_shim()
+        except ShimUnavailable:
+            continue  # reported when the program starts, as without a sandbox
+        closed = _closed_above(shim)
+        if closed is not None or not os.stat(shim).st_mode & stat.S_IROTH:
+            yield (f"programs.{program.name}.sandbox",
+                   f"user {program.sandbox.user!r} cannot load the rebind shim {shim} "
+                   f"({closed or shim} is closed to other users): install wsrouter where every user can read it")
+
+
 def share_directory(path: str, sandbox: Sandbox | None) -> None:
     """
     Hand a wrapped program's private socket directory (mode 0700) to its
@@ -157,14 +199,9 @@ def share_directory(path: str, sandbox: Sandbox | None) -> None:
     ids = None if sandbox is None else sandbox_ids(sandbox)
     if ids is None or ids[0] == os.geteuid():
         return
-    parent = os.path.dirname(path)
-    while True:
-        mode = os.stat(parent).st_mode
-        if not mode & stat.S_IXOTH:
-            raise SandboxError(f"sandbox {sandbox.name if sandbox else ''}: the private socket directory {path} "
-                               f"lies in {parent}, which user {sandbox.user if sandbox else ''!r} cannot enter: "
-                               "set TMPDIR to a directory other users can pass through (such as /tmp)")
-        if parent == "/":
-            break
-        parent = os.path.dirname(parent)
+    closed = _closed_above(path)
+    if closed is not None:
+        raise SandboxError(f"sandbox {sandbox.name if sandbox else ''}: the private socket directory {path} "
+                           f"lies in {closed}, which user {sandbox.user if sandbox else ''!r} cannot enter: "
+                           "unset XDG_RUNTIME_DIR or set TMPDIR to a directory other users can pass (such as /tmp)")
     os.chown(path, ids[0], ids[1])
