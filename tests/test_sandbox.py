@@ -283,3 +283,10 @@ def test_preflight_reports_a_missing_cwd_and_a_user_it_cannot_switch_to(tmp_path
     problems = dict(preflight(config))
     assert "no directory" in problems["sandbox.j.cwd"]
     assert "needs the router to run as root" in problems["sandbox.j.user"]
+
+
+def test_the_stage_cpu_limit_kills_a_busy_loop():
+    """A program spinning past cpu_seconds is killed by the kernel (SIGKILL, as soft = hard)."""
+    python = SYSTEM_PYTHON if os.access(SYSTEM_PYTHON, os.X_OK) else "python3"
+    argv = sandbox_command(Sandbox(name="j", cpu_seconds=1), [python, "-c", "while True: pass"], setsid=False)
+    assert subprocess.run(argv, timeout=60, check=False).returncode == -9

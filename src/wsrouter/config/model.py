@@ -345,7 +345,7 @@ class Sandbox:
     @ivar user: run as this user (name or uid); supplementary groups are
         cleared.  C{None}: the router's user.
     @ivar group: and this group; by default the user's primary group.
-    @ivar cpu_seconds: RLIMIT_CPU (SIGXCPU, then SIGKILL).
+    @ivar cpu_seconds: RLIMIT_CPU, soft = hard (the kernel kills the program there).
     @ivar memory: RLIMIT_AS in bytes (allocations beyond it fail).
     @ivar open_files: RLIMIT_NOFILE.
     @ivar processes: RLIMIT_NPROC (counted per user by the kernel).
