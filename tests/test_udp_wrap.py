@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from wsrouter.cli.lower import LoweringError, options_to_raw
 from wsrouter.config import ConfigError, build_config
 from wsrouter.rebind import ENV_PROTO, find_shim, parse_report_line, shim_environment
 
@@ -139,3 +140,30 @@ def test_two_udp_programs_on_the_same_port_through_the_router(tmp_path: Path):
         finally:
             router.stop()
         assert len(pids) == 2 and all(_gone(pid) for pid in pids)
+
+
+def test_wrap_protocol_and_user_options_lower_into_the_schema():
+    """--wrap-protocol udp and --wrap-user USER:GROUP become the program's protocol and a sandbox of its own."""
+    raw = options_to_raw({"wrap": "respawn", "wrap-protocol": "udp", "wrap-user": "nobody:nogroup",
+                          "program": ["srv", "--port", "9"]})
+    assert raw["programs"]["srv"]["protocol"] == "udp" and raw["programs"]["srv"]["sandbox"] == "srv"
+    assert raw["sandbox"] == {"srv": {"user": "nobody", "group": "nogroup"}}
+    config = build_config(raw)
+    assert config.programs[0].sandbox is not None and config.programs[0].sandbox.user == "nobody"
+    with pytest.raises(LoweringError, match="--wrap-user applies to the program"):
+        options_to_raw({"wrap-user": "nobody", "short_form": ["8080", "localhost:5900"]})
+
+
+def test_wrap_protocol_udp_from_the_command_line(tmp_path: Path):
+    """`--wrap respawn --wrap-protocol udp -- udp-server`: each WebSocket message reaches the server as a datagram."""
+    with held_udp_port() as (_, port):
+        listen = free_port()
+        router = RouterProcess(["--listen", f"tcp:{listen}:interface=127.0.0.1", "--wrap", "respawn",
+                                "--wrap-protocol", "udp", "--", *udp_server(port, "--banner", "cli:")],
+                               listen, tmp_path / "router.log")
+        try:
+            with connect(f"{router.url}/any") as ws:
+                ws.send(b"hello")
+                assert ws.recv(timeout=TIMEOUT) == b"cli:hello"
+        finally:
+            router.stop()

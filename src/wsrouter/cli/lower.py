@@ -62,10 +62,15 @@ def options_to_raw(options: Mapping[str, Any]) -> dict[str, Any]:
     if options.get("wrap-socket") is not None and not program:
         raise LoweringError("--wrap-socket applies to the program after --wrap MODE ... --; "
                             "in a config file use socket = \"loopback\" in [programs.NAME]")
+    for name in ("wrap-user", "wrap-protocol"):
+        if options.get(name) is not None and not program:
+            raise LoweringError(f"--{name} applies to the program after --wrap MODE ... --; in a config file "
+                                "use [sandbox.NAME] and protocol in [programs.NAME] (docs/sandbox.md)")
     if program or mode:
         _lower_program(raw, listen, routes, short, program, mode, bool(options.get("wrap-keep-env")))
         if options.get("wrap-socket") is not None:
             raw["programs"][program_name(program)]["socket"] = options["wrap-socket"]
+        _lower_wrap_sandbox(raw, program_name(program), options)
     elif options.get("unix-target"):
         if len(short) != 1:
             raise LoweringError("--unix-target PATH takes the listening [HOST:]PORT alone, e.g. "
@@ -198,6 +203,20 @@ def _short_listener(text: str) -> str:
         return listener_from_short_form(text)
     except ValueError as e:
         raise LoweringError(f"listen address: {e}") from None
+
+
+def _lower_wrap_sandbox(raw: dict[str, Any], name: str, options: Mapping[str, Any]) -> None:
+    """--wrap-user USER[:GROUP] (a sandbox of its own, named after the program) and --wrap-protocol."""
+    if options.get("wrap-protocol") is not None:
+        raw["programs"][name]["protocol"] = options["wrap-protocol"]
+    user = options.get("wrap-user")
+    if user is not None:
+        user_name, _, group = str(user).partition(":")
+        sandbox: dict[str, Any] = {"user": int(user_name) if user_name.isdigit() else user_name}
+        if group:
+            sandbox["group"] = int(group) if group.isdigit() else group
+        raw["sandbox"] = {name: sandbox}
+        raw["programs"][name]["sandbox"] = name
 
 
 def _lower_program(raw: dict[str, Any], listen: list[str], routes: list[Any], short: tuple[str, ...],

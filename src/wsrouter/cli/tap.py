@@ -119,6 +119,10 @@ class Options(usage.Options):
         ["wrap-mode", None, None, "websockify's name for --wrap MODE."],
         ["wrap-socket", None, None, "Where the shim moves the program's socket: private (default; a Unix socket "
                                     "only the router's user can reach) or loopback (a 127.0.0.1 port)."],
+        ["wrap-user", None, None, "Run the wrapped program as USER[:GROUP] (router as root), no supplementary "
+                                  "groups, no_new_privs; rlimits etc. in a [sandbox.NAME] table (docs/sandbox.md)."],
+        ["wrap-protocol", None, None, "tcp (default) or udp: the wrapped program is a UDP server, relayed "
+                                      "one datagram per message (on a loopback port)."],
         ["unix-target", None, None, "Proxy every path to this Unix socket (websockify --unix-target); "
                                     "give the listening [HOST:]PORT alone."],
         ["max-forks", None, None, "Most exec: commands running at once per route (default unlimited); then 503."],
