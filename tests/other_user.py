@@ -23,7 +23,8 @@ OTHER_GID = 65534
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="dropping to another uid needs root")
 
 
-def connect_as_other_user(path: str, uid: int = OTHER_UID, gid: int = OTHER_GID) -> int:
+def connect_as_other_user(path: str, uid: int = OTHER_UID, gid: int = OTHER_GID,
+                          kind: int = socket.SOCK_STREAM) -> int:
     """
     Try to connect to the Unix socket C{path} as C{uid}:C{gid}; return 0 on
     success, else the errno connect() (or the drop itself) failed with.
@@ -40,7 +41,7 @@ def connect_as_other_user(path: str, uid: int = OTHER_UID, gid: int = OTHER_GID)
             if os.getuid() != uid or os.geteuid() != uid:
                 code = errno.EPERM
             else:
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                with socket.socket(socket.AF_UNIX, kind) as sock:
                     sock.settimeout(5)
                     sock.connect(path)
         except OSError as e:

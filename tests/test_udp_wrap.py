@@ -1,7 +1,8 @@
 """
-UDP servers wrapped (issue 13): the shim moves a UDP server's bind to a
-loopback port when told the program is UDP, and a route to the program
-relays one datagram per WebSocket message.
+UDP servers wrapped (issue 13): the shim moves a UDP server's bind, when
+told the program is UDP, to a Unix datagram socket in a private directory
+(faking the senders' IP addresses) or to a loopback port, and a route to
+the program relays one datagram per WebSocket message.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +26,7 @@ from wsrouter.cli.lower import LoweringError, options_to_raw
 from wsrouter.config import ConfigError, build_config
 from wsrouter.rebind import ENV_PROTO, find_shim, parse_report_line, shim_environment
 
+from .other_user import connect_as_other_user, needs_root
 from .support import REPO, RouterProcess, connect, free_port
 
 #: The real interpreter binary (a pyenv shell wrapper would take the shim for itself).
@@ -71,7 +75,7 @@ def test_shim_moves_a_udp_bind_when_told_udp():
 
 
 def test_tcp_binds_pass_through_when_udp_is_moved(tmp_path):
-    """In udp mode a TCP listener is left alone (and the private directory is ignored): nothing is reported."""
+    """In udp mode a TCP listener is left alone, private directory or not: nothing is reported."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -86,20 +90,19 @@ def test_tcp_binds_pass_through_when_udp_is_moved(tmp_path):
     assert proc.stdout == f"listening {port}\n".encode()
 
 
-def test_udp_program_must_not_ask_for_a_private_socket():
-    """A UDP program defaults to loopback; asking for private, or a framing on its route, is a config error."""
+def test_udp_program_config():
+    """A UDP program is private by default; a framing on its route is a config error; an unknown protocol too."""
     with pytest.raises(ConfigError) as caught:
-        build_config({"programs": {"u": {"mode": "respawn", "command": "srv", "protocol": "udp",
-                                         "socket": "private"}},
+        build_config({"programs": {"u": {"mode": "respawn", "command": "srv", "protocol": "sctp"}},
                       "routes": [{"path": "/", "target": "program:u"}]})
-    assert "loopback" in dict(caught.value.problems)["programs.u.socket"]
+    assert "programs.u.protocol" in dict(caught.value.problems)
     with pytest.raises(ConfigError) as caught:
         build_config({"programs": {"u": {"mode": "respawn", "command": "srv", "protocol": "udp"}},
                       "routes": [{"path": "/", "target": "program:u", "framing": "line"}]})
     assert "UDP program" in dict(caught.value.problems)["routes[0].framing"]
     config = build_config({"programs": {"u": {"mode": "respawn", "command": "srv", "protocol": "udp"}},
                            "routes": [{"path": "/", "target": "program:u"}]})
-    assert config.programs[0].socket == "loopback"
+    assert (config.programs[0].socket, config.programs[0].protocol) == ("private", "udp")
 
 
 def _gone(pid: int) -> bool:
@@ -113,7 +116,8 @@ def _gone(pid: int) -> bool:
     return False
 
 
-def test_two_udp_programs_on_the_same_port_through_the_router(tmp_path: Path):
+@pytest.mark.parametrize("where", ["private", "loopback"])
+def test_two_udp_programs_on_the_same_port_through_the_router(tmp_path: Path, where: str):
     """Two wrapped UDP servers asking for one (held) port both serve; each message is one datagram, both ways."""
     with held_udp_port() as (_, port):
         programs = {name: {"mode": "respawn", "command": udp_server(port, "--banner", f"{name}:"),
@@ -121,7 +125,7 @@ def test_two_udp_programs_on_the_same_port_through_the_router(tmp_path: Path):
         config = tmp_path / "wsrouter.toml"
         config.write_text("".join(
             f'[programs.{name}]\nmode = "respawn"\ncommand = {json.dumps(p["command"])}\nprotocol = "udp"\n'
-            for name, p in programs.items()) + "".join(
+            f'socket = "{where}"\n' for name, p in programs.items()) + "".join(
             f'[[routes]]\npath = "/{name}"\ntarget = "program:{name}"\n' for name in programs))
         listen = free_port()
         router = RouterProcess(["--config", str(config), "--listen", f"tcp:{listen}:interface=127.0.0.1"],
@@ -134,12 +138,17 @@ def test_two_udp_programs_on_the_same_port_through_the_router(tmp_path: Path):
                 assert [a.recv(timeout=TIMEOUT), a.recv(timeout=TIMEOUT)] == [b"a:one", b"a:two"]
                 assert b.recv(timeout=TIMEOUT) == b"b:" + b"x" * 1000
             log = router.log()
-            moved = sorted(int(p) for p in re.findall(rf"asked for port {port}; listening on 127\.0\.0\.1:(\d+)", log))
-            assert len(moved) == 2 and moved[0] != moved[1] and port not in moved
+            if where == "loopback":
+                moved = sorted(re.findall(rf"asked for port {port}; listening on 127\.0\.0\.1:(\d+)", log))
+            else:
+                moved = sorted(re.findall(rf"asked for port {port}; listening on the private socket (\S+)", log))
+                assert all(Path(path).is_socket() for path in moved)
+            assert len(moved) == 2 and moved[0] != moved[1]
             pids = [int(pid) for pid in re.findall(r"started [ab] \(pid (\d+)", log)]
         finally:
             router.stop()
         assert len(pids) == 2 and all(_gone(pid) for pid in pids)
+        assert not any(Path(path).parent.exists() for path in moved if path.startswith("/"))
 
 
 def test_wrap_protocol_and_user_options_lower_into_the_schema():
@@ -167,3 +176,53 @@ def test_wrap_protocol_udp_from_the_command_line(tmp_path: Path):
                 assert ws.recv(timeout=TIMEOUT) == b"cli:hello"
         finally:
             router.stop()
+
+
+@contextmanager
+def private_udp_server(*extra: str) -> Iterator[tuple[str, int]]:
+    """A UDP server under the shim in private mode: yields its Unix socket path and the port it asked for."""
+    directory = Path(tempfile.mkdtemp(prefix="wsr-udp-"))  # short: a Unix socket name has 107 bytes
+    with held_udp_port() as (_, port):
+        read_end, write_end = os.pipe()
+        env = shim_environment(str(port), write_end, base_env=dict(os.environ), shim=find_shim(),
+                               private_dir=str(directory), protocol="udp")
+        proc = subprocess.Popen(udp_server(port, *extra), env=env, pass_fds=(write_end,), stdout=subprocess.PIPE)
+        os.close(write_end)
+        try:
+            with os.fdopen(read_end, "rb") as reports:
+                report = parse_report_line(reports.readline())
+            assert report is not None and report.path is not None and report.requested_port == port
+            assert proc.stdout is not None and proc.stdout.readline() == f"listening {port}\n".encode()
+            yield report.path, port
+        finally:
+            proc.kill()
+            proc.wait()
+            shutil.rmtree(directory)
+
+
+def test_private_udp_shows_the_named_client_and_answers_it(tmp_path: Path):
+    """A sender bound to the router's abstract peer name is shown as that client; the reply reaches that sender."""
+    with private_udp_server("--tell-peer") as (path, _), \
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as one, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as two:
+        one.bind("\0wsrouter-peer 203.0.113.7 4242 aa11")
+        two.bind("\0wsrouter-dgram bb22")  # not a client: a loopback address of its own
+        for sock in (one, two):
+            sock.settimeout(TIMEOUT)
+            sock.connect(path)
+        one.send(b"first")
+        two.send(b"second")
+        one.send(b"third")
+        assert one.recv(100) == b"203.0.113.7 4242 first"
+        reply = two.recv(100).decode().split()
+        assert reply[0] == "127.0.0.1" and reply[2] == "second" and 32768 <= int(reply[1]) < 60768
+        assert one.recv(100) == b"203.0.113.7 4242 third"
+
+
+@needs_root
+def test_private_udp_socket_refuses_other_users(tmp_path: Path):
+    """Another uid cannot even address the private UDP socket (EACCES); the router's user can."""
+    with private_udp_server() as (path, _):
+        assert connect_as_other_user(path, kind=socket.SOCK_DGRAM) == 13
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as mine:
+            mine.connect(path)

@@ -79,7 +79,8 @@ def serve_udp(sock: socket.socket, args: argparse.Namespace) -> None:
     served = 0
     while args.exit_after is None or served < args.exit_after:
         data, peer = sock.recvfrom(65536)
-        sock.sendto((args.banner or "").encode() + data, peer)  # the banner prefixes each reply
+        prefix = (args.banner or "") + (f"{peer[0]} {peer[1]} " if args.tell_peer else "")
+        sock.sendto(prefix.encode() + data, peer)  # the banner (and the peer) prefix each reply
         served += 1
 
 

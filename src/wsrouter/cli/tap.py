@@ -122,7 +122,7 @@ class Options(usage.Options):
         ["wrap-user", None, None, "Run the wrapped program as USER[:GROUP] (router as root), no supplementary "
                                   "groups, no_new_privs; rlimits etc. in a [sandbox.NAME] table (docs/sandbox.md)."],
         ["wrap-protocol", None, None, "tcp (default) or udp: the wrapped program is a UDP server, relayed "
-                                      "one datagram per message (on a loopback port)."],
+                                      "one datagram per message (private or loopback as --wrap-socket says)."],
         ["unix-target", None, None, "Proxy every path to this Unix socket (websockify --unix-target); "
                                     "give the listening [HOST:]PORT alone."],
         ["max-forks", None, None, "Most exec: commands running at once per route (default unlimited); then 503."],

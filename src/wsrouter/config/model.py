@@ -438,10 +438,9 @@ class WrappedTarget:
     ports: str = "*"
     keep_env: bool = False
     name: str = field(default=DEFAULT_PROGRAM_NAME, kw_only=True)
-    #: C{udp}: a UDP server, relayed one datagram per message (always a loopback port).
+    socket: str = field(default="private", kw_only=True)
+    #: C{udp}: a UDP server, relayed one datagram per message.
     protocol: str = field(default="tcp", kw_only=True)
-    socket: str = field(default=Factory(lambda self: "loopback" if self.protocol == "udp" else "private",
-                                        takes_self=True), kw_only=True)
     sandbox: Sandbox | None = field(default=None, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
@@ -456,8 +455,6 @@ class WrappedTarget:
         _check_bool(checks, "keep_env", self.keep_env)
         _check_choice(checks, "socket", self.socket, WRAP_SOCKETS)
         _check_choice(checks, "protocol", self.protocol, WRAP_PROTOCOLS)
-        if self.protocol == "udp" and self.socket == "private":
-            checks.add("socket", 'a UDP program is moved to a loopback port: use socket = "loopback" (the default)')
         _check_sandbox(checks, self.sandbox)
         checks.raise_any()
 

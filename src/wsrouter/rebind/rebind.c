@@ -31,9 +31,8 @@
  *                            bound <requested_port> unix <path>\n
  *   WSROUTER_REBIND_PROTO  optional: "udp" moves the binds of SOCK_DGRAM
  *                          sockets instead of SOCK_STREAM ones (a UDP
- *                          server), always to a loopback port: DIR is
- *                          ignored, since a Unix datagram socket would need
- *                          every sendto/recvfrom address translated. Any
+ *                          server): to a loopback port, or with DIR to a
+ *                          Unix datagram socket (private UDP, below). Any
  *                          other value, or unset: TCP.
  *   WSROUTER_REBIND_KEEP   "1": leave the variables, LD_PRELOAD and the fd
  *                          to programs this one execs (scripts such as
@@ -77,6 +76,15 @@
  *   - setsockopt() at the IP, IPv6 and TCP levels succeeds doing nothing,
  *     getsockopt() there reads 0, and SO_DOMAIN/SO_PROTOCOL read the TCP
  *     family and IPPROTO_TCP.
+ * Private UDP (PROTO=udp and DIR): the moved socket is an AF_UNIX datagram
+ * socket in DIR. recvfrom() and recvmsg() show each sender as an IP address:
+ * the WebSocket client's when the router bound its socket to the abstract
+ * name above, else loopback with a port made from the sender's name; the
+ * shim remembers the last MAX_PEERS senders, so that sendto() and sendmsg()
+ * to such an address go to that sender's Unix name (to an address never seen:
+ * EHOSTUNREACH). Not translated: connect() to an IP address, recvmmsg(),
+ * sendmmsg(), and read()/write() need a connected socket, which such a
+ * socket is not; SO_PROTOCOL reads IPPROTO_UDP.
  * A socket is recognised by its Unix name lying in DIR, so this also holds
  * for sockets inherited across fork and exec. Other calls (recvmsg's
  * address, /proc/net) still show a Unix socket. The shim never unlinks the
@@ -120,6 +128,10 @@
 typedef int (*bind_fn)(int, const struct sockaddr *, socklen_t);
 typedef int (*getsockname_fn)(int, struct sockaddr *, socklen_t *);
 typedef int (*accept4_fn)(int, struct sockaddr *, socklen_t *, int);
+typedef ssize_t (*recvfrom_fn)(int, void *, size_t, int, struct sockaddr *, socklen_t *);
+typedef ssize_t (*sendto_fn)(int, const void *, size_t, int, const struct sockaddr *, socklen_t);
+typedef ssize_t (*recvmsg_fn)(int, struct msghdr *, int);
+typedef ssize_t (*sendmsg_fn)(int, const struct msghdr *, int);
 typedef int (*sockopt_set_fn)(int, int, int, const void *, socklen_t);
 typedef int (*sockopt_get_fn)(int, int, int, void *, socklen_t *);
 
@@ -186,6 +198,10 @@ NEXT_SYMBOL(getsockname_fn, getpeername)
 NEXT_SYMBOL(accept4_fn, accept4)
 NEXT_SYMBOL(sockopt_set_fn, setsockopt)
 NEXT_SYMBOL(sockopt_get_fn, getsockopt)
+NEXT_SYMBOL(recvfrom_fn, recvfrom)
+NEXT_SYMBOL(sendto_fn, sendto)
+NEXT_SYMBOL(recvmsg_fn, recvmsg)
+NEXT_SYMBOL(sendmsg_fn, sendmsg)
 
 static void port_add(unsigned long port)
 {
@@ -326,10 +342,8 @@ __attribute__((constructor)) static void rebind_init(void)
     const char *keep_text = getenv(ENV_KEEP);
     const char *dir_text = getenv(ENV_DIR);
     const char *proto_text = getenv(ENV_PROTO);
-    if (proto_text != NULL && strcmp(proto_text, "udp") == 0) {
+    if (proto_text != NULL && strcmp(proto_text, "udp") == 0)
         moved_type = SOCK_DGRAM;
-        dir_text = NULL; /* UDP always goes to a loopback port */
-    }
     int keep = keep_text != NULL && strcmp(keep_text, "1") == 0;
 
     if (ports != NULL && fd_text != NULL) {
@@ -352,6 +366,10 @@ __attribute__((constructor)) static void rebind_init(void)
     next_accept4();
     next_setsockopt();
     next_getsockopt();
+    next_recvfrom();
+    next_sendto();
+    next_recvmsg();
+    next_sendmsg();
 
     if (keep)
         return;
@@ -601,7 +619,7 @@ static int private_bind(bind_fn real, int fd, struct plan *plan)
     if (n > 0 && (size_t)n < sizeof un.sun_path) {
         /* A name left by an earlier run under the same pid is stale. */
         unlink(un.sun_path);
-        unix_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        unix_fd = socket(AF_UNIX, moved_type | SOCK_CLOEXEC, 0);
         saved = errno;
     }
     if (unix_fd >= 0) {
@@ -920,8 +938,219 @@ int getsockopt(int fd, int level, int name, void *value, socklen_t *len)
         return real(fd, level, name, value, len);
     int shown = 0;
     if (level == SOL_SOCKET)
-        shown = name == SO_DOMAIN ? local.sa.sa_family : IPPROTO_TCP;
+        shown = name == SO_DOMAIN ? local.sa.sa_family : moved_type == SOCK_DGRAM ? IPPROTO_UDP : IPPROTO_TCP;
     memset(value, 0, *len);
     memcpy(value, &shown, sizeof shown);
     return 0;
+}
+
+/* -- private UDP ----------------------------------------------------------- */
+
+/* How many senders a private UDP socket can answer (the most recent ones). */
+#define MAX_PEERS 256
+
+/* A sender as the program sees it, and the Unix name to answer it at. */
+struct dgram_peer {
+    int used;
+    union address fake;
+    struct sockaddr_un un;
+    socklen_t un_len;
+};
+static struct dgram_peer dgram_peers[MAX_PEERS];
+static unsigned dgram_next;
+static pthread_mutex_t dgram_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int private_dgram(void)
+{
+    return active && private_dir_len > 0 && moved_type == SOCK_DGRAM;
+}
+
+static int same_ip_address(const union address *a, const union address *b)
+{
+    if (a->sa.sa_family != b->sa.sa_family)
+        return 0;
+    if (a->sa.sa_family == AF_INET)
+        return a->in4.sin_port == b->in4.sin_port && a->in4.sin_addr.s_addr == b->in4.sin_addr.s_addr;
+    if (a->sa.sa_family == AF_INET6)
+        return a->in6.sin6_port == b->in6.sin6_port
+            && memcmp(&a->in6.sin6_addr, &b->in6.sin6_addr, sizeof a->in6.sin6_addr) == 0;
+    return 0;
+}
+
+static void remember_peer(const union address *fake, const union address *unix_peer, socklen_t unix_len)
+{
+    pthread_mutex_lock(&dgram_lock);
+    struct dgram_peer *slot = NULL;
+    for (int i = 0; i < MAX_PEERS && slot == NULL; i++)
+        if (dgram_peers[i].used && same_ip_address(&dgram_peers[i].fake, fake))
+            slot = &dgram_peers[i];
+    if (slot == NULL)
+        slot = &dgram_peers[dgram_next++ % MAX_PEERS];
+    slot->used = 1;
+    slot->fake = *fake;
+    memcpy(&slot->un, &unix_peer->un, unix_len);
+    slot->un_len = unix_len;
+    pthread_mutex_unlock(&dgram_lock);
+}
+
+static int lookup_peer(const struct sockaddr *dest, socklen_t dest_len, struct sockaddr_un *un, socklen_t *un_len)
+{
+    union address wanted;
+    memset(&wanted, 0, sizeof wanted);
+    memcpy(&wanted, dest, dest_len < sizeof wanted ? dest_len : sizeof wanted);
+    int found = 0;
+    pthread_mutex_lock(&dgram_lock);
+    for (int i = 0; i < MAX_PEERS && !found; i++) {
+        if (dgram_peers[i].used && same_ip_address(&dgram_peers[i].fake, &wanted)) {
+            *un = dgram_peers[i].un;
+            *un_len = dgram_peers[i].un_len;
+            found = 1;
+        }
+    }
+    pthread_mutex_unlock(&dgram_lock);
+    return found;
+}
+
+/*
+ * The IP address a datagram's Unix sender is shown as (remembered, so a
+ * reply finds it): the WebSocket client's, else loopback with a port made
+ * from the sender's name. 0 if fd is not a private socket or the sender is
+ * unnamed (it cannot be answered).
+ */
+static int dgram_sender(int fd, const union address *unix_peer, socklen_t unix_len,
+                        union address *peer, socklen_t *peer_len)
+{
+    size_t start = offsetof(struct sockaddr_un, sun_path);
+    if (unix_peer->sa.sa_family != AF_UNIX || unix_len <= start || unix_len > sizeof(struct sockaddr_un)
+        || !fake_peer(fd, unix_peer, unix_len, peer, peer_len))
+        return 0;
+    int family;
+    unsigned char ip[16];
+    unsigned short port;
+    if (!client_address(unix_peer, unix_len, &family, ip, &port)
+        || (family == AF_INET6 && peer->sa.sa_family == AF_INET)) {
+        /* Not a client the router named, or one an IPv4 socket cannot show. */
+        unsigned hash = 2166136261u; /* FNV-1a over the name */
+        for (size_t i = start; i < unix_len; i++)
+            hash = (hash ^ (unsigned char)((const char *)&unix_peer->un)[i]) * 16777619u;
+        unsigned short fake = (unsigned short)(32768 + hash % 28000);
+        if (peer->sa.sa_family == AF_INET)
+            peer->in4.sin_port = htons(fake);
+        else
+            peer->in6.sin6_port = htons(fake);
+    }
+    remember_peer(peer, unix_peer, unix_len);
+    return 1;
+}
+
+/* Where a datagram to dest goes: its sender's Unix name; -1 (errno set) if never seen. */
+static int dgram_destination(int fd, const struct sockaddr *dest, socklen_t dest_len,
+                             struct sockaddr_un *un, socklen_t *un_len)
+{
+    union address local;
+    socklen_t local_len;
+    unsigned short port;
+    if (dest == NULL || dest_len < sizeof(sa_family_t)
+        || (dest->sa_family != AF_INET && dest->sa_family != AF_INET6)
+        || !private_socket(fd, &local, &local_len, &port))
+        return 0;
+    if (!lookup_peer(dest, dest_len, un, un_len)) {
+        errno = EHOSTUNREACH;
+        return -1;
+    }
+    return 1;
+}
+
+ssize_t recvfrom(int fd, void *buf, size_t n, int flags, struct sockaddr *addr, socklen_t *len)
+{
+    recvfrom_fn real = next_recvfrom();
+    if (real == NULL) {
+        errno = ENOSYS;
+        return -1;
+    }
+    if (!private_dgram() || addr == NULL || len == NULL)
+        return real(fd, buf, n, flags, addr, len);
+    union address actual;
+    socklen_t actual_len = sizeof actual;
+    ssize_t got = real(fd, buf, n, flags, &actual.sa, &actual_len);
+    if (got < 0)
+        return got;
+    int saved = errno;
+    union address peer;
+    socklen_t peer_len;
+    if (dgram_sender(fd, &actual, actual_len, &peer, &peer_len))
+        copy_out(&peer, peer_len, addr, len);
+    else
+        copy_out(&actual, actual_len, addr, len);
+    errno = saved;
+    return got;
+}
+
+ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
+{
+    recvmsg_fn real = next_recvmsg();
+    if (real == NULL) {
+        errno = ENOSYS;
+        return -1;
+    }
+    if (!private_dgram() || msg == NULL || msg->msg_name == NULL)
+        return real(fd, msg, flags);
+    void *name = msg->msg_name;
+    socklen_t room = msg->msg_namelen;
+    union address actual;
+    msg->msg_name = &actual;
+    msg->msg_namelen = sizeof actual;
+    ssize_t got = real(fd, msg, flags);
+    socklen_t actual_len = msg->msg_namelen;
+    msg->msg_name = name;
+    msg->msg_namelen = room;
+    if (got < 0)
+        return got;
+    int saved = errno;
+    union address peer;
+    socklen_t peer_len;
+    if (dgram_sender(fd, &actual, actual_len, &peer, &peer_len))
+        copy_out(&peer, peer_len, name, &msg->msg_namelen);
+    else
+        copy_out(&actual, actual_len, name, &msg->msg_namelen);
+    errno = saved;
+    return got;
+}
+
+ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct sockaddr *dest, socklen_t dest_len)
+{
+    sendto_fn real = next_sendto();
+    if (real == NULL) {
+        errno = ENOSYS;
+        return -1;
+    }
+    struct sockaddr_un un;
+    socklen_t un_len;
+    int mapped = private_dgram() ? dgram_destination(fd, dest, dest_len, &un, &un_len) : 0;
+    if (mapped < 0)
+        return -1;
+    if (mapped)
+        return real(fd, buf, n, flags, (struct sockaddr *)&un, un_len);
+    return real(fd, buf, n, flags, dest, dest_len);
+}
+
+ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
+{
+    sendmsg_fn real = next_sendmsg();
+    if (real == NULL) {
+        errno = ENOSYS;
+        return -1;
+    }
+    struct sockaddr_un un;
+    socklen_t un_len;
+    int mapped = private_dgram() && msg != NULL
+        ? dgram_destination(fd, msg->msg_name, msg->msg_namelen, &un, &un_len) : 0;
+    if (mapped < 0)
+        return -1;
+    if (!mapped)
+        return real(fd, msg, flags);
+    struct msghdr copy = *msg;
+    copy.msg_name = &un;
+    copy.msg_namelen = un_len;
+    return real(fd, &copy, flags);
 }

@@ -136,9 +136,12 @@ class UdpLink(_DatagramLinkBase, DatagramProtocol):
 
 
 class UnixDatagramLink(_DatagramLinkBase, ConnectedDatagramProtocol):
-    """A Unix datagram socket bound in a private directory, connected to the target."""
+    """
+    A Unix datagram socket bound in a private directory (removed when done)
+    or to an abstract name (C{directory} C{None}), connected to the target.
+    """
 
-    def __init__(self, description: str, directory: str):
+    def __init__(self, description: str, directory: str | None):
         super().__init__(description)
         self._directory = directory
 
@@ -161,7 +164,8 @@ class UnixDatagramLink(_DatagramLinkBase, ConnectedDatagramProtocol):
         self._remove_directory()
 
     def _remove_directory(self) -> None:
-        shutil.rmtree(self._directory, ignore_errors=True)
+        if self._directory is not None:
+            shutil.rmtree(self._directory, ignore_errors=True)
 
 
 class DatagramConnector:

@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from wsrouter.config import TcpTarget, UdpTarget, UnixTarget, WrappedTarget
 from wsrouter.interfaces import Link, SessionInfo, TargetError
 from wsrouter.rebind import PEER_PREFIX
-from wsrouter.targets.datagram import DatagramConnector
+from wsrouter.targets.datagram import MAX_DATAGRAM, DatagramConnector, UnixDatagramLink
 from wsrouter.targets.stream import StreamConnector, StreamLink
 
 #: The shim reports the address when bind() returns, a moment before the
@@ -96,7 +96,9 @@ class WrappedConnector:
     def _connect(self, address: tuple[str, int], session: SessionInfo) -> Deferred[Link]:
         program = session.route.target
         if isinstance(program, WrappedTarget) and program.protocol == "udp":
-            # A UDP program: one datagram per message to its moved loopback port.
+            # A UDP program: one datagram per message, to its private socket or moved loopback port.
+            if address[1] == 0 and address[0].startswith("/"):
+                return connect_private_datagram(self._reactor, address[0], session)
             udp = UdpTarget(address[0], address[1])
             return self._datagram.connect(attrs.evolve(session, route=attrs.evolve(session.route, target=udp)))
         target = program_link_target(address)
@@ -149,6 +151,19 @@ def connect_private(reactor: Any, path: str, session: SessionInfo) -> Deferred[L
     if transport is None:
         return fail(TargetError(f"cannot connect to unix://{path}: the connection was not adopted", 502))
     return succeed(cast(Link, transport.protocol))
+
+
+def connect_private_datagram(reactor: Any, path: str, session: SessionInfo) -> Deferred[Link]:
+    """
+    A Unix datagram link to a UDP program's private socket, bound to
+    L{peer_name} (abstract, so nothing to clean up) so the program sees the
+    client's address and its replies find this session; connected, so only
+    the program's datagrams are taken.
+    """
+    link = UnixDatagramLink(f"unix-dgram://{path}", None)
+    name = peer_name(session) or f"\0wsrouter-dgram {secrets.token_hex(8)}"
+    reactor.connectUNIXDatagram(path, link, maxPacketSize=MAX_DATAGRAM, bindAddress=name)
+    return link.ready
 
 
 def program_link_target(address: tuple[str, int]) -> TcpTarget | UnixTarget:
