@@ -226,3 +226,27 @@ def test_private_udp_socket_refuses_other_users(tmp_path: Path):
         assert connect_as_other_user(path, kind=socket.SOCK_DGRAM) == 13
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as mine:
             mine.connect(path)
+
+
+@needs_root
+@pytest.mark.skipif(not os.access("/usr/bin/python3", os.X_OK), reason="needs /usr/bin/python3 to run as nobody")
+def test_sandboxed_private_udp_program_sees_the_websocket_client(tmp_path: Path):
+    """A UDP server run as nobody on its private socket answers through the router, seeing the client's address."""
+    with held_udp_port() as (_, port):
+        command = ["/usr/bin/python3", SERVER, "--host", "0.0.0.0", "--port", str(port), "--udp", "--tell-peer"]
+        config = tmp_path / "wsrouter.toml"
+        config.write_text('[sandbox.jail]\nuser = "nobody"\n'
+                          f'[programs.u]\nmode = "respawn"\ncommand = {json.dumps(command)}\nprotocol = "udp"\n'
+                          'sandbox = "jail"\n[[routes]]\npath = "/u"\ntarget = "program:u"\n')
+        listen = free_port()
+        router = RouterProcess(["--config", str(config), "--listen", f"tcp:{listen}:interface=127.0.0.1"],
+                               listen, tmp_path / "router.log")
+        try:
+            with connect(f"{router.url}/u") as ws:
+                client_port = ws.socket.getsockname()[1]
+                ws.send(b"who am i")
+                assert ws.recv(timeout=TIMEOUT) == f"127.0.0.1 {client_port} who am i".encode()
+            pid = int(re.findall(r"started u \(pid (\d+)", router.log())[0])
+            assert re.search(r"Uid:\s+65534\s", Path(f"/proc/{pid}/status").read_text())
+        finally:
+            router.stop()
