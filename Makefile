@@ -15,7 +15,7 @@ export PYTHONPATH := $(CURDIR):$(CURDIR)/src
 
 SYSTEM_DEPS := .cache/system-deps.done
 
-.PHONY: run test lint typecheck bench install system-deps clean conformance conformance-setup
+.PHONY: run test lint typecheck bench soak install system-deps clean conformance conformance-setup
 
 install: $(STAMP) $(REBIND)
 
@@ -57,6 +57,17 @@ test: lint typecheck $(SYSTEM_DEPS) conformance-setup
 
 bench: install
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/deflate_relay.py
+
+# Thousands of sessions with random sizes, slow readers, aborts and reloads
+# for a bounded time; fails on any lost or changed byte, or descriptors and
+# child processes not back at their baseline (bench/soak.py, docs/soak.md).
+# CI runs a short form.
+SOAK_SECONDS ?= 300
+SOAK_CONNECTIONS ?= 2000
+
+soak: install
+	$(BIN)/python bench/soak.py --seconds $(SOAK_SECONDS) --connections $(SOAK_CONNECTIONS)
 
 # Autobahn|Testsuite needs Python 2.7 (pyenv's, or see docs/conformance.md);
 # without one, setup says so and the quick conformance test in `make test` skips.
