@@ -73,7 +73,9 @@ COMPRESSION_KEYS = ("permessage_deflate", "server_no_context_takeover", "client_
 LOG_KEYS = ("file", "level", "traffic", "format")
 WEB_KEYS = ("root", "listing", "content_security_policy", "frame_options")
 RECORDING_KEYS = ("directory", "format", "max_bytes", "redact")
-PROGRAM_KEYS = ("mode", "command", "ports", "keep_env", "socket")
+#: Instances and on-demand starts (issue 13), passed to WrappedTarget as they are.
+INSTANCE_KEYS = ("start", "idle_stop", "ready_timeout", "max_instances")
+PROGRAM_KEYS = ("mode", "command", "ports", "keep_env", "socket", *INSTANCE_KEYS)
 ROUTE_KEYS = ("path", "subprotocols", "target", "framing", "max_forks", "record", "env", "proxy_protocol",
               "origin", "auth", "host", *TLS_TARGET_KEYS)
 #: Keys holding numbers; a numeric string is accepted there (command-line values).
@@ -478,6 +480,7 @@ class _Builder:
             fields["keep_env"] = values["keep_env"]
         if "socket" in values:
             fields["socket"] = values["socket"]
+        fields.update({key: values[key] for key in INSTANCE_KEYS if key in values})
         made = self.make(WrappedTarget, fields, path)
         if made is not None:
             self.programs[name] = made
@@ -772,6 +775,13 @@ def _limits_data(limits: Limits) -> dict[str, Any]:
     return data
 
 
+def _instance_data(program: WrappedTarget) -> dict[str, Any]:
+    """A program's L{INSTANCE_KEYS}; C{idle_stop} off is 0."""
+    data = {key: getattr(program, key) for key in INSTANCE_KEYS}
+    data["idle_stop"] = data["idle_stop"] or 0
+    return data
+
+
 def to_data(config: RouterConfig) -> dict[str, Any]:
     """
     The normalised nested schema of C{config}: every setting written out,
@@ -794,7 +804,8 @@ def to_data(config: RouterConfig) -> dict[str, Any]:
     data["security"] = _fields(config.security, SECURITY_KEYS)
     data["auth"] = {auth.name: _fields(auth, AUTH_KEYS) for auth in config.auth}
     data["programs"] = {program.name: {"mode": program.mode, "command": list(program.argv), "ports": program.ports,
-                                       "keep_env": program.keep_env, "socket": program.socket}
+                                       "keep_env": program.keep_env, "socket": program.socket,
+                                       **_instance_data(program)}
                           for program in config.programs}
     data["routes"] = [_route_data(route) for route in config.routes]
     if config.unknown_host != "default":

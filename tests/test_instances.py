@@ -1,0 +1,278 @@
+"""
+One instance per session and start on demand (issue 13), end to end: a real
+router process runs tests/programs/pid_server.py (which tells each client its
+PID) under the rebind shim; the `websockets` library is the client.  Below
+them, the command template and the config keys.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from wsrouter.config import ConfigError, build_config, load_config, to_data
+from wsrouter.config.template import TemplateError, render_argv, template_problems
+
+from .support import REPO, RouterProcess, connect, free_port, handshake_status
+
+PYTHON = os.path.realpath(sys.executable)
+PID_SERVER = str(REPO / "tests" / "programs" / "pid_server.py")
+
+
+@pytest.fixture
+def sockets_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A short temp dir the router makes its private socket directories in (TMPDIR), removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="wsr-inst-"))
+    monkeypatch.setenv("TMPDIR", str(path))
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def program_table(command: list[str], **keys: object) -> str:
+    lines = ["[programs.inst]", "command = [" + ", ".join(f'"{a}"' for a in command) + "]"]
+    lines += [f"{key} = {value!r}".replace("'", '"') for key, value in keys.items()]
+    return "\n".join(lines) + '\n\n[[routes]]\npath = "/s"\ntarget = "program:inst"\n'
+
+
+def start(tmp_path: Path, table: str) -> RouterProcess:
+    config = tmp_path / "router.toml"
+    config.write_text(table)
+    port = free_port()
+    return RouterProcess(["--config", str(config), "--listen", f"tcp:{port}:interface=127.0.0.1"], port,
+                         tmp_path / "router.log")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_until(check, what: str, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.05)
+
+
+def started_pids(router: RouterProcess) -> list[int]:
+    return [int(pid) for pid in re.findall(r"started \S+ \(pid (\d+)", router.log())]
+
+
+def banner(ws) -> list[str]:  # type: ignore[no-untyped-def]
+    """The pid server's first line, split: ['pid', PID, words...]."""
+    return ws.recv(timeout=15).decode().split()
+
+
+def private_dirs(path: Path) -> list[str]:
+    return sorted(entry.name for entry in path.iterdir() if entry.name.startswith("wsrouter-"))
+
+
+# -- per session, end to end ------------------------------------------------------
+
+
+def test_each_session_gets_its_own_instance_on_the_same_port(tmp_path, sockets_dir):
+    """Three concurrent clients each reach a fresh instance (own PID, own socket dir) of a server that binds the same port; each is stopped when its session ends."""
+    port = free_port()
+    router = start(tmp_path, program_table(
+        [PYTHON, PID_SERVER, str(port), "0", "{session.id}", "{route.path}", "slot-{instance}", "{query.token}"],
+        mode="per-session", max_instances=5))
+    try:
+        with ExitStack() as stack:
+            clients = [stack.enter_context(connect(f"{router.url}/s?token=tok{n}")) for n in range(3)]
+            lines = [banner(ws) for ws in clients]
+            pids = [int(line[1]) for line in lines]
+            assert len(set(pids)) == 3 and all(alive(pid) for pid in pids)
+            assert sorted(line[5] for line in lines) == ["tok0", "tok1", "tok2"]
+            assert all(line[3] == "/s" and line[2] != lines[0][2] for line in lines[1:])
+            assert sorted(line[4] for line in lines) == ["slot-1", "slot-2", "slot-3"]
+            clients[1].send(b"echo")
+            assert clients[1].recv(timeout=10) == b"echo"
+            assert len(private_dirs(sockets_dir)) == 3
+            assert router.log().count(f"asked for port {port}; listening on the private socket") == 3
+            clients[0].close()
+            wait_until(lambda: not alive(pids[0]), "the first instance is stopped")
+            assert alive(pids[1]) and alive(pids[2])
+            wait_until(lambda: len(private_dirs(sockets_dir)) == 2, "its socket directory is removed")
+        for pid in pids:
+            wait_until(lambda pid=pid: not alive(pid), f"instance {pid} is stopped")
+        wait_until(lambda: private_dirs(sockets_dir) == [], "every socket directory is removed")
+    finally:
+        router.stop()
+
+
+def test_instance_cap_refuses_with_503(tmp_path, sockets_dir):
+    """Past max_instances a client gets 503 saying so; once an instance is gone its slot serves the next client."""
+    router = start(tmp_path, program_table([PYTHON, PID_SERVER, "7000"], mode="per-session", max_instances=2))
+    try:
+        with connect(f"{router.url}/s") as first, connect(f"{router.url}/s") as second:
+            pid = int(banner(first)[1])
+            banner(second)
+            status, body = handshake_status(f"{router.url}/s")
+            assert status == 503 and b"max_instances" in body
+            first.close()
+            wait_until(lambda: not alive(pid), "the first instance is stopped")
+            with connect(f"{router.url}/s") as third:
+                assert int(banner(third)[1]) not in (pid,)
+    finally:
+        router.stop()
+
+
+def test_instance_that_does_not_bind_in_time_gets_503_and_is_stopped(tmp_path, sockets_dir):
+    """An instance that has not bound within ready_timeout: the client gets 503 with the reason, the instance is stopped."""
+    router = start(tmp_path, program_table([PYTHON, PID_SERVER, "7000", "60"], mode="per-session",
+                                           ready_timeout=1))
+    try:
+        status, body = handshake_status(f"{router.url}/s")
+        assert status == 503 and b"has not bound its port" in body
+        pids = started_pids(router)
+        assert len(pids) == 1
+        wait_until(lambda: not alive(pids[0]), "the late instance is stopped")
+        wait_until(lambda: private_dirs(sockets_dir) == [], "its socket directory is removed")
+    finally:
+        router.stop()
+
+
+def test_instance_exiting_before_bind_gets_502_at_once(tmp_path, sockets_dir):
+    """An instance that exits before binding fails its client with 502 saying how it ended, without waiting out ready_timeout."""
+    router = start(tmp_path, program_table([PYTHON, "-c", "raise SystemExit(3)"], mode="per-session",
+                                           ready_timeout=60))
+    try:
+        status, body = handshake_status(f"{router.url}/s", open_timeout=30)
+        assert status == 502 and b"exited with status 3 before it bound its port" in body
+    finally:
+        router.stop()
+
+
+@pytest.mark.parametrize("query", ["", "?token=-rf", "?token=a%20b", "?token=a&token=b", "?token=" + "x" * 65])
+def test_bad_template_value_gets_400_and_starts_nothing(tmp_path, sockets_dir, query):
+    """A missing, repeated or ill-formed {query.token} value gets 400 and no instance is started."""
+    router = start(tmp_path, program_table([PYTHON, PID_SERVER, "7000", "0", "{query.token}"], mode="per-session"))
+    try:
+        status, body = handshake_status(f"{router.url}/s{query}")
+        assert status == 400 and b"query parameter 'token'" in body
+        assert started_pids(router) == []
+    finally:
+        router.stop()
+
+
+def test_router_stop_leaves_no_instance_or_socket(tmp_path, sockets_dir):
+    """Stopping the router with sessions open stops every instance (checked by PID) and removes every socket directory."""
+    router = start(tmp_path, program_table([PYTHON, PID_SERVER, "7000"], mode="per-session"))
+    with ExitStack() as stack:
+        clients = [stack.enter_context(connect(f"{router.url}/s")) for _ in range(2)]
+        pids = [int(banner(ws)[1]) for ws in clients]
+        assert len(private_dirs(sockets_dir)) == 2
+        assert router.stop() == 0
+    assert not any(alive(pid) for pid in pids)
+    assert private_dirs(sockets_dir) == []
+
+
+# -- on demand, end to end --------------------------------------------------------------
+
+
+def test_on_demand_starts_with_first_client_and_stops_when_idle(tmp_path, sockets_dir):
+    """An on-demand program is not started with the router; its first client starts it, it stops after idle_stop, and the next client starts a new one."""
+    router = start(tmp_path, program_table([PYTHON, PID_SERVER, "7000", "0.3"], mode="respawn",
+                                           start="on-demand", idle_stop=1))
+    try:
+        assert started_pids(router) == []
+        with connect(f"{router.url}/s") as first, connect(f"{router.url}/s") as second:
+            pid = int(banner(first)[1])
+            assert int(banner(second)[1]) == pid  # shared
+        wait_until(lambda: not alive(pid), "the idle program is stopped")
+        assert "no session for 1 s" in router.log()
+        wait_until(lambda: private_dirs(sockets_dir) == [], "its socket directory is removed")
+        with connect(f"{router.url}/s") as third:
+            again = int(banner(third)[1])
+        assert again != pid and started_pids(router) == [pid, again]
+    finally:
+        router.stop()
+    assert not alive(again) and private_dirs(sockets_dir) == []
+
+
+def test_on_demand_program_kept_while_sessions_come_and_go(tmp_path, sockets_dir):
+    """A client that comes before idle_stop has passed keeps the same on-demand program running."""
+    router = start(tmp_path, program_table([PYTHON, PID_SERVER, "7000"], mode="respawn",
+                                           start="on-demand", idle_stop=30))
+    try:
+        pids = []
+        for _ in range(3):
+            with connect(f"{router.url}/s") as ws:
+                pids.append(int(banner(ws)[1]))
+        assert len(set(pids)) == 1 and alive(pids[0])
+    finally:
+        router.stop()
+    assert not alive(pids[0])
+
+
+# -- the template and the keys -------------------------------------------------------------
+
+
+def test_render_fills_fields_and_literal_braces():
+    """Fields are filled from the session, {{ and }} are literal braces, other text is left as it is."""
+    argv = ("prog", "--id={session.id}", "{{x}}", "{route.path}:{instance}", "{query.a}")
+    assert render_argv(argv, {"session.id": "S1", "route.path": "/r", "instance": "2"}, {"a": ["v-1"]}) == (
+        "prog", "--id=S1", "{x}", "/r:2", "v-1")
+
+
+@pytest.mark.parametrize("value", [[], ["-x"], ["_x"], ["a b"], ["a/b"], ["a", "b"], ["é"], ["x" * 65]])
+def test_render_refuses_bad_query_values(value):
+    """A query value must be given once and match the strict pattern; the error never quotes the value."""
+    with pytest.raises(TemplateError) as error:
+        render_argv(("prog", "{query.a}"), {}, {"a": value})
+    assert "'a'" in str(error.value) and all(v not in str(error.value) for v in value if len(v) > 2)
+
+
+@pytest.mark.parametrize("argv, problem", [
+    (("prog", "{peer}"), "unknown field {peer}"),
+    (("prog", "{"), "lone brace"),
+    (("prog", "{}"), "lone brace"),
+    (("{query.p}",), "argument 0"),
+])
+def test_template_problems(argv, problem):
+    """Unknown fields, lone braces and a templated program name are problems."""
+    assert any(problem in text for text in template_problems(argv))
+
+
+def test_program_keys_round_trip_and_check(tmp_path):
+    """The instance keys load, survive to_data, and bad values name their key path."""
+    good = tmp_path / "good.toml"
+    good.write_text(program_table(["prog", "{session.id}"], mode="per-session", max_instances=3, ready_timeout=2.5)
+                    + '[programs.od]\nmode = "respawn"\ncommand = ["prog"]\nstart = "on-demand"\nidle_stop = 0\n')
+    config = load_config(str(good), {})
+    inst, od = config.programs
+    assert (inst.max_instances, inst.ready_timeout, od.start, od.idle_stop) == (3, 2.5, "on-demand", None)
+    assert build_config(to_data(config)) == config
+    bad = tmp_path / "bad.toml"
+    bad.write_text(program_table(["prog", "{nope}"], mode="per-session", max_instances=0, start="on-demand",
+                                 ready_timeout=-1, idle_stop="x"))
+    with pytest.raises(ConfigError) as error:
+        load_config(str(bad), {})
+    text = str(error.value)
+    for key in ("programs.inst.max_instances", "programs.inst.start", "programs.inst.ready_timeout",
+                "programs.inst.idle_stop", "programs.inst.command"):
+        assert key in text
+
+
+def test_per_session_needs_one_worker():
+    """Per-session and on-demand programs are refused with workers > 1 (instances live in one process)."""
+    raw = {"workers": 2, "programs": {"p": {"mode": "per-session", "command": ["prog"]}},
+           "routes": [{"path": "/", "target": "program:p"}]}
+    with pytest.raises(ConfigError, match="need workers = 1"):
+        build_config(raw)
