@@ -87,7 +87,7 @@ def private_dirs(path: Path) -> list[str]:
 
 
 def test_each_session_gets_its_own_instance_on_the_same_port(tmp_path, sockets_dir):
-    """Three concurrent clients each reach a fresh instance (own PID, own socket dir) of a server that binds the same port; each is stopped when its session ends."""
+    """Concurrent clients each reach a fresh instance (own PID, socket dir) on the same port, stopped with its session."""
     port = free_port()
     router = start(tmp_path, program_table(
         [PYTHON, PID_SERVER, str(port), "0", "{session.id}", "{route.path}", "slot-{instance}", "{query.token}"],
@@ -134,7 +134,7 @@ def test_instance_cap_refuses_with_503(tmp_path, sockets_dir):
 
 
 def test_instance_that_does_not_bind_in_time_gets_503_and_is_stopped(tmp_path, sockets_dir):
-    """An instance that has not bound within ready_timeout: the client gets 503 with the reason, the instance is stopped."""
+    """An instance not bound within ready_timeout: the client gets 503 with the reason; the instance is stopped."""
     router = start(tmp_path, program_table([PYTHON, PID_SERVER, "7000", "60"], mode="per-session",
                                            ready_timeout=1))
     try:
@@ -149,7 +149,7 @@ def test_instance_that_does_not_bind_in_time_gets_503_and_is_stopped(tmp_path, s
 
 
 def test_instance_exiting_before_bind_gets_502_at_once(tmp_path, sockets_dir):
-    """An instance that exits before binding fails its client with 502 saying how it ended, without waiting out ready_timeout."""
+    """An instance that exits before binding fails its client at once with 502 saying how it ended."""
     router = start(tmp_path, program_table([PYTHON, "-c", "raise SystemExit(3)"], mode="per-session",
                                            ready_timeout=60))
     try:
@@ -172,7 +172,7 @@ def test_bad_template_value_gets_400_and_starts_nothing(tmp_path, sockets_dir, q
 
 
 def test_router_stop_leaves_no_instance_or_socket(tmp_path, sockets_dir):
-    """Stopping the router with sessions open stops every instance (checked by PID) and removes every socket directory."""
+    """Stopping the router with sessions open stops every instance (by PID) and removes every socket directory."""
     router = start(tmp_path, program_table([PYTHON, PID_SERVER, "7000"], mode="per-session"))
     with ExitStack() as stack:
         clients = [stack.enter_context(connect(f"{router.url}/s")) for _ in range(2)]
@@ -187,7 +187,7 @@ def test_router_stop_leaves_no_instance_or_socket(tmp_path, sockets_dir):
 
 
 def test_on_demand_starts_with_first_client_and_stops_when_idle(tmp_path, sockets_dir):
-    """An on-demand program is not started with the router; its first client starts it, it stops after idle_stop, and the next client starts a new one."""
+    """An on-demand program starts with its first client, stops after idle_stop; the next client starts a new one."""
     router = start(tmp_path, program_table([PYTHON, PID_SERVER, "7000", "0.3"], mode="respawn",
                                            start="on-demand", idle_stop=1))
     try:
