@@ -87,7 +87,7 @@ def private_dirs(path: Path) -> list[str]:
 
 
 def test_each_session_gets_its_own_instance_on_the_same_port(tmp_path, sockets_dir):
-    """Concurrent clients each reach a fresh instance (own PID, socket dir) on the same port, stopped with its session."""
+    """Concurrent clients each reach a fresh instance (own PID, socket dir) on one port, stopped with its session."""
     port = free_port()
     router = start(tmp_path, program_table(
         [PYTHON, PID_SERVER, str(port), "0", "{session.id}", "{route.path}", "slot-{instance}", "{query.token}"],
