@@ -276,3 +276,37 @@ def test_per_session_needs_one_worker():
            "routes": [{"path": "/", "target": "program:p"}]}
     with pytest.raises(ConfigError, match="need workers = 1"):
         build_config(raw)
+
+
+def test_ready_timeout_must_be_within_the_handshake():
+    """A leased program's ready_timeout at or past limits.handshake_timeout is refused with its key path."""
+    raw = {"limits": {"handshake_timeout": 5}, "programs": {"p": {"mode": "per-session", "command": ["prog"],
+                                                                   "ready_timeout": 5}},
+           "routes": [{"path": "/", "target": "program:p"}]}
+    with pytest.raises(ConfigError, match=r"programs\.p\.ready_timeout: must be less than limits.handshake_timeout"):
+        build_config(raw)
+    raw["programs"]["p"]["mode"] = "respawn"  # a program started with the router is not waited for that way
+    assert build_config(raw).programs[0].ready_timeout == 5
+
+
+def test_command_line_options():
+    """--wrap per-session and the --wrap-* instance options reach the program; without --wrap they are an error."""
+    from twisted.python.usage import UsageError
+
+    from wsrouter.cli.tap import Options
+
+    options = Options()
+    options.parseOptions(["--wrap", "per-session", "--wrap-max-instances", "3", "--wrap-ready-timeout", "2.5",
+                          "8080", "--", "prog", "{query.t}"])
+    program = options["config"].programs[0]
+    assert (program.mode, program.max_instances, program.ready_timeout, program.argv) == (
+        "per-session", 3, 2.5, ("prog", "{query.t}"))
+    options = Options()
+    options.parseOptions(["--wrap", "respawn", "--wrap-start", "on-demand", "--wrap-idle-stop", "0", "8080",
+                          "--", "prog"])
+    program = options["config"].programs[0]
+    assert (program.start, program.idle_stop) == ("on-demand", None)
+    with pytest.raises(UsageError, match="apply to the program after --wrap"):
+        Options().parseOptions(["--wrap-start", "on-demand", "8080", "127.0.0.1:22"])
+    with pytest.raises(UsageError, match="programs.prog.max_instances"):
+        Options().parseOptions(["--wrap", "per-session", "--wrap-max-instances", "many", "8080", "--", "prog"])

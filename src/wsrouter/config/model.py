@@ -82,7 +82,7 @@ WRAP_STARTS = ("always", "on-demand")
 DEFAULT_IDLE_STOP = 300.0
 #: Seconds a client waits in its handshake for an instance (or an
 #: on-demand program) to bind its port.
-DEFAULT_READY_TIMEOUT = 10.0
+DEFAULT_READY_TIMEOUT = 5.0
 #: Per-session instances of one program that may run at once.
 DEFAULT_MAX_INSTANCES = 10
 #: Where the shim moves a wrapped program's socket: a Unix socket in a
@@ -1110,6 +1110,7 @@ class RouterConfig:
             for program in self.programs:
                 if isinstance(program, WrappedTarget) and (program.mode == "per-session" or program.start != "always"):
                     checks.add(f"programs.{program.name}", "per-session and on-demand programs need workers = 1")
+        self._check_ready_timeouts(checks)
         checks.raise_any()
 
     def _check_listeners(self, checks: _Checks) -> None:
@@ -1147,6 +1148,18 @@ class RouterConfig:
             if identity in seen:
                 checks.add(f"routes[{index}]", f"duplicates routes[{seen[identity]}] ({route.describe()})")
             seen.setdefault(identity, index)
+
+    def _check_ready_timeouts(self, checks: _Checks) -> None:
+        """A client waits for a per-session or on-demand program within its handshake, so for less time."""
+        if not isinstance(self.programs, tuple) or not isinstance(self.limits, Limits) \
+                or not _is_number(self.limits.handshake_timeout):
+            return
+        for program in self.programs:
+            if isinstance(program, WrappedTarget) and (program.mode == "per-session" or program.start != "always") \
+                    and _is_number(program.ready_timeout) and program.ready_timeout >= self.limits.handshake_timeout:
+                checks.add(f"programs.{program.name}.ready_timeout",
+                           f"must be less than limits.handshake_timeout ({self.limits.handshake_timeout:g} s), "
+                           "or the client's handshake times out first")
 
     def _check_unknown_host(self, checks: _Checks) -> None:
         _check_choice(checks, "unknown_host", self.unknown_host, UNKNOWN_HOST_CHOICES)

@@ -480,7 +480,8 @@ class _Builder:
             fields["keep_env"] = values["keep_env"]
         if "socket" in values:
             fields["socket"] = values["socket"]
-        fields.update({key: values[key] for key in INSTANCE_KEYS if key in values})
+        fields.update({key: _number(values[key], key == "max_instances") if key != "start" else values[key]
+                       for key in INSTANCE_KEYS if key in values})
         made = self.make(WrappedTarget, fields, path)
         if made is not None:
             self.programs[name] = made
