@@ -308,5 +308,5 @@ def test_command_line_options():
     assert (program.start, program.idle_stop) == ("on-demand", None)
     with pytest.raises(UsageError, match="apply to the program after --wrap"):
         Options().parseOptions(["--wrap-start", "on-demand", "8080", "127.0.0.1:22"])
-    with pytest.raises(UsageError, match="programs.prog.max_instances"):
+    with pytest.raises(UsageError, match=r"programs\.prog\.max_instances"):
         Options().parseOptions(["--wrap", "per-session", "--wrap-max-instances", "many", "8080", "--", "prog"])
