@@ -7,6 +7,7 @@ them, the command template and the config keys.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -41,8 +42,8 @@ def sockets_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 
 def program_table(command: list[str], **keys: object) -> str:
-    lines = ["[programs.inst]", "command = [" + ", ".join(f'"{a}"' for a in command) + "]"]
-    lines += [f"{key} = {value!r}".replace("'", '"') for key, value in keys.items()]
+    lines = ["[programs.inst]", f"command = {json.dumps(command)}"]
+    lines += [f"{key} = {json.dumps(value)}" for key, value in keys.items()]
     return "\n".join(lines) + '\n\n[[routes]]\npath = "/s"\ntarget = "program:inst"\n'
 
 
@@ -77,6 +78,21 @@ def started_pids(router: RouterProcess) -> list[int]:
 def banner(ws) -> list[str]:  # type: ignore[no-untyped-def]
     """The pid server's first line, split: ['pid', PID, words...]."""
     return ws.recv(timeout=15).decode().split()
+
+
+def group_members(leaders: list[int]) -> list[tuple[int, str]]:
+    """The processes (pid, command name) in the process groups led by C{leaders}, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            name, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+            if int(fields[2]) in leaders:
+                found.append((int(entry.name), name))
+    return found
 
 
 def private_dirs(path: Path) -> list[str]:
@@ -310,3 +326,63 @@ def test_command_line_options():
         Options().parseOptions(["--wrap-start", "on-demand", "8080", "127.0.0.1:22"])
     with pytest.raises(UsageError, match=r"programs\.prog\.max_instances"):
         Options().parseOptions(["--wrap", "per-session", "--wrap-max-instances", "many", "8080", "--", "prog"])
+
+
+#: Runs pid_server.py with SIGTERM ignored, so only SIGKILL (after the grace) stops it.
+DEAF = [PYTHON, "-c", "import signal, sys, runpy; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')", PID_SERVER, "7000"]
+
+
+def test_instance_ignoring_sigterm_is_killed_after_the_grace(tmp_path, sockets_dir):
+    """An instance that ignores SIGTERM is SIGKILLed after the grace period once its session ends."""
+    router = start(tmp_path, program_table(DEAF, mode="per-session"))
+    try:
+        with connect(f"{router.url}/s") as ws:
+            pid = int(banner(ws)[1])
+        wait_until(lambda: not alive(pid), "the deaf instance is killed", timeout=20)
+        assert "inst.1 did not stop within the grace period; sending SIGKILL" in router.log()
+        wait_until(lambda: private_dirs(sockets_dir) == [], "its socket directory is removed")
+    finally:
+        router.stop()
+
+
+def test_client_during_an_idle_stop_waits_and_starts_a_new_run(tmp_path, sockets_dir):
+    """A client arriving while an on-demand program is being stopped for idleness waits, then gets a new run."""
+    table = "[limits]\nhandshake_timeout = 25\n\n" + program_table(
+        DEAF, mode="respawn", start="on-demand", idle_stop=0.5)
+    router = start(tmp_path, table)
+    try:
+        with connect(f"{router.url}/s") as ws:
+            first = int(banner(ws)[1])
+        wait_until(lambda: "no session for 0.5 s" in router.log(), "the idle stop begins")
+        assert alive(first)  # SIGTERM is ignored: the stop takes the grace period
+        with connect(f"{router.url}/s", open_timeout=25) as ws:
+            second = int(banner(ws)[1])
+        assert second != first and not alive(first)
+    finally:
+        router.stop()
+    assert not alive(second)
+
+
+def test_x11vnc_on_xvfb_per_session(tmp_path, sockets_dir):
+    """Two concurrent clients each get their own Xvfb + x11vnc (both asking for port 5900) and its RFB greeting."""
+    if not shutil.which("Xvfb") or not shutil.which("x11vnc"):
+        pytest.skip("Xvfb/x11vnc not installed: tests/setup/system-deps.sh installs them")
+    script = ("Xvfb -displayfd 1 -nolisten tcp -screen 0 320x240x16 2>/dev/null | {{ read d; "
+              "exec x11vnc -display :$d -rfbport 5900 -nopw -quiet -forever -shared; }}")
+    router = start(tmp_path, "[limits]\nhandshake_timeout = 25\n\n" + program_table(
+        ["sh", "-c", script], mode="per-session", keep_env=True, ports="5900", ready_timeout=20))
+    try:
+        with connect(f"{router.url}/s", open_timeout=25) as one, connect(f"{router.url}/s", open_timeout=25) as two:
+            assert one.recv(timeout=20).startswith(b"RFB 003.") and two.recv(timeout=20).startswith(b"RFB 003.")
+            assert len(private_dirs(sockets_dir)) == 2
+            assert len(set(started_pids(router))) == 2
+            assert router.log().count("asked for port 5900; listening on the private socket") == 2
+            members = group_members(started_pids(router))
+            assert sorted(name for _, name in members).count("Xvfb") == 2
+            assert sorted(name for _, name in members).count("x11vnc") == 2
+        for pid, name in members:
+            wait_until(lambda pid=pid: not alive(pid), f"{name} ({pid}) is stopped", timeout=20)
+        wait_until(lambda: private_dirs(sockets_dir) == [], "every socket directory is removed")
+    finally:
+        router.stop()
