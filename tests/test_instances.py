@@ -386,3 +386,63 @@ def test_x11vnc_on_xvfb_per_session(tmp_path, sockets_dir):
         wait_until(lambda: private_dirs(sockets_dir) == [], "every socket directory is removed")
     finally:
         router.stop()
+
+
+def telnet_prompt(ws, timeout: float = 20) -> bytes:  # type: ignore[no-untyped-def]
+    """What a telnet server sends until its login prompt, its option requests refused."""
+    from .test_real_programs import refuse_options
+
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while b"login:" not in seen and time.monotonic() < deadline:
+        try:
+            data = ws.recv(timeout=max(0.1, deadline - time.monotonic()))
+        except TimeoutError:
+            break
+        seen += data
+        if answer := refuse_options(data):
+            ws.send(answer)
+    return seen
+
+
+def test_telnetd_per_session(tmp_path, sockets_dir):
+    """Two concurrent clients each get a login prompt from their own in.telnetd, both asking for the same port."""
+    from .test_real_programs import TELNETD, self_signed_pem
+
+    if not TELNETD.exists():
+        pytest.skip("netkit telnetd not available: `make test` fetches it (telnetd-ssl) as root with apt reachable")
+    if os.geteuid() != 0:
+        pytest.skip("telnetd's login needs root")
+    cert = tmp_path / "telnetd.pem"
+    self_signed_pem(cert)
+    router = start(tmp_path, program_table([str(TELNETD), "-debug", "2323", "-L", "/bin/login", "-z", f"cert={cert}"],
+                                           mode="per-session"))
+    try:
+        with connect(f"{router.url}/s", subprotocols=["binary"]) as one, \
+                connect(f"{router.url}/s", subprotocols=["binary"]) as two:
+            assert b"login:" in telnet_prompt(one) and b"login:" in telnet_prompt(two)
+            pids = started_pids(router)
+            assert len(set(pids)) == 2 and len(private_dirs(sockets_dir)) == 2
+        for pid in pids:
+            wait_until(lambda pid=pid: not alive(pid), "each telnetd is stopped")
+        wait_until(lambda: private_dirs(sockets_dir) == [], "every socket directory is removed")
+    finally:
+        router.stop()
+
+
+def test_client_leaving_in_the_handshake_stops_its_instance(tmp_path, sockets_dir):
+    """A client that hangs up while its instance is still starting leaves no instance behind."""
+    import socket
+
+    router = start(tmp_path, program_table([PYTHON, PID_SERVER, "7000", "1.5"], mode="per-session"))
+    try:
+        with socket.create_connection(("127.0.0.1", router.port), timeout=10) as raw:
+            raw.sendall(b"GET /s HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            wait_until(lambda: started_pids(router) != [], "the instance starts")
+        pid = started_pids(router)[0]
+        wait_until(lambda: "asked for port 7000" in router.log(), "the instance binds")
+        wait_until(lambda: not alive(pid), "the abandoned instance is stopped")
+        wait_until(lambda: private_dirs(sockets_dir) == [], "its socket directory is removed")
+    finally:
+        router.stop()
