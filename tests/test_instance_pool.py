@@ -151,3 +151,21 @@ def test_idle_stop_off_keeps_the_program():
     lease_of(program.lease(session(target))).release()
     clock.advance(10 ** 6)
     assert system.group_signals == [] and program.running
+
+
+def test_on_demand_ignore_mode_forgets_the_address_after_an_idle_stop():
+    """In ignore mode (which keeps an address across exits), an idle stop forgets it, so the next run is waited for."""
+    target = WrappedTarget("ignore", (sys.executable, "srv"), name="od", start="on-demand", idle_stop=5,
+                           socket="loopback")
+    clock, system, program = made(target)
+    lease_of(program.lease(session(target))).release()
+    system.spawned[0][0].childDataReceived(3, b"bound 2023 127.0.0.1 40000\n")
+    assert program.address == ("127.0.0.1", 40000)
+    clock.advance(5)
+    system.exit(0, ProcessTerminated(signal=signal.SIGTERM))
+    clock.advance(0.1)
+    assert program.address is None
+    lease_of(program.lease(session(target)))
+    waiting: list[Any] = []
+    program.when_ready(30).addBoth(waiting.append)
+    assert waiting == [] and len(system.spawned) == 2

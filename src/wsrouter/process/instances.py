@@ -228,6 +228,7 @@ class OnDemandProgram(LeasingProgram):
 
         def stopped(_: None) -> None:
             self._idle_stopping = None
+            self.address = None  # mode "ignore" keeps it across exits; this run is gone for sure
 
         stopping.addCallback(stopped)
 
