@@ -446,3 +446,22 @@ def test_client_leaving_in_the_handshake_stops_its_instance(tmp_path, sockets_di
         wait_until(lambda: private_dirs(sockets_dir) == [], "its socket directory is removed")
     finally:
         router.stop()
+
+
+def test_instance_flooding_a_slow_client_bounds_memory(tmp_path, sockets_dir):
+    """An instance sending 128 MiB to a client that stops reading for a while grows the router by < 64 MiB."""
+    from . import rawws
+
+    total_mib = 128
+    router = start(tmp_path, program_table([PYTHON, str(REPO / "tests" / "programs" / "flood_server.py"), "7000",
+                                            str(total_mib)], mode="per-session"))
+    try:
+        baseline = router.status("VmRSS")
+        sock = rawws.upgrade(router.port, "/s")
+        reader = rawws.read_late_and_slowly(sock)
+        sock.close()
+        growth = router.status("VmHWM") - baseline
+        assert reader.received == total_mib * 1024 * 1024
+        assert growth < 64 * 1024, f"router grew by {growth} KiB"
+    finally:
+        router.stop()
