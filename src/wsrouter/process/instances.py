@@ -92,8 +92,9 @@ class InstanceProgram(WrappedProgram):
         return attrs.evolve(launch, args=tuple(spawn_arguments(self.argv)))
 
     def child_started(self, child: Child) -> None:
+        # The template, not the filled-in line: a query value may be a token.
         log.info("started {name} (pid {pid}, one instance per session): {command}", name=self.name,
-                 pid=child.pid, command=shlex.join(self.argv))
+                 pid=child.pid, command=shlex.join(self.target.argv))
 
     def child_exited(self, child: Child, status: ExitStatus) -> None:
         super().child_exited(child, status)
