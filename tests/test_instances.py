@@ -168,11 +168,12 @@ def test_instance_that_does_not_bind_in_time_gets_503_and_is_stopped(tmp_path, s
 
 def test_instance_exiting_before_bind_gets_502_at_once(tmp_path, sockets_dir):
     """An instance that exits before binding fails its client at once with 502 saying how it ended."""
-    router = start(tmp_path, program_table([PYTHON, "-c", "raise SystemExit(3)"], mode="per-session",
-                                           ready_timeout=60))
+    router = start(tmp_path, "[limits]\nhandshake_timeout = 60\n\n" + program_table(
+        [PYTHON, "-c", "raise SystemExit(3)"], mode="per-session", ready_timeout=50))
     try:
-        status, body = handshake_status(f"{router.url}/s", open_timeout=30)
+        status, body = handshake_status(f"{router.url}/s", open_timeout=60)
         assert status == 502 and b"exited with status 3 before it bound its port" in body
+        assert "waited" not in router.log()
     finally:
         router.stop()
 
