@@ -96,7 +96,7 @@ BAD_FILES = [
     pytest.param('[programs.p]\nports = "2023"\n' + ROUTE,
                  ["programs.p.mode: required", "programs.p.command: required"], id="program-required-keys"),
     pytest.param('[programs.p]\nmode = "restart"\ncommand = []\nports = "http"\nkeep_env = "yes"\n' + ROUTE,
-                 ["programs.p.mode: must be respawn or ignore or exit, not 'restart'",
+                 ["programs.p.mode: must be respawn or ignore or exit or per-session, not 'restart'",
                   "programs.p.command: must be an executable and its arguments, not []",
                   "programs.p.ports: must be comma-separated port numbers or '*', not 'http'",
                   "programs.p.keep_env: must be true or false, not 'yes'"], id="program-bad-values"),

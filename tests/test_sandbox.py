@@ -179,6 +179,26 @@ def test_wrapped_program_as_nobody_on_its_private_socket(tmp_path, router_with):
     assert not os.path.exists(os.path.dirname(socket_path))
 
 
+@needs_root
+@as_other_user
+def test_per_session_instance_runs_in_the_sandbox(tmp_path, router_with):
+    """A per-session instance runs its filled-in command as the sandbox's user and serves its session."""
+    command = [SYSTEM_PYTHON, TCP_SERVER, "--host", "127.0.0.1", "--port", str(free_port()), "--banner",
+               "hello-{query.who}", "--echo"]
+    programs = (f'[programs.srv]\nmode = "per-session"\ncommand = {toml_value(command)}\n'
+                'sandbox = "jail"\n')
+    config = write_config(tmp_path, {"user": "nobody"}, '[[routes]]\npath = "/srv"\ntarget = "program:srv"\n',
+                          programs)
+    router = router_with(config)
+    with connect(f"{router.url}/srv?who=ann") as ws:
+        assert ws.recv(timeout=15) == b"hello-ann\n"
+        pid = int(re.findall(r"started srv\.1 \(pid (\d+)", router.log())[0])
+        status = Path(f"/proc/{pid}/status").read_text()
+        assert re.search(rf"Uid:\s+{OTHER_UID}\s+{OTHER_UID}", status)
+        ws.send(b"ping")
+        assert ws.recv(timeout=15) == b"ping"
+
+
 # -- config and helpers ----------------------------------------------------------------
 
 

@@ -250,3 +250,13 @@ def test_sandboxed_private_udp_program_sees_the_websocket_client(tmp_path: Path)
             assert re.search(r"Uid:\s+65534\s", Path(f"/proc/{pid}/status").read_text())
         finally:
             router.stop()
+
+
+def test_udp_programs_are_not_per_session_or_on_demand():
+    """A UDP program with per-session instances or an on-demand start is a config error naming protocol."""
+    from wsrouter.config import ConfigError, build_config
+
+    for extra in ({"mode": "per-session"}, {"mode": "respawn", "start": "on-demand"}):
+        program = {"mode": "respawn", "command": ["srv", "9"], "protocol": "udp", **extra}
+        with pytest.raises(ConfigError, match=r"programs\.srv.*protocol.*TCP programs only"):
+            build_config({"programs": {"srv": program}, "routes": [{"path": "/", "target": "program:srv"}]})

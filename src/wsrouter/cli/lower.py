@@ -71,6 +71,10 @@ def options_to_raw(options: Mapping[str, Any]) -> dict[str, Any]:
         if options.get("wrap-socket") is not None:
             raw["programs"][program_name(program)]["socket"] = options["wrap-socket"]
         _lower_wrap_sandbox(raw, program_name(program), options)
+        raw["programs"][program_name(program)].update(_instance_options(options))
+    elif any(options.get(name) is not None for name in INSTANCE_OPTIONS):
+        raise LoweringError("--wrap-start, --wrap-idle-stop, --wrap-ready-timeout and --wrap-max-instances apply "
+                            "to the program after --wrap MODE ... --; in a config file use [programs.NAME] keys")
     elif options.get("unix-target"):
         if len(short) != 1:
             raise LoweringError("--unix-target PATH takes the listening [HOST:]PORT alone, e.g. "
@@ -217,6 +221,13 @@ def _lower_wrap_sandbox(raw: dict[str, Any], name: str, options: Mapping[str, An
             sandbox["group"] = int(group) if group.isdigit() else group
         raw["sandbox"] = {name: sandbox}
         raw["programs"][name]["sandbox"] = name
+#: Options for a --wrap program's instances and on-demand start, and their [programs.NAME] keys.
+INSTANCE_OPTIONS = {"wrap-start": "start", "wrap-idle-stop": "idle_stop", "wrap-ready-timeout": "ready_timeout",
+                    "wrap-max-instances": "max_instances"}
+
+
+def _instance_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: options[name] for name, key in INSTANCE_OPTIONS.items() if options.get(name) is not None}
 
 
 def _lower_program(raw: dict[str, Any], listen: list[str], routes: list[Any], short: tuple[str, ...],

@@ -115,7 +115,14 @@ class Options(usage.Options):
          "writes FILE.1, FILE.2...: wsrouter takes a directory instead, and refuses an existing file."],
         ["record-format", None, None, "Recording format: jsonl (default) or asciicast (terminal sessions)."],
         ["record-max-bytes", None, None, "Stop recording a session before its file grows past BYTES."],
-        ["wrap", None, None, "Start the program after -- and proxy to it; MODE is respawn, ignore or exit."],
+        ["wrap", None, None, "Start the program after -- and proxy to it; MODE is respawn, ignore, exit "
+                             "or per-session (a fresh instance per WebSocket session)."],
+        ["wrap-start", None, None, "always (default) or on-demand: start the program with its first client."],
+        ["wrap-idle-stop", None, None, "On-demand: stop the program after SECONDS with no session (default 300; "
+                                       "0 never)."],
+        ["wrap-ready-timeout", None, None, "Per-session or on-demand: SECONDS a client waits for the program to "
+                                           "bind (default 5); then 503."],
+        ["wrap-max-instances", None, None, "Per-session: instances running at once (default 10); then 503."],
         ["wrap-mode", None, None, "websockify's name for --wrap MODE."],
         ["wrap-socket", None, None, "Where the shim moves the program's socket: private (default; a Unix socket "
                                     "only the router's user can reach) or loopback (a 127.0.0.1 port)."],

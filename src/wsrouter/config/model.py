@@ -24,6 +24,7 @@ from typing import Any, TypeAlias
 from attrs import Factory, field, frozen
 
 from wsrouter.clientcert import name_problem
+from wsrouter.config.template import template_problems
 from wsrouter.policy import ORIGIN_SAME, htpasswd_line_problem, network_problem, origin_policy_problem
 
 MiB = 1024 * 1024
@@ -76,7 +77,16 @@ LOG_LEVELS = ("info", "debug")
 LOG_FORMATS = ("text",)
 
 #: How a wrapped program is supervised when it exits.
-WRAP_MODES = ("respawn", "ignore", "exit")
+WRAP_MODES = ("respawn", "ignore", "exit", "per-session")
+#: When a shared wrapped program starts: with the router, or with its first client.
+WRAP_STARTS = ("always", "on-demand")
+#: Seconds an on-demand program runs with no session before it is stopped.
+DEFAULT_IDLE_STOP = 300.0
+#: Seconds a client waits in its handshake for an instance (or an
+#: on-demand program) to bind its port.
+DEFAULT_READY_TIMEOUT = 5.0
+#: Per-session instances of one program that may run at once.
+DEFAULT_MAX_INSTANCES = 10
 #: Where the shim moves a wrapped program's socket: a Unix socket in a
 #: private directory (other local users cannot reach it), or a loopback port.
 WRAP_SOCKETS = ("private", "loopback")
@@ -442,9 +452,15 @@ class WrappedTarget:
     #: C{udp}: a UDP server, relayed one datagram per message.
     protocol: str = field(default="tcp", kw_only=True)
     sandbox: Sandbox | None = field(default=None, kw_only=True)
+    #: Instances and on-demand starts (issue 13); see L{_check_instances}.
+    start: str = field(default="always", kw_only=True)
+    idle_stop: float | None = field(default=DEFAULT_IDLE_STOP, kw_only=True, converter=_off_when_zero)
+    ready_timeout: float = field(default=DEFAULT_READY_TIMEOUT, kw_only=True)
+    max_instances: int = field(default=DEFAULT_MAX_INSTANCES, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
+        _check_instances(checks, self)
         if not isinstance(self.name, str) or not PROGRAM_NAME.fullmatch(self.name):
             checks.add("name", f"must be letters, digits, '_', '.' or '-', not {self.name!r}")
         _check_choice(checks, "mode", self.mode, WRAP_MODES)
@@ -460,6 +476,28 @@ class WrappedTarget:
 
     def describe(self) -> str:
         return f"wrap:{self.mode}:" + shlex.join(self.argv)
+
+
+def _check_instances(checks: _Checks, target: WrappedTarget) -> None:
+    """
+    C{start} (C{always}, or C{on-demand}: with the first client, stopped
+    after C{idle_stop} seconds without one), C{ready_timeout} (how long a
+    client waits for the bind), C{max_instances} (per-session mode's cap)
+    and the per-session command template (L{wsrouter.config.template}).
+    """
+    _check_choice(checks, "start", target.start, WRAP_STARTS)
+    if target.start == "on-demand" and target.mode in ("per-session", "exit"):
+        checks.add("start", f"on-demand does not go with mode {target.mode!r}"
+                   " (per-session instances always start on demand)")
+    if target.protocol == "udp" and (target.mode == "per-session" or target.start == "on-demand"):
+        checks.add("protocol", "per-session instances and on-demand starts are for TCP programs only, not udp")
+    _check_positive(checks, "idle_stop", target.idle_stop, optional=True)
+    _check_positive(checks, "ready_timeout", target.ready_timeout)
+    _check_positive(checks, "max_instances", target.max_instances, integer=True)
+    if target.mode == "per-session" and isinstance(target.argv, tuple) \
+            and all(isinstance(a, str) for a in target.argv):
+        for problem in template_problems(target.argv):
+            checks.add("command", problem)
 
 
 @frozen
@@ -1184,6 +1222,11 @@ class RouterConfig:
         if self.follow_program_port is True and len(self.programs) != 1:
             checks.add("follow_program_port", f"needs exactly one wrapped program, not {len(self.programs)}")
         _check_positive(checks, "workers", self.workers, integer=True)
+        if _is_int(self.workers) and self.workers > 1 and isinstance(self.programs, tuple):
+            for program in self.programs:
+                if isinstance(program, WrappedTarget) and (program.mode == "per-session" or program.start != "always"):
+                    checks.add(f"programs.{program.name}", "per-session and on-demand programs need workers = 1")
+        self._check_ready_timeouts(checks)
         checks.raise_any()
 
     def _check_listeners(self, checks: _Checks) -> None:
@@ -1221,6 +1264,18 @@ class RouterConfig:
             if identity in seen:
                 checks.add(f"routes[{index}]", f"duplicates routes[{seen[identity]}] ({route.describe()})")
             seen.setdefault(identity, index)
+
+    def _check_ready_timeouts(self, checks: _Checks) -> None:
+        """A client waits for a per-session or on-demand program within its handshake, so for less time."""
+        if not isinstance(self.programs, tuple) or not isinstance(self.limits, Limits) \
+                or not _is_number(self.limits.handshake_timeout):
+            return
+        for program in self.programs:
+            if isinstance(program, WrappedTarget) and (program.mode == "per-session" or program.start != "always") \
+                    and _is_number(program.ready_timeout) and program.ready_timeout >= self.limits.handshake_timeout:
+                checks.add(f"programs.{program.name}.ready_timeout",
+                           f"must be less than limits.handshake_timeout ({self.limits.handshake_timeout:g} s), "
+                           "or the client's handshake times out first")
 
     def _check_unknown_host(self, checks: _Checks) -> None:
         _check_choice(checks, "unknown_host", self.unknown_host, UNKNOWN_HOST_CHOICES)

@@ -74,7 +74,9 @@ COMPRESSION_KEYS = ("permessage_deflate", "server_no_context_takeover", "client_
 LOG_KEYS = ("file", "level", "traffic", "format")
 WEB_KEYS = ("root", "listing", "content_security_policy", "frame_options")
 RECORDING_KEYS = ("directory", "format", "max_bytes", "redact")
-PROGRAM_KEYS = ("mode", "command", "ports", "keep_env", "socket", "protocol", "sandbox")
+#: Instances and on-demand starts (issue 13), passed to WrappedTarget as they are.
+INSTANCE_KEYS = ("start", "idle_stop", "ready_timeout", "max_instances")
+PROGRAM_KEYS = ("mode", "command", "ports", "keep_env", "socket", "protocol", "sandbox", *INSTANCE_KEYS)
 #: A [sandbox.NAME] table's keys: the Sandbox fields.
 SANDBOX_KEYS = ("user", "group", "cpu_seconds", "memory", "open_files", "processes", "env", "no_new_privs", "cwd")
 ROUTE_KEYS = ("path", "subprotocols", "target", "framing", "max_forks", "record", "env", "proxy_protocol",
@@ -486,6 +488,8 @@ class _Builder:
             fields["protocol"] = values["protocol"]
         if "sandbox" in values:
             fields["sandbox"] = self.sandbox_named(values["sandbox"], f"{path}.sandbox")
+        fields.update({key: _number(values[key], key == "max_instances") if key != "start" else values[key]
+                       for key in INSTANCE_KEYS if key in values})
         made = self.make(WrappedTarget, fields, path)
         if made is not None:
             self.programs[name] = made
@@ -815,6 +819,13 @@ def _limits_data(limits: Limits) -> dict[str, Any]:
     return data
 
 
+def _instance_data(program: WrappedTarget) -> dict[str, Any]:
+    """A program's L{INSTANCE_KEYS}; C{idle_stop} off is 0."""
+    data = {key: getattr(program, key) for key in INSTANCE_KEYS}
+    data["idle_stop"] = data["idle_stop"] or 0
+    return data
+
+
 def to_data(config: RouterConfig) -> dict[str, Any]:
     """
     The normalised nested schema of C{config}: every setting written out,
@@ -839,7 +850,8 @@ def to_data(config: RouterConfig) -> dict[str, Any]:
     data["programs"] = {program.name: {"mode": program.mode, "command": list(program.argv), "ports": program.ports,
                                        "keep_env": program.keep_env, "socket": program.socket,
                                        "protocol": program.protocol,
-                                       **({"sandbox": program.sandbox.name} if program.sandbox else {})}
+                                       **({"sandbox": program.sandbox.name} if program.sandbox else {}),
+                                       **_instance_data(program)}
                           for program in config.programs}
     data["sandbox"] = _sandbox_data(config)
     data["routes"] = [_route_data(route) for route in config.routes]

@@ -175,8 +175,13 @@ class WrappedProgram(ChildOwner):
         """
         self._child.start()
 
+    def _command(self) -> tuple[str, ...]:
+        """The program's command line (an instance fills in its template)."""
+        return self.target.argv
+
     def _launch(self) -> Launch:
-        program, sandbox = self.target.argv[0], self.target.sandbox
+        command, sandbox = self._command(), self.target.sandbox
+        program = command[0]
         base_env = allowed_environment(self._base_env, sandbox)
         if shutil.which(program, path=base_env.get("PATH", os.defpath)) is None:
             raise ProgramNotFound(f"wrapped program {program!r} not found or not executable (PATH is searched)")
@@ -189,11 +194,11 @@ class WrappedProgram(ChildOwner):
                                     shim=self._shim, private_dir=self.private_dir, protocol=self.target.protocol)
         try:
             if sandbox is None:
-                argv = spawn_arguments(self.target.argv)
+                argv = spawn_arguments(command)
             else:
                 if self.private_dir is not None:
                     share_directory(self.private_dir, sandbox)
-                argv = sandbox_command(sandbox, self.target.argv, defer_prefix=_DEFER_PREFIX)
+                argv = sandbox_command(sandbox, command, defer_prefix=_DEFER_PREFIX)
         except (SandboxError, OSError) as e:
             raise ProgramNotFound(f"wrapped program {self.name}: {e}") from None
         return Launch(sys.executable, tuple(argv), deferred_environment(base_env, shim_env),

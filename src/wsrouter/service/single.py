@@ -27,12 +27,13 @@ from wsrouter import clientaddr
 from wsrouter.config import RouterConfig, WrappedTarget
 from wsrouter.descriptors import DescriptorGuard, GuardedSite
 from wsrouter.gateway import Gateway
+from wsrouter.process.instances import make_program
 from wsrouter.process.supervisor import Supervisor
 from wsrouter.process.wrapped import ProgramNotFound, ProgramSet, WrappedProgram, wrapped_targets
 from wsrouter.proxyproto import ProxyHeaderFactory
 from wsrouter.rebind import ShimUnavailable
+from wsrouter.targets.instance import LeasingConnector
 from wsrouter.targets.tls import warn_unverified
-from wsrouter.targets.wrapped import WrappedConnector
 from wsrouter.tls import ServerTls, TlsProblem
 from wsrouter.tlsport import listener_factory
 from wsrouter.web.channel import limit_requests
@@ -134,7 +135,7 @@ class RouterService(MultiService):
         self._programs = ProgramSet(self._make_program)
         self._programs.add(wrapped_targets(config))
         self.gateway.connectors.register(
-            WrappedTarget, WrappedConnector(reactor, self._programs.by_target, program_wait_timeout(config)))
+            WrappedTarget, LeasingConnector(reactor, self._programs.by_target, program_wait_timeout(config)))
 
     @property
     def programs(self) -> Mapping[WrappedTarget, WrappedProgram]:
@@ -142,8 +143,8 @@ class RouterService(MultiService):
         return MappingProxyType(self._programs.by_target)
 
     def _make_program(self, target: WrappedTarget) -> WrappedProgram:
-        return WrappedProgram(self._reactor, target, on_exit=self.program_exited,
-                              on_listening=self._program_listening, supervisor=self.process_supervisor)
+        return make_program(self._reactor, target, on_exit=self.program_exited,
+                            on_listening=self._program_listening, supervisor=self.process_supervisor)
 
     def add_listener(self, description: str) -> ListenerService:
         """Listen on C{description} too (at once if running); L{CannotListen} if that fails."""

@@ -123,7 +123,8 @@ def peer_name(session: SessionInfo) -> str | None:
     return f"\0{PEER_PREFIX}{host} {session.peer_port} {secrets.token_hex(8)}"
 
 
-def connect_private(reactor: Any, path: str, session: SessionInfo) -> Deferred[Link]:
+def connect_private(reactor: Any, path: str, session: SessionInfo,
+                    link_class: type[StreamLink] = StreamLink) -> Deferred[Link]:
     """
     Connect to a program's private Unix socket from a socket bound to
     L{peer_name}, so the program sees the WebSocket client's address; the
@@ -143,7 +144,7 @@ def connect_private(reactor: Any, path: str, session: SessionInfo) -> Deferred[L
         except OSError as e:
             why = "no such socket file" if e.errno == errno.ENOENT else (e.strerror or str(e))
             return fail(TargetError(f"cannot connect to unix://{path}: {why}", 502))
-        factory = Factory.forProtocol(StreamLink)
+        factory = Factory.forProtocol(link_class)
         factory.noisy = False
         transport = reactor.adoptStreamConnection(sock.fileno(), socket.AF_UNIX, factory)
     finally:
