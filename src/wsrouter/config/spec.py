@@ -37,6 +37,7 @@ from wsrouter.config.model import (
     Lifetime,
     Limits,
     LogSettings,
+    Ops,
     Proxies,
     Recording,
     ReplayTarget,
@@ -57,7 +58,7 @@ from wsrouter.config.model import (
 
 TOP_KEYS = ("listen", "workers", "pass_env", "follow_program_port", "limits", "lifetime", "log", "web",
             "recording", "programs", "routes", "trusted_proxies", "proxy_protocol",
-            "security", "auth", "tls", "compression", "unknown_host")
+            "security", "auth", "tls", "compression", "unknown_host", "ops")
 LIMITS_KEYS = ("max_message_size", "ping_interval", "ping_timeout", "session_idle_timeout", "handshake_timeout",
                "connect_timeout", "shutdown_grace", "max_forks", "max_header_bytes", "max_connections",
                "max_connections_per_client", "max_handshakes_per_client")
@@ -73,9 +74,10 @@ COMPRESSION_KEYS = ("permessage_deflate", "server_no_context_takeover", "client_
 LOG_KEYS = ("file", "level", "traffic", "format")
 WEB_KEYS = ("root", "listing", "content_security_policy", "frame_options")
 RECORDING_KEYS = ("directory", "format", "max_bytes", "redact")
+OPS_KEYS = ("metrics", "status", "healthz", "auth", "watch_queue")
 PROGRAM_KEYS = ("mode", "command", "ports", "keep_env", "socket")
 ROUTE_KEYS = ("path", "subprotocols", "target", "framing", "max_forks", "record", "env", "proxy_protocol",
-              "origin", "auth", "host", *TLS_TARGET_KEYS)
+              "origin", "auth", "host", "watch", *TLS_TARGET_KEYS)
 #: Keys holding numbers; a numeric string is accepted there (command-line values).
 _INTEGER_KEYS = ("workers", "max_message_size", "max_forks", "max_bytes", "max_header_bytes", "max_connections",
                  "max_connections_per_client", "max_handshakes_per_client")
@@ -92,7 +94,7 @@ MOVED_KEYS = {
 
 #: Options a route string may carry in brackets (the file's keys, with '-').
 ROUTE_OPTIONS = ("framing", "max-forks", "record", "env", "proxy-protocol", "origin", "auth", "host",
-                 "tls-ca", "tls-pin", "tls-verify")
+                 "tls-ca", "tls-pin", "tls-verify", "watch")
 
 TARGET_FORMS = ("tcp://HOST:PORT, HOST:PORT, tls://HOST:PORT, ws[s]://HOST:PORT/PATH, unix:///PATH, "
                 "udp://HOST:PORT, unix-dgram:///PATH, "
@@ -566,6 +568,8 @@ class _Builder:
             fields["auth"] = values["auth"]
         if "host" in values:
             fields["host"] = values["host"]
+        if "watch" in values:
+            fields["watch"] = values["watch"]
         env = values.get("env")
         if isinstance(env, Mapping):
             fields["env"] = tuple(env.items())
@@ -661,6 +665,8 @@ class _Builder:
         if "unknown_host" in values:
             fields["unknown_host"] = values["unknown_host"]
         fields["proxies"] = self.proxies(values)
+        if "ops" in values:
+            fields["ops"] = self.simple(Ops, values["ops"], "ops", OPS_KEYS)
         config: RouterConfig | None = self.make(RouterConfig, fields, "")
         routes_given = values.get("routes")
         some_failed = (len(places) < (len(routes_given) if isinstance(routes_given, list) else 0)
@@ -749,6 +755,8 @@ def _route_data(route: Route) -> dict[str, Any]:
         data["auth"] = route.auth
     if route.host is not None:
         data["host"] = route.host
+    if route.watch != "read":
+        data["watch"] = route.watch
     if route.origin is not None:
         data["origin"] = route.origin if isinstance(route.origin, str) else list(route.origin)
     if isinstance(route.target, TlsTarget | WebSocketTarget):
@@ -799,6 +807,7 @@ def to_data(config: RouterConfig) -> dict[str, Any]:
     data["routes"] = [_route_data(route) for route in config.routes]
     if config.unknown_host != "default":
         data["unknown_host"] = config.unknown_host
+    data["ops"] = _fields(config.ops, OPS_KEYS)
     if config.proxies.trusted_proxies:
         data["trusted_proxies"] = list(config.proxies.trusted_proxies)
     if config.proxies.proxy_protocol:
