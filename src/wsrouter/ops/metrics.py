@@ -26,19 +26,26 @@ __all__ = ["CONTENT_TYPE_LATEST", "RouterMetrics", "reason_label"]
 
 #: Distinct refusal reasons kept per status; more are counted as C{other}.
 MAX_REASONS = 32
-_NUMBERS = re.compile(r"\d+")
+_PLAIN_WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
 
 
 def reason_label(reason: str) -> str:
     """
-    A bounded label for a refusal's reason: its words before any C{:}
-    (details such as origins and addresses come after one), numbers as C{N},
-    at most 48 characters.
+    A bounded label for a refusal's reason: its leading plain words, up to
+    the first one with a digit, a path, an address or a colon -- details a
+    client chooses (paths, origins) never become label values.
     """
-    head = reason.split(":", 1)[0].strip().lower()
-    if "origin" in head and "not allowed" in head:
-        head = "origin not allowed"
-    return _NUMBERS.sub("N", head)[:48] or "unknown"
+    if reason.startswith("origin ") and " not allowed" in reason:
+        return "origin not allowed"
+    words = []
+    for word in reason.split():
+        plain = word.rstrip(":,;")
+        if not _PLAIN_WORD.fullmatch(plain):
+            break
+        words.append(plain.lower())
+        if plain != word:
+            break
+    return " ".join(words)[:48] or "other"
 
 
 class RouterMetrics:

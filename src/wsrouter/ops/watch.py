@@ -41,6 +41,8 @@ READ_ONLY = 4003
 TOO_SLOW = 4008
 #: How often a paused writable watcher looks whether the target has drained.
 INPUT_RETRY = 0.05
+#: Seconds a dropped watcher has to read what waits for it and the close frame before its connection is aborted.
+CLOSE_GRACE = 10.0
 
 
 class Watchers:
@@ -199,7 +201,7 @@ class WatchFactory(WebSocketServerFactory):
         self.on_dropped = on_dropped
         self.setProtocolOptions(  # type: ignore[no-untyped-call, unused-ignore]
             maxMessagePayloadSize=max_message_size, maxFramePayloadSize=max_message_size,
-            autoPingInterval=0)
+            autoPingInterval=0, closeHandshakeTimeout=CLOSE_GRACE)
 
 
 def watchers_open(sessions: Any) -> int:
