@@ -424,13 +424,11 @@ def test_watchers_are_closed_when_the_session_ends():
     router = start_router(routes=["/e=echo:"], ops=OPS)
 
     def session() -> int | None:
-        with connect(router.url + "/e") as ws:
-            w = connect(router.url + f"/status/watch/{_session_id(router)}")
+        with connect(router.url + "/e") as ws, connect(router.url + f"/status/watch/{_session_id(router)}") as w:
             _wait_for_watchers(router, 1)
             ws.close()
             with pytest.raises(ConnectionClosed) as closed:
                 w.recv(timeout=10)
-            w.close()
             return closed.value.rcvd.code if closed.value.rcvd else None
 
     try:
