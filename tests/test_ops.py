@@ -460,3 +460,93 @@ def _wait_for_watchers(router: Any, count: int) -> None:
                    if s.watchers is not None) == count
 
     _wait(attached)
+
+
+# -- documentation and the bridge's two hooks ---------------------------------------------
+
+
+def test_ops_keys_documented_and_used_in_the_example() -> None:
+    """Every [ops] key is in docs/config.md and set in examples/wsrouter.toml; a route there sets watch."""
+    from tests.support import REPO
+    from wsrouter.config import read_file, spec
+
+    text = (REPO / "docs" / "config.md").read_text()
+    raw = read_file(str(REPO / "examples" / "wsrouter.toml"))
+    assert set(raw["ops"]) == set(spec.OPS_KEYS)
+    assert all(f"`{key}`" in text for key in spec.OPS_KEYS)
+    assert any("watch" in route for route in raw["routes"])
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, bytes]] = []
+
+    def client_message(self, payload: bytes, is_binary: bool) -> None:
+        self.seen.append(("client", payload))
+
+    def target_message(self, payload: bytes, is_binary: bool) -> None:
+        self.seen.append(("target", payload))
+
+    def closed(self, code: int | None, reason: str) -> None:
+        self.seen.append(("closed", b""))
+
+
+class _Link:
+    producer = None
+    consumer = None
+    message_oriented = False
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def start(self, receiver: Any) -> None:
+        self.receiver = receiver
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def write_eof(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+class _Socket:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send(self, payload: bytes, is_binary: bool) -> None:
+        self.sent.append(payload)
+
+    def close(self, code: int, reason: str) -> None:
+        pass
+
+    def attach_producer(self, producer: Any) -> None:
+        pass
+
+    def consumer_producer(self) -> Any:
+        return None
+
+
+def test_bridge_tap_and_inject() -> None:
+    """A tap sees the traffic from then on and hands back the recorder it replaced; inject writes to the target."""
+    from wsrouter.bridge import Bridge
+    from wsrouter.framing import make_framer
+
+    recording, tap = _Recorder(), _Recorder()
+    link, socket = _Link(), _Socket()
+    bridge = Bridge(socket, link, make_framer(None, "binary", 0), recorder=recording)
+    bridge.start()
+    link.receiver.data_received(b"before")
+    assert bridge.tap(tap) is recording
+    link.receiver.data_received(b"after")
+    assert bridge.inject(b"typed", True) is True
+    assert (recording.seen, tap.seen) == ([("target", b"before")], [("target", b"after")])
+    assert link.written == [b"typed"] and socket.sent == [b"before", b"after"]
+    bridge.websocket_closed(1000, "")
+    assert bridge.inject(b"late", True) is False
+    assert link.written == [b"typed"]
