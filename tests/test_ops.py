@@ -243,6 +243,10 @@ def test_ops_auth_asks_everyone_for_credentials():
         assert status == 401
         status, text = yield in_thread(get, router.http + "/metrics", good)
         assert status == 200 and "wsrouter_sessions_open" in text
+        status, _ = yield in_thread(handshake_status, router.url + "/status/live")
+        assert status == 401
+        status, _ = yield in_thread(handshake_status, router.url + "/status/live", additional_headers=good)
+        assert status == 101
     finally:
         yield router.stopService()
 

@@ -17,10 +17,13 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 
 from wsrouter import __version__
 from wsrouter.policy import origin_problem
 from wsrouter.ws.internals import queued_bytes
+
+log = Logger(namespace="wsrouter.ops")
 
 #: Seconds between snapshots when nothing opens or closes (ages and bytes move).
 INTERVAL = 1.0
@@ -109,8 +112,12 @@ class StatusHub:
         self.push()
 
     def stop(self) -> None:
+        """The router stops: no more snapshots, and the live clients are closed."""
         if self._loop.running:
             self._loop.stop()
+        clients, self.clients = self.clients, []
+        for client in clients:
+            client.sendClose(1000, "router shutting down")
 
 
 class StatusProtocol(WebSocketServerProtocol):
@@ -122,6 +129,8 @@ class StatusProtocol(WebSocketServerProtocol):
         problem = origin_problem("same", request.headers.get("origin"), request.headers.get("host"),
                                  self.factory.secure)
         if problem is not None:
+            log.info("refused status feed {peer}: 403 origin not allowed: {problem}", peer=request.peer,
+                     problem=problem)
             raise ConnectionDeny(403, f"origin not allowed: {problem}")  # type: ignore[no-untyped-call, unused-ignore]
 
     def onOpen(self) -> None:

@@ -23,7 +23,7 @@ session's own recorder, which it feeds in turn.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
@@ -107,16 +107,21 @@ class WatchProtocol(WebSocketServerProtocol):
     def onConnect(self, request: Any) -> None:
         session = self.factory.session_for(self.factory.session_id)
         if session is None:
-            raise ConnectionDeny(404, f"no open session {self.factory.session_id}")  # type: ignore[no-untyped-call, unused-ignore]
+            self._refuse(404, f"no open session {self.factory.session_id}")
         mode = session.info.route.watch
         if mode == "off":
-            raise ConnectionDeny(403, "this route's sessions cannot be watched (watch = off)")  # type: ignore[no-untyped-call, unused-ignore]
+            self._refuse(403, "this route's sessions cannot be watched (watch = off)")
         problem = origin_problem("same", request.headers.get("origin"), request.headers.get("host"),
                                  self.factory.secure)
         if problem is not None:
-            raise ConnectionDeny(403, f"origin not allowed: {problem}")  # type: ignore[no-untyped-call, unused-ignore]
+            self._refuse(403, f"origin not allowed: {problem}")
         self.watched = session
         self.writable = mode == "write"
+
+    def _refuse(self, status: int, reason: str) -> NoReturn:
+        log.info("refused watcher {peer} of session {id}: {status} {reason}", peer=self.factory.peer,
+                 id=self.factory.session_id, status=status, reason=reason)
+        raise ConnectionDeny(status, reason)  # type: ignore[no-untyped-call, unused-ignore]
 
     def onOpen(self) -> None:
         session = self.watched
