@@ -554,3 +554,53 @@ def test_bridge_tap_and_inject() -> None:
     bridge.websocket_closed(1000, "")
     assert bridge.inject(b"late", True) is False
     assert link.written == [b"typed"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_writable_watcher_is_paused_by_a_slow_target():
+    """A writable watcher typing into a target that does not read is paused: the router's queue stays bounded."""
+    from twisted.internet import reactor
+    from twisted.internet.threads import blockingCallFromThread
+
+    from wsrouter.ws.internals import queued_bytes
+
+    port, factory = listen_target(RecordingTarget)
+    router = start_router(routes=[f"/t[watch=write]=tcp://127.0.0.1:{port.getHost().port}"],
+                          ops={**OPS, "watch_queue": 256 * 1024})
+    chunk, count = b"w" * 65536, 600  # 39 MiB: more than any socket buffers between watcher and target
+
+    def flood() -> tuple[int, int, int]:
+        import threading
+
+        with connect(router.url + "/t") as ws, connect(router.url + f"/status/watch/{_session_id(router)}") as w:
+            _wait_for_watchers(router, 1)
+            _wait(lambda: factory.connections)
+            target = factory.connections[0]
+            blockingCallFromThread(reactor, target.transport.pauseProducing)
+            sent = [0]
+
+            def send_all() -> None:
+                for _ in range(count):
+                    w.send(chunk)
+                    sent[0] += 1
+
+            sender = threading.Thread(target=send_all, daemon=True)
+            sender.start()
+            time.sleep(2)
+            session = router.gateway.sessions[_session_id(router)]
+            queued = blockingCallFromThread(reactor, lambda: queued_bytes(session.link.transport))
+            sent_while_paused = sent[0]
+            blockingCallFromThread(reactor, target.transport.resumeProducing)
+            sender.join(60)
+            _wait(lambda: len(target.received) == count * len(chunk), 60)
+            ws.close()
+            return queued, sent_while_paused, len(target.received)
+
+    try:
+        queued, sent_while_paused, received = yield in_thread(flood)
+        assert queued < 1024 * 1024
+        assert sent_while_paused < count
+        assert received == count * len(chunk)
+    finally:
+        yield router.stopService()
+        yield port.stopListening()

@@ -11,7 +11,7 @@ there, or set C{ops.auth}.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -23,6 +23,9 @@ from twisted.web.util import DeferredResource
 from wsrouter.auth import NotAuthorized
 from wsrouter.clientaddr import real_client
 from wsrouter.tls import client_subject
+
+if TYPE_CHECKING:
+    from wsrouter.gateway import Gateway
 
 log = Logger(namespace="wsrouter.ops")
 
@@ -51,7 +54,7 @@ def is_local(host: str) -> bool:
     return address.is_loopback
 
 
-def guarded(gateway: Any, request: Request, page: IResource, what: str) -> IResource:
+def guarded(gateway: Gateway, request: Request, page: IResource, what: str) -> IResource:
     """
     C{page} if the client may see the operator's pages, else a 403 (not
     loopback, no C{ops.auth}) or 401 with the challenge; each refusal is

@@ -14,13 +14,17 @@ from __future__ import annotations
 import re
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from wsrouter.interfaces import SessionInfo
+
+if TYPE_CHECKING:
+    from wsrouter.gateway import Gateway
+    from wsrouter.session import Session
 
 __all__ = ["CONTENT_TYPE_LATEST", "RouterMetrics", "reason_label"]
 
@@ -57,7 +61,7 @@ class RouterMetrics:
     @param watchers_open: how many watchers are attached now.
     """
 
-    def __init__(self, gateway: Any, programs: Callable[[], Iterable[Any]] = tuple,
+    def __init__(self, gateway: Gateway, programs: Callable[[], Iterable[Any]] = tuple,
                  watchers_open: Callable[[], int] = lambda: 0):
         self._gateway = gateway
         self.programs = programs
@@ -83,10 +87,10 @@ class RouterMetrics:
 
     # -- gateway hooks --------------------------------------------------------------
 
-    def session_opened(self, session: Any) -> None:
+    def session_opened(self, session: Session) -> None:
         self.sessions_total.labels(session.info.route.describe()).inc()
 
-    def session_closed(self, session: Any) -> None:
+    def session_closed(self, session: Session) -> None:
         route = session.info.route.describe()
         stats = session.stats
         self.closed_bytes["from_client"][route] += stats.bytes_from_client
@@ -112,7 +116,7 @@ class RouterMetrics:
         """The Prometheus text exposition of every metric now."""
         return generate_latest(self.registry)
 
-    def live_sessions(self) -> list[Any]:
+    def live_sessions(self) -> list[Session]:
         return [s for s in self._gateway.sessions.values() if s.is_open and not s.ended]
 
     def descriptor_guard(self) -> Any:
@@ -138,7 +142,7 @@ class _Live(Collector):
         yield GaugeMetricFamily("wsrouter_watchers_open", "Watchers attached to sessions now.",
                                 value=metrics.watchers_open())
 
-    def _bytes(self, sessions: list[Any]) -> Iterator[Metric]:
+    def _bytes(self, sessions: list[Session]) -> Iterator[Metric]:
         for key, what in (("from_client", "from clients to targets"), ("to_client", "from targets to clients")):
             totals = Tally(self._metrics.closed_bytes[key])
             for session in sessions:

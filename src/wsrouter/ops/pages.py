@@ -18,7 +18,7 @@ from __future__ import annotations
 import html
 import importlib.resources
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from twisted.web.resource import IResource, Resource
@@ -29,6 +29,10 @@ from wsrouter.ops.metrics import CONTENT_TYPE_LATEST, RouterMetrics
 from wsrouter.ops.status import StatusFactory, StatusHub
 from wsrouter.ops.watch import WatchFactory, watchers_open
 from wsrouter.ws.upgrade import WebSocketUpgrade, is_websocket_upgrade
+
+if TYPE_CHECKING:
+    from wsrouter.gateway import Gateway
+    from wsrouter.session import Session
 
 #: The pages' own policy: their script and WebSocket from this origin only.
 PAGE_CSP = b"default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; base-uri 'none'; " \
@@ -48,7 +52,7 @@ class OpsPages:
     @ivar programs: the wrapped programs now (the service sets it).
     """
 
-    def __init__(self, gateway: Any, clock: Any):
+    def __init__(self, gateway: Gateway, clock: Any):
         self.gateway = gateway
         self.clock = clock
         self.programs: Callable[[], Iterable[Any]] = tuple
@@ -102,7 +106,7 @@ class OpsPages:
         upgrade: IResource = WebSocketUpgrade(factory, "")
         return upgrade
 
-    def _open_session(self, session_id: str) -> Any:
+    def _open_session(self, session_id: str) -> Session | None:
         session = self.gateway.sessions.get(session_id)
         return session if session is not None and session.is_open and not session.ended else None
 

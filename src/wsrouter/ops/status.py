@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
@@ -22,6 +22,10 @@ from twisted.logger import Logger
 from wsrouter import __version__
 from wsrouter.policy import origin_problem
 from wsrouter.ws.internals import queued_bytes
+
+if TYPE_CHECKING:
+    from wsrouter.gateway import Gateway
+    from wsrouter.session import Session
 
 log = Logger(namespace="wsrouter.ops")
 
@@ -33,7 +37,7 @@ LIVE_QUEUE = 256 * 1024
 MAX_LISTED = 1000
 
 
-def snapshot(gateway: Any, programs: Iterable[Any], now: float) -> dict[str, Any]:
+def snapshot(gateway: Gateway, programs: Iterable[Any], now: float) -> dict[str, Any]:
     """What the status page shows, as JSON-able data; C{now} is the gateway clock's seconds."""
     config = gateway.config
     sessions = [s for s in gateway.sessions.values() if s.is_open and not s.ended]
@@ -49,7 +53,7 @@ def snapshot(gateway: Any, programs: Iterable[Any], now: float) -> dict[str, Any
     }
 
 
-def _session(session: Any, now: float) -> dict[str, Any]:
+def _session(session: Session, now: float) -> dict[str, Any]:
     info = session.info
     stats = session.stats
     return {
@@ -68,7 +72,7 @@ class StatusHub:
     @param programs: the wrapped programs now.
     """
 
-    def __init__(self, gateway: Any, clock: Any, programs: Callable[[], Iterable[Any]]):
+    def __init__(self, gateway: Gateway, clock: Any, programs: Callable[[], Iterable[Any]]):
         self._gateway = gateway
         self._clock = clock
         self.programs = programs
@@ -103,10 +107,10 @@ class StatusHub:
     def _encoded(self) -> bytes:
         return json.dumps(self.snapshot(), separators=(",", ":")).encode()
 
-    def session_opened(self, session: Any) -> None:
+    def session_opened(self, session: Session) -> None:
         self.push()
 
-    def session_closed(self, session: Any) -> None:
+    def session_closed(self, session: Session) -> None:
         if session.watchers is not None:
             session.watchers.end()
         self.push()

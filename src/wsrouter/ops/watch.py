@@ -23,7 +23,8 @@ session's own recorder, which it feeds in turn.
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
@@ -33,6 +34,9 @@ from wsrouter import __version__
 from wsrouter.interfaces import Recorder
 from wsrouter.policy import origin_problem
 from wsrouter.ws.internals import queued_bytes
+
+if TYPE_CHECKING:
+    from wsrouter.session import Session
 
 log = Logger(namespace="wsrouter.ops")
 
@@ -52,7 +56,7 @@ class Watchers:
     @ivar inner: the recorder the bridge had before (the session's recording), fed first.
     """
 
-    def __init__(self, session: Any, limit: int, on_dropped: Any = lambda: None):
+    def __init__(self, session: Session, limit: int, on_dropped: Any = lambda: None):
         self.session = session
         self.limit = limit
         self._on_dropped = on_dropped
@@ -100,7 +104,7 @@ class WatchProtocol(WebSocketServerProtocol):
     """One watcher's WebSocket; the factory is a L{WatchFactory}."""
 
     factory: WatchFactory
-    watched: Any = None
+    watched: Session | None = None
     writable = False
     _attached = False
 
@@ -141,7 +145,7 @@ class WatchProtocol(WebSocketServerProtocol):
             return False
         if queued_bytes(self.transport) + len(payload) > limit:
             log.info("session {id}: watcher {peer} dropped: more than {limit} bytes waiting for it",
-                     id=self.watched.id, peer=self.factory.peer, limit=limit)
+                     id=self.factory.session_id, peer=self.factory.peer, limit=limit)
             self.sendClose(TOO_SLOW, f"watcher too slow: more than {limit} bytes behind")
             return False
         self.sendMessage(payload, isBinary=is_binary)  # type: ignore[no-untyped-call, unused-ignore]
@@ -159,24 +163,24 @@ class WatchProtocol(WebSocketServerProtocol):
             return
         if not session.bridge.inject(payload, isBinary):
             return
-        self._hold_while_target_busy()
+        self._hold_while_target_busy(session)
 
-    def _hold_while_target_busy(self) -> None:
+    def _hold_while_target_busy(self, session: Session) -> None:
         """Stop reading this watcher while the target's queue is over the limit."""
-        link_transport = getattr(self.watched.link, "transport", None)
+        link_transport = getattr(session.link, "transport", None)
         if link_transport is None or self.transport is None:
             return
         if queued_bytes(link_transport) <= self.factory.limit:
             return
         self.transport.pauseProducing()  # type: ignore[attr-defined]
-        self.factory.clock.callLater(INPUT_RETRY, self._resume_when_drained)
+        self.factory.clock.callLater(INPUT_RETRY, self._resume_when_drained, session)
 
-    def _resume_when_drained(self) -> None:
-        if self.transport is None or self.watched.ended:
+    def _resume_when_drained(self, session: Session) -> None:
+        if self.transport is None or session.ended:
             return
-        link_transport = getattr(self.watched.link, "transport", None)
+        link_transport = getattr(session.link, "transport", None)
         if link_transport is not None and queued_bytes(link_transport) > self.factory.limit:
-            self.factory.clock.callLater(INPUT_RETRY, self._resume_when_drained)
+            self.factory.clock.callLater(INPUT_RETRY, self._resume_when_drained, session)
             return
         self.transport.resumeProducing()  # type: ignore[attr-defined]
 
@@ -209,6 +213,6 @@ class WatchFactory(WebSocketServerFactory):
             autoPingInterval=0, closeHandshakeTimeout=CLOSE_GRACE)
 
 
-def watchers_open(sessions: Any) -> int:
+def watchers_open(sessions: Iterable[Session]) -> int:
     """How many watchers are attached to C{sessions} now."""
     return sum(len(s.watchers.watching) for s in sessions if s.watchers is not None)
