@@ -604,3 +604,44 @@ def test_writable_watcher_is_paused_by_a_slow_target():
     finally:
         yield router.stopService()
         yield port.stopListening()
+
+
+class _Program:
+    """A wrapped program as the status page and the health check read it."""
+
+    def __init__(self, running: bool, mode: str = "respawn"):
+        self.name, self.pid, self.running, self.restarts = "vnc", 4242 if running else None, running, 3
+        self.target = type("Target", (), {"mode": mode})()
+
+
+@pytest.mark.parametrize(("programs", "answer"), [
+    ([], (200, "ok\n")),
+    ([_Program(True)], (200, "ok\n")),
+    ([_Program(False, mode="ignore")], (200, "ok\n")),
+    ([_Program(False)], (503, "unhealthy: wrapped program vnc is not running\n")),
+])
+def test_health_follows_respawned_programs(programs: list[_Program], answer: tuple[int, str]) -> None:
+    """The health check is 503 while a respawn-mode program is down, and only then."""
+    from twisted.internet.task import Clock
+
+    from wsrouter.gateway import Gateway
+    from wsrouter.ops.pages import OpsPages
+
+    clock = Clock()
+    pages = OpsPages(Gateway(build_config({"routes": ["/e=echo:"], "ops": OPS}), clock), clock)
+    pages.programs = lambda: programs
+    assert pages.health() == answer
+    pages.stop()
+
+
+def test_status_snapshot_lists_programs() -> None:
+    """The status snapshot gives each wrapped program's name, pid, state, restarts and mode."""
+    from twisted.internet.task import Clock
+
+    from wsrouter.gateway import Gateway
+    from wsrouter.ops.status import snapshot
+
+    gateway = Gateway(build_config({"routes": ["/e=echo:"]}), Clock())
+    data = snapshot(gateway, [_Program(True)], 0.0)
+    assert data["programs"] == [{"name": "vnc", "pid": 4242, "running": True, "restarts": 3, "mode": "respawn"}]
+    assert (data["sessions"], data["more_sessions"], data["stopping"]) == ([], 0, False)
