@@ -127,13 +127,13 @@ BAD_FILES = [
                   "limits.ping_interval: must be a number greater than 0, not -1",
                   "limits.handshake_timeout: must be a number greater than 0, not 'soon'",
                   "limits.max_forks: must be a whole number greater than 0, not 1.5"], id="limits"),
-    pytest.param('[lifetime]\nrun_once = "yes"\nstart_timeout = -1\n[log]\nlevel = "verbose"\nformat = "json"\n'
+    pytest.param('[lifetime]\nrun_once = "yes"\nstart_timeout = -1\n[log]\nlevel = "verbose"\nformat = "xml"\n'
                  'traffic = 1\n' + ROUTE,
                  ["lifetime.run_once: must be true or false, not 'yes'",
                   "lifetime.start_timeout: must be a number greater than 0, not -1",
                   "log.level: must be info or debug, not 'verbose'",
                   "log.traffic: must be true or false, not 1",
-                  "log.format: must be text, not 'json'"], id="lifetime-and-log"),
+                  "log.format: must be text or json, not 'xml'"], id="lifetime-and-log"),
     pytest.param('[web]\nlisting = true\n[recording]\nformat = "mp4"\nmax_bytes = -1\nredact = [1]\n' + ROUTE,
                  ["web.root: required: the directory of static files to serve",
                   "recording.format: must be jsonl or asciicast, not 'mp4'",

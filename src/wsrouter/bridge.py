@@ -288,6 +288,26 @@ class Bridge:
         else:
             self._socket.send(message, is_binary)
 
+    # -- watchers (L{wsrouter.ops.watch}) ------------------------------------------
+
+    def tap(self, recorder: Recorder) -> Recorder | None:
+        """Feed C{recorder} instead, from now on; the recorder it replaces (to be fed by it) is returned."""
+        replaced, self._recorder = self._recorder, recorder
+        return replaced
+
+    def inject(self, payload: bytes, is_binary: bool) -> bool:
+        """
+        Send a whole message from elsewhere than the client (a writable
+        watcher) to the target; C{False} once the target takes no more.
+        """
+        if self._upstream_stopped or self._link_done:
+            return False
+        if self._typed_link is not None:
+            self._typed_link.write_message(payload, is_binary)
+        elif payload:
+            self._link.write(payload)
+        return True
+
     # -- closing ----------------------------------------------------------------
 
     def _close_client(self, code: int, reason: str, by: str) -> None:

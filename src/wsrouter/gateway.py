@@ -28,6 +28,7 @@ from wsrouter.framing import make_framer, message_is_binary
 from wsrouter.interfaces import (
     ClientConnection,
     ConnectionSession,
+    HandshakeWatcher,
     Link,
     Recorder,
     SessionInfo,
@@ -87,6 +88,7 @@ class Gateway:
         #: websockify's --traffic: one debug log line per message relayed.
         self.traffic = False
         self._observers: list[SessionObserver] = []
+        self._handshake_watchers: list[HandshakeWatcher] = []
         self._stopping = False
         limits = config.limits
         #: Sessions in total and per client address (L{wsrouter.policy}).
@@ -115,6 +117,15 @@ class Gateway:
 
     # -- handshake -----------------------------------------------------------------
 
+    @property
+    def stopping(self) -> bool:
+        """The router is shutting down: new handshakes get 503."""
+        return self._stopping
+
+    def watch_handshakes(self, watcher: HandshakeWatcher) -> None:
+        """Tell C{watcher} of every refused handshake and failed target connection (metrics)."""
+        self._handshake_watchers.append(watcher)
+
     def handshake(self, connection: ClientConnection, request: Any) -> Deferred[ConnectionSession | None]:
         """
         Route the request and connect its target before answering.
@@ -122,6 +133,30 @@ class Gateway:
         @return: fires with the session to hand the connection to, or fails
             with a L{ConnectionDeny} carrying the HTTP status.
         """
+        if not self._handshake_watchers:
+            return self._handshake(connection, request)
+        try:
+            deciding = self._handshake(connection, request)
+        except ConnectionDeny as e:
+            self._refused(e)
+            raise
+        return deciding.addErrback(self._refusal)
+
+    def _refusal(self, reason: Failure) -> Failure:
+        if isinstance(reason.value, ConnectionDeny):
+            self._refused(reason.value)
+        return reason
+
+    def _refused(self, deny: ConnectionDeny) -> None:
+        for watcher in self._handshake_watchers:
+            watcher.handshake_refused(deny.code, deny.reason or "")
+
+    def _target_failed(self, reason: Failure, info: SessionInfo) -> Failure:
+        for watcher in self._handshake_watchers:
+            watcher.target_failed(info)
+        return reason
+
+    def _handshake(self, connection: ClientConnection, request: Any) -> Deferred[ConnectionSession | None]:
         config = self.config
         session_id = self.session_prefix + secrets.token_hex(4)
         path = unquote(urlsplit(request.path).path)
@@ -205,6 +240,8 @@ class Gateway:
             connecting = self.connectors.connect(info)
         except TargetError as e:
             return _refuse(request, e.status, e.reason, client)
+        if self._handshake_watchers:
+            connecting.addErrback(self._target_failed, info)
         return connecting.addCallbacks(
             self._connected, _not_connected,
             callbackArgs=(connection, info, match, config), errbackArgs=(request, client),

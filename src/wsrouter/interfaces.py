@@ -321,3 +321,13 @@ class SessionObserver(Protocol):
 
     def session_closed(self, session: Session) -> None:
         """An opened C{session} has ended: both sides closed, its recording flushed."""
+
+
+class HandshakeWatcher(Protocol):
+    """Told of what a handshake did not get (the metrics count it)."""
+
+    def handshake_refused(self, status: int, reason: str) -> None:
+        """A handshake was answered with HTTP C{status}, for C{reason}."""
+
+    def target_failed(self, info: SessionInfo) -> None:
+        """The target of C{info}'s route could not be connected."""

@@ -304,6 +304,9 @@ def size_limit_note(max_bytes: int) -> str:
 class NullRecorder:
     """Records nothing: what a session gets when its file cannot be created."""
 
+    #: Counted as a recording error (L{wsrouter.ops.metrics}).
+    failed = True
+
     def client_message(self, payload: bytes, is_binary: bool) -> None:
         pass
 
@@ -339,6 +342,8 @@ class _FileRecorder:
         self._timer: IDelayedCall | None = None
         self._recording = True
         self._done = False
+        #: Writing failed (L{wsrouter.ops.metrics} counts it).
+        self.failed = False
         self._guard(self._start, header)
 
     # Recorder protocol
@@ -385,6 +390,7 @@ class _FileRecorder:
                 "Recording {path} stopped by an internal error; the session goes on.",
                 path=self.path,
             )
+            self.failed = True
             self._silence()
 
     def _start(self, header: Header) -> None:
@@ -446,6 +452,7 @@ class _FileRecorder:
             data = data[written:]
 
     def _fail(self, error: OSError) -> None:
+        self.failed = True
         log.error(
             "Recording {path} failed: {error}; nothing more of this session is recorded "
             "(the session goes on). Check the recording directory's free space and permissions.",

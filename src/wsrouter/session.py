@@ -15,6 +15,7 @@ L{twisted.internet.task.Clock}.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -26,6 +27,9 @@ from wsrouter.interfaces import ClientConnection, Framer, Gatherer, Link, Record
 from wsrouter.ws.closing import DrainWatch
 from wsrouter.ws.internals import queued_bytes
 from wsrouter.ws.keepalive import Keepalive
+
+if TYPE_CHECKING:
+    from wsrouter.ops.watch import Watchers
 
 log = Logger(namespace="wsrouter")
 
@@ -73,6 +77,8 @@ class Session:
         self._closing_watched = False
         self._idle_call: IDelayedCall | None = None
         self._last_activity = 0.0
+        #: Who watches this session (L{wsrouter.ops.watch.Watchers}); made by the first watcher.
+        self.watchers: Watchers | None = None
         # The per-frame path: with no idle timeout to feed, client payload
         # goes straight to the bridge, with no call in between.
         if limits.session_idle_timeout is None:

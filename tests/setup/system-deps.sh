@@ -43,6 +43,13 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
     timeout 900 apt-get install -y -qq --no-install-recommends chromium chromium-driver \
         || echo "system-deps: could not install chromium/chromium-driver; the browser tests will be skipped"
 fi
+if [ ! -e /usr/share/novnc/vnc_lite.html ] || ! command -v systemd-socket-activate >/dev/null; then
+    # The browser test of noVNC serves Debian's novnc; the socket activation test runs
+    # the router under systemd-socket-activate (Debian's systemd package; no init needed).
+    timeout 300 apt-get update -qq || echo "system-deps: apt-get update failed"
+    timeout 600 apt-get install -y -qq --no-install-recommends novnc systemd \
+        || echo "system-deps: could not install novnc/systemd; the noVNC and socket activation tests will be skipped"
+fi
 if [ ! -x "$cache/telnetd-ssl/usr/sbin/in.telnetd" ]; then
     (
         cd "$cache" && rm -f telnetd-ssl_*.deb \

@@ -37,6 +37,10 @@ LIMIT_OPTIONS = {
 RECORDING_OPTIONS = {"record": "directory", "record-format": "format", "record-max-bytes": "max_bytes"}
 
 
+#: Option name -> ops.KEY (the operator's pages, L{wsrouter.ops}).
+OPS_OPTIONS = {"metrics": "metrics", "status": "status", "healthz": "healthz", "ops-auth": "auth"}
+
+
 class LoweringError(ValueError):
     """The command line cannot be said in the schema; the message says what to write."""
 
@@ -114,7 +118,9 @@ def options_to_raw(options: Mapping[str, Any]) -> dict[str, Any]:
         "file": options.get("log-file"),
         "level": "debug" if options.get("verbose") or options.get("traffic") else None,
         "traffic": True if options.get("traffic") else None,
+        "format": options.get("log-format"),
     })
+    _table(raw, "ops", {key: options.get(option) for option, key in OPS_OPTIONS.items()})
     return raw
 
 

@@ -129,7 +129,7 @@ _TOOLS: dict[str, Callable[[list[str]], int]] = {"check": _check, "replay": _rep
 
 
 def start_logging(options: Any) -> None:
-    """stderr or --log-file; info and up, debug with --verbose/--traffic."""
+    """stderr or --log-file; info and up, debug with --verbose/--traffic; text or JSON lines (--log-format)."""
     from twisted.logger import (
         FilteringLogObserver,
         LogLevel,
@@ -142,7 +142,12 @@ def start_logging(options: Any) -> None:
     # The log file stays open for the life of the process.
     stream = open(settings.file, "a", buffering=1) if settings.file else sys.stderr  # noqa: SIM115
     predicate = LogLevelFilterPredicate(LogLevel.debug if settings.level == "debug" else LogLevel.info)
-    observer: Any = FilteringLogObserver(textFileLogObserver(stream), [predicate])
+    if settings.format == "json":
+        from wsrouter.ops.logformat import JsonLinesObserver
+        lines: Any = JsonLinesObserver(stream)
+    else:
+        lines = textFileLogObserver(stream)
+    observer: Any = FilteringLogObserver(lines, [predicate])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 

@@ -143,6 +143,15 @@ class Options(usage.Options):
         ["ssl-version", None, None, "Lowest TLS version accepted: tlsv1_2 (default) or tlsv1_3."],
         ["ssl-ciphers", None, None, "OpenSSL cipher string for TLS 1.2 (default: modern forward-secret ciphers)."],
         ["log-file", None, None, "Log to this file instead of stderr (websockify --log-file)."],
+        ["log-format", None, None, "text (default: human-readable lines) or json (one JSON object per line)."],
+        ["metrics", None, None, "Serve Prometheus metrics at this path (e.g. /metrics); loopback clients only "
+                                "unless --ops-auth."],
+        ["status", None, None, "Serve the live status page at this path (e.g. /status), with session watching "
+                               "under PATH/watch/ID; loopback clients only unless --ops-auth."],
+        ["healthz", None, None, "Answer health checks at this path (e.g. /healthz): 200 while serving, else 503; "
+                                "open to every client."],
+        ["ops-auth", None, None, "The [auth.NAME] (or 'websockify' with --auth-plugin BasicHTTPAuth) that lets "
+                                 "non-loopback clients see --metrics and --status."],
         ["unknown-host", None, None, "A Host no route names: default (the routes without [host=...]) or 421."],
         ["max-header-bytes", None, None,
          "Largest request line plus headers, in bytes (default 65536); larger gets 431."],
@@ -223,6 +232,9 @@ class Options(usage.Options):
             raise usage.UsageError(f"-D/--daemon: {hint}")
         if self.under_twistd and self["log-file"]:
             raise usage.UsageError("--log-file: under twistd, give twistd's own --logfile FILE before 'wsrouter'")
+        if self.under_twistd and self["log-format"] == "json":
+            raise usage.UsageError("--log-format json: under twistd, give twistd's own "
+                                   "--logger wsrouter.ops.logformat.json_logger before 'wsrouter'")
         _merge_alias(self, "wrap-mode", "wrap")
         _merge_alias(self, "heartbeat", "ping")
         try:

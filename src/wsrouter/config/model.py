@@ -74,7 +74,7 @@ RECORD_OFF = "off"
 
 #: Log levels (websockify's --verbose is C{debug}) and formats.
 LOG_LEVELS = ("info", "debug")
-LOG_FORMATS = ("text",)
+LOG_FORMATS = ("text", "json")
 
 #: How a wrapped program is supervised when it exits.
 WRAP_MODES = ("respawn", "ignore", "exit", "per-session")
@@ -847,10 +847,13 @@ class Route:
     auth: str | None = None
     #: The Host this route serves (L{HOST_PATTERN}, lower case); C{None}: any host.
     host: str | None = field(default=None, converter=_lower_host)
+    #: Who may watch this route's sessions from the status page (L{WATCH_MODES}).
+    watch: str = "read"
 
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
         self._check_path(checks)
+        _check_choice(checks, "watch", self.watch, WATCH_MODES)
         if self.host is not None and not (isinstance(self.host, str) and HOST_PATTERN.fullmatch(self.host)):
             checks.add("host", f"must be a host name or *.DOMAIN (no port), not {self.host!r}")
         _check_proxy_protocol(checks, self.proxy_protocol, self.target)
@@ -1006,7 +1009,7 @@ class LogSettings:
     @ivar file: append the log to this file; C{None}: standard error.
     @ivar level: C{info}, or C{debug} (websockify's C{--verbose}).
     @ivar traffic: one debug line per message relayed (C{--traffic}).
-    @ivar format: C{text} (JSON lines come later).
+    @ivar format: C{text} (human-readable lines) or C{json} (one JSON object per line; L{wsrouter.ops.logformat}).
     """
 
     file: str | None = None
@@ -1020,6 +1023,51 @@ class LogSettings:
         _check_choice(checks, "level", self.level, LOG_LEVELS)
         _check_bool(checks, "traffic", self.traffic)
         _check_choice(checks, "format", self.format, LOG_FORMATS)
+        checks.raise_any()
+
+
+#: A route's C{watch}: no watchers, watchers that only see, watchers whose input reaches the target.
+WATCH_MODES = ("off", "read", "write")
+
+
+def _check_ops_path(checks: _Checks, key: str, value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not value.startswith("/") or value == "/" or value.endswith("/") \
+            or any(c in value for c in "*?# "):
+        checks.add(key, f"must be a path like /metrics (no trailing '/', '*', '?', '#'), not {value!r}")
+
+
+@frozen
+class Ops:
+    """
+    The operator's pages (C{[ops]}, L{wsrouter.ops}); each is off (C{None}) unless given a path.
+
+    @ivar metrics: Prometheus text format; loopback clients only, or C{auth}.
+    @ivar status: the status page, its live WebSocket (C{STATUS/live}) and
+        session watching (C{STATUS/watch/ID}); loopback only, or C{auth}.
+    @ivar healthz: 200 while serving, 503 otherwise; open to every client
+        (load balancers), as it tells nothing but that.
+    @ivar auth: the C{[auth.NAME]} that lets other clients than loopback see
+        metrics and status; C{None}: loopback clients only.
+    @ivar watch_queue: bytes a watcher may fall behind before it is dropped (close 4008).
+    """
+
+    metrics: str | None = None
+    status: str | None = None
+    healthz: str | None = None
+    auth: str | None = None
+    watch_queue: int = 1 << 20
+
+    def __attrs_post_init__(self) -> None:
+        checks = _Checks()
+        for key in ("metrics", "status", "healthz"):
+            _check_ops_path(checks, key, getattr(self, key))
+        paths = [p for p in (self.metrics, self.status, self.healthz) if isinstance(p, str)]
+        if len(set(paths)) != len(paths):
+            checks.add("", "metrics, status and healthz need different paths")
+        _check_text(checks, "auth", self.auth, "the name of an [auth.NAME] table", optional=True)
+        _check_positive(checks, "watch_queue", self.watch_queue, integer=True)
         checks.raise_any()
 
 
@@ -1198,6 +1246,8 @@ class RouterConfig:
     #: What a Host that no route names gets: C{"default"}, the routes without
     #: a host; C{"421"}, 421 Misdirected Request (L{wsrouter.routing}).
     unknown_host: str = field(default="default", converter=_number_as_text)
+    #: Metrics, health check and status page (L{Ops}).
+    ops: Ops = field(factory=Ops)
 
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
@@ -1310,7 +1360,8 @@ class RouterConfig:
             checks.add("auth", f"must be [auth.NAME] tables, not {self.auth!r}")
             return
         names = {auth.name for auth in self.auth}
-        wanted = [("security.auth", self.security.auth), ("security.web_auth", self.security.web_auth)]
+        wanted = [("security.auth", self.security.auth), ("security.web_auth", self.security.web_auth),
+                  ("ops.auth", self.ops.auth if isinstance(self.ops, Ops) else None)]
         if isinstance(self.routes, tuple):
             wanted += [(f"routes[{i}].auth", r.auth) for i, r in enumerate(self.routes) if isinstance(r, Route)]
         for key, name in wanted:

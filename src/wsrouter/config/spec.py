@@ -37,6 +37,7 @@ from wsrouter.config.model import (
     Lifetime,
     Limits,
     LogSettings,
+    Ops,
     Proxies,
     Recording,
     ReplayTarget,
@@ -58,7 +59,7 @@ from wsrouter.config.model import (
 
 TOP_KEYS = ("listen", "workers", "pass_env", "follow_program_port", "limits", "lifetime", "log", "web",
             "recording", "programs", "routes", "trusted_proxies", "proxy_protocol",
-            "security", "auth", "tls", "compression", "unknown_host", "sandbox")
+            "security", "auth", "tls", "compression", "unknown_host", "sandbox", "ops")
 LIMITS_KEYS = ("max_message_size", "ping_interval", "ping_timeout", "session_idle_timeout", "handshake_timeout",
                "connect_timeout", "shutdown_grace", "max_forks", "max_header_bytes", "max_connections",
                "max_connections_per_client", "max_handshakes_per_client")
@@ -79,8 +80,9 @@ INSTANCE_KEYS = ("start", "idle_stop", "ready_timeout", "max_instances")
 PROGRAM_KEYS = ("mode", "command", "ports", "keep_env", "socket", "protocol", "sandbox", *INSTANCE_KEYS)
 #: A [sandbox.NAME] table's keys: the Sandbox fields.
 SANDBOX_KEYS = ("user", "group", "cpu_seconds", "memory", "open_files", "processes", "env", "no_new_privs", "cwd")
+OPS_KEYS = ("metrics", "status", "healthz", "auth", "watch_queue")
 ROUTE_KEYS = ("path", "subprotocols", "target", "framing", "max_forks", "record", "env", "proxy_protocol",
-              "origin", "auth", "host", "sandbox", *TLS_TARGET_KEYS)
+              "origin", "auth", "host", "sandbox", "watch", *TLS_TARGET_KEYS)
 #: Keys holding numbers; a numeric string is accepted there (command-line values).
 _INTEGER_KEYS = ("workers", "max_message_size", "max_forks", "max_bytes", "max_header_bytes", "max_connections",
                  "max_connections_per_client", "max_handshakes_per_client")
@@ -97,7 +99,7 @@ MOVED_KEYS = {
 
 #: Options a route string may carry in brackets (the file's keys, with '-').
 ROUTE_OPTIONS = ("framing", "max-forks", "record", "env", "proxy-protocol", "origin", "auth", "host",
-                 "tls-ca", "tls-pin", "tls-verify")
+                 "tls-ca", "tls-pin", "tls-verify", "watch")
 
 TARGET_FORMS = ("tcp://HOST:PORT, HOST:PORT, tls://HOST:PORT, ws[s]://HOST:PORT/PATH, unix:///PATH, "
                 "udp://HOST:PORT, unix-dgram:///PATH, "
@@ -596,6 +598,8 @@ class _Builder:
             fields["auth"] = values["auth"]
         if "host" in values:
             fields["host"] = values["host"]
+        if "watch" in values:
+            fields["watch"] = values["watch"]
         env = values.get("env")
         if isinstance(env, Mapping):
             fields["env"] = tuple(env.items())
@@ -698,6 +702,8 @@ class _Builder:
         if "unknown_host" in values:
             fields["unknown_host"] = values["unknown_host"]
         fields["proxies"] = self.proxies(values)
+        if "ops" in values:
+            fields["ops"] = self.simple(Ops, values["ops"], "ops", OPS_KEYS)
         config: RouterConfig | None = self.make(RouterConfig, fields, "")
         routes_given = values.get("routes")
         some_failed = (len(places) < (len(routes_given) if isinstance(routes_given, list) else 0)
@@ -788,6 +794,8 @@ def _route_data(route: Route) -> dict[str, Any]:
         data["host"] = route.host
     if isinstance(route.target, ExecTarget) and route.target.sandbox is not None:
         data["sandbox"] = route.target.sandbox.name
+    if route.watch != "read":
+        data["watch"] = route.watch
     if route.origin is not None:
         data["origin"] = route.origin if isinstance(route.origin, str) else list(route.origin)
     if isinstance(route.target, TlsTarget | WebSocketTarget):
@@ -857,6 +865,7 @@ def to_data(config: RouterConfig) -> dict[str, Any]:
     data["routes"] = [_route_data(route) for route in config.routes]
     if config.unknown_host != "default":
         data["unknown_host"] = config.unknown_host
+    data["ops"] = _fields(config.ops, OPS_KEYS)
     if config.proxies.trusted_proxies:
         data["trusted_proxies"] = list(config.proxies.trusted_proxies)
     if config.proxies.proxy_protocol:

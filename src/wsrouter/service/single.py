@@ -27,6 +27,7 @@ from wsrouter import clientaddr
 from wsrouter.config import RouterConfig, WrappedTarget
 from wsrouter.descriptors import DescriptorGuard, GuardedSite
 from wsrouter.gateway import Gateway
+from wsrouter.ops.pages import OpsPages
 from wsrouter.process.instances import make_program
 from wsrouter.process.supervisor import Supervisor
 from wsrouter.process.wrapped import ProgramNotFound, ProgramSet, WrappedProgram, wrapped_targets
@@ -57,7 +58,9 @@ def build_resource(config: RouterConfig, reactor: Any = None, gateway: Gateway |
     if config.web:
         headers = security_headers(config.web.content_security_policy, config.web.frame_options)
         web_root = build_web_root(config.web.directory, config.web.listing, headers)
-    return RouterResource(gateway, web_root)
+    resource = RouterResource(gateway, web_root)
+    resource.ops = OpsPages(gateway, reactor)
+    return resource
 
 
 class ListenerService(Service):
@@ -134,6 +137,7 @@ class RouterService(MultiService):
         self.process_supervisor = Supervisor(reactor)
         self._programs = ProgramSet(self._make_program)
         self._programs.add(wrapped_targets(config))
+        self.resource.ops.programs = self._programs.ordered
         self.gateway.connectors.register(
             WrappedTarget, LeasingConnector(reactor, self._programs.by_target, program_wait_timeout(config)))
 
@@ -236,6 +240,7 @@ class RouterService(MultiService):
 
     async def _stop(self) -> None:
         self.descriptors.stop()
+        self.resource.ops.stop()
         await super().stopService()  # type: ignore[no-untyped-call]
         await self.gateway.shutdown()
         await DeferredList([self._programs.stop_all(), self.gateway.connectors.commands.terminate_all()])

@@ -61,8 +61,14 @@ class RouterResource(Resource):
         super().__init__()  # type: ignore[no-untyped-call, unused-ignore]
         self.gateway = gateway
         self._web_root = web_root
+        #: The operator's pages (L{wsrouter.ops.pages.OpsPages}), set by the service; C{None}: none.
+        self.ops: Any = None
 
     def getChildWithDefault(self, name: bytes, request: Request) -> IResource:
+        if self.ops is not None:
+            page: IResource | None = self.ops.page_for(request, _mount_prefix((request.prepath or [])[:-1]))
+            if page is not None:
+                return page
         if is_websocket_upgrade(request):
             return WebSocketUpgrade(self.gateway.factory, _mount_prefix((request.prepath or [])[:-1]))
         if self._web_root is not None:
