@@ -22,6 +22,7 @@ from twisted.internet.testing import MemoryReactor
 from wsrouter.auth import auth_problems
 from wsrouter.config import ConfigError, ExecTarget, RouterConfig, TlsTarget, WebSocketTarget, WrappedTarget
 from wsrouter.interfaces import TargetError
+from wsrouter.resolvers import check_resolvers
 from wsrouter.targets.exec import DEFAULT_PATH, resolve_command
 from wsrouter.tls import ServerTls, TlsProblem, client_options, ssl_reason
 
@@ -44,6 +45,7 @@ def preflight(config: RouterConfig, environ: Mapping[str, str] | None = None) ->
         *check_recording(config),
         *auth_problems(config),
         *check_tls(config),
+        *check_resolvers(config),
     ]
 
 

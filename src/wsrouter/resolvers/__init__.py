@@ -143,12 +143,22 @@ class Resolvers:
         raise TargetError(f"resolver {settings.name} failed", 502)
 
 
-def check_resolvers(config: RouterConfig, reactor: Any) -> list[str]:
-    """Build every resolver once, as a start-up check: the problems, one line each."""
+def check_resolvers(config: RouterConfig) -> list[tuple[str, str]]:
+    """
+    Build every resolver once (on a MemoryReactor: nothing connects), as a
+    start-up check: a plugin that cannot be loaded, or refuses its source
+    (a template that makes no target, a JWT key file that is not a key).
+    """
+    from twisted.internet.testing import MemoryReactor
+
     problems = []
     for settings in config.resolvers:
         try:
-            build(settings, reactor)
+            resolver = build(settings, MemoryReactor())
         except PluginError as e:
-            problems.append(f"resolvers.{settings.name}: {e}")
+            problems.append((f"resolvers.{settings.name}.plugin", str(e)))
+            continue
+        close = getattr(resolver, "close", None)
+        if callable(close):
+            close()
     return problems
