@@ -157,7 +157,8 @@ def test_token_file_end_to_end(tmp_path: Path) -> Any:
     service = start_router(**resolving("TokenFile", str(tokens)))
     try:
         assert (yield in_thread(round_trip, service.url + "/?token=desk1")) == b"hello"
-        assert (yield in_thread(round_trip, service.url + "/", additional_headers={"Cookie": "token=desk1"})) == b"hello"
+        cookie = {"Cookie": "token=desk1"}
+        assert (yield in_thread(round_trip, service.url + "/", additional_headers=cookie)) == b"hello"
         assert (yield in_thread(round_trip, service.url + "/desk1")) == b"hello"
         status, body = yield in_thread(handshake_status, service.url + "/?token=desk2")
         assert status == 404 and b"no target for this token" in body
