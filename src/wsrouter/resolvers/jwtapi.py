@@ -66,9 +66,11 @@ class JWTTokenApi:
         @raise Refuse: 403 for a token that is malformed, forged, expired or not yet valid.
         """
         try:
-            opened = jwt.JWT(key=self._key, jwt=token, check_claims=False)
+            # jwcrypto 1.5+ must be told a JWE (compact form: five parts) to open one.
+            kind = "JWE" if token.count(".") == 4 else "JWS"
+            opened = jwt.JWT(key=self._key, jwt=token, check_claims=False, expected_type=kind)
             if "enc" in json.loads(opened.header):
-                opened = jwt.JWT(key=self._key, jwt=opened.claims, check_claims=False)
+                opened = jwt.JWT(key=self._key, jwt=opened.claims, check_claims=False, expected_type="JWS")
             claims = json.loads(opened.claims)
         except (JWException, ValueError, TypeError, KeyError) as e:
             log.info("JWTTokenApi: refused a token: {problem}", problem=type(e).__name__)

@@ -83,13 +83,17 @@ class TokenRedis:
 
     def __init__(self, settings: Any, reactor: Any):
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         self._reactor = reactor
         args = parse_redis_source(settings.source)
         self.namespace: str = args.pop("namespace")
         timeout = min(self.socket_timeout, settings.timeout)
+        # No retries inside a lookup (redis-py 6 retries three times with backoff by default):
+        # the client retries by connecting again, the pool reconnects when Redis is back.
         self._client = redis.Redis(**args, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                   retry_on_timeout=False)
+                                   retry=Retry(NoBackoff(), 0))
         self._errors: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError)
         self._down = False
 
