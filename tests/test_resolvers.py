@@ -429,3 +429,15 @@ def test_websockify_token_option_mistakes(argv: list[str], problem: str) -> None
 
     with pytest.raises(UsageError, match=problem.replace("[", r"\[").replace("]", r"\]")):
         Options().parseOptions(argv)
+
+
+def test_example_and_docs_name_every_resolver_key() -> None:
+    """examples/wsrouter.toml sets every [resolvers.NAME] key and docs/config.md documents each."""
+    from wsrouter.config import read_file
+    from wsrouter.config import spec
+
+    repo = Path(__file__).resolve().parent.parent
+    raw = read_file(str(repo / "examples" / "wsrouter.toml"))
+    assert any(set(table) == set(spec.RESOLVER_KEYS) for table in raw["resolvers"].values())
+    text = (repo / "docs" / "config.md").read_text()
+    assert all(f"| `{key}` |" in text for key in spec.RESOLVER_KEYS)

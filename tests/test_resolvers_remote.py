@@ -199,7 +199,8 @@ def keys(tmp_path: Path) -> dict[str, Any]:
     (tmp_path / "oct.key").write_text(json.loads(oct_key.export())["k"])
     rsa_key = jwk.JWK.generate(kty="RSA", size=2048)
     (tmp_path / "rsa.pem").write_bytes(rsa_key.export_to_pem(private_key=True, password=None))
-    return {"oct": oct_key, "oct_file": str(tmp_path / "oct.key"), "rsa": rsa_key, "rsa_file": str(tmp_path / "rsa.pem")}
+    return {"oct": oct_key, "oct_file": str(tmp_path / "oct.key"),
+            "rsa": rsa_key, "rsa_file": str(tmp_path / "rsa.pem")}
 
 
 @pytest_twisted.inlineCallbacks
@@ -215,7 +216,8 @@ def test_jwt_signed_encrypted_and_refused(keys: dict[str, Any]) -> Any:
     sealed.make_encrypted_token(keys["rsa"])
     service = start_router(**config)
     try:
-        assert (yield in_thread(round_trip, service.url + "/o?token=" + signed(keys["oct"], claims, "HS256"))) == b"hello"
+        hs256 = signed(keys["oct"], claims, "HS256")
+        assert (yield in_thread(round_trip, service.url + "/o?token=" + hs256)) == b"hello"
         assert (yield in_thread(round_trip, service.url + "/r?token=" + inner)) == b"hello"
         assert (yield in_thread(round_trip, service.url + "/r?token=" + sealed.serialize())) == b"hello"
         other = jwk.JWK.generate(kty="oct", size=256)
