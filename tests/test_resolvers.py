@@ -433,8 +433,7 @@ def test_websockify_token_option_mistakes(argv: list[str], problem: str) -> None
 
 def test_example_and_docs_name_every_resolver_key() -> None:
     """examples/wsrouter.toml sets every [resolvers.NAME] key and docs/config.md documents each."""
-    from wsrouter.config import read_file
-    from wsrouter.config import spec
+    from wsrouter.config import read_file, spec
 
     repo = Path(__file__).resolve().parent.parent
     raw = read_file(str(repo / "examples" / "wsrouter.toml"))
