@@ -9,6 +9,7 @@ Clock; configuration and command-line forms.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -440,3 +441,75 @@ def test_example_and_docs_name_every_resolver_key() -> None:
     assert any(set(table) == set(spec.RESOLVER_KEYS) for table in raw["resolvers"].values())
     text = (repo / "docs" / "config.md").read_text()
     assert all(f"| `{key}` |" in text for key in spec.RESOLVER_KEYS)
+
+
+def test_python_api_example_app(tmp_path: Path) -> None:
+    """examples/resolver_app.py, run as a process, routes by its Python resolver to a real echo; others get 403/400."""
+    import subprocess
+    import sys
+    import threading
+
+    from .support import REPO, child_env, free_port, wait_for_port
+
+    echo = socket.socket()
+    echo.bind(("127.0.0.1", 0))
+    echo.listen(4)
+
+    def serve() -> None:
+        conn, _ = echo.accept()
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    threading.Thread(target=serve, daemon=True).start()
+    port = free_port()
+    app = subprocess.Popen([sys.executable, str(REPO / "examples" / "resolver_app.py"), str(port),
+                            f"alice=127.0.0.1:{echo.getsockname()[1]}"], env=child_env(), cwd=REPO,
+                           stdout=open(tmp_path / "app.log", "wb"), stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port)
+        url = f"ws://127.0.0.1:{port}/ws/desk"
+        assert round_trip(url + "?user=alice") == b"hello"
+        assert handshake_status(url + "?user=bob") == (403, bytearray(b"no desk for bob\n"))
+        assert handshake_status(url)[0] == 400
+    finally:
+        app.terminate()
+        app.wait(10)
+        echo.close()
+
+
+@pytest.mark.parametrize("program", ["wsrouter", "websockify"])
+def test_websockify_command_line_works_in_both(tmp_path: Path, program: str) -> None:
+    """The same websockify command line (--token-plugin TokenFile --token-source FILE PORT) reaches the echo in both."""
+    import subprocess
+    import sys
+    import threading
+
+    from .support import REPO, child_env, free_port, wait_for_port
+
+    if program == "websockify":
+        pytest.importorskip("websockify")
+    echo = socket.socket()
+    echo.bind(("127.0.0.1", 0))
+    echo.listen(4)
+
+    def serve() -> None:
+        conn, _ = echo.accept()
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    threading.Thread(target=serve, daemon=True).start()
+    tokens = tmp_path / "tokens.cfg"
+    tokens.write_text(f"# token: host:port\ndesk: 127.0.0.1:{echo.getsockname()[1]}\n")
+    port = free_port()
+    argv = ["--token-plugin", "TokenFile", "--token-source", str(tokens), f"127.0.0.1:{port}"]
+    child = subprocess.Popen([sys.executable, "-m", program, *argv], env=child_env(), cwd=REPO,
+                             stdout=open(tmp_path / "out.log", "wb"), stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port)
+        assert round_trip(f"ws://127.0.0.1:{port}/?token=desk", subprotocols=["binary"]) == b"hello"
+    finally:
+        child.terminate()
+        child.wait(10)
+        echo.close()
