@@ -443,13 +443,9 @@ def test_example_and_docs_name_every_resolver_key() -> None:
     assert all(f"| `{key}` |" in text for key in spec.RESOLVER_KEYS)
 
 
-def test_python_api_example_app(tmp_path: Path) -> None:
-    """examples/resolver_app.py, run as a process, routes by its Python resolver to a real echo; others get 403/400."""
-    import subprocess
-    import sys
+def thread_echo() -> socket.socket:
+    """A blocking TCP echo for one connection, served from a thread (for routers run as processes)."""
     import threading
-
-    from .support import REPO, child_env, free_port, wait_for_port
 
     echo = socket.socket()
     echo.bind(("127.0.0.1", 0))
@@ -462,10 +458,29 @@ def test_python_api_example_app(tmp_path: Path) -> None:
                 conn.sendall(data)
 
     threading.Thread(target=serve, daemon=True).start()
+    return echo
+
+
+def spawn(argv: list[str], log: Path) -> Any:
+    """This Python running C{argv} from the checkout, output to C{log}; the caller stops it by its PID."""
+    import subprocess
+    import sys
+
+    from .support import REPO, child_env
+
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, *argv], env=child_env(), cwd=REPO, stdout=out,
+                                stderr=subprocess.STDOUT)
+
+
+def test_python_api_example_app(tmp_path: Path) -> None:
+    """examples/resolver_app.py, run as a process, routes by its Python resolver to a real echo; others get 403/400."""
+    from .support import REPO, free_port, wait_for_port
+
+    echo = thread_echo()
     port = free_port()
-    app = subprocess.Popen([sys.executable, str(REPO / "examples" / "resolver_app.py"), str(port),
-                            f"alice=127.0.0.1:{echo.getsockname()[1]}"], env=child_env(), cwd=REPO,
-                           stdout=open(tmp_path / "app.log", "wb"), stderr=subprocess.STDOUT)
+    app = spawn([str(REPO / "examples" / "resolver_app.py"), str(port), f"alice=127.0.0.1:{echo.getsockname()[1]}"],
+                tmp_path / "app.log")
     try:
         wait_for_port(port)
         url = f"ws://127.0.0.1:{port}/ws/desk"
@@ -481,31 +496,16 @@ def test_python_api_example_app(tmp_path: Path) -> None:
 @pytest.mark.parametrize("program", ["wsrouter", "websockify"])
 def test_websockify_command_line_works_in_both(tmp_path: Path, program: str) -> None:
     """The same websockify command line (--token-plugin TokenFile --token-source FILE PORT) reaches the echo in both."""
-    import subprocess
-    import sys
-    import threading
-
-    from .support import REPO, child_env, free_port, wait_for_port
+    from .support import REPO, free_port, wait_for_port
 
     if program == "websockify":
         pytest.importorskip("websockify")
-    echo = socket.socket()
-    echo.bind(("127.0.0.1", 0))
-    echo.listen(4)
-
-    def serve() -> None:
-        conn, _ = echo.accept()
-        with conn:
-            while data := conn.recv(65536):
-                conn.sendall(data)
-
-    threading.Thread(target=serve, daemon=True).start()
+    echo = thread_echo()
     tokens = tmp_path / "tokens.cfg"
     tokens.write_text(f"# token: host:port\ndesk: 127.0.0.1:{echo.getsockname()[1]}\n")
     port = free_port()
     argv = ["--token-plugin", "TokenFile", "--token-source", str(tokens), f"127.0.0.1:{port}"]
-    child = subprocess.Popen([sys.executable, "-m", program, *argv], env=child_env(), cwd=REPO,
-                             stdout=open(tmp_path / "out.log", "wb"), stderr=subprocess.STDOUT)
+    child = spawn(["-m", program, *argv], tmp_path / "out.log")
     try:
         wait_for_port(port)
         assert round_trip(f"ws://127.0.0.1:{port}/?token=desk", subprotocols=["binary"]) == b"hello"
