@@ -496,7 +496,7 @@ def test_python_api_example_app(tmp_path: Path) -> None:
 @pytest.mark.parametrize("program", ["wsrouter", "websockify"])
 def test_websockify_command_line_works_in_both(tmp_path: Path, program: str) -> None:
     """The same websockify command line (--token-plugin TokenFile --token-source FILE PORT) reaches the echo in both."""
-    from .support import REPO, free_port, wait_for_port
+    from .support import free_port, wait_for_port
 
     if program == "websockify":
         pytest.importorskip("websockify")
