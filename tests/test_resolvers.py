@@ -513,3 +513,61 @@ def test_websockify_command_line_works_in_both(tmp_path: Path, program: str) -> 
         child.terminate()
         child.wait(10)
         echo.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_host_token_end_to_end(tmp_path: Path) -> Any:
+    """host_token: the Host header without its port is the token (websockify --host-token)."""
+    target, number = echo_port()
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"127.0.0.1: 127.0.0.1:{number}\n")
+    service = start_router(**resolving("TokenFile", str(tokens), host_token=True))
+    try:
+        assert (yield in_thread(round_trip, service.url + "/?token=ignored")) == b"hello"
+        port = service.url.rsplit(":", 1)[1]
+        assert (yield in_thread(handshake_status, f"ws://localhost:{port}/"))[0] == 404
+    finally:
+        yield service.stopService()
+        yield target.stopListening()
+
+
+def test_slow_client_on_a_resolved_route_bounds_memory(tmp_path: Path) -> None:
+    """A resolved target streaming 128 MiB to a client that stops reading for a while grows the router < 64 MiB."""
+    from . import rawws
+    from .support import router_process
+    from .test_bulk import MiB, ThreadTarget
+
+    total = 128 * MiB
+    block = os.urandom(MiB)
+
+    def source(conn: socket.socket) -> None:
+        for _ in range(total // MiB):
+            conn.sendall(block)
+
+    target = ThreadTarget(source)
+    config = tmp_path / "wsrouter.toml"
+    config.write_text('[[routes]]\npath = "/*"\ntarget = "resolve:t"\n'
+                      '[resolvers.t]\nplugin = "template"\nsource = "tcp://127.0.0.1:{query.port}"\n')
+    with router_process(tmp_path, "--config", str(config)) as router:
+        baseline = router.status("VmRSS")
+        s = rawws.upgrade(router.port, f"/?port={target.port}")
+        reader = rawws.read_late_and_slowly(s)
+        s.close()
+        target.join()
+        growth = router.status("VmHWM") - baseline
+        assert reader.received == total
+        assert growth < 64 * 1024, f"router grew by {growth} KiB"
+
+
+def test_entry_point_plugins_load_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A distribution's wsrouter.resolvers entry point is a plugin name (found through real package metadata)."""
+    from wsrouter.resolvers.loading import build
+
+    info = tmp_path / "desk_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: desk-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[wsrouter.resolvers]\ndesks = examples.resolver_plugin:PortTable\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    resolver = build(Resolver("r", "desks", "alice=5901"), None)
+    assert resolver.resolve(request(query="token=alice")) == TcpTarget("127.0.0.1", 5901)
+    assert resolver.resolve(request(query="token=alice2")) is None
