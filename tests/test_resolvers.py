@@ -571,3 +571,29 @@ def test_entry_point_plugins_load_by_name(tmp_path: Path, monkeypatch: pytest.Mo
     resolver = build(Resolver("r", "desks", "alice=5901"), None)
     assert resolver.resolve(request(query="token=alice")) == TcpTarget("127.0.0.1", 5901)
     assert resolver.resolve(request(query="token=alice2")) is None
+
+
+@pytest_twisted.inlineCallbacks
+def test_refusals_are_logged_without_the_token(tmp_path: Path) -> Any:
+    """A resolver's refusal logs one line with status, reason and resolver; the token itself is never logged."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    target, number = echo_port()
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"SECRET-known-77: 127.0.0.1:{number}\n")
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    service = start_router(**resolving("TokenFile", str(tokens)))
+    try:
+        assert (yield in_thread(round_trip, service.url + "/?token=SECRET-known-77")) == b"hello"
+        assert (yield in_thread(handshake_status, service.url + "/?token=SECRET-unknown-88"))[0] == 404
+    finally:
+        yield service.stopService()
+        yield target.stopListening()
+        globalLogPublisher.removeObserver(observe)
+    assert any("404 no target for this token (resolver r)" in line for line in lines), lines
+    assert not any("SECRET" in line for line in lines), [line for line in lines if "SECRET" in line]

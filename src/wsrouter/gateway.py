@@ -36,7 +36,7 @@ from wsrouter.interfaces import (
 )
 from wsrouter.policy import Accepted, ClientCounts, Refusal, origin_problem
 from wsrouter.recording import open_recorder
-from wsrouter.resolvers import ResolveRequest, Resolvers
+from wsrouter.resolvers import ResolveRequest, Resolvers, without_token
 from wsrouter.routing import Match, NoRoute, RouteTable
 from wsrouter.session import Session, always_binary
 from wsrouter.targets import Connectors
@@ -204,9 +204,13 @@ class Gateway:
                  client: tuple[str, int]) -> Deferred[ConnectionSession | None]:
         if isinstance(match.route.target, ResolverTarget):
             return self._resolve(connection, request, config, session_id, path, route_path, match, client)
+        info = _session_info(session_id, connection, request, path, route_path, match, client)
+        return self._connect_session(connection, request, config, info, match, client)
+
+    def _connect_session(self, connection: ClientConnection, request: Any, config: RouterConfig, info: SessionInfo,
+                         match: Match, client: tuple[str, int]) -> Deferred[ConnectionSession | None]:
         if self.descriptors is not None and not self.descriptors.admit(session_cost(match.route, config)):
             return _refuse(request, 503, "too many open connections", client)
-        info = _session_info(session_id, connection, request, path, route_path, match, client)
         try:
             connecting = self.connectors.connect(info)
         except TargetError as e:
@@ -231,11 +235,12 @@ class Gateway:
                 route = attrs.evolve(match.route, target=target)
             except ConfigError as e:
                 _refuse(request, 502, f"resolved target does not fit the route: {e.problems[0][1]}", client)
-            return self._connect(connection, request, config, session_id, path, route_path,
-                                 attrs.evolve(match, route=route), client)
+            # The token is a secret: session logs and recordings get the query without it.
+            found = attrs.evolve(info, route=route, query=without_token(info.query))
+            return self._connect_session(connection, request, config, found, attrs.evolve(match, route=route), client)
 
         return self.resolvers.resolve(settings, asking).addCallbacks(
-            resolved, _not_connected, errbackArgs=(request, client))
+            resolved, _not_resolved, errbackArgs=(request, client, settings.name))
 
     def _connected(self, link: Link, connection: ClientConnection, info: SessionInfo, match: Match,
                    config: RouterConfig) -> ConnectionSession | None:
@@ -396,6 +401,16 @@ def _not_connected(reason: Failure, request: Any, client: tuple[str, int]) -> No
         _refuse(request, 502, "internal error while connecting the target", client)
     error: TargetError = reason.value  # type: ignore[assignment]
     _refuse(request, error.status, error.reason, client)
+
+
+def _not_resolved(reason: Failure, request: Any, client: tuple[str, int], name: str) -> NoReturn:
+    """A resolver's outcome (L{wsrouter.resolvers}) as the refusal, logged without the route hints."""
+    if not reason.check(TargetError):  # type: ignore[no-untyped-call, unused-ignore]
+        _not_connected(reason, request, client)
+    error: TargetError = reason.value  # type: ignore[assignment]
+    log.info("refused {peer} {path}: {status} {reason} (resolver {name})", peer=f"{client[0]}:{client[1]}",
+             path=request.path, status=error.status, reason=error.reason, name=name)
+    raise ConnectionDeny(error.status, error.reason)  # type: ignore[no-untyped-call, unused-ignore]
 
 
 def _refuse(request: Any, status: int, reason: str, client: tuple[str, int] | None = None) -> NoReturn:

@@ -35,6 +35,7 @@ from wsrouter.resolvers.base import (
     Unavailable,
     target_of_pair,
     token_of,
+    without_token,
 )
 from wsrouter.resolvers.cache import TargetCache
 from wsrouter.resolvers.loading import BUILT_IN, ENTRY_POINT_GROUP, PluginError, build
@@ -55,6 +56,7 @@ __all__ = [
     "check_resolvers",
     "target_of_pair",
     "token_of",
+    "without_token",
 ]
 
 

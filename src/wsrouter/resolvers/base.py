@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from http.cookies import CookieError, SimpleCookie
 from typing import Any, Protocol, TypeAlias
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 from attrs import field, frozen
 from twisted.internet.defer import Deferred
@@ -150,6 +150,14 @@ def token_of(request: ResolveRequest, host_token: bool = False) -> str | None:
         return token
     below = request.path_info.strip("/")
     return below if below and "/" not in below else None
+
+
+def without_token(query: str) -> str:
+    """C{query} with the C{token} parameter's value replaced by C{REDACTED} (for logs and recordings)."""
+    if TOKEN not in query:
+        return query
+    pairs = [(name, "REDACTED" if name == TOKEN else value) for name, value in _pairs(query)]
+    return urlencode(pairs)
 
 
 Resolution: TypeAlias = "Target | Refuse | None"
