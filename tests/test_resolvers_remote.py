@@ -234,3 +234,57 @@ def test_jwt_signed_encrypted_and_refused(keys: dict[str, Any]) -> Any:
     finally:
         yield service.stopService()
         yield target.stopListening()
+
+
+class Stalling(Resource):
+    """A token API that answers /bad with a body that is not a target and never answers anything else."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: list[Any] = []
+
+    def render_GET(self, request: Any) -> Any:
+        from twisted.web.server import NOT_DONE_YET
+
+        if request.path == b"/t/bad":
+            return b"this is not host and port"
+        self.waiting.append(request)
+        return NOT_DONE_YET
+
+
+@pytest_twisted.inlineCallbacks
+def test_token_api_timeout_and_bad_answer() -> Any:
+    """A token API that never answers is a 503 after the timeout; an answer that is no target is a 502."""
+    api = Stalling()
+    web = reactor.listenTCP(0, Site(api), interface="127.0.0.1")
+    service = start_router(**resolving("BaseTokenAPI", f"http://127.0.0.1:{web.getHost().port}/t/%s", timeout=0.5))
+    try:
+        status, body = yield in_thread(handshake_status, service.url + "/?token=slow")
+        assert (status, bytes(body)) == (503, b"resolver r timed out\n")
+        status, body = yield in_thread(handshake_status, service.url + "/?token=bad")
+        assert status == 502 and b"not a target" in body
+    finally:
+        yield service.stopService()
+        for request in api.waiting:
+            request.transport.abortConnection()
+        yield web.stopListening()
+
+
+@needs_redis
+@pytest_twisted.inlineCallbacks
+def test_token_redis_that_never_answers_is_503() -> Any:
+    """A 'Redis' that accepts but never replies: the lookup times out (redis-py's socket timeout) as a 503."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    service = start_router(**resolving("TokenRedis", f"127.0.0.1:{silent.getsockname()[1]}", timeout=0.5))
+    try:
+        status, _ = yield in_thread(handshake_status, service.url + "/?token=desk")
+        assert status == 503
+    finally:
+        yield service.stopService()
+        silent.close()

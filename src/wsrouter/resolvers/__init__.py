@@ -17,7 +17,7 @@ The outcome is always an HTTP answer, never a dropped connection:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.internet.defer import Deferred, TimeoutError, fail, maybeDeferred, succeed
 from twisted.logger import Logger
@@ -106,7 +106,7 @@ class Resolvers:
             if cached is not None:
                 return succeed(cached)
         asking: Deferred[Any] = maybeDeferred(built.resolver.resolve, request)
-        asking.addTimeout(settings.timeout, self._reactor)
+        asking.addTimeout(settings.timeout, self._reactor, onTimeoutCancel=_timed_out)
         return asking.addCallbacks(self._answered, self._failed, callbackArgs=(settings, request, built),
                                    errbackArgs=(settings,))
 
@@ -143,6 +143,14 @@ class Resolvers:
             raise TargetError(f"resolver {settings.name} timed out", 503)
         log.failure("resolver {name} failed", reason, name=settings.name)
         raise TargetError(f"resolver {settings.name} failed", 502)
+
+
+def _timed_out(result: object, timeout: float) -> NoReturn:
+    """
+    Whatever a cancelled lookup ended with (an HTTP client wraps the
+    cancellation in its own error), it timed out; that failure is dropped.
+    """
+    raise TimeoutError(f"no answer within {timeout} s")
 
 
 def check_resolvers(config: RouterConfig) -> list[tuple[str, str]]:
