@@ -288,3 +288,52 @@ def test_token_redis_that_never_answers_is_503() -> Any:
     finally:
         yield service.stopService()
         silent.close()
+
+
+# -- the TLS client certificate ---------------------------------------------------------------------
+
+
+class ByCertificate:
+    """A resolver choosing by the verified client certificate: CN=alice reaches 127.0.0.1:SOURCE, others 403."""
+
+    def __init__(self, settings: Any, reactor: Any):
+        self.port = int(settings.source)
+
+    def resolve(self, request: Any) -> Any:
+        from wsrouter.config import TcpTarget
+        from wsrouter.resolvers import Refuse
+
+        if request.client_cert == "CN=alice":
+            return TcpTarget("127.0.0.1", self.port)
+        return Refuse(403, f"no desk for {request.client_cert}")
+
+
+@pytest.fixture
+def certs(tmp_path: Path) -> dict[str, Any]:
+    """A CA, a server certificate, and client certificates for alice and bob."""
+    from .tlscerts import make_ca, make_client, make_server, needs_openssl
+
+    if needs_openssl.args[0]:
+        pytest.skip("no openssl command")
+    ca = make_ca(tmp_path)
+    return {"ca": ca, "server": make_server(tmp_path, "server", ca),
+            **{name: make_client(tmp_path, name, ca) for name in ("alice", "bob")}}
+
+
+@pytest_twisted.inlineCallbacks
+def test_resolver_sees_the_client_certificate(certs: dict[str, Any]) -> Any:
+    """Over wss:// with verify_client, the resolver gets the certificate's subject and routes by it."""
+    from .tlscerts import client_context
+
+    target, number = echo_port()
+    ca = certs["ca"]
+    tls = {"cert": str(certs["server"].combined), "verify_client": True, "cafile": str(ca.cert)}
+    service = start_router(tls=tls, **resolving("tests.test_resolvers_remote:ByCertificate", str(number)))
+    url = f"wss://127.0.0.1:{service.port_number}/"
+    try:
+        assert (yield in_thread(round_trip, url, ssl=client_context(ca, cert=certs["alice"]))) == b"hello"
+        status, body = yield in_thread(handshake_status, url, ssl=client_context(ca, cert=certs["bob"]))
+        assert (status, bytes(body)) == (403, b"no desk for CN=bob\n")
+    finally:
+        yield service.stopService()
+        yield target.stopListening()
