@@ -8,6 +8,7 @@ Clock; configuration and command-line forms.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -597,3 +598,23 @@ def test_refusals_are_logged_without_the_token(tmp_path: Path) -> Any:
         globalLogPublisher.removeObserver(observe)
     assert any("404 no target for this token (resolver r)" in line for line in lines), lines
     assert not any("SECRET" in line for line in lines), [line for line in lines if "SECRET" in line]
+
+
+@pytest_twisted.inlineCallbacks
+def test_recording_names_the_resolved_target_and_hides_the_token(tmp_path: Path) -> Any:
+    """A recorded resolved session names the target it reached; its query keeps the token redacted."""
+    target, number = echo_port()
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"SECRET-desk: 127.0.0.1:{number}\n")
+    records = tmp_path / "records"
+    service = start_router(record=records, **resolving("TokenFile", str(tokens)))
+    try:
+        assert (yield in_thread(round_trip, service.url + "/?token=SECRET-desk&view=1")) == b"hello"
+    finally:
+        yield service.stopService()
+        yield target.stopListening()
+    (recording,) = records.iterdir()
+    header = json.loads(recording.read_text().splitlines()[0])
+    assert header["target"] == f"tcp://127.0.0.1:{number}"
+    assert header["query"] == "token=REDACTED&view=1"
+    assert "SECRET" not in recording.read_text()
