@@ -618,3 +618,25 @@ def test_recording_names_the_resolved_target_and_hides_the_token(tmp_path: Path)
     assert header["target"] == f"tcp://127.0.0.1:{number}"
     assert header["query"] == "token=REDACTED&view=1"
     assert "SECRET" not in recording.read_text()
+
+
+def test_workers_resolve_too(tmp_path: Path) -> None:
+    """With --workers 2 the worker processes resolve tokens (the [resolvers] table reaches them as data)."""
+    from .support import free_port, wait_for_port
+
+    tokens = tmp_path / "tokens.cfg"
+    echoes = [thread_echo() for _ in range(4)]
+    tokens.write_text("".join(f"d{i}: 127.0.0.1:{echo.getsockname()[1]}\n" for i, echo in enumerate(echoes)))
+    port = free_port()
+    child = spawn(["-m", "wsrouter", "--workers", "2", "--token-plugin", "TokenFile", "--token-source", str(tokens),
+                   f"127.0.0.1:{port}"], tmp_path / "out.log")
+    try:
+        wait_for_port(port)
+        for i in range(4):
+            assert round_trip(f"ws://127.0.0.1:{port}/?token=d{i}") == b"hello"
+        assert handshake_status(f"ws://127.0.0.1:{port}/?token=nope")[0] == 404
+    finally:
+        child.terminate()
+        child.wait(15)
+        for echo in echoes:
+            echo.close()
