@@ -640,3 +640,24 @@ def test_workers_resolve_too(tmp_path: Path) -> None:
         child.wait(15)
         for echo in echoes:
             echo.close()
+
+
+def test_reload_keeps_unchanged_resolvers_and_closes_dropped_ones() -> None:
+    """use_config keeps a resolver whose table is unchanged (its cache too) and closes one that is gone."""
+
+    class Closing(Recorded):
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    clock = Clock()
+    kept, dropped = Closing(TcpTarget("127.0.0.1", 1)), Closing(TcpTarget("127.0.0.1", 2))
+    keep, drop = Resolver("keep", kept, cache_ttl=60), Resolver("drop", dropped)
+    resolvers = Resolvers(clock)
+    for settings in (keep, drop):
+        resolvers.resolve(settings, request(query="token=a"))
+    route = (Route("/", ResolverTarget("keep")),)
+    resolvers.use_config(RouterConfig(routes=route, resolvers=(keep,)))
+    resolvers.resolve(keep, request(query="token=a"))
+    assert (dropped.closed, kept.closed, len(kept.asked)) == (True, False, 1)
