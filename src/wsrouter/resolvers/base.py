@@ -15,6 +15,7 @@ from http.cookies import CookieError, SimpleCookie
 from typing import Any, Protocol, TypeAlias
 from urllib.parse import parse_qsl, urlencode
 
+import attrs
 from attrs import field, frozen
 from twisted.internet.defer import Deferred
 
@@ -117,8 +118,6 @@ class ResolveRequest:
         return made.with_token(token_of(made, host_token))
 
     def with_token(self, token: str | None) -> ResolveRequest:
-        import attrs
-
         return attrs.evolve(self, token=token)
 
     def query_value(self, name: str) -> str | None:
