@@ -661,3 +661,9 @@ def test_reload_keeps_unchanged_resolvers_and_closes_dropped_ones() -> None:
     resolvers.use_config(RouterConfig(routes=route, resolvers=(keep,)))
     resolvers.resolve(keep, request(query="token=a"))
     assert (dropped.closed, kept.closed, len(kept.asked)) == (True, False, 1)
+
+
+def test_cache_is_refused_for_templates() -> None:
+    """A template looks at more than the token, so a token-keyed cache_ttl is refused for it."""
+    with pytest.raises(ConfigError, match="cache_ttl: is for token stores"):
+        build_config(resolving("template", "tcp://127.0.0.1:{query.port}", cache_ttl=5))

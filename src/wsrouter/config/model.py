@@ -572,6 +572,8 @@ class Resolver:
         _check_positive(checks, "timeout", self.timeout)
         if not _is_number(self.cache_ttl) or self.cache_ttl < 0 or not math.isfinite(self.cache_ttl):
             checks.add("cache_ttl", f"must be a number of seconds, 0 or more, not {self.cache_ttl!r}")
+        elif self.cache_ttl and self.plugin == "template":
+            checks.add("cache_ttl", "is for token stores: the cache is keyed by the token alone, a template is not")
         checks.raise_any()
 
 
