@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 
 from wsrouter.auth import Authenticator, NotAuthorized
 from wsrouter.clientaddr import real_client
-from wsrouter.config import DATAGRAM_TARGETS, RouterConfig, default_framing
+from wsrouter.config import DATAGRAM_TARGETS, ConfigError, ResolverTarget, RouterConfig, default_framing
 from wsrouter.descriptors import DescriptorGuard, session_cost
 from wsrouter.framing import make_framer, message_is_binary
 from wsrouter.interfaces import (
@@ -37,6 +37,7 @@ from wsrouter.interfaces import (
 )
 from wsrouter.policy import Accepted, ClientCounts, Refusal, origin_problem
 from wsrouter.recording import open_recorder
+from wsrouter.resolvers import ResolveRequest, Resolvers, without_token
 from wsrouter.routing import Match, NoRoute, RouteTable
 from wsrouter.session import Session, always_binary
 from wsrouter.targets import Connectors
@@ -100,6 +101,8 @@ class Gateway:
         self.authenticator = Authenticator(config, reactor)
         self._table = RouteTable(config.routes, config.unknown_host)
         self._table_of = config
+        #: The C{[resolvers.NAME]} of C{resolve:NAME} targets (L{wsrouter.resolvers}).
+        self.resolvers = Resolvers(reactor)
 
     def use_config(self, config: RouterConfig) -> None:
         """New connections use C{config}'s routes and limits; open sessions keep theirs."""
@@ -110,6 +113,7 @@ class Gateway:
                                limits.max_handshakes_per_client)
         self.authenticator.use_config(config)
         self.connectors.use_settings(config.limits, config.pass_env)
+        self.resolvers.use_config(config)
 
     def observe(self, observer: SessionObserver) -> None:
         """Tell C{observer} of every session that opens and, later, ends."""
@@ -233,9 +237,15 @@ class Gateway:
     def _connect(self, connection: ClientConnection, request: Any, config: RouterConfig, session_id: str,
                  path: str, route_path: str, match: Match,
                  client: tuple[str, int]) -> Deferred[ConnectionSession | None]:
+        if isinstance(match.route.target, ResolverTarget):
+            return self._resolve(connection, request, config, session_id, path, route_path, match, client)
+        info = _session_info(session_id, connection, request, path, route_path, match, client)
+        return self._connect_session(connection, request, config, info, match, client)
+
+    def _connect_session(self, connection: ClientConnection, request: Any, config: RouterConfig, info: SessionInfo,
+                         match: Match, client: tuple[str, int]) -> Deferred[ConnectionSession | None]:
         if self.descriptors is not None and not self.descriptors.admit(session_cost(match.route, config)):
             return _refuse(request, 503, "too many open connections", client)
-        info = _session_info(session_id, connection, request, path, route_path, match, client)
         try:
             connecting = self.connectors.connect(info)
         except TargetError as e:
@@ -246,6 +256,28 @@ class Gateway:
             self._connected, _not_connected,
             callbackArgs=(connection, info, match, config), errbackArgs=(request, client),
         )
+
+    def _resolve(self, connection: ClientConnection, request: Any, config: RouterConfig, session_id: str,
+                 path: str, route_path: str, match: Match,
+                 client: tuple[str, int]) -> Deferred[ConnectionSession | None]:
+        """A C{resolve:NAME} route: find this connection's target, then go on as if the route named it."""
+        settings = config.resolver(match.route.target.name)  # type: ignore[union-attr]
+        if settings is None:  # RouterConfig checks every resolve:NAME has its table
+            return _refuse(request, 502, "no such resolver", client)
+        info = _session_info(session_id, connection, request, path, route_path, match, client)
+        asking = ResolveRequest.of_session(info, tuple(request.protocols or ()), settings.host_token)
+
+        def resolved(target: Any) -> Deferred[ConnectionSession | None]:
+            try:
+                route = attrs.evolve(match.route, target=target)
+            except ConfigError as e:
+                _refuse(request, 502, f"resolved target does not fit the route: {e.problems[0][1]}", client)
+            # The token is a secret: session logs and recordings get the query without it.
+            found = attrs.evolve(info, route=route, query=without_token(info.query))
+            return self._connect_session(connection, request, config, found, attrs.evolve(match, route=route), client)
+
+        return self.resolvers.resolve(settings, asking).addCallbacks(
+            resolved, _not_resolved, errbackArgs=(request, client, settings.name))
 
     def _connected(self, link: Link, connection: ClientConnection, info: SessionInfo, match: Match,
                    config: RouterConfig) -> ConnectionSession | None:
@@ -406,6 +438,16 @@ def _not_connected(reason: Failure, request: Any, client: tuple[str, int]) -> No
         _refuse(request, 502, "internal error while connecting the target", client)
     error: TargetError = reason.value  # type: ignore[assignment]
     _refuse(request, error.status, error.reason, client)
+
+
+def _not_resolved(reason: Failure, request: Any, client: tuple[str, int], name: str) -> NoReturn:
+    """A resolver's outcome (L{wsrouter.resolvers}) as the refusal, logged without the route hints."""
+    if not reason.check(TargetError):  # type: ignore[no-untyped-call, unused-ignore]
+        _not_connected(reason, request, client)
+    error: TargetError = reason.value  # type: ignore[assignment]
+    log.info("refused {peer} {path}: {status} {reason} (resolver {name})", peer=f"{client[0]}:{client[1]}",
+             path=request.path, status=error.status, reason=error.reason, name=name)
+    raise ConnectionDeny(error.status, error.reason)  # type: ignore[no-untyped-call, unused-ignore]
 
 
 def _refuse(request: Any, status: int, reason: str, client: tuple[str, int] | None = None) -> NoReturn:

@@ -23,6 +23,7 @@ from wsrouter.auth import auth_problems
 from wsrouter.config import ConfigError, ExecTarget, RouterConfig, TlsTarget, WebSocketTarget, WrappedTarget
 from wsrouter.interfaces import TargetError
 from wsrouter.process.sandbox import sandbox_problems
+from wsrouter.resolvers import check_resolvers
 from wsrouter.targets.exec import DEFAULT_PATH, resolve_command
 from wsrouter.tls import ServerTls, TlsProblem, client_options, ssl_reason
 
@@ -46,6 +47,7 @@ def preflight(config: RouterConfig, environ: Mapping[str, str] | None = None) ->
         *auth_problems(config),
         *check_tls(config),
         *sandbox_problems(config),
+        *check_resolvers(config),
     ]
 
 

@@ -50,6 +50,12 @@ if [ ! -e /usr/share/novnc/vnc_lite.html ] || ! command -v systemd-socket-activa
     timeout 600 apt-get install -y -qq --no-install-recommends novnc systemd \
         || echo "system-deps: could not install novnc/systemd; the noVNC and socket activation tests will be skipped"
 fi
+if ! command -v redis-server >/dev/null; then
+    # The TokenRedis resolver tests start their own redis-server on loopback.
+    timeout 300 apt-get update -qq || echo "system-deps: apt-get update failed"
+    timeout 600 apt-get install -y -qq --no-install-recommends redis-server \
+        || echo "system-deps: could not install redis-server; the TokenRedis tests will be skipped"
+fi
 if [ ! -x "$cache/telnetd-ssl/usr/sbin/in.telnetd" ]; then
     (
         cd "$cache" && rm -f telnetd-ssl_*.deb \

@@ -70,7 +70,15 @@ def options_to_raw(options: Mapping[str, Any]) -> dict[str, Any]:
         if options.get(name) is not None and not program:
             raise LoweringError(f"--{name} applies to the program after --wrap MODE ... --; in a config file "
                                 "use [sandbox.NAME] and protocol in [programs.NAME] (docs/sandbox.md)")
-    if program or mode:
+    token = _token_plugin(options)
+    if token is not None:
+        if program or mode or options.get("unix-target") or len(short) != 1:
+            raise LoweringError("--token-plugin takes the listening [HOST:]PORT alone (the token picks the target), "
+                                "e.g. --token-plugin TokenFile --token-source tokens.txt 8080")
+        listen.append(_short_listener(short[0]))
+        routes.append({"path": "/*", "target": "resolve:token"})
+        raw["resolvers"] = {"token": token}
+    elif program or mode:
         _lower_program(raw, listen, routes, short, program, mode, bool(options.get("wrap-keep-env")))
         if options.get("wrap-socket") is not None:
             raw["programs"][program_name(program)]["socket"] = options["wrap-socket"]
@@ -122,6 +130,29 @@ def options_to_raw(options: Mapping[str, Any]) -> dict[str, Any]:
     })
     _table(raw, "ops", {key: options.get(option) for option, key in OPS_OPTIONS.items()})
     return raw
+
+
+def _token_plugin(options: Mapping[str, Any]) -> dict[str, Any] | None:
+    """
+    websockify's C{--token-plugin}, C{--token-source}, C{--host-token} (and
+    C{--target-config FILE}, its older C{TokenFile}) as a C{[resolvers.token]} table.
+    """
+    plugin, source = options.get("token-plugin"), options.get("token-source")
+    if options.get("target-config"):
+        if plugin:
+            raise LoweringError("--target-config is websockify's older --token-plugin TokenFile; give one of them")
+        plugin, source = "TokenFile", os.path.abspath(options["target-config"])
+    if not plugin:
+        for name in ("token-source", "host-token"):
+            if options.get(name):
+                raise LoweringError(f"--{name} needs --token-plugin (as in websockify)")
+        return None
+    table: dict[str, Any] = {"plugin": plugin}
+    if source is not None:
+        table["source"] = source
+    if options.get("host-token"):
+        table["host_token"] = True
+    return table
 
 
 def _lower_proxies(raw: dict[str, Any], listen: list[str], options: Mapping[str, Any]) -> None:

@@ -30,9 +30,6 @@ SHORT_FORM = "[HOST:]PORT TARGET_HOST:TARGET_PORT"
 
 #: websockify options wsrouter does not have yet: what to write instead, or where it is coming.
 NOT_YET = {
-    "token-plugin": "dynamic targets (tokens) come with issue 9",
-    "token-source": "dynamic targets (tokens) come with issue 9",
-    "host-token": "dynamic targets (tokens) come with issue 9",
     "unix-listen": "write --listen unix:PATH instead",
     "unix-listen-mode": "write --listen unix:PATH:mode=MODE (octal) instead",
     "inetd": "inetd socket activation is not supported; give --listen",
@@ -92,6 +89,7 @@ class Options(usage.Options):
         ["verify-client", None, "Require a client certificate signed by a --cafile CA (refuses plain connections)."],
         ["ssl-target", None, "Speak TLS to the short form's target, verifying its certificate (tls://HOST:PORT)."],
         ["daemon", "D", "websockify's daemon mode: " + DAEMON_HINT + "."],
+        ["host-token", None, "Read the --token-plugin's token from the Host header (websockify --host-token)."],
     ]
     optParameters = [
         ["config", "c", None, "Read listeners, routes, programs and settings from this TOML file first."],
@@ -130,6 +128,13 @@ class Options(usage.Options):
                                   "groups, no_new_privs; rlimits etc. in a [sandbox.NAME] table (docs/sandbox.md)."],
         ["wrap-protocol", None, None, "tcp (default) or udp: the wrapped program is a UDP server, relayed "
                                       "one datagram per message (private or loopback as --wrap-socket says)."],
+        ["token-plugin", None, None,
+         "Choose each connection's target by its token (websockify): TokenFile, ReadOnlyTokenFile, TokenRedis, "
+         "JSONTokenApi, JWTTokenApi, UnixDomainSocketDirectory, template, ... or module:attribute; "
+         "give the listening [HOST:]PORT alone (docs/resolvers.md)."],
+        ["token-source", None, None, "The --token-plugin's argument: a file, directory, URL, key file or "
+                                     "Redis host[:port[:db[:password[:namespace]]]] (websockify)."],
+        ["target-config", None, None, "websockify's older --token-plugin TokenFile --token-source FILE|DIR."],
         ["unix-target", None, None, "Proxy every path to this Unix socket (websockify --unix-target); "
                                     "give the listening [HOST:]PORT alone."],
         ["max-forks", None, None, "Most exec: commands running at once per route (default unlimited); then 503."],

@@ -662,8 +662,73 @@ class WebSocketTarget:
         return f"{'wss' if self.secure else 'ws'}://{_host_port(self.host, self.port)}{self.path}"
 
 
+
+# -- dynamic targets (issue 9) ---------------------------------------------------
+
+DEFAULT_RESOLVER_TIMEOUT = 5.0
+RESOLVER_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+@frozen
+class ResolverTarget:
+    """A target chosen per connection by the C{[resolvers.NAME]} resolver (L{wsrouter.resolvers})."""
+
+    name: str
+
+    def __attrs_post_init__(self) -> None:
+        checks = _Checks()
+        if not isinstance(self.name, str) or not RESOLVER_NAME.fullmatch(self.name):
+            checks.add("target", f"resolve:NAME needs a resolver name (letters, digits, _.-), not {self.name!r}")
+        checks.raise_any()
+
+    def describe(self) -> str:
+        return f"resolve:{self.name}"
+
+
+@frozen
+class Resolver:
+    """
+    One C{[resolvers.NAME]} table: how a connection's target is found.
+
+    @ivar plugin: a built-in name (websockify's C{TokenFile}, C{TokenRedis},
+        ...; C{template}), a C{module:attribute} or C{module.Class}, an entry
+        point of the C{wsrouter.resolvers} group, or (from Python) an object
+        with a C{resolve(request)} method.
+    @ivar source: the plugin's argument (websockify's C{--token-source}).
+    @ivar host_token: read the token from the Host header (C{--host-token}).
+    @ivar timeout: seconds a lookup may take; then 503.
+    @ivar cache_ttl: seconds a found target is remembered (0: not cached).
+    """
+
+    name: str
+    plugin: Any
+    source: str = ""
+    host_token: bool = False
+    timeout: float = DEFAULT_RESOLVER_TIMEOUT
+    cache_ttl: float = 0.0
+
+    def __attrs_post_init__(self) -> None:
+        checks = _Checks()
+        if not isinstance(self.name, str) or not RESOLVER_NAME.fullmatch(self.name):
+            checks.add("name", f"must be letters, digits and _.-, not {self.name!r}")
+        if isinstance(self.plugin, str):
+            if not self.plugin.strip():
+                checks.add("plugin", "must name a plugin, e.g. TokenFile, TokenRedis, template or module:attribute")
+        elif not callable(getattr(self.plugin, "resolve", None)):
+            checks.add("plugin", f"must be a plugin name or have a resolve(request) method, not {self.plugin!r}")
+        if not isinstance(self.source, str) or "\0" in self.source:
+            checks.add("source", f"must be a string (the plugin's argument), not {self.source!r}")
+        _check_bool(checks, "host_token", self.host_token)
+        _check_positive(checks, "timeout", self.timeout)
+        if not _is_number(self.cache_ttl) or self.cache_ttl < 0 or not math.isfinite(self.cache_ttl):
+            checks.add("cache_ttl", f"must be a number of seconds, 0 or more, not {self.cache_ttl!r}")
+        elif self.cache_ttl and self.plugin == "template":
+            checks.add("cache_ttl", "is for token stores: the cache is keyed by the token alone, a template is not")
+        checks.raise_any()
+
+
 Target: TypeAlias = (TcpTarget | UnixTarget | UdpTarget | UnixDatagramTarget | EchoTarget | ExecTarget
-                     | WrappedTarget | ReplayTarget | TlsTarget | WebSocketTarget)
+                     | WrappedTarget | ReplayTarget | TlsTarget | WebSocketTarget | ResolverTarget)
 
 #: Target kinds whose natural unit is a datagram, not a byte stream.
 DATAGRAM_TARGETS = (UdpTarget, UnixDatagramTarget)
@@ -1248,9 +1313,12 @@ class RouterConfig:
     unknown_host: str = field(default="default", converter=_number_as_text)
     #: Metrics, health check and status page (L{Ops}).
     ops: Ops = field(factory=Ops)
+    #: The C{[resolvers.NAME]} tables the routes' C{resolve:NAME} targets use.
+    resolvers: tuple[Resolver, ...] = field(default=(), converter=_as_tuple)
 
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
+        self._check_resolvers(checks)
         self._check_auth(checks)
         self._check_unknown_host(checks)
         if self.tls is not None and not isinstance(self.tls, TlsSettings):
@@ -1348,6 +1416,19 @@ class RouterConfig:
             if isinstance(route, Route) and isinstance(route.target, WrappedTarget) \
                     and route.target not in self.programs:
                 checks.add(f"routes[{index}].target", f"program {route.target.name!r} is not in programs")
+
+    def _check_resolvers(self, checks: _Checks) -> None:
+        if not isinstance(self.resolvers, tuple) or not all(isinstance(r, Resolver) for r in self.resolvers):
+            checks.add("resolvers", f"must be [resolvers.NAME] tables, not {self.resolvers!r}")
+            return
+        names = {resolver.name for resolver in self.resolvers}
+        for index, route in enumerate(self.routes if isinstance(self.routes, tuple) else ()):
+            if isinstance(route, Route) and isinstance(route.target, ResolverTarget) and route.target.name not in names:
+                checks.add(f"routes[{index}].target", f"no [resolvers.{route.target.name}] table")
+
+    def resolver(self, name: str) -> Resolver | None:
+        """The C{[resolvers.NAME]} table called C{name}, if any."""
+        return next((resolver for resolver in self.resolvers if resolver.name == name), None)
 
     def recording_directory(self, route: Route) -> str | None:
         """Where C{route}'s sessions are recorded: its own directory, else the router's; C{None}: nowhere."""

@@ -41,6 +41,8 @@ from wsrouter.config.model import (
     Proxies,
     Recording,
     ReplayTarget,
+    Resolver,
+    ResolverTarget,
     Route,
     RouterConfig,
     Sandbox,
@@ -59,7 +61,8 @@ from wsrouter.config.model import (
 
 TOP_KEYS = ("listen", "workers", "pass_env", "follow_program_port", "limits", "lifetime", "log", "web",
             "recording", "programs", "routes", "trusted_proxies", "proxy_protocol",
-            "security", "auth", "tls", "compression", "unknown_host", "sandbox", "ops")
+            "security", "auth", "tls", "compression", "unknown_host", "sandbox", "ops", "resolvers")
+RESOLVER_KEYS = ("plugin", "source", "host_token", "timeout", "cache_ttl")
 LIMITS_KEYS = ("max_message_size", "ping_interval", "ping_timeout", "session_idle_timeout", "handshake_timeout",
                "connect_timeout", "shutdown_grace", "max_forks", "max_header_bytes", "max_connections",
                "max_connections_per_client", "max_handshakes_per_client")
@@ -87,7 +90,7 @@ ROUTE_KEYS = ("path", "subprotocols", "target", "framing", "max_forks", "record"
 _INTEGER_KEYS = ("workers", "max_message_size", "max_forks", "max_bytes", "max_header_bytes", "max_connections",
                  "max_connections_per_client", "max_handshakes_per_client")
 _NUMBER_KEYS = ("ping_interval", "ping_timeout", "session_idle_timeout", "handshake_timeout", "connect_timeout",
-                "shutdown_grace", "start_timeout", "idle_exit")
+                "shutdown_grace", "start_timeout", "idle_exit", "timeout", "cache_ttl")
 
 #: Keys of the flat settings of earlier versions, and where they live now.
 MOVED_KEYS = {
@@ -104,7 +107,7 @@ ROUTE_OPTIONS = ("framing", "max-forks", "record", "env", "proxy-protocol", "ori
 TARGET_FORMS = ("tcp://HOST:PORT, HOST:PORT, tls://HOST:PORT, ws[s]://HOST:PORT/PATH, unix:///PATH, "
                 "udp://HOST:PORT, unix-dgram:///PATH, "
                 "exec:COMMAND, "
-                "wrap:MODE:PROGRAM, program:NAME, replay:FILE[?speed=FACTOR] or echo:")
+                "wrap:MODE:PROGRAM, program:NAME, replay:FILE[?speed=FACTOR], resolve:NAME or echo:")
 
 
 # -- the target and route languages ---------------------------------------------
@@ -218,6 +221,8 @@ def parse_target(text: str) -> Target:
         return ExecTarget(_split_command(text[len("exec:"):], "exec", "exec:cat"))
     if text == "echo:" or text == "echo":
         return EchoTarget()
+    if text.startswith("resolve:"):
+        return ResolverTarget(text[len("resolve:"):])
     scheme, sep, rest = text.partition("://")
     if not sep and ":" in text and not text.startswith("program:"):
         host, port = split_host_port(text)
@@ -701,6 +706,7 @@ class _Builder:
             fields["workers"] = _number(values["workers"], True)
         if "unknown_host" in values:
             fields["unknown_host"] = values["unknown_host"]
+        fields["resolvers"] = self.resolvers(values.get("resolvers", {}))
         fields["proxies"] = self.proxies(values)
         if "ops" in values:
             fields["ops"] = self.simple(Ops, values["ops"], "ops", OPS_KEYS)
@@ -710,6 +716,26 @@ class _Builder:
                        or (values.get("web") is not None and web is None))
         self._renumber(before, places, some_failed)
         return config
+
+    def resolvers(self, raw: Any) -> list[Resolver]:
+        """The C{[resolvers.NAME]} tables (L{wsrouter.resolvers})."""
+        if not isinstance(raw, Mapping):
+            self.add("resolvers", f"must be a table of [resolvers.NAME] tables, not {raw!r}")
+            return []
+        made = []
+        for name, table in raw.items():
+            path = f"resolvers.{name}"
+            values = self.table(table, path, RESOLVER_KEYS)
+            if values is None:
+                continue
+            if "plugin" not in values:
+                self.add(f"{path}.plugin", "required: TokenFile, ReadOnlyTokenFile, TokenRedis, template, ...")
+                continue
+            fields = {key: _number(value, False) if key in _NUMBER_KEYS else value for key, value in values.items()}
+            resolver = self.make(Resolver, {"name": str(name), **fields}, path)
+            if resolver is not None:
+                made.append(resolver)
+        return made
 
     def proxies(self, values: Mapping[str, Any]) -> Proxies:
         """The top-level C{trusted_proxies} and C{proxy_protocol} lists."""
@@ -834,6 +860,15 @@ def _instance_data(program: WrappedTarget) -> dict[str, Any]:
     return data
 
 
+def _resolver_data(resolver: Resolver) -> dict[str, Any]:
+    """A resolver's table; a Python object as plugin is named by its class's C{module:name}."""
+    plugin = resolver.plugin
+    if not isinstance(plugin, str):
+        plugin = f"{type(plugin).__module__}:{type(plugin).__qualname__}"
+    data = {"plugin": plugin, **_fields(resolver, RESOLVER_KEYS[1:])}
+    return data
+
+
 def to_data(config: RouterConfig) -> dict[str, Any]:
     """
     The normalised nested schema of C{config}: every setting written out,
@@ -870,6 +905,8 @@ def to_data(config: RouterConfig) -> dict[str, Any]:
         data["trusted_proxies"] = list(config.proxies.trusted_proxies)
     if config.proxies.proxy_protocol:
         data["proxy_protocol"] = list(config.proxies.proxy_protocol)
+    if config.resolvers:
+        data["resolvers"] = {resolver.name: _resolver_data(resolver) for resolver in config.resolvers}
     if config.tls is not None:
         data["tls"] = _fields(config.tls, TLS_KEYS[:-1])
         if config.tls.hosts:
