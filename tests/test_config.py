@@ -165,6 +165,13 @@ def test_parse_route_errors(text: str, fragment: str) -> None:
     ("separator:\\r\\n", Framing("separator", separator=b"\r\n")),
     ("separator:<END>", Framing("separator", separator=b"<END>")),
     ("fixed:16", Framing("fixed", length=16)),
+    ("auto", Framing("auto")),
+    ("text", Framing("text")),
+    ("json", Framing("json")),
+    ("crlf", Framing("line", separator=b"\r\n")),
+    ("line:crlf", Framing("line", separator=b"\r\n")),
+    ("length:u16", Framing("length", width=2)),
+    ("length:u32:typed", Framing("length", width=4, typed=True)),
 ])
 def test_parse_framing_forms(text: str, expected: Framing) -> None:
     """Each framing form parses, with escapes in separators turned into bytes."""
@@ -172,13 +179,13 @@ def test_parse_framing_forms(text: str, expected: Framing) -> None:
 
 
 @pytest.mark.parametrize("text", [
-    "", "json", "binary:x", "line:1", "separator", "separator:", "fixed", "fixed:", "fixed:0", "fixed:-1", "fixed:abc",
+    "", "jsn", "json:1", "length", "length:u8", "length:u16:x", "line:lf", "binary:x", "line:1", "separator", "separator:", "fixed", "fixed:", "fixed:0", "fixed:-1", "fixed:abc",
 ])
 def test_parse_framing_errors(text: str) -> None:
     """An unknown framing or a missing or bad argument raises ValueError listing the valid forms."""
     with pytest.raises(ValueError) as caught:
         parse_framing(text)
-    assert "binary, line, separator:SEP or fixed:N" in str(caught.value)
+    assert "binary, line, line:crlf, separator:SEP, fixed:N, auto, text, json, length:u16" in str(caught.value)
     assert repr(text) in str(caught.value)
 
 
@@ -251,7 +258,7 @@ def test_ping_timeout_defaults_to_interval(limits: dict[str, Any], timeout: floa
     pytest.param({"routes": [ECHO, 42]}, "routes[1]", "must be a table", id="route-not-table"),
     pytest.param({"routes": [ECHO, {"path": "x", "target": "echo:"}]}, "routes[1].path", "start with '/'",
                  id="table-route-bad-path"),
-    pytest.param({"routes": [ECHO, {"path": "/x", "target": "tcp://h:1", "framing": "json"}]}, "routes[1].framing",
+    pytest.param({"routes": [ECHO, {"path": "/x", "target": "tcp://h:1", "framing": "jsn"}]}, "routes[1].framing",
                  "framing", id="table-route-bad-framing"),
     pytest.param({"routes": [ECHO, {"path": "/x", "target": "tcp://h:0"}]}, "routes[1].target", "1 to 65535",
                  id="route-bad-port"),
@@ -441,3 +448,20 @@ def test_route_option_errors(text: str, fragment: str) -> None:
     with pytest.raises(ValueError) as caught:
         parse_route(text)
     assert fragment in str(caught.value)
+
+
+@pytest.mark.parametrize("text", ["line:crlf", "length:u16", "length:u32", "length:u16:typed", "auto", "text", "json"])
+def test_new_framings_round_trip(text: str) -> None:
+    """The new framing forms are written back as they were read."""
+    from wsrouter.config import framing_to_string
+    assert framing_to_string(parse_framing(text)) == text
+
+
+@pytest.mark.parametrize("fields", [
+    {"kind": "length", "width": 3}, {"kind": "length"}, {"kind": "line", "width": 2},
+    {"kind": "auto", "typed": True}, {"kind": "json", "separator": b"\r\n"},
+])
+def test_framing_model_refuses_misplaced_fields(fields: dict[str, object]) -> None:
+    """A length framing needs a 2- or 4-byte prefix, and width, typed and CRLF belong to their own kinds only."""
+    with pytest.raises(ValueError):
+        Framing(**fields)  # type: ignore[arg-type]

@@ -24,7 +24,7 @@ from wsrouter.auth import Authenticator, NotAuthorized
 from wsrouter.clientaddr import real_client
 from wsrouter.config import DATAGRAM_TARGETS, RouterConfig, default_framing
 from wsrouter.descriptors import DescriptorGuard, session_cost
-from wsrouter.framing import make_framer, message_is_binary
+from wsrouter.framing import make_encoder, make_framer, message_is_binary
 from wsrouter.interfaces import (
     ClientConnection,
     ConnectionSession,
@@ -233,6 +233,7 @@ class Gateway:
             limits=config.limits, clock=self._reactor, base64_mode=base64_mode, binary_for=binary_for,
             recorder=self._recorder(info, config),
             on_opened=self._opened, on_ended=self._ended,
+            encoder=make_encoder(match.route.framing, config.limits.max_message_size),
         )
         self.sessions[session.id] = session
         return session

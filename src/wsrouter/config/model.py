@@ -59,7 +59,7 @@ HOST_PATTERN = re.compile(r"(\*\.)?[a-z0-9-]+(\.[a-z0-9-]+)*")
 PROXY_PROTOCOL_VERSIONS = ("v1", "v2")
 
 #: Framings a route may name; see L{wsrouter.framing}.
-FRAMINGS = ("binary", "line", "separator", "fixed")
+FRAMINGS = ("binary", "line", "separator", "fixed", "auto", "text", "length", "json")
 
 #: Recording formats (L{wsrouter.recording.FORMATS} has their file suffixes).
 RECORDING_FORMATS = ("jsonl", "asciicast")
@@ -542,11 +542,15 @@ class Framing:
     @ivar kind: one of L{FRAMINGS}.
     @ivar separator: for C{separator}: the bytes that end each message.
     @ivar length: for C{fixed}: the size of each message in bytes.
+    @ivar width: for C{length}: the size of the big-endian length prefix, 2 or 4 bytes.
+    @ivar typed: for C{length}: a type byte (1 text, 2 binary) follows the prefix.
     """
 
     kind: str = "binary"
     separator: bytes = b"\n"
     length: int = 0
+    width: int = 0
+    typed: bool = False
 
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
@@ -557,8 +561,13 @@ class Framing:
             _check_positive(checks, "length", self.length, integer=True)
         elif self.length != 0:
             checks.add("length", f"is only for fixed framing, not {self.kind!r}")
-        if self.kind != "separator" and self.separator != b"\n":
-            checks.add("separator", f"is only for separator framing, not {self.kind!r}")
+        if self.kind != "separator" and self.separator != b"\n" and not (
+                self.kind == "line" and self.separator == b"\r\n"):
+            checks.add("separator", f"is only for separator framing (and CRLF lines), not {self.kind!r}")
+        if self.kind == "length" and self.width not in (2, 4):
+            checks.add("width", f"must be 2 (u16) or 4 (u32) bytes, not {self.width!r}")
+        elif self.kind != "length" and (self.width or self.typed):
+            checks.add("width", f"width and typed are only for length framing, not {self.kind!r}")
         checks.raise_any()
 
 

@@ -100,6 +100,11 @@ TARGET_FORMS = ("tcp://HOST:PORT, HOST:PORT, tls://HOST:PORT, ws[s]://HOST:PORT/
                 "wrap:MODE:PROGRAM, program:NAME, replay:FILE[?speed=FACTOR] or echo:")
 
 
+#: The framing language, for error messages.
+FRAMING_FORMS = ("binary, line, line:crlf, separator:SEP, fixed:N, auto, text, json, "
+                 "length:u16 or length:u32 (optionally :typed)")
+
+
 # -- the target and route languages ---------------------------------------------
 
 
@@ -243,8 +248,12 @@ def parse_framing(text: str) -> Framing:
     allowed) or C{fixed:N}.
     """
     kind, _, arg = text.partition(":")
-    if kind in ("binary", "line") and not arg:
+    if kind in ("binary", "line", "auto", "text", "json") and not arg:
         return Framing(kind)
+    if text in ("crlf", "line:crlf"):
+        return Framing("line", separator=b"\r\n")
+    if kind == "length" and arg in ("u16", "u32", "u16:typed", "u32:typed"):
+        return Framing(kind, width=2 if arg.startswith("u16") else 4, typed=arg.endswith(":typed"))
     if kind == "separator" and arg:
         try:
             separator = arg.encode("utf-8").decode("unicode_escape").encode("latin-1")
@@ -255,7 +264,7 @@ def parse_framing(text: str) -> Framing:
         return Framing(kind, separator=separator)
     if kind == "fixed" and arg.isascii() and arg.isdigit() and int(arg) > 0:
         return Framing(kind, length=int(arg))
-    raise ValueError(f"framing must be binary, line, separator:SEP or fixed:N, not {text!r}")
+    raise ValueError(f"framing must be {FRAMING_FORMS}, not {text!r}")
 
 
 def framing_to_string(framing: Framing) -> str:
@@ -265,6 +274,10 @@ def framing_to_string(framing: Framing) -> str:
         return "separator:" + escaped
     if framing.kind == "fixed":
         return f"fixed:{framing.length}"
+    if framing.kind == "length":
+        return f"length:u{8 * framing.width}" + (":typed" if framing.typed else "")
+    if framing.kind == "line" and framing.separator == b"\r\n":
+        return "line:crlf"
     return framing.kind
 
 
@@ -553,7 +566,7 @@ class _Builder:
             except ValueError as e:
                 self.add(f"{path}.framing", str(e))
         elif framing is not None:
-            self.add(f"{path}.framing", f"must be binary, line, separator:SEP or fixed:N, not {framing!r}")
+            self.add(f"{path}.framing", f"must be {FRAMING_FORMS}, not {framing!r}")
         if "max_forks" in values:
             fields["max_forks"] = _number(values["max_forks"], True)
         if "record" in values:
