@@ -179,7 +179,8 @@ def test_parse_framing_forms(text: str, expected: Framing) -> None:
 
 
 @pytest.mark.parametrize("text", [
-    "", "jsn", "json:1", "length", "length:u8", "length:u16:x", "line:lf", "binary:x", "line:1", "separator", "separator:", "fixed", "fixed:", "fixed:0", "fixed:-1", "fixed:abc",
+    "", "jsn", "json:1", "length", "length:u8", "length:u16:x", "line:lf",
+    "binary:x", "line:1", "separator", "separator:", "fixed", "fixed:", "fixed:0", "fixed:-1", "fixed:abc",
 ])
 def test_parse_framing_errors(text: str) -> None:
     """An unknown framing or a missing or bad argument raises ValueError listing the valid forms."""
