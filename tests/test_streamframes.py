@@ -83,7 +83,7 @@ def test_auto_sends_a_held_partial_character_as_binary_at_eof() -> None:
 
 @pytest.mark.parametrize(("data", "cut"), [
     (b"", 0), (b"abc", 3), (b"a\xc3", 1), (b"a\xc3\xa9", 3), (b"\xe2\x82", 0), (b"\xe2\x82\xac", 3),
-    (b"\xf0\x9f\x98", 0), (b"\xf0\x9f\x98\x80", 4), (b"\x80\x80\x80", 3),
+    (b"\xf0\x9f\x98", 0), (b"\xf0\x9f\x98\x80", 4), (b"\x80\x80\x80", 3), (b"\xff", 1), (b"a\xc0", 2),
 ])
 def test_incomplete_tail(data: bytes, cut: int) -> None:
     """Only a lead byte whose sequence is still short marks a tail to hold."""

@@ -90,6 +90,8 @@ def _incomplete_tail(data: bytes | bytearray) -> int:
         if byte < 0x80:
             return end
         if byte >= 0xC0:  # a lead byte: is its sequence complete?
+            if byte < 0xC2 or byte > 0xF4:
+                return end  # never valid: nothing worth waiting for
             need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
             return end - back if back < need else end
     return end
