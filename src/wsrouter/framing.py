@@ -287,7 +287,7 @@ def make_encoder(framing: Framing | None, max_size: int) -> Callable[[bytes, boo
       - C{separator:SEP}: the message and SEP, likewise;
       - C{length:u16}, C{length:u32} (C{:typed}): see
         L{wsrouter.streamframes.encode_length};
-      - C{json}: the message as it is.
+      - C{json}: the message and a newline (NDJSON), so a bare number ends.
 
     A message that already holds the newline or separator reaches the
     target as several records: line framing cannot say otherwise.

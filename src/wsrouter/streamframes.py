@@ -375,9 +375,14 @@ def make_new_encoder(framing: Framing) -> Callable[[bytes, bool], bytes] | None:
     if framing.kind == "length":
         return encode_length(framing.width, framing.typed)
     if framing.kind == "json":
-        return _as_is
+        return _json_line
     return None
 
 
-def _as_is(payload: bytes, is_binary: bool) -> bytes:
-    return payload
+def _json_line(payload: bytes, is_binary: bool) -> bytes:
+    """
+    The message as it is, and a newline (NDJSON): whitespace between JSON
+    values is allowed, and it ends a top-level number, which otherwise
+    would wait for whatever follows it.
+    """
+    return payload if payload.endswith(b"\n") else payload + b"\n"
