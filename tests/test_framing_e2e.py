@@ -117,7 +117,7 @@ def test_client_message_too_big_for_u16_closes_1009(echo_port: int) -> None:
 @pytest_twisted.inlineCallbacks
 def test_target_frame_over_the_limit_closes_1009() -> None:
     """A target frame announcing more than max_message_size closes the client with 1009, before it is read."""
-    port, factory = listen_target(lambda: RecordingTarget(greeting=b"\x00\x00\x10\x00" + b"x" * 10))
+    port, _factory = listen_target(lambda: RecordingTarget(greeting=b"\x00\x00\x10\x00" + b"x" * 10))
     router = start_router(routes=[f"/f[framing=length:u32]=tcp://127.0.0.1:{port.getHost().port}"],
                           max_message_size=1000)
     try:
