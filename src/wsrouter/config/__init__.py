@@ -7,7 +7,9 @@ code all lower into (L{spec}), and the file loader (L{load}).
 from wsrouter.config.load import combine, load_config, read_file
 from wsrouter.config.model import (
     AUTH_OFF,
+    BALANCE_POLICIES,
     DATAGRAM_TARGETS,
+    DEFAULT_DOWN_FOR,
     DEFAULT_COMMAND_KILL_GRACE,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -28,6 +30,7 @@ from wsrouter.config.model import (
     WRAP_MODES,
     WRAP_SOCKETS,
     Auth,
+    Balance,
     Compression,
     ConfigError,
     EchoTarget,
@@ -73,6 +76,8 @@ from wsrouter.config.spec import (
 
 __all__ = [
     "AUTH_OFF",
+    "BALANCE_POLICIES",
+    "DEFAULT_DOWN_FOR",
     "DATAGRAM_TARGETS",
     "DEFAULT_COMMAND_KILL_GRACE",
     "DEFAULT_CONNECT_TIMEOUT",
@@ -95,6 +100,7 @@ __all__ = [
     "WRAP_MODES",
     "WRAP_SOCKETS",
     "Auth",
+    "Balance",
     "Compression",
     "ConfigError",
     "EchoTarget",

@@ -671,6 +671,42 @@ def _check_client_cert_names(checks: _Checks, names: tuple[str, ...]) -> None:
                 checks.add(f"client_cert_names[{index}]", problem)
 
 
+#: How a route with several targets picks one (L{wsrouter.balancing}).
+BALANCE_POLICIES = ("round-robin", "least-connections", "random", "hash-address", "hash-token")
+#: Seconds a target that refused a connection is skipped for.
+DEFAULT_DOWN_FOR = 10.0
+
+
+@frozen
+class Balance:
+    """
+    Several targets for one route, and how each session picks one (issue 9).
+
+    @ivar targets: the targets, two or more, of the kinds that are connected
+        (tcp, unix, tls, ws/wss); the route's C{target} is the first.
+    @ivar policy: one of L{BALANCE_POLICIES}; C{hash-token} hashes the
+        C{?token=} query value (the client address when there is none).
+    @ivar down_for: seconds a target that could not be connected is skipped.
+    """
+
+    targets: tuple[Target, ...] = field(converter=_as_tuple)
+    policy: str = "round-robin"
+    down_for: float = DEFAULT_DOWN_FOR
+
+    def __attrs_post_init__(self) -> None:
+        checks = _Checks()
+        _check_choice(checks, "balance", self.policy, BALANCE_POLICIES)
+        _check_positive(checks, "down_for", self.down_for)
+        if not isinstance(self.targets, tuple) or len(self.targets) < 2:
+            checks.add("targets", f"must list two or more targets, not {self.targets!r}")
+        else:
+            for index, target in enumerate(self.targets):
+                if not isinstance(target, (TcpTarget, UnixTarget, TlsTarget, WebSocketTarget)):
+                    described = target.describe() if hasattr(target, "describe") else repr(target)
+                    checks.add(f"targets[{index}]", f"must be a tcp, unix, tls, ws or wss target, not {described}")
+        checks.raise_any()
+
+
 @frozen
 class Route:
     """
@@ -706,10 +742,15 @@ class Route:
     auth: str | None = None
     #: The Host this route serves (L{HOST_PATTERN}, lower case); C{None}: any host.
     host: str | None = field(default=None, converter=_lower_host)
+    #: Several targets and a policy (C{target} is one of them); C{None}: C{target} alone.
+    balance: Balance | None = None
 
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
         self._check_path(checks)
+        if self.balance is not None and (not isinstance(self.balance, Balance)
+                                         or self.target not in self.balance.targets):
+            checks.add("targets", f"must be a Balance holding the route's target, not {self.balance!r}")
         if self.host is not None and not (isinstance(self.host, str) and HOST_PATTERN.fullmatch(self.host)):
             checks.add("host", f"must be a host name or *.DOMAIN (no port), not {self.host!r}")
         _check_proxy_protocol(checks, self.proxy_protocol, self.target)

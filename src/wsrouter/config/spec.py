@@ -29,6 +29,7 @@ from wsrouter.config.model import (
     RECORD_OFF,
     WRAP_MODES,
     Auth,
+    Balance,
     Compression,
     ConfigError,
     EchoTarget,
@@ -65,6 +66,8 @@ SECURITY_KEYS = ("origin", "auth", "web_auth")
 AUTH_KEYS = ("htpasswd", "users", "tokens", "forward_user_header", "forward_from", "realm", "client_cert_names")
 TLS_KEYS = ("cert", "key", "min_version", "ciphers", "ssl_only", "verify_client", "cafile", "hosts")
 TLS_HOST_KEYS = ("cert", "key")
+#: Route keys for several targets (L{Balance}).
+BALANCE_KEYS = ("targets", "balance", "down_for")
 #: Route keys for tls:// targets, and the TlsTarget fields they set.
 TLS_TARGET_KEYS = ("tls_ca", "tls_pin", "tls_verify")
 LIFETIME_KEYS = ("run_once", "start_timeout", "idle_exit")
@@ -75,11 +78,11 @@ WEB_KEYS = ("root", "listing", "content_security_policy", "frame_options")
 RECORDING_KEYS = ("directory", "format", "max_bytes", "redact")
 PROGRAM_KEYS = ("mode", "command", "ports", "keep_env", "socket")
 ROUTE_KEYS = ("path", "subprotocols", "target", "framing", "max_forks", "record", "env", "proxy_protocol",
-              "origin", "auth", "host", *TLS_TARGET_KEYS)
+              "origin", "auth", "host", *TLS_TARGET_KEYS, *BALANCE_KEYS)
 #: Keys holding numbers; a numeric string is accepted there (command-line values).
 _INTEGER_KEYS = ("workers", "max_message_size", "max_forks", "max_bytes", "max_header_bytes", "max_connections",
                  "max_connections_per_client", "max_handshakes_per_client")
-_NUMBER_KEYS = ("ping_interval", "ping_timeout", "session_idle_timeout", "handshake_timeout", "connect_timeout",
+_NUMBER_KEYS = ("down_for", "ping_interval", "ping_timeout", "session_idle_timeout", "handshake_timeout", "connect_timeout",
                 "shutdown_grace", "start_timeout", "idle_exit")
 
 #: Keys of the flat settings of earlier versions, and where they live now.
@@ -92,7 +95,7 @@ MOVED_KEYS = {
 
 #: Options a route string may carry in brackets (the file's keys, with '-').
 ROUTE_OPTIONS = ("framing", "max-forks", "record", "env", "proxy-protocol", "origin", "auth", "host",
-                 "tls-ca", "tls-pin", "tls-verify")
+                 "tls-ca", "tls-pin", "tls-verify", "balance", "down-for")
 
 TARGET_FORMS = ("tcp://HOST:PORT, HOST:PORT, tls://HOST:PORT, ws[s]://HOST:PORT/PATH, unix:///PATH, "
                 "udp://HOST:PORT, unix-dgram:///PATH, "
@@ -316,10 +319,16 @@ def route_from_string(text: str) -> dict[str, Any]:
             entry["max_forks"] = int(value) if value.isascii() and value.isdigit() else value
         elif key == "tls-verify":
             entry["tls_verify"] = {"true": True, "false": False}.get(value, value)
+        elif key == "down-for":
+            entry["down_for"] = _number(value, False)
         else:
             entry[key.replace("-", "_")] = value
     if env:
         entry["env"] = env
+    if "balance" in entry or "down_for" in entry:
+        # Several targets, comma-separated, only when the route balances
+        # (an exec: command may hold commas).
+        entry["targets"] = [target.strip() for target in entry.pop("target").split(",")]
     return entry
 
 
@@ -544,9 +553,10 @@ class _Builder:
         if values is None:
             return None
         failed = len(self.problems)
-        for key in ("path", "target"):
-            if key not in values:
-                self.add(f"{path}.{key}", "required")
+        if "path" not in values:
+            self.add(f"{path}.path", "required")
+        if "target" not in values and "targets" not in values:
+            self.add(f"{path}.target", "required (or targets, for several)")
         fields: dict[str, Any] = {}
         pattern = values.get("path")
         if isinstance(pattern, str):
@@ -585,10 +595,37 @@ class _Builder:
         elif env is not None:
             self.add(f"{path}.env", f"must be a table of NAME = \"value\", not {env!r}")
         self.tls_target(values, fields, path)
+        self.balance(values, fields, path)
         if len(self.problems) > failed:
             return None
         made: Route | None = self.make(Route, fields, path)
         return made
+
+    def balance(self, values: Mapping[str, Any], fields: dict[str, Any], path: str) -> None:
+        """A route's C{targets}, C{balance} and C{down_for} keys as its L{Balance}; C{target} is the first."""
+        if "targets" not in values:
+            for key in ("balance", "down_for"):
+                if key in values:
+                    self.add(f"{path}.{key}", "is only for a route with several targets (targets = [...])")
+            return
+        if "target" in values:
+            self.add(f"{path}.targets", "give target or targets, not both")
+            return
+        raw = values["targets"]
+        if not isinstance(raw, list | tuple) or not raw:
+            self.add(f"{path}.targets", f"must be a list of target strings, not {raw!r}")
+            return
+        targets = [self.target(text, f"{path}.targets[{index}]") for index, text in enumerate(raw)]
+        if any(target is None for target in targets):
+            return
+        given = {"targets": tuple(targets)}
+        if "balance" in values:
+            given["policy"] = values["balance"]
+        if "down_for" in values:
+            given["down_for"] = _number(values["down_for"], False)
+        balance = self.make(Balance, given, path)
+        if balance is not None:
+            fields["target"], fields["balance"] = targets[0], balance
 
     def tls_target(self, values: Mapping[str, Any], fields: dict[str, Any], path: str) -> None:
         """A route's C{tls_*} keys go into its C{tls://} target (and are refused for other kinds)."""
@@ -764,7 +801,12 @@ def _route_data(route: Route) -> dict[str, Any]:
         data["host"] = route.host
     if route.origin is not None:
         data["origin"] = route.origin if isinstance(route.origin, str) else list(route.origin)
-    if isinstance(route.target, TlsTarget | WebSocketTarget):
+    if route.balance is not None:
+        del data["target"]
+        data["targets"] = [target_to_string(target) for target in route.balance.targets]
+        data["balance"] = route.balance.policy
+        data["down_for"] = route.balance.down_for
+    elif isinstance(route.target, TlsTarget | WebSocketTarget):
         target = route.target
         data.update({key: value for key, value in
                      (("tls_ca", target.ca), ("tls_pin", target.pin), ("tls_verify", target.verify))
