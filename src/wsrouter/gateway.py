@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wsrouter.auth import Authenticator, NotAuthorized
+from wsrouter.balancing import Balancing
 from wsrouter.clientaddr import real_client
 from wsrouter.config import DATAGRAM_TARGETS, RouterConfig, default_framing
 from wsrouter.descriptors import DescriptorGuard, session_cost
@@ -98,6 +99,8 @@ class Gateway:
         self.authenticator = Authenticator(config, reactor)
         self._table = RouteTable(config.routes, config.unknown_host)
         self._table_of = config
+        #: The balanced routes' counters and target choice (L{wsrouter.balancing}).
+        self.balancing = Balancing(reactor)
 
     def use_config(self, config: RouterConfig) -> None:
         """New connections use C{config}'s routes and limits; open sessions keep theirs."""
@@ -108,6 +111,7 @@ class Gateway:
                                limits.max_handshakes_per_client)
         self.authenticator.use_config(config)
         self.connectors.use_settings(config.limits, config.pass_env)
+        self.balancing.forget_routes(config.routes)
 
     def observe(self, observer: SessionObserver) -> None:
         """Tell C{observer} of every session that opens and, later, ends."""
@@ -202,13 +206,26 @@ class Gateway:
             return _refuse(request, 503, "too many open connections", client)
         info = _session_info(session_id, connection, request, path, route_path, match, client)
         try:
-            connecting = self.connectors.connect(info)
+            connecting = self.balancing.connect(info, self.connectors.connect)
         except TargetError as e:
             return _refuse(request, e.status, e.reason, client)
         return connecting.addCallbacks(
-            self._connected, _not_connected,
-            callbackArgs=(connection, info, match, config), errbackArgs=(request, client),
+            self._connected_to, _not_connected,
+            callbackArgs=(connection, match, config), errbackArgs=(request, client),
         )
+
+    def _connected_to(self, chosen: tuple[Link, SessionInfo], connection: ClientConnection, match: Match,
+                      config: RouterConfig) -> ConnectionSession | None:
+        """L{_connected} with the target the route's balancer chose; a session that never starts is uncounted."""
+        link, info = chosen
+        try:
+            session = self._connected(link, connection, info, match, config)
+        except BaseException:
+            self.balancing.ended(info.session_id)
+            raise
+        if session is None:
+            self.balancing.ended(info.session_id)
+        return session
 
     def _connected(self, link: Link, connection: ClientConnection, info: SessionInfo, match: Match,
                    config: RouterConfig) -> ConnectionSession | None:
@@ -267,6 +284,7 @@ class Gateway:
 
     def _ended(self, session: Session) -> None:
         self.sessions.pop(session.id, None)
+        self.balancing.ended(session.id)
         client = self._counted.pop(session.id, None)
         if client is not None:
             self.counts.release(client)

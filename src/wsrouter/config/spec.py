@@ -82,7 +82,7 @@ ROUTE_KEYS = ("path", "subprotocols", "target", "framing", "max_forks", "record"
 #: Keys holding numbers; a numeric string is accepted there (command-line values).
 _INTEGER_KEYS = ("workers", "max_message_size", "max_forks", "max_bytes", "max_header_bytes", "max_connections",
                  "max_connections_per_client", "max_handshakes_per_client")
-_NUMBER_KEYS = ("down_for", "ping_interval", "ping_timeout", "session_idle_timeout", "handshake_timeout", "connect_timeout",
+_NUMBER_KEYS = ("ping_interval", "ping_timeout", "session_idle_timeout", "handshake_timeout", "connect_timeout",
                 "shutdown_grace", "start_timeout", "idle_exit")
 
 #: Keys of the flat settings of earlier versions, and where they live now.
@@ -556,7 +556,7 @@ class _Builder:
         if "path" not in values:
             self.add(f"{path}.path", "required")
         if "target" not in values and "targets" not in values:
-            self.add(f"{path}.target", "required (or targets, for several)")
+            self.add(f"{path}.target", "required")
         fields: dict[str, Any] = {}
         pattern = values.get("path")
         if isinstance(pattern, str):
