@@ -159,7 +159,7 @@ def test_a_non_502_error_does_not_fail_over() -> None:
 
 
 def test_reload_keeps_counts_for_an_unchanged_route_and_starts_afresh_for_a_changed_one() -> None:
-    """Same route after a reload: same balancer (counts, new down_for); changed targets: a new one, old counts released."""
+    """A reload keeps an unchanged route's balancer (counts, new down_for); changed targets get a new one."""
     balancing, connector = Balancing(Clock()), Connector()
     old = route("least-connections")
     chosen(balancing, info(old, number=0), connector)
