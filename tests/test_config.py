@@ -466,3 +466,34 @@ def test_framing_model_refuses_misplaced_fields(fields: dict[str, object]) -> No
     """A length framing needs a 2- or 4-byte prefix, and width, typed and CRLF belong to their own kinds only."""
     with pytest.raises(ValueError):
         Framing(**fields)  # type: ignore[arg-type]
+
+
+def test_balanced_route_round_trips_and_command_line_form() -> None:
+    """A route with targets, balance and down_for is written back as it was read, and the route string gives the same."""
+    import tomllib
+
+    from wsrouter.config.emit import dumps
+    from wsrouter.config.spec import to_data
+    table = {"path": "/v", "targets": ["tcp://127.0.0.1:5901", "unix:///run/v.sock"], "balance": "hash-token",
+             "down_for": 3}
+    config = build_config({"routes": [table]})
+    assert build_config(tomllib.loads(dumps(to_data(config)))) == config
+    line = build_config({"routes": ["/v[balance=hash-token;down-for=3]=tcp://127.0.0.1:5901, unix:///run/v.sock"]})
+    assert line.routes == config.routes
+    assert config.routes[0].target == config.routes[0].balance.targets[0]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("route", "key", "problem"), [
+    ({"path": "/v", "targets": ["tcp://h:1"]}, "routes[0].targets", "two or more"),
+    ({"path": "/v", "targets": ["tcp://h:1", "exec:sh"]}, "routes[0].targets[1]", "tcp, unix, tls, ws or wss"),
+    ({"path": "/v", "targets": ["tcp://h:1", "tcp://h:2"], "target": "tcp://h:3"}, "routes[0].targets", "not both"),
+    ({"path": "/v", "target": "tcp://h:1", "balance": "random"}, "routes[0].balance", "several targets"),
+    ({"path": "/v", "targets": ["tcp://h:1", "tcp://h:2"], "balance": "rr"}, "routes[0].balance", "round-robin"),
+    ({"path": "/v", "targets": ["tcp://h:1", "tcp://h:2"], "down_for": 0}, "routes[0].down_for", "greater than 0"),
+    ({"path": "/v", "targets": "tcp://h:1"}, "routes[0].targets", "list of target strings"),
+])
+def test_balanced_route_problems_name_their_key(route: dict[str, object], key: str, problem: str) -> None:
+    """Each mistake in a balanced route is reported under its own key path."""
+    with pytest.raises(ConfigError) as caught:
+        build_config({"routes": [route]})
+    assert any(k == key and problem in p for k, p in caught.value.problems), caught.value.problems
