@@ -469,7 +469,7 @@ def test_framing_model_refuses_misplaced_fields(fields: dict[str, object]) -> No
 
 
 def test_balanced_route_round_trips_and_command_line_form() -> None:
-    """A route with targets, balance and down_for is written back as it was read, and the route string gives the same."""
+    """A route with targets, balance and down_for is written back as read; its route string gives the same."""
     import tomllib
 
     from wsrouter.config.emit import dumps
