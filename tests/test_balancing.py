@@ -189,3 +189,11 @@ def test_candidates_list_every_target_once(policy: str) -> None:
     balancer = Balancer(route(policy).balance, Clock(), random.Random(1))  # type: ignore[arg-type]
     for n in range(10):
         assert sorted(balancer.candidates(info(route(policy), peer=f"198.51.100.{n}"))) == [0, 1, 2]
+
+
+def test_round_robin_shares_a_down_targets_turns_evenly() -> None:
+    """With one target marked down, round-robin alternates between the others instead of doubling one."""
+    balancing, the_route = Balancing(Clock()), route()
+    connector = Connector(refusing={5901})
+    ports = [chosen(balancing, info(the_route, number=n), connector) for n in range(7)]
+    assert ports == [5902, 5903, 5902, 5903, 5902, 5903, 5902]

@@ -94,9 +94,15 @@ class Balancer:
                  target=self.targets[index].describe(), seconds=self.balance.down_for, reason=reason)
 
     def connected(self, index: int) -> None:
-        """A session is open on target C{index} (it answered: it is up)."""
+        """
+        A session is open on target C{index} (it answered: it is up).
+        Round-robin's next turn is the target after it, so a target that is
+        down does not hand its turns to its neighbour.
+        """
         self.open[index] += 1
         self.down_until.pop(index, None)
+        if self.balance.policy == "round-robin":
+            self._next = (index + 1) % len(self.targets)
 
     def released(self, index: int) -> None:
         self.open[index] = max(0, self.open[index] - 1)
