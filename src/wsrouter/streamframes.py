@@ -225,7 +225,8 @@ def encode_length(width: int, typed: bool) -> Callable[[bytes, bool], bytes]:
     return encode
 
 
-_CONTAINER = re.compile(rb'[{}\[\]"]')
+#: In a container: a whole string (1), an opening (2) or closing (3) bracket, or an unfinished string (4).
+_TOKEN = re.compile(rb'("[^"\\]*(?:\\.[^"\\]*)*")|([{\[])|([}\]])|(")', re.S)
 _IN_STRING = re.compile(rb'["\\]')
 _SCALAR_END = re.compile(rb'[ \t\r\n{\["]')
 _SPACE = b" \t\r\n"
@@ -292,21 +293,32 @@ class JsonFramer(_TypedBase):
                     return
                 self._pos = match.start()
                 self._emit(messages)
-            else:
-                match = _CONTAINER.search(buffer, self._pos)
-                if match is None:
-                    self._pos = end
-                    return
+            elif not self._scan_container(buffer, end, messages):
+                return
+
+    def _scan_container(self, buffer: bytearray, end: int, messages: Typed) -> bool:
+        """
+        Follow the nesting from C{_pos}, skipping whole strings in one regex
+        step; C{False} when the data ends first (C{_pos} is then where to go
+        on; an unfinished string is followed in string mode).
+        """
+        for match in _TOKEN.finditer(buffer, self._pos):
+            kind = match.lastindex
+            if kind == 1:
+                continue  # a whole string: its brackets mean nothing
+            if kind == 4:  # a string that does not end in the data yet
+                self._string, self._pos = True, match.end()
+                return True
+            if kind == 2:
+                self._depth += 1
+                continue
+            self._depth -= 1
+            if self._depth == 0:
                 self._pos = match.end()
-                char = match.group()
-                if char == b'"':
-                    self._string = True
-                elif char in b"{[":
-                    self._depth += 1
-                else:
-                    self._depth -= 1
-                    if self._depth == 0:
-                        self._emit(messages)
+                self._emit(messages)
+                return True
+        self._pos = end
+        return False
 
     def _begin(self, buffer: bytearray, end: int) -> bool:
         """Skip whitespace to the next value and note its kind; C{False} at the end of the data."""
