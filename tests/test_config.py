@@ -481,6 +481,9 @@ def test_balanced_route_round_trips_and_command_line_form() -> None:
     line = build_config({"routes": ["/v[balance=hash-token;down-for=3]=tcp://127.0.0.1:5901, unix:///run/v.sock"]})
     assert line.routes == config.routes
     assert config.routes[0].target == config.routes[0].balance.targets[0]  # type: ignore[union-attr]
+    tls = build_config({"routes": [{"path": "/t", "targets": ["tls://a:1", "wss://b:2/x"], "tls_verify": False}]})
+    assert all(not target.verify for target in tls.routes[0].balance.targets)  # type: ignore[union-attr]
+    assert build_config(tomllib.loads(dumps(to_data(tls)))) == tls
 
 
 @pytest.mark.parametrize(("route", "key", "problem"), [
@@ -491,6 +494,8 @@ def test_balanced_route_round_trips_and_command_line_form() -> None:
     ({"path": "/v", "targets": ["tcp://h:1", "tcp://h:2"], "balance": "rr"}, "routes[0].balance", "round-robin"),
     ({"path": "/v", "targets": ["tcp://h:1", "tcp://h:2"], "down_for": 0}, "routes[0].down_for", "greater than 0"),
     ({"path": "/v", "targets": "tcp://h:1"}, "routes[0].targets", "list of target strings"),
+    ({"path": "/v", "targets": ["tls://h:1", "tcp://h:2"], "tls_verify": False}, "routes[0].targets[1].tls_verify",
+     "only for tls:// and wss://"),
 ])
 def test_balanced_route_problems_name_their_key(route: dict[str, object], key: str, problem: str) -> None:
     """Each mistake in a balanced route is reported under its own key path."""

@@ -618,6 +618,15 @@ class _Builder:
         targets = [self.target(text, f"{path}.targets[{index}]") for index, text in enumerate(raw)]
         if any(target is None for target in targets):
             return
+        if any(key in values for key in TLS_TARGET_KEYS):
+            # tls_* apply to every target; each must be tls:// or wss://.
+            for index, target in enumerate(targets):
+                one = {"target": target}
+                self.tls_target({key: values[key] for key in TLS_TARGET_KEYS if key in values}, one,
+                                f"{path}.targets[{index}]")
+                targets[index] = one["target"]
+            if any(target is None for target in targets):
+                return
         given = {"targets": tuple(targets)}
         if "balance" in values:
             given["policy"] = values["balance"]
@@ -630,8 +639,8 @@ class _Builder:
     def tls_target(self, values: Mapping[str, Any], fields: dict[str, Any], path: str) -> None:
         """A route's C{tls_*} keys go into its C{tls://} target (and are refused for other kinds)."""
         given = {key: values[key] for key in TLS_TARGET_KEYS if key in values}
-        if not given:
-            return
+        if not given or "targets" in values:
+            return  # a balanced route's targets get them in balance()
         target = fields.get("target")
         if not isinstance(target, TlsTarget) and not (isinstance(target, WebSocketTarget) and target.secure):
             for key in given:
@@ -806,7 +815,7 @@ def _route_data(route: Route) -> dict[str, Any]:
         data["targets"] = [target_to_string(target) for target in route.balance.targets]
         data["balance"] = route.balance.policy
         data["down_for"] = route.balance.down_for
-    elif isinstance(route.target, TlsTarget | WebSocketTarget):
+    if isinstance(route.target, TlsTarget | WebSocketTarget):
         target = route.target
         data.update({key: value for key, value in
                      (("tls_ca", target.ca), ("tls_pin", target.pin), ("tls_verify", target.verify))
