@@ -137,3 +137,16 @@ def test_auto_framing_sends_text_and_binary_through_a_tcp_echo(echo_port: int) -
     finally:
         yield router.stopService()
     assert got == ["caf\u00e9", b"\xff\x00"]
+
+
+@pytest.mark.parametrize("framing", ["line", "length:u16:typed", "json"])
+@pytest_twisted.inlineCallbacks
+def test_framings_keep_messages_through_an_exec_cat(framing: str) -> None:
+    """An exec: route running cat with a message framing gives each message back whole, both ways."""
+    messages = ['{"n": 1}', '["two"]'] if framing == "json" else ["one", "two", "three"]
+    router = start_router(routes=[f"/c[framing={framing}]=exec:cat"])
+    try:
+        got = yield in_thread(exchange, router.url + "/c", messages)
+    finally:
+        yield router.stopService()
+    assert got == messages
