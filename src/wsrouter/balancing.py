@@ -115,6 +115,13 @@ class Balancer:
                 for index, target in enumerate(self.targets)]
 
 
+def describe_targets(route: Route) -> str:
+    """The route's target, or for a balanced route all of them and the policy (start-up log lines)."""
+    if route.balance is None:
+        return route.target.describe()
+    return ", ".join(target.describe() for target in route.balance.targets) + f" ({route.balance.policy})"
+
+
 def sticky_key(policy: str, info: SessionInfo) -> str:
     """What a hash policy hashes: the C{?token=} value (C{hash-token}) or else the client address."""
     if policy == "hash-token":
