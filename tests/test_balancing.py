@@ -202,5 +202,6 @@ def test_round_robin_shares_a_down_targets_turns_evenly() -> None:
 def test_describe_targets_names_every_target_and_the_policy() -> None:
     """The start-up line of a balanced route names all its targets and its policy; a plain route its target."""
     from wsrouter.balancing import describe_targets
-    assert describe_targets(route("random", targets=TARGETS[:2])) == "tcp://127.0.0.1:5901, tcp://127.0.0.1:5902 (random)"
+    two = route("random", targets=TARGETS[:2])
+    assert describe_targets(two) == "tcp://127.0.0.1:5901, tcp://127.0.0.1:5902 (random)"
     assert describe_targets(Route("/one", TARGETS[0])) == "tcp://127.0.0.1:5901"
