@@ -4,13 +4,15 @@ Run Autobahn|Testsuite's fuzzingclient against wsrouter and summarise it.
 Starts, all on loopback ports the system picks: a TCP echo server; a router
 (C{python -m wsrouter}, with permessage-deflate on unless --no-deflate) with
 an C{echo:} route at /echo and a relay route at /relay to that TCP echo (a
-plain byte-stream relay with binary framing);
+plain byte-stream relay with binary framing), and a message-preserving
+relay at /framed to the same echo (C{length:u32:typed} framing: message
+boundaries and types survive the byte stream, so no rescoring applies);
 optionally Autobahn-Python's own echo server as a reference.  Then runs
 C{wstest -m fuzzingclient} over the chosen cases, and prints the counts by
 behaviour per agent and every case that is not OK.  Every process it
 started is ended by its PID.
 
-Usage: python conformance/run.py [--cases 1.*,2.*] [--agents echo,relay,autobahn]
+Usage: python conformance/run.py [--cases 1.*,2.*] [--agents echo,relay,framed,autobahn]
            [--wstest PATH] [--outdir DIR] [--markdown FILE] [--require-clean AGENTS]
 
 Exit status: 0, or 1 when an agent named by --require-clean has a FAILED case.
@@ -34,7 +36,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WSTEST = ROOT / ".cache" / "autobahn-py27" / "bin" / "wstest"
-AGENT_PATHS = {"echo": "/echo", "relay": "/relay"}
+AGENT_PATHS = {"echo": "/echo", "relay": "/relay", "framed": "/framed"}
 #: Behaviours Autobahn reports, best first.
 #: STREAM-OK and STREAM-CUT are this script's own (see L{rescore_relay}):
 #: relay cases Autobahn FAILED only for message types or boundaries, which a
@@ -231,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exclude", default="", help="comma-separated case patterns to leave out")
     parser.add_argument("--exclude-for", action="append", default=[], metavar="AGENT=PATTERNS",
                         help="leave these cases out for one agent only (repeatable), e.g. relay=12.*,13.*")
-    parser.add_argument("--agents", default="echo,relay", help="echo, relay and/or autobahn (the reference)")
+    parser.add_argument("--agents", default="echo,relay", help="echo, relay, framed and/or autobahn (the reference)")
     parser.add_argument("--wstest", type=Path, default=DEFAULT_WSTEST)
     parser.add_argument("--outdir", type=Path, default=ROOT / ".cache" / "conformance")
     parser.add_argument("--markdown", type=Path, help="also write the summary as Markdown here")
@@ -256,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         processes.append(start(
             [sys.executable, "-m", "wsrouter", "serve", "--listen", f"tcp:{router_port}:interface=127.0.0.1",
              "--route", "/echo=echo:", "--route", f"/relay=tcp://127.0.0.1:{tcp_echo.port}",
+             "--route", f"/framed[framing=length:u32:typed]=tcp://127.0.0.1:{tcp_echo.port}",
              *([] if options.no_deflate else ["--permessage-deflate"]), *options.router_option],
             router_port, outdir / "router.log"))
         servers += [{"agent": f"wsrouter-{a}", "url": f"ws://127.0.0.1:{router_port}{AGENT_PATHS[a]}"}

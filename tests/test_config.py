@@ -165,6 +165,13 @@ def test_parse_route_errors(text: str, fragment: str) -> None:
     ("separator:\\r\\n", Framing("separator", separator=b"\r\n")),
     ("separator:<END>", Framing("separator", separator=b"<END>")),
     ("fixed:16", Framing("fixed", length=16)),
+    ("auto", Framing("auto")),
+    ("text", Framing("text")),
+    ("json", Framing("json")),
+    ("crlf", Framing("line", separator=b"\r\n")),
+    ("line:crlf", Framing("line", separator=b"\r\n")),
+    ("length:u16", Framing("length", width=2)),
+    ("length:u32:typed", Framing("length", width=4, typed=True)),
 ])
 def test_parse_framing_forms(text: str, expected: Framing) -> None:
     """Each framing form parses, with escapes in separators turned into bytes."""
@@ -172,13 +179,14 @@ def test_parse_framing_forms(text: str, expected: Framing) -> None:
 
 
 @pytest.mark.parametrize("text", [
-    "", "json", "binary:x", "line:1", "separator", "separator:", "fixed", "fixed:", "fixed:0", "fixed:-1", "fixed:abc",
+    "", "jsn", "json:1", "length", "length:u8", "length:u16:x", "line:lf",
+    "binary:x", "line:1", "separator", "separator:", "fixed", "fixed:", "fixed:0", "fixed:-1", "fixed:abc",
 ])
 def test_parse_framing_errors(text: str) -> None:
     """An unknown framing or a missing or bad argument raises ValueError listing the valid forms."""
     with pytest.raises(ValueError) as caught:
         parse_framing(text)
-    assert "binary, line, separator:SEP or fixed:N" in str(caught.value)
+    assert "binary, line, line:crlf, separator:SEP, fixed:N, auto, text, json, length:u16" in str(caught.value)
     assert repr(text) in str(caught.value)
 
 
@@ -251,7 +259,7 @@ def test_ping_timeout_defaults_to_interval(limits: dict[str, Any], timeout: floa
     pytest.param({"routes": [ECHO, 42]}, "routes[1]", "must be a table", id="route-not-table"),
     pytest.param({"routes": [ECHO, {"path": "x", "target": "echo:"}]}, "routes[1].path", "start with '/'",
                  id="table-route-bad-path"),
-    pytest.param({"routes": [ECHO, {"path": "/x", "target": "tcp://h:1", "framing": "json"}]}, "routes[1].framing",
+    pytest.param({"routes": [ECHO, {"path": "/x", "target": "tcp://h:1", "framing": "jsn"}]}, "routes[1].framing",
                  "framing", id="table-route-bad-framing"),
     pytest.param({"routes": [ECHO, {"path": "/x", "target": "tcp://h:0"}]}, "routes[1].target", "1 to 65535",
                  id="route-bad-port"),
@@ -441,3 +449,56 @@ def test_route_option_errors(text: str, fragment: str) -> None:
     with pytest.raises(ValueError) as caught:
         parse_route(text)
     assert fragment in str(caught.value)
+
+
+@pytest.mark.parametrize("text", ["line:crlf", "length:u16", "length:u32", "length:u16:typed", "auto", "text", "json"])
+def test_new_framings_round_trip(text: str) -> None:
+    """The new framing forms are written back as they were read."""
+    from wsrouter.config import framing_to_string
+    assert framing_to_string(parse_framing(text)) == text
+
+
+@pytest.mark.parametrize("fields", [
+    {"kind": "length", "width": 3}, {"kind": "length"}, {"kind": "line", "width": 2},
+    {"kind": "auto", "typed": True}, {"kind": "json", "separator": b"\r\n"},
+])
+def test_framing_model_refuses_misplaced_fields(fields: dict[str, object]) -> None:
+    """A length framing needs a 2- or 4-byte prefix, and width, typed and CRLF belong to their own kinds only."""
+    with pytest.raises(ValueError):
+        Framing(**fields)  # type: ignore[arg-type]
+
+
+def test_balanced_route_round_trips_and_command_line_form() -> None:
+    """A route with targets, balance and down_for is written back as read; its route string gives the same."""
+    import tomllib
+
+    from wsrouter.config.emit import dumps
+    from wsrouter.config.spec import to_data
+    table = {"path": "/v", "targets": ["tcp://127.0.0.1:5901", "unix:///run/v.sock"], "balance": "hash-token",
+             "down_for": 3}
+    config = build_config({"routes": [table]})
+    assert build_config(tomllib.loads(dumps(to_data(config)))) == config
+    line = build_config({"routes": ["/v[balance=hash-token;down-for=3]=tcp://127.0.0.1:5901, unix:///run/v.sock"]})
+    assert line.routes == config.routes
+    assert config.routes[0].target == config.routes[0].balance.targets[0]  # type: ignore[union-attr]
+    tls = build_config({"routes": [{"path": "/t", "targets": ["tls://a:1", "wss://b:2/x"], "tls_verify": False}]})
+    assert all(not target.verify for target in tls.routes[0].balance.targets)  # type: ignore[union-attr]
+    assert build_config(tomllib.loads(dumps(to_data(tls)))) == tls
+
+
+@pytest.mark.parametrize(("route", "key", "problem"), [
+    ({"path": "/v", "targets": ["tcp://h:1"]}, "routes[0].targets", "two or more"),
+    ({"path": "/v", "targets": ["tcp://h:1", "exec:sh"]}, "routes[0].targets[1]", "tcp, unix, tls, ws or wss"),
+    ({"path": "/v", "targets": ["tcp://h:1", "tcp://h:2"], "target": "tcp://h:3"}, "routes[0].targets", "not both"),
+    ({"path": "/v", "target": "tcp://h:1", "balance": "random"}, "routes[0].balance", "several targets"),
+    ({"path": "/v", "targets": ["tcp://h:1", "tcp://h:2"], "balance": "rr"}, "routes[0].balance", "round-robin"),
+    ({"path": "/v", "targets": ["tcp://h:1", "tcp://h:2"], "down_for": 0}, "routes[0].down_for", "greater than 0"),
+    ({"path": "/v", "targets": "tcp://h:1"}, "routes[0].targets", "list of target strings"),
+    ({"path": "/v", "targets": ["tls://h:1", "tcp://h:2"], "tls_verify": False}, "routes[0].targets[1].tls_verify",
+     "only for tls:// and wss://"),
+])
+def test_balanced_route_problems_name_their_key(route: dict[str, object], key: str, problem: str) -> None:
+    """Each mistake in a balanced route is reported under its own key path."""
+    with pytest.raises(ConfigError) as caught:
+        build_config({"routes": [route]})
+    assert any(k == key and problem in p for k, p in caught.value.problems), caught.value.problems

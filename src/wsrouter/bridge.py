@@ -28,13 +28,17 @@ import time
 from collections.abc import Callable
 
 from attrs import define, field
+from twisted.logger import Logger
 
 from wsrouter.interfaces import ClosingLink, Framer, Link, MessageLink, Recorder, WebSocketEnd
+from wsrouter.streamframes import FramingError
 
 NORMAL = 1000
 GOING_AWAY = 1001
 INVALID_PAYLOAD = 1007
 INTERNAL_ERROR = 1011
+
+log = Logger(namespace="wsrouter")
 
 
 @define
@@ -71,6 +75,9 @@ class Bridge:
 
     @param binary_for: tells whether a framed target message goes out as a
         binary (C{True}) or text message.
+    @param encoder: turns each whole client message (payload, is_binary)
+        into the bytes the target's framing expects (L{wsrouter.framing.make_encoder});
+        C{None}: client frames are streamed to the target as they arrive.
     @param on_finished: called once, when both sides are done, with the stats.
     @param clock: seconds now, for the session's duration.
     """
@@ -86,10 +93,15 @@ class Bridge:
         recorder: Recorder | None = None,
         on_finished: Callable[[SessionStats], None] = lambda stats: None,
         clock: Callable[[], float] = time.monotonic,
+        encoder: Callable[[bytes, bool], bytes] | None = None,
     ):
         self._socket = socket
         self._link = link
         self._framer = framer
+        self._encoder = encoder
+        #: A framer that knows its messages' types (L{wsrouter.streamframes}).
+        self._typed_framer = hasattr(framer, "feed_typed")
+        self._framing_broken = False
         self._base64 = base64_mode
         self._binary_for = binary_for
         self._recorder = recorder
@@ -138,7 +150,7 @@ class Bridge:
         self._message_is_binary = is_binary
         self._base64_padded = False
         self.stats.messages_from_client += 1
-        if self._link.message_oriented:
+        if self._link.message_oriented or self._encoder is not None:
             self._message = []
 
     def frame_data(self, payload: bytes) -> None:
@@ -180,8 +192,18 @@ class Bridge:
                 return
             if self._typed_link is not None:
                 self._typed_link.write_message(message, self._message_is_binary)
+            elif self._encoder is not None:
+                self._write_encoded(message)
             else:
                 self._link.write(message)
+
+    def _write_encoded(self, message: bytes) -> None:
+        try:
+            encoded = self._encoder(message, self._message_is_binary)  # type: ignore[misc]
+        except FramingError as e:
+            self.refuse(e.code, e.reason)
+            return
+        self._link.write(encoded)
 
     def websocket_closed(self, code: int | None, reason: str) -> None:
         """
@@ -248,16 +270,42 @@ class Bridge:
     # -- target side (LinkReceiver) --------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self._typed_framer:
+            if self._framing_broken:
+                return
+            try:
+                typed = self._framer.feed_typed(data)  # type: ignore[attr-defined]
+            except FramingError as e:
+                self._framing_failed(e)
+                return
+            for message, is_binary in typed:
+                self._send(message, is_binary)
+            return
         for message in self._framer.feed(data):
             self._send(message)
+
+    def _framing_failed(self, error: FramingError) -> None:
+        """The target's stream broke its framing: close the client with the error's code, then the target."""
+        self._framing_broken = True
+        log.info("target stream broke its framing: {reason}; closing with {code}", reason=error.reason, code=error.code)
+        self._close_client(error.code, error.reason, by="target")
+        if not self._link_done:
+            self._link.abort()
 
     def message_received(self, payload: bytes, is_binary: bool) -> None:
         self._send(payload, is_binary)
 
     def eof_received(self) -> None:
         """The target has said everything: deliver what is left, then close 1000."""
-        for message in self._framer.flush():
-            self._send(message)
+        if self._typed_framer:
+            for message, is_binary in self._framer.flush_typed():  # type: ignore[attr-defined]
+                self._send(message, is_binary)
+            dropped = getattr(self._framer, "dropped", 0)
+            if dropped:
+                log.info("target ended inside a frame; {dropped} bytes of it dropped", dropped=dropped)
+        else:
+            for message in self._framer.flush():
+                self._send(message)
         self._close_client(NORMAL, "target closed the connection", by="target")
 
     def link_closed(self, code: int, reason: str) -> None:

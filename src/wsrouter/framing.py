@@ -11,13 +11,27 @@ Memory stays bounded: a line or separated record longer than C{max_size}
 is sent as several messages of C{max_size} bytes (the last one shorter),
 so a target that never writes a newline cannot make the router buffer
 without limit.  The result never depends on how the stream was chunked.
+A length-prefixed frame or JSON value longer than C{max_size} cannot be
+cut without changing its meaning: the framer raises L{FramingError} with
+close code 1009 instead.
+
+Framers that know each message's type (C{auto}, C{text}, C{length},
+C{json}) also have C{feed_typed}/C{flush_typed}, returning
+C{(payload, is_binary)} pairs; the bridge prefers those.
+
+The other direction, client messages to the target, is L{make_encoder}:
+each whole client message is encoded so that the target's framing finds
+its boundary again (newline or separator appended, length prefix put in
+front).  The new framers live in L{wsrouter.streamframes}.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from wsrouter.config import FRAMINGS, Framing
+from wsrouter.streamframes import NEW_FRAMINGS, make_new_encoder, make_new_framer
 
 if TYPE_CHECKING:  # the protocol module imports Twisted; framing stays free of it
     from wsrouter.interfaces import Framer
@@ -224,6 +238,8 @@ def make_framer(framing: Framing | None, default: str, max_size: int) -> Framer:
     """
     chosen = framing if framing is not None else Framing(kind=default)
     kind = chosen.kind
+    if kind in NEW_FRAMINGS:
+        return make_new_framer(chosen, max_size)
     if kind == "binary":
         return BinaryFramer()
     if kind == "line":
@@ -245,10 +261,48 @@ def message_is_binary(kind: str, payload: bytes) -> bool:
     send binary messages.  Note that a line cut at C{max_size} may split a
     multi-byte character, making its pieces binary.
     """
-    if kind not in TEXT_FRAMINGS:
+    if kind == "text" or kind == "json":
+        return False
+    if kind not in TEXT_FRAMINGS and kind not in ("auto", "length"):
         return True
     try:
         payload.decode("utf-8")
     except UnicodeDecodeError:
         return True
     return False
+
+
+def make_encoder(framing: Framing | None, max_size: int) -> Callable[[bytes, bool], bytes] | None:
+    """
+    How whole client messages are written to a target with C{framing}.
+
+    C{None} (binary, fixed, auto, text framings, or none): client frames
+    are streamed to the target as they arrive, unbuffered, as before.
+    Otherwise the bridge gathers each message (at most C{max_size} bytes,
+    Autobahn's limit) and writes C{encoder(payload, is_binary)}:
+
+      - C{line}: the message and C{\\n} (C{line:crlf}: C{\\r\\n}),
+        unless it already ends with it (clients that send whole lines keep
+        working unchanged);
+      - C{separator:SEP}: the message and SEP, likewise;
+      - C{length:u16}, C{length:u32} (C{:typed}): see
+        L{wsrouter.streamframes.encode_length};
+      - C{json}: the message and a newline (NDJSON), so a bare number ends.
+
+    A message that already holds the newline or separator reaches the
+    target as several records: line framing cannot say otherwise.
+    """
+    if framing is None:
+        return None
+    kind = framing.kind
+    if kind == "line" or kind == "separator":
+        end = framing.separator
+
+        def terminated(payload: bytes, is_binary: bool) -> bytes:
+            return payload if payload.endswith(end) else payload + end
+
+        return terminated
+    if kind in NEW_FRAMINGS:
+        return make_new_encoder(framing)
+    return None
+

@@ -21,10 +21,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wsrouter.auth import Authenticator, NotAuthorized
+from wsrouter.balancing import Balancing
 from wsrouter.clientaddr import real_client
 from wsrouter.config import DATAGRAM_TARGETS, ConfigError, ResolverTarget, RouterConfig, default_framing
 from wsrouter.descriptors import DescriptorGuard, session_cost
-from wsrouter.framing import make_framer, message_is_binary
+from wsrouter.framing import make_encoder, make_framer, message_is_binary
 from wsrouter.interfaces import (
     ClientConnection,
     ConnectionSession,
@@ -103,6 +104,8 @@ class Gateway:
         self._table_of = config
         #: The C{[resolvers.NAME]} of C{resolve:NAME} targets (L{wsrouter.resolvers}).
         self.resolvers = Resolvers(reactor)
+        #: The balanced routes' counters and target choice (L{wsrouter.balancing}).
+        self.balancing = Balancing(reactor)
 
     def use_config(self, config: RouterConfig) -> None:
         """New connections use C{config}'s routes and limits; open sessions keep theirs."""
@@ -114,6 +117,7 @@ class Gateway:
         self.authenticator.use_config(config)
         self.connectors.use_settings(config.limits, config.pass_env)
         self.resolvers.use_config(config)
+        self.balancing.forget_routes(config.routes)
 
     def observe(self, observer: SessionObserver) -> None:
         """Tell C{observer} of every session that opens and, later, ends."""
@@ -247,14 +251,14 @@ class Gateway:
         if self.descriptors is not None and not self.descriptors.admit(session_cost(match.route, config)):
             return _refuse(request, 503, "too many open connections", client)
         try:
-            connecting = self.connectors.connect(info)
+            connecting = self.balancing.connect(info, self.connectors.connect)
         except TargetError as e:
             return _refuse(request, e.status, e.reason, client)
         if self._handshake_watchers:
             connecting.addErrback(self._target_failed, info)
         return connecting.addCallbacks(
-            self._connected, _not_connected,
-            callbackArgs=(connection, info, match, config), errbackArgs=(request, client),
+            self._connected_to, _not_connected,
+            callbackArgs=(connection, match, config), errbackArgs=(request, client),
         )
 
     def _resolve(self, connection: ClientConnection, request: Any, config: RouterConfig, session_id: str,
@@ -279,6 +283,19 @@ class Gateway:
         return self.resolvers.resolve(settings, asking).addCallbacks(
             resolved, _not_resolved, errbackArgs=(request, client, settings.name))
 
+    def _connected_to(self, chosen: tuple[Link, SessionInfo], connection: ClientConnection, match: Match,
+                      config: RouterConfig) -> ConnectionSession | None:
+        """L{_connected} with the target the route's balancer chose; a session that never starts is uncounted."""
+        link, info = chosen
+        try:
+            session = self._connected(link, connection, info, match, config)
+        except BaseException:
+            self.balancing.ended(info.session_id)
+            raise
+        if session is None:
+            self.balancing.ended(info.session_id)
+        return session
+
     def _connected(self, link: Link, connection: ClientConnection, info: SessionInfo, match: Match,
                    config: RouterConfig) -> ConnectionSession | None:
         if connection.connection_gone or connection.is_dropped():
@@ -302,6 +319,7 @@ class Gateway:
             limits=config.limits, clock=self._reactor, base64_mode=base64_mode, binary_for=binary_for,
             recorder=self._recorder(info, config),
             on_opened=self._opened, on_ended=self._ended,
+            encoder=make_encoder(match.route.framing, config.limits.max_message_size),
         )
         self.sessions[session.id] = session
         return session
@@ -335,6 +353,7 @@ class Gateway:
 
     def _ended(self, session: Session) -> None:
         self.sessions.pop(session.id, None)
+        self.balancing.ended(session.id)
         client = self._counted.pop(session.id, None)
         if client is not None:
             self.counts.release(client)

@@ -55,7 +55,8 @@ class Session:
                  limits: Limits, clock: IReactorTime, base64_mode: bool = False,
                  binary_for: Callable[[bytes], bool] = always_binary, recorder: Recorder | None = None,
                  on_opened: Callable[[Session], None] = lambda session: None,
-                 on_ended: Callable[[Session], None] = lambda session: None):
+                 on_ended: Callable[[Session], None] = lambda session: None,
+                 encoder: Callable[[bytes, bool], bytes] | None = None):
         self.id = info.session_id
         self.info = info
         self.subprotocol = info.subprotocol
@@ -67,7 +68,8 @@ class Session:
         self._on_opened = on_opened
         self._on_ended = on_ended
         self.bridge = Bridge(connection, link, framer, base64_mode=base64_mode, binary_for=binary_for,
-                             recorder=recorder, on_finished=self._bridge_finished, clock=clock.seconds)
+                             recorder=recorder, on_finished=self._bridge_finished, clock=clock.seconds,
+                             encoder=encoder)
         self.gatherer: Gatherer | None = link if hasattr(link, "hold") else None  # type: ignore[assignment]
         self.keepalive: Keepalive | None = None
         self.is_open = False

@@ -7,9 +7,11 @@ code all lower into (L{spec}), and the file loader (L{load}).
 from wsrouter.config.load import combine, load_config, read_file
 from wsrouter.config.model import (
     AUTH_OFF,
+    BALANCE_POLICIES,
     DATAGRAM_TARGETS,
     DEFAULT_COMMAND_KILL_GRACE,
     DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DOWN_FOR,
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_LISTENER,
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -29,6 +31,7 @@ from wsrouter.config.model import (
     WRAP_MODES,
     WRAP_SOCKETS,
     Auth,
+    Balance,
     Compression,
     ConfigError,
     EchoTarget,
@@ -78,9 +81,11 @@ from wsrouter.config.spec import (
 
 __all__ = [
     "AUTH_OFF",
+    "BALANCE_POLICIES",
     "DATAGRAM_TARGETS",
     "DEFAULT_COMMAND_KILL_GRACE",
     "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_DOWN_FOR",
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_LISTENER",
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -101,6 +106,7 @@ __all__ = [
     "WRAP_MODES",
     "WRAP_SOCKETS",
     "Auth",
+    "Balance",
     "Compression",
     "ConfigError",
     "EchoTarget",

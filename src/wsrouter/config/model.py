@@ -62,7 +62,7 @@ HOST_PATTERN = re.compile(r"(\*\.)?[a-z0-9-]+(\.[a-z0-9-]+)*")
 PROXY_PROTOCOL_VERSIONS = ("v1", "v2")
 
 #: Framings a route may name; see L{wsrouter.framing}.
-FRAMINGS = ("binary", "line", "separator", "fixed")
+FRAMINGS = ("binary", "line", "separator", "fixed", "auto", "text", "length", "json")
 
 #: Recording formats (L{wsrouter.recording.FORMATS} has their file suffixes).
 RECORDING_FORMATS = ("jsonl", "asciicast")
@@ -757,11 +757,15 @@ class Framing:
     @ivar kind: one of L{FRAMINGS}.
     @ivar separator: for C{separator}: the bytes that end each message.
     @ivar length: for C{fixed}: the size of each message in bytes.
+    @ivar width: for C{length}: the size of the big-endian length prefix, 2 or 4 bytes.
+    @ivar typed: for C{length}: a type byte (1 text, 2 binary) follows the prefix.
     """
 
     kind: str = "binary"
     separator: bytes = b"\n"
     length: int = 0
+    width: int = 0
+    typed: bool = False
 
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
@@ -772,8 +776,13 @@ class Framing:
             _check_positive(checks, "length", self.length, integer=True)
         elif self.length != 0:
             checks.add("length", f"is only for fixed framing, not {self.kind!r}")
-        if self.kind != "separator" and self.separator != b"\n":
-            checks.add("separator", f"is only for separator framing, not {self.kind!r}")
+        if self.kind != "separator" and self.separator != b"\n" and not (
+                self.kind == "line" and self.separator == b"\r\n"):
+            checks.add("separator", f"is only for separator framing (and CRLF lines), not {self.kind!r}")
+        if self.kind == "length" and self.width not in (2, 4):
+            checks.add("width", f"must be 2 (u16) or 4 (u32) bytes, not {self.width!r}")
+        elif self.kind != "length" and (self.width or self.typed):
+            checks.add("width", f"width and typed are only for length framing, not {self.kind!r}")
         checks.raise_any()
 
 
@@ -877,6 +886,42 @@ def _check_client_cert_names(checks: _Checks, names: tuple[str, ...]) -> None:
                 checks.add(f"client_cert_names[{index}]", problem)
 
 
+#: How a route with several targets picks one (L{wsrouter.balancing}).
+BALANCE_POLICIES = ("round-robin", "least-connections", "random", "hash-address", "hash-token")
+#: Seconds a target that refused a connection is skipped for.
+DEFAULT_DOWN_FOR = 10.0
+
+
+@frozen
+class Balance:
+    """
+    Several targets for one route, and how each session picks one (issue 9).
+
+    @ivar targets: the targets, two or more, of the kinds that are connected
+        (tcp, unix, tls, ws/wss); the route's C{target} is the first.
+    @ivar policy: one of L{BALANCE_POLICIES}; C{hash-token} hashes the
+        C{?token=} query value (the client address when there is none).
+    @ivar down_for: seconds a target that could not be connected is skipped.
+    """
+
+    targets: tuple[Target, ...] = field(converter=_as_tuple)
+    policy: str = "round-robin"
+    down_for: float = DEFAULT_DOWN_FOR
+
+    def __attrs_post_init__(self) -> None:
+        checks = _Checks()
+        _check_choice(checks, "balance", self.policy, BALANCE_POLICIES)
+        _check_positive(checks, "down_for", self.down_for)
+        if not isinstance(self.targets, tuple) or len(self.targets) < 2:
+            checks.add("targets", f"must list two or more targets, not {self.targets!r}")
+        else:
+            for index, target in enumerate(self.targets):
+                if not isinstance(target, (TcpTarget, UnixTarget, TlsTarget, WebSocketTarget)):
+                    described = target.describe() if hasattr(target, "describe") else repr(target)
+                    checks.add(f"targets[{index}]", f"must be a tcp, unix, tls, ws or wss target, not {described}")
+        checks.raise_any()
+
+
 @frozen
 class Route:
     """
@@ -914,11 +959,16 @@ class Route:
     host: str | None = field(default=None, converter=_lower_host)
     #: Who may watch this route's sessions from the status page (L{WATCH_MODES}).
     watch: str = "read"
+    #: Several targets and a policy (C{target} is one of them); C{None}: C{target} alone.
+    balance: Balance | None = None
 
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
         self._check_path(checks)
         _check_choice(checks, "watch", self.watch, WATCH_MODES)
+        if self.balance is not None and (not isinstance(self.balance, Balance)
+                                         or self.target not in self.balance.targets):
+            checks.add("targets", f"must be a Balance holding the route's target, not {self.balance!r}")
         if self.host is not None and not (isinstance(self.host, str) and HOST_PATTERN.fullmatch(self.host)):
             checks.add("host", f"must be a host name or *.DOMAIN (no port), not {self.host!r}")
         _check_proxy_protocol(checks, self.proxy_protocol, self.target)

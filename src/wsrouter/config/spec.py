@@ -29,6 +29,7 @@ from wsrouter.config.model import (
     RECORD_OFF,
     WRAP_MODES,
     Auth,
+    Balance,
     Compression,
     ConfigError,
     EchoTarget,
@@ -70,6 +71,8 @@ SECURITY_KEYS = ("origin", "auth", "web_auth")
 AUTH_KEYS = ("htpasswd", "users", "tokens", "forward_user_header", "forward_from", "realm", "client_cert_names")
 TLS_KEYS = ("cert", "key", "min_version", "ciphers", "ssl_only", "verify_client", "cafile", "hosts")
 TLS_HOST_KEYS = ("cert", "key")
+#: Route keys for several targets (L{Balance}).
+BALANCE_KEYS = ("targets", "balance", "down_for")
 #: Route keys for tls:// targets, and the TlsTarget fields they set.
 TLS_TARGET_KEYS = ("tls_ca", "tls_pin", "tls_verify")
 LIFETIME_KEYS = ("run_once", "start_timeout", "idle_exit")
@@ -85,7 +88,7 @@ PROGRAM_KEYS = ("mode", "command", "ports", "keep_env", "socket", "protocol", "s
 SANDBOX_KEYS = ("user", "group", "cpu_seconds", "memory", "open_files", "processes", "env", "no_new_privs", "cwd")
 OPS_KEYS = ("metrics", "status", "healthz", "auth", "watch_queue")
 ROUTE_KEYS = ("path", "subprotocols", "target", "framing", "max_forks", "record", "env", "proxy_protocol",
-              "origin", "auth", "host", "sandbox", "watch", *TLS_TARGET_KEYS)
+              "origin", "auth", "host", "sandbox", "watch", *TLS_TARGET_KEYS, *BALANCE_KEYS)
 #: Keys holding numbers; a numeric string is accepted there (command-line values).
 _INTEGER_KEYS = ("workers", "max_message_size", "max_forks", "max_bytes", "max_header_bytes", "max_connections",
                  "max_connections_per_client", "max_handshakes_per_client")
@@ -102,12 +105,17 @@ MOVED_KEYS = {
 
 #: Options a route string may carry in brackets (the file's keys, with '-').
 ROUTE_OPTIONS = ("framing", "max-forks", "record", "env", "proxy-protocol", "origin", "auth", "host",
-                 "tls-ca", "tls-pin", "tls-verify", "watch")
+                 "tls-ca", "tls-pin", "tls-verify", "watch", "balance", "down-for")
 
 TARGET_FORMS = ("tcp://HOST:PORT, HOST:PORT, tls://HOST:PORT, ws[s]://HOST:PORT/PATH, unix:///PATH, "
                 "udp://HOST:PORT, unix-dgram:///PATH, "
                 "exec:COMMAND, "
                 "wrap:MODE:PROGRAM, program:NAME, replay:FILE[?speed=FACTOR], resolve:NAME or echo:")
+
+
+#: The framing language, for error messages.
+FRAMING_FORMS = ("binary, line, line:crlf, separator:SEP, fixed:N, auto, text, json, "
+                 "length:u16 or length:u32 (optionally :typed)")
 
 
 # -- the target and route languages ---------------------------------------------
@@ -255,8 +263,12 @@ def parse_framing(text: str) -> Framing:
     allowed) or C{fixed:N}.
     """
     kind, _, arg = text.partition(":")
-    if kind in ("binary", "line") and not arg:
+    if kind in ("binary", "line", "auto", "text", "json") and not arg:
         return Framing(kind)
+    if text in ("crlf", "line:crlf"):
+        return Framing("line", separator=b"\r\n")
+    if kind == "length" and arg in ("u16", "u32", "u16:typed", "u32:typed"):
+        return Framing(kind, width=2 if arg.startswith("u16") else 4, typed=arg.endswith(":typed"))
     if kind == "separator" and arg:
         try:
             separator = arg.encode("utf-8").decode("unicode_escape").encode("latin-1")
@@ -267,7 +279,7 @@ def parse_framing(text: str) -> Framing:
         return Framing(kind, separator=separator)
     if kind == "fixed" and arg.isascii() and arg.isdigit() and int(arg) > 0:
         return Framing(kind, length=int(arg))
-    raise ValueError(f"framing must be binary, line, separator:SEP or fixed:N, not {text!r}")
+    raise ValueError(f"framing must be {FRAMING_FORMS}, not {text!r}")
 
 
 def framing_to_string(framing: Framing) -> str:
@@ -277,6 +289,10 @@ def framing_to_string(framing: Framing) -> str:
         return "separator:" + escaped
     if framing.kind == "fixed":
         return f"fixed:{framing.length}"
+    if framing.kind == "length":
+        return f"length:u{8 * framing.width}" + (":typed" if framing.typed else "")
+    if framing.kind == "line" and framing.separator == b"\r\n":
+        return "line:crlf"
     return framing.kind
 
 
@@ -315,10 +331,16 @@ def route_from_string(text: str) -> dict[str, Any]:
             entry["max_forks"] = int(value) if value.isascii() and value.isdigit() else value
         elif key == "tls-verify":
             entry["tls_verify"] = {"true": True, "false": False}.get(value, value)
+        elif key == "down-for":
+            entry["down_for"] = _number(value, False)
         else:
             entry[key.replace("-", "_")] = value
     if env:
         entry["env"] = env
+    if "balance" in entry or "down_for" in entry:
+        # Several targets, comma-separated, only when the route balances
+        # (an exec: command may hold commas).
+        entry["targets"] = [target.strip() for target in entry.pop("target").split(",")]
     return entry
 
 
@@ -568,9 +590,10 @@ class _Builder:
         if values is None:
             return None
         failed = len(self.problems)
-        for key in ("path", "target"):
-            if key not in values:
-                self.add(f"{path}.{key}", "required")
+        if "path" not in values:
+            self.add(f"{path}.path", "required")
+        if "target" not in values and "targets" not in values:
+            self.add(f"{path}.target", "required")
         fields: dict[str, Any] = {}
         pattern = values.get("path")
         if isinstance(pattern, str):
@@ -590,7 +613,7 @@ class _Builder:
             except ValueError as e:
                 self.add(f"{path}.framing", str(e))
         elif framing is not None:
-            self.add(f"{path}.framing", f"must be binary, line, separator:SEP or fixed:N, not {framing!r}")
+            self.add(f"{path}.framing", f"must be {FRAMING_FORMS}, not {framing!r}")
         if "max_forks" in values:
             fields["max_forks"] = _number(values["max_forks"], True)
         if "record" in values:
@@ -617,16 +640,52 @@ class _Builder:
                 fields["target"] = attrs.evolve(target, sandbox=sandbox)
             elif target is not None:
                 self.add(f"{path}.sandbox", "is only for exec: targets (a wrapped program names its sandbox itself)")
+        self.balance(values, fields, path)
         if len(self.problems) > failed:
             return None
         made: Route | None = self.make(Route, fields, path)
         return made
 
+    def balance(self, values: Mapping[str, Any], fields: dict[str, Any], path: str) -> None:
+        """A route's C{targets}, C{balance} and C{down_for} keys as its L{Balance}; C{target} is the first."""
+        if "targets" not in values:
+            for key in ("balance", "down_for"):
+                if key in values:
+                    self.add(f"{path}.{key}", "is only for a route with several targets (targets = [...])")
+            return
+        if "target" in values:
+            self.add(f"{path}.targets", "give target or targets, not both")
+            return
+        raw = values["targets"]
+        if not isinstance(raw, list | tuple) or not raw:
+            self.add(f"{path}.targets", f"must be a list of target strings, not {raw!r}")
+            return
+        targets = [self.target(text, f"{path}.targets[{index}]") for index, text in enumerate(raw)]
+        if any(target is None for target in targets):
+            return
+        if any(key in values for key in TLS_TARGET_KEYS):
+            # tls_* apply to every target; each must be tls:// or wss://.
+            for index, target in enumerate(targets):
+                one = {"target": target}
+                self.tls_target({key: values[key] for key in TLS_TARGET_KEYS if key in values}, one,
+                                f"{path}.targets[{index}]")
+                targets[index] = one["target"]
+            if any(target is None for target in targets):
+                return
+        given = {"targets": tuple(targets)}
+        if "balance" in values:
+            given["policy"] = values["balance"]
+        if "down_for" in values:
+            given["down_for"] = _number(values["down_for"], False)
+        balance = self.make(Balance, given, path)
+        if balance is not None:
+            fields["target"], fields["balance"] = targets[0], balance
+
     def tls_target(self, values: Mapping[str, Any], fields: dict[str, Any], path: str) -> None:
         """A route's C{tls_*} keys go into its C{tls://} target (and are refused for other kinds)."""
         given = {key: values[key] for key in TLS_TARGET_KEYS if key in values}
-        if not given:
-            return
+        if not given or "targets" in values:
+            return  # a balanced route's targets get them in balance()
         target = fields.get("target")
         if not isinstance(target, TlsTarget) and not (isinstance(target, WebSocketTarget) and target.secure):
             for key in given:
@@ -824,6 +883,11 @@ def _route_data(route: Route) -> dict[str, Any]:
         data["watch"] = route.watch
     if route.origin is not None:
         data["origin"] = route.origin if isinstance(route.origin, str) else list(route.origin)
+    if route.balance is not None:
+        del data["target"]
+        data["targets"] = [target_to_string(target) for target in route.balance.targets]
+        data["balance"] = route.balance.policy
+        data["down_for"] = route.balance.down_for
     if isinstance(route.target, TlsTarget | WebSocketTarget):
         target = route.target
         data.update({key: value for key, value in

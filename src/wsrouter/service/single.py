@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wsrouter import clientaddr
+from wsrouter.balancing import describe_targets
 from wsrouter.config import RouterConfig, WrappedTarget
 from wsrouter.descriptors import DescriptorGuard, GuardedSite
 from wsrouter.gateway import Gateway
@@ -165,7 +166,7 @@ class RouterService(MultiService):
             proxied = " (PROXY protocol)" if description in self.config.proxies.proxy_protocol else ""
             log.info("listening on {listener}{proxied}", listener=description, proxied=proxied)
         for route in self.config.routes:
-            log.info("route {route} -> {target}", route=route.describe(), target=route.target.describe())
+            log.info("route {route} -> {target}", route=route.describe(), target=describe_targets(route))
         log.info("{capacity}", capacity=self.descriptors.describe_capacity(self.config))
         warn_unverified(self.config)
         start_programs(self._programs.ordered())

@@ -73,6 +73,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger, LogLevel
 from twisted.protocols.basic import LineOnlyReceiver
 
+from wsrouter.balancing import describe_targets
 from wsrouter.config import (
     DEFAULT_PROGRAM_KILL_GRACE,
     ConfigError,
@@ -335,7 +336,7 @@ class WorkerSupervisor(MultiService):
             log.info("listening on {listener} (shared by {count} workers)", listener=listener.description,
                      count=len(self.workers))
         for route in self.config.routes:
-            log.info("route {route} -> {target}", route=route.describe(), target=route.target.describe())
+            log.info("route {route} -> {target}", route=route.describe(), target=describe_targets(route))
         if self.raised is not None:
             log.info("{limit}, for each worker", limit=self.raised.describe())
         start_programs(self.programs)
