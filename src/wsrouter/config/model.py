@@ -290,13 +290,19 @@ class EchoTarget:
 
 @frozen
 class ExecTarget:
-    """A command run once per connection (session): messages to its stdin, its stdout to messages."""
+    """
+    A command run once per connection (session): messages to its stdin, its stdout to messages.
+
+    @ivar pty: run it on a pseudo-terminal (L{wsrouter.targets.pty}): a route's C{pty = true}.
+    """
 
     argv: tuple[str, ...] = field(converter=_as_tuple)
+    pty: bool = field(default=False, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
         _check_argv(checks, "command", self.argv)
+        _check_bool(checks, "pty", self.pty)
         checks.raise_any()
 
     def describe(self) -> str:
@@ -527,7 +533,7 @@ def default_framing(target: Target) -> str:
     framing: lines (text messages) for C{exec:} commands, as websocketd does;
     chunks as they arrive (binary messages) for everything else.
     """
-    return "line" if isinstance(target, ExecTarget) else "binary"
+    return "line" if isinstance(target, ExecTarget) and not target.pty else "binary"
 
 
 # -- routes ------------------------------------------------------------------

@@ -75,7 +75,7 @@ WEB_KEYS = ("root", "listing", "content_security_policy", "frame_options")
 RECORDING_KEYS = ("directory", "format", "max_bytes", "redact")
 PROGRAM_KEYS = ("mode", "command", "ports", "keep_env", "socket")
 ROUTE_KEYS = ("path", "subprotocols", "target", "framing", "max_forks", "record", "env", "proxy_protocol",
-              "origin", "auth", "host", *TLS_TARGET_KEYS)
+              "origin", "auth", "host", *TLS_TARGET_KEYS, "pty")
 #: Keys holding numbers; a numeric string is accepted there (command-line values).
 _INTEGER_KEYS = ("workers", "max_message_size", "max_forks", "max_bytes", "max_header_bytes", "max_connections",
                  "max_connections_per_client", "max_handshakes_per_client")
@@ -92,7 +92,7 @@ MOVED_KEYS = {
 
 #: Options a route string may carry in brackets (the file's keys, with '-').
 ROUTE_OPTIONS = ("framing", "max-forks", "record", "env", "proxy-protocol", "origin", "auth", "host",
-                 "tls-ca", "tls-pin", "tls-verify")
+                 "tls-ca", "tls-pin", "tls-verify", "pty")
 
 TARGET_FORMS = ("tcp://HOST:PORT, HOST:PORT, tls://HOST:PORT, ws[s]://HOST:PORT/PATH, unix:///PATH, "
                 "udp://HOST:PORT, unix-dgram:///PATH, "
@@ -301,8 +301,8 @@ def route_from_string(text: str) -> dict[str, Any]:
             env[name] = env_value
         elif key == "max-forks":
             entry["max_forks"] = int(value) if value.isascii() and value.isdigit() else value
-        elif key == "tls-verify":
-            entry["tls_verify"] = {"true": True, "false": False}.get(value, value)
+        elif key in ("tls-verify", "pty"):
+            entry[key.replace("-", "_")] = {"true": True, "false": False}.get(value, value)
         else:
             entry[key.replace("-", "_")] = value
     if env:
@@ -572,6 +572,7 @@ class _Builder:
         elif env is not None:
             self.add(f"{path}.env", f"must be a table of NAME = \"value\", not {env!r}")
         self.tls_target(values, fields, path)
+        self.pty_target(values, fields, path)
         if len(self.problems) > failed:
             return None
         made: Route | None = self.make(Route, fields, path)
@@ -589,6 +590,16 @@ class _Builder:
             return
         changes = {key[len("tls_"):]: value for key, value in given.items()}
         fields["target"] = self.make(lambda **kw: attrs.evolve(target, **kw), changes, path)
+
+    def pty_target(self, values: Mapping[str, Any], fields: dict[str, Any], path: str) -> None:
+        """A route's C{pty} key goes into its C{exec:} target (and is refused for other kinds)."""
+        if "pty" not in values:
+            return
+        target = fields.get("target")
+        if not isinstance(target, ExecTarget):
+            self.add(f"{path}.pty", "is only for exec: targets")
+            return
+        fields["target"] = self.make(lambda **kw: attrs.evolve(target, **kw), {"pty": values["pty"]}, path)
 
     def tls(self, raw: Any) -> TlsSettings | None:
         if raw is None:
@@ -756,6 +767,8 @@ def _route_data(route: Route) -> dict[str, Any]:
         data.update({key: value for key, value in
                      (("tls_ca", target.ca), ("tls_pin", target.pin), ("tls_verify", target.verify))
                      if value is not None and value is not True})
+    if isinstance(route.target, ExecTarget) and route.target.pty:
+        data["pty"] = True
     return data
 
 

@@ -1,0 +1,275 @@
+"""
+Commands on a pty (C{exec:} routes with C{pty = true}): the control message
+and the configuration as pure functions; then a real shell behind a router
+in this process, driven by the independent ``websockets`` client in a
+thread; flow control against a router process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+
+from wsrouter.config import ConfigError, ExecTarget, build_config, default_framing, to_data
+from wsrouter.config.spec import parse_route, route_from_string
+from wsrouter.targets.terminal import open_pty, parse_control, session_members, window_size
+
+from . import rawws
+from .support import PYTHON, connect, in_thread, router_process, start_router
+from .test_exec import exec_route, wait_gone
+
+SHELL = shutil.which("bash") or shutil.which("sh")
+MiB = 1024 * 1024
+
+
+# -- pure ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("payload", "expected"), [
+    (b'{"columns": 120, "rows": 40}', (120, 40)),
+    (b'{"rows":1,"columns":10000}', (10000, 1)),
+    (b'{"columns": 0, "rows": 40}', "columns and rows must be whole numbers from 1 to 10000"),
+    (b'{"columns": 80.5, "rows": 40}', "columns and rows must be whole numbers from 1 to 10000"),
+    (b'{"columns": true, "rows": 40}', "columns and rows must be whole numbers from 1 to 10000"),
+    (b'{"columns": 80}', 'not {"columns": C, "rows": R}'),
+    (b'{"columns": 80, "rows": 24, "x": 1}', 'not {"columns": C, "rows": R}'),
+    (b"[80, 24]", 'not {"columns": C, "rows": R}'),
+    (b"ls\r", "not JSON"),
+    (b"\xff\xfe", "not JSON"),
+    (b" " * 2000, "longer than 1024 bytes"),
+])
+def test_parse_control(payload, expected):
+    """A control message gives the new size, or says what is wrong with it."""
+    assert parse_control(payload) == expected
+
+
+def test_open_pty_sets_the_size():
+    """A new pty has the size asked for."""
+    master, slave, name = open_pty((132, 43))
+    try:
+        assert window_size(slave) == (132, 43)
+        assert name.startswith("/dev/")
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_session_members_lists_this_process():
+    """The process table scan finds this process in its own session, and nothing for a session that does not exist."""
+    assert os.getpid() in (session_members(os.getsid(0)) or [])
+    assert session_members(2 ** 22 + 12345) == []
+
+
+def test_route_option_and_key():
+    """pty is a route option and a file key that lands on the exec target, and round-trips through to_data."""
+    route = parse_route("/sh[pty=true]=exec:bash -l")
+    assert route.target == ExecTarget(("bash", "-l"), pty=True)
+    assert route_from_string("/sh[pty=false]=exec:sh")["pty"] is False
+    config = build_config({"routes": [{"path": "/sh", "target": "exec:bash -l", "pty": True}]})
+    assert to_data(config)["routes"][0]["pty"] is True
+    assert build_config(to_data(config)) == config
+    assert default_framing(config.routes[0].target) == "binary"
+    assert default_framing(ExecTarget(("cat",))) == "line"
+
+
+@pytest.mark.parametrize(("raw", "problem"), [
+    ({"path": "/e", "target": "echo:", "pty": True}, "routes[0].pty: is only for exec: targets"),
+    ({"path": "/e", "target": "exec:sh", "pty": "yes"}, "routes[0].pty: must be true or false, not 'yes'"),
+])
+def test_bad_pty_key(raw, problem):
+    """pty on a target that is not exec:, or not a boolean, is refused with its key path."""
+    with pytest.raises(ConfigError) as info:
+        build_config({"routes": [raw]})
+    assert problem in str(info.value)
+
+
+# -- a real shell ----------------------------------------------------------------------------
+
+
+def shell_route(path: str = "/sh") -> dict[str, Any]:
+    assert SHELL is not None
+    return {"path": path, "target": f"exec:{SHELL}", "pty": True, "env": {"PS1": "$ "}}
+
+
+class Screen:
+    """The client side of a terminal session: what came back so far, read until a pattern shows."""
+
+    def __init__(self, ws: Any):
+        self.ws = ws
+        self.text = ""
+
+    def until(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            match = re.search(pattern, self.text)
+            if match:
+                self.text = self.text[match.end():]
+                return match
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{pattern!r} did not appear; the screen ends with {self.text[-500:]!r}")
+            message = self.ws.recv(timeout=left)
+            assert isinstance(message, bytes), "terminal output comes as binary messages"
+            self.text += message.decode("utf-8", "replace")
+
+    def type(self, text: str) -> None:
+        self.ws.send(text)
+
+    def resize(self, columns: int, rows: int) -> None:
+        self.ws.send(json.dumps({"columns": columns, "rows": rows}).encode())
+
+
+@pytest_twisted.inlineCallbacks
+def test_shell_sees_terminal_and_resize():
+    """A shell on the pty runs commands, has TERM=xterm-256color, a tty, and stty size follows a resize message."""
+    router = start_router(routes=[shell_route()])
+
+    def client():
+        with connect(router.url + "/sh") as ws:
+            screen = Screen(ws)
+            screen.type("echo T=$TERM; tty -s && echo on-a-tty; stty size\r")
+            screen.until(r"T=xterm-256color")
+            screen.until(r"on-a-tty")
+            before = screen.until(r"(\d+) (\d+)\r\n").groups()
+            screen.resize(123, 45)
+            screen.type("stty size\r")
+            after = screen.until(r"(\d+) (\d+)\r\n").groups()
+            screen.type("exit 3\r")
+            try:
+                ws.recv(timeout=10)
+                while True:
+                    ws.recv(timeout=10)
+            except Exception:  # noqa: BLE001  (the close ends the loop)
+                pass
+            return before, after, ws.close_code, ws.close_reason
+
+    try:
+        before, after, code, reason = yield in_thread(client)
+        assert before == ("24", "80")
+        assert after == ("45", "123")
+        assert (code, reason) == (1011, "target error: command exited with status 3")
+    finally:
+        yield router.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_resize_reaches_a_running_program_as_sigwinch():
+    """The foreground job of the shell is told of a resize (SIGWINCH) and sees the new size."""
+    router = start_router(routes=[shell_route()])
+    watcher = ("import signal,os,sys,time;"
+               "signal.signal(signal.SIGWINCH, lambda *a: print('WINCH', *os.get_terminal_size(), flush=True));"
+               "print('REA' + 'DY', flush=True); time.sleep(30)")
+
+    def client():
+        with connect(router.url + "/sh") as ws:
+            screen = Screen(ws)
+            screen.type(f"{PYTHON} -c \"{watcher}\"\r")
+            screen.until(r"READY")
+            screen.resize(100, 30)
+            return screen.until(r"WINCH (\d+) (\d+)").groups()
+
+    try:
+        size = yield in_thread(client)
+        assert size == ("100", "30")
+    finally:
+        yield router.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_close_ends_shell_and_its_jobs():
+    """After the client closes, the shell, a background job (its own process group) and a foreground job are gone."""
+    router = start_router(routes=[shell_route()])
+
+    def client():
+        with connect(router.url + "/sh") as ws:
+            screen = Screen(ws)
+            screen.type("sleep 300 & echo PIDS $$ $!\r")
+            shell, background = map(int, screen.until(r"PIDS (\d+) (\d+)").groups())
+            screen.type("exec 2>/dev/null; sleep 301\r")
+            deadline = time.monotonic() + 10
+            foreground: list[int] = []
+            while not foreground and time.monotonic() < deadline:
+                foreground = [pid for pid in session_members(shell) or [] if pid not in (shell, background)]
+                time.sleep(0.05)
+            groups = {os.getpgid(pid) for pid in (shell, background, *foreground)}
+        return shell, background, foreground, groups, wait_gone([shell, background, *foreground])
+
+    try:
+        shell, background, foreground, groups, alive = yield in_thread(client)
+        assert foreground, "the foreground sleep was not seen"
+        assert len(groups) == 3, "job control put each job in a group of its own"
+        assert alive == []
+    finally:
+        yield router.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_text_input_never_taken_for_control():
+    """A text message that looks like a control message is typed input, and a bad binary one is ignored."""
+    router = start_router(routes=[shell_route()])
+
+    def client():
+        with connect(router.url + "/sh") as ws:
+            screen = Screen(ws)
+            ws.send(b"not a control message")
+            screen.type('echo \'{"columns": 50, "rows": 10}\'; stty size\r')
+            screen.until(r"\{\"columns\": 50, \"rows\": 10\}\r\n")
+            return screen.until(r"(\d+) (\d+)\r\n").groups()
+
+    try:
+        size = yield in_thread(client)
+        assert size == ("24", "80")
+    finally:
+        yield router.stopService()
+
+
+# -- flow control (a router process) --------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_pty_flooding_slow_client_bounds_memory(tmp_path: Path):
+    """A command on a pty writing 128 MiB to a client that stops reading for a while grows the router by < 64 MiB."""
+    total_mib = 128
+    route = exec_route("/*", "flood.py", str(total_mib), "8192", options="pty=true")
+    with router_process(tmp_path, "--route", route) as router:
+        baseline = router.status("VmRSS")
+        s = rawws.upgrade(router.port, "/")
+        reader = rawws.read_late_and_slowly(s)
+        s.close()
+        growth = router.status("VmHWM") - baseline
+        lines = total_mib * MiB // 8192
+        assert reader.received == lines * 8193  # the pty turns each \n into \r\n
+        assert reader.close_code == 1000
+        assert growth < 64 * 1024, f"router grew by {growth} KiB"
+
+
+@pytest.mark.slow
+def test_pty_command_not_reading_pauses_client(tmp_path: Path):
+    """A client typing 256 MiB into a program on a pty that never reads blocks early, and the router grows by < 64 MiB."""
+    route = exec_route("/*", "sleeper.py", options="pty=true")
+    with router_process(tmp_path, "--ping", "10", "--ping-timeout", "5", "--route", route) as router:
+        baseline = router.status("VmRSS")
+        s = rawws.upgrade(router.port, "/")
+        # Whole lines: in canonical mode the terminal itself discards a line longer than 4 KiB.
+        block = rawws.frame_header(MiB, opcode=0x1) + (b"a" * 1023 + b"\n") * 1024
+        s.settimeout(5)
+        sent, blocked = 0, False
+        try:
+            while sent < 256 * MiB:
+                s.sendall(block)
+                sent += MiB
+        except TimeoutError:
+            blocked = True
+        growth = router.status("VmHWM") - baseline
+        s.close()
+        assert blocked, "the client could send everything: nothing paused it"
+        assert sent < 64 * MiB, f"{sent // MiB} MiB accepted before the client was paused"
+        assert growth < 64 * 1024, f"router grew by {growth} KiB"
