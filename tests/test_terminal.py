@@ -7,6 +7,7 @@ thread; flow control against a router process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from websockets.exceptions import ConnectionClosed
 
 from wsrouter.config import ConfigError, ExecTarget, build_config, default_framing, to_data
 from wsrouter.config.spec import parse_route, route_from_string
@@ -114,9 +116,10 @@ class Screen:
                 self.text = self.text[match.end():]
                 return match
             left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"{pattern!r} did not appear; the screen ends with {self.text[-500:]!r}")
-            message = self.ws.recv(timeout=left)
+            try:
+                message = self.ws.recv(timeout=max(left, 0.01))
+            except TimeoutError:
+                raise AssertionError(f"{pattern!r} did not appear; the screen ends with {self.text[-500:]!r}") from None
             assert isinstance(message, bytes), "terminal output comes as binary messages"
             self.text += message.decode("utf-8", "replace")
 
@@ -143,12 +146,9 @@ def test_shell_sees_terminal_and_resize():
             screen.type("stty size\r")
             after = screen.until(r"(\d+) (\d+)\r\n").groups()
             screen.type("exit 3\r")
-            try:
-                ws.recv(timeout=10)
+            with contextlib.suppress(ConnectionClosed, TimeoutError):
                 while True:
                     ws.recv(timeout=10)
-            except Exception:  # noqa: BLE001  (the close ends the loop)
-                pass
             return before, after, ws.close_code, ws.close_reason
 
     try:
@@ -184,29 +184,52 @@ def test_resize_reaches_a_running_program_as_sigwinch():
 
 
 @pytest_twisted.inlineCallbacks
-def test_close_ends_shell_and_its_jobs():
-    """After the client closes, the shell, a background job (its own process group) and a foreground job are gone."""
+def test_close_ends_shell_and_its_jobs(tmp_path):
+    """After the client closes, the foreground job is hung up (SIGHUP), and it, the shell and a background job end."""
     router = start_router(routes=[shell_route()])
+    hup = tmp_path / "hup"
+    foreground_job = ("import signal,os,pathlib,time; p = pathlib.Path('" + str(hup) + "');"
+                      "signal.signal(signal.SIGHUP, lambda *a: (p.write_text('HUP'), os._exit(0)));"
+                      "print('FG', os.getpid(), flush=True); time.sleep(300)")
 
     def client():
         with connect(router.url + "/sh") as ws:
             screen = Screen(ws)
             screen.type("sleep 300 & echo PIDS $$ $!\r")
             shell, background = map(int, screen.until(r"PIDS (\d+) (\d+)").groups())
-            screen.type("exec 2>/dev/null; sleep 301\r")
-            deadline = time.monotonic() + 10
-            foreground: list[int] = []
-            while not foreground and time.monotonic() < deadline:
-                foreground = [pid for pid in session_members(shell) or [] if pid not in (shell, background)]
-                time.sleep(0.05)
-            groups = {os.getpgid(pid) for pid in (shell, background, *foreground)}
-        return shell, background, foreground, groups, wait_gone([shell, background, *foreground])
+            screen.type(f"{PYTHON} -c \"{foreground_job}\"\r")
+            foreground = int(screen.until(r"FG (\d+)").group(1))
+            groups = {os.getpgid(pid) for pid in (shell, background, foreground)}
+        return groups, wait_gone([shell, background, foreground])
 
     try:
-        shell, background, foreground, groups, alive = yield in_thread(client)
-        assert foreground, "the foreground sleep was not seen"
+        groups, alive = yield in_thread(client)
         assert len(groups) == 3, "job control put each job in a group of its own"
         assert alive == []
+        assert hup.read_text() == "HUP"
+    finally:
+        yield router.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_shell_exit_ends_session_despite_a_stubborn_job():
+    """A shell exiting with a job on the pty that ignores SIGHUP and SIGTERM ends the session (1000); the job dies."""
+    router = start_router(routes=[shell_route()])
+
+    def client():
+        with connect(router.url + "/sh") as ws:
+            screen = Screen(ws)
+            screen.type("(trap '' HUP TERM; exec sleep 300) & echo JOB $!; exit 0\r")
+            job = int(screen.until(r"JOB (\d+)").group(1))
+            with contextlib.suppress(ConnectionClosed, TimeoutError):
+                while True:
+                    ws.recv(timeout=20)
+            return job, ws.close_code, ws.close_reason
+
+    try:
+        job, code, reason = yield in_thread(client)
+        assert (code, reason) == (1000, "target closed the connection")
+        assert wait_gone([job]) == []
     finally:
         yield router.stopService()
 
@@ -253,7 +276,7 @@ def test_pty_flooding_slow_client_bounds_memory(tmp_path: Path):
 
 @pytest.mark.slow
 def test_pty_command_not_reading_pauses_client(tmp_path: Path):
-    """A client typing 256 MiB into a program on a pty that never reads blocks early, and the router grows by < 64 MiB."""
+    """A client typing 256 MiB into a program on a pty that never reads is blocked early; the router grows < 64 MiB."""
     route = exec_route("/*", "sleeper.py", options="pty=true")
     with router_process(tmp_path, "--ping", "10", "--ping-timeout", "5", "--route", route) as router:
         baseline = router.status("VmRSS")

@@ -37,9 +37,11 @@ process session (found in C{/proc}; the command's group alone where there
 is no C{/proc}).
 
   - The client closes (or the router does): C{SIGHUP} (what a terminal
-    hang-up sends; an interactive shell ignores C{SIGTERM}) and C{SIGTERM}
-    to the session, C{SIGKILL} after the grace period (2 s) to whatever is
-    left, then the pty is closed.
+    hang-up sends; an interactive shell ignores C{SIGTERM}) and C{SIGCONT}
+    to the session at once, C{SIGTERM} to whatever is left after half the
+    grace period, C{SIGKILL} after the grace period (2 s), then the pty is
+    closed.  (C{SIGTERM} together with C{SIGHUP} would kill a program
+    before its hang-up handler ran: an editor saving its buffer, say.)
   - The command exits: what is left of its session gets the same (a
     background job does not keep the session open); once its output is
     read and the pty closed, status 0 ends the session with 1000, anything
@@ -366,13 +368,13 @@ class PtyLink(ProcessProtocol):
         """A pty has no half-close; L{close} hangs it up."""
 
     def close(self) -> None:
-        """Hang up: SIGHUP and SIGTERM to the session now, SIGKILL after the grace period."""
+        """Hang up: SIGHUP to the session now, SIGTERM and SIGKILL later (module docstring)."""
         if self._closing:
             return
         self._closing = True
         self._drain()
         if self.pid is not None and self.exit is None:
-            self._signal(self.pid, (signal.SIGHUP, signal.SIGTERM, signal.SIGCONT), True)
+            self._signal(self.pid, (signal.SIGHUP, signal.SIGCONT), True)
             self._schedule_kill()
 
     def abort(self) -> None:
@@ -427,7 +429,7 @@ class PtyLink(ProcessProtocol):
         self.exit = reason
         self._on_exit(self)
         if self.pid is not None and self._kill_call is None:
-            if self._signal(self.pid, (signal.SIGHUP, signal.SIGTERM, signal.SIGCONT), False):
+            if self._signal(self.pid, (signal.SIGHUP, signal.SIGCONT), False):
                 self._schedule_kill()
             else:
                 self._schedule_force_close()
@@ -447,7 +449,14 @@ class PtyLink(ProcessProtocol):
 
     def _schedule_kill(self) -> None:
         if self._kill_call is None:
-            self._kill_call = self._clock.callLater(self._grace, self._kill)
+            self._kill_call = self._clock.callLater(self._grace / 2, self._terminate)
+
+    def _terminate(self) -> None:
+        self._kill_call = None
+        if self.pid is not None and not self._signal(self.pid, (signal.SIGTERM,), self.exit is None):
+            self._schedule_force_close()
+            return
+        self._kill_call = self._clock.callLater(self._grace / 2, self._kill)
 
     def _kill(self) -> None:
         self._kill_call = None
