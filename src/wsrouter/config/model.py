@@ -1020,6 +1020,28 @@ class Compression:
         checks.raise_any()
 
 
+#: What a terminal page mount point looks like: one path segment between slashes.
+TERMINAL_MOUNT = re.compile(r"/[A-Za-z0-9._~-]+/")
+
+
+@frozen
+class TerminalPage:
+    """
+    The bundled terminal page (wstelnet.html on xterm.js, L{wsrouter.web.terminal}).
+
+    @ivar mount: where it is served, one path segment such as C{/term/}
+        (C{None}: not served); it shadows the web root's files there.
+    """
+
+    mount: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        checks = _Checks()
+        if self.mount is not None and not (isinstance(self.mount, str) and TERMINAL_MOUNT.fullmatch(self.mount)):
+            checks.add("mount", f"must be one path segment between slashes, such as /term/, not {self.mount!r}")
+        checks.raise_any()
+
+
 @frozen
 class RouterConfig:
     """
@@ -1049,6 +1071,7 @@ class RouterConfig:
     security: Security = field(factory=Security)
     auth: tuple[Auth, ...] = field(default=(), converter=_as_tuple)
     tls: TlsSettings | None = None
+    terminal: TerminalPage = field(factory=TerminalPage)
     #: What a Host that no route names gets: C{"default"}, the routes without
     #: a host; C{"421"}, 421 Misdirected Request (L{wsrouter.routing}).
     unknown_host: str = field(default="default", converter=_number_as_text)

@@ -45,6 +45,7 @@ from wsrouter.config.model import (
     Security,
     Target,
     TcpTarget,
+    TerminalPage,
     TlsSettings,
     TlsTarget,
     UdpTarget,
@@ -57,7 +58,7 @@ from wsrouter.config.model import (
 
 TOP_KEYS = ("listen", "workers", "pass_env", "follow_program_port", "limits", "lifetime", "log", "web",
             "recording", "programs", "routes", "trusted_proxies", "proxy_protocol",
-            "security", "auth", "tls", "compression", "unknown_host")
+            "security", "auth", "tls", "compression", "unknown_host", "terminal")
 LIMITS_KEYS = ("max_message_size", "ping_interval", "ping_timeout", "session_idle_timeout", "handshake_timeout",
                "connect_timeout", "shutdown_grace", "max_forks", "max_header_bytes", "max_connections",
                "max_connections_per_client", "max_handshakes_per_client")
@@ -73,6 +74,7 @@ COMPRESSION_KEYS = ("permessage_deflate", "server_no_context_takeover", "client_
 LOG_KEYS = ("file", "level", "traffic", "format")
 WEB_KEYS = ("root", "listing", "content_security_policy", "frame_options")
 RECORDING_KEYS = ("directory", "format", "max_bytes", "redact")
+TERMINAL_KEYS = ("mount",)
 PROGRAM_KEYS = ("mode", "command", "ports", "keep_env", "socket")
 ROUTE_KEYS = ("path", "subprotocols", "target", "framing", "max_forks", "record", "env", "proxy_protocol",
               "origin", "auth", "host", *TLS_TARGET_KEYS, "pty")
@@ -666,6 +668,7 @@ class _Builder:
             "lifetime": lifetime, "log": log, "programs": (*self.programs.values(), *self.inline),
             "pass_env": pass_env, "follow_program_port": follow, "security": security,
             "auth": self.auth(values.get("auth", {})), "tls": tls, "compression": compression,
+            "terminal": self.simple(TerminalPage, values.get("terminal"), "terminal", TERMINAL_KEYS),
         }
         if "workers" in values:
             fields["workers"] = _number(values["workers"], True)
@@ -810,6 +813,8 @@ def to_data(config: RouterConfig) -> dict[str, Any]:
                                        "keep_env": program.keep_env, "socket": program.socket}
                           for program in config.programs}
     data["routes"] = [_route_data(route) for route in config.routes]
+    if config.terminal.mount is not None:
+        data["terminal"] = _fields(config.terminal, TERMINAL_KEYS)
     if config.unknown_host != "default":
         data["unknown_host"] = config.unknown_host
     if config.proxies.trusted_proxies:

@@ -38,6 +38,7 @@ from wsrouter.tlsport import listener_factory
 from wsrouter.web.channel import limit_requests
 from wsrouter.web.resource import RouterResource
 from wsrouter.web.static import build_web_root, security_headers
+from wsrouter.web.terminal import mount_terminal
 
 log = Logger(namespace="wsrouter")
 
@@ -56,7 +57,7 @@ def build_resource(config: RouterConfig, reactor: Any = None, gateway: Gateway |
     if config.web:
         headers = security_headers(config.web.content_security_policy, config.web.frame_options)
         web_root = build_web_root(config.web.directory, config.web.listing, headers)
-    return RouterResource(gateway, web_root)
+    return RouterResource(gateway, mount_terminal(config, web_root))
 
 
 class ListenerService(Service):
