@@ -266,7 +266,7 @@ while [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
 
 
 def test_telnet_mode_sends_naws_to_a_tcp_target(browser, tmp_path):  # noqa: F811
-    """In telnet mode the page answers DO NAWS with WILL NAWS and its size, and reports each resize (captured at TCP)."""
+    """In telnet mode the page answers DO NAWS with WILL NAWS and its size, then reports each resize (seen at TCP)."""
     server = TelnetishServer()
     port = free_port()
     router = RouterProcess(["--listen", f"tcp:{port}:interface=127.0.0.1", "--terminal", "/term/",
