@@ -20,12 +20,14 @@ import pytest
 import pytest_twisted
 from websockets.exceptions import ConnectionClosed
 
+from wsrouter.cli.lower import options_to_raw
 from wsrouter.config import ConfigError, ExecTarget, build_config, default_framing, to_data
 from wsrouter.config.spec import parse_route, route_from_string
+from wsrouter.querytoken import query_token, with_query_token, without_query_token
 from wsrouter.targets.terminal import open_pty, parse_control, session_members, window_size
 
 from . import rawws
-from .support import PYTHON, connect, in_thread, router_process, start_router
+from .support import PYTHON, connect, handshake_status, in_thread, router_process, start_router
 from .test_exec import exec_route, wait_gone
 
 SHELL = shutil.which("bash") or shutil.which("sh")
@@ -165,7 +167,7 @@ def test_resize_reaches_a_running_program_as_sigwinch():
     """The foreground job of the shell is told of a resize (SIGWINCH) and sees the new size."""
     router = start_router(routes=[shell_route()])
     watcher = ("import signal,os,sys,time;"
-               "signal.signal(signal.SIGWINCH, lambda *a: print('WINCH', *os.get_terminal_size(), flush=True));"
+               "signal.signal(signal.SIGWINCH, lambda *a: os.write(1, b'WINCH %d %d' % os.get_terminal_size()));"
                "print('REA' + 'DY', flush=True); time.sleep(30)")
 
     def client():
@@ -296,3 +298,103 @@ def test_pty_command_not_reading_pauses_client(tmp_path: Path):
         assert blocked, "the client could send everything: nothing paused it"
         assert sent < 64 * MiB, f"{sent // MiB} MiB accepted before the client was paused"
         assert growth < 64 * 1024, f"router grew by {growth} KiB"
+
+
+# -- tokens in the query (browsers) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("uri", "token", "kept"), [
+    ("/sh?access_token=abc", "abc", ""),
+    ("/sh?a=1&access_token=a%2Bb&b=2", "a+b", "a=1&b=2"),
+    ("/sh?access_token=&x", "", "x"),
+    ("/sh?my_access_token=1", None, "my_access_token=1"),
+    ("/sh", None, ""),
+])
+def test_query_token(uri, token, kept):
+    """access_token is read from the query and removed from what the router keeps, the rest left as written."""
+    assert query_token(uri) == token
+    assert without_query_token(uri.partition("?")[2]) == kept
+
+
+def test_query_token_never_replaces_a_header():
+    """A request's own Authorization header wins over a query token."""
+    assert with_query_token({"authorization": "Basic eDp5"}, "/?access_token=t") == {"authorization": "Basic eDp5"}
+    assert with_query_token({}, "/?access_token=t") == {"authorization": "Bearer t"}
+
+
+@pytest_twisted.inlineCallbacks
+def test_query_token_opens_a_token_route_and_is_not_kept(tmp_path):
+    """?access_token= opens a tokens route, a wrong one is 401, and the command sees the query without the token."""
+    (tmp_path / "tokens").write_text("s3cret-token\n")
+    router = start_router(
+        routes=[{"path": "/q", "target": f"exec:{PYTHON} -c \"import os; print(os.environ['QUERY_STRING'])\"",
+                 "auth": "t"}],
+        auth={"t": {"tokens": str(tmp_path / "tokens")}},
+    )
+
+    def client():
+        refused = handshake_status(router.url + "/q?access_token=wrong")
+        with connect(router.url + "/q?x=1&access_token=s3cret-token&y=2") as ws:
+            return refused, ws.recv(timeout=10)
+
+    try:
+        refused, seen = yield in_thread(client)
+        assert refused[0] == 401
+        assert seen == "x=1&y=2"
+    finally:
+        yield router.stopService()
+
+
+# -- the page's mount ---------------------------------------------------------------------------
+
+
+def http_get(port: int, path: str) -> tuple[int, bytes, str]:
+    """A plain GET: status, body and Content-Type."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.status, response.read(), response.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), e.headers.get("Content-Type", "")
+
+
+@pytest_twisted.inlineCallbacks
+def test_terminal_mount_serves_the_page_and_leaves_the_rest(tmp_path):
+    """[terminal] mount serves wstelnet.html and xterm.js there with the web root's headers; other paths go on."""
+    (tmp_path / "index.html").write_text("own index")
+    router = start_router(routes=["/echo=echo:"], web=str(tmp_path), terminal={"mount": "/term/"})
+
+    def fetch():
+        return {path: http_get(router.port_number, path) for path in
+                ("/term/", "/term/xterm/xterm.js", "/term/xterm/LICENSE", "/", "/term/nothing")}
+
+    try:
+        got = yield in_thread(fetch)
+        assert got["/term/"][0] == 200 and b"xterm/xterm.js" in got["/term/"][1]
+        assert (got["/term/xterm/xterm.js"][0], got["/term/xterm/xterm.js"][2]) == (200, "text/javascript")
+        assert b"MIT" in got["/term/xterm/LICENSE"][1] or b"Permission" in got["/term/xterm/LICENSE"][1]
+        assert got["/"][:2] == (200, b"own index")
+        assert got["/term/nothing"][0] == 404
+    finally:
+        yield router.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_terminal_mount_without_a_web_root():
+    """With no web root the page is still served at its mount, and / is 404."""
+    router = start_router(routes=["/echo=echo:"], terminal={"mount": "/t/"})
+
+    def fetch():
+        return http_get(router.port_number, "/t/wstelnet.html")[0], http_get(router.port_number, "/")[0]
+
+    try:
+        assert (yield in_thread(fetch)) == (200, 404)
+    finally:
+        yield router.stopService()
+
+
+def test_terminal_command_line_option():
+    """--terminal PATH lowers to [terminal] mount."""
+    assert options_to_raw({"terminal": "/term/", "routes": ["/e=echo:"]})["terminal"] == {"mount": "/term/"}
