@@ -18,13 +18,17 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from websockets.exceptions import ConnectionClosed
 
 from wsrouter.cli.lower import options_to_raw
 from wsrouter.config import ConfigError, ExecTarget, build_config, default_framing, to_data
 from wsrouter.config.spec import parse_route, route_from_string
 from wsrouter.querytoken import query_token, with_query_token, without_query_token
-from wsrouter.targets.terminal import open_pty, parse_control, session_members, window_size
+from wsrouter.targets.exec import describe_exit
+from wsrouter.targets.terminal import PtyLink, open_pty, parse_control, session_members, window_size
 
 from . import rawws
 from .support import PYTHON, connect, handshake_status, in_thread, router_process, start_router
@@ -93,6 +97,135 @@ def test_bad_pty_key(raw, problem):
     with pytest.raises(ConfigError) as info:
         build_config({"routes": [raw]})
     assert problem in str(info.value)
+
+
+# -- the link's ending, with a fake process and a Clock ---------------------------------------
+
+
+class FakePty:
+    """The parts of Twisted's PTYProcess the link uses, recording what it is asked."""
+
+    def __init__(self, pid: int = 4242):
+        self.pid = pid
+        self.paused = False
+        self.written = bytearray()
+        self.lost = False
+
+    def fileno(self) -> int:
+        return -1
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None: ...
+
+    def unregisterProducer(self) -> None: ...
+
+    def loseConnection(self) -> None:
+        self.lost = True
+
+
+class Receiver:
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.lost: list[str | None] = []
+
+    def data_received(self, data: bytes) -> None:
+        self.data.append(data)
+
+    def link_lost(self, error: str | None) -> None:
+        self.lost.append(error)
+
+
+def fake_link(alive: list[bool]) -> tuple[Any, Clock, list[tuple[int, tuple[int, ...], bool]], FakePty]:
+    """A PtyLink on a FakePty whose signaller records calls and says the session is alive while C{alive[0]}."""
+    clock = Clock()
+    sent: list[tuple[int, tuple[int, ...], bool]] = []
+
+    def signaller(pid: int, signums: tuple[int, ...], leader: bool) -> bool:
+        sent.append((pid, signums, leader))
+        return alive[0]
+
+    link = PtyLink(clock, "sh[s1]", grace=2.0, signaller=signaller, describe_exit=describe_exit)
+    pty = FakePty()
+    link.makeConnection(pty)
+    return link, clock, sent, pty
+
+
+def test_link_paused_until_start_then_delivers_early_output():
+    """The pty is not read before start; output read before it is delivered first, in order."""
+    link, _, _, pty = fake_link([True])
+    assert pty.paused
+    link.childDataReceived(1, b"early")
+    receiver = Receiver()
+    link.start(receiver)
+    link.childDataReceived(1, b"later")
+    assert receiver.data == [b"early", b"later"]
+    assert not pty.paused
+
+
+def test_close_hangs_up_then_terminates_then_kills_then_closes_the_pty():
+    """A client close: SIGHUP+SIGCONT now, SIGTERM at half the grace, SIGKILL at the grace, then the pty is closed."""
+    import signal as sig
+
+    alive = [True]
+    link, clock, sent, pty = fake_link(alive)
+    link.start(Receiver())
+    link.close()
+    assert sent == [(4242, (sig.SIGHUP, sig.SIGCONT), True)]
+    clock.advance(1.0)
+    assert sent[-1] == (4242, (sig.SIGTERM,), True)
+    clock.advance(1.0)
+    assert sent[-1] == (4242, (sig.SIGKILL,), True)
+    link.processExited(Failure(ProcessTerminated(signal=9)))
+    assert not pty.lost
+    clock.advance(2.0)
+    assert pty.lost
+
+
+def test_exit_with_a_stubborn_job_ends_after_the_grace():
+    """The command exits, its session lives on: hang-up, SIGTERM, SIGKILL; the exit is reported once the pty ends."""
+    import signal as sig
+
+    alive = [True]
+    link, clock, sent, _pty = fake_link(alive)
+    receiver = Receiver()
+    link.start(receiver)
+    link.processExited(Failure(ProcessDone(0)))
+    assert sent == [(4242, (sig.SIGHUP, sig.SIGCONT), False)]
+    clock.advance(1.0)
+    clock.advance(1.0)
+    assert [signums for _, signums, _ in sent] == [(sig.SIGHUP, sig.SIGCONT), (sig.SIGTERM,), (sig.SIGKILL,)]
+    assert receiver.lost == []
+    link.processEnded(Failure(ProcessDone(0)))
+    assert receiver.lost == [None]
+    assert link.ended.called
+
+
+def test_exit_status_reported_as_error():
+    """A command exiting with status 3 is reported to the bridge with the status."""
+    link, _, _, _ = fake_link([False])
+    receiver = Receiver()
+    link.start(receiver)
+    link.processExited(Failure(ProcessTerminated(exitCode=3)))
+    link.processEnded(Failure(ProcessTerminated(exitCode=3)))
+    assert receiver.lost == ["command exited with status 3"]
+
+
+def test_messages_text_is_input_binary_is_control():
+    """Text messages are written to the pty as they are; a binary message never is."""
+    link, _, _, pty = fake_link([True])
+    link.start(Receiver())
+    link.write_message(b'{"columns": 1, "rows": 1}', False)
+    link.write_message(b"\x03ls\r", False)
+    link.write_message(b"ls\r", True)
+    assert bytes(pty.written) == b'{"columns": 1, "rows": 1}\x03ls\r'
 
 
 # -- a real shell ----------------------------------------------------------------------------
