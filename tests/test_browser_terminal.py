@@ -301,3 +301,54 @@ def test_raw_mode_with_a_plain_stream_target(browser, tmp_path):  # noqa: F811
     finally:
         router.stop()
         server.close()
+
+
+# -- telnet.js on its own (in the browser, no server) ------------------------------------------------
+
+TELNET_CHECK = """
+const feed = (t, bytes, oneByOne) => {
+  let data = [], reply = [];
+  const chunks = oneByOne ? bytes.map((b) => [b]) : [bytes];
+  for (const chunk of chunks) {
+    const out = t.receive(Uint8Array.from(chunk));
+    data.push(...out.data); reply.push(...out.reply);
+  }
+  return {data, reply};
+};
+const input = arguments[0];
+const results = [];
+for (const oneByOne of [false, true]) {
+  const t = new Telnet("xterm-256color");
+  t.resize(300, 40);
+  results.push(feed(t, input, oneByOne));
+  results.push({resize: Array.from(t.resize(255, 24)), send: Array.from(t.send(Uint8Array.from([13, 255, 13, 10])))});
+}
+return results;
+"""
+
+
+def test_telnet_negotiation_whole_and_byte_by_byte(browser, tmp_path):  # noqa: F811
+    """telnet.js answers the same fed whole or one byte at a time: accepts ECHO/SGA/TTYPE/NAWS, refuses the rest."""
+    port = free_port()
+    router = RouterProcess(["--listen", f"tcp:{port}:interface=127.0.0.1", "--terminal", "/term/",
+                            "--route", "/e=echo:"], port, tmp_path / "router.log")
+    server = [IAC, WILL, 1, IAC, WILL, 3, IAC, WILL, 5,          # ECHO, SGA: yes; STATUS: no
+              IAC, DO, 24, IAC, DO, NAWS, IAC, DO, 39,           # TTYPE, NAWS: yes; NEW-ENVIRON: no
+              IAC, WILL, 1,                                      # again: no answer (no loop)
+              IAC, SB, 24, 1, IAC, SE,                           # TERMINAL-TYPE SEND
+              ord("h"), IAC, IAC, ord("i"), IAC, 241]            # data with a doubled 255, then a NOP
+    try:
+        browser.get(f"http://127.0.0.1:{port}/term/wstelnet.html")
+        whole, whole_after, single, single_after = browser.execute_script(TELNET_CHECK, server)
+    finally:
+        router.stop()
+    assert whole == single
+    assert whole_after == single_after
+    assert bytes(whole["data"]) == b"h\xffi"
+    assert bytes(whole["reply"]) == (
+        bytes((IAC, DO, 1, IAC, DO, 3, IAC, 254, 5, IAC, WILL, 24, IAC, WILL, NAWS))
+        + bytes((IAC, SB, NAWS, 1, 44, 0, 40, IAC, SE))                  # 300 x 40 at once
+        + bytes((IAC, 252, 39)) + bytes((IAC, SB, 24, 0)) + b"xterm-256color" + bytes((IAC, SE))
+    )
+    assert bytes(whole_after["resize"]) == bytes((IAC, SB, NAWS, 0, 255, 255, 0, 24, IAC, SE))
+    assert bytes(whole_after["send"]) == bytes((13, 0, 255, 255, 13, 10))
