@@ -28,7 +28,14 @@ from wsrouter.config import ConfigError, ExecTarget, build_config, default_frami
 from wsrouter.config.spec import parse_route, route_from_string
 from wsrouter.querytoken import query_token, with_query_token, without_query_token
 from wsrouter.targets.exec import describe_exit
-from wsrouter.targets.terminal import PtyLink, open_pty, parse_control, session_members, window_size
+from wsrouter.targets.terminal import (
+    PtyLink,
+    open_pty,
+    open_terminal_routes,
+    parse_control,
+    session_members,
+    window_size,
+)
 
 from . import rawws
 from .support import PYTHON, connect, handshake_status, in_thread, router_process, start_router
@@ -86,6 +93,17 @@ def test_route_option_and_key():
     assert build_config(to_data(config)) == config
     assert default_framing(config.routes[0].target) == "binary"
     assert default_framing(ExecTarget(("cat",))) == "line"
+
+
+def test_open_terminal_routes_are_named(tmp_path):
+    """pty routes without credentials are named for the start-up warning; ones with auth, or plain exec, are not."""
+    config = build_config({
+        "auth": {"t": {"tokens": str(tmp_path / "tokens")}},
+        "routes": [{"path": "/open", "target": "exec:sh", "pty": True},
+                   {"path": "/shut", "target": "exec:sh", "pty": True, "auth": "t"},
+                   {"path": "/plain", "target": "exec:cat"}],
+    })
+    assert open_terminal_routes(config) == ["/open"]
 
 
 @pytest.mark.parametrize(("raw", "problem"), [

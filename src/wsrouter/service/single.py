@@ -31,6 +31,7 @@ from wsrouter.process.supervisor import Supervisor
 from wsrouter.process.wrapped import ProgramNotFound, ProgramSet, WrappedProgram, wrapped_targets
 from wsrouter.proxyproto import ProxyHeaderFactory
 from wsrouter.rebind import ShimUnavailable
+from wsrouter.targets.terminal import warn_open_terminals
 from wsrouter.targets.tls import warn_unverified
 from wsrouter.targets.wrapped import WrappedConnector
 from wsrouter.tls import ServerTls, TlsProblem
@@ -164,6 +165,7 @@ class RouterService(MultiService):
             log.info("route {route} -> {target}", route=route.describe(), target=route.target.describe())
         log.info("{capacity}", capacity=self.descriptors.describe_capacity(self.config))
         warn_unverified(self.config)
+        warn_open_terminals(self.config)
         start_programs(self._programs.ordered())
 
     def _program_listening(self, program: WrappedProgram) -> None:
@@ -205,6 +207,7 @@ class RouterService(MultiService):
         problems += await self._change_listeners(config.listeners, reproxied)
         self.gateway.use_config(config)
         warn_unverified(config)
+        warn_open_terminals(config)
         log.info("configuration reloaded: {routes} routes, {listeners} listeners, {programs} wrapped programs",
                  routes=len(config.routes), listeners=len(self.listeners), programs=len(config.programs))
         if problems:

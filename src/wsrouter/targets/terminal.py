@@ -74,7 +74,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wsrouter.config import DEFAULT_COMMAND_KILL_GRACE
+from wsrouter.config import DEFAULT_COMMAND_KILL_GRACE, ExecTarget, RouterConfig
 from wsrouter.interfaces import LinkReceiver
 
 log = Logger(namespace="wsrouter.exec")
@@ -86,6 +86,22 @@ DEFAULT_SIZE = (80, 24)
 MAX_SIZE = 10000
 #: Largest control message read, in bytes; longer ones are ignored.
 MAX_CONTROL = 1024
+
+
+# -- the configuration -------------------------------------------------------------------
+
+
+def open_terminal_routes(config: RouterConfig) -> list[str]:
+    """The pty routes that ask for no credentials (each hands a terminal to anyone who reaches it)."""
+    return [route.describe() for route in config.routes
+            if isinstance(route.target, ExecTarget) and route.target.pty and config.auth_for(route) is None]
+
+
+def warn_open_terminals(config: RouterConfig) -> None:
+    """At start-up and reload: say loudly which pty routes have no C{auth}."""
+    for route in open_terminal_routes(config):
+        log.warn("route {route} runs a command on a pty and asks for no credentials: anyone who can reach "
+                 "the listener gets that terminal; give it auth (docs/terminal.md)", route=route)
 
 
 # -- the pty and its size --------------------------------------------------------------
