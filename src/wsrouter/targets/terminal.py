@@ -23,7 +23,8 @@ Messages (see docs/terminal.md)
   - A B{binary} message is a control message, a JSON object; C{{"columns":
     C, "rows": R}} (ttyd's resize fields) sets the window size (the kernel
     then sends the foreground job C{SIGWINCH}).  A binary message that is
-    not a valid control message is ignored, with a log line.
+    not a valid control message is ignored, with a log line (the first
+    one of a session only).
   - The terminal's output comes back as binary messages, chunks as read.
 
 The message type is the channel, so no typed or pasted text can ever be
@@ -339,6 +340,7 @@ class PtyLink(ProcessProtocol):
         self._paused_by_client = False
         self._draining = False
         self._closing = False
+        self._told_bad_control = False
         self._kill_call: IDelayedCall | None = None
         self._force_call: IDelayedCall | None = None
         self.ended: Deferred[None] = Deferred()
@@ -371,7 +373,10 @@ class PtyLink(ProcessProtocol):
             return
         size = parse_control(payload)
         if isinstance(size, str):
-            log.info("{label}: control message ignored: {problem}", label=self.label, problem=size)
+            if not self._told_bad_control:  # once per session: a client cannot flood the log
+                self._told_bad_control = True
+                log.info("{label}: control message ignored: {problem} (further ones are not logged)",
+                         label=self.label, problem=size)
             return
         if self.pty is None:
             return
