@@ -1,5 +1,5 @@
 #!/bin/sh
-# Reproduce src/wsrouter/web/terminal/xterm/ from the npm registry: the built
+# Reproduce src/wsrouter/web/wstelnet/xterm/ from the npm registry: the built
 # xterm.js, its stylesheet, the fit addon and their licences, at pinned
 # versions (VERSIONS records them with the tarballs' integrity hashes).
 # Nothing is fetched at run time; wstelnet.html loads these files from the router.
@@ -8,7 +8,7 @@ set -eu
 XTERM_VERSION=6.0.0
 FIT_VERSION=0.11.0
 here=$(cd "$(dirname "$0")/.." && pwd)
-out="$here/src/wsrouter/web/terminal/xterm"
+out="$here/src/wsrouter/web/wstelnet/xterm"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"

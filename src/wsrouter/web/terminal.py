@@ -1,9 +1,9 @@
 """
 The bundled terminal page: C{wstelnet.html} on xterm.js, with its scripts
-and the vendored xterm.js files (C{terminal/} next to this module; see
+and the vendored xterm.js files (C{wstelnet/} next to this module; see
 docs/terminal.md and tools/vendor-xterm.sh).
 
-Two ways to serve it: copy the C{terminal/} directory into a web root
+Two ways to serve it: copy the C{wstelnet/} directory into a web root
 (C{--web}), or mount it with C{[terminal] mount = "/term/"} (C{--terminal
 /term/}), which serves it under that one path segment in front of the web
 root, if any, with the web root's security headers (its
@@ -23,7 +23,7 @@ from wsrouter.config import RouterConfig
 from wsrouter.web.static import WebRootFile, security_headers
 
 #: The directory holding wstelnet.html and what it loads.
-PAGE_DIRECTORY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "terminal")
+PAGE_DIRECTORY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wstelnet")
 PAGE = "wstelnet.html"
 
 
