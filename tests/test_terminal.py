@@ -549,3 +549,19 @@ def test_terminal_mount_without_a_web_root():
 def test_terminal_command_line_option():
     """--terminal PATH lowers to [terminal] mount."""
     assert options_to_raw({"terminal": "/term/", "routes": ["/e=echo:"]})["terminal"] == {"mount": "/term/"}
+
+
+def test_demo_config_is_the_headline():
+    """examples/demo.toml (make run) serves the page at /term/ and a shell on a pty that asks for the token."""
+    from wsrouter.config.load import load_config
+
+    from .support import REPO
+
+    config = load_config(str(REPO / "examples" / "demo.toml"), {"listen": ["tcp:8080:interface=127.0.0.1"]})
+    shell = next(route for route in config.routes if route.path == "/shell")
+    assert isinstance(shell.target, ExecTarget) and shell.target.pty
+    assert open_terminal_routes(config) == []
+    auth = config.auth_for(shell)
+    assert auth is not None and auth.tokens == ".cache/demo/token"
+    assert config.terminal.mount == "/term/"
+    assert config.listeners == ("tcp:8080:interface=127.0.0.1",)
