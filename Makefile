@@ -30,10 +30,14 @@ $(STAMP): pyproject.toml $(BIN)/python
 $(REBIND): src/wsrouter/rebind/rebind.c
 	$(CC) -shared -fPIC -O2 -Wall -Wextra -o $@ $< -ldl
 
+# The demo: a shell in the browser behind a fresh random token (in the
+# printed URL's #fragment, never sent to the server), and the echo box.
 run: install
-	@echo "wsrouter demo: open http://127.0.0.1:$(DEMO_PORT)/ (WebSocket echo at ws://127.0.0.1:$(DEMO_PORT)/echo)"
+	@mkdir -p .cache/demo && (umask 077 && $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(24))' > .cache/demo/token)
+	@echo "wsrouter demo: open http://127.0.0.1:$(DEMO_PORT)/#token=$$(cat .cache/demo/token)"
+	@echo "  a shell on a pty at /shell (behind that token), the terminal page at /term/, an echo at /echo"
 	$(BIN)/twistd --nodaemon --pidfile= wsrouter --listen tcp:$(DEMO_PORT):interface=127.0.0.1 \
-		--web examples/web --route '/echo=echo:'
+		--config examples/demo.toml
 
 # Debian packages for the real-program tests (telnetd, Xvfb, x11vnc); the
 # tests that need them skip, saying why, where they cannot be installed.

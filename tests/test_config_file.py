@@ -341,7 +341,7 @@ def test_example_uses_every_key() -> None:
     assert set(raw) == set(spec.TOP_KEYS)
     for table, keys in [("limits", spec.LIMITS_KEYS), ("lifetime", spec.LIFETIME_KEYS), ("log", spec.LOG_KEYS),
                         ("web", spec.WEB_KEYS), ("recording", spec.RECORDING_KEYS),
-                        ("compression", spec.COMPRESSION_KEYS)]:
+                        ("compression", spec.COMPRESSION_KEYS), ("terminal", spec.TERMINAL_KEYS)]:
         assert set(raw[table]) == set(keys), table
     assert any(set(program) == set(spec.PROGRAM_KEYS) for program in raw["programs"].values())
     assert set().union(*raw["routes"]) == set(spec.ROUTE_KEYS)
@@ -351,7 +351,8 @@ def test_docs_name_every_key() -> None:
     """docs/config.md documents every key of the schema."""
     text = (REPO / "docs" / "config.md").read_text()
     for key in {*spec.TOP_KEYS, *spec.LIMITS_KEYS, *spec.LIFETIME_KEYS, *spec.LOG_KEYS, *spec.WEB_KEYS,
-                *spec.RECORDING_KEYS, *spec.PROGRAM_KEYS, *spec.ROUTE_KEYS, *spec.TLS_KEYS, *spec.COMPRESSION_KEYS}:
+                *spec.RECORDING_KEYS, *spec.PROGRAM_KEYS, *spec.ROUTE_KEYS, *spec.TLS_KEYS, *spec.COMPRESSION_KEYS,
+                *spec.TERMINAL_KEYS}:
         assert f"`{key}`" in text or f"`[{key}" in text or f"`[[{key}]]`" in text, key
 
 

@@ -14,3 +14,14 @@ document.getElementById("form").onsubmit = (e) => {
   ws.send(new TextEncoder().encode(text));
   say("> " + text);
 };
+
+// The shell: the bundled terminal page in a frame, handed this page's token
+// in its #fragment (never sent to the server).
+const token = new URLSearchParams(location.hash.slice(1)).get("token");
+const shell = document.getElementById("shell");
+if (token) {
+  shell.src = "/term/wstelnet.html?path=/shell&mode=pty&connect=1&embedded=1#token=" + encodeURIComponent(token);
+} else {
+  shell.hidden = true;
+  document.getElementById("no-token").hidden = false;
+}

@@ -37,6 +37,7 @@ from wsrouter.interfaces import (
     TargetError,
 )
 from wsrouter.policy import Accepted, ClientCounts, Refusal, origin_problem
+from wsrouter.querytoken import with_query_token, without_query_token
 from wsrouter.recording import open_recorder
 from wsrouter.resolvers import ResolveRequest, Resolvers, without_token
 from wsrouter.routing import Match, NoRoute, RouteTable
@@ -212,7 +213,8 @@ class Gateway:
         auth = config.auth_for(match.route)
         if auth is None:
             return self._connect(connection, request, config, session_id, path, route_path, match, client)
-        checking = self.authenticator.check(auth.name, request.headers, client[0], client_subject(connection.transport))
+        headers = with_query_token(request.headers, connection.http_request_uri)
+        checking = self.authenticator.check(auth.name, headers, client[0], client_subject(connection.transport))
 
         def authenticated(accepted: Accepted) -> Deferred[ConnectionSession | None]:
             log.info("{peer} {path}: {user} ({method}) for route {route}", peer=request.peer, path=request.path,
@@ -416,7 +418,7 @@ def client_address(connection: ClientConnection, request: Any, trusted_proxies: 
 def _session_info(session_id: str, connection: ClientConnection, request: Any, path: str,
                   route_path: str, match: Match, client: tuple[str, int]) -> SessionInfo:
     host = connection.transport.getHost()
-    query = urlsplit(connection.http_request_uri).query
+    query = without_query_token(urlsplit(connection.http_request_uri).query)
     server_name = (request.host or "").rsplit(":", 1)[0].strip("[]") if request.host else ""
     headers = tuple((name.lower(), value) for name, value in request.headers.items())
     return SessionInfo(

@@ -117,6 +117,7 @@ def options_to_raw(options: Mapping[str, Any]) -> dict[str, Any]:
     _table(raw, "compression", {"permessage_deflate": True if options.get("permessage-deflate") else None})
     _table(raw, "web", {"root": options.get("web"), "listing": True if options.get("web-listing") else None})
     _table(raw, "tls", tls_settings(options))
+    _table(raw, "terminal", {"mount": options.get("terminal")})
     _table(raw, "lifetime", {
         "run_once": True if options.get("run-once") else None,
         "start_timeout": options.get("timeout"),

@@ -94,6 +94,7 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "Read listeners, routes, programs and settings from this TOML file first."],
         ["web", None, None, "Serve static files from this directory on the same port."],
+        ["terminal", None, None, "Serve the bundled terminal page (wstelnet.html, xterm.js) under this path: /term/."],
         ["max-message-size", None, None,
          "Largest WebSocket message accepted, in bytes (default 16 MiB); larger closes with 1009."],
         ["ping", None, None, "Send a keepalive ping every SECONDS; drop a peer that does not answer."],

@@ -404,16 +404,22 @@ class Sandbox:
 
 @frozen
 class ExecTarget:
-    """A command run once per connection (session): messages to its stdin, its stdout to messages."""
+    """
+    A command run once per connection (session): messages to its stdin, its stdout to messages.
+
+    @ivar pty: run it on a pseudo-terminal (L{wsrouter.targets.pty}): a route's C{pty = true}.
+    """
 
     argv: tuple[str, ...] = field(converter=_as_tuple)
     #: Confinement of each command (a route's C{sandbox} key), or C{None}.
     sandbox: Sandbox | None = field(default=None, kw_only=True)
+    pty: bool = field(default=False, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
         _check_argv(checks, "command", self.argv)
         _check_sandbox(checks, self.sandbox)
+        _check_bool(checks, "pty", self.pty)
         checks.raise_any()
 
     def describe(self) -> str:
@@ -742,7 +748,7 @@ def default_framing(target: Target) -> str:
     framing: lines (text messages) for C{exec:} commands, as websocketd does;
     chunks as they arrive (binary messages) for everything else.
     """
-    return "line" if isinstance(target, ExecTarget) else "binary"
+    return "line" if isinstance(target, ExecTarget) and not target.pty else "binary"
 
 
 # -- routes ------------------------------------------------------------------
@@ -1329,6 +1335,28 @@ class Compression:
         checks.raise_any()
 
 
+#: What a terminal page mount point looks like: one path segment between slashes.
+TERMINAL_MOUNT = re.compile(r"/[A-Za-z0-9._~-]+/")
+
+
+@frozen
+class TerminalPage:
+    """
+    The bundled terminal page (wstelnet.html on xterm.js, L{wsrouter.web.terminal}).
+
+    @ivar mount: where it is served, one path segment such as C{/term/}
+        (C{None}: not served); it shadows the web root's files there.
+    """
+
+    mount: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        checks = _Checks()
+        if self.mount is not None and not (isinstance(self.mount, str) and TERMINAL_MOUNT.fullmatch(self.mount)):
+            checks.add("mount", f"must be one path segment between slashes, such as /term/, not {self.mount!r}")
+        checks.raise_any()
+
+
 @frozen
 class RouterConfig:
     """
@@ -1358,6 +1386,7 @@ class RouterConfig:
     security: Security = field(factory=Security)
     auth: tuple[Auth, ...] = field(default=(), converter=_as_tuple)
     tls: TlsSettings | None = None
+    terminal: TerminalPage = field(factory=TerminalPage)
     #: What a Host that no route names gets: C{"default"}, the routes without
     #: a host; C{"421"}, 421 Misdirected Request (L{wsrouter.routing}).
     unknown_host: str = field(default="default", converter=_number_as_text)

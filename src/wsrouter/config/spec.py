@@ -50,6 +50,7 @@ from wsrouter.config.model import (
     Security,
     Target,
     TcpTarget,
+    TerminalPage,
     TlsSettings,
     TlsTarget,
     UdpTarget,
@@ -62,7 +63,7 @@ from wsrouter.config.model import (
 
 TOP_KEYS = ("listen", "workers", "pass_env", "follow_program_port", "limits", "lifetime", "log", "web",
             "recording", "programs", "routes", "trusted_proxies", "proxy_protocol",
-            "security", "auth", "tls", "compression", "unknown_host", "sandbox", "ops", "resolvers")
+            "security", "auth", "tls", "compression", "unknown_host", "sandbox", "ops", "resolvers", "terminal")
 RESOLVER_KEYS = ("plugin", "source", "host_token", "timeout", "cache_ttl")
 LIMITS_KEYS = ("max_message_size", "ping_interval", "ping_timeout", "session_idle_timeout", "handshake_timeout",
                "connect_timeout", "shutdown_grace", "max_forks", "max_header_bytes", "max_connections",
@@ -87,8 +88,9 @@ PROGRAM_KEYS = ("mode", "command", "ports", "keep_env", "socket", "protocol", "s
 #: A [sandbox.NAME] table's keys: the Sandbox fields.
 SANDBOX_KEYS = ("user", "group", "cpu_seconds", "memory", "open_files", "processes", "env", "no_new_privs", "cwd")
 OPS_KEYS = ("metrics", "status", "healthz", "auth", "watch_queue")
+TERMINAL_KEYS = ("mount",)
 ROUTE_KEYS = ("path", "subprotocols", "target", "framing", "max_forks", "record", "env", "proxy_protocol",
-              "origin", "auth", "host", "sandbox", "watch", *TLS_TARGET_KEYS, *BALANCE_KEYS)
+              "origin", "auth", "host", "sandbox", "watch", *TLS_TARGET_KEYS, *BALANCE_KEYS, "pty")
 #: Keys holding numbers; a numeric string is accepted there (command-line values).
 _INTEGER_KEYS = ("workers", "max_message_size", "max_forks", "max_bytes", "max_header_bytes", "max_connections",
                  "max_connections_per_client", "max_handshakes_per_client")
@@ -105,7 +107,7 @@ MOVED_KEYS = {
 
 #: Options a route string may carry in brackets (the file's keys, with '-').
 ROUTE_OPTIONS = ("framing", "max-forks", "record", "env", "proxy-protocol", "origin", "auth", "host",
-                 "tls-ca", "tls-pin", "tls-verify", "watch", "balance", "down-for")
+                 "tls-ca", "tls-pin", "tls-verify", "watch", "balance", "down-for", "pty")
 
 TARGET_FORMS = ("tcp://HOST:PORT, HOST:PORT, tls://HOST:PORT, ws[s]://HOST:PORT/PATH, unix:///PATH, "
                 "udp://HOST:PORT, unix-dgram:///PATH, "
@@ -329,8 +331,8 @@ def route_from_string(text: str) -> dict[str, Any]:
             env[name] = env_value
         elif key == "max-forks":
             entry["max_forks"] = int(value) if value.isascii() and value.isdigit() else value
-        elif key == "tls-verify":
-            entry["tls_verify"] = {"true": True, "false": False}.get(value, value)
+        elif key in ("tls-verify", "pty"):
+            entry[key.replace("-", "_")] = {"true": True, "false": False}.get(value, value)
         elif key == "down-for":
             entry["down_for"] = _number(value, False)
         else:
@@ -641,6 +643,7 @@ class _Builder:
             elif target is not None:
                 self.add(f"{path}.sandbox", "is only for exec: targets (a wrapped program names its sandbox itself)")
         self.balance(values, fields, path)
+        self.pty_target(values, fields, path)
         if len(self.problems) > failed:
             return None
         made: Route | None = self.make(Route, fields, path)
@@ -693,6 +696,16 @@ class _Builder:
             return
         changes = {key[len("tls_"):]: value for key, value in given.items()}
         fields["target"] = self.make(lambda **kw: attrs.evolve(target, **kw), changes, path)
+
+    def pty_target(self, values: Mapping[str, Any], fields: dict[str, Any], path: str) -> None:
+        """A route's C{pty} key goes into its C{exec:} target (and is refused for other kinds)."""
+        if "pty" not in values:
+            return
+        target = fields.get("target")
+        if not isinstance(target, ExecTarget):
+            self.add(f"{path}.pty", "is only for exec: targets")
+            return
+        fields["target"] = self.make(lambda **kw: attrs.evolve(target, **kw), {"pty": values["pty"]}, path)
 
     def tls(self, raw: Any) -> TlsSettings | None:
         if raw is None:
@@ -760,6 +773,7 @@ class _Builder:
             "lifetime": lifetime, "log": log, "programs": (*self.programs.values(), *self.inline),
             "pass_env": pass_env, "follow_program_port": follow, "security": security,
             "auth": self.auth(values.get("auth", {})), "tls": tls, "compression": compression,
+            "terminal": self.simple(TerminalPage, values.get("terminal"), "terminal", TERMINAL_KEYS),
         }
         if "workers" in values:
             fields["workers"] = _number(values["workers"], True)
@@ -893,6 +907,8 @@ def _route_data(route: Route) -> dict[str, Any]:
         data.update({key: value for key, value in
                      (("tls_ca", target.ca), ("tls_pin", target.pin), ("tls_verify", target.verify))
                      if value is not None and value is not True})
+    if isinstance(route.target, ExecTarget) and route.target.pty:
+        data["pty"] = True
     return data
 
 
@@ -962,6 +978,8 @@ def to_data(config: RouterConfig) -> dict[str, Any]:
                           for program in config.programs}
     data["sandbox"] = _sandbox_data(config)
     data["routes"] = [_route_data(route) for route in config.routes]
+    if config.terminal.mount is not None:
+        data["terminal"] = _fields(config.terminal, TERMINAL_KEYS)
     if config.unknown_host != "default":
         data["unknown_host"] = config.unknown_host
     data["ops"] = _fields(config.ops, OPS_KEYS)

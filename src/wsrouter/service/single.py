@@ -35,12 +35,14 @@ from wsrouter.process.wrapped import ProgramNotFound, ProgramSet, WrappedProgram
 from wsrouter.proxyproto import ProxyHeaderFactory
 from wsrouter.rebind import ShimUnavailable
 from wsrouter.targets.instance import LeasingConnector
+from wsrouter.targets.terminal import warn_open_terminals
 from wsrouter.targets.tls import warn_unverified
 from wsrouter.tls import ServerTls, TlsProblem
 from wsrouter.tlsport import listener_factory
 from wsrouter.web.channel import limit_requests
 from wsrouter.web.resource import RouterResource
 from wsrouter.web.static import build_web_root, security_headers
+from wsrouter.web.terminal import mount_terminal
 
 log = Logger(namespace="wsrouter")
 
@@ -59,7 +61,7 @@ def build_resource(config: RouterConfig, reactor: Any = None, gateway: Gateway |
     if config.web:
         headers = security_headers(config.web.content_security_policy, config.web.frame_options)
         web_root = build_web_root(config.web.directory, config.web.listing, headers)
-    resource = RouterResource(gateway, web_root)
+    resource = RouterResource(gateway, mount_terminal(config, web_root))
     resource.ops = OpsPages(gateway, reactor)
     return resource
 
@@ -169,6 +171,7 @@ class RouterService(MultiService):
             log.info("route {route} -> {target}", route=route.describe(), target=describe_targets(route))
         log.info("{capacity}", capacity=self.descriptors.describe_capacity(self.config))
         warn_unverified(self.config)
+        warn_open_terminals(self.config)
         start_programs(self._programs.ordered())
 
     def _program_listening(self, program: WrappedProgram) -> None:
@@ -210,6 +213,7 @@ class RouterService(MultiService):
         problems += await self._change_listeners(config.listeners, reproxied)
         self.gateway.use_config(config)
         warn_unverified(config)
+        warn_open_terminals(config)
         log.info("configuration reloaded: {routes} routes, {listeners} listeners, {programs} wrapped programs",
                  routes=len(config.routes), listeners=len(self.listeners), programs=len(config.programs))
         if problems:

@@ -102,6 +102,7 @@ from wsrouter.clientcert import cgi_variables
 from wsrouter.config import DEFAULT_COMMAND_KILL_GRACE, ExecTarget, Limits, Route
 from wsrouter.interfaces import Link, LinkReceiver, SessionInfo, TargetError
 from wsrouter.process.sandbox import SandboxError, allowed_environment, sandbox_command
+from wsrouter.targets.terminal import DEFAULT_TERM, PtyLink, open_pty
 
 log = Logger(namespace="wsrouter.exec")
 
@@ -707,7 +708,7 @@ class ExecConnector:
         self._grace = grace
         self._signaller = signaller
         self._running: dict[Route, int] = {}
-        self._links: set[CommandLink] = set()
+        self._links: set[CommandLink | PtyLink] = set()
 
     def running(self, route: Route) -> int:
         """How many commands of C{route} have not exited yet."""
@@ -724,7 +725,7 @@ class ExecConnector:
         except TargetError:
             return fail()
 
-    def _spawn(self, session: SessionInfo) -> CommandLink:
+    def _spawn(self, session: SessionInfo) -> CommandLink | PtyLink:
         route = session.route
         target = route.target
         if not isinstance(target, ExecTarget):
@@ -737,20 +738,34 @@ class ExecConnector:
         env = allowed_environment(cgi_environment(session, self._pass_env, self._environ), target.sandbox,
                                   always=[name for name, _ in route.env])
         executable = resolve_command(target.argv[0], env.get("PATH", ""))
-        link = CommandLink(
-            self._reactor, f"{os.path.basename(target.argv[0])}[{session.session_id}]",
-            grace=self._grace, signaller=self._signaller,
-            on_exit=lambda link: self._exited(route),
-        )
-        try:
-            args = ([*self._launcher, executable, *target.argv[1:]] if target.sandbox is None
-                    else sandbox_command(target.sandbox, [executable, *target.argv[1:]]))
-        except SandboxError as e:
-            raise TargetError(str(e), 502) from None
+        label = f"{os.path.basename(target.argv[0])}[{session.session_id}]"
+        link: CommandLink | PtyLink
+        if target.pty:
+            # On a pty the command becomes a process session leader itself (see terminal.py).
+            link = PtyLink(self._reactor, label, grace=self._grace, describe_exit=describe_exit,
+                           on_exit=lambda link: self._exited(route))
+            args = [executable, *target.argv[1:]]
+            if "TERM" not in dict(route.env):
+                env["TERM"] = DEFAULT_TERM
+        else:
+            link = CommandLink(self._reactor, label, grace=self._grace, signaller=self._signaller,
+                               on_exit=lambda link: self._exited(route))
+            args = [*self._launcher, executable, *target.argv[1:]]
+        if target.sandbox is not None:
+            try:
+                args = sandbox_command(target.sandbox, [executable, *target.argv[1:]])
+            except SandboxError as e:
+                raise TargetError(str(e), 502) from None
         self._running[route] = self.running(route) + 1
+        pty: tuple[int, int, str] | None = None
         try:
-            self._reactor.spawnProcess(link, args[0], args, env=env, path=None, usePTY=False)
+            pty = open_pty() if target.pty else None
+            self._reactor.spawnProcess(link, args[0], args, env=env, path=None, usePTY=pty or False)
         except (OSError, ValueError) as e:
+            if pty is not None:
+                for fd in pty[:2]:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
             self._exited(route)
             raise TargetError(f"cannot start {target.describe()}: {e}", 502) from None
         self._links.add(link)
