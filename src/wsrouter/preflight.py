@@ -20,7 +20,16 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
 
 from wsrouter.auth import auth_problems
-from wsrouter.config import ConfigError, ExecTarget, RouterConfig, TlsTarget, WebSocketTarget, WrappedTarget
+from wsrouter.config import (
+    ConfigError,
+    ExecTarget,
+    PythonTarget,
+    RouterConfig,
+    TlsTarget,
+    WebSocketTarget,
+    WrappedTarget,
+)
+from wsrouter.handlers.loader import HandlerLoadError, load_factory
 from wsrouter.interfaces import TargetError
 from wsrouter.targets.exec import DEFAULT_PATH, resolve_command
 from wsrouter.tls import ServerTls, TlsProblem, client_options, ssl_reason
@@ -44,6 +53,7 @@ def preflight(config: RouterConfig, environ: Mapping[str, str] | None = None) ->
         *check_recording(config),
         *auth_problems(config),
         *check_tls(config),
+        *check_handlers(config),
     ]
 
 
@@ -154,3 +164,14 @@ def check_tls(config: RouterConfig) -> Iterator[Problem]:
                 client_options(target)
             except TlsProblem as e:
                 yield f"routes[{index}].tls_ca", str(e)
+
+
+def check_handlers(config: RouterConfig) -> Iterator[Problem]:
+    """Each python: target's factory imports and is callable (it is called later, once per route)."""
+    for index, route in enumerate(config.routes):
+        target = route.target
+        if isinstance(target, PythonTarget) and target.factory is None:
+            try:
+                load_factory(target.name)
+            except HandlerLoadError as e:
+                yield f"routes[{index}].target", f"python:{target.name}: {e}"

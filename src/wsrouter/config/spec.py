@@ -38,6 +38,7 @@ from wsrouter.config.model import (
     Limits,
     LogSettings,
     Proxies,
+    PythonTarget,
     Recording,
     ReplayTarget,
     Route,
@@ -97,7 +98,7 @@ ROUTE_OPTIONS = ("framing", "max-forks", "record", "env", "proxy-protocol", "ori
 TARGET_FORMS = ("tcp://HOST:PORT, HOST:PORT, tls://HOST:PORT, ws[s]://HOST:PORT/PATH, unix:///PATH, "
                 "udp://HOST:PORT, unix-dgram:///PATH, "
                 "exec:COMMAND, "
-                "wrap:MODE:PROGRAM, program:NAME, replay:FILE[?speed=FACTOR] or echo:")
+                "wrap:MODE:PROGRAM, program:NAME, replay:FILE[?speed=FACTOR], python:MODULE:FACTORY or echo:")
 
 
 # -- the target and route languages ---------------------------------------------
@@ -197,8 +198,9 @@ def parse_target(text: str) -> Target:
     Accepted forms: C{tcp://HOST:PORT}, C{HOST:PORT} (TCP, websockify's
     form), C{unix:///PATH}, C{udp://HOST:PORT}, C{unix-dgram:///PATH},
     C{echo:}, C{exec:COMMAND ARGS...} (shell-like quoting, no shell),
-    C{wrap:MODE:PROGRAM ARGS...} and C{replay:FILE} (a recording played back
-    to each client; C{replay:FILE?speed=2} plays it twice as fast).
+    C{wrap:MODE:PROGRAM ARGS...}, C{replay:FILE} (a recording played back
+    to each client; C{replay:FILE?speed=2} plays it twice as fast) and
+    C{python:MODULE:FACTORY} (in-process handlers, L{wsrouter.handlers}).
 
     @raise ValueError: with a message that says what is wrong.
     """
@@ -211,6 +213,8 @@ def parse_target(text: str) -> Target:
         return ExecTarget(_split_command(text[len("exec:"):], "exec", "exec:cat"))
     if text == "echo:" or text == "echo":
         return EchoTarget()
+    if text.startswith("python:"):
+        return PythonTarget(text[len("python:"):])
     scheme, sep, rest = text.partition("://")
     if not sep and ":" in text and not text.startswith("program:"):
         host, port = split_host_port(text)
