@@ -502,6 +502,8 @@ class _Builder:
         return named
 
     def target(self, text: Any, path: str) -> Target | None:
+        if isinstance(text, PythonTarget):  # from Python, a handler factory object
+            return text
         if not isinstance(text, str):
             self.add(path, f"must be a target string ({TARGET_FORMS}), not {text!r}")
             return None

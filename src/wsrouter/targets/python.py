@@ -91,9 +91,8 @@ class PythonConnector:
             deciding.callback(None)
         elif not deciding.called:
             deciding.addTimeout(self._timeout, self._reactor)
-        return deciding.addCallbacks(self._decided, self._failed,
-                                     callbackArgs=(handler, context, request, session),
-                                     errbackArgs=(handler, session))
+        deciding.addCallback(self._decided, handler, context, request, session)
+        return deciding.addErrback(self._failed, handler, session)
 
     def _decided(self, answer: Any, handler: Any, context: HandlerContext, request: Request,
                  session: SessionInfo) -> Link:
@@ -117,6 +116,8 @@ class PythonConnector:
 
     def _failed(self, failure: Failure, handler: Any, session: SessionInfo) -> Link:
         error = failure.value
+        if isinstance(error, TargetError):
+            raise error
         if isinstance(error, Refuse):
             status = error.status if isinstance(error.status, int) and 400 <= error.status <= 599 else 500
             if status != error.status:
