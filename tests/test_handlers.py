@@ -590,3 +590,46 @@ def test_router_process_serves_the_example_handlers(tmp_path: Any) -> None:
         with connect(router.url + "/chat") as a:
             a.send("hello room")
             assert a.recv(timeout=10) == "hello room"
+
+
+class _Greeter:
+    """The docs/handlers.md example: refuses without ?name=, broadcasts 'name: text'."""
+
+    def __init__(self, context: HandlerContext):
+        self.group = context.group
+
+    def on_connect(self, request: Request) -> None:
+        if request.param("name") is None:
+            raise Refuse(400, "say ?name=")
+
+    def on_message(self, session: Session, payload: bytes, is_binary: bool) -> None:
+        self.group.broadcast(f"{session.request.param('name')}: {payload.decode()}")
+
+
+@pytest_twisted.inlineCallbacks
+def test_handler_object_mounted_with_build_resource() -> Any:
+    """A PythonTarget built around a factory object serves through build_resource mounted in a twisted.web Site."""
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+
+    from wsrouter import build_resource
+
+    config = build_config({"routes": [{"path": "/greet", "target": PythonTarget(factory=_Greeter)}]})
+    root = Resource()
+    resource = build_resource(config, reactor)
+    root.putChild(b"ws", resource)
+    port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
+    url = f"ws://127.0.0.1:{port.getHost().port}/ws/greet"
+
+    def use() -> tuple[Any, ...]:
+        refused = handshake_status(url)
+        with connect(url + "?name=ann") as ann, connect(url + "?name=bob") as bob:
+            ann.send("hi")
+            return refused, ann.recv(timeout=10), bob.recv(timeout=10)
+
+    try:
+        refused, to_ann, to_bob = yield in_thread(use)
+        assert refused[0] == 400 and to_ann == to_bob == "ann: hi"
+    finally:
+        yield resource.gateway.shutdown()
+        yield port.stopListening()
