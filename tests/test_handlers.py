@@ -384,6 +384,27 @@ def test_deferred_from_on_message_pauses_reading_from_the_client() -> None:
     assert not client.paused
 
 
+def test_messages_wait_while_on_message_deferred_is_pending() -> None:
+    """Messages that arrive while on_message's Deferred is pending are handed over in order once it fires."""
+    pendings: list[Deferred[None]] = []
+
+    class Slow(_Recorder):
+        def on_message(self, session: Session, payload: bytes, is_binary: bool) -> Any:
+            self.events.append(("message", payload, is_binary))
+            pendings.append(Deferred())
+            return pendings[-1]
+
+    link, _, handler = _opened(Slow(HandlerContext(reactor=Clock())))
+    for payload in (b"1", b"2", b"3"):
+        link.write_message(payload, True)
+    assert [e[1] for e in handler.events if e[0] == "message"] == [b"1"]
+    pendings[0].callback(None)
+    assert [e[1] for e in handler.events if e[0] == "message"] == [b"1", b"2"] and link._client.paused
+    pendings[1].callback(None)
+    pendings[2].callback(None)
+    assert [e[1] for e in handler.events if e[0] == "message"] == [b"1", b"2", b"3"] and not link._client.paused
+
+
 def test_broadcast_never_waits_for_a_slow_member() -> None:
     """A member whose client stopped reading is closed at its bound while the others get every message."""
     group = Group()
@@ -458,6 +479,34 @@ def test_echo_example_stops_reading_a_client_that_does_not_read() -> Any:
         assert (yield done) == total
     finally:
         may_read.set()
+        yield router.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_echo_example_keeps_up_with_many_small_pipelined_messages() -> Any:
+    """Tens of thousands of small messages sent without waiting all come back: messages one read holds
+    wait for the echo's Deferred instead of overflowing the client's queue (which closed it with 1008)."""
+    count, padding = 50000, b"." * 192
+    router = start_router(routes=[f"/e={ECHO}"])
+
+    async def pipeline() -> int:
+        async with async_connect(router.url + "/e", max_size=None) as ws:
+            async def send_all() -> None:
+                for n in range(count):
+                    await ws.send(b"%08d" % n + padding)
+
+            sender = asyncio.create_task(send_all())
+            await asyncio.sleep(1)  # read late, so the router's writes to this client pause
+            expected = 0
+            while expected < count:
+                assert await asyncio.wait_for(ws.recv(), 30) == b"%08d" % expected + padding
+                expected += 1
+            await sender
+            return expected
+
+    try:
+        assert (yield in_thread(asyncio.run, pipeline())) == count
+    finally:
         yield router.stopService()
 
 

@@ -12,7 +12,8 @@ C{factory(context)} with a L{HandlerContext}.  Every method is optional:
   - C{on_open(session)}: the handshake is answered; L{Session.send} works.
   - C{on_message(session, payload, is_binary)}: one whole client message
     (C{bytes}; text arrives UTF-8 encoded with C{is_binary} false).  A
-    Deferred returned pauses reading from that client until it fires.
+    Deferred returned holds the next messages and pauses reading from that
+    client until it fires.
   - C{on_close(session, code, reason)}: once per opened session, whoever
     closed it.
 

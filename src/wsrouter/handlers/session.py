@@ -12,8 +12,9 @@ Flow control, both ways:
     past it the session is closed with 1008, so neither a handler that
     ignores the signal nor a group broadcast can grow memory without end.
   - from the client: the client's transport is registered with the link;
-    while a Deferred returned by C{on_message} is pending, reading from
-    that client is paused.
+    while a Deferred returned by C{on_message} is pending, the client's
+    next messages wait (in order, at most what one read held) and reading
+    from that client is paused.
 
 Every call into handler code is guarded: an exception is logged with its
 traceback and closes that session with 1011.
@@ -212,7 +213,8 @@ class HandlerLink:
         self._group = group
         self._receiver: LinkReceiver | None = None
         self._client: IPushProducer | None = None
-        self._pending = 0
+        self._holding = False
+        self._inbox: deque[tuple[bytes, bool]] = deque()
         self._ended = False
         self.producer: IPushProducer | None = self
         self.consumer: IConsumer | None = self
@@ -250,11 +252,17 @@ class HandlerLink:
         self.write_message(data, True)
 
     def write_message(self, payload: bytes, is_binary: bool) -> None:
+        """
+        One client message to the handler; held while an earlier message's
+        Deferred is pending (with reading from the client paused, what waits
+        is at most what the last read held).
+        """
         if self._ended:
             return
-        result = self._call("on_message", self.session, payload, is_binary)
-        if isinstance(result, Deferred):
-            self._hold_reading(result)
+        if self._holding:
+            self._inbox.append((payload, is_binary))
+            return
+        self._hand_over(payload, is_binary)
 
     def write_eof(self) -> None:
         """Only a close ends a handler session."""
@@ -295,8 +303,9 @@ class HandlerLink:
         self._group.discard(self.session)
         if self._receiver is not None:
             self._call("on_close", self.session, code, reason)
-        if self._pending and self._client is not None:
-            self._pending = 0
+        self._inbox.clear()
+        if self._holding and self._client is not None:
+            self._holding = False
             self._client.resumeProducing()
         return True
 
@@ -322,20 +331,21 @@ class HandlerLink:
             self.session._drop_queue()
             self.end_by_handler(HANDLER_ERROR, "internal error in the handler")
 
-    def _hold_reading(self, pending: Deferred[Any]) -> None:
-        """Read nothing more from the client until C{pending} fires."""
-        self._pending += 1
-        if self._pending == 1 and self._client is not None:
-            self._client.pauseProducing()
+    def _hand_over(self, payload: bytes, is_binary: bool) -> None:
+        result = self._call("on_message", self.session, payload, is_binary)
+        if isinstance(result, Deferred) and not result.called:
+            self._holding = True
+            if self._client is not None:
+                self._client.pauseProducing()
+            result.addBoth(self._released)
 
-        def done(result: object) -> object:
-            if self._pending and not self._ended:
-                self._pending -= 1
-                if self._pending == 0 and self._client is not None:
-                    self._client.resumeProducing()
-            return result
-
-        pending.addBoth(done)
+    def _released(self, result: object) -> None:
+        """on_message's Deferred fired: the held messages go on, then reading from the client resumes."""
+        self._holding = False
+        while self._inbox and not self._holding and not self._ended:
+            self._hand_over(*self._inbox.popleft())
+        if not self._holding and not self._ended and self._client is not None:
+            self._client.resumeProducing()
 
 
 def _positive(value: object, default: int) -> int:
