@@ -347,6 +347,28 @@ def test_client_close_tells_the_handler_once() -> None:
     assert failed[0].check(SessionClosed)
 
 
+def test_closed_sessions_leave_every_group() -> None:
+    """A group the handler made itself forgets a session once it has closed."""
+    room = Group()
+    link, _, _ = _opened()
+    room.add(link.session)
+    assert len(room) == 1 and link.session in room
+    link.close_with(1000, "")
+    assert len(room) == 0 and link.session not in room and list(room) == [] and room.broadcast("x") == 0
+
+
+def test_on_open_error_closes_with_1011() -> None:
+    """A handler whose on_open raises gets its session closed with 1011 at once."""
+
+    class Broken(_Recorder):
+        def on_open(self, session: Session) -> None:
+            raise KeyError("missing")
+
+    _, bridge, handler = _opened(Broken(HandlerContext(reactor=Clock())))
+    assert bridge.closed == [(1011, "internal error in the handler")]
+    assert handler.events == [("close", 1011, "internal error in the handler")]
+
+
 def test_link_aborted_before_open_never_calls_the_handler() -> None:
     """A handshake that never finishes gives no on_open and no on_close."""
     handler = _Recorder(HandlerContext(reactor=Clock()))

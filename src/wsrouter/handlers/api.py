@@ -134,14 +134,22 @@ class Group:
         self._members.pop(id(session), None)
 
     def __contains__(self, session: object) -> bool:
-        return id(session) in self._members
+        return id(session) in self._members and not getattr(session, "closed", True)
 
     def __len__(self) -> int:
-        return len(self._members)
+        return len(self._open())
 
     def __iter__(self) -> Iterator[Session]:
-        """The members now (a copy: members may leave while it is walked)."""
-        return iter(list(self._members.values()))
+        """The open members now (a copy: members may leave while it is walked)."""
+        return iter(self._open())
+
+    def _open(self) -> list[Session]:
+        """The open members; closed ones (a group the handler made) are dropped here."""
+        members = list(self._members.values())
+        if any(member.closed for member in members):
+            members = [member for member in members if not member.closed]
+            self._members = {id(member): member for member in members}
+        return members
 
     def broadcast(self, payload: bytes | str, is_binary: bool | None = None,
                   exclude: Session | None = None) -> int:
