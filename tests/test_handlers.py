@@ -704,3 +704,24 @@ def test_handler_object_mounted_with_build_resource() -> Any:
     finally:
         yield resource.gateway.shutdown()
         yield port.stopListening()
+
+
+def test_unhashable_factory_object_still_serves() -> None:
+    """A factory object that cannot be hashed (it defines __eq__ only) is called once for its route all the same."""
+
+    class Factory:  # noqa: PLW1641  (unhashable on purpose)
+        calls = 0
+
+        def __eq__(self, other: object) -> bool:
+            return self is other
+
+        def __call__(self, context: HandlerContext) -> _Recorder:
+            Factory.calls += 1
+            return _Recorder(context)
+
+    connector = PythonConnector(Clock(), Limits())
+    info = _info(PythonTarget(factory=Factory()))
+    links: list[Any] = []
+    connector.connect(info).addCallback(links.append)
+    connector.connect(info).addCallback(links.append)
+    assert len(links) == 2 and Factory.calls == 1

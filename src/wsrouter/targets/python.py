@@ -51,7 +51,7 @@ class PythonConnector:
     def __init__(self, reactor: Any, limits: Limits):
         self._reactor = reactor
         self._timeout = limits.connect_timeout
-        self._handlers: dict[Route, tuple[Any, HandlerContext]] = {}
+        self._handlers: dict[object, tuple[Any, HandlerContext]] = {}
 
     def use_limits(self, limits: Limits) -> None:
         self._timeout = limits.connect_timeout
@@ -62,7 +62,12 @@ class PythonConnector:
 
         @raise TargetError: 500 when the factory cannot be loaded or raises.
         """
-        made = self._handlers.get(route)
+        key: object = route
+        try:
+            hash(route)
+        except TypeError:  # a factory object that cannot be hashed: this very route object
+            key = id(route)
+        made = self._handlers.get(key)
         if made is not None:
             return made
         target = route.target
@@ -79,7 +84,7 @@ class PythonConnector:
             log.failure("route {route}: handler factory {target} raised", route=route.describe(),
                         target=target.describe())
             raise TargetError("the handler factory failed", 500) from None
-        self._handlers[route] = made = (handler, context)
+        self._handlers[key] = made = (handler, context)
         return made
 
     def connect(self, session: SessionInfo) -> Deferred[Link]:
