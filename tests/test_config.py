@@ -502,3 +502,9 @@ def test_balanced_route_problems_name_their_key(route: dict[str, object], key: s
     with pytest.raises(ConfigError) as caught:
         build_config({"routes": [route]})
     assert any(k == key and problem in p for k, p in caught.value.problems), caught.value.problems
+
+
+def test_framing_on_an_upstream_websocket_is_a_config_error():
+    """A ws:// route with a framing is refused with the route's key path, not a KeyError."""
+    with pytest.raises(ConfigError, match=r"framing.*not ws"):
+        build_config({"routes": [{"path": "/u", "target": "ws://127.0.0.1:9/x", "framing": "line"}]})

@@ -46,7 +46,8 @@ EXAMPLE = REPO / "examples" / "wsrouter.toml"
 ROUTE = '[[routes]]\npath = "/"\ntarget = "echo:"\n'
 TARGET_FORMS = ("tcp://HOST:PORT, HOST:PORT, tls://HOST:PORT, ws[s]://HOST:PORT/PATH, unix:///PATH, "
                 "udp://HOST:PORT, unix-dgram:///PATH, "
-                "exec:COMMAND, wrap:MODE:PROGRAM, program:NAME, replay:FILE[?speed=FACTOR], resolve:NAME or echo:")
+                "exec:COMMAND, wrap:MODE:PROGRAM, program:NAME, replay:FILE[?speed=FACTOR], resolve:NAME, "
+                "python:MODULE:FACTORY or echo:")
 
 BAD_FILES = [
     pytest.param('workerz = 2\n' + ROUTE, ["workerz: unknown key (did you mean workers?)"], id="unknown-top-key"),

@@ -49,7 +49,7 @@ from attrs import frozen
 from twisted.logger import Logger
 from twisted.web.server import Site
 
-from wsrouter.config import EchoTarget, ExecTarget, Route, RouterConfig, Target
+from wsrouter.config import EchoTarget, ExecTarget, PythonTarget, Route, RouterConfig, Target
 
 log = Logger(namespace="wsrouter")
 
@@ -96,10 +96,10 @@ def accept_resume_level(limit: int, reserve: int) -> int:
 def target_cost(target: Target) -> int:
     """
     Descriptors a session's target holds at most: one socket for most, none
-    for the in-process echo, three pipes for an exec: command (six while it starts:
+    for the in-process echo and handlers, three pipes for an exec: command (six while it starts:
     the child's ends are open until it has forked).
     """
-    if isinstance(target, EchoTarget):
+    if isinstance(target, EchoTarget | PythonTarget):
         return 0
     if isinstance(target, ExecTarget):
         return 6

@@ -20,7 +20,16 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
 
 from wsrouter.auth import auth_problems
-from wsrouter.config import ConfigError, ExecTarget, RouterConfig, TlsTarget, WebSocketTarget, WrappedTarget
+from wsrouter.config import (
+    ConfigError,
+    ExecTarget,
+    PythonTarget,
+    RouterConfig,
+    TlsTarget,
+    WebSocketTarget,
+    WrappedTarget,
+)
+from wsrouter.handlers.loader import HandlerLoadError, load_factory
 from wsrouter.interfaces import TargetError
 from wsrouter.process.sandbox import sandbox_problems
 from wsrouter.resolvers import check_resolvers
@@ -48,6 +57,7 @@ def preflight(config: RouterConfig, environ: Mapping[str, str] | None = None) ->
         *check_tls(config),
         *sandbox_problems(config),
         *check_resolvers(config),
+        *check_handlers(config),
     ]
 
 
@@ -158,3 +168,14 @@ def check_tls(config: RouterConfig) -> Iterator[Problem]:
                 client_options(target)
             except TlsProblem as e:
                 yield f"routes[{index}].tls_ca", str(e)
+
+
+def check_handlers(config: RouterConfig) -> Iterator[Problem]:
+    """Each python: target's factory imports and is callable (it is called later, once per route)."""
+    for index, route in enumerate(config.routes):
+        target = route.target
+        if isinstance(target, PythonTarget) and target.factory is None:
+            try:
+                load_factory(target.name)
+            except HandlerLoadError as e:
+                yield f"routes[{index}].target", f"python:{target.name}: {e}"

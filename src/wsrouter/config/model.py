@@ -18,7 +18,7 @@ import math
 import pwd
 import re
 import shlex
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeAlias
 
 from attrs import Factory, field, frozen
@@ -733,13 +733,47 @@ class Resolver:
         checks.raise_any()
 
 
+
+#: C{package.module:factory} (the factory may be a dotted attribute path, C{module:Class.make}).
+PYTHON_HANDLER_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+@frozen
+class PythonTarget:
+    """
+    In-process Python handlers (L{wsrouter.handlers}): C{python:package.module:factory}.
+
+    From a file or the command line the factory is named (C{name}) and
+    imported at start-up; from Python it may be given as the callable
+    itself (C{factory}), and C{name} is then optional.
+    """
+
+    name: str = ""
+    factory: Callable[..., Any] | None = None
+
+    def __attrs_post_init__(self) -> None:
+        checks = _Checks()
+        if self.factory is not None and not callable(self.factory):
+            checks.add("target", f"a handler factory must be callable, not {self.factory!r}")
+        if (self.factory is None or self.name) and not (
+                isinstance(self.name, str) and PYTHON_HANDLER_NAME.fullmatch(self.name)):
+            checks.add("target", f"must be python:package.module:factory, not python:{self.name}")
+        checks.raise_any()
+
+    def describe(self) -> str:
+        if self.name or self.factory is None:
+            return f"python:{self.name}"
+        factory = self.factory
+        return f"python:{getattr(factory, '__module__', '?')}:{getattr(factory, '__qualname__', repr(factory))}"
+
+
 Target: TypeAlias = (TcpTarget | UnixTarget | UdpTarget | UnixDatagramTarget | EchoTarget | ExecTarget
-                     | WrappedTarget | ReplayTarget | TlsTarget | WebSocketTarget | ResolverTarget)
+                     | WrappedTarget | ReplayTarget | TlsTarget | WebSocketTarget | ResolverTarget | PythonTarget)
 
 #: Target kinds whose natural unit is a datagram, not a byte stream.
 DATAGRAM_TARGETS = (UdpTarget, UnixDatagramTarget)
 #: Target kinds that have no byte stream to frame.
-UNFRAMED_TARGETS = (UdpTarget, UnixDatagramTarget, EchoTarget, ReplayTarget, WebSocketTarget)
+UNFRAMED_TARGETS = (UdpTarget, UnixDatagramTarget, EchoTarget, ReplayTarget, WebSocketTarget, PythonTarget)
 
 
 def default_framing(target: Target) -> str:
@@ -1045,7 +1079,7 @@ def _check_proxy_protocol(checks: _Checks, version: object, target: object) -> N
 
 
 _KIND_NAMES = {"UdpTarget": "udp", "UnixDatagramTarget": "unix-dgram", "EchoTarget": "echo",
-               "ReplayTarget": "replay"}
+               "ReplayTarget": "replay", "PythonTarget": "python", "WebSocketTarget": "ws"}
 
 
 # -- the whole router ----------------------------------------------------------

@@ -40,6 +40,7 @@ from wsrouter.config.model import (
     LogSettings,
     Ops,
     Proxies,
+    PythonTarget,
     Recording,
     ReplayTarget,
     Resolver,
@@ -112,7 +113,8 @@ ROUTE_OPTIONS = ("framing", "max-forks", "record", "env", "proxy-protocol", "ori
 TARGET_FORMS = ("tcp://HOST:PORT, HOST:PORT, tls://HOST:PORT, ws[s]://HOST:PORT/PATH, unix:///PATH, "
                 "udp://HOST:PORT, unix-dgram:///PATH, "
                 "exec:COMMAND, "
-                "wrap:MODE:PROGRAM, program:NAME, replay:FILE[?speed=FACTOR], resolve:NAME or echo:")
+                "wrap:MODE:PROGRAM, program:NAME, replay:FILE[?speed=FACTOR], resolve:NAME, "
+                "python:MODULE:FACTORY or echo:")
 
 
 #: The framing language, for error messages.
@@ -217,8 +219,9 @@ def parse_target(text: str) -> Target:
     Accepted forms: C{tcp://HOST:PORT}, C{HOST:PORT} (TCP, websockify's
     form), C{unix:///PATH}, C{udp://HOST:PORT}, C{unix-dgram:///PATH},
     C{echo:}, C{exec:COMMAND ARGS...} (shell-like quoting, no shell),
-    C{wrap:MODE:PROGRAM ARGS...} and C{replay:FILE} (a recording played back
-    to each client; C{replay:FILE?speed=2} plays it twice as fast).
+    C{wrap:MODE:PROGRAM ARGS...}, C{replay:FILE} (a recording played back
+    to each client; C{replay:FILE?speed=2} plays it twice as fast) and
+    C{python:MODULE:FACTORY} (in-process handlers, L{wsrouter.handlers}).
 
     @raise ValueError: with a message that says what is wrong.
     """
@@ -233,6 +236,8 @@ def parse_target(text: str) -> Target:
         return EchoTarget()
     if text.startswith("resolve:"):
         return ResolverTarget(text[len("resolve:"):])
+    if text.startswith("python:"):
+        return PythonTarget(text[len("python:"):])
     scheme, sep, rest = text.partition("://")
     if not sep and ":" in text and not text.startswith("program:"):
         host, port = split_host_port(text)
@@ -559,6 +564,8 @@ class _Builder:
         return named
 
     def target(self, text: Any, path: str) -> Target | None:
+        if isinstance(text, PythonTarget):  # from Python, a handler factory object
+            return text
         if not isinstance(text, str):
             self.add(path, f"must be a target string ({TARGET_FORMS}), not {text!r}")
             return None

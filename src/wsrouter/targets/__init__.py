@@ -13,6 +13,7 @@ from wsrouter.config import (
     EchoTarget,
     ExecTarget,
     Limits,
+    PythonTarget,
     ReplayTarget,
     TcpTarget,
     TlsTarget,
@@ -25,6 +26,7 @@ from wsrouter.interfaces import Connector, Link, SessionInfo, TargetError
 from wsrouter.targets.datagram import DatagramConnector
 from wsrouter.targets.echo import EchoConnector
 from wsrouter.targets.exec import ExecConnector
+from wsrouter.targets.python import PythonConnector
 from wsrouter.targets.replay import ReplayConnector
 from wsrouter.targets.stream import StreamConnector
 from wsrouter.targets.tls import TlsConnector
@@ -41,6 +43,8 @@ class Connectors:
         websocket = self._websocket = WebSocketConnector(reactor, limits)
         #: Runs the C{exec:} targets' commands (one process per session).
         self.commands = ExecConnector(reactor, limits, pass_env)
+        #: Keeps the python: targets' handlers, one per route.
+        self.handlers = PythonConnector(reactor, limits)
         self._by_kind: dict[type, Connector] = {
             TcpTarget: stream,
             UnixTarget: stream,
@@ -51,6 +55,7 @@ class Connectors:
             ExecTarget: self.commands,
             ReplayTarget: ReplayConnector(reactor),
             WebSocketTarget: websocket,
+            PythonTarget: self.handlers,
         }
 
     def use_settings(self, limits: Limits, pass_env: Sequence[str]) -> None:
@@ -62,6 +67,7 @@ class Connectors:
         self._tls.use_timeout(limits.connect_timeout)
         self._websocket.use_limits(limits)
         self.commands.use_settings(limits, pass_env)
+        self.handlers.use_limits(limits)
 
     def register(self, kind: type, connector: Connector) -> None:
         """Serve targets of C{kind} with C{connector} (wrapped programs' targets, tests)."""

@@ -1,0 +1,33 @@
+"""
+In-process Python handlers: the C{python:package.module:factory} target.
+
+See L{wsrouter.handlers.api} and docs/handlers.md.
+"""
+
+from wsrouter.handlers.api import (
+    HANDLER_ERROR,
+    TOO_SLOW,
+    Accept,
+    Group,
+    Handler,
+    HandlerContext,
+    Refuse,
+    Request,
+)
+from wsrouter.handlers.loader import HandlerLoadError, load_factory
+from wsrouter.handlers.session import Session, SessionClosed
+
+__all__ = [
+    "HANDLER_ERROR",
+    "TOO_SLOW",
+    "Accept",
+    "Group",
+    "Handler",
+    "HandlerContext",
+    "HandlerLoadError",
+    "Refuse",
+    "Request",
+    "Session",
+    "SessionClosed",
+    "load_factory",
+]
