@@ -50,6 +50,17 @@ def refusal(url: str, **kwargs: object) -> InvalidStatus:
 # -- the request head ---------------------------------------------------------------
 
 
+def test_refusal_lingers_for_a_client_that_keeps_sending(tmp_path: Path) -> None:
+    """After a 408 the router half-closes and keeps reading, so a client still sending is not reset (no lost answer)."""
+    with router_process(tmp_path, "--route", "/echo=echo:", "--handshake-timeout", "1") as router, \
+            socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
+        sock.sendall(b"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        assert read_answer(sock).startswith(b"HTTP/1.1 408 Request Timeout\r\n")  # up to the router's FIN
+        for _ in range(20):  # a socket closed with unread input would answer these with a reset
+            sock.sendall(b"a" * 1024)
+            time.sleep(0.02)
+
+
 def test_slowloris_is_cut_at_the_handshake_timeout(tmp_path: Path) -> None:
     """A client trickling header bytes (faster than any idle timer) is answered 408 once the head deadline passes."""
     with router_process(tmp_path, "--route", "/echo=echo:", "--handshake-timeout", "1") as router, \

@@ -20,6 +20,7 @@ from typing import Any
 
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
@@ -115,7 +116,19 @@ class LimitedChannel(HTTPChannel):
             b"Connection: close\r\n\r\n%s" % (status, phrase.encode("ascii"), len(body), body))
         self.dataReceived = lambda data: None  # type: ignore[method-assign]
         transport: Any = self.transport
-        transport.loseConnection()
+        # A lingering close: closing a socket with unread input makes the
+        # kernel send a reset, which can destroy the answer before the client
+        # reads it (a client still trickling bytes always has unread input).
+        # So stop writing, keep reading (and discarding) until the client
+        # closes, and abort after ABORT_AFTER whatever it does.
+        # (Not under TLS: its wrapper would hand the half-close to the TCP
+        # socket beneath, cutting the TLS stream; TLS closes with close_notify.)
+        half_close = None if isinstance(transport, TLSMemoryBIOProtocol) else getattr(
+            transport, "loseWriteConnection", None)
+        if half_close is not None:
+            half_close()
+        else:
+            transport.loseConnection()
         self._abort = self.callLater(ABORT_AFTER, transport.abortConnection)  # type: ignore[no-untyped-call]
 
 
