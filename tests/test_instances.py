@@ -145,6 +145,8 @@ def test_instance_cap_refuses_with_503(tmp_path, sockets_dir):
             assert status == 503 and b"max_instances" in body
             first.close()
             wait_until(lambda: not alive(pid), "the first instance is stopped")
+            # Its slot is free once the router has reaped it (the log says so), not when the pid is gone.
+            wait_until(lambda: f"(pid {pid}) stopped" in router.log(), "the first instance is reaped")
             with connect(f"{router.url}/s") as third:
                 assert int(banner(third)[1]) not in (pid,)
     finally:
