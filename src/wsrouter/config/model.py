@@ -715,7 +715,7 @@ class Route:
             if not isinstance(self.framing, Framing):
                 checks.add("framing", f"must be a framing, not {self.framing!r}")
             elif isinstance(self.target, UNFRAMED_TARGETS):
-                checks.add("framing", f"is only for stream targets (tcp, unix, exec, program), not {_KIND_NAMES[kind]}")
+                checks.add("framing", f"is only for stream targets (tcp, unix, exec, program), not {_KIND_NAMES.get(kind, kind)}")
         if self.max_forks is not None:
             _check_positive(checks, "max_forks", self.max_forks, integer=True)
             if not isinstance(self.target, ExecTarget):
@@ -769,7 +769,7 @@ def _check_proxy_protocol(checks: _Checks, version: object, target: object) -> N
 
 
 _KIND_NAMES = {"UdpTarget": "udp", "UnixDatagramTarget": "unix-dgram", "EchoTarget": "echo",
-               "ReplayTarget": "replay"}
+               "ReplayTarget": "replay", "WebSocketTarget": "ws/wss"}
 
 
 # -- the whole router ----------------------------------------------------------
@@ -931,6 +931,8 @@ class Recording:
 
 
 def _check_network(checks: _Checks, key: str, value: object) -> None:
+    if not isinstance(value, str):
+        return  # reported by _check_strings; ipaddress would take True or 1 as 0.0.0.1
     try:
         ipaddress.ip_network(value, strict=False)  # type: ignore[arg-type]
     except (TypeError, ValueError):
