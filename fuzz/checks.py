@@ -468,3 +468,50 @@ def check_recording_round_trip(header: Header, events: Sequence[Event]) -> None:
     _, back = parse_recording(b"".join(lines).splitlines(keepends=True), "fuzz")
     assert list(back) == list(events)
 
+
+
+# -- the HTTP request head (web/channel.py) -------------------------------------------
+
+
+def http_response(chunks: Sequence[bytes], max_header_bytes: int) -> tuple[bytes, bool]:
+    """What a L{LimitedChannel} of a site serving C{hello} answers C{chunks} with, and if it closed."""
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+
+    from wsrouter.config import Limits
+    from wsrouter.web.channel import LimitedChannel, limit_requests
+
+    class Hello(Resource):
+        isLeaf = True
+
+        def render_GET(self, request: Any) -> bytes:
+            return b"hello"
+
+    site = Site(Hello())
+    site.reactor = Clock()  # type: ignore[assignment]
+    site.log = lambda request: None  # type: ignore[method-assign]
+    limit_requests(site, lambda: Limits(max_header_bytes=max_header_bytes))
+    protocol = site.buildProtocol(None)
+    assert isinstance(protocol, LimitedChannel)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    for chunk in chunks:
+        if transport.disconnecting:
+            break
+        protocol.dataReceived(chunk)
+    protocol.connectionLost()
+    answer = b"\r\n".join(line for line in transport.value().split(b"\r\n") if not line.startswith(b"Date: "))
+    return answer, transport.disconnecting
+
+
+def check_http_head(data: bytes, cuts: Sequence[int], max_header_bytes: int) -> None:
+    """Any request bytes: the same answer however cut, each response with a status line; a big head gets 431."""
+    whole = http_response([data], max_header_bytes)
+    assert http_response(split_at(data, cuts), max_header_bytes) == whole
+    answer = whole[0]
+    assert answer == b"" or answer.startswith((b"HTTP/1.1 ", b"HTTP/1.0 ")), answer[:40]
+    head = data.split(b"\r\n\r\n", 1)[0] if b"\r\n\r\n" in data else None
+    if head is not None and b"\n" not in head.replace(b"\r\n", b"") and len(head) + 4 > max_header_bytes + 2:
+        assert b" 431 " in answer.split(b"\r\n", 1)[0] or b" 400 " in answer.split(b"\r\n", 1)[0], answer[:60]

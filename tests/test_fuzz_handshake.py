@@ -13,6 +13,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from fuzz.checks import (
+    check_http_head,
     check_authenticate,
     check_host_name,
     check_origin,
@@ -101,3 +102,20 @@ def test_any_credentials_give_a_decision_without_quoting_them(authorization: str
 def test_any_host_header_gives_a_name_or_none(header: str | None) -> None:
     """Any Host header gives a lower-case name or None."""
     check_host_name(header)
+
+
+request_lines = st.sampled_from([b"GET / HTTP/1.1", b"GET /x HTTP/1.0", b"POST / HTTP/1.1", b"GET", b"", b"\x00 / H"])
+header_lines = st.lists(st.builds(b"%s: %s".__mod__, st.tuples(
+    st.sampled_from([b"Host", b"Upgrade", b"Content-Length", b"Transfer-Encoding", b"X", b""]),
+    st.binary(max_size=60) | st.sampled_from([b"websocket", b"chunked", b"5", b"-1", b"x" * 300]))), max_size=8)
+requests = st.builds(lambda line, headers, body: b"\r\n".join([line, *headers]) + b"\r\n\r\n" + body,
+                     request_lines, header_lines, st.binary(max_size=20))
+
+
+@budget(200)
+@given(data=requests | st.binary(max_size=300), cuts=st.lists(st.integers(min_value=0, max_value=1000), max_size=8),
+       max_header_bytes=st.sampled_from([64, 200, 8192]))
+def test_any_request_head_is_answered_the_same_however_cut(data: bytes, cuts: list[int],
+                                                           max_header_bytes: int) -> None:
+    """Any request bytes get the same HTTP answer whole or cut; a head over the limit gets 431."""
+    check_http_head(data, cuts, max_header_bytes)
