@@ -11,11 +11,10 @@ import warnings
 from typing import Any
 
 import pytest
-
+from fuzz.checks import check_config_data, check_config_file, check_route_string
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from fuzz.checks import check_config_data, check_config_file, check_route_string
 from tests.fuzzing import budget
 from wsrouter.config import ConfigError, build_config, spec
 

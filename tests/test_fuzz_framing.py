@@ -7,10 +7,10 @@ and messages made into a stream frame back into themselves.
 
 from __future__ import annotations
 
+from fuzz.checks import FRAMINGS, FramingCase, check_framing_round_trip, check_framing_stream
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuzz.checks import FRAMINGS, FramingCase, check_framing_round_trip, check_framing_stream
 from tests.fuzzing import budget
 
 # (pytest-twisted cannot run @given tests that are also parametrized: the framing is drawn)

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import base64
 
-from hypothesis import example, given
-from hypothesis import strategies as st
-
 from fuzz.checks import (
-    check_http_head,
     check_authenticate,
     check_host_name,
+    check_http_head,
     check_origin,
     check_proxy_header,
     check_proxy_round_trip,
 )
+from hypothesis import example, given
+from hypothesis import strategies as st
+
 from tests.fuzzing import budget
 from wsrouter.policy import Credentials
 from wsrouter.proxyproto import V2_SIGNATURE

@@ -6,10 +6,10 @@ frames give back exactly the messages they carry.
 
 from __future__ import annotations
 
+from fuzz.checks import Frame, Message, check_parser_any_bytes, check_parser_messages, encode_frame
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from fuzz.checks import Frame, Message, check_parser_any_bytes, check_parser_messages, encode_frame
 from tests.fuzzing import budget
 
 cuts = st.lists(st.integers(min_value=0, max_value=1 << 16), max_size=12)

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import json
 
+from fuzz.checks import check_recording_lines, check_recording_round_trip
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from fuzz.checks import check_recording_lines, check_recording_round_trip
 from tests.fuzzing import budget
 from wsrouter.recording import Event, Header
 
 GOOD_HEADER = b'{"format":"wsrouter-recording","version":1,"start":1.5}\n'
 CAST_HEADER = b'{"version":2,"width":80,"height":24}\n'
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10)
+json_values = st.recursive(json_scalars,
                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
                                st.sampled_from(["t", "event", "dir", "data", "text", "code", "reason", "x"]), inner,
                                max_size=5), max_leaves=8)

@@ -715,7 +715,8 @@ class Route:
             if not isinstance(self.framing, Framing):
                 checks.add("framing", f"must be a framing, not {self.framing!r}")
             elif isinstance(self.target, UNFRAMED_TARGETS):
-                checks.add("framing", f"is only for stream targets (tcp, unix, exec, program), not {_KIND_NAMES.get(kind, kind)}")
+                checks.add("framing", "is only for stream targets (tcp, unix, exec, program), "
+                           f"not {_KIND_NAMES.get(kind, kind)}")
         if self.max_forks is not None:
             _check_positive(checks, "max_forks", self.max_forks, integer=True)
             if not isinstance(self.target, ExecTarget):
@@ -934,7 +935,7 @@ def _check_network(checks: _Checks, key: str, value: object) -> None:
     if not isinstance(value, str):
         return  # reported by _check_strings; ipaddress would take True or 1 as 0.0.0.1
     try:
-        ipaddress.ip_network(value, strict=False)  # type: ignore[arg-type]
+        ipaddress.ip_network(value, strict=False)
     except (TypeError, ValueError):
         checks.add(key, f"must be an IP network such as 10.0.0.0/8 or ::1/128, not {value!r}")
 
