@@ -404,10 +404,11 @@ def check_authenticate(credentials: Any, headers: dict[str, str], peer: str) -> 
         assert status in (401, 403), status
         reason = result.reason
         assert reason.isprintable(), f"a refusal reason with control characters: {reason!r}"
-        value = headers.get("authorization", "").strip().partition(" ")[2].strip()
+        presented = headers.get("authorization", "").strip()
         # (the reason may name the peer and the forward header's value, not what was presented)
-        if len(value) >= 8 and value not in peer and value not in headers.get("x-forwarded-user", ""):
-            assert value not in reason, "a credential is quoted in a refusal"
+        for secret in (presented, presented.partition(" ")[2].strip(), presented.partition(" ")[0]):
+            if len(secret) >= 8 and secret not in peer and secret not in headers.get("x-forwarded-user", ""):
+                assert secret not in reason, "a credential is quoted in a refusal"
 
 
 def check_host_name(header: str | None) -> None:

@@ -88,6 +88,7 @@ authorizations = st.builds("{} {}".format, st.sampled_from(["Basic", "basic", "B
        peer=st.ip_addresses().map(str) | st.just("unix"))
 @example(authorization="Basic " + base64.b64encode(b"alice:password1234").decode(), forwarded=None, peer="unix")
 @example(authorization="\x1b[2J\r 0", forwarded=None, peer="unix")  # was quoted into the reason and log line
+@example(authorization="s3cr3t-t0ken-without-a-scheme", forwarded=None, peer="unix")  # was quoted: a bare secret
 def test_any_credentials_give_a_decision_without_quoting_them(authorization: str, forwarded: str | None,
                                                               peer: str) -> None:
     """Any Authorization and forward headers give an acceptance, a password check or a 401 naming no secret."""

@@ -411,8 +411,20 @@ def authenticate(credentials: Credentials, headers: Mapping[str, str], peer: str
     if scheme == "basic" and credentials.users:
         return _basic(credentials, value.strip())
     if authorization:
-        return Refusal(401, f"credentials of an unaccepted kind ({_shown(scheme) or 'none'})")
+        return Refusal(401, f"credentials of an unaccepted kind ({_scheme_name(scheme)})")
     return Refusal(401, "credentials required")
+
+
+#: The IANA HTTP authentication schemes: only these are named in a refusal.  A
+#: header without a scheme may be the bare secret itself, which is never quoted.
+_SCHEMES = ("basic", "bearer", "concealed", "digest", "dpop", "gnap", "hoba", "mutual", "negotiate", "ntlm",
+            "privatetoken", "scram-sha-1", "scram-sha-256", "vapid")
+
+
+def _scheme_name(scheme: str) -> str:
+    if not scheme:
+        return "none"
+    return scheme if scheme in _SCHEMES else "an unknown scheme"
 
 
 def _basic(credentials: Credentials, value: str) -> PasswordCheck | Refusal:
