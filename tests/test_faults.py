@@ -136,6 +136,47 @@ def test_target_that_answers_slowly_is_waited_for():
 
 
 @pytest_twisted.inlineCallbacks
+def test_target_that_half_closes_ends_the_session_1000_after_its_data():
+    """A target that shuts its write side (still reading) gets its data to the client, then 1000, then is closed."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(20)
+    seen = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(20)
+            conn.sendall(b"goodbye" * 10000)
+            conn.shutdown(socket.SHUT_WR)
+            while chunk := conn.recv(65536):
+                seen.append(chunk)
+            seen.append(b"<eof>")
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    router = start_router(routes=[f"/*=tcp://127.0.0.1:{listener.getsockname()[1]}"])
+
+    def client() -> tuple[bytes, int | None]:
+        got = b""
+        with connect(router.url + "/") as ws:
+            try:
+                while True:
+                    got += ws.recv(timeout=15)
+            except ConnectionClosed as e:
+                return got, e.rcvd.code if e.rcvd else None
+
+    try:
+        got, code = yield in_thread(client)
+        yield in_thread(server.join, 20)
+        assert got == b"goodbye" * 10000
+        assert code == 1000
+        assert seen[-1:] == [b"<eof>"], "the router left the target's connection open"
+    finally:
+        yield router.stopService()
+        listener.close()
+
+
+@pytest_twisted.inlineCallbacks
 def test_unresolvable_target_name_is_refused_with_502():
     """A route whose target host does not resolve (a .invalid name) is refused with 502 naming it."""
     router = start_router(routes=["/*=tcp://no-such-target.invalid:5900"])
