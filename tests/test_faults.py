@@ -405,3 +405,13 @@ def test_recording_directory_that_becomes_unwritable_leaves_sessions_working(tmp
         yield router.stopService()
     texts = errors.texts()
     assert len(texts) == 1 and str(directory) in texts[0], texts
+
+
+def test_the_fault_table_names_only_tests_that_exist():
+    """Every C{file.py::test} that docs/faults.md names is a test function in that file."""
+    table = (REPO / "docs" / "faults.md").read_text()
+    named = re.findall(r"`(test_\w+\.py)::(test_\w+)`", table)
+    assert len(named) > 30
+    missing = [f"{module}::{name}" for module, name in named
+               if not re.search(rf"^(async )?def {name}\(", (REPO / "tests" / module).read_text(), re.M)]
+    assert not missing, missing
