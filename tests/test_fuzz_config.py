@@ -67,7 +67,7 @@ near_valid = st.fixed_dictionaries(
 configs = anything | near_valid
 
 
-@budget(300)
+@budget(100)
 @given(raw=configs)
 @example(raw={"routes": [{"path": "/", "target": "echo:"}]})
 @example(raw={"routes": [{"path": "/", "target": "ws://127.0.0.1:1/x", "framing": "line"}]})  # was KeyError

@@ -22,14 +22,14 @@ streams = st.lists(alphabet, max_size=400).map(bytes) | st.binary(max_size=400)
 sizes = st.integers(min_value=1, max_value=40)
 
 
-@budget(100 * len(FRAMINGS))
+@budget(40 * len(FRAMINGS))
 @given(case=cases, data=streams, cuts=cuts, max_size=sizes)
 def test_stream_frames_the_same_however_cut(case: FramingCase, data: bytes, cuts: list[int], max_size: int) -> None:
     """A stream gives the same messages whole, byte by byte and randomly cut; each fits the framing."""
     check_framing_stream(case, data, cuts, max_size)
 
 
-@budget(100 * len(FRAMINGS))
+@budget(40 * len(FRAMINGS))
 @given(case=cases, messages=st.lists(st.lists(alphabet, max_size=30).map(bytes), max_size=8), cuts=cuts, max_size=sizes)
 def test_messages_round_trip_through_the_stream(case: FramingCase, messages: list[bytes], cuts: list[int],
                                                 max_size: int) -> None:

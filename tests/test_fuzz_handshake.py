@@ -35,7 +35,7 @@ v2 = st.builds(lambda command, family, length, body: V2_SIGNATURE + bytes([comma
 headers = st.tuples(v1 | v2 | st.binary(max_size=120), st.binary(max_size=20)).map(lambda t: t[0] + t[1])
 
 
-@budget(500)
+@budget(250)
 @given(data=headers)
 @example(data=b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n")
 @example(data=V2_SIGNATURE)

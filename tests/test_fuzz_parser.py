@@ -29,7 +29,7 @@ def frame_bytes() -> st.SearchStrategy[bytes]:
     return st.lists(frame.map(encode_frame), max_size=6).map(b"".join)
 
 
-@budget(300)
+@budget(150)
 @given(data=st.binary(max_size=600) | frame_bytes(), cuts=cuts,
        max_message_size=st.sampled_from([0, 0, 1, 64, 1000]), deflate=st.booleans())
 @example(data=b"\x81\x80\0\0\0\0", cuts=[], max_message_size=0, deflate=False)
@@ -54,7 +54,7 @@ def message(compressed: bool) -> st.SearchStrategy[Message]:
         False, m.payload.decode("latin-1").encode("utf-8"), m.fragments, m.pings, m.compressed, m.length_form))
 
 
-@budget(200)
+@budget(100)
 @given(messages=st.lists(message(False), max_size=5), cuts=cuts,
        close=st.none() | st.sampled_from([1000, 1001, 4000]), mask=st.binary(min_size=4, max_size=4))
 def test_valid_frames_give_back_their_messages(messages: list[Message], cuts: list[int], close: int | None,
@@ -63,7 +63,7 @@ def test_valid_frames_give_back_their_messages(messages: list[Message], cuts: li
     check_parser_messages(messages, cuts, close, mask)
 
 
-@budget(100)
+@budget(50)
 @given(messages=st.lists(message(True), min_size=1, max_size=4), cuts=cuts)
 def test_compressed_frames_give_back_their_messages(messages: list[Message], cuts: list[int]) -> None:
     """permessage-deflate messages, fragmented after compression, inflate to the payload sent."""

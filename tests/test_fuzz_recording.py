@@ -44,7 +44,7 @@ lines = (
 )
 
 
-@budget(400)
+@budget(200)
 @given(lines=lines)
 @example(lines=[])
 @example(lines=[GOOD_HEADER, b'{"t":0,"event":"close","code":1e400}\n'])
@@ -67,7 +67,7 @@ others = st.builds(Event, offset=st.just(1.0), direction=st.none(), kind=st.just
     code=st.none() | st.integers(min_value=1000, max_value=4999), reason=st.text(max_size=20))
 
 
-@budget(200)
+@budget(100)
 @given(events=st.lists(recorded | others, max_size=8),
        peer=st.text(max_size=10), headers=st.lists(st.tuples(st.text(max_size=5), st.text(max_size=8)), max_size=3))
 def test_what_the_recorder_writes_is_read_back(events: list[Event], peer: str,
