@@ -522,3 +522,21 @@ def check_http_head(data: bytes, cuts: Sequence[int], max_header_bytes: int) -> 
     head = data.split(b"\r\n\r\n", 1)[0] if b"\r\n\r\n" in data else None
     if head is not None and b"\n" not in head.replace(b"\r\n", b"") and len(head) + 4 > max_header_bytes + 2:
         assert b" 431 " in answer.split(b"\r\n", 1)[0] or b" 400 " in answer.split(b"\r\n", 1)[0], answer[:60]
+
+
+# -- the route decision (routing.py, as the gateway asks it) ----------------------------
+
+
+def check_route_select(routes: Sequence[Any], path: str, offered: Sequence[str], host: str | None,
+                       unknown_host: str = "default") -> None:
+    """Any path, subprotocols and Host: a route that serves them, or NoRoute 400/404/421 with a printable reason."""
+    from wsrouter.routing import NoRoute, RouteTable, path_matches
+
+    try:
+        match = RouteTable(routes, unknown_host).select(path, offered, host)
+    except NoRoute as e:
+        assert e.status in (400, 404, 421), e.status
+        assert e.reason.isprintable(), f"a refusal reason with control characters: {e.reason!r}"
+        return
+    assert path_matches(match.route, path)
+    assert match.subprotocol is None or match.subprotocol in offered

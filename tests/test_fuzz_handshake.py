@@ -8,6 +8,7 @@ Any input gives a decision or the documented error, never another exception.
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 from fuzz.checks import (
     check_authenticate,
@@ -16,11 +17,13 @@ from fuzz.checks import (
     check_origin,
     check_proxy_header,
     check_proxy_round_trip,
+    check_route_select,
 )
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tests.fuzzing import budget
+from wsrouter.config.spec import parse_route
 from wsrouter.policy import Credentials
 from wsrouter.proxyproto import V2_SIGNATURE
 
@@ -120,3 +123,25 @@ def test_any_request_head_is_answered_the_same_however_cut(data: bytes, cuts: li
                                                            max_header_bytes: int) -> None:
     """Any request bytes get the same HTTP answer whole or cut; a head over the limit gets 431."""
     check_http_head(data, cuts, max_header_bytes)
+
+
+ROUTES = [parse_route(text) for text in (
+    "/=echo:", "/x@chat,superchat=echo:", "/x/*=tcp://127.0.0.1:1", "/v[host=a.example]=echo:",
+    "/w[host=*.b.example]@binary=echo:",
+)]
+segments = st.sampled_from(["", "x", "v", "w", "y", "..", "%2F", "é", "\x1b"]) | st.text(max_size=4)
+paths = st.lists(segments, max_size=4).map(lambda parts: "/" + "/".join(parts)) | st.text(max_size=20)
+offers = st.lists(st.sampled_from(["chat", "superchat", "binary", "base64", "", "\x1b[31m"]) | st.text(max_size=6),
+                  max_size=4)
+
+
+@budget(300)
+@given(routes=st.lists(st.sampled_from(ROUTES), min_size=1, max_size=5, unique=True), path=paths, offered=offers,
+       host=st.none() | st.sampled_from(["a.example", "c.b.example", "A.EXAMPLE:80", "[::1]:1", "x\x1b"])
+       | st.text(max_size=12), unknown_host=st.sampled_from(["default", "421"]))
+@example(routes=[ROUTES[1]], path="/x", offered=["\x1b[31m"], host=None, unknown_host="default")
+@example(routes=[ROUTES[3]], path="/v", offered=[], host="x\x1b", unknown_host="421")  # was quoted raw
+def test_any_path_subprotocols_and_host_get_a_route_or_a_4xx(routes: list[Any], path: str, offered: list[str],
+                                                               host: str | None, unknown_host: str) -> None:
+    """The gateway's route decision gives a route serving the request or 400/404/421 with a printable reason."""
+    check_route_select(routes, path, offered, host, unknown_host)
