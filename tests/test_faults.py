@@ -218,6 +218,7 @@ def test_target_that_stops_reading_fills_the_clients_send_buffer(tmp_path: Path)
     for conn in held:
         conn.close()
     listener.close()
+    print(f"client handed over {sent / MiB:.1f} MiB before stalling; router grew {growth} KiB")
     assert sent < 64 * MiB, f"the client could send {sent // MiB} MiB to a target that reads nothing"
     assert growth < 32 * 1024, f"the router grew by {growth} KiB"
 
@@ -345,6 +346,7 @@ def test_shutdown_under_live_traffic_delivers_every_message_the_client_sent_befo
         received = yield factory.connections[0].lost
     finally:
         yield port.stopListening()
+    print(f"{sent} messages of {size} bytes sent before the close, {len(received) // size} delivered")
     assert code == 1001
     assert len(received) % size == 0, "a message was cut"
     assert received == b"".join(message(n) for n in range(len(received) // size)), "messages lost or reordered"
