@@ -15,7 +15,7 @@ export PYTHONPATH := $(CURDIR):$(CURDIR)/src
 
 SYSTEM_DEPS := .cache/system-deps.done
 
-.PHONY: run test lint typecheck bench soak install system-deps clean conformance conformance-setup
+.PHONY: run test lint typecheck bench soak install system-deps clean conformance conformance-setup fuzz
 
 install: $(STAMP) $(REBIND)
 
@@ -92,6 +92,13 @@ conformance: install
 	bash conformance/setup.sh .cache/autobahn-py27
 	$(BIN)/python conformance/run.py --agents $(CONFORMANCE_AGENTS) --require-clean echo \
 		--markdown .cache/conformance/summary.md $(CONFORMANCE_OPTIONS)
+
+# Coverage-guided fuzzing with atheris (docs/fuzzing.md): each fuzz/fuzz_*.py
+# target for FUZZ_SECONDS, from its seed corpus; fails on a finding.
+FUZZ_SECONDS ?= 60
+
+fuzz: install
+	$(BIN)/python fuzz/run.py --seconds $(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info $(REBIND) .cache

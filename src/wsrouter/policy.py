@@ -214,12 +214,17 @@ def origin_problem(policy: str | Sequence[str], origin: str | None, host_header:
             return "the request has no valid Host header to compare the Origin with"
         expected = ("https" if secure else "http", *host)
         if parsed != expected:
-            return f"origin is not this site ({expected[0]}://{host_header})"
+            return f"origin is not this site ({expected[0]}://{_shown(host_header or '')})"
         return None
     for pattern in policy:
         if _origin_matches(pattern, parsed):
             return None
     return "origin is not in the route's trusted origins"
+
+
+def _shown(text: str, limit: int = 64) -> str:
+    """Client text as a reason quotes it: as it is when short and printable, else escaped and cut."""
+    return text if len(text) <= limit and text.isprintable() else ascii(text[:limit])
 
 
 def _origin_matches(pattern: str, origin: tuple[str, str, int]) -> bool:
@@ -406,8 +411,20 @@ def authenticate(credentials: Credentials, headers: Mapping[str, str], peer: str
     if scheme == "basic" and credentials.users:
         return _basic(credentials, value.strip())
     if authorization:
-        return Refusal(401, f"credentials of an unaccepted kind ({scheme or 'none'})")
+        return Refusal(401, f"credentials of an unaccepted kind ({_scheme_name(scheme)})")
     return Refusal(401, "credentials required")
+
+
+#: The IANA HTTP authentication schemes: only these are named in a refusal.  A
+#: header without a scheme may be the bare secret itself, which is never quoted.
+_SCHEMES = ("basic", "bearer", "concealed", "digest", "dpop", "gnap", "hoba", "mutual", "negotiate", "ntlm",
+            "privatetoken", "scram-sha-1", "scram-sha-256", "vapid")
+
+
+def _scheme_name(scheme: str) -> str:
+    if not scheme:
+        return "none"
+    return scheme if scheme in _SCHEMES else "an unknown scheme"
 
 
 def _basic(credentials: Credentials, value: str) -> PasswordCheck | Refusal:

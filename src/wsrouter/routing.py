@@ -103,7 +103,7 @@ def _choose(ordered: Sequence[Route], path: str, offered: Sequence[str]) -> Matc
     """The first of C{ordered} (already in preference order) that serves C{path} and C{offered}."""
     candidates = [route for route in ordered if path_matches(route, path)]
     if not candidates:
-        return _refuse(404, f"no route for path {path}")
+        return _refuse(404, f"no route for path {_shown(path)}")
     for route in candidates:
         chosen = choose_subprotocol(route, offered)
         if chosen is not None:
@@ -111,9 +111,14 @@ def _choose(ordered: Sequence[Route], path: str, offered: Sequence[str]) -> Matc
     wanted = sorted({name for route in candidates for name in route.subprotocols})
     return _refuse(
         400,
-        f"no acceptable subprotocol for {path}: offered {', '.join(offered) or 'none'}, "
+        f"no acceptable subprotocol for {_shown(path)}: offered {_shown(', '.join(offered)) or 'none'}, "
         f"this path speaks {', '.join(wanted)}",
     )
+
+
+def _shown(text: str, limit: int = 200) -> str:
+    """Client text as a refusal reason quotes it: as it is when printable and not too long, else escaped and cut."""
+    return text if len(text) <= limit and text.isprintable() else ascii(text[:limit])
 
 
 def _refuse(status: int, reason: str) -> Match:
@@ -208,7 +213,7 @@ class RouteTable:
         """
         candidates = self.candidates(host)
         if candidates is None:
-            return _refuse(421, f"no route for host {host_name(host) or '(none)'} on this router")
+            return _refuse(421, f"no route for host {_shown(host_name(host) or '(none)')} on this router")
         return _choose(candidates, path, offered)
 
     def tls_name_problem(self, host: str | None, server_name: str | None) -> str | None:

@@ -1025,7 +1025,8 @@ class Route:
             elif isinstance(self.target, WrappedTarget) and self.target.protocol == "udp":
                 checks.add("framing", "is only for stream targets, not a UDP program (one datagram per message)")
             elif isinstance(self.target, UNFRAMED_TARGETS):
-                checks.add("framing", f"is only for stream targets (tcp, unix, exec, program), not {_KIND_NAMES[kind]}")
+                checks.add("framing", "is only for stream targets (tcp, unix, exec, program), "
+                           f"not {_KIND_NAMES.get(kind, kind)}")
         if self.max_forks is not None:
             _check_positive(checks, "max_forks", self.max_forks, integer=True)
             if not isinstance(self.target, ExecTarget):
@@ -1079,7 +1080,7 @@ def _check_proxy_protocol(checks: _Checks, version: object, target: object) -> N
 
 
 _KIND_NAMES = {"UdpTarget": "udp", "UnixDatagramTarget": "unix-dgram", "EchoTarget": "echo",
-               "ReplayTarget": "replay", "PythonTarget": "python", "WebSocketTarget": "ws"}
+               "ReplayTarget": "replay", "PythonTarget": "python", "WebSocketTarget": "ws/wss"}
 
 
 # -- the whole router ----------------------------------------------------------
@@ -1286,8 +1287,10 @@ class Recording:
 
 
 def _check_network(checks: _Checks, key: str, value: object) -> None:
+    if not isinstance(value, str):
+        return  # reported by _check_strings; ipaddress would take True or 1 as 0.0.0.1
     try:
-        ipaddress.ip_network(value, strict=False)  # type: ignore[arg-type]
+        ipaddress.ip_network(value, strict=False)
     except (TypeError, ValueError):
         checks.add(key, f"must be an IP network such as 10.0.0.0/8 or ::1/128, not {value!r}")
 
