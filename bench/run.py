@@ -39,8 +39,9 @@ from relays import RELAYS, VARIANTS, BenchError, PortPool, Relay, TargetsProcess
 from workloads import FULL, QUICK, WORKLOADS, Context, Endpoint, Params, Workload
 
 DEFAULT_VARIANTS = tuple(VARIANTS)
-QUICK_VARIANTS = ("wsrouter", "websockify", "direct", "wsrouter+record", "wsrouter+base64",
-                  "websockify+base64")
+QUICK_VARIANTS = ("wsrouter", "websockify", "lighttpd", "direct", "wsrouter+record",
+                  "wsrouter+base64", "websockify+base64", "wsrouter+tls", "websockify+tls",
+                  "lighttpd+tls")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -98,7 +99,7 @@ def measure(w: Workload, ctx: Context, root_pid: int, targets_pid: int) -> dict[
     except (OSError, ValueError, wsclient.HandshakeError) as e:
         return {"ok": False, "error": f"{type(e).__name__}: {e}"}
     wall = time.perf_counter() - w0
-    client_cpu = time.process_time() - c0
+    client_cpu = time.process_time() - c0 + raw.pop("client_children_cpu_s", 0.0)
     after = proctree.wait_settled(root_pid)
     raw.update(
         relay_cpu_s=after.cpu_s - before.cpu_s,
@@ -106,11 +107,12 @@ def measure(w: Workload, ctx: Context, root_pid: int, targets_pid: int) -> dict[
         client_cpu_s=client_cpu,
         target_cpu_s=proctree.sample(targets_pid).cpu_s - tgt0,
         wall_s=wall,
-        relay_processes_left=max(0, after.processes - 1),
+        relay_processes_left=max(0, after.processes - max(1, before.processes)),
         relay_peak_rss_mib=proctree.peak_rss_kib(root_pid) / 1024,
     )
-    if after.processes > 1:
-        raw["notes"].append(f"{after.processes - 1} relay child process(es) still alive after the run")
+    if after.processes > max(1, before.processes):  # --workers N keeps N children
+        raw["notes"].append(f"{after.processes - before.processes} relay child process(es) "
+                            "still alive after the run")
     return {"ok": True, "raw": raw, "figures": w.figures(raw)}
 
 
@@ -126,7 +128,7 @@ class VariantRunner:
                  ports: PortPool, log_dir: Path) -> None:
         self.variant, self.w, self.params, self.targets = variant, w, params, targets
         self.name = variant.name
-        self.rounds = w.rounds(params, variant.extra)
+        self.rounds = w.rounds(params, variant.extra) if variant.runs(w.name) else 0
         self.ports, self.log_dir = ports, log_dir
         self.relay: Relay | None = None
         self.start_error: str | None = None
@@ -159,7 +161,8 @@ class VariantRunner:
     def endpoint(self) -> tuple[Endpoint, int]:
         if self.relay is None:
             return Endpoint(relays.HOST, self.targets.ports["ws_" + self.w.target]), self.targets.pid
-        return Endpoint(relays.HOST, self.relay.port, base64_mode=self.variant.base64), self.relay.pid
+        return Endpoint(relays.HOST, self.relay.port, base64_mode=self.variant.base64,
+                        tls=self.variant.tls, offer=self.variant.offer), self.relay.pid
 
     def run_once(self) -> dict[str, Any]:
         if self.w.crowd:
@@ -270,6 +273,14 @@ def version(dist: str) -> str:
         return "not installed"
 
 
+def lighttpd_version() -> str:
+    try:
+        out = subprocess.run(["lighttpd", "-v"], capture_output=True, check=False, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "not installed"
+    return out.stdout.split()[0].partition("/")[2] if out.stdout else "unknown"
+
+
 def git_rev() -> str:
     try:
         out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=relays.REPO_DIR,
@@ -307,7 +318,8 @@ def metadata(params: Params, targets: TargetsProcess, client_nofile: tuple[int, 
         "cpu_model": cpu_model(),
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "versions": {d: version(d) for d in ("wsrouter", "websockify", "twisted", "autobahn", "numpy")},
+        "versions": {**{d: version(d) for d in ("wsrouter", "websockify", "twisted", "autobahn", "numpy")},
+                     "lighttpd": lighttpd_version()},
         "git": git_rev(),
         "perf_counter": clock,
         "loadavg_start": os.getloadavg(),
@@ -357,6 +369,8 @@ def main(argv: list[str]) -> int:
     client_nofile = crowd.raise_nofile_limit()
     log_dir, tmp = relays.make_log_dir(args.log_dir)
     ports = PortPool(args.port_base)
+    if any(v.tls for v in variants):
+        relays.make_cert(log_dir)
     targets = TargetsProcess(log_dir)
     meta = metadata(params, targets, client_nofile)
     if "CLOCK_MONOTONIC" not in meta["perf_counter"]:
