@@ -46,7 +46,7 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def _bin(name: str) -> list[str]:
+def bin_path(name: str) -> list[str]:
     """Command prefix for a console script of this interpreter's environment."""
     script = Path(sys.executable).parent / name
     if script.exists():
@@ -79,7 +79,7 @@ def _wsrouter(lport: int, tport: int, *extra: str) -> list[str]:
 
 
 def _websockify(lport: int, tport: int, *extra: str) -> list[str]:
-    return [*_bin("websockify"), *extra, f"{HOST}:{lport}", f"{HOST}:{tport}"]
+    return [*bin_path("websockify"), *extra, f"{HOST}:{lport}", f"{HOST}:{tport}"]
 
 
 def cert_files(log_dir: Path) -> tuple[Path, Path]:

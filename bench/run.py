@@ -19,11 +19,13 @@ measured ratio and whether it is met.  See ``bench/README.md``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib.metadata
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -61,6 +63,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--port-base", type=int, default=18700,
                     help="relays listen on ports from here up (default 18700)")
     ap.add_argument("--log-dir", help="keep relay and helper logs here (default: temporary)")
+    ap.add_argument("--profile", metavar="DIR",
+                    help="record each wsrouter relay with py-spy (raw stacks, 1 kHz, --nonblocking) "
+                    "during every measured run, one file per run in DIR; fold them with "
+                    "bench/profile.py.  Adds a little CPU to the relay: not for the figures")
     args = ap.parse_args(argv)
     if args.variants is None:
         args.variants = ",".join(QUICK_VARIANTS if args.quick else DEFAULT_VARIANTS)
@@ -133,6 +139,7 @@ class VariantRunner:
         self.relay: Relay | None = None
         self.start_error: str | None = None
         self.runs: list[dict[str, Any]] = []
+        self.profile_dir: Path | None = None
 
     def wanted(self) -> tuple[relays.RelaySpec, int] | None:
         """(relay spec, target port) to start, or None for direct."""
@@ -173,13 +180,33 @@ class VariantRunner:
         else:
             ep, root = self.endpoint()
             ctx = Context(ep, self.params, self.targets, direct=self.relay is None, relay_pid=root)
-            result = measure(self.w, ctx, root, self.targets.pid)
+            spy = self._start_profile(root)
+            try:
+                result = measure(self.w, ctx, root, self.targets.pid)
+            finally:
+                if spy is not None:
+                    spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        spy.wait(30.0)
+                    relays.stop_process(spy)
             if self.relay is not None:
                 result = self._after_run(self.relay, result)
         if self.w.crowd:
             self.stop()
         self.runs.append(result)
         return result
+
+    def _start_profile(self, pid: int) -> subprocess.Popen[bytes] | None:
+        """py-spy recording ``pid`` (wsrouter relays only) until the run ends, or None."""
+        if self.profile_dir is None or self.relay is None or not self.name.startswith("wsrouter"):
+            return None
+        out = self.profile_dir / f"{self.w.name}-{self.name}-{len(self.runs) + 1}.txt"
+        argv = [*relays.bin_path("py-spy"), "record", "--pid", str(pid), "--rate", "1000", "--format", "raw",
+                "--nonblocking", "--subprocesses", "--output", str(out)]
+        spy = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env=relays.child_env())
+        time.sleep(1.0)  # py-spy attaches before the first sample
+        return spy
 
     def _after_run(self, relay: Relay, result: dict[str, Any]) -> dict[str, Any]:
         """Empty the relay's scratch directory (recordings); deal with a relay that died."""
@@ -206,12 +233,14 @@ class VariantRunner:
 
 
 def run_workload(w: Workload, variants: list[Variant], params: Params, targets: TargetsProcess,
-                 ports: PortPool, log_dir: Path) -> dict[str, list[dict[str, Any]]]:
+                 ports: PortPool, log_dir: Path, profile_dir: Path | None = None) -> dict[str, list[dict[str, Any]]]:
     """All rounds of one workload, variants interleaved (ABC, CBA, ABC, ...).
 
     Variants with fewer rounds (the extra ones) take part in the first rounds only.
     """
     runners = [VariantRunner(v, w, params, targets, ports, log_dir) for v in variants]
+    for r in runners:
+        r.profile_dir = profile_dir
     runners = [r for r in runners if r.rounds > 0]
     try:
         if not w.crowd:
@@ -368,6 +397,9 @@ def main(argv: list[str]) -> int:
                 if (not args.only or w.name in args.only.split(",")) and w.enabled(params)]
     client_nofile = crowd.raise_nofile_limit()
     log_dir, tmp = relays.make_log_dir(args.log_dir)
+    profile_dir = Path(args.profile).resolve() if args.profile else None
+    if profile_dir is not None:
+        profile_dir.mkdir(parents=True, exist_ok=True)
     ports = PortPool(args.port_base)
     if any(v.tls for v in variants):
         relays.make_cert(log_dir)
@@ -389,7 +421,7 @@ def main(argv: list[str]) -> int:
         runnable = [v for v in variants if v.name not in unsupported]
         for w in selected:
             log(f"{w.title(params)}")
-            results[w.name] = run_workload(w, runnable, params, targets, ports, log_dir)
+            results[w.name] = run_workload(w, runnable, params, targets, ports, log_dir, profile_dir)
     finally:
         targets.stop()
         if tmp is not None:
