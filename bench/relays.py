@@ -74,8 +74,18 @@ _ONE_ADDRESS_LOAD = ("--max-connections", "100000", "--max-connections-per-clien
                      "--max-handshakes-per-client", "100000000")
 
 
-def _wsrouter(lport: int, tport: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "wsrouter", *_ONE_ADDRESS_LOAD, *extra, f"{HOST}:{lport}", f"{HOST}:{tport}"]
+def _wsrouter(lport: int, tport: int, *extra: str, src: Path = REPO_DIR / "src") -> list[str]:
+    """wsrouter from ``src`` (this checkout's by default, not whatever the venv has
+    installed); ``env`` execs Python, so the PID we hold is the relay's."""
+    return ["env", f"PYTHONPATH={src}", sys.executable, "-m", "wsrouter", *_ONE_ADDRESS_LOAD, *extra,
+            f"{HOST}:{lport}", f"{HOST}:{tport}"]
+
+
+def add_baseline(src: Path) -> None:
+    """Register the ``baseline`` variant: wsrouter from another checkout's ``src`` (an
+    earlier commit, for before/after figures from one run), in its own main-table column."""
+    RELAYS["baseline"] = RelaySpec("baseline", lambda lport, tport, _s: _wsrouter(lport, tport, src=src))
+    VARIANTS["baseline"] = Variant("baseline", "baseline")
 
 
 def _websockify(lport: int, tport: int, *extra: str) -> list[str]:

@@ -54,7 +54,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--only", metavar="NAMES",
                     help="comma-separated workloads: " + ",".join(w.name for w in WORKLOADS))
     ap.add_argument("--variants",
-                    help="comma-separated, from: " + ",".join(VARIANTS) + " (default: all; "
+                    help="comma-separated, from: " + ",".join(VARIANTS) + ",baseline (default: all; "
                     "with --quick: " + ",".join(QUICK_VARIANTS) + ")")
     ap.add_argument("--rounds", type=int,
                     help="rounds per workload (default 4, quick 2); the recording and base64 "
@@ -63,13 +63,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--port-base", type=int, default=18700,
                     help="relays listen on ports from here up (default 18700)")
     ap.add_argument("--log-dir", help="keep relay and helper logs here (default: temporary)")
+    ap.add_argument("--baseline", metavar="SRC",
+                    help="also run wsrouter from this src directory (e.g. an earlier commit's, made "
+                    "with git archive) as the plain variant 'baseline', for before/after ratios")
     ap.add_argument("--profile", metavar="DIR",
                     help="record each wsrouter relay with py-spy (raw stacks, 1 kHz, --nonblocking) "
                     "during every measured run, one file per run in DIR; fold them with "
                     "bench/profile.py.  Adds a little CPU to the relay: not for the figures")
     args = ap.parse_args(argv)
+    if args.baseline:
+        if not (Path(args.baseline) / "wsrouter" / "__main__.py").is_file():
+            ap.error(f"--baseline {args.baseline}: no wsrouter package there")
+        relays.add_baseline(Path(args.baseline).resolve())
     if args.variants is None:
         args.variants = ",".join(QUICK_VARIANTS if args.quick else DEFAULT_VARIANTS)
+        args.variants += ",baseline" if args.baseline else ""
     bad = set(args.variants.split(",")) - set(VARIANTS)
     if bad:
         ap.error(f"unknown variant(s): {', '.join(sorted(bad))}")
