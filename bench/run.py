@@ -410,7 +410,11 @@ def main(argv: list[str]) -> int:
         profile_dir.mkdir(parents=True, exist_ok=True)
     ports = PortPool(args.port_base)
     if any(v.tls for v in variants):
-        relays.make_cert(log_dir)
+        try:
+            relays.make_cert(log_dir)
+        except BenchError as e:
+            log(f"TLS variants skipped: {e}")
+            variants = [v for v in variants if not v.tls]
     targets = TargetsProcess(log_dir)
     meta = metadata(params, targets, client_nofile)
     if "CLOCK_MONOTONIC" not in meta["perf_counter"]:
