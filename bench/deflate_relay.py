@@ -4,7 +4,10 @@ messages echoed on an ``echo:`` route, compression off against on, for
 compressible JSON text and for random bytes (traffic that is already
 compressed, such as VNC or SSH).  The client is the ``websockets`` library,
 which compresses and inflates on its side; only the router's process is
-measured (``proctree``).  ``make bench`` runs it after the relay matrix.
+measured (``proctree``).  The same traffic goes to a peer that compresses too,
+Autobahn-Python's echo server (``conformance/autobahn_echo.py``), measured the
+same way; websockify and lighttpd's mod_wstunnel do not implement
+permessage-deflate.  ``make bench`` runs it after the relay matrix.
 
 Usage: .venv/bin/python bench/deflate_relay.py [--mib N] [--rounds N] [--json FILE]
 """
@@ -58,27 +61,37 @@ async def echo_all(port: int, messages: list[str | bytes], compress: bool) -> No
                 raise BenchError(f"message {received_count} came back changed")
 
 
-def start_router(port: int, compress: bool, log: Path) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "wsrouter", "--listen", f"tcp:{port}:interface={HOST}",
-            "--route", "/echo=echo:", "--max-message-size", str(1 << 20)]
-    if compress:
-        argv.append("--permessage-deflate")
+#: The servers measured: wsrouter's echo: route, and a peer that compresses too:
+#: Autobahn-Python's own echo server (conformance/autobahn_echo.py), which accepts
+#: permessage-deflate whenever offered (so "off" is the client not offering it).
+#: websockify and lighttpd's mod_wstunnel do not implement permessage-deflate.
+SERVERS = ("wsrouter", "autobahn")
+
+
+def start_router(port: int, compress: bool, log: Path, server: str = "wsrouter") -> subprocess.Popen[bytes]:
+    if server == "autobahn":
+        argv = [sys.executable, str(REPO_DIR / "conformance" / "autobahn_echo.py"), str(port)]
+    else:
+        argv = [sys.executable, "-m", "wsrouter", "--listen", f"tcp:{port}:interface={HOST}",
+                "--route", "/echo=echo:", "--max-message-size", str(1 << 20)]
+        if compress:
+            argv.append("--permessage-deflate")
     with log.open("ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_DIR, env=child_env())
     deadline = time.monotonic() + START_TIMEOUT_S
     while not port_open(port, 0.5):
         if proc.poll() is not None or time.monotonic() > deadline:
             stop_process(proc)
-            raise BenchError(f"the router did not start: {tail(log)}")
+            raise BenchError(f"{argv[1]} did not start: {tail(log)}")
         time.sleep(0.05)
     return proc
 
 
-def measure(port: int, compress: bool, kind: str, mib: int, log: Path) -> float:
-    """The router's CPU seconds per GiB of message payload echoed (counted once)."""
+def measure(port: int, compress: bool, kind: str, mib: int, log: Path, server: str = "wsrouter") -> float:
+    """The server's CPU seconds per GiB of message payload echoed (counted once)."""
     count = mib * (1 << 20) // MESSAGE
     messages = payloads(kind, count)
-    proc = start_router(port, compress, log)
+    proc = start_router(port, compress, log, server)
     try:
         asyncio.run(echo_all(port, messages[:64], compress))  # warm-up: imports, first handshake
         before = proctree.sample(proc.pid).cpu_s
@@ -106,16 +119,25 @@ def main(argv: list[str]) -> int:
         for _ in range(args.rounds):
             for kind in ("json", "random"):
                 for compress in (False, True):
-                    name = f"{kind}, compression {'on' if compress else 'off'}"
-                    results.setdefault(name, []).append(measure(ports.take(), compress, kind, args.mib, log))
-    print(f"\npermessage-deflate, router CPU-s per GiB echoed ({MESSAGE}-byte messages, "
-          f"{IN_FLIGHT} in flight, {args.mib} MiB x {args.rounds} rounds; median):")
+                    for server in SERVERS:
+                        name = f"{server}: {kind}, compression {'on' if compress else 'off'}"
+                        results.setdefault(name, []).append(
+                            measure(ports.take(), compress, kind, args.mib, log, server))
+    print(f"\npermessage-deflate, server CPU-s per GiB echoed ({MESSAGE}-byte messages, "
+          f"{IN_FLIGHT} in flight, {args.mib} MiB x {args.rounds} rounds; median).  The peer that "
+          "compresses\nis Autobahn-Python's echo server (conformance/autobahn_echo.py); websockify "
+          "and lighttpd do not compress.\n")
     medians = {name: statistics.median(values) for name, values in results.items()}
-    for name, value in medians.items():
-        print(f"  {name:28s} {value:7.2f}")
+    print("| payload | compression | wsrouter | autobahn echo | wsrouter / autobahn |")
+    print("|---|---|---:|---:|---:|")
     for kind in ("json", "random"):
-        on, off = medians[f"{kind}, compression on"], medians[f"{kind}, compression off"]
-        print(f"  {kind}: compression on costs {on / off:.2f}x the CPU of off")
+        for mode in ("off", "on"):
+            ours, peer = (medians[f"{s}: {kind}, compression {mode}"] for s in SERVERS)
+            print(f"| {kind} | {mode} | {ours:.2f} | {peer:.2f} | {ours / peer:.2f} |")
+    for kind in ("json", "random"):
+        for server in SERVERS:
+            on, off = (medians[f"{server}: {kind}, compression {m}"] for m in ("on", "off"))
+            print(f"  {server}, {kind}: compression on costs {on / off:.2f}x the CPU of off")
     if args.json:
         Path(args.json).write_text(json.dumps({"cpu_s_per_gib": results, "median": medians}, indent=2))
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import select
 import shutil
 import signal
@@ -45,7 +46,7 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def _bin(name: str) -> list[str]:
+def bin_path(name: str) -> list[str]:
     """Command prefix for a console script of this interpreter's environment."""
     script = Path(sys.executable).parent / name
     if script.exists():
@@ -73,17 +74,107 @@ _ONE_ADDRESS_LOAD = ("--max-connections", "100000", "--max-connections-per-clien
                      "--max-handshakes-per-client", "100000000")
 
 
-def _wsrouter(lport: int, tport: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "wsrouter", *_ONE_ADDRESS_LOAD, *extra, f"{HOST}:{lport}", f"{HOST}:{tport}"]
+def _wsrouter(lport: int, tport: int, *extra: str, src: Path = REPO_DIR / "src") -> list[str]:
+    """wsrouter from ``src`` (this checkout's by default, not whatever the venv has
+    installed); ``env`` execs Python, so the PID we hold is the relay's."""
+    return ["env", f"PYTHONPATH={src}", sys.executable, "-m", "wsrouter", *_ONE_ADDRESS_LOAD, *extra,
+            f"{HOST}:{lport}", f"{HOST}:{tport}"]
+
+
+def add_baseline(src: Path) -> None:
+    """Register the ``baseline`` variant: wsrouter from another checkout's ``src`` (an
+    earlier commit, for before/after figures from one run), in its own main-table column."""
+    RELAYS["baseline"] = RelaySpec("baseline", lambda lport, tport, _s: _wsrouter(lport, tport, src=src))
+    VARIANTS["baseline"] = Variant("baseline", "baseline")
 
 
 def _websockify(lport: int, tport: int, *extra: str) -> list[str]:
-    return [*_bin("websockify"), *extra, f"{HOST}:{lport}", f"{HOST}:{tport}"]
+    return [*bin_path("websockify"), *extra, f"{HOST}:{lport}", f"{HOST}:{tport}"]
+
+
+def cert_files(log_dir: Path) -> tuple[Path, Path]:
+    """The benchmark's self-signed certificate and key (for 127.0.0.1) in ``log_dir``."""
+    return log_dir / "bench-cert.pem", log_dir / "bench-key.pem"
+
+
+def make_cert(log_dir: Path) -> tuple[Path, Path]:
+    """Make the TLS variants' test certificate with the openssl command (once per run)."""
+    cert, key = cert_files(log_dir)
+    if cert.exists() and key.exists():
+        return cert, key
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise BenchError("the TLS variants need the openssl command (Debian package openssl)")
+    out = subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        capture_output=True, check=False, timeout=60)
+    if out.returncode != 0:
+        raise BenchError(f"openssl could not make the test certificate: {out.stderr.decode()[-300:]}")
+    return cert, key
+
+
+def _tls_args(scratch: Path) -> tuple[str, ...]:
+    cert, key = cert_files(scratch.parent)
+    return ("--cert", str(cert), "--key", str(key))
+
+
+#: lighttpd's mod_wstunnel: a C event-loop server, one process, the issue's anchor.
+LIGHTTPD_CONF = """\
+server.document-root = "{scratch}"
+server.bind = "{host}"
+server.port = {lport}
+server.modules = ("mod_wstunnel"{modules})
+server.errorlog = "{log}"
+server.max-fds = {max_fds}
+server.max-connections = {max_conns}
+wstunnel.server = ( "" => (( "host" => "{host}", "port" => {tport} )) )
+wstunnel.frame-type = "binary"
+{tls}"""
+
+
+def _lighttpd(lport: int, tport: int, scratch: Path, tls: bool = False) -> list[str]:
+    """Write a config of its own next to ``scratch`` (not in it: the runner empties it)
+    and return lighttpd's command line (``-D``: stays in the foreground, our child)."""
+    exe = shutil.which("lighttpd") or "/usr/sbin/lighttpd"
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    tls_lines = ""
+    if tls:
+        cert, key = cert_files(scratch.parent)
+        tls_lines = (f'ssl.engine = "enable"\nssl.pemfile = "{cert}"\nssl.privkey = "{key}"\n')
+    conf = scratch.parent / f"{scratch.name}.lighttpd.conf"
+    conf.write_text(LIGHTTPD_CONF.format(
+        scratch=scratch, host=HOST, lport=lport, tport=tport, log=scratch.parent / f"{scratch.name}.error.log",
+        max_fds=soft, max_conns=max(16, soft // 2 - 16), modules=', "mod_openssl"' if tls else "",
+        tls=tls_lines))
+    return [exe, "-D", "-f", str(conf)]
+
+
+def _workers(n: int) -> RelaySpec:
+    return RelaySpec(f"wsrouter-w{n}", lambda lport, tport, _s: _wsrouter(lport, tport, "--workers", str(n)))
+
+
+def worker_counts() -> list[int]:
+    """N of the ``--workers N`` variants: 2 up to the cores left free by the load client.
+
+    On this 2-core machine that is just 2 (which cannot scale: the client takes a core);
+    on a bigger one, every N up to ``cpu_count - 1``.
+    """
+    return list(range(2, max(2, (os.cpu_count() or 2) - 1) + 1))
 
 
 RELAYS: dict[str, RelaySpec] = {
     "wsrouter": RelaySpec("wsrouter", lambda lport, tport, _scratch: _wsrouter(lport, tport)),
     "websockify": RelaySpec("websockify", lambda lport, tport, _scratch: _websockify(lport, tport)),
+    "lighttpd": RelaySpec("lighttpd", _lighttpd),
+    "wsrouter+tls": RelaySpec("wsrouter+tls", lambda lport, tport, scratch: _wsrouter(
+        lport, tport, *_tls_args(scratch))),
+    "websockify+tls": RelaySpec("websockify+tls", lambda lport, tport, scratch: _websockify(
+        lport, tport, *_tls_args(scratch))),
+    "lighttpd+tls": RelaySpec("lighttpd+tls", lambda lport, tport, scratch: _lighttpd(
+        lport, tport, scratch, tls=True)),
+    **{f"wsrouter-w{n}": _workers(n) for n in worker_counts()},
     # wsrouter writes one JSON Lines file per session into the directory.
     "wsrouter+record": RelaySpec(
         "wsrouter+record",
@@ -110,12 +201,31 @@ class Variant:
     base64: bool = False  # the client offers only the "base64" subprotocol
     extra: bool = False
     plain: str = ""  # the variant this one is compared with (extra variants)
+    tls: bool = False  # the client speaks TLS (wss://)
+    only: tuple[str, ...] = ()  # the workloads it runs (empty: all)
+    offer: tuple[str, ...] = ()  # subprotocols the client offers
 
+    def runs(self, workload: str) -> bool:
+        return not self.only or workload in self.only
+
+
+#: The workloads the TLS variants run: streams, echoes, churn.
+TLS_WORKLOADS = ("upstream", "downstream", "round_trips", "pipelined", "churn")
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("wsrouter", "wsrouter"),
     Variant("websockify", "websockify"),
+    # mod_wstunnel answers every handshake with "Sec-WebSocket-Protocol: binary"
+    # (its frame-type), so the client offers it to keep the handshake valid.
+    Variant("lighttpd", "lighttpd", offer=("binary",)),
     Variant("direct", None),
+    Variant("wsrouter+tls", "wsrouter+tls", tls=True, extra=True, plain="wsrouter", only=TLS_WORKLOADS),
+    Variant("websockify+tls", "websockify+tls", tls=True, extra=True, plain="websockify",
+            only=TLS_WORKLOADS),
+    Variant("lighttpd+tls", "lighttpd+tls", tls=True, extra=True, plain="lighttpd", only=TLS_WORKLOADS,
+            offer=("binary",)),
+    *(Variant(f"wsrouter-w{n}", f"wsrouter-w{n}", extra=True, plain="wsrouter", only=("fanin",))
+      for n in worker_counts()),
     Variant("wsrouter+record", "wsrouter+record", extra=True, plain="wsrouter"),
     Variant("wsrouter+base64", "wsrouter", base64=True, extra=True, plain="wsrouter"),
     Variant("websockify+record", "websockify+record", extra=True, plain="websockify"),

@@ -92,7 +92,9 @@ def figures_table(params: Params, summary: Summary, variants: list[Variant]) -> 
     extra = [n for n in names if n not in ("wsrouter", "websockify", "direct")]
     extra += ["direct"] if "direct" in names else []
     heads = ["workload", "figure", "wsrouter", "websockify", "wsrouter / websockify"]
-    heads += [v + (" (ceiling)" if v == "direct" else "") for v in extra]
+    for v in extra:
+        heads += [v + (" (ceiling)" if v == "direct" else "")]
+        heads += [] if v == "direct" else [f"wsrouter / {v}"]
     lines = ["| " + " | ".join(heads) + " |", "|---|---|" + "---:|" * (len(heads) - 2)]
     for w in WORKLOADS:
         if w.name not in summary:
@@ -100,7 +102,11 @@ def figures_table(params: Params, summary: Summary, variants: list[Variant]) -> 
         s = summary[w.name]
         for i, m in enumerate(w.metrics):
             a, b = s.get("wsrouter"), s.get("websockify")
-            others = "".join(f" {cell(s.get(v), m.key)} |" for v in extra)
+            others = ""
+            for v in extra:
+                others += f" {cell(s.get(v), m.key)} |"
+                if v != "direct":
+                    others += f" {fmt_ratio(ratio(a, s.get(v), m.key)) if m.ratio else '—'} |"
             lines.append(f"| {w.title(params) if i == 0 else ''} | {m.label} {_arrow(m.higher_is_better)} | "
                          f"{cell(a, m.key)} | {cell(b, m.key)} | "
                          f"{fmt_ratio(ratio(a, b, m.key)) if m.ratio else '—'} |{others}")
@@ -139,6 +145,56 @@ def variants_table(params: Params, summary: Summary, variants: list[Variant],
             if both_record:
                 row.append(fmt_ratio(ratio(s.get("wsrouter+record"), s.get("websockify+record"), m.key)))
             lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+TLS_COLUMNS = ("wsrouter+tls", "websockify+tls", "lighttpd+tls")
+
+
+def tls_table(params: Params, summary: Summary, variants: list[Variant]) -> str:
+    """wss:// figures of each relay, its cost over its own ws:// figure, and wsrouter's ratios."""
+    cols = [c for c in TLS_COLUMNS if c in {v.name for v in variants}]
+    if not cols:
+        return ""
+    heads = ["workload", "figure"] + [c.replace("+tls", " wss") for c in cols]
+    pairs = [(a, b) for a, b in (("wsrouter+tls", "websockify+tls"), ("wsrouter+tls", "lighttpd+tls"))
+             if a in cols and b in cols]
+    heads += [f"{a.replace('+tls', '')} / {b.replace('+tls', '')} (wss)" for a, b in pairs]
+    lines = ["| " + " | ".join(heads) + " |", "|---|---|" + "---:|" * (len(heads) - 2)]
+    for w in WORKLOADS:
+        s = summary.get(w.name)
+        if s is None or not any(c in s for c in cols):
+            continue
+        for i, m in enumerate(w.metrics):
+            row = [w.title(params) if i == 0 else "", f"{m.label} {_arrow(m.higher_is_better)}"]
+            for c in cols:
+                cost = ratio(s.get(c), s.get(VARIANTS[c].plain), m.key)
+                row.append(cell(s.get(c), m.key) + ("" if math.isnan(cost) or not m.ratio else f" ({cost:.2f}×)"))
+            row += [fmt_ratio(ratio(s.get(a), s.get(b), m.key)) if m.ratio else "—" for a, b in pairs]
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def worker_names(variants: list[Variant]) -> list[tuple[int, str]]:
+    return sorted((int(v.name.rpartition("-w")[2]), v.name) for v in variants
+                  if v.name.startswith("wsrouter-w"))
+
+
+def workers_table(summary: Summary, variants: list[Variant]) -> str:
+    """Fan-in with ``--workers N`` against one worker (the plain wsrouter of the same run)."""
+    s = summary.get("fanin", {})
+    names = [(n, name) for n, name in worker_names(variants) if name in s]
+    if not names or "wsrouter" not in s:
+        return ""
+    one = s["wsrouter"]
+    lines = ["| workers | messages/s ↑ | relay CPU-µs per message ↓ | msg/s ratio to 1 worker | goal (0.8·N) | |",
+             "|---:|---:|---:|---:|---:|---|"]
+    lines.append(f"| 1 | {cell(one, 'msg_s')} | {cell(one, 'cpu_us_msg')} | 1 | — | |")
+    for n, name in names:
+        r = ratio(s[name], one, "msg_s")
+        verdict = "—" if math.isnan(r) else "met" if r >= 0.8 * n else "**NOT MET**"
+        lines.append(f"| {n} | {cell(s[name], 'msg_s')} | {cell(s[name], 'cpu_us_msg')} | "
+                     f"{fmt_ratio(r)} | {0.8 * n:g} | {verdict} |")
     return "\n".join(lines)
 
 
@@ -194,13 +250,19 @@ def problems(summary: Summary) -> list[str]:
 
 @dataclass(frozen=True)
 class RatioGoal:
-    """wsrouter / websockify (medians, same run) of one figure, at most or at least ``goal``."""
+    """ours / peer (medians, same run) of one figure, at most or at least ``goal``.
+
+    Several workloads may be named (``a|b``): the first one the run has is used, so a
+    quick run (1,000 connections only) checks memory on those.
+    """
 
     text: str
     workload: str
     metric: str
     goal: float
     at_most: bool
+    peer: str = "websockify"
+    ours: str = "wsrouter"
 
 
 @dataclass(frozen=True)
@@ -223,19 +285,42 @@ GOALS: tuple[RatioGoal | AbsoluteGoal, ...] = (
     AbsoluteGoal("9,000 concurrent: all succeed", "concurrent_9000", "failures", 0, "failed"),
     AbsoluteGoal("9,000 concurrent: one process", "concurrent_9000", "processes", 1, "process"),
     AbsoluteGoal("9,000 concurrent: RSS per connection", "concurrent_9000", "rss_kib_conn", 48, "KiB"),
+    # Issue 14: lighttpd's mod_wstunnel is the anchor.
+    RatioGoal("pipelined: relay CPU-µs per message", "pipelined", "cpu_us_msg", 2.0, True, "lighttpd"),
+    RatioGoal("fan-in: relay CPU-µs per message", "fanin", "cpu_us_msg", 1.0, True, "lighttpd"),
+    RatioGoal("connection set-up (held crowd): relay CPU-µs per connection", "concurrent_9000|concurrent_1000",
+              "cpu_us_conn", 2.0, True, "lighttpd"),
+    RatioGoal("churn: relay CPU-ms per connection", "churn", "cpu_ms_conn", 2.0, True, "lighttpd"),
+    RatioGoal("churn: connections/s", "churn", "conn_s", 0.5, False, "lighttpd"),
+    RatioGoal("memory per held connection (PSS)", "concurrent_9000|concurrent_1000", "pss_kib_conn", 1.0, True,
+              "lighttpd"),
+    RatioGoal("wss upstream: relay CPU-s per GiB", "upstream", "cpu_s_gib", 1.0, True, "websockify+tls",
+              "wsrouter+tls"),
+    RatioGoal("wss downstream: relay CPU-s per GiB", "downstream", "cpu_s_gib", 1.0, True, "websockify+tls",
+              "wsrouter+tls"),
+    RatioGoal("wss churn: relay CPU-ms per connection", "churn", "cpu_ms_conn", 1.0, True, "websockify+tls",
+              "wsrouter+tls"),
 )
 
 
+def _goal_workload(summary: Summary, names: str) -> str:
+    return next((n for n in names.split("|") if n in summary), names.split("|", maxsplit=1)[0])
+
+
 def goals_table(summary: Summary) -> str:
-    lines = ["| target | wsrouter | websockify | measured | goal | |",
+    lines = ["| target | ours | peer | measured | goal | |",
              "|---|---:|---:|---:|---:|---|"]
     for g in GOALS:
-        per = summary.get(g.workload, {})
+        wname = _goal_workload(summary, g.workload)
+        per = summary.get(wname, {})
         a, b = per.get("wsrouter"), per.get("websockify")
         if isinstance(g, RatioGoal):  # medians of both, as in the main table
+            a, b = per.get(g.ours), per.get(g.peer)
             r = ratio(a, b, g.metric)
             measured, goal = ("—" if math.isnan(r) else f"{r:.3f}×"), ("≤ " if g.at_most else "≥ ")
-            goal += f"{g.goal:g}× websockify"
+            goal += f"{g.goal:g}× {g.peer}"
+            if "|" in g.workload:
+                measured += f" ({wname})"
             met = None if math.isnan(r) else (r <= g.goal if g.at_most else r >= g.goal)
             a_text, b_text = fmt(a[g.metric]) if a and a["ok_runs"] else "—", \
                 fmt(b[g.metric]) if b and b["ok_runs"] else "—"
@@ -261,6 +346,7 @@ def report(meta: dict[str, Any], params: Params, summary: Summary, variants: lis
     lim = meta["limits"]
     print(f"\nwsrouter benchmark {meta['date']}  {meta['cpus']} CPUs ({meta['cpu_model']})  "
           f"python {meta['python']}  websockify {meta['versions']['websockify']}  "
+          f"lighttpd {meta['versions'].get('lighttpd', '?')}  "
           f"git {meta['git']}")
     print(f"{params.rounds} rounds per workload ({params.extra_rounds} for the recording and base64 "
           f"variants, {params.conc_rounds} for concurrency), interleaved; median ± half-range; "
@@ -295,6 +381,16 @@ def report(meta: dict[str, Any], params: Params, summary: Summary, variants: lis
         print("\nProblems:")
         for line in issues:
             print("  - " + line.replace("\n", "\n    "))
-    print("\nTargets (ratios are wsrouter / websockify medians of this run; the 9,000-connection "
+    tt = tls_table(params, summary, variants)
+    if tt:
+        print("\nwss:// (TLS between client and relay; wsrouter --cert/--key, websockify --cert/--key, "
+              "lighttpd ssl.engine), (1.40×) = figure / same relay's ws:// figure:\n")
+        print(tt)
+    wt = workers_table(summary, variants)
+    if wt:
+        print(f"\n--workers N, fan-in against one worker (this machine "
+              f"has {meta['cpus']} CPUs; the load client needs about one):\n")
+        print(wt)
+    print("\nTargets (ratios are medians of this run, ours / peer; the 9,000-connection "
           "figures are wsrouter's worst round):\n")
     print(goals_table(summary))

@@ -19,11 +19,13 @@ measured ratio and whether it is met.  See ``bench/README.md``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib.metadata
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -39,8 +41,9 @@ from relays import RELAYS, VARIANTS, BenchError, PortPool, Relay, TargetsProcess
 from workloads import FULL, QUICK, WORKLOADS, Context, Endpoint, Params, Workload
 
 DEFAULT_VARIANTS = tuple(VARIANTS)
-QUICK_VARIANTS = ("wsrouter", "websockify", "direct", "wsrouter+record", "wsrouter+base64",
-                  "websockify+base64")
+QUICK_VARIANTS = ("wsrouter", "websockify", "lighttpd", "direct", "wsrouter+record",
+                  "wsrouter+base64", "websockify+base64", "wsrouter+tls", "websockify+tls",
+                  "lighttpd+tls")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -51,7 +54,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--only", metavar="NAMES",
                     help="comma-separated workloads: " + ",".join(w.name for w in WORKLOADS))
     ap.add_argument("--variants",
-                    help="comma-separated, from: " + ",".join(VARIANTS) + " (default: all; "
+                    help="comma-separated, from: " + ",".join(VARIANTS) + ",baseline (default: all; "
                     "with --quick: " + ",".join(QUICK_VARIANTS) + ")")
     ap.add_argument("--rounds", type=int,
                     help="rounds per workload (default 4, quick 2); the recording and base64 "
@@ -60,9 +63,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--port-base", type=int, default=18700,
                     help="relays listen on ports from here up (default 18700)")
     ap.add_argument("--log-dir", help="keep relay and helper logs here (default: temporary)")
+    ap.add_argument("--baseline", metavar="SRC",
+                    help="also run wsrouter from this src directory (e.g. an earlier commit's, made "
+                    "with git archive) as the plain variant 'baseline', for before/after ratios")
+    ap.add_argument("--profile", metavar="DIR",
+                    help="record each wsrouter relay with py-spy (raw stacks, 1 kHz, --nonblocking) "
+                    "during every measured run, one file per run in DIR; fold them with "
+                    "bench/profile.py.  Adds a little CPU to the relay: not for the figures")
     args = ap.parse_args(argv)
+    if args.baseline:
+        if not (Path(args.baseline) / "wsrouter" / "__main__.py").is_file():
+            ap.error(f"--baseline {args.baseline}: no wsrouter package there")
+        relays.add_baseline(Path(args.baseline).resolve())
     if args.variants is None:
         args.variants = ",".join(QUICK_VARIANTS if args.quick else DEFAULT_VARIANTS)
+        args.variants += ",baseline" if args.baseline else ""
     bad = set(args.variants.split(",")) - set(VARIANTS)
     if bad:
         ap.error(f"unknown variant(s): {', '.join(sorted(bad))}")
@@ -98,7 +113,7 @@ def measure(w: Workload, ctx: Context, root_pid: int, targets_pid: int) -> dict[
     except (OSError, ValueError, wsclient.HandshakeError) as e:
         return {"ok": False, "error": f"{type(e).__name__}: {e}"}
     wall = time.perf_counter() - w0
-    client_cpu = time.process_time() - c0
+    client_cpu = time.process_time() - c0 + raw.pop("client_children_cpu_s", 0.0)
     after = proctree.wait_settled(root_pid)
     raw.update(
         relay_cpu_s=after.cpu_s - before.cpu_s,
@@ -106,11 +121,12 @@ def measure(w: Workload, ctx: Context, root_pid: int, targets_pid: int) -> dict[
         client_cpu_s=client_cpu,
         target_cpu_s=proctree.sample(targets_pid).cpu_s - tgt0,
         wall_s=wall,
-        relay_processes_left=max(0, after.processes - 1),
+        relay_processes_left=max(0, after.processes - max(1, before.processes)),
         relay_peak_rss_mib=proctree.peak_rss_kib(root_pid) / 1024,
     )
-    if after.processes > 1:
-        raw["notes"].append(f"{after.processes - 1} relay child process(es) still alive after the run")
+    if after.processes > max(1, before.processes):  # --workers N keeps N children
+        raw["notes"].append(f"{after.processes - before.processes} relay child process(es) "
+                            "still alive after the run")
     return {"ok": True, "raw": raw, "figures": w.figures(raw)}
 
 
@@ -126,11 +142,12 @@ class VariantRunner:
                  ports: PortPool, log_dir: Path) -> None:
         self.variant, self.w, self.params, self.targets = variant, w, params, targets
         self.name = variant.name
-        self.rounds = w.rounds(params, variant.extra)
+        self.rounds = w.rounds(params, variant.extra) if variant.runs(w.name) else 0
         self.ports, self.log_dir = ports, log_dir
         self.relay: Relay | None = None
         self.start_error: str | None = None
         self.runs: list[dict[str, Any]] = []
+        self.profile_dir: Path | None = None
 
     def wanted(self) -> tuple[relays.RelaySpec, int] | None:
         """(relay spec, target port) to start, or None for direct."""
@@ -159,7 +176,8 @@ class VariantRunner:
     def endpoint(self) -> tuple[Endpoint, int]:
         if self.relay is None:
             return Endpoint(relays.HOST, self.targets.ports["ws_" + self.w.target]), self.targets.pid
-        return Endpoint(relays.HOST, self.relay.port, base64_mode=self.variant.base64), self.relay.pid
+        return Endpoint(relays.HOST, self.relay.port, base64_mode=self.variant.base64,
+                        tls=self.variant.tls, offer=self.variant.offer), self.relay.pid
 
     def run_once(self) -> dict[str, Any]:
         if self.w.crowd:
@@ -170,13 +188,33 @@ class VariantRunner:
         else:
             ep, root = self.endpoint()
             ctx = Context(ep, self.params, self.targets, direct=self.relay is None, relay_pid=root)
-            result = measure(self.w, ctx, root, self.targets.pid)
+            spy = self._start_profile(root)
+            try:
+                result = measure(self.w, ctx, root, self.targets.pid)
+            finally:
+                if spy is not None:
+                    spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        spy.wait(30.0)
+                    relays.stop_process(spy)
             if self.relay is not None:
                 result = self._after_run(self.relay, result)
         if self.w.crowd:
             self.stop()
         self.runs.append(result)
         return result
+
+    def _start_profile(self, pid: int) -> subprocess.Popen[bytes] | None:
+        """py-spy recording ``pid`` (wsrouter relays only) until the run ends, or None."""
+        if self.profile_dir is None or self.relay is None or not self.name.startswith("wsrouter"):
+            return None
+        out = self.profile_dir / f"{self.w.name}-{self.name}-{len(self.runs) + 1}.txt"
+        argv = [*relays.bin_path("py-spy"), "record", "--pid", str(pid), "--rate", "1000", "--format", "raw",
+                "--nonblocking", "--subprocesses", "--output", str(out)]
+        spy = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env=relays.child_env())
+        time.sleep(1.0)  # py-spy attaches before the first sample
+        return spy
 
     def _after_run(self, relay: Relay, result: dict[str, Any]) -> dict[str, Any]:
         """Empty the relay's scratch directory (recordings); deal with a relay that died."""
@@ -203,12 +241,14 @@ class VariantRunner:
 
 
 def run_workload(w: Workload, variants: list[Variant], params: Params, targets: TargetsProcess,
-                 ports: PortPool, log_dir: Path) -> dict[str, list[dict[str, Any]]]:
+                 ports: PortPool, log_dir: Path, profile_dir: Path | None = None) -> dict[str, list[dict[str, Any]]]:
     """All rounds of one workload, variants interleaved (ABC, CBA, ABC, ...).
 
     Variants with fewer rounds (the extra ones) take part in the first rounds only.
     """
     runners = [VariantRunner(v, w, params, targets, ports, log_dir) for v in variants]
+    for r in runners:
+        r.profile_dir = profile_dir
     runners = [r for r in runners if r.rounds > 0]
     try:
         if not w.crowd:
@@ -270,6 +310,14 @@ def version(dist: str) -> str:
         return "not installed"
 
 
+def lighttpd_version() -> str:
+    try:
+        out = subprocess.run(["lighttpd", "-v"], capture_output=True, check=False, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "not installed"
+    return out.stdout.split()[0].partition("/")[2] if out.stdout else "unknown"
+
+
 def git_rev() -> str:
     try:
         out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=relays.REPO_DIR,
@@ -307,7 +355,8 @@ def metadata(params: Params, targets: TargetsProcess, client_nofile: tuple[int, 
         "cpu_model": cpu_model(),
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "versions": {d: version(d) for d in ("wsrouter", "websockify", "twisted", "autobahn", "numpy")},
+        "versions": {**{d: version(d) for d in ("wsrouter", "websockify", "twisted", "autobahn", "numpy")},
+                     "lighttpd": lighttpd_version()},
         "git": git_rev(),
         "perf_counter": clock,
         "loadavg_start": os.getloadavg(),
@@ -356,7 +405,16 @@ def main(argv: list[str]) -> int:
                 if (not args.only or w.name in args.only.split(",")) and w.enabled(params)]
     client_nofile = crowd.raise_nofile_limit()
     log_dir, tmp = relays.make_log_dir(args.log_dir)
+    profile_dir = Path(args.profile).resolve() if args.profile else None
+    if profile_dir is not None:
+        profile_dir.mkdir(parents=True, exist_ok=True)
     ports = PortPool(args.port_base)
+    if any(v.tls for v in variants):
+        try:
+            relays.make_cert(log_dir)
+        except BenchError as e:
+            log(f"TLS variants skipped: {e}")
+            variants = [v for v in variants if not v.tls]
     targets = TargetsProcess(log_dir)
     meta = metadata(params, targets, client_nofile)
     if "CLOCK_MONOTONIC" not in meta["perf_counter"]:
@@ -375,7 +433,7 @@ def main(argv: list[str]) -> int:
         runnable = [v for v in variants if v.name not in unsupported]
         for w in selected:
             log(f"{w.title(params)}")
-            results[w.name] = run_workload(w, runnable, params, targets, ports, log_dir)
+            results[w.name] = run_workload(w, runnable, params, targets, ports, log_dir, profile_dir)
     finally:
         targets.stop()
         if tmp is not None:

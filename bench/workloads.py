@@ -15,6 +15,8 @@ different: connections that fail are part of what they measure, so they count th
 from __future__ import annotations
 
 import array
+import json
+import os
 import selectors
 import statistics
 import time
@@ -56,6 +58,8 @@ class Params:
     conc_echo_s: float = 30.0
     conc_hold_s: float = 1.0
     conc_close_s: float = 20.0
+    churn_clients: int = 4  # client processes, each opening one connection after another
+    churn_s: float = 5.0
 
 
 FULL = Params(stream_mib=256, round_trips=20_000, pipelined_msgs=100_000, window=64,
@@ -63,7 +67,7 @@ FULL = Params(stream_mib=256, round_trips=20_000, pipelined_msgs=100_000, window
               concurrency=(1000, 9000), conc_rounds=2)
 QUICK = Params(stream_mib=32, round_trips=2_000, pipelined_msgs=10_000, window=64,
                fanin_conns=50, fanin_s=2.0, rounds=2, extra_rounds=1,
-               concurrency=(1000,), conc_rounds=1, conc_phase_s=30.0)
+               concurrency=(1000,), conc_rounds=1, conc_phase_s=30.0, churn_s=2.0)
 
 
 @dataclass(frozen=True)
@@ -74,11 +78,13 @@ class Endpoint:
     port: int
     path: str = "/"
     base64_mode: bool = False  # offer only websockify's "base64" subprotocol
+    tls: bool = False  # wss://
+    offer: tuple[str, ...] = ()  # subprotocols offered (lighttpd answers "binary" regardless)
 
-    def connect(self, keep_data: bool = False) -> WSConn:
+    def connect(self, keep_data: bool = False, timeout_s: float = 10.0) -> WSConn:
         return wsclient.connect(self.host, self.port, self.path,
-                                ("base64",) if self.base64_mode else (),
-                                keep_data=keep_data, base64_mode=self.base64_mode)
+                                ("base64",) if self.base64_mode else self.offer, timeout_s=timeout_s,
+                                keep_data=keep_data, base64_mode=self.base64_mode, tls=self.tls)
 
     def data_frame(self, payload: bytes) -> bytes:
         """One client data frame carrying ``payload`` (binary, or base64 text)."""
@@ -535,6 +541,123 @@ CONCURRENCY_METRICS = (
 )
 
 
+# --- churn: open, one echo, close, as fast as the relay allows -------------------------
+
+CHURN_GIVE_UP = 200  # failed connections after which a churn client stops
+
+
+def _churn_kind(e: BaseException) -> str:
+    if isinstance(e, wsclient.HandshakeError):
+        text = str(e)
+        return text.split(":", maxsplit=1)[0][:40] if text else "handshake"
+    if isinstance(e, BenchError):
+        return str(e)[:60]
+    return type(e).__name__
+
+
+def _churn_client(ep: Endpoint, t_start: float, t_end: float) -> dict[str, Any]:
+    """One client's loop: connection after connection until ``t_end`` (perf_counter s)."""
+    payload = bytes(range(65, 65 + ECHO_MSG))
+    msg = ep.data_frame(payload)
+    lat: list[int] = []
+    fails: dict[str, int] = {}
+    unanswered = 0
+    cpu0 = time.process_time()
+    while time.perf_counter() < t_start:
+        time.sleep(0.001)
+    clock = time.perf_counter_ns
+    while time.perf_counter() < t_end and sum(fails.values()) < CHURN_GIVE_UP:
+        t = clock()
+        try:
+            conn = ep.connect(keep_data=True, timeout_s=STALL_S)
+        except (OSError, wsclient.HandshakeError) as e:
+            fails[_churn_kind(e)] = fails.get(_churn_kind(e), 0) + 1
+            continue
+        try:
+            conn.sock.settimeout(STALL_S)
+            conn.sock.sendall(msg)
+            while conn.parser.data_bytes < ECHO_MSG:
+                if conn.recv_some() == 0:
+                    raise BenchError("closed before echo")
+            if conn.parser.messages[0][1] != payload:
+                raise BenchError("wrong echo")
+            code, eof = conn.close(wait_s=5.0)
+            unanswered += code is None and not eof
+            lat.append(clock() - t)
+        except (OSError, BenchError, ValueError) as e:
+            conn.sock.close()
+            fails[_churn_kind(e)] = fails.get(_churn_kind(e), 0) + 1
+    return {"done": len(lat), "t_last": time.perf_counter(), "fails": fails, "lat": lat,
+            "unanswered": unanswered, "cpu_s": time.process_time() - cpu0}
+
+
+def run_churn(ctx: Context) -> dict[str, Any]:
+    """C client processes each open a connection, echo one 32-byte message, close, repeat, for S s.
+
+    The clients are forked (the load client's Python, not the relay, must not be the
+    limit); they start together at an agreed instant and report over a pipe.  Relay
+    CPU is read before the fork and after the last client reported (the relay is
+    idle before and after), so it covers every connection's open, echo and close.
+    """
+    p = ctx.params
+    cpu0 = ctx.relay_cpu_ns()
+    t_start = time.perf_counter() + 0.3
+    t_end = t_start + p.churn_s
+    children: list[tuple[int, int]] = []
+    for _ in range(p.churn_clients):
+        rfd, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: run, report, exit without the parent's cleanup
+            code = 0
+            try:
+                os.close(rfd)
+                out = json.dumps(_churn_client(ctx.endpoint, t_start, t_end)).encode()
+                with os.fdopen(wfd, "wb") as f:
+                    f.write(out)
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(wfd)
+        children.append((pid, rfd))
+    reports = []
+    for pid, rfd in children:
+        with os.fdopen(rfd, "rb") as f:
+            data = f.read()
+        os.waitpid(pid, 0)
+        if not data:
+            raise BenchError(f"churn: client process {pid} failed")
+        reports.append(json.loads(data))
+    window_cpu_s = (ctx.relay_cpu_ns() - cpu0) / 1e9
+    done = sum(r["done"] for r in reports)
+    fails: dict[str, int] = {}
+    for r in reports:
+        for k, n in r["fails"].items():
+            fails[k] = fails.get(k, 0) + n
+    if not done:
+        raise BenchError(f"churn: no connection completed ({fails})")
+    notes = []
+    if fails:
+        notes.append("churn: failed connections: " + ", ".join(f"{n} {k}" for k, n in fails.items()))
+    unanswered = sum(r["unanswered"] for r in reports)
+    if unanswered:
+        notes.append(f"churn: {unanswered} of {done} connections got no Close reply or EOF")
+    lat = sorted(x for r in reports for x in r["lat"])
+    return {"connections": done, "failed": sum(fails.values()), "failure_kinds_churn": fails,
+            "elapsed_s": max(r["t_last"] for r in reports) - t_start, "window_cpu_s": window_cpu_s,
+            "p50_ns": percentile(lat, 50), "p99_ns": percentile(lat, 99),
+            "client_children_cpu_s": sum(r["cpu_s"] for r in reports), "notes": notes}
+
+
+def figures_churn(raw: dict[str, Any]) -> dict[str, float]:
+    return {
+        "conn_s": raw["connections"] / raw["elapsed_s"],
+        "p50_ms": raw["p50_ns"] / 1e6,
+        "cpu_ms_conn": raw["window_cpu_s"] * 1e3 / raw["connections"],
+        "failures": float(raw["failed"]),
+    }
+
+
 def _concurrency(n: int) -> Workload:
     return Workload(f"concurrent_{n}", lambda p: f"concurrency, {n:,} connections held, one echo each",
                     "echo", run_concurrency(n), figures_concurrency, CONCURRENCY_METRICS, crowd=n)
@@ -561,6 +684,12 @@ WORKLOADS: list[Workload] = [
              (Metric("msg_s", "messages/s", True),
               Metric("p99_us", "latency p99, µs", False),
               Metric("cpu_us_msg", "relay CPU-µs per message", False))),
+    Workload("churn", lambda p: f"churn, {p.churn_clients} clients open/echo/close {p.churn_s:g} s",
+             "echo", run_churn, figures_churn,
+             (Metric("conn_s", "connections/s", True),
+              Metric("p50_ms", "open + echo + close p50, ms", False),
+              Metric("cpu_ms_conn", "relay CPU-ms per connection", False),
+              Metric("failures", "failed connections", False, ratio=False))),
 ]
 
 

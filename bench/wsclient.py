@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import os
 import socket
+import ssl
 import struct
 import time
 
@@ -336,6 +338,16 @@ def _check_response(head: bytes, key: bytes, offered: tuple[str, ...]) -> str | 
     return chosen
 
 
+@functools.cache
+def client_tls_context() -> ssl.SSLContext:
+    """One client TLS context for the run (TLS 1.2 and up, certificate not checked)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
 def connect(
     host: str,
     port: int,
@@ -344,8 +356,12 @@ def connect(
     timeout_s: float = 10.0,
     keep_data: bool = False,
     base64_mode: bool = False,
+    tls: bool = False,
 ) -> WSConn:
     """Open a TCP connection, perform the upgrade and return a blocking :class:`WSConn`.
+
+    With ``tls`` the connection is wss://: a TLS handshake first (the ssl module, no
+    certificate check: the benchmark's relays use a throw-away self-signed certificate).
 
     Raises :class:`HandshakeError` or :class:`OSError`.  TCP_NODELAY is set so small
     messages are not held back by Nagle's algorithm on the client side.  With
@@ -353,9 +369,11 @@ def connect(
     decodes what it receives.
     """
     deadline = time.monotonic() + timeout_s
-    sock = socket.create_connection((host, port), timeout=timeout_s)
+    sock: socket.socket = socket.create_connection((host, port), timeout=timeout_s)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls:
+            sock = client_tls_context().wrap_socket(sock, server_hostname=host)
         key = base64.b64encode(os.urandom(16))
         lines = [
             f"GET {path} HTTP/1.1",

@@ -158,3 +158,48 @@ def test_unmask_at_any_offset(offset, size):
     data = os.urandom(size)
     expected = bytes(b ^ mask[(i + offset) % 4] for i, b in enumerate(data))
     assert unmask(data, mask, offset) == expected
+
+
+def _random_stream(rng: random.Random) -> bytes:
+    """A client stream of whole small binary frames mixed with every other kind of frame."""
+    parts = []
+    for _ in range(rng.randrange(1, 30)):
+        kind = rng.randrange(7)
+        payload = os.urandom(rng.choice((0, 1, 5, 31, 125, 126, 300)))
+        if kind <= 2:
+            parts.append(frame(2, payload[:125], mask=os.urandom(4)))
+        elif kind == 3:
+            parts.append(frame(1, b"caf\xc3\xa9"[: rng.randrange(6)]))
+        elif kind == 4:
+            parts.append(frame(2, payload, fin=False) + frame(9, b"p") + frame(0, payload[:7]))
+        elif kind == 5:
+            parts.append(frame(10, payload[:20]))
+        else:
+            parts.append(frame(2, payload[:40], mask=b"\0\0\0\0"))
+    if rng.random() < 0.3:
+        parts.append(frame(2, b"x", fin=False) + frame(2, b"new message inside"))
+    return b"".join(parts)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_whole_binary_fast_path_matches_the_general_path(seed, monkeypatch):
+    """Whole small binary frames take a fast path whose events equal the general path's for any stream and split."""
+    rng = random.Random(seed)
+    stream = _random_stream(rng)
+    max_size = rng.choice((0, 0, 50, 130))
+    cuts = sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1, rng.randrange(0, 6))))
+    chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+
+    def events():
+        recorder = Recorder()
+        parser = FrameParser(recorder, max_message_size=max_size)
+        for chunk in chunks:
+            parser.feed(chunk)
+        return recorder.events
+
+    fast = events()
+    import wsrouter.ws.parser as parser_module
+
+    monkeypatch.setattr(parser_module, "_WHOLE_BINARY", -1)  # no first byte matches: general path only
+    assert fast == events()
+    assert any(e[0] == "begin" for e in fast) or fast[:1] == [("fail", 1009)] or not fast

@@ -56,6 +56,12 @@ if ! command -v redis-server >/dev/null; then
     timeout 600 apt-get install -y -qq --no-install-recommends redis-server \
         || echo "system-deps: could not install redis-server; the TokenRedis tests will be skipped"
 fi
+if ! command -v lighttpd >/dev/null || [ ! -e /usr/lib/lighttpd/mod_openssl.so ]; then
+    # make bench: lighttpd's mod_wstunnel is the reference relay, mod_openssl its wss:// variant.
+    timeout 300 apt-get update -qq || echo "system-deps: apt-get update failed"
+    timeout 600 apt-get install -y -qq --no-install-recommends lighttpd lighttpd-mod-openssl \
+        || echo "system-deps: could not install lighttpd; make bench reports its variants as failed"
+fi
 if [ ! -x "$cache/telnetd-ssl/usr/sbin/in.telnetd" ]; then
     (
         cd "$cache" && rm -f telnetd-ssl_*.deb \
