@@ -725,3 +725,89 @@ def test_unhashable_factory_object_still_serves() -> None:
     connector.connect(info).addCallback(links.append)
     connector.connect(info).addCallback(links.append)
     assert len(links) == 2 and Factory.calls == 1
+
+
+class _Stoppable:
+    """Echoes, and notes each on_close and the on_shutdown in order."""
+
+    events: list[str]
+
+    def __init__(self, context: HandlerContext):
+        self.events = _Stoppable.events
+
+    def on_open(self, session: Session) -> None:
+        self.events.append("open")
+
+    def on_message(self, session: Session, payload: bytes, is_binary: bool) -> None:
+        session.send(payload, is_binary)
+
+    def on_close(self, session: Session, code: int, reason: str) -> None:
+        self.events.append(f"close {code}")
+
+    def on_shutdown(self) -> Deferred[None]:
+        self.events.append("shutdown")
+        return deferLater(reactor, 0.05, lambda: self.events.append("shutdown done"))
+
+
+@pytest_twisted.inlineCallbacks
+def test_router_shutdown_closes_sessions_with_1001_then_calls_on_shutdown() -> Any:
+    """Stopping the router closes each client with 1001, runs on_close, then on_shutdown once, and waits for it."""
+    _Stoppable.events = []
+    router = start_router(routes=[{"path": "/s", "target": PythonTarget(factory=_Stoppable)}])
+    opened = threading.Event()
+
+    def client() -> int | None:
+        with connect(router.url + "/s") as ws:
+            ws.send("hi")
+            assert ws.recv(timeout=10) == "hi"
+            opened.set()
+            with contextlib.suppress(ConnectionClosed):
+                ws.recv(timeout=20)
+            return ws.close_code  # type: ignore[no-any-return]
+
+    using = in_thread(client)
+    for _ in range(200):
+        if opened.is_set():
+            break
+        yield deferLater(reactor, 0.05, lambda: None)
+    yield router.stopService()
+    assert (yield using) == 1001
+    assert _Stoppable.events == ["open", "close 1001", "shutdown", "shutdown done"]
+
+
+def test_on_shutdown_errors_and_silence_do_not_hold_the_stop() -> None:
+    """An on_shutdown that raises is logged, one that never answers is cancelled after the timeout; others still run."""
+    clock = Clock()
+    connector = PythonConnector(clock, Limits())
+    called: list[str] = []
+
+    class Raises:
+        def __init__(self, context: HandlerContext):
+            pass
+
+        def on_shutdown(self) -> None:
+            called.append("raises")
+            raise RuntimeError("shutdown bug")
+
+    class Silent(Raises):
+        def on_shutdown(self) -> Deferred[None]:  # type: ignore[override]
+            called.append("silent")
+            return Deferred()
+
+    from twisted.logger import globalLogPublisher
+
+    logged: list[dict[str, Any]] = []
+    for factory, path in ((Raises, "/a"), (Silent, "/b"), (_Recorder, "/c")):
+        connector.handler_for(Route(path, PythonTarget(factory=factory)))
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        stopping = connector.shutdown(5.0)
+        assert sorted(called) == ["raises", "silent"] and not stopping.called
+        clock.advance(5.0)
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert stopping.called
+    failures = [event["log_failure"].value for event in logged if "log_failure" in event]
+    assert [type(error).__name__ for error in failures] == ["RuntimeError", "TimeoutError"]
+    assert connector.shutdown(5.0).called  # handlers are forgotten: nothing to call twice
+

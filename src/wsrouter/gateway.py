@@ -377,12 +377,20 @@ class Gateway:
 
     def shutdown(self) -> Deferred[None]:
         """
-        Close every session with 1001 after its pending data, and refuse new ones.
+        Close every session with 1001 after its pending data, and refuse new
+        ones; once they have ended, call each C{python:} handler's
+        C{on_shutdown()} (docs/handlers.md).
 
         @return: fires when all sessions have ended (both sides closed and
             their recordings flushed), or after the shutdown grace period,
-            when the rest are dropped and their recordings closed.
+            when the rest are dropped and their recordings closed; then
+            after the handlers' C{on_shutdown} (each bounded by the grace
+            period too).
         """
+        grace = self.config.limits.shutdown_grace
+        return self._close_sessions().addCallback(lambda _: self.connectors.handlers.shutdown(grace))
+
+    def _close_sessions(self) -> Deferred[None]:
         self._stopping = True
         sessions = list(self.sessions.values())
         if not sessions:
