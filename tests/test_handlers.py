@@ -811,3 +811,54 @@ def test_on_shutdown_errors_and_silence_do_not_hold_the_stop() -> None:
     assert [type(error).__name__ for error in failures] == ["RuntimeError", "TimeoutError"]
     assert connector.shutdown(5.0).called  # handlers are forgotten: nothing to call twice
 
+
+
+def test_embed_example_serves_a_python_handler_and_resolver_and_shuts_down_in_order() -> None:
+    """examples/embed.py, as a process: its handler and resolver answer, and SIGTERM gives 1001, then on_shutdown."""
+    import signal
+    import socket
+    import urllib.request
+
+    from tests.support import PYTHON, wait_for_port
+
+    backend = socket.create_server(("127.0.0.1", 0))
+    serving = threading.Thread(target=_echo_once, args=(backend,), daemon=True)
+    serving.start()
+    port = free_port()
+    app = subprocess.Popen([PYTHON, str(REPO / "examples" / "embed.py"), str(port),
+                            f"127.0.0.1:{backend.getsockname()[1]}"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env(), cwd=REPO)
+    url = f"ws://127.0.0.1:{port}/ws"
+    try:
+        wait_for_port(port)
+        assert b"my app" in urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).read()
+        with connect(url + "/room?room=echo") as ws:
+            ws.send("in the echo room")
+            assert ws.recv(timeout=10) == "in the echo room"
+        with connect(url + "/room?room=backend") as ws:
+            ws.send(b"to the backend")
+            assert ws.recv(timeout=10) == b"to the backend"
+        assert handshake_status(url + "/room?room=cellar")[0] == 404
+        with connect(url + "/upper") as ws:
+            ws.send("shout")
+            assert ws.recv(timeout=10) == "SHOUT"
+            app.send_signal(signal.SIGTERM)
+            with contextlib.suppress(ConnectionClosed):
+                ws.recv(timeout=20)
+            assert ws.close_code == 1001
+        output, _ = app.communicate(timeout=30)
+        assert b"upper: shut down" in output, output
+    finally:
+        if app.poll() is None:
+            app.kill()
+            app.wait(10)
+        backend.close()
+
+
+def _echo_once(server: Any) -> None:
+    """Serve one TCP connection: everything back until it closes."""
+    with contextlib.suppress(OSError):
+        conn, _ = server.accept()
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
