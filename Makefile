@@ -80,17 +80,18 @@ WSTEST := .cache/autobahn-py27/bin/wstest
 conformance-setup:
 	bash conformance/setup.sh .cache/autobahn-py27 || echo "conformance: Autobahn|Testsuite not installed; its tests will skip"
 
-# The whole suite (517 cases) against the echo: route, a TCP relay route and
-# Autobahn-Python's own echo server (CI leaves the reference out); fails if the
-# echo route has a FAILED case.  The relay's 6.4.1-6.4.4 are a documented
+# The whole suite (517 cases) against the echo: route, a TCP relay route, the
+# framed relay (length:u32:typed through a TCP echo) and Autobahn-Python's own
+# echo server (CI leaves the reference out); fails if the echo or the framed
+# route has a FAILED case.  The relay's 6.4.1-6.4.4 are a documented
 # deviation (docs/conformance.md), so the relay is reported, not required.
-CONFORMANCE_AGENTS ?= echo,relay,autobahn
+CONFORMANCE_AGENTS ?= echo,relay,framed,autobahn
 # Extra run.py options; CI leaves out the slowest deflate payload groups.
 CONFORMANCE_OPTIONS ?=
 
 conformance: install
 	bash conformance/setup.sh .cache/autobahn-py27
-	$(BIN)/python conformance/run.py --agents $(CONFORMANCE_AGENTS) --require-clean echo \
+	$(BIN)/python conformance/run.py --agents $(CONFORMANCE_AGENTS) --require-clean echo,framed \
 		--markdown .cache/conformance/summary.md $(CONFORMANCE_OPTIONS)
 
 # Coverage-guided fuzzing with atheris (docs/fuzzing.md): each fuzz/fuzz_*.py

@@ -15,7 +15,7 @@ import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
-from wsrouter.balancing import Balancer, Balancing, sticky_key
+from wsrouter.balancing import Balancer, Balancing, rendezvous_order, sticky_key
 from wsrouter.config import Balance, Route, TcpTarget
 from wsrouter.interfaces import Link, SessionInfo, TargetError
 
@@ -103,6 +103,60 @@ def test_hash_token_follows_the_token_not_the_address() -> None:
     tokens = {chosen(balancing, info(the_route, query=f"token=t{n}"), connector) for n in range(40)}
     assert tokens == {5901, 5902, 5903}
     assert sticky_key("hash-token", info(the_route, peer="192.0.2.1")) == "address:192.0.2.1"
+
+
+def test_hash_token_reads_the_token_where_the_resolvers_do() -> None:
+    """Hash-token takes the token from ?token=, else the token cookie, else the path below a prefix route."""
+    prefix = attrs.evolve(route("hash-token"), path="/vnc", prefix=True)
+    base = info(prefix, query="x=1")
+    from_path = attrs.evolve(base, path="/vnc/pathtok", route_path="/vnc/pathtok")
+    from_cookie = attrs.evolve(from_path, headers=(("cookie", "a=b; token=cookietok"),))
+    from_query = attrs.evolve(from_cookie, query="token=querytok")
+    assert sticky_key("hash-token", from_path) == "token:pathtok"
+    assert sticky_key("hash-token", from_cookie) == "token:cookietok"
+    assert sticky_key("hash-token", from_query) == "token:querytok"
+    assert sticky_key("hash-token", base) == "address:10.0.0.1"
+    assert sticky_key("hash-address", from_query) == "address:10.0.0.1"
+
+
+def test_hash_token_sends_one_path_token_to_one_target_from_any_address() -> None:
+    """A /vnc/TOKEN path token is sticky across client addresses, and many tokens reach every target."""
+    the_route = attrs.evolve(route("hash-token"), path="/vnc", prefix=True)
+    balancing, connector = Balancing(Clock()), Connector()
+
+    def at(token: str, peer: str = "10.0.0.1") -> SessionInfo:
+        return attrs.evolve(info(the_route, peer=peer), path=f"/vnc/{token}", route_path=f"/vnc/{token}")
+
+    assert len({chosen(balancing, at("abc", peer=f"192.0.2.{n}"), connector) for n in range(20)}) == 1
+    assert {chosen(balancing, at(f"t{n}"), connector) for n in range(40)} == {5901, 5902, 5903}
+
+
+def test_hash_is_consistent_adding_a_target_moves_only_the_keys_it_wins() -> None:
+    """Rendezvous hashing: a fourth target takes about a quarter of 2000 keys and no key moves between old targets."""
+    four = (*TARGETS, TcpTarget("127.0.0.1", 5904))
+    keys = [f"token:t{n}" for n in range(2000)]
+    before = [TARGETS[rendezvous_order(key, TARGETS)[0]].port for key in keys]
+    after = [four[rendezvous_order(key, four)[0]].port for key in keys]
+    moved = [(old, new) for old, new in zip(before, after, strict=True) if old != new]
+    assert all(new == 5904 for _, new in moved)
+    assert 2000 * 0.18 < len(moved) < 2000 * 0.32
+    assert collections.Counter(before).keys() == {5901, 5902, 5903}
+    assert min(collections.Counter(before).values()) > 2000 / 3 * 0.8
+
+
+def test_hash_failover_order_keeps_the_other_keys_in_place() -> None:
+    """A key whose first target is down goes to its second choice; keys whose first choice is up do not move."""
+    clock = Clock()
+    balancer = Balancer(Balance(TARGETS, "hash-address", 30.0), clock)
+    infos = [info(route("hash-address"), peer=f"198.51.100.{n}") for n in range(60)]
+    first = [balancer.candidates(one)[0] for one in infos]
+    balancer.mark_down(0, "test")
+    again = [balancer.candidates(one)[0] for one in infos]
+    for was, now, one in zip(first, again, infos, strict=True):
+        if was != 0:
+            assert now == was
+        else:
+            assert now == rendezvous_order(sticky_key("hash-address", one), TARGETS)[1]
 
 
 def test_refusing_target_is_skipped_marked_down_and_tried_again_after_down_for() -> None:

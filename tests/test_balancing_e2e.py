@@ -104,6 +104,34 @@ def test_hash_token_is_sticky_per_token() -> None:
 
 
 @pytest_twisted.inlineCallbacks
+def test_hash_token_reads_path_and_cookie_tokens_like_the_resolvers() -> None:
+    """On a prefix route hash-token keeps /b/TOKEN, and a token cookie, on one server; many path tokens reach both."""
+    two = servers("A", "B")
+    router = start_router(routes=[{"path": "/b/*", "targets": [address(s) for s in two], "balance": "hash-token"}])
+
+    def by_cookie(token: str) -> list[str]:
+        found = []
+        for _ in range(4):
+            with connect(router.url + "/b/", additional_headers={"Cookie": f"token={token}"}) as ws:
+                message = ws.recv(timeout=10)
+            found.append(message if isinstance(message, str) else message.decode())
+        return found
+
+    try:
+        same_path = yield in_thread(greetings, router.url + "/b/alpha", 4)
+        same_cookie = yield in_thread(by_cookie, "beta")
+        spread = []
+        for n in range(12):
+            spread += yield in_thread(greetings, router.url + f"/b/t{n}", 1)
+    finally:
+        yield router.stopService()
+        for port, _ in two:
+            yield port.stopListening()
+    assert len(set(same_path)) == 1 and len(set(same_cookie)) == 1
+    assert set(spread) == {"A", "B"}
+
+
+@pytest_twisted.inlineCallbacks
 def test_hash_address_is_sticky() -> None:
     """With hash-address every session from one client address reaches the same server."""
     three = servers("A", "B", "C")

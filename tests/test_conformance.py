@@ -1,4 +1,4 @@
-"""A quick subset of Autobahn|Testsuite against the echo: route (make conformance runs it all, relay included)."""
+"""A quick subset of Autobahn|Testsuite against the echo: route and the framed relay (make conformance runs it all)."""
 
 from __future__ import annotations
 
@@ -34,3 +34,23 @@ def test_quick_subset_has_no_failed_case(tmp_path: Path) -> None:
     assert echo["counts"].get("FAILED", 0) == 0, echo["not_ok"]
     assert echo["counts"].get("UNIMPLEMENTED", 0) == 0, echo["not_ok"]
     assert echo["counts"].get("OK", 0) >= echo["total"] - 3, echo["not_ok"]
+
+
+#: Message types and boundaries, fragmentation, UTF-8 (6.4: the whole
+#: message is checked before any of it reaches the target), a bulk case and
+#: one deflate case each way, on the framed (length:u32:typed) relay.
+FRAMED_CASES = "1.*,5.*,6.4.*,9.1.1,12.1.1,13.1.1"
+
+
+def test_framed_relay_subset_keeps_every_message(tmp_path: Path) -> None:
+    """Through a TCP echo with length:u32:typed framing, Autobahn finds no FAILED case: messages and types come back."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "conformance" / "run.py"), "--cases", FRAMED_CASES,
+         "--agents", "framed", "--require-clean", "framed", "--outdir", str(tmp_path)],
+        check=False, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    framed = json.loads((tmp_path / "summary.json").read_text())["wsrouter-framed"]
+    assert framed["total"] == 43
+    assert framed["counts"].get("FAILED", 0) == 0, framed["not_ok"]
+    assert [case["case"] for case in framed["not_ok"]] in ([], ["5.15"]), framed["not_ok"]

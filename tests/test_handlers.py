@@ -725,3 +725,140 @@ def test_unhashable_factory_object_still_serves() -> None:
     connector.connect(info).addCallback(links.append)
     connector.connect(info).addCallback(links.append)
     assert len(links) == 2 and Factory.calls == 1
+
+
+class _Stoppable:
+    """Echoes, and notes each on_close and the on_shutdown in order."""
+
+    events: list[str]
+
+    def __init__(self, context: HandlerContext):
+        self.events = _Stoppable.events
+
+    def on_open(self, session: Session) -> None:
+        self.events.append("open")
+
+    def on_message(self, session: Session, payload: bytes, is_binary: bool) -> None:
+        session.send(payload, is_binary)
+
+    def on_close(self, session: Session, code: int, reason: str) -> None:
+        self.events.append(f"close {code}")
+
+    def on_shutdown(self) -> Deferred[None]:
+        self.events.append("shutdown")
+        return deferLater(reactor, 0.05, lambda: self.events.append("shutdown done"))
+
+
+@pytest_twisted.inlineCallbacks
+def test_router_shutdown_closes_sessions_with_1001_then_calls_on_shutdown() -> Any:
+    """Stopping the router closes each client with 1001, runs on_close, then on_shutdown once, and waits for it."""
+    _Stoppable.events = []
+    router = start_router(routes=[{"path": "/s", "target": PythonTarget(factory=_Stoppable)}])
+    opened = threading.Event()
+
+    def client() -> int | None:
+        with connect(router.url + "/s") as ws:
+            ws.send("hi")
+            assert ws.recv(timeout=10) == "hi"
+            opened.set()
+            with contextlib.suppress(ConnectionClosed):
+                ws.recv(timeout=20)
+            return ws.close_code  # type: ignore[no-any-return]
+
+    using = in_thread(client)
+    for _ in range(200):
+        if opened.is_set():
+            break
+        yield deferLater(reactor, 0.05, lambda: None)
+    yield router.stopService()
+    assert (yield using) == 1001
+    assert _Stoppable.events == ["open", "close 1001", "shutdown", "shutdown done"]
+
+
+def test_on_shutdown_errors_and_silence_do_not_hold_the_stop() -> None:
+    """An on_shutdown that raises is logged, one that never answers is cancelled after the timeout; others still run."""
+    clock = Clock()
+    connector = PythonConnector(clock, Limits())
+    called: list[str] = []
+
+    class Raises:
+        def __init__(self, context: HandlerContext):
+            pass
+
+        def on_shutdown(self) -> None:
+            called.append("raises")
+            raise RuntimeError("shutdown bug")
+
+    class Silent(Raises):
+        def on_shutdown(self) -> Deferred[None]:  # type: ignore[override]
+            called.append("silent")
+            return Deferred()
+
+    from twisted.logger import globalLogPublisher
+
+    logged: list[dict[str, Any]] = []
+    for factory, path in ((Raises, "/a"), (Silent, "/b"), (_Recorder, "/c")):
+        connector.handler_for(Route(path, PythonTarget(factory=factory)))
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        stopping = connector.shutdown(5.0)
+        assert sorted(called) == ["raises", "silent"] and not stopping.called
+        clock.advance(5.0)
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert stopping.called
+    failures = [event["log_failure"].value for event in logged if "log_failure" in event]
+    assert [type(error).__name__ for error in failures] == ["RuntimeError", "TimeoutError"]
+    assert connector.shutdown(5.0).called  # handlers are forgotten: nothing to call twice
+
+
+
+def test_embed_example_serves_a_python_handler_and_resolver_and_shuts_down_in_order() -> None:
+    """examples/embed.py, as a process: its handler and resolver answer, and SIGTERM gives 1001, then on_shutdown."""
+    import signal
+    import socket
+    import urllib.request
+
+    from tests.support import PYTHON, wait_for_port
+
+    backend = socket.create_server(("127.0.0.1", 0))
+    serving = threading.Thread(target=_echo_once, args=(backend,), daemon=True)
+    serving.start()
+    port = free_port()
+    app = subprocess.Popen([PYTHON, str(REPO / "examples" / "embed.py"), str(port),
+                            f"127.0.0.1:{backend.getsockname()[1]}"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env(), cwd=REPO)
+    url = f"ws://127.0.0.1:{port}/ws"
+    try:
+        wait_for_port(port)
+        assert b"my app" in urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).read()
+        with connect(url + "/room?room=echo") as ws:
+            ws.send("in the echo room")
+            assert ws.recv(timeout=10) == "in the echo room"
+        with connect(url + "/room?room=backend") as ws:
+            ws.send(b"to the backend")
+            assert ws.recv(timeout=10) == b"to the backend"
+        assert handshake_status(url + "/room?room=cellar")[0] == 404
+        with connect(url + "/upper") as ws:
+            ws.send("shout")
+            assert ws.recv(timeout=10) == "SHOUT"
+            app.send_signal(signal.SIGTERM)
+            with contextlib.suppress(ConnectionClosed):
+                ws.recv(timeout=20)
+            assert ws.close_code == 1001
+        output, _ = app.communicate(timeout=30)
+        assert b"upper: shut down" in output, output
+    finally:
+        if app.poll() is None:
+            app.kill()
+            app.wait(10)
+        backend.close()
+
+
+def _echo_once(server: Any) -> None:
+    """Serve one TCP connection: everything back until it closes."""
+    with contextlib.suppress(OSError):
+        conn, _ = server.accept()
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)

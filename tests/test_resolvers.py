@@ -667,3 +667,45 @@ def test_cache_is_refused_for_templates() -> None:
     """A template looks at more than the token, so a token-keyed cache_ttl is refused for it."""
     with pytest.raises(ConfigError, match="cache_ttl: is for token stores"):
         build_config(resolving("template", "tcp://127.0.0.1:{query.port}", cache_ttl=5))
+
+
+def test_redact_token_hides_the_query_value_and_a_path_segment_equal_to_the_token() -> None:
+    """One helper redacts ?token= and a /vnc/TOKEN segment (also percent-encoded), and leaves other segments alone."""
+    from wsrouter.resolvers import redact_token
+
+    assert redact_token("/vnc/s3cret", "view=1", "s3cret") == ("/vnc/REDACTED", "view=1")
+    assert redact_token("/vnc/a%20b", "", "a b") == ("/vnc/REDACTED", "")
+    assert redact_token("/vnc/other", "token=s3cret&x=1", "s3cret") == ("/vnc/other", "token=REDACTED&x=1")
+    assert redact_token("/vnc/x", "", None) == ("/vnc/x", "")
+
+
+@pytest_twisted.inlineCallbacks
+def test_path_tokens_appear_in_no_log_line_nor_recording(tmp_path: Path) -> Any:
+    """A /vnc/TOKEN path token is redacted in session, refusal and status lines and in the recording header."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    target, number = echo_port()
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"SECRET-path-41: 127.0.0.1:{number}\n")
+    records = tmp_path / "records"
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    service = start_router(record=records, routes=[{"path": "/vnc/*", "target": "resolve:r"}],
+                           resolvers={"r": {"plugin": "TokenFile", "source": str(tokens)}})
+    try:
+        assert (yield in_thread(round_trip, service.url + "/vnc/SECRET-path-41?view=1")) == b"hello"
+        assert (yield in_thread(handshake_status, service.url + "/vnc/SECRET-unknown-42"))[0] == 404
+    finally:
+        yield service.stopService()
+        yield target.stopListening()
+        globalLogPublisher.removeObserver(observe)
+    assert any("/vnc/REDACTED?view=1" in line for line in lines), lines
+    assert any("/vnc/REDACTED: 404" in line for line in lines), lines
+    assert not any("SECRET" in line for line in lines), [line for line in lines if "SECRET" in line]
+    (recording,) = records.iterdir()
+    assert "SECRET" not in recording.read_text()
+    assert json.loads(recording.read_text().splitlines()[0])["path"] == "/vnc/REDACTED"

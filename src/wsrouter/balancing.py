@@ -29,7 +29,6 @@ import hashlib
 import random
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -39,6 +38,7 @@ from twisted.python.failure import Failure
 
 from wsrouter.config import Balance, Route, Target
 from wsrouter.interfaces import Link, SessionInfo, TargetError
+from wsrouter.resolvers.base import ResolveRequest, token_of
 
 log = Logger(namespace="wsrouter")
 
@@ -81,8 +81,7 @@ class Balancer:
             start = self._rng.randrange(count)
             order = [(start + step) % count for step in range(count)]
         else:
-            start = _hash(sticky_key(policy, info)) % count
-            order = [(start + step) % count for step in range(count)]
+            order = rendezvous_order(sticky_key(policy, info), self.targets)
         now = self._clock.seconds()
         up = [index for index in order if self.down_until.get(index, 0.0) <= now]
         return up or order
@@ -123,12 +122,30 @@ def describe_targets(route: Route) -> str:
 
 
 def sticky_key(policy: str, info: SessionInfo) -> str:
-    """What a hash policy hashes: the C{?token=} value (C{hash-token}) or else the client address."""
+    """
+    What a hash policy hashes: for C{hash-token} the token where the
+    resolvers read it (L{wsrouter.resolvers.base.token_of}: C{?token=},
+    the C{token} cookie, or the path below a prefix route), else (no
+    token, or C{hash-address}) the client address.
+    """
     if policy == "hash-token":
-        token = parse_qs(info.query).get("token")
-        if token and token[0]:
-            return "token:" + token[0]
+        token = token_of(ResolveRequest.of_session(info))
+        if token:
+            return "token:" + token
     return "address:" + info.peer_host
+
+
+def rendezvous_order(key: str, targets: tuple[Target, ...]) -> list[int]:
+    """
+    The targets' indices for C{key}, best first, by rendezvous (highest
+    random weight) hashing: each target scores C{hash(key, target)} and the
+    highest wins.  A target's score does not depend on the others, so
+    adding a target moves only the keys it now wins (about 1/n of them),
+    removing one moves only its own keys, and the order of the rest is
+    the failover order.  Targets are known by L{Target.describe}.
+    """
+    scores = [(_hash(key + "\n" + target.describe()), index) for index, target in enumerate(targets)]
+    return [index for _, index in sorted(scores, reverse=True)]
 
 
 def _hash(key: str) -> int:

@@ -39,7 +39,7 @@ from wsrouter.interfaces import (
 from wsrouter.policy import Accepted, ClientCounts, Refusal, origin_problem
 from wsrouter.querytoken import with_query_token, without_query_token
 from wsrouter.recording import open_recorder
-from wsrouter.resolvers import ResolveRequest, Resolvers, without_token
+from wsrouter.resolvers import ResolveRequest, Resolvers, redact_token, redacted_session
 from wsrouter.routing import Match, NoRoute, RouteTable
 from wsrouter.session import Session, always_binary
 from wsrouter.targets import Connectors
@@ -203,6 +203,8 @@ class Gateway:
             match = self._select(connection, request, config, route_path)
         except NoRoute as e:
             return _refuse(request, e.status, e.reason, client)
+        if isinstance(match.route.target, ResolverTarget):
+            request = self._token_redacted(connection, request, config, session_id, path, route_path, match, client)
         origin = request.headers.get("origin")
         problem = origin_problem(config.origin_policy(match.route), origin, request.headers.get("host"),
                                  connection.is_secure())
@@ -263,6 +265,14 @@ class Gateway:
             callbackArgs=(connection, match, config), errbackArgs=(request, client),
         )
 
+    def _token_redacted(self, connection: ClientConnection, request: Any, config: RouterConfig, session_id: str,
+                        path: str, route_path: str, match: Match, client: tuple[str, int]) -> Any:
+        """C{request} as a resolver route's log lines show it: its token (C{/vnc/TOKEN}) redacted."""
+        settings = config.resolver(match.route.target.name)  # type: ignore[union-attr]
+        info = _session_info(session_id, connection, request, path, route_path, match, client)
+        token = ResolveRequest.of_session(info, (), settings is not None and settings.host_token).token
+        return _LoggedRequest(request, redact_token(request.path, "", token)[0])
+
     def _resolve(self, connection: ClientConnection, request: Any, config: RouterConfig, session_id: str,
                  path: str, route_path: str, match: Match,
                  client: tuple[str, int]) -> Deferred[ConnectionSession | None]:
@@ -278,8 +288,8 @@ class Gateway:
                 route = attrs.evolve(match.route, target=target)
             except ConfigError as e:
                 _refuse(request, 502, f"resolved target does not fit the route: {e.problems[0][1]}", client)
-            # The token is a secret: session logs and recordings get the query without it.
-            found = attrs.evolve(info, route=route, query=without_token(info.query))
+            # The token is a secret: session logs, status pages and recordings never see it.
+            found = redacted_session(attrs.evolve(info, route=route), asking.token)
             return self._connect_session(connection, request, config, found, attrs.evolve(match, route=route), client)
 
         return self.resolvers.resolve(settings, asking).addCallbacks(
@@ -367,12 +377,20 @@ class Gateway:
 
     def shutdown(self) -> Deferred[None]:
         """
-        Close every session with 1001 after its pending data, and refuse new ones.
+        Close every session with 1001 after its pending data, and refuse new
+        ones; once they have ended, call each C{python:} handler's
+        C{on_shutdown()} (docs/handlers.md).
 
         @return: fires when all sessions have ended (both sides closed and
             their recordings flushed), or after the shutdown grace period,
-            when the rest are dropped and their recordings closed.
+            when the rest are dropped and their recordings closed; then
+            after the handlers' C{on_shutdown} (each bounded by the grace
+            period too).
         """
+        grace = self.config.limits.shutdown_grace
+        return self._close_sessions().addCallback(lambda _: self.connectors.handlers.shutdown(grace))
+
+    def _close_sessions(self) -> Deferred[None]:
         self._stopping = True
         sessions = list(self.sessions.values())
         if not sessions:
@@ -438,6 +456,17 @@ def _session_info(session_id: str, connection: ClientConnection, request: Any, p
         script_name=connection.mount_prefix + match.route.path.rstrip("/") if match.route.prefix else path,
         client_cert=client_subject(connection.transport),
     )
+
+
+class _LoggedRequest:
+    """A handshake request whose C{path} (what log lines show) has a resolver token redacted; the rest delegates."""
+
+    def __init__(self, request: Any, path: str) -> None:
+        self._request = request
+        self.path = path
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
 
 
 def _unauthorized(reason: Failure, request: Any, client: tuple[str, int]) -> NoReturn:

@@ -940,7 +940,7 @@ class Balance:
     @ivar targets: the targets, two or more, of the kinds that are connected
         (tcp, unix, tls, ws/wss); the route's C{target} is the first.
     @ivar policy: one of L{BALANCE_POLICIES}; C{hash-token} hashes the
-        C{?token=} query value (the client address when there is none).
+        token as resolvers read it (C{?token=}, cookie, path; else the client address).
     @ivar down_for: seconds a target that could not be connected is skipped.
     """
 

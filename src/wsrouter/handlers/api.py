@@ -16,6 +16,9 @@ C{factory(context)} with a L{HandlerContext}.  Every method is optional:
     client until it fires.
   - C{on_close(session, code, reason)}: once per opened session, whoever
     closed it.
+  - C{on_shutdown()}: once per handler when the router stops, after every
+    session got 1001 and its C{on_close}; a Deferred returned is waited
+    for, at most C{limits.shutdown_grace} seconds.
 
 Errors raised by handler code are logged and close that session with 1011;
 they never reach the router.

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from http.cookies import CookieError, SimpleCookie
 from typing import Any, Protocol, TypeAlias
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, unquote, urlencode
 
 import attrs
 from attrs import field, frozen
@@ -157,6 +157,26 @@ def without_token(query: str) -> str:
         return query
     pairs = [(name, "REDACTED" if name == TOKEN else value) for name, value in _pairs(query)]
     return urlencode(pairs)
+
+
+def redact_token(path: str, query: str, token: str | None) -> tuple[str, str]:
+    """
+    C{path} and C{query} as logs, status pages and recordings may show
+    them: the C{token} parameter's value, and a path segment equal to
+    C{token} (C{/vnc/TOKEN}), each replaced by C{REDACTED}.
+    """
+    query = without_token(query)
+    if token:
+        path = "/".join("REDACTED" if token in (segment, unquote(segment)) else segment
+                        for segment in path.split("/"))
+    return path, query
+
+
+def redacted_session(info: SessionInfo, token: str | None) -> SessionInfo:
+    """C{info} with L{redact_token} applied to its path, route path and query."""
+    path, query = redact_token(info.path, info.query, token)
+    route_path, _ = redact_token(info.route_path, "", token)
+    return attrs.evolve(info, path=path, route_path=route_path, query=query)
 
 
 Resolution: TypeAlias = "Target | Refuse | None"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, TimeoutError, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -86,6 +86,33 @@ class PythonConnector:
             raise TargetError("the handler factory failed", 500) from None
         self._handlers[key] = made = (handler, context)
         return made
+
+    def shutdown(self, timeout: float) -> Deferred[None]:
+        """
+        Call each route handler's C{on_shutdown()} once (the router is
+        stopping and its sessions have ended), then forget the handlers.
+        A handler that raises, or whose Deferred fails, is logged; one that
+        has not finished within C{timeout} seconds is cancelled, so stopping
+        never waits longer.
+
+        @return: fires when every C{on_shutdown} has finished.
+        """
+        made, self._handlers = list(self._handlers.values()), {}
+        waits = []
+        for handler, context in made:
+            hook = getattr(handler, "on_shutdown", None)
+            if hook is None:
+                continue
+            ending: Deferred[Any] = maybeDeferred(hook)
+            if not ending.called:
+                ending.addTimeout(timeout, self._reactor)
+            waits.append(ending.addErrback(self._shutdown_failed, handler, context.route))
+        return DeferredList(waits).addCallback(lambda _: None)
+
+    @staticmethod
+    def _shutdown_failed(failure: Failure, handler: Any, route: Route) -> None:
+        log.failure("route {route}: handler {handler!r} failed in on_shutdown", failure,
+                    route=route.describe(), handler=handler)
 
     def connect(self, session: SessionInfo) -> Deferred[Link]:
         handler, context = self.handler_for(session.route)
