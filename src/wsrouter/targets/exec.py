@@ -90,7 +90,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
-from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -100,7 +99,7 @@ from wsrouter.clientcert import cgi_variables
 from wsrouter.config import DEFAULT_COMMAND_KILL_GRACE, ExecTarget, Limits, Route
 from wsrouter.interfaces import Link, LinkReceiver, SessionInfo, TargetError
 from wsrouter.process.sandbox import SandboxError, allowed_environment, sandbox_command
-from wsrouter.targets.process_link import ProcessLink, ProcessTransport
+from wsrouter.targets.process_link import ProcessLink, ProcessTransport, describe_exit
 from wsrouter.targets.terminal import DEFAULT_TERM, PtyLink, open_pty
 
 log = Logger(namespace="wsrouter.exec")
@@ -266,24 +265,6 @@ def signal_command(pid: int, signum: int, leader_alive: bool) -> bool:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signum)
     return group
-
-
-def describe_exit(reason: Failure) -> str | None:
-    """C{None} for exit status 0, else what happened, for the close reason."""
-    value = reason.value
-    if isinstance(value, ProcessDone):
-        return None
-    if isinstance(value, ProcessTerminated):
-        if value.signal is not None:
-            try:
-                name = f" ({signal.Signals(value.signal).name})"
-            except ValueError:
-                name = ""
-            return f"command killed by signal {value.signal}{name}"
-        if value.exitCode == 0:
-            return None
-        return f"command exited with status {value.exitCode}"
-    return str(value) or type(value).__name__
 
 
 # -- stderr ---------------------------------------------------------------------------
@@ -551,7 +532,7 @@ class ExecConnector:
         link: CommandLink | PtyLink
         if target.pty:
             # On a pty the command becomes a process session leader itself (see terminal.py).
-            link = PtyLink(self._reactor, label, grace=self._grace, describe_exit=describe_exit,
+            link = PtyLink(self._reactor, label, grace=self._grace,
                            on_exit=lambda link: self._exited(route))
             args = [executable, *target.argv[1:]]
             if "TERM" not in dict(route.env):

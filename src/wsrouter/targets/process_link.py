@@ -32,16 +32,36 @@ goes on only while something is left.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from typing import Any, ClassVar, Protocol, cast
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IProducer, IPushProducer
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsrouter.interfaces import LinkReceiver
+
+
+def describe_exit(reason: Failure) -> str | None:
+    """C{None} for exit status 0, else what happened, for the close reason."""
+    value = reason.value
+    if isinstance(value, ProcessDone):
+        return None
+    if isinstance(value, ProcessTerminated):
+        if value.signal is not None:
+            try:
+                name = f" ({signal.Signals(value.signal).name})"
+            except ValueError:
+                name = ""
+            return f"command killed by signal {value.signal}{name}"
+        if value.exitCode == 0:
+            return None
+        return f"command exited with status {value.exitCode}"
+    return str(value) or type(value).__name__
 
 
 class ProcessTransport(Protocol):

@@ -73,7 +73,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wsrouter.config import DEFAULT_COMMAND_KILL_GRACE, ExecTarget, RouterConfig
-from wsrouter.targets.process_link import ProcessLink, ProcessTransport
+from wsrouter.targets.process_link import ProcessLink, ProcessTransport, describe_exit
 
 log = Logger(namespace="wsrouter.exec")
 
@@ -234,7 +234,7 @@ class PtyLink(ProcessLink):
         grace: float = DEFAULT_COMMAND_KILL_GRACE,
         signaller: Callable[[int, tuple[int, ...], bool], bool] = signal_session,
         on_exit: Callable[[PtyLink], None] = lambda link: None,
-        describe_exit: Callable[[Failure], str | None] = lambda reason: None,
+        describe_exit: Callable[[Failure], str | None] = describe_exit,
     ):
         super().__init__(clock, label, grace, on_exit)
         self._signal = signaller
