@@ -21,7 +21,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 
 from wsrouter.cli.lower import options_to_raw
-from wsrouter.clientaddr import forwarded_hops, is_trusted, real_client
+from wsrouter.clientaddr import forwarded_hops, is_trusted, parse_host, real_client
 from wsrouter.config import ConfigError, build_config
 from wsrouter.config.load import load_config
 from wsrouter.proxyproto import (
@@ -113,6 +113,24 @@ def test_headers_ignored_from_untrusted_peer_and_by_default():
     assert real_client(("127.0.0.1", 1), headers, ()) == ("127.0.0.1", 1)
     assert is_trusted("::ffff:10.9.9.9", TRUSTED) and not is_trusted("unix", TRUSTED)
     assert forwarded_hops([("x-forwarded-for", "not-an-ip")]) == [("", 0)]
+
+
+@pytest.mark.parametrize("host, address, local", [
+    ("127.0.0.1", "127.0.0.1", True),
+    ("::1", "::1", True),
+    ("::ffff:127.0.0.1", "127.0.0.1", True),
+    ("fe80::1%eth0", "fe80::1", False),
+    ("192.0.2.5", "192.0.2.5", False),
+    ("unix", None, True),
+    ("example.org", None, False),
+])
+def test_one_address_parser_for_trust_and_locality(host, address, local):
+    """parse_host drops the zone and unwraps IPv4-mapped addresses; the ops pages' loopback check uses it."""
+    from wsrouter.ops.access import is_local
+
+    parsed = parse_host(host)
+    assert (str(parsed) if parsed is not None else None) == address
+    assert is_local(host) is local
 
 
 # -- configuration ---------------------------------------------------------------------

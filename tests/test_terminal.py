@@ -236,6 +236,54 @@ def test_exit_status_reported_as_error():
     assert receiver.lost == ["command exited with status 3"]
 
 
+def test_pty_closing_resumes_a_paused_client_without_stopping_it():
+    """When the pty closes, a client paused by its full input buffer is resumed, never stopped (that would drop it)."""
+    link, _, _, pty = fake_link([False])
+    registered: list[Any] = []
+    pty.registerProducer = lambda producer, streaming: registered.append(producer)  # type: ignore[method-assign]
+    calls: list[str] = []
+
+    class ClientTransport:
+        def pauseProducing(self) -> None:
+            calls.append("pause")
+
+        def resumeProducing(self) -> None:
+            calls.append("resume")
+
+        def stopProducing(self) -> None:
+            calls.append("stop")
+
+    link.start(Receiver())
+    link.consumer.registerProducer(ClientTransport(), True)
+    registered[0].pauseProducing()  # the pty's input buffer is full
+    registered[0].stopProducing()  # Twisted, as the pty closes
+    link.processEnded(Failure(ProcessDone(0)))
+    assert calls == ["pause", "resume"]
+
+
+def test_abort_kills_the_session_and_closes_the_pty_now():
+    """abort() sends SIGKILL at once and, the command being reaped, closes the pty without a grace period."""
+    import signal as sig
+
+    link, _, sent, pty = fake_link([True])
+    link.start(Receiver())
+    link.processExited(Failure(ProcessTerminated(signal=9)))
+    link.abort()
+    assert sent[-1] == (4242, (sig.SIGKILL,), False)
+    assert pty.lost
+
+
+def test_exit_described_without_being_told_how():
+    """A PtyLink built without describe_exit still reports a failed command's status (the exec links' wording)."""
+    link = PtyLink(Clock(), "sh[s1]", signaller=lambda pid, signums, leader: False)
+    link.makeConnection(FakePty())
+    receiver = Receiver()
+    link.start(receiver)
+    link.processExited(Failure(ProcessTerminated(exitCode=3)))
+    link.processEnded(Failure(ProcessTerminated(exitCode=3)))
+    assert receiver.lost == ["command exited with status 3"]
+
+
 def test_messages_text_is_input_binary_is_control():
     """Text messages are written to the pty as they are; a binary message never is."""
     link, _, _, pty = fake_link([True])

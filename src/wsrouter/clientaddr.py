@@ -26,17 +26,25 @@ def networks(cidrs: tuple[str, ...]) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
 
 
-def is_trusted(host: str, cidrs: tuple[str, ...]) -> bool:
-    """Whether C{host} (an IP address; anything else never is) lies in one of C{cidrs}."""
-    if not cidrs:
-        return False
+def parse_host(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """
+    C{host} as an IP address, without its IPv6 zone (C{%eth0}), an
+    IPv4-mapped IPv6 address as the IPv4 one (a dual-stack listener's view
+    of an IPv4 client); C{None} if it is not an address (C{"unix"}, a name).
+    """
     try:
         address = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
-        return False
+        return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in network for network in networks(cidrs))
+        return address.ipv4_mapped
+    return address
+
+
+def is_trusted(host: str, cidrs: tuple[str, ...]) -> bool:
+    """Whether C{host} (an IP address; anything else never is) lies in one of C{cidrs}."""
+    address = parse_host(host) if cidrs else None
+    return address is not None and any(address in network for network in networks(cidrs))
 
 
 _FOR = re.compile(r'(?:^|;)\s*for\s*=\s*("(?:[^"\\]|\\.)*"|[^;,\s]*)', re.IGNORECASE)

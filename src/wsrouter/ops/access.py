@@ -10,7 +10,6 @@ there, or set C{ops.auth}.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
@@ -21,7 +20,7 @@ from twisted.web.server import Request
 from twisted.web.util import DeferredResource
 
 from wsrouter.auth import NotAuthorized
-from wsrouter.clientaddr import real_client
+from wsrouter.clientaddr import parse_host, real_client
 from wsrouter.tls import client_subject
 
 if TYPE_CHECKING:
@@ -45,13 +44,8 @@ def is_local(host: str) -> bool:
     """Loopback addresses (IPv4, IPv6, IPv4-mapped) and Unix sockets are local."""
     if host == "unix":
         return True
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
+    address = parse_host(host)
+    return address is not None and address.is_loopback
 
 
 def guarded(gateway: Gateway, request: Request, page: IResource, what: str) -> IResource:

@@ -87,21 +87,19 @@ import shutil
 import signal
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
-from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IProducer, IPushProducer
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from wsrouter import __version__
 from wsrouter.clientcert import cgi_variables
 from wsrouter.config import DEFAULT_COMMAND_KILL_GRACE, ExecTarget, Limits, Route
 from wsrouter.interfaces import Link, LinkReceiver, SessionInfo, TargetError
 from wsrouter.process.sandbox import SandboxError, allowed_environment, sandbox_command
+from wsrouter.targets.process_link import ProcessLink, ProcessTransport, describe_exit
 from wsrouter.targets.terminal import DEFAULT_TERM, PtyLink, open_pty
 
 log = Logger(namespace="wsrouter.exec")
@@ -269,24 +267,6 @@ def signal_command(pid: int, signum: int, leader_alive: bool) -> bool:
     return group
 
 
-def describe_exit(reason: Failure) -> str | None:
-    """C{None} for exit status 0, else what happened, for the close reason."""
-    value = reason.value
-    if isinstance(value, ProcessDone):
-        return None
-    if isinstance(value, ProcessTerminated):
-        if value.signal is not None:
-            try:
-                name = f" ({signal.Signals(value.signal).name})"
-            except ValueError:
-                name = ""
-            return f"command killed by signal {value.signal}{name}"
-        if value.exitCode == 0:
-            return None
-        return f"command exited with status {value.exitCode}"
-    return str(value) or type(value).__name__
-
-
 # -- stderr ---------------------------------------------------------------------------
 
 
@@ -332,116 +312,14 @@ class StderrLines:
         self._emit(text + (f" [line cut at {self._max} bytes]" if cut else ""))
 
 
-# -- flow control shims -----------------------------------------------------------------
-
-
-@implementer(IPushProducer)
-class _PauseOnly:
-    """
-    The client's producer as registered on the command's stdin: pause and
-    resume pass through; C{stopProducing} (the pipe closed) only undoes a
-    pause, it does not close the client.
-    """
-
-    def __init__(self, producer: IPushProducer):
-        self._producer: IPushProducer | None = producer
-        self._paused = False
-
-    def pauseProducing(self) -> None:
-        if self._producer is not None and not self._paused:
-            self._paused = True
-            self._producer.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        if self._producer is not None and self._paused:
-            self._paused = False
-            self._producer.resumeProducing()
-
-    def stopProducing(self) -> None:
-        self.release()
-
-    def release(self) -> None:
-        self.resumeProducing()
-        self._producer = None
-
-
-@implementer(IConsumer)
-class _Stdin:
-    """The link's consumer: the command's stdin, for the client's producer."""
-
-    def __init__(self, link: CommandLink):
-        self._link = link
-        self._shim: _PauseOnly | None = None
-
-    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
-        pipes = self._link.pipes
-        if pipes is None or not self._link.stdin_open or self._shim is not None:
-            return
-        # The bridge registers the client's transport, a streaming (push) producer.
-        self._shim = _PauseOnly(cast(IPushProducer, producer))
-        pipes.registerProducer(self._shim, True)
-
-    def unregisterProducer(self) -> None:
-        shim, self._shim = self._shim, None
-        if shim is None:
-            return
-        pipes = self._link.pipes
-        if self._link.stdin_open and pipes is not None:
-            pipes.unregisterProducer()
-        shim.release()
-
-    def write(self, data: bytes) -> None:
-        self._link.write(data)
-
-    def lost(self) -> None:
-        """Stdin is closed: never leave the client paused."""
-        shim, self._shim = self._shim, None
-        if shim is not None:
-            shim.release()
-
-
-@implementer(IPushProducer)
-class _Stdout:
-    """The link's producer: pausing it stops reading the command's output."""
-
-    def __init__(self, link: CommandLink):
-        self._link = link
-
-    def pauseProducing(self) -> None:
-        self._link.client_paused(True)
-
-    def resumeProducing(self) -> None:
-        self._link.client_paused(False)
-
-    def stopProducing(self) -> None:
-        """The client's connection is gone."""
-        self._link.close()
-
-
 # -- the link -----------------------------------------------------------------------------
 
 
-class _ProcessPipes(Protocol):
+class CommandLink(ProcessLink):
     """
-    What Twisted's process transport offers beyond L{IProcessTransport}: its
-    stdout/stderr readers pause as a producer, its stdin writer takes one.
-    """
-
-    pid: int | None
-
-    def pauseProducing(self) -> None: ...
-
-    def resumeProducing(self) -> None: ...
-
-    def registerProducer(self, producer: IProducer, streaming: bool) -> None: ...
-
-    def unregisterProducer(self) -> None: ...
-
-
-class CommandLink(ProcessProtocol):
-    """
-    One running command, as a paused L{Link}; see the module docstring for
-    how it ends.
+    One running command on pipes, as a paused L{Link}; see the module
+    docstring for how it ends, and L{ProcessLink} for what it shares with
+    the pty link.
 
     @param clock: for the grace periods (the reactor, or a test's Clock).
     @param label: names the command and session in log lines.
@@ -451,6 +329,7 @@ class CommandLink(ProcessProtocol):
     """
 
     message_oriented = False
+    STOP_STAGES = ((signal.SIGTERM,), (signal.SIGKILL,))
 
     def __init__(
         self,
@@ -461,119 +340,44 @@ class CommandLink(ProcessProtocol):
         signaller: Callable[[int, int, bool], bool] = signal_command,
         on_exit: Callable[[CommandLink], None] = lambda link: None,
     ):
-        self._clock = clock
-        self.label = label
-        self._grace = grace
+        super().__init__(clock, label, grace, on_exit)
         self._signal = signaller
-        self._on_exit = on_exit
-        self._receiver: LinkReceiver | None = None
-        self._early: list[bytes] = []
         self._stderr = StderrLines(self._log_stderr)
-        self.pid: int | None = None
-        self.exit: Failure | None = None
         self.stdin_open = True
         self._stdout_open = True
         self._stderr_open = True
-        self._paused_by_client = False
-        self._closing = False
-        self._draining = False
         self._reported = False
         self._eof_reported = False
         self._activity = 0
         self._eof_call: IDelayedCall | None = None
-        self._kill_call: IDelayedCall | None = None
         self._watch_call: IDelayedCall | None = None
-        self.ended: Deferred[None] = Deferred()
-        self.producer: IPushProducer | None = _Stdout(self)
-        self._stdin = _Stdin(self)
-        self.consumer: IConsumer | None = self._stdin
 
     @property
-    def pipes(self) -> _ProcessPipes | None:
-        """The process transport, with its pipe controls (see L{_ProcessPipes})."""
-        return cast("_ProcessPipes | None", self.transport)
+    def pipes(self) -> ProcessTransport | None:
+        """The process transport, with its pipe controls (see L{ProcessTransport})."""
+        return cast("ProcessTransport | None", self.transport)
+
+    def read_side(self) -> ProcessTransport | None:
+        return self.pipes
+
+    def write_side(self) -> ProcessTransport | None:
+        return self.pipes if self.stdin_open else None
 
     # -- Link ---------------------------------------------------------------------
 
     def start(self, receiver: LinkReceiver) -> None:
-        self._receiver = receiver
-        early, self._early = self._early, []
-        for data in early:
-            receiver.data_received(data)
-        self._update_reading()
+        super().start(receiver)
         self._maybe_report()
-
-    def write(self, data: bytes) -> None:
-        if self.stdin_open and self.transport is not None:
-            self.transport.write(data)
 
     def write_eof(self) -> None:
         if self.stdin_open and self.transport is not None:
             self.transport.closeStdin()
 
-    def close(self) -> None:
-        """
-        Close stdin, SIGTERM the group now, SIGKILL after the grace period.
-        Called once the client is gone: output is read and dropped from now
-        on, so the pipes reach their end even if the client had paused them.
-        """
-        if self._closing:
-            return
-        self._closing = True
-        self._drain()
-        self.write_eof()
-        if self.exit is None and self.pid is not None:
-            self._signal(self.pid, signal.SIGTERM, True)
-            if self._kill_call is None:
-                self._kill_call = self._clock.callLater(self._grace, self._kill)
-
-    def abort(self) -> None:
-        """SIGKILL the group now."""
-        self._closing = True
-        self._drain()
-        self._cancel("_kill_call")
-        self._kill()
-
-    # -- flow control ---------------------------------------------------------------
-
-    def client_paused(self, paused: bool) -> None:
-        self._paused_by_client = paused
-        self._update_reading()
-
-    def _reading(self) -> bool:
-        return self._draining or (self._receiver is not None and not self._paused_by_client)
-
-    def _drain(self) -> None:
-        self._draining = True
-        self._early.clear()
-        self._update_reading()
-
-    def _update_reading(self) -> None:
-        pipes = self.pipes
-        if pipes is None:
-            return
-        if self._reading():
-            pipes.resumeProducing()
-        else:
-            pipes.pauseProducing()
-
     # -- ProcessProtocol ----------------------------------------------------------------
-
-    def connectionMade(self) -> None:
-        pipes = self.pipes
-        if pipes is None:  # makeConnection sets the transport before calling this
-            return
-        self.pid = pipes.pid
-        pipes.pauseProducing()
 
     def outReceived(self, data: bytes) -> None:
         self._activity += 1
-        if self._draining:
-            return
-        if self._receiver is None:
-            self._early.append(data)
-        else:
-            self._receiver.data_received(data)
+        self._deliver(data)
 
     def errReceived(self, data: bytes) -> None:
         self._activity += 1
@@ -581,7 +385,7 @@ class CommandLink(ProcessProtocol):
 
     def inConnectionLost(self) -> None:
         self.stdin_open = False
-        self._stdin.lost()
+        self._input.lost()
 
     def outConnectionLost(self) -> None:
         self._stdout_open = False
@@ -592,10 +396,8 @@ class CommandLink(ProcessProtocol):
         self._stderr.flush()
 
     def processExited(self, reason: Failure) -> None:
-        self.exit = reason
         self._cancel("_eof_call")
-        self._on_exit(self)
-        self._wind_down()
+        super().processExited(reason)
         self._maybe_report()
 
     def processEnded(self, reason: Failure) -> None:
@@ -603,10 +405,13 @@ class CommandLink(ProcessProtocol):
         self._cancel("_watch_call")
         if self._kill_call is not None and self.pid is not None and not self._signal(self.pid, 0, False):
             self._cancel("_kill_call")
-        if not self.ended.called:
-            self.ended.callback(None)
+        self._fire_ended()
 
     # -- ending ---------------------------------------------------------------------------
+
+    def _send(self, pid: int, signums: tuple[int, ...], leader_alive: bool) -> bool:
+        """Signal the command's process group (L{signal_command}); whether it has members."""
+        return any([self._signal(pid, signum, leader_alive) for signum in signums])
 
     def _maybe_report(self) -> None:
         """Tell the bridge the link is gone once all output is delivered and the exit known."""
@@ -625,23 +430,14 @@ class CommandLink(ProcessProtocol):
             self._eof_reported = True
             self._receiver.eof_received()
 
-    def _wind_down(self) -> None:
-        """The command has exited: stop what is left of its group."""
-        if self._kill_call is not None or self.pid is None:
-            return  # already being stopped; _kill finishes the job
-        if self._signal(self.pid, signal.SIGTERM, False):
-            self._kill_call = self._clock.callLater(self._grace, self._kill)
-        else:
-            self._watch_pipes()
-
-    def _kill(self) -> None:
-        self._kill_call = None
-        if self.pid is not None:
-            self._signal(self.pid, signal.SIGKILL, self.exit is None)
+    def _killed(self) -> None:
         if self.transport is not None and self.stdin_open:
             self.transport.closeStdin()
         if self.exit is not None:
             self._watch_pipes()
+
+    def _outlived(self) -> None:
+        self._watch_pipes()
 
     def _watch_pipes(self) -> None:
         """
@@ -664,12 +460,6 @@ class CommandLink(ProcessProtocol):
         if self.transport is not None:
             self.transport.closeStdout()
             self.transport.closeStderr()
-
-    def _cancel(self, name: str) -> None:
-        call = getattr(self, name)
-        setattr(self, name, None)
-        if call is not None and call.active():
-            call.cancel()
 
     def _log_stderr(self, line: str) -> None:
         log.info("{label} stderr: {line}", label=self.label, line=line)
@@ -708,7 +498,7 @@ class ExecConnector:
         self._grace = grace
         self._signaller = signaller
         self._running: dict[Route, int] = {}
-        self._links: set[CommandLink | PtyLink] = set()
+        self._links: set[ProcessLink] = set()
 
     def running(self, route: Route) -> int:
         """How many commands of C{route} have not exited yet."""
@@ -742,7 +532,7 @@ class ExecConnector:
         link: CommandLink | PtyLink
         if target.pty:
             # On a pty the command becomes a process session leader itself (see terminal.py).
-            link = PtyLink(self._reactor, label, grace=self._grace, describe_exit=describe_exit,
+            link = PtyLink(self._reactor, label, grace=self._grace,
                            on_exit=lambda link: self._exited(route))
             args = [executable, *target.argv[1:]]
             if "TERM" not in dict(route.env):

@@ -68,15 +68,12 @@ import termios
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IProducer, IPushProducer
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from wsrouter.config import DEFAULT_COMMAND_KILL_GRACE, ExecTarget, RouterConfig
-from wsrouter.interfaces import LinkReceiver
+from wsrouter.targets.process_link import ProcessLink, ProcessTransport, describe_exit
 
 log = Logger(namespace="wsrouter.exec")
 
@@ -205,107 +202,18 @@ def signal_session(sid: int, signums: tuple[int, ...], leader_alive: bool) -> bo
 # -- the link --------------------------------------------------------------------------------
 
 
-class _PtyTransport(Protocol):
+class _PtyTransport(ProcessTransport, Protocol):
     """What Twisted's C{PTYProcess} offers: a file descriptor (the pty's master side) and a producer."""
 
-    pid: int | None
-
     def fileno(self) -> int: ...
-
-    def write(self, data: bytes) -> None: ...
-
-    def pauseProducing(self) -> None: ...
-
-    def resumeProducing(self) -> None: ...
-
-    def registerProducer(self, producer: IProducer, streaming: bool) -> None: ...
-
-    def unregisterProducer(self) -> None: ...
 
     def loseConnection(self) -> None: ...
 
 
-@implementer(IPushProducer)
-class _ClientPause:
-    """
-    The client's producer as registered on the pty: pause and resume pass
-    through; C{stopProducing} (the pty closed) only undoes a pause, so the
-    client is closed by the bridge with a proper close frame.
-    """
-
-    def __init__(self, producer: IPushProducer):
-        self._producer: IPushProducer | None = producer
-        self._paused = False
-
-    def pauseProducing(self) -> None:
-        if self._producer is not None and not self._paused:
-            self._paused = True
-            self._producer.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        if self._producer is not None and self._paused:
-            self._paused = False
-            self._producer.resumeProducing()
-
-    def stopProducing(self) -> None:
-        self.resumeProducing()
-        self._producer = None
-
-
-@implementer(IConsumer)
-class _Input:
-    """The link's consumer (the pty's input side), for the client's producer."""
-
-    def __init__(self, link: PtyLink):
-        self._link = link
-        self._shim: _ClientPause | None = None
-
-    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
-        pty = self._link.pty
-        if pty is None or self._shim is not None:
-            return
-        self._shim = _ClientPause(cast(IPushProducer, producer))  # the bridge registers a push producer
-        pty.registerProducer(self._shim, True)
-
-    def unregisterProducer(self) -> None:
-        shim, self._shim = self._shim, None
-        if shim is None:
-            return
-        pty = self._link.pty
-        if pty is not None:
-            pty.unregisterProducer()
-        shim.stopProducing()
-
-    def write(self, data: bytes) -> None:
-        self._link.write(data)
-
-    def lost(self) -> None:
-        shim, self._shim = self._shim, None
-        if shim is not None:
-            shim.stopProducing()
-
-
-@implementer(IPushProducer)
-class _Output:
-    """The link's producer: pausing it stops reading the pty."""
-
-    def __init__(self, link: PtyLink):
-        self._link = link
-
-    def pauseProducing(self) -> None:
-        self._link.client_paused(True)
-
-    def resumeProducing(self) -> None:
-        self._link.client_paused(False)
-
-    def stopProducing(self) -> None:
-        self._link.close()
-
-
-class PtyLink(ProcessProtocol):
+class PtyLink(ProcessLink):
     """
     One command on a pty, as a paused message L{Link}; see the module
-    docstring.  Same construction and C{ended}/C{close} as
+    docstring, and L{ProcessLink} for what it shares with
     L{wsrouter.targets.exec.CommandLink}, so the exec connector counts and
     stops both alike.
 
@@ -315,6 +223,8 @@ class PtyLink(ProcessProtocol):
     """
 
     message_oriented = True
+    #: Hang-up (with SIGCONT for a stopped job) at once, SIGTERM at half the grace, SIGKILL at the grace.
+    STOP_STAGES = ((signal.SIGHUP, signal.SIGCONT), (signal.SIGTERM,), (signal.SIGKILL,))
 
     def __init__(
         self,
@@ -324,47 +234,24 @@ class PtyLink(ProcessProtocol):
         grace: float = DEFAULT_COMMAND_KILL_GRACE,
         signaller: Callable[[int, tuple[int, ...], bool], bool] = signal_session,
         on_exit: Callable[[PtyLink], None] = lambda link: None,
-        describe_exit: Callable[[Failure], str | None] = lambda reason: None,
+        describe_exit: Callable[[Failure], str | None] = describe_exit,
     ):
-        self._clock = clock
-        self.label = label
-        self._grace = grace
+        super().__init__(clock, label, grace, on_exit)
         self._signal = signaller
-        self._on_exit = on_exit
         self._describe_exit = describe_exit
-        self._receiver: LinkReceiver | None = None
-        self._early: list[bytes] = []
-        self.pid: int | None = None
-        self.exit: Failure | None = None
         self.pty_closed = False
-        self._paused_by_client = False
-        self._draining = False
-        self._closing = False
         self._told_bad_control = False
-        self._kill_call: IDelayedCall | None = None
         self._force_call: IDelayedCall | None = None
-        self.ended: Deferred[None] = Deferred()
-        self.producer: IPushProducer | None = _Output(self)
-        self._input = _Input(self)
-        self.consumer: IConsumer | None = self._input
 
     @property
     def pty(self) -> _PtyTransport | None:
         """The process transport, while the pty is open."""
         return None if self.pty_closed else cast("_PtyTransport | None", self.transport)
 
+    def read_side(self) -> ProcessTransport | None:
+        return self.pty
+
     # -- Link -----------------------------------------------------------------------
-
-    def start(self, receiver: LinkReceiver) -> None:
-        self._receiver = receiver
-        early, self._early = self._early, []
-        for data in early:
-            receiver.data_received(data)
-        self._update_reading()
-
-    def write(self, data: bytes) -> None:
-        if self.pty is not None:
-            self.pty.write(data)
 
     def write_message(self, payload: bytes, is_binary: bool) -> None:
         """Text is typed input; binary is a control message (module docstring)."""
@@ -388,72 +275,15 @@ class PtyLink(ProcessProtocol):
     def write_eof(self) -> None:
         """A pty has no half-close; L{close} hangs it up."""
 
-    def close(self) -> None:
-        """Hang up: SIGHUP to the session now, SIGTERM and SIGKILL later (module docstring)."""
-        if self._closing:
-            return
-        self._closing = True
-        self._drain()
-        if self.pid is not None and self.exit is None:
-            self._signal(self.pid, (signal.SIGHUP, signal.SIGCONT), True)
-            self._schedule_kill()
-
     def abort(self) -> None:
         """SIGKILL the session and close the pty now."""
-        self._closing = True
-        self._drain()
-        self._cancel("_kill_call")
-        self._kill()
+        super().abort()
         self._force_close()
-
-    # -- flow control -------------------------------------------------------------------
-
-    def client_paused(self, paused: bool) -> None:
-        self._paused_by_client = paused
-        self._update_reading()
-
-    def _reading(self) -> bool:
-        return self._draining or (self._receiver is not None and not self._paused_by_client)
-
-    def _drain(self) -> None:
-        self._draining = True
-        self._early.clear()
-        self._update_reading()
-
-    def _update_reading(self) -> None:
-        pty = self.pty
-        if pty is None:
-            return
-        if self._reading():
-            pty.resumeProducing()
-        else:
-            pty.pauseProducing()
 
     # -- ProcessProtocol -----------------------------------------------------------------
 
-    def connectionMade(self) -> None:
-        pty = self.pty
-        if pty is None:
-            return
-        self.pid = pty.pid
-        pty.pauseProducing()
-
     def childDataReceived(self, childFD: int, data: bytes) -> None:
-        if self._draining:
-            return
-        if self._receiver is None:
-            self._early.append(data)
-        else:
-            self._receiver.data_received(data)
-
-    def processExited(self, reason: Failure) -> None:
-        self.exit = reason
-        self._on_exit(self)
-        if self.pid is not None and self._kill_call is None:
-            if self._signal(self.pid, (signal.SIGHUP, signal.SIGCONT), False):
-                self._schedule_kill()
-            else:
-                self._schedule_force_close()
+        self._deliver(data)
 
     def processEnded(self, reason: Failure) -> None:
         """Reaped and the pty read to its end: report the exit."""
@@ -463,26 +293,18 @@ class PtyLink(ProcessProtocol):
         self._cancel("_force_call")
         if self._receiver is not None:
             self._receiver.link_lost(self._describe_exit(self.exit or reason))
-        if not self.ended.called:
-            self.ended.callback(None)
+        self._fire_ended()
 
     # -- ending -------------------------------------------------------------------------
 
-    def _schedule_kill(self) -> None:
-        if self._kill_call is None:
-            self._kill_call = self._clock.callLater(self._grace / 2, self._terminate)
+    def _send(self, pid: int, signums: tuple[int, ...], leader_alive: bool) -> bool:
+        """Signal every process of the command's process session (L{signal_session})."""
+        return self._signal(pid, signums, leader_alive)
 
-    def _terminate(self) -> None:
-        self._kill_call = None
-        if self.pid is not None and not self._signal(self.pid, (signal.SIGTERM,), self.exit is None):
-            self._schedule_force_close()
-            return
-        self._kill_call = self._clock.callLater(self._grace / 2, self._kill)
+    def _killed(self) -> None:
+        self._schedule_force_close()
 
-    def _kill(self) -> None:
-        self._kill_call = None
-        if self.pid is not None:
-            self._signal(self.pid, (signal.SIGKILL,), self.exit is None)
+    def _outlived(self) -> None:
         self._schedule_force_close()
 
     def _schedule_force_close(self) -> None:
@@ -503,9 +325,3 @@ class PtyLink(ProcessProtocol):
         log.info("{label}: the pty is still held open after the command's session ended; closing it",
                  label=self.label)
         self.pty.loseConnection()
-
-    def _cancel(self, name: str) -> None:
-        call = getattr(self, name)
-        setattr(self, name, None)
-        if call is not None and call.active():
-            call.cancel()
