@@ -353,6 +353,16 @@ class PtyLink(ProcessProtocol):
         """The process transport, while the pty is open."""
         return None if self.pty_closed else cast("_PtyTransport | None", self.transport)
 
+    def window_size(self) -> tuple[int, int] | None:
+        """The pty's window size now, C{(columns, rows)}; C{None} once it is closed (watch pages follow it)."""
+        pty = self.pty
+        if pty is None:
+            return None
+        try:
+            return window_size(pty.fileno())
+        except (OSError, ValueError):
+            return None
+
     # -- Link -----------------------------------------------------------------------
 
     def start(self, receiver: LinkReceiver) -> None:
