@@ -102,7 +102,7 @@ def same_screens(session_browser: Any, watcher: Any, pattern: str) -> str:
 @pytest.mark.parametrize("mode", ["read", "write"])
 def test_watcher_sees_the_same_screen_and_types_only_if_allowed(tmp_path: Path, browser: Any,  # noqa: F811
                                                                  watcher: Any, mode: str) -> None:
-    """A watcher's xterm shows the pty session's screen as the session's own page does; its keys reach the shell only with watch = write."""
+    """A watcher's xterm shows the pty session's screen; its keys reach the shell only with watch = write."""
     router, token = start_router(tmp_path, mode)
     try:
         browser.get(f"http://127.0.0.1:{router.port}/term/wstelnet.html?path=/shell&mode=pty&connect=1#token={token}")

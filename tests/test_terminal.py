@@ -107,7 +107,7 @@ def test_open_terminal_routes_are_named(tmp_path):
 
 
 def test_pty_route_without_credentials_is_refused(tmp_path):
-    """A pty route with no auth (and no security.auth) is a config error; auth = "off" or security.auth lets it start."""
+    """A pty route with no auth (nor security.auth) is a config error; auth = "off" or security.auth lets it start."""
     with pytest.raises(ConfigError) as info:
         build_config({"routes": [{"path": "/e", "target": "echo:"}, {"path": "/sh", "target": "exec:sh", "pty": True}]})
     assert 'routes[1].auth: a pty route hands out a terminal: name an [auth.NAME] here (or set security.auth), ' \

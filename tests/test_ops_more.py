@@ -1,0 +1,99 @@
+"""
+The operator's pages, second round: balanced routes' targets (open sessions,
+down marks) on the status feed and in /metrics, the worker that answered
+under ``--workers``, and a pty session's window size for the watch page.
+Over real loopback sockets with the ``websockets`` client.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest_twisted
+
+from tests.support import RecordingTarget, connect, free_port, in_thread, listen_target, start_router
+from tests.test_ops import OPS, get, sample
+from wsrouter.config import build_config
+
+
+def _status_snapshot(url: str) -> dict[str, Any]:
+    """The first snapshot of the status feed."""
+    with connect(url, origin=url.replace("ws://", "http://").split("/status")[0]) as ws:
+        data: dict[str, Any] = json.loads(ws.recv(timeout=10))
+    return data
+
+
+@pytest_twisted.inlineCallbacks
+def test_balanced_route_targets_on_status_and_metrics():
+    """A balanced route's targets show their open sessions and down mark on the status feed and in /metrics."""
+    port, _ = listen_target(lambda: RecordingTarget(greeting=b"up"))
+    live = f"tcp://127.0.0.1:{port.getHost().port}"
+    dead = f"tcp://127.0.0.1:{free_port()}"
+    router = start_router(routes=[{"path": "/b", "targets": [dead, live], "balance": "round-robin",
+                                   "down_for": 600}], ops=OPS)
+
+    def during() -> tuple[dict[str, Any], str]:
+        with connect(router.url + "/b") as ws:
+            assert ws.recv(timeout=10) == b"up"
+            return _status_snapshot(router.url + "/status/live"), get(router.http + "/metrics")[1]
+
+    try:
+        status, text = yield in_thread(during)
+        (route,) = status["routes"]
+        assert route["targets"] == [{"target": dead, "open": 0, "down": True},
+                                    {"target": live, "open": 1, "down": False}]
+        assert status["worker"] is None
+        assert sample(text, "wsrouter_target_sessions_open", route="/b", target=live) == 1
+        assert sample(text, "wsrouter_target_sessions_open", route="/b", target=dead) == 0
+        assert sample(text, "wsrouter_target_down", route="/b", target=dead) == 1
+        assert sample(text, "wsrouter_target_down", route="/b", target=live) == 0
+        _, after = yield in_thread(get, router.http + "/metrics")
+        assert sample(after, "wsrouter_target_sessions_open", route="/b", target=live) == 0
+    finally:
+        yield router.stopService()
+        yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_pty_session_window_size_on_the_status_feed():
+    """A pty session's window size, as the client last set it, is on the status feed (None for other sessions)."""
+    router = start_router(routes=["/sh[pty=true;auth=off]=exec:cat", "/e=echo:"], ops=OPS)
+
+    def during() -> tuple[Any, Any]:
+        with connect(router.url + "/sh") as ws, connect(router.url + "/e") as echo:
+            echo.send(b"x")
+            echo.recv(timeout=10)
+            ws.send(json.dumps({"columns": 123, "rows": 45}).encode())
+            for _ in range(100):  # bounded: the control message reaches the pty within a few snapshots
+                sessions = {s["path"]: s for s in _status_snapshot(router.url + "/status/live")["sessions"]}
+                if sessions["/sh"]["terminal"] == [123, 45]:
+                    break
+            return sessions["/sh"]["terminal"], sessions["/e"]["terminal"]
+
+    try:
+        pty_size, echo_size = yield in_thread(during)
+        assert pty_size == [123, 45]
+        assert echo_size is None
+    finally:
+        yield router.stopService()
+
+
+def test_metrics_say_which_worker_answered() -> None:
+    """Under --workers every sample carries the worker's number, and the status snapshot names it too."""
+    from twisted.internet.task import Clock
+
+    from wsrouter.gateway import Gateway
+    from wsrouter.ops.pages import OpsPages
+
+    clock = Clock()
+    pages = OpsPages(Gateway(build_config({"routes": ["/e=echo:"], "ops": OPS}), clock), clock)
+    pages.metrics.sessions_total.labels("/e").inc()
+    assert sample(pages.metrics.render().decode(), "wsrouter_sessions_total", route="/e") == 1
+    pages.set_worker(2)
+    text = pages.metrics.render().decode()
+    assert sample(text, "wsrouter_sessions_total", route="/e", worker="2") == 1
+    assert sample(text, "wsrouter_sessions_total", route="/e") is None
+    assert sample(text, "wsrouter_watchers_open", worker="2") == 0
+    assert pages.status.snapshot()["worker"] == 2
+    pages.stop()
