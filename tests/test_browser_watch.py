@@ -11,6 +11,7 @@ import json
 import re
 import secrets
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,11 @@ from typing import Any
 import pytest
 
 from .browser import browser, chromium  # noqa: F401  (the fixture)
-from .support import RouterProcess, free_port
+from .support import RouterProcess, connect, free_port
 from .test_browser_terminal import TIMEOUT, screen_shows, type_keys, wait_for
 
 STATUS_ROWS = "return [...document.querySelectorAll('#sessions tbody tr')].map(r => r.dataset.session);"
+TARGET_LINES = "return [...document.querySelectorAll('#routes .target')].map(e => e.textContent);"
 #: The visible screen of the session's terminal, as the watch page gives its own (watch.screen()).
 SESSION_SCREEN = """
 const term = wstelnet.term, buffer = term.buffer.active, lines = [];
@@ -139,3 +141,33 @@ def test_watch_page_serves_xterm_under_its_policy(tmp_path: Path, watcher: Any) 
         assert watcher.execute_script("return typeof Terminal") == "function"
     finally:
         router.stop()
+
+
+def test_status_page_shows_balanced_targets(tmp_path: Path, watcher: Any) -> None:
+    """The status page lists a balanced route's targets with their open sessions and marks a dead one down."""
+    live_port, dead_port = free_port(), free_port()
+    config = tmp_path / "b.toml"
+    config.write_text(f"""
+[ops]
+status = "/status"
+[[routes]]
+path = "/b"
+targets = ["tcp://127.0.0.1:{dead_port}", "tcp://127.0.0.1:{live_port}"]
+balance = "round-robin"
+down_for = 600
+""")
+    server = socket.create_server(("127.0.0.1", live_port))
+    port = free_port()
+    router = RouterProcess(["--listen", f"tcp:{port}:interface=127.0.0.1", "--config", str(config)],
+                           port, tmp_path / "router.log")
+    try:
+        with connect(f"ws://127.0.0.1:{port}/b"):
+            server.settimeout(TIMEOUT)
+            accepted, _ = server.accept()
+            watcher.get(f"http://127.0.0.1:{port}/status")
+            lines = wait_for(watcher, TARGET_LINES, lambda lines: lines and "1 open" in lines[-1])
+            assert lines == [f"tcp://127.0.0.1:{dead_port}: 0 open, down", f"tcp://127.0.0.1:{live_port}: 1 open"]
+            accepted.close()
+    finally:
+        router.stop()
+        server.close()
