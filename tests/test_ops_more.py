@@ -97,3 +97,25 @@ def test_metrics_say_which_worker_answered() -> None:
     assert sample(text, "wsrouter_watchers_open", worker="2") == 0
     assert pages.status.snapshot()["worker"] == 2
     pages.stop()
+
+
+def test_workers_label_their_metrics(tmp_path) -> None:
+    """With --workers 2 every /metrics sample names the worker that answered, 1 or 2, and only that one."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.support import RouterProcess
+    from tests.test_workers import two_workers, wait_for
+
+    port = free_port()
+    router = RouterProcess(["--listen", f"tcp:{port}:interface=127.0.0.1", "--workers", "2", "--route", "/e=echo:",
+                            "--metrics", "/metrics"], port, tmp_path / "router.log")
+    try:
+        two_workers(router)
+        wait_for(lambda: router.log().count("room for about") == 2, what="both workers listening")
+        for _ in range(5):
+            status, text = get(f"http://127.0.0.1:{port}/metrics")
+            assert status == 200
+            workers = {s.labels.get("worker") for f in text_string_to_metric_families(text) for s in f.samples}
+            assert len(workers) == 1 and workers <= {"1", "2"}, workers
+    finally:
+        router.stop()
