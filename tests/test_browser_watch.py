@@ -109,11 +109,15 @@ def test_watcher_sees_the_same_screen_and_types_only_if_allowed(tmp_path: Path, 
     try:
         browser.get(f"http://127.0.0.1:{router.port}/term/wstelnet.html?path=/shell&mode=pty&connect=1#token={token}")
         screen_shows(browser, r"ready\$")
-        open_watch_page(router.port, browser, watcher)
-
         type_keys(browser, "clear; printf '\\033[1;31mred\\033[0m %s\\n' seen-$((6*7))\n")
+        screen_shows(browser, r"seen-42\nready\$ ")
+        # The watcher joins after: the session's latest output is replayed to draw the same screen.
+        open_watch_page(router.port, browser, watcher)
         screen = same_screens(browser, watcher, r"seen-42\nready\$ ")
         assert screen.startswith("red seen-42")  # cleared, the colour codes rendered, not shown
+
+        type_keys(browser, "seq 1 3\n")
+        same_screens(browser, watcher, r"\n3\nready\$ ")
 
         wait_for(watcher, "return watch.writable()", lambda writable: writable is (mode == "write"))
         type_keys(watcher, "echo typed-$((5+5))\n")

@@ -119,3 +119,42 @@ def test_workers_label_their_metrics(tmp_path) -> None:
             assert len(workers) == 1 and workers <= {"1", "2"}, workers
     finally:
         router.stop()
+
+
+def test_recent_output_keeps_the_latest_bytes() -> None:
+    """A terminal's recent output keeps its last bytes only, fed one byte at a time or in chunks."""
+    from wsrouter.targets.terminal import RecentOutput
+
+    recent = RecentOutput(10)
+    for byte in b"0123456789abcdef":
+        recent.add(bytes([byte]))
+    assert recent.tail() == b"6789abcdef"
+    recent.add(b"x" * 25 + b"END")
+    assert recent.tail() == b"xxxxxxxEND"
+    assert RecentOutput(10).tail() == b""
+
+
+@pytest_twisted.inlineCallbacks
+def test_late_watcher_of_a_pty_session_gets_its_recent_output_first():
+    """A watcher joining a pty session first gets the latest terminal output (to draw the screen), then what follows."""
+    from tests.test_ops import _session_id
+
+    router = start_router(routes=["/sh[pty=true;auth=off]=exec:sh -c 'echo early-$((20+1)); cat'"], ops=OPS)
+
+    def session() -> bytes:
+        with connect(router.url + "/sh") as ws:
+            seen = b""
+            while b"early-21" not in seen:
+                seen += ws.recv(timeout=10)
+            with connect(router.url + f"/status/watch/{_session_id(router)}") as watcher:
+                got = watcher.recv(timeout=10)
+                ws.send("later\r")
+                while b"later" not in got:
+                    got += watcher.recv(timeout=10)
+        return got
+
+    try:
+        got = yield in_thread(session)
+        assert got.startswith(b"early-21\r\n") and b"later" in got
+    finally:
+        yield router.stopService()

@@ -65,6 +65,7 @@ import os
 import signal
 import struct
 import termios
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
@@ -87,6 +88,26 @@ DEFAULT_SIZE = (80, 24)
 MAX_SIZE = 10000
 #: Largest control message read, in bytes; longer ones are ignored.
 MAX_CONTROL = 1024
+#: Bytes of a terminal's latest output kept for a watcher who joins later (it redraws the screen from them).
+RECENT_OUTPUT = 64 * 1024
+
+
+class RecentOutput:
+    """The latest C{limit} bytes of a stream (whole chunks kept, so memory stays under C{limit} plus one chunk)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+
+    def add(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._size += len(data)
+        while self._chunks and self._size - len(self._chunks[0]) >= self.limit:
+            self._size -= len(self._chunks.popleft())
+
+    def tail(self) -> bytes:
+        return b"".join(self._chunks)[-self.limit:]
 
 
 # -- the configuration -------------------------------------------------------------------
@@ -334,6 +355,7 @@ class PtyLink(ProcessProtocol):
         self._describe_exit = describe_exit
         self._receiver: LinkReceiver | None = None
         self._early: list[bytes] = []
+        self._recent = RecentOutput(RECENT_OUTPUT)
         self.pid: int | None = None
         self.exit: Failure | None = None
         self.pty_closed = False
@@ -352,6 +374,10 @@ class PtyLink(ProcessProtocol):
     def pty(self) -> _PtyTransport | None:
         """The process transport, while the pty is open."""
         return None if self.pty_closed else cast("_PtyTransport | None", self.transport)
+
+    def recent_output(self) -> bytes:
+        """The last L{RECENT_OUTPUT} bytes the terminal wrote: a new watcher gets them first, to draw the screen."""
+        return self._recent.tail()
 
     def window_size(self) -> tuple[int, int] | None:
         """The pty's window size now, C{(columns, rows)}; C{None} once it is closed (watch pages follow it)."""
@@ -451,6 +477,7 @@ class PtyLink(ProcessProtocol):
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if self._draining:
             return
+        self._recent.add(data)
         if self._receiver is None:
             self._early.append(data)
         else:

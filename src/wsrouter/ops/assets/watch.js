@@ -29,29 +29,42 @@
     },
   };
 
-  const socket = new WebSocket(scheme + location.host + base + "/watch/" + encodeURIComponent(id));
-  socket.binaryType = "arraybuffer";
-  socket.onopen = function () { state.textContent = "watching"; };
-  socket.onmessage = function (event) {
-    term.write(typeof event.data === "string" ? event.data : new Uint8Array(event.data));
-  };
-  socket.onclose = function (event) {
-    state.textContent = "closed: " + event.code + " " + event.reason;
-    writable = false;
-    term.options.disableStdin = true;
-    feed.close();
-  };
+  // The watch socket opens once the first snapshot has sized the terminal: the session's latest
+  // output, replayed first, then draws at the session's size.
+  let socket = null;
+  function watch() {
+    if (socket) return;
+    socket = new WebSocket(scheme + location.host + base + "/watch/" + encodeURIComponent(id));
+    socket.binaryType = "arraybuffer";
+    socket.onopen = function () { state.textContent = "watching"; };
+    socket.onmessage = function (event) {
+      term.write(typeof event.data === "string" ? event.data : new Uint8Array(event.data));
+    };
+    socket.onclose = function (event) {
+      state.textContent = "closed: " + event.code + " " + event.reason;
+      writable = false;
+      term.options.disableStdin = true;
+      feed.close();
+    };
+  }
   term.onData(function (data) {
-    if (writable && socket.readyState === WebSocket.OPEN) socket.send(data);
+    if (writable && socket && socket.readyState === WebSocket.OPEN) socket.send(data);
   });
 
   // The status feed: the session's window size and whether watchers may type.
   const feed = new WebSocket(scheme + location.host + base + "/live");
+  feed.onclose = watch;
+  feed.onerror = watch;
   feed.onmessage = function (event) {
     const data = JSON.parse(event.data);
     const session = (data.sessions || []).find(function (s) { return s.id === id; });
-    if (!session) return;
-    const canWrite = session.watch === "write" && socket.readyState === WebSocket.OPEN;
+    if (!session) { watch(); return; }
+    update(session);
+    watch();
+  };
+
+  function update(session) {
+    const canWrite = session.watch === "write" && socket !== null && socket.readyState === WebSocket.OPEN;
     if (canWrite !== writable) {
       writable = canWrite;
       term.options.disableStdin = !writable;
@@ -62,5 +75,5 @@
       term.resize(size[0], size[1]);
     }
     sizeNote.textContent = size ? size[0] + "×" + size[1] : "";
-  };
+  }
 })();
