@@ -286,7 +286,7 @@ def test_live_status_lists_a_session_and_drops_it_when_it_closes():
         assert (session["route"], session["target"], session["path"]) == ("/e", "echo:", "/e")
         assert session["peer"].startswith("127.0.0.1:")
         assert session["bytes_from_client"] == 3
-        assert listed["routes"] == [{"route": "/e", "target": "echo:", "watch": "read"}]
+        assert listed["routes"] == [{"route": "/e", "target": "echo:", "watch": "read", "targets": None}]
         assert after == []
     finally:
         yield router.stopService()

@@ -88,7 +88,7 @@ def test_route_option_and_key():
     route = parse_route("/sh[pty=true]=exec:bash -l")
     assert route.target == ExecTarget(("bash", "-l"), pty=True)
     assert route_from_string("/sh[pty=false]=exec:sh")["pty"] is False
-    config = build_config({"routes": [{"path": "/sh", "target": "exec:bash -l", "pty": True}]})
+    config = build_config({"routes": [{"path": "/sh", "target": "exec:bash -l", "pty": True, "auth": "off"}]})
     assert to_data(config)["routes"][0]["pty"] is True
     assert build_config(to_data(config)) == config
     assert default_framing(config.routes[0].target) == "binary"
@@ -99,11 +99,26 @@ def test_open_terminal_routes_are_named(tmp_path):
     """pty routes without credentials are named for the start-up warning; ones with auth, or plain exec, are not."""
     config = build_config({
         "auth": {"t": {"tokens": str(tmp_path / "tokens")}},
-        "routes": [{"path": "/open", "target": "exec:sh", "pty": True},
+        "routes": [{"path": "/open", "target": "exec:sh", "pty": True, "auth": "off"},
                    {"path": "/shut", "target": "exec:sh", "pty": True, "auth": "t"},
                    {"path": "/plain", "target": "exec:cat"}],
     })
     assert open_terminal_routes(config) == ["/open"]
+
+
+def test_pty_route_without_credentials_is_refused(tmp_path):
+    """A pty route with no auth (nor security.auth) is a config error; auth = "off" or security.auth lets it start."""
+    with pytest.raises(ConfigError) as info:
+        build_config({"routes": [{"path": "/e", "target": "echo:"}, {"path": "/sh", "target": "exec:sh", "pty": True}]})
+    assert 'routes[1].auth: a pty route hands out a terminal: name an [auth.NAME] here (or set security.auth), ' \
+           'or write auth = "off"' in str(info.value)
+    with pytest.raises(ConfigError, match=r"routes\[0\]\.auth: a pty route hands out a terminal"):
+        build_config({"routes": ["/sh[pty=true]=exec:sh"]})
+    assert build_config({"routes": ["/sh[pty=true;auth=off]=exec:sh"]}).routes[0].auth == "off"
+    tokens = tmp_path / "tokens"
+    build_config({"auth": {"t": {"tokens": str(tokens)}}, "security": {"auth": "t"},
+                  "routes": [{"path": "/sh", "target": "exec:sh", "pty": True}]})
+    build_config({"routes": [{"path": "/sh", "target": "exec:sh"}]})  # no pty: a plain exec route is not a terminal
 
 
 @pytest.mark.parametrize(("raw", "problem"), [
@@ -299,7 +314,7 @@ def test_messages_text_is_input_binary_is_control():
 
 def shell_route(path: str = "/sh") -> dict[str, Any]:
     assert SHELL is not None
-    return {"path": path, "target": f"exec:{SHELL}", "pty": True, "env": {"PS1": "$ "}}
+    return {"path": path, "target": f"exec:{SHELL}", "pty": True, "auth": "off", "env": {"PS1": "$ "}}
 
 
 class Screen:
@@ -462,7 +477,7 @@ def test_text_input_never_taken_for_control():
 def test_pty_flooding_slow_client_bounds_memory(tmp_path: Path):
     """A command on a pty writing 128 MiB to a client that stops reading for a while grows the router by < 64 MiB."""
     total_mib = 128
-    route = exec_route("/*", "flood.py", str(total_mib), "8192", options="pty=true")
+    route = exec_route("/*", "flood.py", str(total_mib), "8192", options="pty=true;auth=off")
     with router_process(tmp_path, "--route", route) as router:
         baseline = router.status("VmRSS")
         s = rawws.upgrade(router.port, "/")
@@ -478,7 +493,7 @@ def test_pty_flooding_slow_client_bounds_memory(tmp_path: Path):
 @pytest.mark.slow
 def test_pty_command_not_reading_pauses_client(tmp_path: Path):
     """A client typing 256 MiB into a program on a pty that never reads is blocked early; the router grows < 64 MiB."""
-    route = exec_route("/*", "sleeper.py", options="pty=true")
+    route = exec_route("/*", "sleeper.py", options="pty=true;auth=off")
     with router_process(tmp_path, "--ping", "10", "--ping-timeout", "5", "--route", route) as router:
         baseline = router.status("VmRSS")
         s = rawws.upgrade(router.port, "/")

@@ -1436,6 +1436,7 @@ class RouterConfig:
         checks = _Checks()
         self._check_resolvers(checks)
         self._check_auth(checks)
+        self._check_open_terminals(checks)
         self._check_unknown_host(checks)
         if self.tls is not None and not isinstance(self.tls, TlsSettings):
             checks.add("tls", f"must be TLS settings, not {self.tls!r}")
@@ -1569,6 +1570,17 @@ class RouterConfig:
             if auth.client_cert_names and not verified:
                 checks.add(f"auth.{auth.name}.client_cert_names",
                            "needs tls.verify_client (with tls.cafile): without it no client certificate is asked for")
+
+    def _check_open_terminals(self, checks: _Checks) -> None:
+        """A pty route hands out a terminal: it needs credentials, or says C{auth = "off"} in so many words."""
+        if not isinstance(self.routes, tuple) or not isinstance(self.security, Security):
+            return
+        for i, route in enumerate(self.routes):
+            if (isinstance(route, Route) and isinstance(route.target, ExecTarget) and route.target.pty
+                    and route.auth is None and self.security.auth is None):
+                checks.add(f"routes[{i}].auth", "a pty route hands out a terminal: name an [auth.NAME] here "
+                           f"(or set security.auth), or write auth = \"{AUTH_OFF}\" to let anyone who reaches "
+                           "the listener in")
 
     def auth_for(self, route: Route | None) -> Auth | None:
         """What C{route} (C{None}: the web root) asks for: its own, else the router's; C{None}: nothing."""

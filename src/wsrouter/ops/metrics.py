@@ -79,6 +79,8 @@ class RouterMetrics:
                                         registry=registry)
         self.watchers_dropped = Counter("wsrouter_watchers_dropped",
                                         "Watchers dropped for reading too slowly (close 4008).", registry=registry)
+        #: The worker's number under C{--workers N} (its samples are labelled with it); C{None}: one process.
+        self.worker: str | None = None
         self.closed_bytes: dict[str, Tally[str]] = {"from_client": Tally(), "to_client": Tally()}
         self._reasons: dict[str, set[str]] = {}
         registry.register(_Live(self))
@@ -113,14 +115,43 @@ class RouterMetrics:
     # -- reading ----------------------------------------------------------------------
 
     def render(self) -> bytes:
-        """The Prometheus text exposition of every metric now."""
-        return generate_latest(self.registry)
+        """
+        The Prometheus text exposition of every metric now; with
+        C{--workers N} every sample carries a C{worker} label (the worker
+        that answered: each has counters of its own).
+        """
+        if self.worker is None:
+            return generate_latest(self.registry)
+        return generate_latest(_Labelled(self.registry, "worker", self.worker))
 
     def live_sessions(self) -> list[Session]:
         return [s for s in self._gateway.sessions.values() if s.is_open and not s.ended]
 
     def descriptor_guard(self) -> Any:
         return self._gateway.descriptors
+
+    def balanced_targets(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Each target of each balanced route, C{(route, state)}: open sessions and whether it is down."""
+        gateway = self._gateway
+        for route in gateway.config.routes:
+            balancer = gateway.balancing.balancer(route) if route.balance is not None else None
+            for state in balancer.state() if balancer is not None else ():
+                yield route.describe(), state
+
+
+class _Labelled:
+    """A registry's metrics with one more label on every sample (C{generate_latest} reads its C{collect})."""
+
+    def __init__(self, registry: CollectorRegistry, name: str, value: str):
+        self._registry = registry
+        self._name = name
+        self._value = value
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self._registry.collect():
+            metric.samples = [sample._replace(labels={**sample.labels, self._name: self._value})
+                              for sample in metric.samples]
+            yield metric
 
 
 class _Live(Collector):
@@ -141,6 +172,19 @@ class _Live(Collector):
         yield from self._descriptors()
         yield GaugeMetricFamily("wsrouter_watchers_open", "Watchers attached to sessions now.",
                                 value=metrics.watchers_open())
+        yield from self._targets()
+
+    def _targets(self) -> Iterator[Metric]:
+        open_now = GaugeMetricFamily("wsrouter_target_sessions_open",
+                                     "Sessions open now on each target of a balanced route.",
+                                     labels=["route", "target"])
+        down = GaugeMetricFamily("wsrouter_target_down", "1 while a balanced route's target is marked down.",
+                                 labels=["route", "target"])
+        for route, state in self._metrics.balanced_targets():
+            open_now.add_metric([route, state["target"]], state["open"])
+            down.add_metric([route, state["target"]], 1 if state["down"] else 0)
+        yield open_now
+        yield down
 
     def _bytes(self, sessions: list[Session]) -> Iterator[Metric]:
         for key, what in (("from_client", "from clients to targets"), ("to_client", "from targets to clients")):

@@ -37,10 +37,16 @@ if TYPE_CHECKING:
 #: The pages' own policy: their script and WebSocket from this origin only.
 PAGE_CSP = b"default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; base-uri 'none'; " \
            b"frame-ancestors 'none'"
+#: The watch page's: xterm.js sets its renderer's styles inline (scripts stay 'self' only).
+WATCH_CSP = PAGE_CSP.replace(b"style-src 'self'", b"style-src 'self' 'unsafe-inline'")
+#: The bundled xterm.js files the watch page loads from C{STATUS/xterm/} (L{wsrouter.web} package data).
+_XTERM = {"xterm.js": b"text/javascript; charset=utf-8", "xterm.css": b"text/css; charset=utf-8"}
 _ASSETS = ("status.html", "status.js", "watch.html", "watch.js", "ops.css")
 
 
 def _asset(name: str) -> bytes:
+    if name.startswith("xterm/"):
+        return importlib.resources.files("wsrouter.web").joinpath("wstelnet", name).read_bytes()
     return importlib.resources.files("wsrouter.ops").joinpath("assets", name).read_bytes()
 
 
@@ -58,6 +64,11 @@ class OpsPages:
         self.programs: Callable[[], Iterable[Any]] = tuple
         self.metrics = RouterMetrics(gateway, self._programs_now, lambda: watchers_open(gateway.sessions.values()))
         self.status = StatusHub(gateway, clock, self._programs_now)
+
+    def set_worker(self, index: int) -> None:
+        """Under C{--workers N}: metrics and status say they come from worker C{index} (each has its own)."""
+        self.metrics.worker = str(index)
+        self.status.worker = index
 
     def _programs_now(self) -> Iterable[Any]:
         return self.programs()
@@ -85,12 +96,14 @@ class OpsPages:
         if rest.startswith("/") and rest[1:] in _ASSETS and not rest.endswith(".html"):
             kind = b"text/javascript; charset=utf-8" if rest.endswith(".js") else b"text/css; charset=utf-8"
             return _Asset(rest[1:], kind)
+        if rest.startswith("/xterm/") and rest[len("/xterm/"):] in _XTERM:
+            return _Asset(rest[1:], _XTERM[rest[len("/xterm/"):]])
         if rest == "/live":
             return self._upgrade(request, StatusFactory(self.status, secure))
         if rest.startswith("/watch/") and "/" not in rest[len("/watch/"):]:
             session_id = rest[len("/watch/"):]
             if not is_websocket_upgrade(request):
-                return _Asset("watch.html", b"text/html; charset=utf-8", base)
+                return _Asset("watch.html", b"text/html; charset=utf-8", base, WATCH_CSP)
             limits = self.gateway.config.limits
             factory = WatchFactory(
                 session_id, self._open_session, limit=self.gateway.config.ops.watch_queue,
@@ -162,15 +175,16 @@ class _Metrics(Resource):
 class _Asset(Resource):
     isLeaf = True
 
-    def __init__(self, name: str, content_type: bytes, base: str = ""):
+    def __init__(self, name: str, content_type: bytes, base: str = "", csp: bytes = PAGE_CSP):
         super().__init__()  # type: ignore[no-untyped-call, unused-ignore]
+        self._csp = csp
         self._name = name
         self._type = content_type
         self._base = html.escape(base, quote=True).encode()
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", self._type)
-        request.setHeader(b"content-security-policy", PAGE_CSP)
+        request.setHeader(b"content-security-policy", self._csp)
         request.setHeader(b"x-content-type-options", b"nosniff")
         request.setHeader(b"cache-control", b"no-store")
         return _asset(self._name).replace(b"{{BASE}}", self._base)

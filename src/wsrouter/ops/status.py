@@ -24,6 +24,7 @@ from wsrouter.policy import origin_problem
 from wsrouter.ws.internals import queued_bytes
 
 if TYPE_CHECKING:
+    from wsrouter.config import Route
     from wsrouter.gateway import Gateway
     from wsrouter.session import Session
 
@@ -44,8 +45,8 @@ def snapshot(gateway: Gateway, programs: Iterable[Any], now: float) -> dict[str,
     return {
         "stopping": gateway.stopping,
         "opened_total": gateway.opened_total,
-        "routes": [{"route": route.describe(), "target": route.target.describe(), "watch": route.watch}
-                   for route in config.routes],
+        "routes": [{"route": route.describe(), "target": route.target.describe(), "watch": route.watch,
+                    "targets": target_states(gateway, route)} for route in config.routes],
         "programs": [{"name": p.name, "pid": p.pid, "running": p.running, "restarts": p.restarts,
                       "mode": p.target.mode} for p in programs],
         "sessions": [_session(s, now) for s in sessions[:MAX_LISTED]],
@@ -62,7 +63,23 @@ def _session(session: Session, now: float) -> dict[str, Any]:
         "bytes_from_client": stats.bytes_from_client, "bytes_to_client": stats.bytes_to_client,
         "watch": info.route.watch,
         "watchers": len(session.watchers.watching) if session.watchers is not None else 0,
+        "terminal": terminal_size(session),
     }
+
+
+def target_states(gateway: Gateway, route: Route) -> list[dict[str, Any]] | None:
+    """A balanced route's targets: each one's open sessions and whether it is marked down; C{None}: one target."""
+    if route.balance is None:
+        return None
+    balancer = gateway.balancing.balancer(route)
+    return balancer.state() if balancer is not None else None
+
+
+def terminal_size(session: Session) -> list[int] | None:
+    """A pty session's window size, C{[columns, rows]} (the watch page sizes its terminal by it); else C{None}."""
+    size = getattr(session.link, "window_size", None)
+    found = size() if callable(size) else None
+    return list(found) if found is not None else None
 
 
 class StatusHub:
@@ -81,8 +98,13 @@ class StatusHub:
         self._loop.clock = clock
         gateway.observe(self)
 
+    #: The worker's number under C{--workers N} (the page says which worker answered); C{None}: one process.
+    worker: int | None = None
+
     def snapshot(self) -> dict[str, Any]:
-        return snapshot(self._gateway, self.programs(), self._clock.seconds())
+        data = snapshot(self._gateway, self.programs(), self._clock.seconds())
+        data["worker"] = self.worker
+        return data
 
     def add(self, client: StatusProtocol) -> None:
         self.clients.append(client)

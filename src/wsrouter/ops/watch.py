@@ -136,8 +136,16 @@ class WatchProtocol(WebSocketServerProtocol):
             session.watchers = Watchers(session, self.factory.limit, self.factory.on_dropped)
         session.watchers.add(self)
         self._attached = True
+        self._replay(session)
         log.info("session {id}: watcher {peer} attached ({mode})", id=session.id, peer=self.factory.peer,
                  mode="writable" if self.writable else "read-only")
+
+    def _replay(self, session: Session) -> None:
+        """A terminal session's latest output first (pty routes keep 64 KiB of it), so the watcher sees its screen."""
+        recent = getattr(session.link, "recent_output", None)
+        replay = recent() if callable(recent) else b""
+        if replay:
+            self.sendMessage(replay[-self.factory.limit // 2:], isBinary=True)  # type: ignore[no-untyped-call, unused-ignore]
 
     def deliver(self, payload: bytes, is_binary: bool, limit: int) -> bool:
         """Send a message the client got; C{False} (and close 4008) when too far behind."""

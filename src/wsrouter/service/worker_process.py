@@ -111,6 +111,7 @@ class WorkerService(Service):
         self.resource = build_resource(config, reactor)
         self.gateway = self.resource.gateway
         self.gateway.session_prefix = f"w{index}."
+        self.resource.ops.set_worker(index)
         self.ports: list[IListeningPort] = []
         self.descriptors = DescriptorGuard.for_this_process(reactor, lambda: self.ports)
         self.gateway.descriptors = self.descriptors

@@ -65,6 +65,7 @@ import os
 import signal
 import struct
 import termios
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
@@ -84,6 +85,26 @@ DEFAULT_SIZE = (80, 24)
 MAX_SIZE = 10000
 #: Largest control message read, in bytes; longer ones are ignored.
 MAX_CONTROL = 1024
+#: Bytes of a terminal's latest output kept for a watcher who joins later (it redraws the screen from them).
+RECENT_OUTPUT = 64 * 1024
+
+
+class RecentOutput:
+    """The latest C{limit} bytes of a stream (whole chunks kept, so memory stays under C{limit} plus one chunk)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+
+    def add(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._size += len(data)
+        while self._chunks and self._size - len(self._chunks[0]) >= self.limit:
+            self._size -= len(self._chunks.popleft())
+
+    def tail(self) -> bytes:
+        return b"".join(self._chunks)[-self.limit:]
 
 
 # -- the configuration -------------------------------------------------------------------
@@ -239,6 +260,7 @@ class PtyLink(ProcessLink):
         super().__init__(clock, label, grace, on_exit)
         self._signal = signaller
         self._describe_exit = describe_exit
+        self._recent = RecentOutput(RECENT_OUTPUT)
         self.pty_closed = False
         self._told_bad_control = False
         self._force_call: IDelayedCall | None = None
@@ -250,6 +272,20 @@ class PtyLink(ProcessLink):
 
     def read_side(self) -> ProcessTransport | None:
         return self.pty
+
+    def recent_output(self) -> bytes:
+        """The last L{RECENT_OUTPUT} bytes the terminal wrote: a new watcher gets them first, to draw the screen."""
+        return self._recent.tail()
+
+    def window_size(self) -> tuple[int, int] | None:
+        """The pty's window size now, C{(columns, rows)}; C{None} once it is closed (watch pages follow it)."""
+        pty = self.pty
+        if pty is None:
+            return None
+        try:
+            return window_size(pty.fileno())
+        except (OSError, ValueError):
+            return None
 
     # -- Link -----------------------------------------------------------------------
 
@@ -283,6 +319,8 @@ class PtyLink(ProcessLink):
     # -- ProcessProtocol -----------------------------------------------------------------
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if not self._draining:
+            self._recent.add(data)
         self._deliver(data)
 
     def processEnded(self, reason: Failure) -> None:

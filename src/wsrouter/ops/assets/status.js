@@ -17,6 +17,16 @@
     for (const item of items) draw(body.insertRow(), item);
   }
 
+  // A balanced route's targets, one a line: open sessions on each, and which are marked down.
+  function targets(td, list) {
+    for (const t of list) {
+      const line = document.createElement("div");
+      line.className = t.down ? "target bad" : "target";
+      line.textContent = t.target + ": " + t.open + " open" + (t.down ? ", down" : "");
+      td.appendChild(line);
+    }
+  }
+
   function show(data) {
     fill("sessions", data.sessions, function (row, s) {
       row.dataset.session = s.id;
@@ -31,14 +41,19 @@
         td.appendChild(a);
       }
     });
-    fill("routes", data.routes, function (row, r) { cell(row, r.route); cell(row, r.target); cell(row, r.watch); });
+    fill("routes", data.routes, function (row, r) {
+      cell(row, r.route);
+      if (r.targets) targets(row.insertCell(), r.targets); else cell(row, r.target);
+      cell(row, r.watch);
+    });
     fill("programs", data.programs, function (row, p) {
       cell(row, p.name); cell(row, p.mode); cell(row, p.pid, true);
       cell(row, p.running ? "running" : "not running").className = p.running ? "" : "bad";
       cell(row, p.restarts, true);
     });
     const more = data.more_sessions ? " (" + data.more_sessions + " more not listed)" : "";
-    state.textContent = (data.stopping ? "shutting down; " : "live; ") + data.sessions.length +
+    const worker = data.worker ? "worker " + data.worker + " (each worker has its own sessions); " : "";
+    state.textContent = (data.stopping ? "shutting down; " : "live; ") + worker + data.sessions.length +
       " open sessions" + more + ", " + data.opened_total + " opened in all";
     state.className = data.stopping ? "bad" : "";
   }
