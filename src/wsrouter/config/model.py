@@ -1001,6 +1001,9 @@ class Route:
     watch: str = "read"
     #: Several targets and a policy (C{target} is one of them); C{None}: C{target} alone.
     balance: Balance | None = None
+    #: Per-session programs: instances started through this route at once
+    #: (within the program's own C{max_instances}); C{None}: no route cap.
+    max_instances: int | None = field(default=None, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
@@ -1032,6 +1035,7 @@ class Route:
                 checks.add("max_forks", "is only for exec targets")
         _check_text(checks, "record", self.record, f"a directory (or {RECORD_OFF})", optional=True)
         self._check_env(checks)
+        _check_route_instances(checks, self.max_instances, self.target)
         checks.raise_any()
 
     def _check_path(self, checks: _Checks) -> None:
@@ -1068,6 +1072,18 @@ class Route:
         if not self.prefix:
             return self.path
         return self.path + "*" if self.path.endswith("/") else self.path + "/*"
+
+
+def _check_route_instances(checks: _Checks, cap: object, target: object) -> None:
+    """A route's C{max_instances}: a whole number within its per-session program's own cap."""
+    if cap is None:
+        return
+    _check_positive(checks, "max_instances", cap, integer=True)
+    if not isinstance(target, WrappedTarget) or target.mode != "per-session":
+        checks.add("max_instances", "is only for routes to a per-session program (mode = \"per-session\")")
+    elif _is_int(cap) and isinstance(cap, int) and cap > target.max_instances:
+        checks.add("max_instances", f"{cap} is more than the program's own max_instances ({target.max_instances}),"
+                   " which caps all its routes together")
 
 
 def _check_proxy_protocol(checks: _Checks, version: object, target: object) -> None:
