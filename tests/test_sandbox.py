@@ -12,6 +12,7 @@ import os
 import re
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -195,8 +196,16 @@ def test_per_session_instance_runs_in_the_sandbox(tmp_path, router_with):
         pid = int(re.findall(r"started srv\.1 \(pid (\d+)", router.log())[0])
         status = Path(f"/proc/{pid}/status").read_text()
         assert re.search(rf"Uid:\s+{OTHER_UID}\s+{OTHER_UID}", status)
+        socket_path = re.findall(r"listening on the private socket (\S+) instead", router.log())[0]
+        assert Path(socket_path).parent.stat().st_uid == OTHER_UID
+        assert connect_as_other_user(socket_path, uid=1, gid=1) == 13  # daemon: EACCES
         ws.send(b"ping")
         assert ws.recv(timeout=15) == b"ping"
+    for _ in range(300):  # the session is over: the instance and its directory go (bounded wait)
+        if not Path(f"/proc/{pid}").exists() and not Path(socket_path).parent.exists():
+            break
+        time.sleep(0.05)
+    assert not Path(f"/proc/{pid}").exists() and not Path(socket_path).parent.exists()
 
 
 # -- config and helpers ----------------------------------------------------------------
