@@ -81,6 +81,15 @@ def exec_route(path: str, *args: str, sandbox: bool = True) -> str:
             + ('sandbox = "jail"\n' if sandbox else ""))
 
 
+def wait_for_log(router: RouterProcess, text: str) -> None:
+    """Until C{text} is in the router's log (bounded: 10 s)."""
+    for _ in range(200):
+        if text in router.log():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} not in the log:\n{router.log()}")
+
+
 def probe(router: RouterProcess, path: str = "/probe") -> dict[str, object]:
     with connect(f"{router.url}{path}") as ws:
         return json.loads(ws.recv(timeout=15))  # type: ignore[no-any-return]
@@ -145,6 +154,7 @@ def test_memory_limit_kills_the_program_not_the_router(tmp_path, router_with):
             messages.append(ws.recv(timeout=15))
     assert not any("allocated" in m for m in messages)
     assert re.search(r"MemoryError|exit", router.log())
+    wait_for_log(router, "limits address space to 268435456 bytes (memory)")
     limits = Path(f"/proc/{router.pid}/limits").read_text()
     assert re.search(r"Max address space\s+unlimited", limits)  # the router itself is untouched
     assert probe(router)["uid"] == OTHER_UID  # and still serves

@@ -99,9 +99,9 @@ from zope.interface import implementer
 
 from wsrouter import __version__
 from wsrouter.clientcert import cgi_variables
-from wsrouter.config import DEFAULT_COMMAND_KILL_GRACE, ExecTarget, Limits, Route
+from wsrouter.config import DEFAULT_COMMAND_KILL_GRACE, ExecTarget, Limits, Route, Sandbox
 from wsrouter.interfaces import Link, LinkReceiver, SessionInfo, TargetError
-from wsrouter.process.sandbox import SandboxError, allowed_environment, sandbox_command
+from wsrouter.process.sandbox import SandboxError, allowed_environment, limit_hint, sandbox_command
 from wsrouter.targets.terminal import DEFAULT_TERM, PtyLink, open_pty
 
 log = Logger(namespace="wsrouter.exec")
@@ -451,6 +451,8 @@ class CommandLink(ProcessProtocol):
     """
 
     message_oriented = False
+    #: The command's sandbox: its limits are named in the log when they may explain an exit.
+    sandbox: Sandbox | None = None
 
     def __init__(
         self,
@@ -593,6 +595,10 @@ class CommandLink(ProcessProtocol):
 
     def processExited(self, reason: Failure) -> None:
         self.exit = reason
+        value = reason.value
+        if self.sandbox is not None and isinstance(value, ProcessTerminated) and (
+                hint := limit_hint(self.sandbox, value.exitCode, value.signal)):
+            log.warn("{label} {status}: {hint}", label=self.label, status=describe_exit(reason), hint=hint)
         self._cancel("_eof_call")
         self._on_exit(self)
         self._wind_down()
@@ -752,6 +758,8 @@ class ExecConnector:
                                on_exit=lambda link: self._exited(route))
             args = [*self._launcher, executable, *target.argv[1:]]
         if target.sandbox is not None:
+            if isinstance(link, CommandLink):
+                link.sandbox = target.sandbox
             try:
                 args = sandbox_command(target.sandbox, [executable, *target.argv[1:]])
             except SandboxError as e:
