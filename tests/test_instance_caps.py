@@ -7,13 +7,14 @@ route key's checks.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from wsrouter.config import ConfigError, build_config, to_data
 
 from .support import connect, handshake_status
-from .test_instances import PID_SERVER, PYTHON, alive, banner, sockets_dir, start, wait_until
+from .test_instances import PID_SERVER, PYTHON, alive, banner, private_dirs, sockets_dir, start, wait_until
 
 __all__ = ["sockets_dir"]  # the fixture, used by name
 
@@ -74,3 +75,30 @@ def test_route_max_instances_on_a_non_program_route():
     with pytest.raises(ConfigError) as caught:
         build_config({"routes": [{"path": "/", "target": "exec:cat", "max_instances": 1}]})
     assert "only for routes to a per-session program" in dict(caught.value.problems)["routes[0].max_instances"]
+
+
+def test_filled_in_values_reach_the_instance_but_no_router_log_line_of_its_own(tmp_path, sockets_dir):
+    """A {query.token} value reaches the instance's argv; only the session lines (the request URI) log it."""
+    router = start(tmp_path, '[programs.inst]\nmode = "per-session"\n'
+                   f'command = {json.dumps([PYTHON, PID_SERVER, "7000", "0", "{query.token}"])}\n\n'
+                   '[[routes]]\npath = "/s"\ntarget = "program:inst"\n')
+    try:
+        with connect(f"{router.url}/s?token=Sekrit42value") as ws:
+            assert banner(ws)[-1] == "Sekrit42value"  # the instance got it
+    finally:
+        router.stop()
+    lines = [line for line in router.log().splitlines() if "Sekrit42value" in line]
+    assert lines and all(re.search(r"\] session \S+ (open|closed): ", line) for line in lines), lines
+    assert any("started inst.1" in line and "{query.token}" in line for line in router.log().splitlines())
+
+
+def test_router_stop_with_an_on_demand_session_open_leaves_nothing(tmp_path, sockets_dir):
+    """Stopping the router while an on-demand program serves a session stops it (by PID) and removes its directory."""
+    router = start(tmp_path, '[programs.inst]\nmode = "respawn"\nstart = "on-demand"\nidle_stop = 600\n'
+                   f'command = {json.dumps([PYTHON, PID_SERVER, "7000"])}\n\n'
+                   '[[routes]]\npath = "/s"\ntarget = "program:inst"\n')
+    with connect(f"{router.url}/s") as ws:
+        pid = int(banner(ws)[1])
+        assert alive(pid) and len(private_dirs(sockets_dir)) == 1
+        assert router.stop() == 0
+    assert not alive(pid) and private_dirs(sockets_dir) == []
