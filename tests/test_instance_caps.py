@@ -20,8 +20,10 @@ __all__ = ["sockets_dir"]  # the fixture, used by name
 
 
 def two_routes(program_cap: int, route_cap: int) -> str:
-    return (f'[programs.inst]\nmode = "per-session"\ncommand = {json.dumps([PYTHON, PID_SERVER, "7000"])}\n'
-            f'max_instances = {program_cap}\n\n'
+    # Generous waits: a loaded machine may take seconds to start an instance (the default is 5 s).
+    return ('[limits]\nhandshake_timeout = 30\n\n'
+            f'[programs.inst]\nmode = "per-session"\ncommand = {json.dumps([PYTHON, PID_SERVER, "7000"])}\n'
+            f'max_instances = {program_cap}\nready_timeout = 20\n\n'
             f'[[routes]]\npath = "/a"\ntarget = "program:inst"\nmax_instances = {route_cap}\n\n'
             '[[routes]]\npath = "/b"\ntarget = "program:inst"\n')
 
@@ -30,17 +32,18 @@ def test_route_cap_and_program_cap_each_give_503(tmp_path, sockets_dir):
     """Route /a's own cap of 1 refuses its second client while /b still starts instances, up to the program's 3."""
     router = start(tmp_path, two_routes(3, 1))
     try:
-        with connect(f"{router.url}/a") as a1:
+        with connect(f"{router.url}/a", open_timeout=30) as a1:
             pid_a = int(banner(a1)[1])
             status, body = handshake_status(f"{router.url}/a")
             assert status == 503 and b"route /a already runs 1 instances" in body
-            with connect(f"{router.url}/b") as b1, connect(f"{router.url}/b") as b2:
+            with connect(f"{router.url}/b", open_timeout=30) as b1, connect(f"{router.url}/b", open_timeout=30) as b2:
                 banner(b1), banner(b2)
                 status, body = handshake_status(f"{router.url}/b")
                 assert status == 503 and b"already runs 3 instances (max_instances)" in body
             a1.close()
             wait_until(lambda: not alive(pid_a), "the /a instance is stopped")
-            with connect(f"{router.url}/a") as a2:
+            wait_until(lambda: private_dirs(sockets_dir) == [], "every instance is reaped, its slot free")
+            with connect(f"{router.url}/a", open_timeout=30) as a2:
                 assert int(banner(a2)[1]) != pid_a
     finally:
         router.stop()
