@@ -58,7 +58,8 @@ def connect_as_other_user(path: str, uid: int = OTHER_UID, gid: int = OTHER_GID,
     return int(answer)
 
 
-def assert_only_the_directory_refuses(socket_path: str, uid: int = OTHER_UID, gid: int = OTHER_GID) -> None:
+def assert_only_the_directory_refuses(socket_path: str, uid: int = OTHER_UID, gid: int = OTHER_GID,
+                                      kind: int = socket.SOCK_STREAM) -> None:
     """
     Another uid gets EACCES connecting to C{socket_path}, and the socket's own
     (0700) directory is what refuses it: every directory above lets others pass,
@@ -72,4 +73,4 @@ def assert_only_the_directory_refuses(socket_path: str, uid: int = OTHER_UID, gi
         if parent == "/":
             break
         parent = os.path.dirname(parent)
-    assert connect_as_other_user(socket_path, uid, gid) == errno.EACCES
+    assert connect_as_other_user(socket_path, uid, gid, kind) == errno.EACCES
