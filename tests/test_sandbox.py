@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import time
@@ -25,6 +26,7 @@ from wsrouter.process.sandbox import SandboxError, allowed_environment, sandbox_
 
 from .other_user import OTHER_GID, OTHER_UID, connect_as_other_user, needs_root
 from .support import REPO, RouterProcess, connect, free_port
+from .test_instances import group_members
 
 PROBE = str(REPO / "tests" / "programs" / "sandbox_probe.py")
 TCP_SERVER = str(REPO / "tests" / "programs" / "tcp_server.py")
@@ -329,3 +331,39 @@ def test_the_stage_cpu_limit_kills_a_busy_loop():
     python = SYSTEM_PYTHON if os.access(SYSTEM_PYTHON, os.X_OK) else "python3"
     argv = sandbox_command(Sandbox(name="j", cpu_seconds=1), [python, "-c", "while True: pass"], setsid=False)
     assert subprocess.run(argv, timeout=60, check=False).returncode == -9
+
+
+@needs_root
+@as_other_user
+def test_per_session_x11vnc_on_xvfb_as_nobody(tmp_path, router_with):
+    """Two sessions each get an Xvfb + x11vnc run as nobody (both asking for port 5900); a third uid is refused."""
+    if not shutil.which("Xvfb") or not shutil.which("x11vnc"):
+        pytest.skip("Xvfb/x11vnc not installed: tests/setup/system-deps.sh installs them")
+    script = ("Xvfb -displayfd 1 -nolisten tcp -screen 0 320x240x16 2>/dev/null | { read d; "
+              "exec x11vnc -display :$d -rfbport 5900 -nopw -quiet -forever -shared; }")
+    programs = ('[programs.vnc]\nmode = "per-session"\n'
+                f'command = {toml_value(["sh", "-c", script.replace("{", "{{").replace("}", "}}")])}\n'
+                'keep_env = true\nports = "5900"\nready_timeout = 20\nsandbox = "jail"\n')
+    config = write_config(tmp_path, {"user": "nobody"},
+                          '[limits]\nhandshake_timeout = 25\n\n[[routes]]\npath = "/vnc"\ntarget = "program:vnc"\n',
+                          programs)
+    router = router_with(config)
+    with connect(f"{router.url}/vnc", open_timeout=25) as one, connect(f"{router.url}/vnc", open_timeout=25) as two:
+        assert one.recv(timeout=20).startswith(b"RFB 003.") and two.recv(timeout=20).startswith(b"RFB 003.")
+        pids = [int(pid) for pid in re.findall(r"started vnc\.\d \(pid (\d+)", router.log())]
+        sockets = re.findall(r"asked for port 5900; listening on the private socket (\S+) instead", router.log())
+        assert len(set(pids)) == 2 and len({Path(path).parent for path in sockets}) == 2
+        members = group_members(pids)  # the whole groups run as nobody: x11vnc (sh exec'd it) and Xvfb
+        assert sorted(name for _, name in members).count("Xvfb") == 2
+        for member, _ in members:
+            assert re.search(rf"Uid:\s+{OTHER_UID}\s", Path(f"/proc/{member}/status").read_text())
+        for path in sockets:
+            assert connect_as_other_user(path, uid=1, gid=1) == 13  # daemon: EACCES
+    for _ in range(400):  # sessions over: every instance and directory goes (bounded wait)
+        if not any(Path(f"/proc/{pid}").exists() for pid in pids) and not any(
+                Path(path).parent.exists() for path in sockets):
+            break
+        time.sleep(0.05)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+    assert not any(Path(path).parent.exists() for path in sockets)
+

@@ -18,8 +18,9 @@ from wsrouter.cli.lower import LoweringError, options_to_raw
 from wsrouter.config import ConfigError, Sandbox, build_config
 from wsrouter.process.sandbox import limit_hint
 
-from .support import connect
-from .test_sandbox import router_with, toml_value, wait_for_log, write_config
+from .other_user import needs_root
+from .support import connect, free_port
+from .test_sandbox import SYSTEM_PYTHON, TCP_SERVER, as_other_user, router_with, toml_value, wait_for_log, write_config
 
 __all__ = ["router_with"]  # the fixture, used by name
 
@@ -85,3 +86,18 @@ def test_cpu_limit_death_is_logged_naming_the_limit(tmp_path, router_with):
     with connect(f"{router.url}/spin") as ws, pytest.raises(ConnectionClosed):
         ws.recv(timeout=30)
     wait_for_log(router, "killed by signal 9 (SIGKILL): the sandbox 'jail' limits CPU time to 1 s (cpu_seconds)")
+
+
+@needs_root
+@as_other_user
+def test_program_named_without_a_slash_runs_as_nobody(tmp_path, router_with):
+    """A sandboxed wrapped program given as `sh` (found on PATH after the switch to nobody) starts and serves."""
+    port = free_port()
+    server = shlex.join([SYSTEM_PYTHON, TCP_SERVER, "--host", "127.0.0.1", "--port", str(port), "--banner", "hi"])
+    programs = (f'[programs.p]\nmode = "respawn"\ncommand = {toml_value(["sh", "-c", "exec " + server])}\n'
+                'keep_env = true\nsandbox = "jail"\n')
+    router = router_with(write_config(tmp_path, {"user": "nobody"},
+                                      '[[routes]]\npath = "/p"\ntarget = "program:p"\n', programs))
+    with connect(f"{router.url}/p") as ws:
+        assert ws.recv(timeout=15) == b"hi\n"
+    assert "ModuleNotFoundError" not in router.log()

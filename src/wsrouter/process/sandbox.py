@@ -40,6 +40,7 @@ __all__ = ["STAGE", "SandboxError", "allowed_environment", "limit_hint", "sandbo
 #: Runs in the child: rlimits, groups, gid, uid, no_new_privs, cwd, then the program.
 STAGE = r"""
 import ctypes, json, os, sys, resource  # all before the user changes: the stdlib may be unreadable after
+import warnings  # os.execvp's PATH search imports it: a program named without a '/' would fail as the user
 spec = json.loads(sys.argv[1])
 argv = sys.argv[2:]
 def die(what, e):
@@ -75,7 +76,7 @@ except OSError as e:
     die("enter %s" % spec["cwd"], e)
 try:
     os.execvp(argv[0], argv)
-except OSError as e:
+except Exception as e:  # OSError; anything else still gets the one-line form
     die("run %s" % argv[0], e)
 """
 
