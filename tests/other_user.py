@@ -56,3 +56,21 @@ def connect_as_other_user(path: str, uid: int = OTHER_UID, gid: int = OTHER_GID,
     finally:
         os.waitpid(pid, 0)
     return int(answer)
+
+
+def assert_only_the_directory_refuses(socket_path: str, uid: int = OTHER_UID, gid: int = OTHER_GID,
+                                      kind: int = socket.SOCK_STREAM) -> None:
+    """
+    Another uid gets EACCES connecting to C{socket_path}, and the socket's own
+    (0700) directory is what refuses it: every directory above lets others pass,
+    so the check cannot pass merely because a test's temp dir is private.
+    """
+    directory = os.path.dirname(os.path.abspath(socket_path))
+    assert os.stat(directory).st_mode & 0o077 == 0, f"{directory} is not private"
+    parent = os.path.dirname(directory)
+    while True:
+        assert os.stat(parent).st_mode & 0o001, f"{parent} does not let other users pass: the check would be vacuous"
+        if parent == "/":
+            break
+        parent = os.path.dirname(parent)
+    assert connect_as_other_user(socket_path, uid, gid, kind) == errno.EACCES

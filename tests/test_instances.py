@@ -23,6 +23,7 @@ import pytest
 from wsrouter.config import ConfigError, build_config, load_config, to_data
 from wsrouter.config.template import TemplateError, render_argv, template_problems
 
+from .other_user import assert_only_the_directory_refuses
 from .support import REPO, RouterProcess, connect, free_port, handshake_status
 
 PYTHON = os.path.realpath(sys.executable)
@@ -33,6 +34,7 @@ PID_SERVER = str(REPO / "tests" / "programs" / "pid_server.py")
 def sockets_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A short temp dir the router makes its private socket directories in (TMPDIR), removed afterwards."""
     path = Path(tempfile.mkdtemp(prefix="wsr-inst-"))
+    path.chmod(0o711)  # like /tmp, others may pass: only each program's own directory keeps them out
     monkeypatch.setenv("TMPDIR", str(path))
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     try:
@@ -99,6 +101,15 @@ def private_dirs(path: Path) -> list[str]:
     return sorted(entry.name for entry in path.iterdir() if entry.name.startswith("wsrouter-"))
 
 
+def assert_other_users_refused(path: Path, expected: int) -> None:
+    """Each of the C{expected} instances' sockets under C{path} refuses another uid (as root; else skipped)."""
+    sockets = [sock for entry in path.iterdir() if entry.name.startswith("wsrouter-") for sock in entry.iterdir()]
+    assert len({sock.parent for sock in sockets}) == expected and all(sock.is_socket() for sock in sockets)
+    if os.geteuid() == 0:
+        for sock in sockets:
+            assert_only_the_directory_refuses(str(sock))
+
+
 # -- per session, end to end ------------------------------------------------------
 
 
@@ -123,6 +134,9 @@ def test_each_session_gets_its_own_instance_on_the_same_port(tmp_path, sockets_d
             assert clients[1].recv(timeout=10) == b"echo"
             assert len(private_dirs(sockets_dir)) == 3
             assert router.log().count(f"asked for port {port}; listening on the private socket") == 3
+            assert_other_users_refused(sockets_dir, 3)
+            clients[2].send(b"still")
+            assert clients[2].recv(timeout=10) == b"still"
             clients[0].close()
             wait_until(lambda: not alive(pids[0]), "the first instance is stopped")
             assert alive(pids[1]) and alive(pids[2])
@@ -145,8 +159,9 @@ def test_instance_cap_refuses_with_503(tmp_path, sockets_dir):
             assert status == 503 and b"max_instances" in body
             first.close()
             wait_until(lambda: not alive(pid), "the first instance is stopped")
-            # Its slot is free once the router has reaped it (the log says so), not when the pid is gone.
-            wait_until(lambda: f"(pid {pid}) stopped" in router.log(), "the first instance is reaped")
+            # Its slot is free once the router has reaped it and removed its socket directory (the
+            # same callback chain), not as soon as the pid is gone.
+            wait_until(lambda: len(private_dirs(sockets_dir)) == 1, "the first instance's directory is removed")
             with connect(f"{router.url}/s") as third:
                 assert int(banner(third)[1]) not in (pid,)
     finally:
@@ -383,6 +398,7 @@ def test_x11vnc_on_xvfb_per_session(tmp_path, sockets_dir):
             assert len(private_dirs(sockets_dir)) == 2
             assert len(set(started_pids(router))) == 2
             assert router.log().count("asked for port 5900; listening on the private socket") == 2
+            assert_other_users_refused(sockets_dir, 2)
             members = group_members(started_pids(router))
             assert sorted(name for _, name in members).count("Xvfb") == 2
             assert sorted(name for _, name in members).count("x11vnc") == 2
@@ -428,6 +444,7 @@ def test_telnetd_per_session(tmp_path, sockets_dir):
             assert b"login:" in telnet_prompt(one) and b"login:" in telnet_prompt(two)
             pids = started_pids(router)
             assert len(set(pids)) == 2 and len(private_dirs(sockets_dir)) == 2
+            assert_other_users_refused(sockets_dir, 2)
         for pid in pids:
             wait_until(lambda pid=pid: not alive(pid), "each telnetd is stopped")
         wait_until(lambda: private_dirs(sockets_dir) == [], "every socket directory is removed")

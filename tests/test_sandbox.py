@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from wsrouter.process.sandbox import SandboxError, allowed_environment, sandbox_
 
 from .other_user import OTHER_GID, OTHER_UID, connect_as_other_user, needs_root
 from .support import REPO, RouterProcess, connect, free_port
+from .test_instances import group_members
 
 PROBE = str(REPO / "tests" / "programs" / "sandbox_probe.py")
 TCP_SERVER = str(REPO / "tests" / "programs" / "tcp_server.py")
@@ -78,6 +81,15 @@ def exec_route(path: str, *args: str, sandbox: bool = True) -> str:
     command = [SYSTEM_PYTHON, PROBE, *args]
     return (f'[[routes]]\npath = "{path}"\ntarget = {toml_value("exec:" + " ".join(command))}\n'
             + ('sandbox = "jail"\n' if sandbox else ""))
+
+
+def wait_for_log(router: RouterProcess, text: str) -> None:
+    """Until C{text} is in the router's log (bounded: 10 s)."""
+    for _ in range(200):
+        if text in router.log():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} not in the log:\n{router.log()}")
 
 
 def probe(router: RouterProcess, path: str = "/probe") -> dict[str, object]:
@@ -144,6 +156,7 @@ def test_memory_limit_kills_the_program_not_the_router(tmp_path, router_with):
             messages.append(ws.recv(timeout=15))
     assert not any("allocated" in m for m in messages)
     assert re.search(r"MemoryError|exit", router.log())
+    wait_for_log(router, "limits address space to 268435456 bytes (memory)")
     limits = Path(f"/proc/{router.pid}/limits").read_text()
     assert re.search(r"Max address space\s+unlimited", limits)  # the router itself is untouched
     assert probe(router)["uid"] == OTHER_UID  # and still serves
@@ -195,8 +208,16 @@ def test_per_session_instance_runs_in_the_sandbox(tmp_path, router_with):
         pid = int(re.findall(r"started srv\.1 \(pid (\d+)", router.log())[0])
         status = Path(f"/proc/{pid}/status").read_text()
         assert re.search(rf"Uid:\s+{OTHER_UID}\s+{OTHER_UID}", status)
+        socket_path = re.findall(r"listening on the private socket (\S+) instead", router.log())[0]
+        assert Path(socket_path).parent.stat().st_uid == OTHER_UID
+        assert connect_as_other_user(socket_path, uid=1, gid=1) == 13  # daemon: EACCES
         ws.send(b"ping")
         assert ws.recv(timeout=15) == b"ping"
+    for _ in range(300):  # the session is over: the instance and its directory go (bounded wait)
+        if not Path(f"/proc/{pid}").exists() and not Path(socket_path).parent.exists():
+            break
+        time.sleep(0.05)
+    assert not Path(f"/proc/{pid}").exists() and not Path(socket_path).parent.exists()
 
 
 # -- config and helpers ----------------------------------------------------------------
@@ -310,3 +331,39 @@ def test_the_stage_cpu_limit_kills_a_busy_loop():
     python = SYSTEM_PYTHON if os.access(SYSTEM_PYTHON, os.X_OK) else "python3"
     argv = sandbox_command(Sandbox(name="j", cpu_seconds=1), [python, "-c", "while True: pass"], setsid=False)
     assert subprocess.run(argv, timeout=60, check=False).returncode == -9
+
+
+@needs_root
+@as_other_user
+def test_per_session_x11vnc_on_xvfb_as_nobody(tmp_path, router_with):
+    """Two sessions each get an Xvfb + x11vnc run as nobody (both asking for port 5900); a third uid is refused."""
+    if not shutil.which("Xvfb") or not shutil.which("x11vnc"):
+        pytest.skip("Xvfb/x11vnc not installed: tests/setup/system-deps.sh installs them")
+    script = ("Xvfb -displayfd 1 -nolisten tcp -screen 0 320x240x16 2>/dev/null | { read d; "
+              "exec x11vnc -display :$d -rfbport 5900 -nopw -quiet -forever -shared; }")
+    programs = ('[programs.vnc]\nmode = "per-session"\n'
+                f'command = {toml_value(["sh", "-c", script.replace("{", "{{").replace("}", "}}")])}\n'
+                'keep_env = true\nports = "5900"\nready_timeout = 20\nsandbox = "jail"\n')
+    config = write_config(tmp_path, {"user": "nobody"},
+                          '[limits]\nhandshake_timeout = 25\n\n[[routes]]\npath = "/vnc"\ntarget = "program:vnc"\n',
+                          programs)
+    router = router_with(config)
+    with connect(f"{router.url}/vnc", open_timeout=25) as one, connect(f"{router.url}/vnc", open_timeout=25) as two:
+        assert one.recv(timeout=20).startswith(b"RFB 003.") and two.recv(timeout=20).startswith(b"RFB 003.")
+        pids = [int(pid) for pid in re.findall(r"started vnc\.\d \(pid (\d+)", router.log())]
+        sockets = re.findall(r"asked for port 5900; listening on the private socket (\S+) instead", router.log())
+        assert len(set(pids)) == 2 and len({Path(path).parent for path in sockets}) == 2
+        members = group_members(pids)  # the whole groups run as nobody: x11vnc (sh exec'd it) and Xvfb
+        assert sorted(name for _, name in members).count("Xvfb") == 2
+        for member, _ in members:
+            assert re.search(rf"Uid:\s+{OTHER_UID}\s", Path(f"/proc/{member}/status").read_text())
+        for path in sockets:
+            assert connect_as_other_user(path, uid=1, gid=1) == 13  # daemon: EACCES
+    for _ in range(400):  # sessions over: every instance and directory goes (bounded wait)
+        if not any(Path(f"/proc/{pid}").exists() for pid in pids) and not any(
+                Path(path).parent.exists() for path in sockets):
+            break
+        time.sleep(0.05)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+    assert not any(Path(path).parent.exists() for path in sockets)
+

@@ -26,7 +26,7 @@ from wsrouter.cli.lower import LoweringError, options_to_raw
 from wsrouter.config import ConfigError, build_config
 from wsrouter.rebind import ENV_PROTO, find_shim, parse_report_line, shim_environment
 
-from .other_user import connect_as_other_user, needs_root
+from .other_user import assert_only_the_directory_refuses, connect_as_other_user, needs_root
 from .support import REPO, RouterProcess, connect, free_port
 
 #: The real interpreter binary (a pyenv shell wrapper would take the shim for itself).
@@ -143,6 +143,12 @@ def test_two_udp_programs_on_the_same_port_through_the_router(tmp_path: Path, wh
             else:
                 moved = sorted(re.findall(rf"asked for port {port}; listening on the private socket (\S+)", log))
                 assert all(Path(path).is_socket() for path in moved)
+                if os.geteuid() == 0:  # the UDP programs are reached only through the router
+                    for path in moved:
+                        assert_only_the_directory_refuses(path, kind=socket.SOCK_DGRAM)
+                    with connect(f"{router.url}/a") as again:
+                        again.send(b"three")
+                        assert again.recv(timeout=TIMEOUT) == b"a:three"
             assert len(moved) == 2 and moved[0] != moved[1]
             pids = [int(pid) for pid in re.findall(r"started [ab] \(pid (\d+)", log)]
         finally:

@@ -6,7 +6,6 @@ under the rebind shim and proxies WebSocket clients to it.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
 import shlex
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from .other_user import connect_as_other_user, needs_root
+from .other_user import assert_only_the_directory_refuses, needs_root
 from .support import REPO, RouterProcess, child_env, connect, free_port, handshake_status, wait_for_port
 
 #: The real interpreter binary: a shell-script wrapper (pyenv) would take
@@ -296,6 +295,7 @@ def router_in(tmpdir: Path, log_path: Path, args: list[str], port: int):
 def short_tmp():
     """A short temporary directory (pytest's are too long for Unix socket names), removed afterwards."""
     path = Path(tempfile.mkdtemp(prefix="wsr-wrap-"))
+    path.chmod(0o711)  # like /tmp, others may pass: only the program's own directory keeps them out
     try:
         yield path
     finally:
@@ -346,7 +346,7 @@ def test_another_user_cannot_reach_the_wrapped_program(tmp_path, short_tmp):
     with router_in(short_tmp, log_path, args, port):
         assert first_message(port) == b"hi\n"
         sock = private_socket_in(log_path.read_text())
-        assert connect_as_other_user(str(sock)) == errno.EACCES
+        assert_only_the_directory_refuses(str(sock))
         assert first_message(port) == b"hi\n"
 
 

@@ -66,7 +66,7 @@ def options_to_raw(options: Mapping[str, Any]) -> dict[str, Any]:
     if options.get("wrap-socket") is not None and not program:
         raise LoweringError("--wrap-socket applies to the program after --wrap MODE ... --; "
                             "in a config file use socket = \"loopback\" in [programs.NAME]")
-    for name in ("wrap-user", "wrap-protocol"):
+    for name in ("wrap-user", "wrap-protocol", *SANDBOX_OPTIONS):
         if options.get(name) is not None and not program:
             raise LoweringError(f"--{name} applies to the program after --wrap MODE ... --; in a config file "
                                 "use [sandbox.NAME] and protocol in [programs.NAME] (docs/sandbox.md)")
@@ -252,13 +252,24 @@ def _lower_wrap_sandbox(raw: dict[str, Any], name: str, options: Mapping[str, An
     if options.get("wrap-protocol") is not None:
         raw["programs"][name]["protocol"] = options["wrap-protocol"]
     user = options.get("wrap-user")
+    sandbox: dict[str, Any] = {}
     if user is not None:
         user_name, _, group = str(user).partition(":")
-        sandbox: dict[str, Any] = {"user": int(user_name) if user_name.isdigit() else user_name}
+        sandbox["user"] = int(user_name) if user_name.isdigit() else user_name
         if group:
             sandbox["group"] = int(group) if group.isdigit() else group
+    for option, key in SANDBOX_OPTIONS.items():
+        value = options.get(option)
+        if value is not None:
+            sandbox[key] = int(value) if str(value).isascii() and str(value).isdigit() else value
+    if sandbox:
         raw["sandbox"] = {name: sandbox}
         raw["programs"][name]["sandbox"] = name
+
+
+#: --wrap-* options for the common rlimits of the wrapped program's own sandbox, and their [sandbox.NAME] keys.
+SANDBOX_OPTIONS = {"wrap-cpu-seconds": "cpu_seconds", "wrap-memory": "memory", "wrap-open-files": "open_files",
+                   "wrap-processes": "processes"}
 #: Options for a --wrap program's instances and on-demand start, and their [programs.NAME] keys.
 INSTANCE_OPTIONS = {"wrap-start": "start", "wrap-idle-stop": "idle_stop", "wrap-ready-timeout": "ready_timeout",
                     "wrap-max-instances": "max_instances"}

@@ -128,6 +128,11 @@ class Options(usage.Options):
                                     "only the router's user can reach) or loopback (a 127.0.0.1 port)."],
         ["wrap-user", None, None, "Run the wrapped program as USER[:GROUP] (router as root), no supplementary "
                                   "groups, no_new_privs; rlimits etc. in a [sandbox.NAME] table (docs/sandbox.md)."],
+        ["wrap-memory", None, None, "The wrapped program's address space limit in BYTES (RLIMIT_AS; docs/sandbox.md)."],
+        ["wrap-cpu-seconds", None, None, "CPU seconds after which the kernel kills the wrapped program (RLIMIT_CPU)."],
+        ["wrap-open-files", None, None, "The wrapped program's open-files limit (RLIMIT_NOFILE)."],
+        ["wrap-processes", None, None, "Processes the wrapped program's user may have (RLIMIT_NPROC; needs "
+                                       "--wrap-user)."],
         ["wrap-protocol", None, None, "tcp (default) or udp: the wrapped program is a UDP server, relayed "
                                       "one datagram per message (private or loopback as --wrap-socket says)."],
         ["token-plugin", None, None,

@@ -391,6 +391,7 @@ class Sandbox:
             value = getattr(self, key)
             if value is not None:
                 _check_positive(checks, key, value, integer=True)
+        _check_rlimits(checks, self)
         if self.env is not None:
             _check_strings(checks, "env", self.env, "environment variable name (or PREFIX*)")
             for index, name in enumerate(self.env if isinstance(self.env, tuple) else ()):
@@ -400,6 +401,40 @@ class Sandbox:
         if not isinstance(self.cwd, str) or not self.cwd.startswith("/"):
             checks.add("cwd", f"must be an absolute directory, not {self.cwd!r}")
         checks.raise_any()
+
+
+#: The smallest C{memory} (bytes of address space) a program can start in:
+#: the loader, libc and a stack already take a few MiB.
+MIN_SANDBOX_MEMORY = 16 * 2**20
+#: The largest rlimit value the kernel takes below "unlimited" (RLIM_INFINITY).
+MAX_RLIMIT = 2**63 - 1
+
+
+def _nr_open() -> int:
+    """The kernel's ceiling for RLIMIT_NOFILE (fs.nr_open); its usual default if unreadable."""
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 1048576
+
+
+def _check_rlimits(checks: _Checks, sandbox: Sandbox) -> None:
+    """Values the kernel would refuse at the program's start, or that no program could run under."""
+    for key in ("cpu_seconds", "memory", "open_files", "processes"):
+        value = getattr(sandbox, key)
+        if _is_int(value) and value > MAX_RLIMIT:
+            checks.add(key, f"must be at most {MAX_RLIMIT}, not {value}")
+    if _is_int(sandbox.memory) and 0 < sandbox.memory < MIN_SANDBOX_MEMORY:  # type: ignore[operator]
+        checks.add("memory", f"{sandbox.memory} bytes is too small for any program to start (loader, libc and"
+                   f" stack take a few MiB); give at least {MIN_SANDBOX_MEMORY} (16 MiB)")
+    if _is_int(sandbox.open_files) and sandbox.open_files > (ceiling := _nr_open()):  # type: ignore[operator]
+        checks.add("open_files", f"must be at most {ceiling}, the kernel's fs.nr_open, not {sandbox.open_files}")
+    if _is_int(sandbox.open_files) and 0 < sandbox.open_files < 3:  # type: ignore[operator]
+        checks.add("open_files", "must be at least 3 (stdin, stdout and stderr are open files)")
+    if sandbox.processes is not None and sandbox.user is None:
+        checks.add("processes", "needs a user: RLIMIT_NPROC counts every process of the program's user, so"
+                   " without a user of its own it would count the router's (and root ignores it)")
 
 
 @frozen
@@ -1001,6 +1036,9 @@ class Route:
     watch: str = "read"
     #: Several targets and a policy (C{target} is one of them); C{None}: C{target} alone.
     balance: Balance | None = None
+    #: Per-session programs: instances started through this route at once
+    #: (within the program's own C{max_instances}); C{None}: no route cap.
+    max_instances: int | None = field(default=None, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         checks = _Checks()
@@ -1033,6 +1071,7 @@ class Route:
                 checks.add("max_forks", "is only for exec targets")
         _check_text(checks, "record", self.record, f"a directory (or {RECORD_OFF})", optional=True)
         self._check_env(checks)
+        _check_route_instances(checks, self.max_instances, self.target)
         checks.raise_any()
 
     def _check_path(self, checks: _Checks) -> None:
@@ -1069,6 +1108,18 @@ class Route:
         if not self.prefix:
             return self.path
         return self.path + "*" if self.path.endswith("/") else self.path + "/*"
+
+
+def _check_route_instances(checks: _Checks, cap: object, target: object) -> None:
+    """A route's C{max_instances}: a whole number within its per-session program's own cap."""
+    if cap is None:
+        return
+    _check_positive(checks, "max_instances", cap, integer=True)
+    if not isinstance(target, WrappedTarget) or target.mode != "per-session":
+        checks.add("max_instances", "is only for routes to a per-session program (mode = \"per-session\")")
+    elif _is_int(cap) and isinstance(cap, int) and cap > target.max_instances:
+        checks.add("max_instances", f"{cap} is more than the program's own max_instances ({target.max_instances}),"
+                   " which caps all its routes together")
 
 
 def _check_proxy_protocol(checks: _Checks, version: object, target: object) -> None:

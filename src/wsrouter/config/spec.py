@@ -91,7 +91,8 @@ SANDBOX_KEYS = ("user", "group", "cpu_seconds", "memory", "open_files", "process
 OPS_KEYS = ("metrics", "status", "healthz", "auth", "watch_queue")
 TERMINAL_KEYS = ("mount",)
 ROUTE_KEYS = ("path", "subprotocols", "target", "framing", "max_forks", "record", "env", "proxy_protocol",
-              "origin", "auth", "host", "sandbox", "watch", *TLS_TARGET_KEYS, *BALANCE_KEYS, "pty")
+              "origin", "auth", "host", "sandbox", "watch", *TLS_TARGET_KEYS, *BALANCE_KEYS, "pty",
+              "max_instances")
 #: Keys holding numbers; a numeric string is accepted there (command-line values).
 _INTEGER_KEYS = ("workers", "max_message_size", "max_forks", "max_bytes", "max_header_bytes", "max_connections",
                  "max_connections_per_client", "max_handshakes_per_client")
@@ -625,6 +626,8 @@ class _Builder:
             self.add(f"{path}.framing", f"must be {FRAMING_FORMS}, not {framing!r}")
         if "max_forks" in values:
             fields["max_forks"] = _number(values["max_forks"], True)
+        if "max_instances" in values:
+            fields["max_instances"] = _number(values["max_instances"], True)
         if "record" in values:
             fields["record"] = values["record"]
         if "proxy_protocol" in values:
@@ -888,6 +891,8 @@ def _route_data(route: Route) -> dict[str, Any]:
         data["framing"] = framing_to_string(route.framing)
     if route.max_forks is not None:
         data["max_forks"] = route.max_forks
+    if route.max_instances is not None:
+        data["max_instances"] = route.max_instances
     if route.record is not None:
         data["record"] = route.record
     if route.env:

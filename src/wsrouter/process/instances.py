@@ -6,8 +6,9 @@ Wrapped programs that start with their clients (issue 13).
     its command line filled in from the session (L{wsrouter.config.template}),
     each in its own private socket directory, so several instances may bind
     the same port.  The instance's process group is stopped (SIGTERM, SIGKILL
-    after the grace) when the session ends; at most C{max_instances} run at
-    once (503 past it).
+    after the grace) when the session ends; at most the program's
+    C{max_instances} run at once, and at most a route's own C{max_instances}
+    for that route (503 past either).
   - B{On demand} (C{start = "on-demand"}): L{OnDemandProgram} is a shared
     program that starts with its first client and is stopped after
     C{idle_stop} seconds without a session; the next client starts it again.
@@ -28,7 +29,7 @@ from urllib.parse import parse_qs
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.logger import Logger
 
-from wsrouter.config import WrappedTarget
+from wsrouter.config import Route, WrappedTarget
 from wsrouter.config.template import TemplateError, render_argv
 from wsrouter.interfaces import SessionInfo, TargetError
 from wsrouter.process.supervisor import KILL_GRACE, Child, ExitStatus, Supervisor
@@ -117,6 +118,8 @@ class InstancePool(LeasingProgram):
         self._closed = False
         #: The live (or stopping) instances by slot.
         self.instances: dict[int, InstanceProgram] = {}
+        #: The route each slot's instance was started through (for routes' own caps).
+        self._routes: dict[int, Route] = {}
 
     def start(self) -> None:
         """Nothing runs before a session; only check that the program can be found."""
@@ -130,6 +133,10 @@ class InstancePool(LeasingProgram):
         if not free:
             return fail(TargetError(f"wrapped program {self.name} already runs {self.target.max_instances} "
                                     "instances (max_instances)", 503))
+        route_cap = session.route.max_instances
+        if route_cap is not None and sum(route == session.route for route in self._routes.values()) >= route_cap:
+            return fail(TargetError(f"route {session.route.describe()} already runs {route_cap} instances of "
+                                    f"{self.name} (the route's max_instances)", 503))
         slot = free[0]
         values = {"session.id": session.session_id, "route.path": session.route.path, "instance": str(slot)}
         try:
@@ -143,12 +150,14 @@ class InstancePool(LeasingProgram):
         except (ProgramNotFound, ShimUnavailable, OSError) as e:
             return fail(_start_error(instance.name, e))
         self.instances[slot] = instance
+        self._routes[slot] = session.route
         return succeed(Lease(instance, lambda: self._release(slot, instance)))
 
     def _release(self, slot: int, instance: InstanceProgram) -> None:
         def reaped(_: None) -> None:
             if self.instances.get(slot) is instance:
                 del self.instances[slot]
+                self._routes.pop(slot, None)
 
         instance.stop(self._grace).addCallback(reaped)
 
@@ -162,7 +171,12 @@ class InstancePool(LeasingProgram):
         """Stop every instance; fires once all are reaped and their private directories removed."""
         self._closed = True
         stopping = DeferredList([instance.stop(grace) for instance in list(self.instances.values())])
-        return stopping.addCallback(lambda _: self.instances.clear())
+
+        def cleared(_: object) -> None:
+            self.instances.clear()
+            self._routes.clear()
+
+        return stopping.addCallback(cleared)
 
 
 class OnDemandProgram(LeasingProgram):

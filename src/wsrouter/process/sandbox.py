@@ -26,6 +26,7 @@ import grp
 import json
 import os
 import pwd
+import signal
 import stat
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -33,12 +34,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from wsrouter.config import ExecTarget, RouterConfig, Sandbox
 from wsrouter.rebind import ShimUnavailable, find_shim
 
-__all__ = ["STAGE", "SandboxError", "allowed_environment", "sandbox_command", "sandbox_ids", "sandbox_problems",
-           "share_directory"]
+__all__ = ["STAGE", "SandboxError", "allowed_environment", "limit_hint", "sandbox_command", "sandbox_ids",
+           "sandbox_problems", "share_directory"]
 
 #: Runs in the child: rlimits, groups, gid, uid, no_new_privs, cwd, then the program.
 STAGE = r"""
 import ctypes, json, os, sys, resource  # all before the user changes: the stdlib may be unreadable after
+import warnings  # os.execvp's PATH search imports it: a program named without a '/' would fail as the user
 spec = json.loads(sys.argv[1])
 argv = sys.argv[2:]
 def die(what, e):
@@ -74,13 +76,36 @@ except OSError as e:
     die("enter %s" % spec["cwd"], e)
 try:
     os.execvp(argv[0], argv)
-except OSError as e:
+except Exception as e:  # OSError; anything else still gets the one-line form
     die("run %s" % argv[0], e)
 """
 
 #: The resource module's names for the sandbox's limits.
 _LIMITS = (("cpu_seconds", "RLIMIT_CPU"), ("memory", "RLIMIT_AS"), ("open_files", "RLIMIT_NOFILE"),
            ("processes", "RLIMIT_NPROC"))
+
+
+#: Signals a program dies of when an allocation fails and it does not check (or aborts on purpose).
+_ALLOCATION_DEATHS = (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGKILL)
+
+
+def limit_hint(sandbox: Sandbox | None, code: int | None, signum: int | None) -> str | None:
+    """
+    For the log: which of C{sandbox}'s limits may explain a program ending
+    with exit C{code} or signal C{signum}, or C{None} (a clean exit, no limit
+    that fits).  The kernel does not say why a process failed, so this names
+    the likely limit, with its value, rather than asserting it.
+    """
+    if sandbox is None or (code == 0 and signum is None) or (code is None and signum is None):
+        return None
+    if sandbox.cpu_seconds is not None and signum in (signal.SIGXCPU, signal.SIGKILL):
+        return (f"the sandbox {sandbox.name!r} limits CPU time to {sandbox.cpu_seconds} s (cpu_seconds): when a"
+                " process has used that much, the kernel kills it (SIGKILL)")
+    if sandbox.memory is not None and (signum in _ALLOCATION_DEATHS or signum is None):
+        return (f"the sandbox {sandbox.name!r} limits address space to {sandbox.memory} bytes (memory): an"
+                " allocation past it fails (MemoryError, malloc returning NULL), which often ends a program"
+                " like this; see its stderr above")
+    return None
 
 
 class SandboxError(Exception):

@@ -33,7 +33,7 @@ from twisted.logger import Logger
 
 from wsrouter.config import RouterConfig, WrappedTarget
 from wsrouter.interfaces import TargetError
-from wsrouter.process.sandbox import SandboxError, allowed_environment, sandbox_command, share_directory
+from wsrouter.process.sandbox import SandboxError, allowed_environment, limit_hint, sandbox_command, share_directory
 from wsrouter.process.supervisor import KILL_GRACE, Child, ChildOwner, ExitStatus, Launch, Supervisor, log_output
 from wsrouter.rebind import ShimReport, parse_report_line, shim_environment
 from wsrouter.rebind.private import clear_sockets, make_private_dir, remove_private_dir
@@ -302,6 +302,8 @@ class WrappedProgram(ChildOwner):
         return None
 
     def child_exited(self, child: Child, status: ExitStatus) -> None:
+        if not child.stopping and (hint := limit_hint(self.target.sandbox, status.code, status.signal)):
+            log.warn("{name} {status}: {hint}", name=self.name, status=status.describe(), hint=hint)
         mode = self.target.mode
         if mode != "ignore":
             self.address = None

@@ -80,11 +80,16 @@
  * socket in DIR. recvfrom() and recvmsg() show each sender as an IP address:
  * the WebSocket client's when the router bound its socket to the abstract
  * name above, else loopback with a port made from the sender's name; the
- * shim remembers the last MAX_PEERS senders, so that sendto() and sendmsg()
- * to such an address go to that sender's Unix name (to an address never seen:
- * EHOSTUNREACH). Not translated: connect() to an IP address, recvmmsg(),
- * sendmmsg(), and read()/write() need a connected socket, which such a
- * socket is not; SO_PROTOCOL reads IPPROTO_UDP.
+ * shim remembers the MAX_PEERS most recently heard or answered senders, so
+ * that sendto() and sendmsg() to such an address go to that sender's Unix
+ * name (to an address never seen, or forgotten: EHOSTUNREACH, and one line
+ * on stderr the first time). recvmmsg() and sendmmsg() are done as a loop of
+ * recvmsg() and sendmsg() with the same translation (MSG_WAITFORONE and the
+ * timeout, checked after each datagram as the kernel does, are kept).
+ * connect() to a sender's IP address connects to its Unix name, so send(),
+ * write(), recv() and read() then work with that sender; getpeername() shows
+ * the WebSocket client (another sender: loopback, with a port that may differ
+ * from the one recvfrom() showed). SO_PROTOCOL reads IPPROTO_UDP.
  * A socket is recognised by its Unix name lying in DIR, so this also holds
  * for sockets inherited across fork and exec. Other calls (recvmsg's
  * address, /proc/net) still show a Unix socket. The shim never unlinks the
@@ -132,6 +137,9 @@ typedef ssize_t (*recvfrom_fn)(int, void *, size_t, int, struct sockaddr *, sock
 typedef ssize_t (*sendto_fn)(int, const void *, size_t, int, const struct sockaddr *, socklen_t);
 typedef ssize_t (*recvmsg_fn)(int, struct msghdr *, int);
 typedef ssize_t (*sendmsg_fn)(int, const struct msghdr *, int);
+typedef int (*connect_fn)(int, const struct sockaddr *, socklen_t);
+typedef int (*recvmmsg_fn)(int, struct mmsghdr *, unsigned int, int, struct timespec *);
+typedef int (*sendmmsg_fn)(int, struct mmsghdr *, unsigned int, int);
 typedef int (*sockopt_set_fn)(int, int, int, const void *, socklen_t);
 typedef int (*sockopt_get_fn)(int, int, int, void *, socklen_t *);
 
@@ -202,6 +210,9 @@ NEXT_SYMBOL(recvfrom_fn, recvfrom)
 NEXT_SYMBOL(sendto_fn, sendto)
 NEXT_SYMBOL(recvmsg_fn, recvmsg)
 NEXT_SYMBOL(sendmsg_fn, sendmsg)
+NEXT_SYMBOL(connect_fn, connect)
+NEXT_SYMBOL(recvmmsg_fn, recvmmsg)
+NEXT_SYMBOL(sendmmsg_fn, sendmmsg)
 
 static void port_add(unsigned long port)
 {
@@ -946,18 +957,19 @@ int getsockopt(int fd, int level, int name, void *value, socklen_t *len)
 
 /* -- private UDP ----------------------------------------------------------- */
 
-/* How many senders a private UDP socket can answer (the most recent ones). */
+/* How many senders a private UDP socket can answer (the most recently used). */
 #define MAX_PEERS 256
 
 /* A sender as the program sees it, and the Unix name to answer it at. */
 struct dgram_peer {
-    int used;
+    unsigned long used; /* when last heard or answered (dgram_clock); 0: free */
     union address fake;
     struct sockaddr_un un;
     socklen_t un_len;
 };
 static struct dgram_peer dgram_peers[MAX_PEERS];
-static unsigned dgram_next;
+static unsigned long dgram_clock;
+static int dgram_warned;
 static pthread_mutex_t dgram_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static int private_dgram(void)
@@ -980,13 +992,16 @@ static int same_ip_address(const union address *a, const union address *b)
 static void remember_peer(const union address *fake, const union address *unix_peer, socklen_t unix_len)
 {
     pthread_mutex_lock(&dgram_lock);
-    struct dgram_peer *slot = NULL;
-    for (int i = 0; i < MAX_PEERS && slot == NULL; i++)
+    struct dgram_peer *slot = NULL, *oldest = &dgram_peers[0];
+    for (int i = 0; i < MAX_PEERS && slot == NULL; i++) {
         if (dgram_peers[i].used && same_ip_address(&dgram_peers[i].fake, fake))
             slot = &dgram_peers[i];
+        else if (dgram_peers[i].used < oldest->used)
+            oldest = &dgram_peers[i];
+    }
     if (slot == NULL)
-        slot = &dgram_peers[dgram_next++ % MAX_PEERS];
-    slot->used = 1;
+        slot = oldest; /* free, else the least recently used */
+    slot->used = ++dgram_clock;
     slot->fake = *fake;
     memcpy(&slot->un, &unix_peer->un, unix_len);
     slot->un_len = unix_len;
@@ -1004,6 +1019,7 @@ static int lookup_peer(const struct sockaddr *dest, socklen_t dest_len, struct s
         if (dgram_peers[i].used && same_ip_address(&dgram_peers[i].fake, &wanted)) {
             *un = dgram_peers[i].un;
             *un_len = dgram_peers[i].un_len;
+            dgram_peers[i].used = ++dgram_clock;
             found = 1;
         }
     }
@@ -1055,6 +1071,12 @@ static int dgram_destination(int fd, const struct sockaddr *dest, socklen_t dest
         || !private_socket(fd, &local, &local_len, &port))
         return 0;
     if (!lookup_peer(dest, dest_len, un, un_len)) {
+        if (!__atomic_exchange_n(&dgram_warned, 1, __ATOMIC_RELAXED)) {
+            static const char line[] = "wsrouter rebind: a datagram to an address this private UDP socket has not "
+                                       "heard from (or no longer remembers) fails with EHOSTUNREACH\n";
+            ssize_t ignored = write(STDERR_FILENO, line, sizeof line - 1);
+            (void)ignored;
+        }
         errno = EHOSTUNREACH;
         return -1;
     }
@@ -1153,4 +1175,91 @@ ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
     copy.msg_name = &un;
     copy.msg_namelen = un_len;
     return real(fd, &copy, flags);
+}
+
+int connect(int fd, const struct sockaddr *dest, socklen_t dest_len)
+{
+    connect_fn real = next_connect();
+    if (real == NULL) {
+        errno = ENOSYS;
+        return -1;
+    }
+    struct sockaddr_un un;
+    socklen_t un_len;
+    int mapped = private_dgram() ? dgram_destination(fd, dest, dest_len, &un, &un_len) : 0;
+    if (mapped < 0)
+        return -1;
+    if (mapped)
+        return real(fd, (struct sockaddr *)&un, un_len);
+    return real(fd, dest, dest_len);
+}
+
+static int timespec_passed(const struct timespec *deadline)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return now.tv_sec > deadline->tv_sec || (now.tv_sec == deadline->tv_sec && now.tv_nsec >= deadline->tv_nsec);
+}
+
+int recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags, struct timespec *timeout)
+{
+    recvmmsg_fn real = next_recvmmsg();
+    if (real == NULL) {
+        errno = ENOSYS;
+        return -1;
+    }
+    union address local;
+    socklen_t local_len;
+    unsigned short port;
+    if (!private_dgram() || vec == NULL || !private_socket(fd, &local, &local_len, &port))
+        return real(fd, vec, vlen, flags, timeout);
+    /* As the kernel: the timeout is checked after each datagram; after the
+     * first, MSG_WAITFORONE makes the rest non-blocking; an error after the
+     * first datagram ends the batch and is not reported. */
+    struct timespec deadline;
+    if (timeout != NULL) {
+        clock_gettime(CLOCK_MONOTONIC, &deadline);
+        deadline.tv_sec += timeout->tv_sec;
+        deadline.tv_nsec += timeout->tv_nsec;
+        if (deadline.tv_nsec >= 1000000000L) {
+            deadline.tv_sec += 1;
+            deadline.tv_nsec -= 1000000000L;
+        }
+    }
+    int each = flags & ~MSG_WAITFORONE;
+    unsigned int got = 0;
+    while (got < vlen) {
+        ssize_t n = recvmsg(fd, &vec[got].msg_hdr, each);
+        if (n < 0)
+            return got > 0 ? (int)got : -1;
+        vec[got].msg_len = (unsigned int)n;
+        got++;
+        if (flags & MSG_WAITFORONE)
+            each |= MSG_DONTWAIT;
+        if (timeout != NULL && timespec_passed(&deadline))
+            break;
+    }
+    return (int)got;
+}
+
+int sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags)
+{
+    sendmmsg_fn real = next_sendmmsg();
+    if (real == NULL) {
+        errno = ENOSYS;
+        return -1;
+    }
+    union address local;
+    socklen_t local_len;
+    unsigned short port;
+    if (!private_dgram() || vec == NULL || !private_socket(fd, &local, &local_len, &port))
+        return real(fd, vec, vlen, flags);
+    unsigned int sent = 0;
+    for (; sent < vlen; sent++) {
+        ssize_t n = sendmsg(fd, &vec[sent].msg_hdr, flags);
+        if (n < 0)
+            return sent > 0 ? (int)sent : -1;
+        vec[sent].msg_len = (unsigned int)n;
+    }
+    return (int)sent;
 }

@@ -90,15 +90,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.error import ProcessTerminated
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wsrouter import __version__
 from wsrouter.clientcert import cgi_variables
-from wsrouter.config import DEFAULT_COMMAND_KILL_GRACE, ExecTarget, Limits, Route
+from wsrouter.config import DEFAULT_COMMAND_KILL_GRACE, ExecTarget, Limits, Route, Sandbox
 from wsrouter.interfaces import Link, LinkReceiver, SessionInfo, TargetError
-from wsrouter.process.sandbox import SandboxError, allowed_environment, sandbox_command
+from wsrouter.process.sandbox import SandboxError, allowed_environment, limit_hint, sandbox_command
 from wsrouter.targets.process_link import ProcessLink, ProcessTransport, describe_exit
 from wsrouter.targets.terminal import DEFAULT_TERM, PtyLink, open_pty
 
@@ -330,6 +331,8 @@ class CommandLink(ProcessLink):
 
     message_oriented = False
     STOP_STAGES = ((signal.SIGTERM,), (signal.SIGKILL,))
+    #: The command's sandbox: its limits are named in the log when they may explain an exit.
+    sandbox: Sandbox | None = None
 
     def __init__(
         self,
@@ -396,6 +399,10 @@ class CommandLink(ProcessLink):
         self._stderr.flush()
 
     def processExited(self, reason: Failure) -> None:
+        value = reason.value
+        if self.sandbox is not None and isinstance(value, ProcessTerminated) and (
+                hint := limit_hint(self.sandbox, value.exitCode, value.signal)):
+            log.warn("{label} {status}: {hint}", label=self.label, status=describe_exit(reason), hint=hint)
         self._cancel("_eof_call")
         super().processExited(reason)
         self._maybe_report()
@@ -542,6 +549,8 @@ class ExecConnector:
                                on_exit=lambda link: self._exited(route))
             args = [*self._launcher, executable, *target.argv[1:]]
         if target.sandbox is not None:
+            if isinstance(link, CommandLink):
+                link.sandbox = target.sandbox
             try:
                 args = sandbox_command(target.sandbox, [executable, *target.argv[1:]])
             except SandboxError as e:
