@@ -306,8 +306,9 @@ def _utf8(message: bytes) -> bool:
 
 
 def _json_value(message: bytes, max_size: int) -> bool:
+    # Decoded as UTF-8 first: json.loads guesses UTF-16 for bytes such as b"1\x00".
     try:
-        json.loads(message)
+        json.loads(message.decode("utf-8"))
     except ValueError:
         return False
     return len(message) <= max_size
@@ -369,7 +370,7 @@ def frame_stream(framer: Framer, chunks: Sequence[bytes]) -> list[bytes]:
         return messages + framer.flush()
     except FramingError as e:
         assert e.code in (1009, 1011), f"close code {e.code} for a refused stream"
-        return [*messages, REFUSED % e.code]
+        return [*messages, *(payload for payload, _ in e.messages), REFUSED % e.code]
 
 
 #: How L{frame_stream} marks a refused stream (not a message: see L{_messages}).

@@ -702,3 +702,10 @@ def test_main_convert(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert "No such file or directory" in err and "Traceback" not in err
     assert main_convert([str(target), str(tmp_path / "y.jsonl")]) == 1
     assert "not a websockify recording" in capsys.readouterr().err
+
+
+def test_headers_that_are_not_a_list_are_no_headers() -> None:
+    """A header line whose "headers" is a number reads as no headers, not a TypeError (found by atheris)."""
+    lines = [b'{"format":"wsrouter-recording","version":1,"start":1.5,"headers":0.1}\n']
+    header, _events = parse_recording(lines, "fuzz")
+    assert header.headers == ()

@@ -318,3 +318,29 @@ def test_json_round_trip_property(values: list[object], cuts: list[int]) -> None
     chunks.append(stream[offset:])
     got = run(JsonFramer(1 << 20), chunks)
     assert [json.loads(payload) for payload, _ in got] == values
+
+
+def test_unknown_type_byte_is_refused_whatever_the_payload() -> None:
+    """A typed frame with type 0 is refused (1011), even when its payload is not UTF-8 (found by atheris)."""
+    framer = LengthFramer(2, True, 64)
+    with pytest.raises(FramingError) as caught:
+        framer.feed_typed(b"\x00\x03\x00\x91\x91\x9a")
+    assert caught.value.code == 1011
+
+
+def test_messages_before_a_bad_frame_in_one_read_come_with_the_error() -> None:
+    """Whole frames read together with a bad one are handed over with the error, as if the read had been cut."""
+    framer = LengthFramer(2, True, 64)
+    with pytest.raises(FramingError) as caught:
+        framer.feed_typed(b"\x00\x02\x01hi" + b"\x00\x01\x02\x00" + b"\xff\xff\x01")
+    assert caught.value.code == 1009
+    assert caught.value.messages == [(b"hi", False), (b"\x00", True)]
+
+
+def test_json_values_before_an_oversized_one_come_with_the_error() -> None:
+    """JSON values read together with one over the limit are handed over with the 1009 (found by atheris)."""
+    framer = JsonFramer(14)
+    with pytest.raises(FramingError) as caught:
+        framer.feed_typed(b'""""\x00\x00t\x80\x02\x00\x00\x00\xff\xff\xff\xff\x00\x00\x00')
+    assert caught.value.code == 1009
+    assert caught.value.messages == [(b'""', False), (b'""', False)]

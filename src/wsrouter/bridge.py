@@ -276,6 +276,8 @@ class Bridge:
             try:
                 typed = self._framer.feed_typed(data)  # type: ignore[attr-defined]
             except FramingError as e:
+                for message, is_binary in e.messages:  # whole before the bad data: delivered first
+                    self._send(message, is_binary)
                 self._framing_failed(e)
                 return
             for message, is_binary in typed:

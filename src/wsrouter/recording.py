@@ -630,7 +630,9 @@ def _offset_of(name: str, line_number: int, value: Any) -> float:
 
 
 def _header_fields(obj: dict[str, Any]) -> dict[str, Any]:
-    headers = obj.get("headers") or []
+    headers = obj.get("headers")
+    if not isinstance(headers, list):  # like the other fields: a wrong type is no value
+        headers = []
     pairs = tuple(
         (str(pair[0]), str(pair[1]))
         for pair in headers

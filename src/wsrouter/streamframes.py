@@ -58,6 +58,9 @@ class FramingError(ValueError):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        #: The whole messages framed before the bad data, in the same read:
+        #: delivered before the close, as they would be had the read been cut.
+        self.messages: Typed = []
 
 
 class _TypedBase:
@@ -168,22 +171,29 @@ class LengthFramer(_TypedBase):
         self._buffer += data
         buffer, header, messages = self._buffer, self._header, []
         offset, total = 0, len(buffer)
-        with memoryview(buffer) as view:
-            while total - offset >= header:
-                (length,) = struct.unpack_from(self._format, buffer, offset)
-                if length > self._max_size:
-                    raise FramingError(MESSAGE_TOO_BIG, f"target frame of {length} bytes is over the "
-                                                        f"{self._max_size}-byte limit")
-                end = offset + header + length
-                if end > total:
-                    break
-                payload = bytes(view[offset + header:end])
-                messages.append((payload, self._type(buffer[offset + self._width] if self._typed else -1, payload)))
-                offset = end
+        try:
+            with memoryview(buffer) as view:
+                while total - offset >= header:
+                    (length,) = struct.unpack_from(self._format, buffer, offset)
+                    if length > self._max_size:
+                        raise FramingError(MESSAGE_TOO_BIG, f"target frame of {length} bytes is over the "
+                                                            f"{self._max_size}-byte limit")
+                    end = offset + header + length
+                    if end > total:
+                        break
+                    payload = bytes(view[offset + header:end])
+                    type_byte = buffer[offset + self._width] if self._typed else -1
+                    messages.append((payload, self._type(type_byte, payload)))
+                    offset = end
+        except FramingError as e:
+            e.messages = messages
+            raise
         del buffer[:offset]
         return messages
 
     def _type(self, type_byte: int, payload: bytes) -> bool:
+        if type_byte not in (-1, TYPE_TEXT, TYPE_BINARY):
+            raise FramingError(INTERNAL_ERROR, f"target sent unknown frame type {type_byte}")
         if type_byte == TYPE_BINARY:
             return True
         try:
@@ -192,8 +202,6 @@ class LengthFramer(_TypedBase):
             if type_byte == TYPE_TEXT:
                 raise FramingError(INTERNAL_ERROR, "target sent a text frame that is not UTF-8") from None
             return True
-        if type_byte not in (-1, TYPE_TEXT):
-            raise FramingError(INTERNAL_ERROR, f"target sent unknown frame type {type_byte}")
         return False
 
     def flush_typed(self) -> Typed:
@@ -255,7 +263,11 @@ class JsonFramer(_TypedBase):
             return []
         self._buffer += data
         messages: Typed = []
-        self._scan(messages)
+        try:
+            self._scan(messages)
+        except FramingError as e:
+            e.messages = messages
+            raise
         consumed = self._start if self._start >= 0 else self._pos
         if consumed:
             del self._buffer[:consumed]
@@ -263,7 +275,9 @@ class JsonFramer(_TypedBase):
             if self._start >= 0:
                 self._start = 0
         if self._start >= 0 and len(self._buffer) > self._max_size:
-            raise FramingError(MESSAGE_TOO_BIG, f"target JSON value is over the {self._max_size}-byte limit")
+            error = FramingError(MESSAGE_TOO_BIG, f"target JSON value is over the {self._max_size}-byte limit")
+            error.messages = messages
+            raise error
         return messages
 
     def _scan(self, messages: Typed) -> None:
