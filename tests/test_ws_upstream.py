@@ -571,3 +571,82 @@ def test_client_close_waits_for_a_slow_upstream_to_read_everything() -> Any:
     finally:
         yield service.stopService()
         upstream.close()
+
+
+# -- fragmentation -------------------------------------------------------------------------
+
+
+#: Messages as their frames; ``websockets`` sends an iterable as one frame per item then an empty
+#: final frame, and its ``recv_streaming`` yields one chunk per frame received.
+FRAGMENTED: list[list[str] | list[bytes]] = [["ab", "cd", "ef"], [b"\x01", b"", b"\x02\x03"], ["whole"],
+                                              ["x" * 70_000, "y" * 10, "z" * 200_000]]
+
+
+@pytest_twisted.inlineCallbacks
+def test_fragmentation_is_kept_both_ways() -> Any:
+    """A fragmented message keeps its frame boundaries and type from client to upstream and back."""
+    seen: queue.Queue[list[str | bytes]] = queue.Queue()
+
+    def handler(connection: ServerConnection) -> None:
+        try:
+            for _ in FRAGMENTED:
+                fragments = list(connection.recv_streaming())
+                seen.put(fragments)
+                connection.send(fragments)  # an iterable: one frame per item
+            connection.recv()
+        except ConnectionClosed:
+            pass
+
+    upstream = Upstream(handler, compression=None)
+    service = start_router(routes=[route(upstream.url())])
+
+    def client() -> list[list[str | bytes]]:
+        answers = []
+        with connect(service.url + "/u", compression=None) as ws:
+            for message in FRAGMENTED:
+                ws.send(message)
+                answers.append(list(ws.recv_streaming()))
+        return answers
+
+    try:
+        answers = yield in_thread(client)
+        upstream_saw = [seen.get(timeout=10) for _ in FRAGMENTED]  # all put before the answers came
+        empty = [message[0][:0] for message in FRAGMENTED]  # the final frame websockets adds, per hop
+        assert upstream_saw == [[*message, end] for message, end in zip(FRAGMENTED, empty, strict=True)]
+        assert answers == [[*message, end, end] for message, end in zip(FRAGMENTED, empty, strict=True)]
+    finally:
+        yield service.stopService()
+        upstream.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_max_message_size_counts_the_whole_fragmented_message() -> Any:
+    """Fragments each under max_message_size but together over it are refused with 1009, on either hop."""
+    closes: queue.Queue[int | None] = queue.Queue()
+
+    def handler(connection: ServerConnection) -> None:
+        try:
+            if connection.recv() == "flood":
+                connection.send([b"y" * 400] * 3)
+            connection.recv()
+        except ConnectionClosed:
+            pass
+        closes.put(connection.close_code)
+
+    upstream = Upstream(handler, compression=None)
+    service = start_router(routes=[route(upstream.url())], limits={"max_message_size": 1000})
+
+    def client(first: str | list[bytes]) -> int | None:
+        with connect(service.url + "/u", compression=None) as ws:
+            ws.send(first)
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=10)
+            return ws.close_code
+
+    try:
+        assert (yield in_thread(client, "flood")) == 1011
+        assert (yield in_thread(closes.get, timeout=10)) == 1009
+        assert (yield in_thread(client, [b"x" * 400] * 3)) == 1009
+    finally:
+        yield service.stopService()
+        upstream.close()

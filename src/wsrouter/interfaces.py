@@ -289,6 +289,9 @@ class ConnectionSession(Protocol):
 
     def message_end(self) -> None: ...
 
+    def frame_end(self) -> None:
+        """A non-final frame of the current client message ended (a fragment boundary)."""
+
     def pong(self, payload: bytes) -> None: ...
 
     def sent(self) -> None:
