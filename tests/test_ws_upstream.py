@@ -650,3 +650,146 @@ def test_max_message_size_counts_the_whole_fragmented_message() -> Any:
     finally:
         yield service.stopService()
         upstream.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_fragmented_messages_with_permessage_deflate_on_the_client_hop() -> Any:
+    """With permessage-deflate to the client, fragmented messages keep their content both ways (one frame to it)."""
+    seen: queue.Queue[str] = queue.Queue()
+
+    def handler(connection: ServerConnection) -> None:
+        try:
+            fragments = list(connection.recv_streaming())
+            seen.put("".join(str(fragment) for fragment in fragments))
+            connection.send(["ab", "cd", "ef"])
+            connection.recv()
+        except ConnectionClosed:
+            pass
+
+    upstream = Upstream(handler, compression=None)
+    service = start_router(routes=[route(upstream.url())], compression={"permessage_deflate": True})
+
+    def client() -> tuple[list[str | bytes], Any]:
+        with connect(service.url + "/u", compression="deflate") as ws:
+            ws.send(["hello ", "fragmented ", "world"])
+            return list(ws.recv_streaming()), ws.response.headers.get("Sec-WebSocket-Extensions")
+
+    try:
+        answer, extensions = yield in_thread(client)
+        assert "permessage-deflate" in (extensions or "")
+        assert seen.get(timeout=10) == "hello fragmented world"
+        assert answer == ["abcdef"]
+    finally:
+        yield service.stopService()
+        upstream.close()
+
+
+class FragmentSocket:
+    """A client side that takes fragments (as the Autobahn adapter does), logging everything."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+
+    def send(self, payload: bytes, is_binary: bool) -> None:
+        self.events.append(("send", payload, is_binary))
+
+    def send_fragment(self, payload: bytes, is_binary: bool, first: bool, fin: bool) -> None:
+        self.events.append(("fragment", payload, is_binary, first, fin))
+
+    def close(self, code: int, reason: str) -> None:
+        self.events.append(("close", code))
+
+    def attach_producer(self, producer: Any) -> None:
+        """Flow control is not under test here."""
+
+    def consumer_producer(self) -> Any:
+        return None
+
+
+class FakeUpstream:
+    """The Autobahn client protocol as a L{WebSocketLink} uses it, logging the frames and messages sent."""
+
+    state = 3  # WebSocketClientProtocol.STATE_OPEN
+    transport = None
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[Any, ...]] = []
+
+    def sendFrame(self, opcode: int, payload: bytes, fin: bool) -> None:
+        self.sent.append(("frame", opcode, payload, fin))
+
+    def sendMessage(self, payload: bytes, is_binary: bool) -> None:
+        self.sent.append(("message", payload, is_binary))
+
+    def report_close(self) -> bool:
+        return False
+
+
+def test_bridge_and_link_pass_fragments_and_hold_injected_messages() -> None:
+    """Client fragments go upstream frame by frame, a watcher's message waits for the fragmented one to end."""
+    from wsrouter.bridge import Bridge
+    from wsrouter.framing import BinaryFramer
+    from wsrouter.targets.websocket import WebSocketClientProtocol, WebSocketLink
+
+    assert FakeUpstream.state == WebSocketClientProtocol.STATE_OPEN
+    upstream = FakeUpstream()
+    link = WebSocketLink(upstream, None)  # type: ignore[arg-type]
+    bridge = Bridge(FragmentSocket(), link, BinaryFramer())  # type: ignore[arg-type]
+    bridge.start()
+    bridge.message_begin(False)
+    bridge.frame_data(b"ab")
+    bridge.frame_data(b"c")  # two reads of one frame
+    bridge.fragment_end()
+    assert bridge.inject(b"watcher", True)
+    bridge.frame_data(b"d")
+    bridge.message_end()
+    bridge.message_begin(True)
+    bridge.frame_data(b"whole")
+    bridge.message_end()
+    assert upstream.sent == [("frame", 1, b"abc", False), ("frame", 0, b"d", True),
+                             ("message", b"watcher", True), ("message", b"whole", True)]
+
+
+def test_bridge_sends_target_fragments_on_or_gathers_them_when_recording() -> None:
+    """Target fragments go to the client as fragments; a recorded session gets and records them as one message."""
+    from wsrouter.bridge import Bridge
+    from wsrouter.framing import BinaryFramer
+
+    for recorder in (None, RecorderStub()):
+        socket = FragmentSocket()
+        bridge = Bridge(socket, LinkStub(), BinaryFramer(), recorder=recorder)  # type: ignore[arg-type]
+        bridge.fragment_received(b"a", False, True, False)
+        bridge.fragment_received(b"b", False, False, False)
+        bridge.fragment_received(b"", False, False, True)
+        bridge.fragment_received(b"one", True, True, True)
+        if recorder is None:
+            assert socket.events == [("fragment", b"a", False, True, False), ("fragment", b"b", False, False, False),
+                                     ("fragment", b"", False, False, True), ("send", b"one", True)]
+        else:
+            assert socket.events == [("send", b"ab", False), ("send", b"one", True)]
+            assert recorder.target == [(b"ab", False), (b"one", True)]
+        assert (bridge.stats.messages_to_client, bridge.stats.bytes_to_client) == (2, 5)
+
+
+class RecorderStub:
+    """Keeps the target messages it is told of."""
+
+    def __init__(self) -> None:
+        self.target: list[tuple[bytes, bool]] = []
+
+    def client_message(self, payload: bytes, is_binary: bool) -> None:
+        """Not under test."""
+
+    def target_message(self, payload: bytes, is_binary: bool) -> None:
+        self.target.append((payload, is_binary))
+
+    def closed(self, code: int | None, reason: str) -> None:
+        """Not under test."""
+
+
+class LinkStub:
+    """A message link that is never written to here."""
+
+    message_oriented = True
+    producer = None
+    consumer = None
