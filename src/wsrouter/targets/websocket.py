@@ -94,6 +94,7 @@ class WebSocketLink:
         #: A fragmented client message is being sent: whole messages wait in C{_held}.
         self._in_message = False
         self._held: list[tuple[bytes, bool]] = []
+        self._gathered: list[bytes] = []
         self._done = False
         self.producer: IPushProducer | None = self
         self.consumer: IConsumer | None = self
@@ -146,15 +147,18 @@ class WebSocketLink:
         else:
             self._to_receiver(self._receiver, payload, is_binary, first, fin)
 
-    @staticmethod
-    def _to_receiver(receiver: LinkReceiver, payload: bytes, is_binary: bool, first: bool, fin: bool) -> None:
+    def _to_receiver(self, receiver: LinkReceiver, payload: bytes, is_binary: bool, first: bool, fin: bool) -> None:
+        """Fragments to a receiver that takes them (the bridge); whole messages to any other."""
         fragment_received = getattr(receiver, "fragment_received", None)
         if fragment_received is not None:
             fragment_received(payload, is_binary, first, fin)
-        elif first and fin:
-            receiver.message_received(payload, is_binary)
-        else:
-            raise TypeError(f"{receiver!r} cannot take fragments")
+            return
+        if first:
+            self._gathered = []
+        self._gathered.append(payload)
+        if fin:
+            message, self._gathered = b"".join(self._gathered), []
+            receiver.message_received(message, is_binary)
 
     def ended(self, code: int | None, reason: str, error: str | None) -> None:
         """The upstream connection is over: tell the bridge the close code (or the error)."""
