@@ -793,3 +793,96 @@ class LinkStub:
     message_oriented = True
     producer = None
     consumer = None
+
+
+def stalls(sent: list[int], total: int) -> Any:
+    """Wait until C{sent} stays put for a second; true if it then is far from C{total}."""
+    steady, last = 0, -1
+    for _ in range(150):
+        yield deferLater(reactor, 0.2, lambda: None)
+        steady, last = (steady + 1, last) if sent[0] == last and last > 0 else (0, sent[0])
+        if steady == 5:
+            break
+    return steady == 5 and sent[0] < total // 2
+
+
+BIG_CHUNK, BIG_TOTAL = 64 * 1024, 48 * 1024 * 1024
+
+
+def counted_fragments(sent: list[int], fill: bytes) -> Any:
+    """One big message's fragments, counting what was handed to the sender."""
+    while sent[0] < BIG_TOTAL:
+        yield fill * BIG_CHUNK
+        sent[0] += BIG_CHUNK
+
+
+@pytest_twisted.inlineCallbacks
+def test_slow_client_stalls_one_big_fragmented_upstream_message() -> Any:
+    """A client that does not read stalls an upstream sending one huge fragmented message midway (nothing is
+    gathered); all of it arrives, frame by frame, once the client reads."""
+    sent = [0]
+
+    def flood(connection: ServerConnection) -> None:
+        try:
+            connection.send(counted_fragments(sent, b"\x01"))
+            connection.close(1000, "done")
+        except ConnectionClosed:
+            pass
+
+    upstream = Upstream(flood, compression=None)
+    service = start_router(routes=[route(upstream.url())], limits={"max_message_size": 2 * BIG_TOTAL})
+    may_read = threading.Event()
+
+    def slow_client() -> tuple[int, int, int | None]:
+        with connect(service.url + "/u", max_queue=4, compression=None) as ws:
+            may_read.wait(60)
+            sizes = [len(fragment) for fragment in ws.recv_streaming()]
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=30)
+            return sum(sizes), max(sizes), ws.close_code
+
+    try:
+        reading = in_thread(slow_client)
+        assert (yield from stalls(sent, BIG_TOTAL)), sent[0]
+        may_read.set()
+        assert (yield reading) == (BIG_TOTAL, BIG_CHUNK, 1000)
+    finally:
+        may_read.set()
+        yield service.stopService()
+        upstream.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_slow_upstream_stalls_one_big_fragmented_client_message() -> Any:
+    """An upstream that does not read stalls a client sending one huge fragmented message midway; all of it
+    arrives, frame by frame, once the upstream reads."""
+    may_read = threading.Event()
+    received: queue.Queue[tuple[int, int]] = queue.Queue()
+    sent = [0]
+
+    def slow(connection: ServerConnection) -> None:
+        may_read.wait(60)
+        try:
+            sizes = [len(fragment) for fragment in connection.recv_streaming()]
+            received.put((sum(sizes), max(sizes)))
+            connection.recv()
+        except ConnectionClosed:
+            pass
+
+    upstream = Upstream(slow, max_queue=4, compression=None)
+    service = start_router(routes=[route(upstream.url())], limits={"max_message_size": 2 * BIG_TOTAL})
+
+    def flooding_client() -> None:
+        with connect(service.url + "/u", compression=None) as ws:
+            ws.send(counted_fragments(sent, b"\x02"))
+
+    try:
+        sending = in_thread(flooding_client)
+        assert (yield from stalls(sent, BIG_TOTAL)), sent[0]
+        may_read.set()
+        yield sending
+        assert (yield in_thread(received.get, timeout=60)) == (BIG_TOTAL, BIG_CHUNK)
+    finally:
+        may_read.set()
+        yield service.stopService()
+        upstream.close()
