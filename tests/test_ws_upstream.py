@@ -571,3 +571,318 @@ def test_client_close_waits_for_a_slow_upstream_to_read_everything() -> Any:
     finally:
         yield service.stopService()
         upstream.close()
+
+
+# -- fragmentation -------------------------------------------------------------------------
+
+
+#: Messages as their frames; ``websockets`` sends an iterable as one frame per item then an empty
+#: final frame, and its ``recv_streaming`` yields one chunk per frame received.
+FRAGMENTED: list[list[str] | list[bytes]] = [["ab", "cd", "ef"], [b"\x01", b"", b"\x02\x03"], ["whole"],
+                                              ["x" * 70_000, "y" * 10, "z" * 200_000]]
+
+
+@pytest_twisted.inlineCallbacks
+def test_fragmentation_is_kept_both_ways() -> Any:
+    """A fragmented message keeps its frame boundaries and type from client to upstream and back."""
+    seen: queue.Queue[list[str | bytes]] = queue.Queue()
+
+    def handler(connection: ServerConnection) -> None:
+        try:
+            for _ in FRAGMENTED:
+                fragments = list(connection.recv_streaming())
+                seen.put(fragments)
+                connection.send(fragments)  # an iterable: one frame per item
+            connection.recv()
+        except ConnectionClosed:
+            pass
+
+    upstream = Upstream(handler, compression=None)
+    service = start_router(routes=[route(upstream.url())])
+
+    def client() -> list[list[str | bytes]]:
+        answers = []
+        with connect(service.url + "/u", compression=None) as ws:
+            for message in FRAGMENTED:
+                ws.send(message)
+                answers.append(list(ws.recv_streaming()))
+        return answers
+
+    try:
+        answers = yield in_thread(client)
+        upstream_saw = [seen.get(timeout=10) for _ in FRAGMENTED]  # all put before the answers came
+        empty = [message[0][:0] for message in FRAGMENTED]  # the final frame websockets adds, per hop
+        assert upstream_saw == [[*message, end] for message, end in zip(FRAGMENTED, empty, strict=True)]
+        assert answers == [[*message, end, end] for message, end in zip(FRAGMENTED, empty, strict=True)]
+    finally:
+        yield service.stopService()
+        upstream.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_max_message_size_counts_the_whole_fragmented_message() -> Any:
+    """Fragments each under max_message_size but together over it are refused with 1009, on either hop."""
+    closes: queue.Queue[int | None] = queue.Queue()
+
+    def handler(connection: ServerConnection) -> None:
+        try:
+            if connection.recv() == "flood":
+                connection.send([b"y" * 400] * 3)
+            connection.recv()
+        except ConnectionClosed:
+            pass
+        closes.put(connection.close_code)
+
+    upstream = Upstream(handler, compression=None)
+    service = start_router(routes=[route(upstream.url())], limits={"max_message_size": 1000})
+
+    def client(first: str | list[bytes]) -> int | None:
+        with connect(service.url + "/u", compression=None) as ws:
+            ws.send(first)
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=10)
+            return ws.close_code
+
+    try:
+        assert (yield in_thread(client, "flood")) == 1011
+        assert (yield in_thread(closes.get, timeout=10)) == 1009
+        assert (yield in_thread(client, [b"x" * 400] * 3)) == 1009
+    finally:
+        yield service.stopService()
+        upstream.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_fragmented_messages_with_permessage_deflate_on_the_client_hop() -> Any:
+    """With permessage-deflate to the client, fragmented messages keep their content both ways (one frame to it)."""
+    seen: queue.Queue[str] = queue.Queue()
+
+    def handler(connection: ServerConnection) -> None:
+        try:
+            fragments = list(connection.recv_streaming())
+            seen.put("".join(str(fragment) for fragment in fragments))
+            connection.send(["ab", "cd", "ef"])
+            connection.recv()
+        except ConnectionClosed:
+            pass
+
+    upstream = Upstream(handler, compression=None)
+    service = start_router(routes=[route(upstream.url())], compression={"permessage_deflate": True})
+
+    def client() -> tuple[list[str | bytes], Any]:
+        with connect(service.url + "/u", compression="deflate") as ws:
+            ws.send(["hello ", "fragmented ", "world"])
+            return list(ws.recv_streaming()), ws.response.headers.get("Sec-WebSocket-Extensions")
+
+    try:
+        answer, extensions = yield in_thread(client)
+        assert "permessage-deflate" in (extensions or "")
+        assert seen.get(timeout=10) == "hello fragmented world"
+        assert answer == ["abcdef"]
+    finally:
+        yield service.stopService()
+        upstream.close()
+
+
+class FragmentSocket:
+    """A client side that takes fragments (as the Autobahn adapter does), logging everything."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+
+    def send(self, payload: bytes, is_binary: bool) -> None:
+        self.events.append(("send", payload, is_binary))
+
+    def send_fragment(self, payload: bytes, is_binary: bool, first: bool, fin: bool) -> None:
+        self.events.append(("fragment", payload, is_binary, first, fin))
+
+    def close(self, code: int, reason: str) -> None:
+        self.events.append(("close", code))
+
+    def attach_producer(self, producer: Any) -> None:
+        """Flow control is not under test here."""
+
+    def consumer_producer(self) -> Any:
+        return None
+
+
+class FakeUpstream:
+    """The Autobahn client protocol as a L{WebSocketLink} uses it, logging the frames and messages sent."""
+
+    state = 3  # WebSocketClientProtocol.STATE_OPEN
+    transport = None
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[Any, ...]] = []
+
+    def sendFrame(self, opcode: int, payload: bytes, fin: bool) -> None:
+        self.sent.append(("frame", opcode, payload, fin))
+
+    def sendMessage(self, payload: bytes, is_binary: bool) -> None:
+        self.sent.append(("message", payload, is_binary))
+
+    def report_close(self) -> bool:
+        return False
+
+
+def test_bridge_and_link_pass_fragments_and_hold_injected_messages() -> None:
+    """Client fragments go upstream frame by frame, a watcher's message waits for the fragmented one to end."""
+    from wsrouter.bridge import Bridge
+    from wsrouter.framing import BinaryFramer
+    from wsrouter.targets.websocket import WebSocketClientProtocol, WebSocketLink
+
+    assert FakeUpstream.state == WebSocketClientProtocol.STATE_OPEN
+    upstream = FakeUpstream()
+    link = WebSocketLink(upstream, None)  # type: ignore[arg-type]
+    bridge = Bridge(FragmentSocket(), link, BinaryFramer())  # type: ignore[arg-type]
+    bridge.start()
+    bridge.message_begin(False)
+    bridge.frame_data(b"ab")
+    bridge.frame_data(b"c")  # two reads of one frame
+    bridge.fragment_end()
+    assert bridge.inject(b"watcher", True)
+    bridge.frame_data(b"d")
+    bridge.message_end()
+    bridge.message_begin(True)
+    bridge.frame_data(b"whole")
+    bridge.message_end()
+    assert upstream.sent == [("frame", 1, b"abc", False), ("frame", 0, b"d", True),
+                             ("message", b"watcher", True), ("message", b"whole", True)]
+
+
+def test_bridge_sends_target_fragments_on_or_gathers_them_when_recording() -> None:
+    """Target fragments go to the client as fragments; a recorded session gets and records them as one message."""
+    from wsrouter.bridge import Bridge
+    from wsrouter.framing import BinaryFramer
+
+    for recorder in (None, RecorderStub()):
+        socket = FragmentSocket()
+        bridge = Bridge(socket, LinkStub(), BinaryFramer(), recorder=recorder)  # type: ignore[arg-type]
+        bridge.fragment_received(b"a", False, True, False)
+        bridge.fragment_received(b"b", False, False, False)
+        bridge.fragment_received(b"", False, False, True)
+        bridge.fragment_received(b"one", True, True, True)
+        if recorder is None:
+            assert socket.events == [("fragment", b"a", False, True, False), ("fragment", b"b", False, False, False),
+                                     ("fragment", b"", False, False, True), ("send", b"one", True)]
+        else:
+            assert socket.events == [("send", b"ab", False), ("send", b"one", True)]
+            assert recorder.target == [(b"ab", False), (b"one", True)]
+        assert (bridge.stats.messages_to_client, bridge.stats.bytes_to_client) == (2, 5)
+
+
+class RecorderStub:
+    """Keeps the target messages it is told of."""
+
+    def __init__(self) -> None:
+        self.target: list[tuple[bytes, bool]] = []
+
+    def client_message(self, payload: bytes, is_binary: bool) -> None:
+        """Not under test."""
+
+    def target_message(self, payload: bytes, is_binary: bool) -> None:
+        self.target.append((payload, is_binary))
+
+    def closed(self, code: int | None, reason: str) -> None:
+        """Not under test."""
+
+
+class LinkStub:
+    """A message link that is never written to here."""
+
+    message_oriented = True
+    producer = None
+    consumer = None
+
+
+def stalls(sent: list[int], total: int) -> Any:
+    """Wait until C{sent} stays put for a second; true if it then is far from C{total}."""
+    steady, last = 0, -1
+    for _ in range(150):
+        yield deferLater(reactor, 0.2, lambda: None)
+        steady, last = (steady + 1, last) if sent[0] == last and last > 0 else (0, sent[0])
+        if steady == 5:
+            break
+    return steady == 5 and sent[0] < total // 2
+
+
+BIG_CHUNK, BIG_TOTAL = 64 * 1024, 48 * 1024 * 1024
+
+
+def counted_fragments(sent: list[int], fill: bytes) -> Any:
+    """One big message's fragments, counting what was handed to the sender."""
+    while sent[0] < BIG_TOTAL:
+        yield fill * BIG_CHUNK
+        sent[0] += BIG_CHUNK
+
+
+@pytest_twisted.inlineCallbacks
+def test_slow_client_stalls_one_big_fragmented_upstream_message() -> Any:
+    """A client that does not read stalls an upstream sending one huge fragmented message midway (nothing is
+    gathered); all of it arrives, frame by frame, once the client reads."""
+    sent = [0]
+
+    def flood(connection: ServerConnection) -> None:
+        try:
+            connection.send(counted_fragments(sent, b"\x01"))
+            connection.close(1000, "done")
+        except ConnectionClosed:
+            pass
+
+    upstream = Upstream(flood, compression=None)
+    service = start_router(routes=[route(upstream.url())], limits={"max_message_size": 2 * BIG_TOTAL})
+    may_read = threading.Event()
+
+    def slow_client() -> tuple[int, int, int | None]:
+        with connect(service.url + "/u", max_queue=4, compression=None) as ws:
+            may_read.wait(60)
+            sizes = [len(fragment) for fragment in ws.recv_streaming()]
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=30)
+            return sum(sizes), max(sizes), ws.close_code
+
+    try:
+        reading = in_thread(slow_client)
+        assert (yield from stalls(sent, BIG_TOTAL)), sent[0]
+        may_read.set()
+        assert (yield reading) == (BIG_TOTAL, BIG_CHUNK, 1000)
+    finally:
+        may_read.set()
+        yield service.stopService()
+        upstream.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_slow_upstream_stalls_one_big_fragmented_client_message() -> Any:
+    """An upstream that does not read stalls a client sending one huge fragmented message midway; all of it
+    arrives, frame by frame, once the upstream reads."""
+    may_read = threading.Event()
+    received: queue.Queue[tuple[int, int]] = queue.Queue()
+    sent = [0]
+
+    def slow(connection: ServerConnection) -> None:
+        may_read.wait(60)
+        try:
+            sizes = [len(fragment) for fragment in connection.recv_streaming()]
+            received.put((sum(sizes), max(sizes)))
+            connection.recv()
+        except ConnectionClosed:
+            pass
+
+    upstream = Upstream(slow, max_queue=4, compression=None)
+    service = start_router(routes=[route(upstream.url())], limits={"max_message_size": 2 * BIG_TOTAL})
+
+    def flooding_client() -> None:
+        with connect(service.url + "/u", compression=None) as ws:
+            ws.send(counted_fragments(sent, b"\x02"))
+
+    try:
+        sending = in_thread(flooding_client)
+        assert (yield from stalls(sent, BIG_TOTAL)), sent[0]
+        may_read.set()
+        yield sending
+        assert (yield in_thread(received.get, timeout=60)) == (BIG_TOTAL, BIG_CHUNK)
+    finally:
+        may_read.set()
+        yield service.stopService()
+        upstream.close()

@@ -121,6 +121,12 @@ class Bridge:
         self._typed_link: MessageLink | None = link if hasattr(link, "write_message") else None  # type: ignore[assignment]
         #: Set for a link that passes the client's close code on (a WebSocket target).
         self._closing_link: ClosingLink | None = link if hasattr(link, "close_with") else None  # type: ignore[assignment]
+        #: Set for a link that keeps fragmentation (a WebSocket target): L{fragment_end}.
+        self._fragment_link: Callable[[bytes, bool, bool, bool], None] | None = getattr(link, "write_fragment", None)
+        #: Fragments of the client's current message were sent to the link already.
+        self._fragmented = False
+        #: A fragmented target message gathered to go as one (see L{fragment_received}).
+        self._target_parts: list[bytes] | None = None
 
     @property
     def link(self) -> Link:
@@ -149,6 +155,7 @@ class Bridge:
     def message_begin(self, is_binary: bool) -> None:
         self._message_is_binary = is_binary
         self._base64_padded = False
+        self._fragmented = False
         self.stats.messages_from_client += 1
         if self._link.message_oriented or self._encoder is not None:
             self._message = []
@@ -190,12 +197,24 @@ class Bridge:
             message, self._message = b"".join(self._message), None
             if self._upstream_stopped or self._link_done:
                 return
-            if self._typed_link is not None:
+            if self._fragmented and self._fragment_link is not None:
+                self._fragmented = False
+                self._fragment_link(message, self._message_is_binary, False, True)
+            elif self._typed_link is not None:
                 self._typed_link.write_message(message, self._message_is_binary)
             elif self._encoder is not None:
                 self._write_encoded(message)
             else:
                 self._link.write(message)
+
+    def fragment_end(self) -> None:
+        """A client frame that does not end its message: a link that keeps fragmentation gets it now."""
+        write_fragment = self._fragment_link
+        if write_fragment is None or self._message is None or self._upstream_stopped or self._link_done:
+            return
+        part, self._message = b"".join(self._message), []
+        write_fragment(part, self._message_is_binary, not self._fragmented, False)
+        self._fragmented = True
 
     def _write_encoded(self, message: bytes) -> None:
         try:
@@ -296,6 +315,35 @@ class Bridge:
 
     def message_received(self, payload: bytes, is_binary: bool) -> None:
         self._send(payload, is_binary)
+
+    def fragment_received(self, payload: bytes, is_binary: bool, first: bool, fin: bool) -> None:
+        """
+        One frame of a target message (a WebSocket target), sent to the
+        client as one frame; gathered and sent whole when the client side
+        cannot take fragments, in base64 mode or when the session is recorded.
+        """
+        if first and fin:
+            self._send(payload, is_binary)
+            return
+        if self._socket_done:
+            return
+        send_fragment = getattr(self._socket, "send_fragment", None)
+        if first:
+            gather = send_fragment is None or self._base64 or self._recorder is not None
+            self._target_parts = [] if gather else None
+        parts = self._target_parts
+        if parts is not None:
+            parts.append(payload)
+            if fin:
+                self._target_parts = None
+                self._send(b"".join(parts), is_binary)
+            return
+        if send_fragment is None:  # not so: then the message is gathered
+            return
+        self.stats.bytes_to_client += len(payload)
+        if first:
+            self.stats.messages_to_client += 1
+        send_fragment(payload, is_binary, first, fin)
 
     def eof_received(self) -> None:
         """The target has said everything: deliver what is left, then close 1000."""

@@ -147,6 +147,12 @@ class ClosingLink(MessageLink, Protocol):
     through the bridge's C{link_closed(code, reason)}.
 
     @ivar subprotocol: what the target chose; the client's 101 names it.
+
+    Optional, to keep fragmentation (the ws:// target): C{write_fragment(payload,
+    is_binary, first, fin)} takes each frame of a fragmented client message,
+    and the link hands each frame of its messages to the bridge's
+    C{fragment_received(payload, is_binary, first, fin)}; the client side's
+    C{send_fragment} sends one frame.
     """
 
     subprotocol: str | None
@@ -288,6 +294,9 @@ class ConnectionSession(Protocol):
         """Part of the current client message (per frame: kept cheap)."""
 
     def message_end(self) -> None: ...
+
+    def frame_end(self) -> None:
+        """A non-final frame of the current client message ended (a fragment boundary)."""
 
     def pong(self, payload: bytes) -> None: ...
 

@@ -122,6 +122,10 @@ class Session:
     def message_end(self) -> None:
         self.bridge.message_end()
 
+    def frame_end(self) -> None:
+        """A non-final frame of the client's message ended (a fragment boundary)."""
+        self.bridge.fragment_end()
+
     def sent(self) -> None:
         self._last_activity = self._clock.seconds()
 

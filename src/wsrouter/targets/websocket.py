@@ -6,8 +6,15 @@ client's offered subprotocols go upstream and the upstream's choice is the
 one the client's 101 names (the link's C{subprotocol}); an upstream that
 cannot be reached, refuses or is too slow is the client's 502 with why.
 
-Each message keeps its type; Autobahn reassembles fragmented upstream
-messages, so fragmentation is not kept, message boundaries are.  Pings are
+Each message keeps its type and its fragmentation, both ways: each frame
+of a fragmented message goes on as one frame (the first with the type,
+continuation frames after), once the frame is whole -- so memory holds one
+frame, and C{max_message_size} still counts the whole message (the
+router's parser on the client hop, Autobahn upstream).  A compressed client
+message (permessage-deflate) goes on in one fragment per frame of inflated
+data; a fragmented upstream message goes to a client with permessage-deflate,
+or to a recorded/watched session, as one message.  A message injected by
+a watcher waits until a fragmented client message is done.  Pings are
 answered per hop (Autobahn does it upstream, the session for the client);
 close codes and reasons pass through both ways.  Flow control is wiring, as
 for stream links: the upstream transport is the link's producer and the
@@ -43,6 +50,9 @@ log = Logger(namespace="wsrouter.websocket")
 #: Close codes a peer may not send in a close frame: "no code" and "dropped".
 NO_STATUS = 1005
 ABNORMAL = 1006
+
+#: Data frame opcodes.
+CONTINUATION, TEXT, BINARY = 0, 1, 2
 
 
 @implementer(IPushProducer)
@@ -80,7 +90,11 @@ class WebSocketLink:
         self._protocol = protocol
         self.subprotocol = subprotocol
         self._receiver: LinkReceiver | None = None
-        self._pending: list[tuple[bytes, bool]] = []
+        self._pending: list[tuple[bytes, bool, bool, bool]] = []
+        #: A fragmented client message is being sent: whole messages wait in C{_held}.
+        self._in_message = False
+        self._held: list[tuple[bytes, bool]] = []
+        self._gathered: list[bytes] = []
         self._done = False
         self.producer: IPushProducer | None = self
         self.consumer: IConsumer | None = self
@@ -121,17 +135,30 @@ class WebSocketLink:
     def start(self, receiver: LinkReceiver) -> None:
         self._receiver = receiver
         pending, self._pending = self._pending, []
-        for payload, is_binary in pending:
-            receiver.message_received(payload, is_binary)
+        for fragment in pending:
+            self._to_receiver(receiver, *fragment)
         if not self._protocol.report_close():
             self.resumeProducing()
 
-    def deliver(self, payload: bytes, is_binary: bool) -> None:
-        """An upstream message: to the client, or kept until L{start}."""
+    def deliver_fragment(self, payload: bytes, is_binary: bool, first: bool, fin: bool) -> None:
+        """One frame of an upstream message (C{first} and C{fin}: whole): to the client, or kept until L{start}."""
         if self._receiver is None:
-            self._pending.append((payload, is_binary))
+            self._pending.append((payload, is_binary, first, fin))
         else:
-            self._receiver.message_received(payload, is_binary)
+            self._to_receiver(self._receiver, payload, is_binary, first, fin)
+
+    def _to_receiver(self, receiver: LinkReceiver, payload: bytes, is_binary: bool, first: bool, fin: bool) -> None:
+        """Fragments to a receiver that takes them (the bridge); whole messages to any other."""
+        fragment_received = getattr(receiver, "fragment_received", None)
+        if fragment_received is not None:
+            fragment_received(payload, is_binary, first, fin)
+            return
+        if first:
+            self._gathered = []
+        self._gathered.append(payload)
+        if fin:
+            message, self._gathered = b"".join(self._gathered), []
+            receiver.message_received(message, is_binary)
 
     def ended(self, code: int | None, reason: str, error: str | None) -> None:
         """The upstream connection is over: tell the bridge the close code (or the error)."""
@@ -155,8 +182,21 @@ class WebSocketLink:
         self.write_message(data, True)
 
     def write_message(self, payload: bytes, is_binary: bool) -> None:
-        if self._protocol.state == WebSocketClientProtocol.STATE_OPEN:
+        if self._in_message:  # a watcher's message, while the client's fragmented one is under way
+            self._held.append((payload, is_binary))
+        elif self._protocol.state == WebSocketClientProtocol.STATE_OPEN:
             self._protocol.sendMessage(payload, is_binary)  # type: ignore[no-untyped-call]
+
+    def write_fragment(self, payload: bytes, is_binary: bool, first: bool, fin: bool) -> None:
+        """One frame of a fragmented client message, sent as one frame (a continuation frame unless C{first})."""
+        if self._protocol.state == WebSocketClientProtocol.STATE_OPEN:
+            opcode = (BINARY if is_binary else TEXT) if first else CONTINUATION
+            self._protocol.sendFrame(opcode=opcode, payload=payload, fin=fin)
+        self._in_message = not fin
+        if fin:
+            held, self._held = self._held, []
+            for message, binary in held:
+                self.write_message(message, binary)
 
     def write_eof(self) -> None:
         """A WebSocket has no half-close; L{close_with} follows."""
@@ -196,6 +236,7 @@ class UpstreamProtocol(WebSocketClientProtocol):
         self._tls_done = False
         self._started = False
         self._close: tuple[int | None, str, str | None] | None = None
+        self._first_frame = True
 
     def connectionMade(self) -> None:
         if not self.target.secure:
@@ -235,9 +276,25 @@ class UpstreamProtocol(WebSocketClientProtocol):
             return
         self.ready.callback(self.link)
 
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        if self.link is not None:
-            self.link.deliver(payload, isBinary)
+    # Each frame goes on once whole, instead of Autobahn reassembling the message
+    # (its frame-begin and frame-data handlers still check the sizes).
+    def onMessageBegin(self, isBinary: bool) -> None:
+        super().onMessageBegin(isBinary)
+        self._first_frame = True
+
+    def onMessageFrameEnd(self) -> None:
+        frame = self.current_frame
+        fin = bool(frame.fin)
+        # A text message ending inside a UTF-8 sequence: Autobahn fails the connection next.
+        broken = fin and self.utf8validateIncomingCurrentMessage and not self.utf8validateLast[1]
+        if not self.failedByMe and not broken and self.link is not None:
+            payload = b"".join(self.frame_data)
+            self.link.deliver_fragment(payload, self.message_is_binary, self._first_frame, fin)
+            self._first_frame = False
+        self.frame_data = None  # type: ignore[assignment]
+
+    def onMessageEnd(self) -> None:
+        self.message_data = None  # type: ignore[assignment]
 
     def close_for_client(self, code: int | None, reason: str) -> None:
         self._closed_for_client = True

@@ -95,6 +95,8 @@ class ClientProtocol(WebSocketServerProtocol):
     _gatherer: Gatherer | None = None
     #: Compresses messages to the client, when permessage-deflate is in use.
     _deflater: Deflater | None = None
+    #: A fragmented target message gathered for the deflater (L{send_fragment}).
+    _fragments: list[bytes] = []
 
     def connectionMade(self) -> None:
         self.__dict__.update(self.factory.protocol_options)
@@ -195,6 +197,30 @@ class ClientProtocol(WebSocketServerProtocol):
             else:
                 write_sequence_through(self.transport, (header, payload))
 
+    def send_fragment(self, payload: bytes, is_binary: bool, first: bool, fin: bool) -> None:
+        """
+        Send one frame of a fragmented message (a continuation frame unless
+        C{first}).  With permessage-deflate the fragments are gathered and
+        the message goes out compressed as one frame.
+        """
+        if self.state != _OPEN:
+            return
+        if self._deflater is not None:
+            if first:
+                self._fragments = []
+            self._fragments.append(payload)
+            if fin:
+                whole, self._fragments = b"".join(self._fragments), []
+                self.send(whole, is_binary)
+            return
+        self.session.sent()  # type: ignore[union-attr]
+        header = bytearray(frame_header(is_binary, len(payload)))
+        header[0] = (header[0] & 0x0F if first else 0) | (0x80 if fin else 0)
+        if len(payload) <= 1024:
+            write_through(self.transport, bytes(header) + payload)
+        else:
+            write_sequence_through(self.transport, (bytes(header), payload))
+
     def close(self, code: int, reason: str) -> None:
         """
         Close with any RFC 6455 code (the public sendClose refuses 1001, 1009,
@@ -241,7 +267,7 @@ class _ClientFrames:
     straight to the session's bound methods, with no call in between.
     """
 
-    __slots__ = ("_protocol", "_session", "message_begin", "message_data", "message_end", "pong")
+    __slots__ = ("_protocol", "_session", "frame_end", "message_begin", "message_data", "message_end", "pong")
 
     def __init__(self, protocol: ClientProtocol, session: ConnectionSession):
         self._protocol = protocol
@@ -249,6 +275,7 @@ class _ClientFrames:
         self.message_begin = session.message_begin
         self.message_data = session.message_data
         self.message_end = session.message_end
+        self.frame_end = session.frame_end
         self.pong = session.pong
 
     def ping(self, payload: bytes) -> None:

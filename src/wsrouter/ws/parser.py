@@ -26,7 +26,7 @@ Pure: no I/O, fed bytes, reporting to a L{FrameHandler}.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from autobahn.websocket.utf8validator import Utf8Validator
@@ -109,6 +109,8 @@ class FrameParser:
         self._message_size = 0
         self._inflater = inflater
         self._compressed = False
+        #: Told when a non-final data frame ends (a fragment boundary), if the handler wants to know.
+        self._frame_end: Callable[[], None] | None = getattr(handler, "frame_end", None)
         self.stopped = False
 
     def feed(self, data: bytes) -> None:
@@ -276,6 +278,8 @@ class FrameParser:
             self._control_frame(opcode, b"".join(self._control))
             return
         if not self._fin:
+            if self._frame_end is not None and not self.stopped:
+                self._frame_end()
             return
         if self._compressed:
             self._compressed = False
