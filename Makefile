@@ -95,11 +95,13 @@ conformance: install
 		--markdown .cache/conformance/summary.md $(CONFORMANCE_OPTIONS)
 
 # Coverage-guided fuzzing with atheris (docs/fuzzing.md): each fuzz/fuzz_*.py
-# target for FUZZ_SECONDS, from its seed corpus; fails on a finding.
+# target for FUZZ_SECONDS, from its seed corpus; fails on a finding.  FUZZ_SEED
+# makes a run repeatable (CI sets it); without it every run explores anew.
 FUZZ_SECONDS ?= 60
+FUZZ_SEED ?=
 
 fuzz: install
-	$(BIN)/python fuzz/run.py --seconds $(FUZZ_SECONDS)
+	FUZZ_SEED=$(FUZZ_SEED) $(BIN)/python fuzz/run.py --seconds $(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info $(REBIND) .cache

@@ -3,7 +3,11 @@ Run the atheris targets (fuzz/fuzz_*.py) one after another, each for a
 bounded time, starting from its seed corpus (fuzz/corpus/NAME) and the
 inputs earlier runs found (.cache/fuzz/NAME/corpus).
 
-    python fuzz/run.py [--seconds N] [NAME ...]      # FUZZ_SECONDS is the default N (30)
+    python fuzz/run.py [--seconds N] [--seed S] [NAME ...]   # FUZZ_SECONDS, FUZZ_SEED the defaults
+
+With a seed, libFuzzer tries the same inputs in the same order each run (as
+far as the time allows), so CI repeats itself: a finding there is a change
+in the code, not luck.  Without one, every run explores anew.
 
 A crash (any exception out of a check) leaves its input as
 .cache/fuzz/NAME/crash-*; replay it with ``python fuzz/fuzz_NAME.py FILE``.
@@ -25,7 +29,7 @@ REPO = HERE.parent
 TARGETS = sorted(p.stem.removeprefix("fuzz_") for p in HERE.glob("fuzz_*.py"))
 
 
-def run_target(name: str, seconds: int, cache: Path) -> bool:
+def run_target(name: str, seconds: int, cache: Path, seed: int | None = None) -> bool:
     """Fuzz one target for C{seconds}; True when it found nothing."""
     work = cache / name
     corpus = work / "corpus"
@@ -33,7 +37,8 @@ def run_target(name: str, seconds: int, cache: Path) -> bool:
     seeds = HERE / "corpus" / name
     command = [
         sys.executable, str(HERE / f"fuzz_{name}.py"), f"-max_total_time={seconds}", "-timeout=20",
-        "-rss_limit_mb=2048", f"-artifact_prefix={work}/", "-print_final_stats=1", str(corpus),
+        "-rss_limit_mb=2048", f"-artifact_prefix={work}/", "-print_final_stats=1",
+        *([f"-seed={seed}"] if seed is not None else []), str(corpus),
         *([str(seeds)] if seeds.is_dir() else []),
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "src")])}
@@ -66,11 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=int(os.environ.get("FUZZ_SECONDS", "30")),
                         help="time per target (default: FUZZ_SECONDS or 30)")
+    seed = os.environ.get("FUZZ_SEED")
+    parser.add_argument("--seed", type=int, default=int(seed) if seed else None,
+                        help="libFuzzer's seed, for a repeatable run (default: FUZZ_SEED, else random)")
     parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "fuzz")
     parser.add_argument("targets", nargs="*", choices=[[], *TARGETS], metavar="NAME",
                         help=f"targets to run (default: all: {', '.join(TARGETS)})")
     options = parser.parse_args(argv)
-    results = [run_target(name, options.seconds, options.cache) for name in options.targets or TARGETS]
+    results = [run_target(name, options.seconds, options.cache, options.seed) for name in options.targets or TARGETS]
     return 0 if all(results) else 1
 
 
