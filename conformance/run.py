@@ -150,7 +150,28 @@ def stream_equivalent(report: dict[str, Any]) -> bool:
     received = sum(e[1][0] for e in wirelog if e[0] == "RF" and e[2] in _DATA_OPCODES)
     controls = [e[0] for e in report.get("received", []) if e[0] != "message"]
     expected = [[e[0] for e in outcome if e[0] != "message"] for outcome in report.get("expected", {}).values()]
-    return sent == received and (not expected or controls in expected)
+    if sent == received and (not expected or controls in expected):
+        return True
+    # A frame the router refused (a protocol violation) is sent but never
+    # relayed: then what came back must be one of the outcomes Autobahn
+    # expects, but for the message types and boundaries a byte stream
+    # cannot keep.
+    received_events = _as_stream(report.get("received", []))
+    return any(received_events == _as_stream(outcome) for outcome in report.get("expected", {}).values())
+
+
+def _as_stream(events: list[Any]) -> list[Any]:
+    """Events with each run of messages joined into one payload, types left out (what a byte relay keeps)."""
+    stream: list[Any] = []
+    for event in events:
+        if event and event[0] == "message":
+            if stream and stream[-1][0] == "bytes":
+                stream[-1][1] += str(event[1])
+            else:
+                stream.append(["bytes", str(event[1])])
+        else:
+            stream.append(event)
+    return stream
 
 
 #: Autobahn's own words when the first message echoed back already differs

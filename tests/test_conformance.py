@@ -54,3 +54,18 @@ def test_framed_relay_subset_keeps_every_message(tmp_path: Path) -> None:
     assert framed["total"] == 43
     assert framed["counts"].get("FAILED", 0) == 0, framed["not_ok"]
     assert [case["case"] for case in framed["not_ok"]] in ([], ["5.15"]), framed["not_ok"]
+
+
+def test_relay_rescoring_forgives_only_types_and_boundaries() -> None:
+    """A relay echo that came back binary, or cut in pieces, where one text message was expected is STREAM-OK."""
+    from conformance.run import stream_equivalent
+
+    def report(received: list[object]) -> dict[str, object]:
+        return {"behaviorClose": "OK", "expected": {"OK": [["message", "Hello, world!", False]], "NON-STRICT": []},
+                "received": received,
+                "wirelog": [["TF", [13, "x"], 1], ["TF", [13, "y"], 1], ["RF", [13, "x"], 1]]}
+
+    assert stream_equivalent(report([["message", "Hello, world!", True]]))
+    assert stream_equivalent(report([["message", "Hello", True], ["message", ", world", True], ["message", "!", True]]))
+    assert not stream_equivalent(report([["message", "Hello, world?", True]]))
+    assert not stream_equivalent({**report([["message", "Hello, world!", True]]), "behaviorClose": "UNCLEAN"})
