@@ -200,6 +200,15 @@ struct plan {
         return fn;                                                       \
     }
 
+/* The next definition of a wrapped call in the variable VAR, or fail the
+ * call with ENOSYS, as a call the C library lacks would. */
+#define REAL_OR_ENOSYS(type, var, next) \
+    type var = next();                   \
+    if (var == NULL) {                   \
+        errno = ENOSYS;                  \
+        return -1;                       \
+    }
+
 NEXT_SYMBOL(bind_fn, bind)
 NEXT_SYMBOL(getsockname_fn, getsockname)
 NEXT_SYMBOL(getsockname_fn, getpeername)
@@ -684,11 +693,7 @@ static int moved_bind(bind_fn real, int fd, struct plan *plan)
 
 int bind(int fd, const struct sockaddr *addr, socklen_t len)
 {
-    bind_fn real = next_bind();
-    if (real == NULL) {
-        errno = ENOSYS;
-        return -1;
-    }
+    REAL_OR_ENOSYS(bind_fn, real, next_bind);
     struct plan plan;
     if (!active || !plan_move(fd, addr, len, &plan))
         return real(fd, addr, len);
@@ -830,11 +835,7 @@ static void copy_out(const union address *from, socklen_t from_len, struct socka
 
 int getsockname(int fd, struct sockaddr *addr, socklen_t *len)
 {
-    getsockname_fn real = next_getsockname();
-    if (real == NULL) {
-        errno = ENOSYS;
-        return -1;
-    }
+    REAL_OR_ENOSYS(getsockname_fn, real, next_getsockname);
     if (!active || addr == NULL || len == NULL)
         return real(fd, addr, len);
     union address actual;
@@ -858,11 +859,7 @@ int getsockname(int fd, struct sockaddr *addr, socklen_t *len)
 
 int getpeername(int fd, struct sockaddr *addr, socklen_t *len)
 {
-    getsockname_fn real = next_getpeername();
-    if (real == NULL) {
-        errno = ENOSYS;
-        return -1;
-    }
+    REAL_OR_ENOSYS(getsockname_fn, real, next_getpeername);
     if (!active || private_dir_len == 0 || addr == NULL || len == NULL)
         return real(fd, addr, len);
     union address actual;
@@ -883,11 +880,7 @@ int getpeername(int fd, struct sockaddr *addr, socklen_t *len)
 
 int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
 {
-    accept4_fn real = next_accept4();
-    if (real == NULL) {
-        errno = ENOSYS;
-        return -1;
-    }
+    REAL_OR_ENOSYS(accept4_fn, real, next_accept4);
     if (!active || private_dir_len == 0 || addr == NULL || len == NULL)
         return real(fd, addr, len, flags);
     union address actual;
@@ -919,11 +912,7 @@ static int tcp_level(int level)
 
 int setsockopt(int fd, int level, int name, const void *value, socklen_t len)
 {
-    sockopt_set_fn real = next_setsockopt();
-    if (real == NULL) {
-        errno = ENOSYS;
-        return -1;
-    }
+    REAL_OR_ENOSYS(sockopt_set_fn, real, next_setsockopt);
     union address local;
     socklen_t local_len;
     unsigned short port;
@@ -934,11 +923,7 @@ int setsockopt(int fd, int level, int name, const void *value, socklen_t len)
 
 int getsockopt(int fd, int level, int name, void *value, socklen_t *len)
 {
-    sockopt_get_fn real = next_getsockopt();
-    if (real == NULL) {
-        errno = ENOSYS;
-        return -1;
-    }
+    REAL_OR_ENOSYS(sockopt_get_fn, real, next_getsockopt);
     union address local;
     socklen_t local_len;
     unsigned short port;
@@ -1085,11 +1070,7 @@ static int dgram_destination(int fd, const struct sockaddr *dest, socklen_t dest
 
 ssize_t recvfrom(int fd, void *buf, size_t n, int flags, struct sockaddr *addr, socklen_t *len)
 {
-    recvfrom_fn real = next_recvfrom();
-    if (real == NULL) {
-        errno = ENOSYS;
-        return -1;
-    }
+    REAL_OR_ENOSYS(recvfrom_fn, real, next_recvfrom);
     if (!private_dgram() || addr == NULL || len == NULL)
         return real(fd, buf, n, flags, addr, len);
     union address actual;
@@ -1110,11 +1091,7 @@ ssize_t recvfrom(int fd, void *buf, size_t n, int flags, struct sockaddr *addr, 
 
 ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 {
-    recvmsg_fn real = next_recvmsg();
-    if (real == NULL) {
-        errno = ENOSYS;
-        return -1;
-    }
+    REAL_OR_ENOSYS(recvmsg_fn, real, next_recvmsg);
     if (!private_dgram() || msg == NULL || msg->msg_name == NULL)
         return real(fd, msg, flags);
     void *name = msg->msg_name;
@@ -1141,11 +1118,7 @@ ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 
 ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct sockaddr *dest, socklen_t dest_len)
 {
-    sendto_fn real = next_sendto();
-    if (real == NULL) {
-        errno = ENOSYS;
-        return -1;
-    }
+    REAL_OR_ENOSYS(sendto_fn, real, next_sendto);
     struct sockaddr_un un;
     socklen_t un_len;
     int mapped = private_dgram() ? dgram_destination(fd, dest, dest_len, &un, &un_len) : 0;
@@ -1158,11 +1131,7 @@ ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct sockad
 
 ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 {
-    sendmsg_fn real = next_sendmsg();
-    if (real == NULL) {
-        errno = ENOSYS;
-        return -1;
-    }
+    REAL_OR_ENOSYS(sendmsg_fn, real, next_sendmsg);
     struct sockaddr_un un;
     socklen_t un_len;
     int mapped = private_dgram() && msg != NULL
@@ -1179,11 +1148,7 @@ ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 
 int connect(int fd, const struct sockaddr *dest, socklen_t dest_len)
 {
-    connect_fn real = next_connect();
-    if (real == NULL) {
-        errno = ENOSYS;
-        return -1;
-    }
+    REAL_OR_ENOSYS(connect_fn, real, next_connect);
     struct sockaddr_un un;
     socklen_t un_len;
     int mapped = private_dgram() ? dgram_destination(fd, dest, dest_len, &un, &un_len) : 0;
@@ -1203,11 +1168,7 @@ static int timespec_passed(const struct timespec *deadline)
 
 int recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags, struct timespec *timeout)
 {
-    recvmmsg_fn real = next_recvmmsg();
-    if (real == NULL) {
-        errno = ENOSYS;
-        return -1;
-    }
+    REAL_OR_ENOSYS(recvmmsg_fn, real, next_recvmmsg);
     union address local;
     socklen_t local_len;
     unsigned short port;
@@ -1244,11 +1205,7 @@ int recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags, struct t
 
 int sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags)
 {
-    sendmmsg_fn real = next_sendmmsg();
-    if (real == NULL) {
-        errno = ENOSYS;
-        return -1;
-    }
+    REAL_OR_ENOSYS(sendmmsg_fn, real, next_sendmmsg);
     union address local;
     socklen_t local_len;
     unsigned short port;
