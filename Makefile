@@ -96,7 +96,7 @@ conformance: install
 
 # Coverage-guided fuzzing with atheris (docs/fuzzing.md): each fuzz/fuzz_*.py
 # target for FUZZ_SECONDS, from its seed corpus; fails on a finding.  FUZZ_SEED
-# makes a run repeatable (CI sets it); without it every run explores anew.
+# fixes libFuzzer's seed (CI sets it); runs still differ (docs/fuzzing.md).
 FUZZ_SECONDS ?= 60
 FUZZ_SEED ?=
 

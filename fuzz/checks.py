@@ -305,6 +305,10 @@ def _utf8(message: bytes) -> bool:
     return True
 
 
+#: RFC 8259's insignificant whitespace.
+JSON_WHITESPACE = b" \t\r\n"
+
+
 def _json_value(message: bytes, max_size: int) -> bool:
     # Decoded as UTF-8 first: json.loads guesses UTF-16 for bytes such as b"1\x00".
     try:
@@ -409,6 +413,9 @@ def check_framing_round_trip(case: FramingCase, messages: Sequence[bytes], cuts:
     framed = frame_stream(case.make(max_size), split_at(stream, cuts))
     if case.kind == "binary":
         assert b"".join(framed) == stream
+    elif case.kind == "json":
+        # Whitespace around a value separates values; the framer sends the value alone.
+        assert framed == [m.strip(JSON_WHITESPACE) for m in messages], case.name
     else:
         assert framed == list(messages), case.name
 

@@ -5,9 +5,9 @@ inputs earlier runs found (.cache/fuzz/NAME/corpus).
 
     python fuzz/run.py [--seconds N] [--seed S] [NAME ...]   # FUZZ_SECONDS, FUZZ_SEED the defaults
 
-With a seed, libFuzzer tries the same inputs in the same order each run (as
-far as the time allows), so CI repeats itself: a finding there is a change
-in the code, not luck.  Without one, every run explores anew.
+A seed fixes libFuzzer's random choices and Python's hash seed, but not the
+coverage feedback, so two seeded runs still differ: keep long runs' findings
+in fuzz/corpus so that CI starts from them.
 
 A crash (any exception out of a check) leaves its input as
 .cache/fuzz/NAME/crash-*; replay it with ``python fuzz/fuzz_NAME.py FILE``.
@@ -42,6 +42,9 @@ def run_target(name: str, seconds: int, cache: Path, seed: int | None = None) ->
         *([str(seeds)] if seeds.is_dir() else []),
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "src")])}
+    if seed is not None:
+        # Hash randomisation changes set and dict order, hence coverage, hence the inputs tried.
+        env["PYTHONHASHSEED"] = str(seed)
     log_path = work / "log"
     started = time.monotonic()
     with open(log_path, "wb") as log:

@@ -42,3 +42,9 @@ def test_every_framing_kind_is_fuzzed() -> None:
     from wsrouter.config import FRAMINGS as KINDS
 
     assert set(KINDS) <= {case.kind for case in FRAMINGS}, set(KINDS) - {case.kind for case in FRAMINGS}
+
+
+def test_json_whitespace_around_a_value_is_not_part_of_it() -> None:
+    """A JSON line with spaces and CRs around its value comes back as the value alone (found by CI's fuzz run)."""
+    case = next(case for case in FRAMINGS if case.kind == "json")
+    check_framing_round_trip(case, [b'       ""\r\r\r\r', b'\t[1, 2] '], [3, 9], 51)
