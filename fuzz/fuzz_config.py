@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """atheris target: the configuration file (TOML through load_config) and command-line route strings."""
 
 from __future__ import annotations

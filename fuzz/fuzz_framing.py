@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """atheris target: every framing in fuzz.checks.FRAMINGS, a stream cut anywhere and messages both ways."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """
 atheris target: what wsrouter adds to the handshake: PROXY headers, the
 request head limits (LimitedChannel), Origin and Host, credentials, the

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """atheris target: the client frame parser (ws/parser.py), any bytes cut anywhere, deflate on or off."""
 
 from __future__ import annotations

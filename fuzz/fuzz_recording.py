@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """atheris target: the recording reader (parse_recording), any lines."""
 
 from __future__ import annotations
