@@ -105,6 +105,23 @@ def test_scan_binary_matches_the_definition(frames: list[bytes], cut: int, start
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536])
+@pytest.mark.parametrize("form", ["auto", "16", "64"])
+def test_scan_binary_at_the_limit_and_length_forms(impl: Any, size: int, form: str) -> None:
+    """A frame of exactly the limit is taken and one byte over it is not, in every length form and both builds."""
+    if form == "16" and size > 65535:
+        pytest.skip("a 16-bit length cannot say it")
+    scan, _ = impl
+    payload = os.urandom(size)
+    data = frame(2, payload, mask=os.urandom(4), length_form=form)
+    assert scan(data, 0, size) == ([payload], len(data))
+    assert scan(data, 0, 0) == ([payload], len(data))
+    if size > 1:  # a limit of 0 is none
+        assert scan(data, 0, size - 1) == ([], 0)
+    assert scan(data[:-1], 0, 0) == ([], 0)  # one byte short: not whole
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @pytest.mark.parametrize("size", [0, 1, 3, 7, 8, 9, 125, 1023, 1024, 5000])
 @pytest.mark.parametrize("offset", range(5))
 def test_unmask_at_any_offset_and_size(impl: Any, size: int, offset: int) -> None:
