@@ -21,6 +21,10 @@ With permessage-deflate negotiated (an L{Inflater} given), RSV1 on a
 message's first frame marks it compressed: its payload is inflated as it
 arrives, then validated and handed on like any other.
 
+Its inner loops (a read's run of whole binary frames; unmasking) are in
+L{wsrouter.ws.codec}: compiled when the optional extension is built, the
+pure-Python twins otherwise, with the same results.
+
 Pure: no I/O, fed bytes, reporting to a L{FrameHandler}.
 """
 
