@@ -263,3 +263,45 @@ def test_binary_run_after_refusal_writes_nothing() -> None:
     bridge.refuse(1007, "bad")
     bridge.binary_messages([b"one", b"two"])
     assert [e for e in events if e[0] == "write"] == []
+
+
+class _Keepalive:
+    def __init__(self) -> None:
+        self.alive_calls = 0
+
+    def alive(self) -> None:
+        self.alive_calls += 1
+
+
+class _Session:
+    """The attributes of wsrouter.session.Session that binary_run_taker reads."""
+
+    def __init__(self, bridge: Bridge, idle_timeout: bool) -> None:
+        self.bridge = bridge
+        self.keepalive: _Keepalive | None = _Keepalive()
+        self.message_data = (lambda payload: None) if idle_timeout else bridge.frame_data
+
+
+def test_run_taker_feeds_the_bridge_and_tells_the_keepalive_once() -> None:
+    """With no idle timeout a run goes to the bridge in one call and counts once as the client being alive."""
+    from wsrouter.ws.adapter import binary_run_taker
+
+    bridge, events = _bridge(message_oriented=False)
+    session = _Session(bridge, idle_timeout=False)
+    run = binary_run_taker(session)  # type: ignore[arg-type]
+    assert run is not None
+    run([b"a", b"b", b"c"])
+    assert [e for e in events if e[0] == "write"] == [("write", b"abc")]
+    assert session.keepalive is not None and session.keepalive.alive_calls == 1
+
+
+def test_run_taker_leaves_idle_timeout_sessions_message_by_message() -> None:
+    """A session that counts every frame for its idle timeout gets no run taker; one with its own method keeps it."""
+    from wsrouter.ws.adapter import binary_run_taker
+
+    bridge, _ = _bridge(message_oriented=False)
+    assert binary_run_taker(_Session(bridge, idle_timeout=True)) is None  # type: ignore[arg-type]
+    own = _Session(bridge, idle_timeout=True)
+    taken: list[list[bytes]] = []
+    own.binary_messages = taken.append  # type: ignore[attr-defined]
+    assert binary_run_taker(own) is own.binary_messages  # type: ignore[arg-type, attr-defined]
