@@ -7,6 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 REBIND := src/wsrouter/rebind/rebind.so
+FRAMES := src/wsrouter/ws/_frames.abi3.so
 DEMO_PORT ?= 8080
 
 # Plugins under twisted/plugins are found through PYTHONPATH when running
@@ -17,7 +18,7 @@ SYSTEM_DEPS := .cache/system-deps.done
 
 .PHONY: run test lint typecheck bench soak install system-deps clean conformance conformance-setup fuzz
 
-install: $(STAMP) $(REBIND)
+install: $(STAMP) $(REBIND) $(FRAMES)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +30,14 @@ $(STAMP): pyproject.toml $(BIN)/python
 
 $(REBIND): src/wsrouter/rebind/rebind.c
 	$(CC) -shared -fPIC -O2 -Wall -Wextra -o $@ $< -ldl
+
+# The compiled frame codec (wsrouter.ws.codec): optional, so a failed build
+# (no compiler, no Python headers) only warns; the pure-Python path is used
+# and `make test` tries again after system-deps has installed the headers.
+$(FRAMES): src/wsrouter/ws/_frames.c | $(BIN)/python
+	$(CC) -shared -fPIC -O2 -Wall -Wextra \
+		-I"$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" -o $@ $< \
+		|| echo "frames: could not build $@; wsrouter uses its pure-Python frame codec"
 
 # The demo: a shell in the browser behind a fresh random token (in the
 # printed URL's #fragment, never sent to the server), and the echo box.
@@ -56,7 +65,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-test: lint typecheck $(SYSTEM_DEPS) conformance-setup
+test: lint typecheck $(SYSTEM_DEPS) conformance-setup $(FRAMES)
 	$(BIN)/python -m pytest
 
 bench: install
@@ -104,4 +113,4 @@ fuzz: install
 	FUZZ_SEED=$(FUZZ_SEED) $(BIN)/python fuzz/run.py --seconds $(FUZZ_SECONDS)
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info $(REBIND) .cache
+	rm -rf $(VENV) build dist src/*.egg-info $(REBIND) $(FRAMES) .cache

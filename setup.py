@@ -1,5 +1,6 @@
 """
-Build hook: compile the rebind.so LD_PRELOAD shim into the wheel.
+Build hook: compile the rebind.so LD_PRELOAD shim into the wheel, and the
+optional frame codec extension (wsrouter.ws._frames, see wsrouter/ws/codec.py).
 
 All metadata lives in pyproject.toml; this file only adds commands. The shim
 is not a Python extension (it never links libpython), so it is compiled here
@@ -7,6 +8,11 @@ instead of through ext_modules, and the wheel is tagged for the platform but
 not for a Python version or ABI. Without a C compiler the build warns and
 ships no shim: wsrouter then compiles it into the user's cache on first use,
 or says what to install.
+
+The frame codec is an ordinary extension module on Python's stable ABI
+(one build serves CPython 3.11 and later), marked optional: without a
+compiler or Python's headers the build warns and wsrouter uses its
+pure-Python codec.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import shutil
 import subprocess
 import sysconfig
 
-from setuptools import Distribution, setup
+from setuptools import Distribution, Extension, setup
 from setuptools.command.build_py import build_py
 
 try:
@@ -28,6 +34,10 @@ except ImportError:  # setuptools < 70.1 keeps it in the wheel package
 
 SOURCE = os.path.join("src", "wsrouter", "rebind", "rebind.c")
 SHIM = os.path.join("wsrouter", "rebind", "rebind.so")
+
+#: Optional: a failed compile is a warning, and the pure-Python codec is used.
+FRAMES = Extension("wsrouter.ws._frames", [os.path.join("src", "wsrouter", "ws", "_frames.c")],
+                   py_limited_api=True, optional=True)
 
 
 def _compiler() -> list[str] | None:
@@ -80,5 +90,6 @@ class platform_wheel(bdist_wheel):
 
 setup(
     distclass=NativeDistribution,
+    ext_modules=[FRAMES],
     cmdclass={"build_py": build_py_with_shim, "bdist_wheel": platform_wheel},
 )

@@ -347,7 +347,7 @@ def report(meta: dict[str, Any], params: Params, summary: Summary, variants: lis
     print(f"\nwsrouter benchmark {meta['date']}  {meta['cpus']} CPUs ({meta['cpu_model']})  "
           f"python {meta['python']}  websockify {meta['versions']['websockify']}  "
           f"lighttpd {meta['versions'].get('lighttpd', '?')}  "
-          f"git {meta['git']}")
+          f"git {meta['git']}  frame codec {meta.get('frame_codec', '?')}")
     print(f"{params.rounds} rounds per workload ({params.extra_rounds} for the recording and base64 "
           f"variants, {params.conc_rounds} for concurrency), interleaved; median ± half-range; "
           f"load average {la0} -> {la1}; took {meta['duration_s']:.0f} s")

@@ -327,6 +327,17 @@ def git_rev() -> str:
     return out.stdout.strip() or "no commits"
 
 
+def frame_codec(src: Path) -> str:
+    """Which frame codec wsrouter from C{src} runs: "compiled" (wsrouter.ws._frames) or "pure-Python"."""
+    code = "from wsrouter.ws import codec; print('compiled' if codec.COMPILED else 'pure-Python')"
+    try:
+        out = subprocess.run(["env", f"PYTHONPATH={src}", sys.executable, "-c", code], capture_output=True,
+                             check=False, text=True, timeout=60, env=relays.child_env())
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -358,6 +369,7 @@ def metadata(params: Params, targets: TargetsProcess, client_nofile: tuple[int, 
         "versions": {**{d: version(d) for d in ("wsrouter", "websockify", "twisted", "autobahn", "numpy")},
                      "lighttpd": lighttpd_version()},
         "git": git_rev(),
+        "frame_codec": frame_codec(relays.REPO_DIR / "src"),
         "perf_counter": clock,
         "loadavg_start": os.getloadavg(),
         "params": params.__dict__,
@@ -421,6 +433,9 @@ def main(argv: list[str]) -> int:
         log(f"warning: perf_counter is {meta['perf_counter']}; upstream timing compares clocks "
             "across processes and assumes CLOCK_MONOTONIC")
     check_limits(meta, params, selected)
+    if meta["frame_codec"] != "compiled":
+        log(f"note: wsrouter's frame codec here is {meta['frame_codec']}, not the compiled one "
+            "(build it: make src/wsrouter/ws/_frames.abi3.so; WSROUTER_PURE_FRAMES=1 forces the pure one)")
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     unsupported: dict[str, str] = {}
     t0 = time.monotonic()

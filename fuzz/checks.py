@@ -13,13 +13,14 @@ Pure: no I/O except the temporary file L{check_config_file} writes.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
 import struct
 import tempfile
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from attrs import frozen
@@ -40,6 +41,8 @@ from wsrouter.recording import (
 )
 from wsrouter.routing import host_name
 from wsrouter.streamframes import FramingError, make_new_framer
+from wsrouter.ws import codec
+from wsrouter.ws import parser as parser_module
 from wsrouter.ws.deflate import Inflater, Negotiated
 from wsrouter.ws.parser import FrameParser
 
@@ -127,11 +130,37 @@ def parse_frames(chunks: Sequence[bytes], max_message_size: int = 0, deflate: bo
 
 
 def check_parser_any_bytes(data: bytes, cuts: Sequence[int], max_message_size: int, deflate: bool) -> None:
-    """Any bytes: the parser never raises, and reports the same however the bytes are cut."""
+    """Any bytes: the parser never raises, and reports the same however the bytes are cut, with either codec."""
     whole = parse_frames([data], max_message_size, deflate)
     assert parse_frames(split_at(data, cuts), max_message_size, deflate) == whole
     if len(data) <= 512:
         assert parse_frames(byte_by_byte(data), max_message_size, deflate) == whole
+    check_codec_builds_agree(data, cuts, max_message_size)
+    if codec.COMPILED:
+        with _pure_codec():
+            assert parse_frames(split_at(data, cuts), max_message_size, deflate) == whole
+
+
+def check_codec_builds_agree(data: bytes, positions: Sequence[int], limit: int) -> None:
+    """The compiled frame codec (when built) takes the same frames as the pure one, from any position, alike."""
+    if not codec.COMPILED:
+        return
+    for position in (0, *(p for p in positions if 0 <= p <= len(data))):
+        assert codec.scan_binary(data, position, limit) == codec.py_scan_binary(data, position, limit)
+    mask = data[:4].ljust(4, b"\0")
+    for offset in range(4):
+        assert codec.unmask(data, mask, offset) == codec.py_unmask(data, mask, offset)
+
+
+@contextlib.contextmanager
+def _pure_codec() -> Iterator[None]:
+    """The parser on the pure-Python codec for a while (L{wsrouter.ws.codec})."""
+    saved = parser_module._scan_binary, parser_module.unmask
+    parser_module._scan_binary, parser_module.unmask = codec.py_scan_binary, codec.py_unmask
+    try:
+        yield
+    finally:
+        parser_module._scan_binary, parser_module.unmask = saved
 
 
 @frozen

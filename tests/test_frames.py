@@ -181,25 +181,76 @@ def _random_stream(rng: random.Random) -> bytes:
     return b"".join(parts)
 
 
+class RunRecorder(Recorder):
+    """A Recorder that also takes runs of whole binary messages in one call, as the bridge does."""
+
+    def binary_messages(self, payloads):
+        for payload in payloads:
+            self.message_begin(True)
+            if payload:
+                self.message_data(payload)
+            self.message_end()
+
+
+try:
+    from wsrouter.ws import _frames
+except ImportError:
+    _frames = None
+
+
+@pytest.mark.parametrize("handler", [Recorder, RunRecorder], ids=["per-message", "runs"])
+@pytest.mark.parametrize("build", [
+    "pure",
+    pytest.param("compiled", marks=pytest.mark.skipif(_frames is None, reason="wsrouter.ws._frames not built")),
+])
 @pytest.mark.parametrize("seed", range(40))
-def test_whole_binary_fast_path_matches_the_general_path(seed, monkeypatch):
-    """Whole small binary frames take a fast path whose events equal the general path's for any stream and split."""
+def test_whole_binary_fast_path_matches_the_general_path(seed, build, handler, monkeypatch):
+    """Whole binary frames take a fast path (compiled or pure) whose events equal the general path's for any split."""
+    import wsrouter.ws.codec as codec
+    import wsrouter.ws.parser as parser_module
+
     rng = random.Random(seed)
     stream = _random_stream(rng)
     max_size = rng.choice((0, 0, 50, 130))
     cuts = sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1, rng.randrange(0, 6))))
     chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
 
-    def events():
-        recorder = Recorder()
+    def events(recorder):
         parser = FrameParser(recorder, max_message_size=max_size)
         for chunk in chunks:
             parser.feed(chunk)
         return recorder.events
 
-    fast = events()
+    monkeypatch.setattr(parser_module, "_scan_binary", _frames.scan_binary if build == "compiled"
+                        else codec.py_scan_binary)
+    fast = events(handler())
+    monkeypatch.setattr(parser_module, "_WHOLE_BINARY", -1)  # no first byte matches: general path only
+    assert fast == events(Recorder())
+    assert any(e[0] == "begin" for e in fast) or fast[:1] == [("fail", 1009)] or not fast
+
+
+@pytest.mark.parametrize("build", [
+    "pure",
+    pytest.param("compiled", marks=pytest.mark.skipif(_frames is None, reason="wsrouter.ws._frames not built")),
+])
+def test_a_read_of_whole_binary_frames_is_one_run(build, monkeypatch):
+    """64 whole binary frames in one read, with a ping after them, reach the handler as one run, then the ping."""
+    import wsrouter.ws.codec as codec
     import wsrouter.ws.parser as parser_module
 
-    monkeypatch.setattr(parser_module, "_WHOLE_BINARY", -1)  # no first byte matches: general path only
-    assert fast == events()
-    assert any(e[0] == "begin" for e in fast) or fast[:1] == [("fail", 1009)] or not fast
+    scan = _frames.scan_binary if build == "compiled" else codec.py_scan_binary
+    calls = []
+
+    def counting_scan(data, position, limit):
+        calls.append(position)
+        return scan(data, position, limit)
+
+    monkeypatch.setattr(parser_module, "_scan_binary", counting_scan)
+    runs = []
+    recorder = RunRecorder()
+    recorder.binary_messages = runs.append
+    payloads = [os.urandom(size) for size in range(64)] + [b"x" * 126, b"y" * 70000]
+    FrameParser(recorder).feed(b"".join(frame(2, p, mask=os.urandom(4)) for p in payloads) + frame(9, b"p"))
+    assert runs == [payloads]
+    assert recorder.events == [("ping", b"p")]
+    assert calls == [0]

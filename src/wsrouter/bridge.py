@@ -207,6 +207,30 @@ class Bridge:
             else:
                 self._link.write(message)
 
+    def binary_messages(self, payloads: list[bytes]) -> None:
+        """
+        Several whole binary client messages (a read's run, from the frame
+        parser's fast path): what L{message_begin}, L{frame_data} and
+        L{message_end} would do for each.  On a plain byte relay (a stream
+        target, no recorder, no base64, no encoder) they go to the target
+        as one write.
+        """
+        if (self._message is not None or self._base64 or self._recorder is not None or self._encoder is not None
+                or self._link.message_oriented or self._upstream_stopped or self._link_done):
+            for payload in payloads:
+                self.message_begin(True)
+                self.frame_data(payload)
+                self.message_end()
+            return
+        self._message_is_binary = True
+        self._fragmented = False
+        stats = self.stats
+        stats.messages_from_client += len(payloads)
+        data = b"".join(payloads) if len(payloads) > 1 else payloads[0]
+        if data:
+            stats.bytes_from_client += len(data)
+            self._link.write(data)
+
     def fragment_end(self) -> None:
         """A client frame that does not end its message: a link that keeps fragmentation gets it now."""
         write_fragment = self._fragment_link

@@ -62,6 +62,15 @@ if ! command -v lighttpd >/dev/null || [ ! -e /usr/lib/lighttpd/mod_openssl.so ]
     timeout 600 apt-get install -y -qq --no-install-recommends lighttpd lighttpd-mod-openssl \
         || echo "system-deps: could not install lighttpd; make bench reports its variants as failed"
 fi
+python=.venv/bin/python; [ -x "$python" ] || python=python3
+if ! command -v cc >/dev/null || ! "$python" -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null; then
+    # The compiled frame codec (src/wsrouter/ws/_frames.c, optional) needs a C compiler and the
+    # headers of Debian's python3 (a pyenv or other own-built Python ships its headers itself).
+    timeout 300 apt-get update -qq || echo "system-deps: apt-get update failed"
+    timeout 600 apt-get install -y -qq --no-install-recommends gcc libc6-dev python3-dev \
+        || echo "system-deps: could not install gcc/python3-dev; the pure-Python frame codec is used"
+fi
 if [ ! -x "$cache/telnetd-ssl/usr/sbin/in.telnetd" ]; then
     (
         cd "$cache" && rm -f telnetd-ssl_*.deb \

@@ -21,6 +21,10 @@ With permessage-deflate negotiated (an L{Inflater} given), RSV1 on a
 message's first frame marks it compressed: its payload is inflated as it
 arrives, then validated and handed on like any other.
 
+Its inner loops (a read's run of whole binary frames; unmasking) are in
+L{wsrouter.ws.codec}: compiled when the optional extension is built, the
+pure-Python twins otherwise, with the same results.
+
 Pure: no I/O, fed bytes, reporting to a L{FrameHandler}.
 """
 
@@ -30,8 +34,8 @@ from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from autobahn.websocket.utf8validator import Utf8Validator
-from autobahn.websocket.xormasker import create_xor_masker  # type: ignore[attr-defined, unused-ignore]
 
+from wsrouter.ws import codec
 from wsrouter.ws.deflate import InflateError, Inflater
 
 PROTOCOL_ERROR = 1002
@@ -40,26 +44,14 @@ MESSAGE_TOO_BIG = 1009
 
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0, 1, 2, 8, 9, 10
 
-#: First byte of a whole binary frame (FIN, no RSV bits, opcode 2): see _whole_binary.
-_WHOLE_BINARY = 0x82
+#: First byte of a whole binary frame (FIN, no RSV bits, opcode 2): see L{FrameParser._binary_run}.
+_WHOLE_BINARY = codec.WHOLE_BINARY
 
-#: From this size on, payload is unmasked by Autobahn's vectorised masker;
-#: below it, by one big-integer XOR, which costs less per call.
-_VECTOR_UNMASK_FROM = 1024
+#: Unmasks a payload: compiled when the extension is built (L{wsrouter.ws.codec}).
+unmask = codec.unmask
 
-
-def unmask(data: bytes, mask: bytes, offset: int = 0) -> bytes:
-    """XOR C{data} with the 4-byte C{mask}, starting C{offset} bytes into the frame."""
-    shift = offset & 3
-    if shift:
-        mask = mask[shift:] + mask[:shift]
-    n = len(data)
-    if n >= _VECTOR_UNMASK_FROM:
-        return create_xor_masker(mask, n).process(data)  # type: ignore[no-any-return]
-    if not n or mask == b"\0\0\0\0":
-        return bytes(data)
-    key = (mask * ((n >> 2) + 1))[:n]
-    return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+#: Takes a run of whole binary frames: compiled when the extension is built.
+_scan_binary = codec.scan_binary
 
 
 class FrameHandler(Protocol):
@@ -81,6 +73,16 @@ class FrameHandler(Protocol):
 
     def fail(self, code: int, reason: str) -> None:
         """The client broke the protocol; nothing more is parsed."""
+
+
+class BinaryRunHandler(FrameHandler, Protocol):
+    """A handler that can take several whole binary messages in one call (optional)."""
+
+    def binary_messages(self, payloads: list[bytes]) -> None:
+        """
+        Whole binary messages, in order: for each, what C{message_begin(True)},
+        C{message_data(payload)} (unless empty) and C{message_end()} would say.
+        """
 
 
 class FrameParser:
@@ -111,6 +113,8 @@ class FrameParser:
         self._compressed = False
         #: Told when a non-final data frame ends (a fragment boundary), if the handler wants to know.
         self._frame_end: Callable[[], None] | None = getattr(handler, "frame_end", None)
+        #: Takes a read's run of whole binary messages in one call, if the handler can.
+        self._binary_messages: Callable[[list[bytes]], None] | None = getattr(handler, "binary_messages", None)
         self.stopped = False
 
     def feed(self, data: bytes) -> None:
@@ -130,9 +134,9 @@ class FrameParser:
                     self._payload(chunk)
                 if not self._remaining and not self.stopped:
                     self._frame_done()
-            elif (end - position > 6 and data[position] == _WHOLE_BINARY and 0x80 < data[position + 1] < 0xFE
-                  and not self._in_message and end - position >= 6 + (data[position + 1] & 0x7F)):
-                position = self._whole_binary(data, position)
+            elif (position < end and data[position] == _WHOLE_BINARY and not self._in_message
+                  and (after := self._binary_run(data, position)) != position):
+                position = after
             else:
                 used = self._header(data, position, end)
                 if not used:
@@ -141,25 +145,32 @@ class FrameParser:
                     return
                 position += used
 
-    def _whole_binary(self, data: bytes, position: int) -> int:
+    def _binary_run(self, data: bytes, position: int) -> int:
         """
-        The fast path for the commonest frame of all: a whole, unfragmented,
-        masked binary frame of 1 to 125 bytes, entirely in C{data}, outside any
-        message.  The caller checked the first two bytes and that the frame is
-        all there; what the general path would do for it, in one step.
+        The fast path for the commonest frames of all: whole, unfragmented,
+        masked binary frames, entirely in C{data}, outside any message, many
+        to a read.  All of them up to the first other frame are unmasked in
+        one call (compiled when built) and handed on in one call when the
+        handler can take them so; what the general path would do for each.
+        A frame over the message limit ends the run (the general path
+        refuses it).  Returns the position after the run (C{position}: none).
         """
-        length = data[position + 1] & 0x7F
-        if self._max and length > self._max:
-            return self._fail(MESSAGE_TOO_BIG, f"message larger than {self._max} bytes") or position
-        start = position + 6
-        payload = unmask(data[start:start + length], data[position + 2:start])
+        payloads, after = _scan_binary(data, position, self._max)
+        if not payloads:
+            return position
+        take_all = self._binary_messages
+        if take_all is not None:
+            take_all(payloads)
+            return after
         handler = self._handler
-        handler.message_begin(True)
-        if not self.stopped:
-            handler.message_data(payload)
-            if not self.stopped:
-                handler.message_end()
-        return start + length
+        for payload in payloads:
+            handler.message_begin(True)
+            if payload and not self.stopped:
+                handler.message_data(payload)
+            if self.stopped:
+                break
+            handler.message_end()
+        return after
 
     # -- frame headers -------------------------------------------------------------
 
