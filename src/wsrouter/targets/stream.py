@@ -8,6 +8,7 @@ before the WebSocket handshake has completed and the bridge is ready.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import ipaddress
@@ -257,10 +258,8 @@ def _direct(connect: Callable[[ClientFactory], IConnector]) -> Deferred[Link]:
 
     def cancel(_: Deferred[Link]) -> None:
         if connector:
-            try:
+            with contextlib.suppress(error.NotConnectingError):  # connected or failed already
                 connector[0].stopConnecting()
-            except error.NotConnectingError:
-                pass
 
     connecting: Deferred[Link] = Deferred(cancel)
     try:
