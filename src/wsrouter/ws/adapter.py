@@ -86,6 +86,7 @@ class ClientProtocol(WebSocketServerProtocol):
     transport: Any
     maxMessagePayloadSize: int
     closeHandshakeTimeout: float
+    logOctets: bool
     #: The factory copies its options onto each protocol itself (see
     #: L{ClientFactory.apply_limits}): Autobahn's own copy pretty-prints
     #: every option for a debug line on each new connection, whether debug
@@ -190,6 +191,19 @@ class ClientProtocol(WebSocketServerProtocol):
         ]
         lines += [f"{name}: {value}" for name, value in responseHeaders or self._deny_headers]
         self.sendData(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + body)
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        """
+        Autobahn's writes (the 101 or refusal, close frames, pings and
+        pongs) go out at once when the socket is idle (L{write_through}),
+        instead of a turn of the reactor and two epoll changes later; its
+        synchronous or chopped sends, and anything behind them, keep its
+        own queue.
+        """
+        if sync or chopsize or self.send_queue or self.logOctets:
+            super().sendData(data, sync, chopsize)  # type: ignore[no-untyped-call, unused-ignore]
+        else:
+            write_through(self.transport, data)
 
     def onPong(self, payload: bytes) -> None:
         if self.session is not None:
