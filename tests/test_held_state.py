@@ -106,3 +106,54 @@ def test_send_queue_is_first_in_first_out():
     assert len(queue) == 0
 
 
+
+
+@pytest_twisted.inlineCallbacks
+def test_closed_connection_is_freed_without_the_garbage_collector():
+    """After open, echo and close, the client protocol, session, bridge, target link and HTTP request are freed by reference counting alone."""
+    import gc
+    import weakref
+
+    from twisted.internet.task import deferLater
+
+    from wsrouter.ws.upgrade import WebSocketUpgrade
+
+    port, _ = listen_target(lambda: RecordingTarget(echo=True))
+    router = start_router(routes=[f"/echo=tcp://127.0.0.1:{port.getHost().port}"])
+    refs: list[Any] = []
+
+    class Observer:
+        def session_opened(self, session: Any) -> None:
+            refs.extend(weakref.ref(o) for o in (session, session.connection, session.bridge, session.link))
+
+        def session_closed(self, session: Any) -> None:
+            pass
+
+    router.gateway.observe(Observer())
+    render = WebSocketUpgrade.render
+
+    def spy(self: Any, request: Any) -> Any:
+        refs.extend((weakref.ref(request), weakref.ref(request.channel)))
+        return render(self, request)
+
+    def client() -> bytes:
+        with connect(router.url + "/echo") as ws:
+            ws.send(b"one")
+            return bytes(ws.recv())
+
+    WebSocketUpgrade.render = spy  # type: ignore[method-assign]
+    gc.collect()
+    gc.disable()
+    try:
+        assert (yield in_thread(client)) == b"one"
+        for _ in range(200):  # bounded: the session ends as soon as both sides have closed
+            if refs and not router.gateway.sessions and all(ref() is None for ref in refs):
+                break
+            yield deferLater(reactor, 0.02, lambda: None)
+        assert len(refs) == 6
+        assert [ref() for ref in refs] == [None] * 6
+    finally:
+        gc.enable()
+        WebSocketUpgrade.render = render  # type: ignore[method-assign]
+        yield router.stopService()
+        yield port.stopListening()

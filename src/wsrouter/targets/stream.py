@@ -34,6 +34,7 @@ from zope.interface import implementer
 from wsrouter.config import TcpTarget, UnixTarget
 from wsrouter.interfaces import Link, LinkReceiver, SessionInfo, TargetError
 from wsrouter.proxyproto import build_header
+from wsrouter.ws.internals import forget_transport
 from wsrouter.ws.writes import write_sequence_through, write_through
 
 #: Bytes read from a target at once, and queued for it before pausing.
@@ -107,7 +108,8 @@ class StreamLink(Protocol):
             self._early.append(("connectionLost", (reason,)))
             return
         clean = isinstance(reason.value, error.ConnectionDone)
-        self._receiver.link_lost(None if clean else _describe(reason))
+        receiver, self._receiver = self._receiver, _GONE
+        receiver.link_lost(None if clean else _describe(reason))
 
     def write(self, data: bytes) -> None:
         if self._held is not None:
@@ -142,6 +144,24 @@ class StreamLink(Protocol):
     def abort(self) -> None:
         if self._connection is not None:
             self._connection.abortConnection()
+
+
+class _Gone:
+    """The receiver of a link whose connection is lost: late events have nowhere to go."""
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> None:
+        pass
+
+    def link_lost(self, reason: str | None) -> None:
+        pass
+
+
+#: Set once the connection is lost, so the link no longer holds the bridge
+#: (which holds the link): freed by reference counting, not the collector.
+_GONE: Any = _Gone()
 
 
 def _describe(reason: Failure) -> str:
@@ -235,17 +255,22 @@ class _LinkFactory(ClientFactory):
     noisy = False
 
     def __init__(self, connecting: Deferred[Link]):
-        self._connecting = connecting
+        self._connecting: Deferred[Link] | None = connecting
 
     def buildProtocol(self, addr: Any) -> StreamLink:
         link = StreamLink()
         link.factory = self
-        link._made = self._connecting
+        # The link fires it; the factory lets go, so the fired Deferred (and
+        # the session it ends up holding) is not kept by the connector.
+        link._made, self._connecting = self._connecting, None
         return link
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        if not self._connecting.called:
+        if self._connecting is not None and not self._connecting.called:
             self._connecting.errback(reason)
+
+    def clientConnectionLost(self, connector: Any, reason: Failure) -> None:
+        forget_transport(connector)
 
 
 def _direct(connect: Callable[[ClientFactory], IConnector]) -> Deferred[Link]:

@@ -25,6 +25,7 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 from wsrouter import __version__
@@ -36,6 +37,7 @@ from wsrouter.ws.internals import (
     autobahn_data_received,
     drop_handshake_state,
     negotiated_deflate,
+    release_closed_future,
     take_after_handshake,
 )
 from wsrouter.ws.parser import FrameParser
@@ -179,6 +181,19 @@ class ClientProtocol(WebSocketServerProtocol):
         self.connection_gone = True
         if self.session is not None:
             self.session.closed(code, reason or "")
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        After Autobahn's teardown (and L{onClose}), let go of the session
+        and the frame parser: the session still points at this protocol,
+        so keeping them would leave a reference cycle for the garbage
+        collector instead of freeing the connection's objects at once.
+        """
+        super().connectionLost(reason)
+        self.session = None
+        self._frames = None
+        self._gatherer = None
+        release_closed_future(self)
 
     def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders: Any = None) -> None:
         """Refuse the handshake with a proper status line and the reason as a one-line body."""

@@ -31,6 +31,7 @@ from twisted.internet import tcp
 PRIVATE_ATTRIBUTES = {
     "twisted.internet.tcp.Connection": ("_tempDataLen", "dataBuffer", "offset", "_writeDisconnected", "socket"),
     "twisted.web.http.HTTPChannel": ("_networkProducer", "_dataBuffer", "_buffer"),
+    "twisted.internet.base.BaseConnector": ("state", "transport"),
     "autobahn.websocket.protocol.WebSocketProtocol": ("data", "_dataReceived", "send_queue"),
 }
 
@@ -74,6 +75,16 @@ def _kernel_queue(transport: Any) -> int:
     except (OSError, ValueError):
         return 0
     return int(struct.unpack("i", raw)[0])
+
+
+def forget_transport(connector: Any) -> None:
+    """
+    A client connector whose connection is lost lets go of its transport
+    (which points back at the connector): the pair is then freed by
+    reference counting instead of waiting for the garbage collector.
+    """
+    if getattr(connector, "state", None) == "disconnected":
+        connector.transport = None
 
 
 # -- twisted.web's HTTP channel --------------------------------------------------------
@@ -158,3 +169,15 @@ def drop_handshake_state(protocol: Any) -> None:
     if not state.get("send_queue", True):
         state["send_queue"] = SendQueue()
     protocol.__dict__ = dict(state)
+
+
+def release_closed_future(protocol: Any) -> None:
+    """
+    Autobahn fires a closed connection's C{is_closed} Deferred with the
+    protocol itself, which then holds itself through it: a reference cycle
+    left for the garbage collector.  Once fired, its result is dropped (a
+    callback added later gets C{None}; the router adds none).
+    """
+    closed = protocol.__dict__.get("is_closed")
+    if closed is not None and getattr(closed, "called", False) and getattr(closed, "result", None) is protocol:
+        closed.result = None
