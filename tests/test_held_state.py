@@ -157,3 +157,33 @@ def test_closed_connection_is_freed_without_the_garbage_collector():
         WebSocketUpgrade.render = render  # type: ignore[method-assign]
         yield router.stopService()
         yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_autobahn_writes_go_through_write_through(monkeypatch):
+    """The 101 answer and the close frame Autobahn writes take the direct send path, not the transport's queue."""
+    from wsrouter.ws import adapter
+
+    seen: list[bytes] = []
+    direct = adapter.write_through
+
+    def spy(transport: Any, data: bytes) -> None:
+        seen.append(bytes(data))
+        direct(transport, data)
+
+    monkeypatch.setattr(adapter, "write_through", spy)
+    port, _ = listen_target(lambda: RecordingTarget(echo=True))
+    router = start_router(routes=[f"/echo=tcp://127.0.0.1:{port.getHost().port}"])
+
+    def client() -> bytes:
+        with connect(router.url + "/echo") as ws:
+            ws.send(b"one")
+            return bytes(ws.recv())
+
+    try:
+        assert (yield in_thread(client)) == b"one"
+        assert any(data.startswith(b"HTTP/1.1 101") for data in seen)
+        assert any(data[:1] == b"\x88" for data in seen)  # the close frame answering the client's
+    finally:
+        yield router.stopService()
+        yield port.stopListening()
