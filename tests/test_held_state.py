@@ -110,7 +110,7 @@ def test_send_queue_is_first_in_first_out():
 
 @pytest_twisted.inlineCallbacks
 def test_closed_connection_is_freed_without_the_garbage_collector():
-    """After open, echo and close, the client protocol, session, bridge, target link and HTTP request are freed by reference counting alone."""
+    """A closed connection's protocol, session, bridge, link and HTTP request are freed by reference counting alone."""
     import gc
     import weakref
 
