@@ -11,6 +11,7 @@ closes at once.
 from __future__ import annotations
 
 import secrets
+from sys import intern
 from typing import Any, NoReturn
 from urllib.parse import unquote, urlsplit
 
@@ -438,7 +439,8 @@ def _session_info(session_id: str, connection: ClientConnection, request: Any, p
     host = connection.transport.getHost()
     query = without_query_token(urlsplit(connection.http_request_uri).query)
     server_name = (request.host or "").rsplit(":", 1)[0].strip("[]") if request.host else ""
-    headers = tuple((name.lower(), value) for name, value in request.headers.items())
+    # Interned names: every held session shares one copy of "host", "origin"...
+    headers = tuple((intern(name.lower()), value) for name, value in request.headers.items())
     return SessionInfo(
         session_id=session_id,
         peer_host=client[0],

@@ -14,6 +14,7 @@ L{twisted.internet.task.Clock}.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -68,7 +69,7 @@ class Session:
         self._on_opened = on_opened
         self._on_ended = on_ended
         self.bridge = Bridge(connection, link, framer, base64_mode=base64_mode, binary_for=binary_for,
-                             recorder=recorder, on_finished=self._bridge_finished, clock=clock.seconds,
+                             recorder=recorder, on_finished=_weak(self._bridge_finished), clock=clock.seconds,
                              encoder=encoder)
         self.gatherer: Gatherer | None = link if hasattr(link, "hold") else None  # type: ignore[assignment]
         self.keepalive: Keepalive | None = None
@@ -279,4 +280,21 @@ class Session:
 
 def _nothing() -> None:
     return None
+
+
+def _weak(method: Callable[[SessionStats], None]) -> Callable[[SessionStats], None]:
+    """
+    C{method} called through a weak reference to its session: the bridge
+    then holds no strong reference back to the session that owns it, so
+    an ended session is freed by reference counting, not left as a cycle
+    for the garbage collector (the gateway holds every live session).
+    """
+    ref = weakref.WeakMethod(method)
+
+    def call(stats: SessionStats) -> None:
+        bound = ref()
+        if bound is not None:
+            bound(stats)
+
+    return call
 

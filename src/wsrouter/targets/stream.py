@@ -8,33 +8,33 @@ before the WebSocket handshake has completed and the bridge is ready.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import functools
 import ipaddress
+from collections.abc import Callable
 from typing import Any, cast
 from typing import Protocol as TypingProtocol
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    UNIXClientEndpoint,
-)
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import (
+    IConnector,
     IConsumer,
     IHalfCloseableProtocol,
     IPushProducer,
     IStreamClientEndpoint,
     ITCPTransport,
 )
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsrouter.config import TcpTarget, UnixTarget
 from wsrouter.interfaces import Link, LinkReceiver, SessionInfo, TargetError
 from wsrouter.proxyproto import build_header
+from wsrouter.ws.internals import forget_transport
 from wsrouter.ws.writes import write_sequence_through, write_through
 
 #: Bytes read from a target at once, and queued for it before pausing.
@@ -52,6 +52,8 @@ class StreamLink(Protocol):
     """A paused stream connection to a target, driven by the bridge."""
 
     message_oriented = False
+    #: Fired with this link once it is connected and paused (L{StreamConnector}'s direct connects).
+    _made: Deferred[Link] | None = None
 
     def __init__(self) -> None:
         self._receiver: LinkReceiver | None = None
@@ -73,6 +75,10 @@ class StreamLink(Protocol):
         # relayed; it is also how much may queue before the client is paused.
         cast(_Buffered, self.transport).bufferSize = IO_CHUNK
         self._connection.setTcpNoDelay(True)  # a no-op on Unix sockets
+        made = self._made
+        if made is not None:
+            self._made = None
+            made.callback(self)
 
     def start(self, receiver: LinkReceiver) -> None:
         self._receiver = receiver
@@ -102,7 +108,8 @@ class StreamLink(Protocol):
             self._early.append(("connectionLost", (reason,)))
             return
         clean = isinstance(reason.value, error.ConnectionDone)
-        self._receiver.link_lost(None if clean else _describe(reason))
+        receiver, self._receiver = self._receiver, _GONE
+        receiver.link_lost(None if clean else _describe(reason))
 
     def write(self, data: bytes) -> None:
         if self._held is not None:
@@ -139,6 +146,24 @@ class StreamLink(Protocol):
             self._connection.abortConnection()
 
 
+class _Gone:
+    """The receiver of a link whose connection is lost: late events have nowhere to go."""
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> None:
+        pass
+
+    def link_lost(self, reason: str | None) -> None:
+        pass
+
+
+#: Set once the connection is lost, so the link no longer holds the bridge
+#: (which holds the link): freed by reference counting, not the collector.
+_GONE: Any = _Gone()
+
+
 def _describe(reason: Failure) -> str:
     value = reason.value
     if isinstance(value, error.ConnectionLost):
@@ -160,14 +185,17 @@ class StreamConnector:
     def connect(self, session: SessionInfo) -> Deferred[Link]:
         target = session.route.target
         if isinstance(target, TcpTarget):
-            endpoint: IStreamClientEndpoint = _tcp_endpoint(self._reactor, target, self._timeout)
+            if _ip_version(target.host) is None:
+                connecting = _by_endpoint(HostnameEndpoint(self._reactor, target.host, target.port,
+                                                           timeout=self._timeout))
+            else:
+                connecting = _direct(lambda factory: self._reactor.connectTCP(
+                    target.host, target.port, factory, timeout=self._timeout))
         elif isinstance(target, UnixTarget):
-            endpoint = UNIXClientEndpoint(self._reactor, target.path, timeout=int(self._timeout))
+            connecting = _direct(lambda factory: self._reactor.connectUNIX(
+                target.path, factory, timeout=int(self._timeout)))
         else:
             raise TypeError(f"not a stream target: {target!r}")
-        factory = Factory.forProtocol(StreamLink)
-        factory.noisy = False
-        connecting = endpoint.connect(factory)
 
         def failed(reason: Failure) -> Failure:
             raise TargetError(f"cannot connect to {target.describe()}: {_connect_error(reason)}", 502)
@@ -175,7 +203,7 @@ class StreamConnector:
         connecting.addErrback(failed)
         if session.route.proxy_protocol is not None:
             connecting.addCallback(_send_first, proxy_header_for(session))
-        return cast("Deferred[Link]", connecting)
+        return connecting
 
 
 def proxy_header_for(session: SessionInfo) -> bytes:
@@ -194,12 +222,76 @@ def _send_first(link: Any, header: bytes) -> Any:
 
 def _tcp_endpoint(reactor: Any, target: TcpTarget, timeout: float) -> IStreamClientEndpoint:
     """An address connects directly; only a name needs HostnameEndpoint's resolving."""
-    try:
-        address = ipaddress.ip_address(target.host)
-    except ValueError:
+    version = _ip_version(target.host)
+    if version is None:
         return HostnameEndpoint(reactor, target.host, target.port, timeout=timeout)
-    endpoint = TCP6ClientEndpoint if address.version == 6 else TCP4ClientEndpoint
+    endpoint = TCP6ClientEndpoint if version == 6 else TCP4ClientEndpoint
     return endpoint(reactor, target.host, target.port, timeout=timeout)
+
+
+@functools.lru_cache(maxsize=256)
+def _ip_version(host: str) -> int | None:
+    """4 or 6 for an address, C{None} for a name (asked once per target, not per connection)."""
+    try:
+        return ipaddress.ip_address(host).version
+    except ValueError:
+        return None
+
+
+def _by_endpoint(endpoint: IStreamClientEndpoint) -> Deferred[Link]:
+    factory = Factory.forProtocol(StreamLink)
+    factory.noisy = False
+    return cast("Deferred[Link]", endpoint.connect(factory))
+
+
+class _LinkFactory(ClientFactory):
+    """
+    Builds the one L{StreamLink} of a direct connect and fires
+    C{connecting} with it once connected, or fails it with the reason
+    (the same errors an endpoint gives: the reactor's connect is what an
+    endpoint calls too).
+    """
+
+    noisy = False
+
+    def __init__(self, connecting: Deferred[Link]):
+        self._connecting: Deferred[Link] | None = connecting
+
+    def buildProtocol(self, addr: Any) -> StreamLink:
+        link = StreamLink()
+        link.factory = self
+        # The link fires it; the factory lets go, so the fired Deferred (and
+        # the session it ends up holding) is not kept by the connector.
+        link._made, self._connecting = self._connecting, None
+        return link
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        if self._connecting is not None and not self._connecting.called:
+            self._connecting.errback(reason)
+
+    def clientConnectionLost(self, connector: Any, reason: Failure) -> None:
+        forget_transport(connector)
+
+
+def _direct(connect: Callable[[ClientFactory], IConnector]) -> Deferred[Link]:
+    """
+    Connect through the reactor's C{connectTCP}/C{connectUNIX} without an
+    endpoint's wrapping protocol, factory and Deferred chain (a tenth of a
+    churned connection's set-up); cancelling stops the attempt.
+    """
+    connector: list[IConnector] = []
+
+    def cancel(_: Deferred[Link]) -> None:
+        if connector:
+            with contextlib.suppress(error.NotConnectingError):  # connected or failed already
+                connector[0].stopConnecting()
+
+    connecting: Deferred[Link] = Deferred(cancel)
+    try:
+        connector.append(connect(_LinkFactory(connecting)))
+    except Exception:  # as an endpoint does: a connect that raises is a failed connect
+        connecting.errback(Failure())
+    return connecting
 
 
 def _connect_error(reason: Failure) -> str:

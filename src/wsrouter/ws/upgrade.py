@@ -76,6 +76,11 @@ class WebSocketUpgrade(Resource):
         protocol.makeConnection(transport)  # type: ignore[no-untyped-call, unused-ignore]
         protocol.dataReceived(raw_request(request))
         holder.resumeProducing()
+        # The channel is done with this request (never finished: the
+        # connection is the WebSocket's now); without this the pair is a
+        # reference cycle left for the garbage collector.
+        if request in channel.requests:
+            channel.requests.remove(request)
         return NOT_DONE_YET
 
 
