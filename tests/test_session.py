@@ -194,6 +194,23 @@ def test_idle_timeout_closes_after_silence_only() -> None:
     assert connection.events == [("close", 1000, "idle timeout")]
 
 
+def test_a_run_of_binary_messages_answers_a_ping_and_counts_as_traffic() -> None:
+    """A read's run of binary messages reaches the target, counts as the pong and resets the idle timeout."""
+    clock = Clock()
+    session, connection, link, _ = make(clock, limits(idle=30, ping_interval=10, ping_timeout=3))
+    session.opened()
+    clock.advance(10)
+    assert [e[0] for e in connection.events] == ["ping"]
+    session.binary_messages([b"a", b"b"])
+    assert "write" in link.events
+    clock.advance(5)
+    assert ("abort", "ping timeout") not in connection.events
+    clock.advance(24)
+    assert ("close", 1000, "idle timeout") not in connection.events
+    clock.advance(1)
+    assert connection.events[-1] == ("close", 1000, "idle timeout")
+
+
 def test_no_idle_timer_when_off() -> None:
     """With no idle timeout nothing is scheduled once the session opens, and client data goes straight to the bridge."""
     clock = Clock()

@@ -295,6 +295,9 @@ class ConnectionSession(Protocol):
 
     def message_end(self) -> None: ...
 
+    def binary_messages(self, payloads: list[bytes]) -> None:
+        """Several whole binary client messages, a read's run: what the three calls above do for each."""
+
     def frame_end(self) -> None:
         """A non-final frame of the current client message ended (a fragment boundary)."""
 

@@ -123,6 +123,13 @@ class Session:
     def message_end(self) -> None:
         self.bridge.message_end()
 
+    def binary_messages(self, payloads: list[bytes]) -> None:
+        """A read's run of whole binary client messages (the frame parser's fast path), taken in one call."""
+        if self.keepalive is not None:
+            self.keepalive.alive()
+        self._last_activity = self._clock.seconds()
+        self.bridge.binary_messages(payloads)
+
     def frame_end(self) -> None:
         """A non-final frame of the client's message ended (a fragment boundary)."""
         self.bridge.fragment_end()

@@ -16,7 +16,7 @@ protocols in L{wsrouter.interfaces}, so it imports neither.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -319,9 +319,7 @@ class _ClientFrames:
         self.message_end = session.message_end
         self.frame_end = session.frame_end
         self.pong = session.pong
-        run = binary_run_taker(session)
-        if run is not None:
-            self.binary_messages = run
+        self.binary_messages = session.binary_messages
 
     def ping(self, payload: bytes) -> None:
         if self._protocol.state == _OPEN:
@@ -344,32 +342,6 @@ class _ClientFrames:
         protocol.wasNotCleanReason = reason
         protocol.dropConnection(abort=False)
         self._session.closing()
-
-
-def binary_run_taker(session: ConnectionSession) -> Callable[[list[bytes]], None] | None:
-    """
-    What takes a read's run of whole binary messages in one call (the
-    parser's fast path), when the session allows: its own
-    C{binary_messages} if it has one; else its bridge's, when nothing counts
-    frames on the way (no idle timeout: the session's C{message_data} is
-    the bridge's), with the keepalive told once per run instead of per
-    message.  C{None}: the parser calls the per-message methods.
-    """
-    own: Callable[[list[bytes]], None] | None = getattr(session, "binary_messages", None)
-    if own is not None:
-        return own
-    bridge = getattr(session, "bridge", None)
-    take = getattr(bridge, "binary_messages", None)
-    if take is None or session.message_data != bridge.frame_data:  # type: ignore[union-attr]
-        return None
-
-    def run(payloads: list[bytes]) -> None:
-        keepalive = getattr(session, "keepalive", None)
-        if keepalive is not None:
-            keepalive.alive()
-        take(payloads)
-
-    return run
 
 
 def close_frame_problem(code: int | None, reason: bytes | None) -> tuple[int, str] | None:
