@@ -32,6 +32,11 @@ PRIVATE_ATTRIBUTES = {
     "twisted.internet.tcp.Connection": ("_tempDataLen", "dataBuffer", "offset", "_writeDisconnected", "socket"),
     "twisted.web.http.HTTPChannel": ("_networkProducer", "_dataBuffer", "_buffer"),
     "autobahn.websocket.protocol.WebSocketProtocol": ("data", "_dataReceived"),
+    # wsrouter/tlswrites.py subclasses Twisted's TLS protocol, replacing its write and read loops.
+    "twisted.protocols.tls.TLSMemoryBIOProtocol": (
+        "_tlsConnection", "_appSendBuffer", "_lostTLSConnection", "_aborted", "_producer", "_bufferedWrite",
+        "_tlsShutdownFinished", "_shutdownTLS", "_flushSendBIO", "_flushReceiveBIO", "_write"),
+    "OpenSSL.SSL.Connection": ("_ssl",),
 }
 
 _DIRECT = (tcp.Server, tcp.Client)
@@ -125,3 +130,18 @@ def negotiated_deflate(protocol: Any) -> tuple[bool, bool, int, int] | None:
         return None
     return (bool(pmce.server_no_context_takeover), bool(pmce.client_no_context_takeover),
             int(pmce.server_max_window_bits), int(pmce.client_max_window_bits))
+
+
+# -- pyOpenSSL connections -----------------------------------------------------------
+
+
+def whole_ssl_writes(connection: Any) -> None:
+    """
+    Turn off pyOpenSSL's partial writes on C{connection} (an
+    C{OpenSSL.SSL.Connection} on memory BIOs): one C{send} then writes every
+    record of its data into the BIO, where it would stop after one 16 KiB
+    record (a socket BIO could block; a memory BIO cannot).
+    """
+    from OpenSSL._util import lib  # pyOpenSSL's cffi binding: no public way to clear a mode
+
+    lib.SSL_clear_mode(connection._ssl, lib.SSL_MODE_ENABLE_PARTIAL_WRITE)

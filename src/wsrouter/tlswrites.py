@@ -1,0 +1,159 @@
+"""
+The TLS listener's protocol: Twisted's memory-BIO TLS with a leaner write path.
+
+Twisted's L{TLSMemoryBIOProtocol} encrypts a write 16 KiB at a time: a
+slice, one C{SSL_write}, one C{bio_read} and one queued C{transport.write}
+per TLS record, each a Python call or three, and the socket is written on
+the reactor's next turn.  A relay writing 256 KiB messages spends more in
+that loop than in the cipher.  L{TlsServerProtocol} hands the whole write
+to OpenSSL at once (C{SSL_write} with partial writes off writes every
+record of it into the memory BIO), reads the records out with one
+C{bio_read}, and sends them at once when the socket has nothing queued
+(L{write_through}); everything else -- the handshake, SNI, client
+certificates, renegotiation, close_notify, producers -- is Twisted's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
+
+from wsrouter.ws.internals import whole_ssl_writes
+from wsrouter.ws.writes import write_through
+
+#: Bytes a TLS record adds to its payload, at most (header, explicit IV, MAC or tag, padding).
+RECORD_OVERHEAD = 5 + 16 + 64 + 256
+#: The largest TLS record payload.
+RECORD_PAYLOAD = 16384
+
+
+class TlsServerProtocol(TLSMemoryBIOProtocol):
+    """A server-side TLS connection whose writes go to OpenSSL and the socket whole."""
+
+    # Twisted's, unannotated there (its private ones are listed in ws/internals.py and checked).
+    transport: Any
+    _tlsConnection: Any
+    _bufferedWrite: Any
+    _tlsShutdownFinished: Any
+    _shutdownTLS: Any
+    _flushSendBIO: Any
+    _producer: Any
+
+    def makeConnection(self, transport: Any) -> None:
+        super().makeConnection(transport)  # type: ignore[no-untyped-call]
+        if self._tlsConnection is not None:
+            whole_ssl_writes(self._tlsConnection)
+
+    @property
+    def bufferSize(self) -> int:
+        """The socket's read size: a protocol asking for larger reads gets them from the socket beneath."""
+        return int(getattr(self.transport, "bufferSize", 0))
+
+    @bufferSize.setter
+    def bufferSize(self, size: int) -> None:
+        if self.transport is not None:
+            self.transport.bufferSize = size
+
+    def writeSequence(self, iovec: Any) -> None:
+        """
+        A frame header and its payload go to OpenSSL without being joined:
+        the header with the payload's first record's worth (a small copy,
+        so every record is full), then the rest of the payload in place.
+        """
+        parts = iovec if isinstance(iovec, (list, tuple)) else list(iovec)
+        if len(parts) != 2 or len(parts[0]) >= RECORD_PAYLOAD or (self.disconnecting and self._producer is None):
+            self.write(b"".join(parts))  # type: ignore[no-untyped-call]
+            return
+        head, body = parts
+        cut = RECORD_PAYLOAD - len(head)
+        self._encrypt((head + body[:cut], memoryview(body)[cut:]) if len(body) > cut else (head + body,))
+
+    def _write(self, data: bytes) -> None:
+        self._encrypt((data,))
+
+    def _encrypt(self, chunks: tuple[bytes | memoryview, ...]) -> None:
+        """Encrypt C{chunks} in order into the memory BIO, then send the records."""
+        if self._lostTLSConnection:
+            return
+        if self._appSendBuffer:  # earlier writes wait for the handshake: keep the order
+            self._bufferedWrite(b"".join(chunks))
+            return
+        size = 0
+        for i, chunk in enumerate(chunks):
+            done = self._encrypt_one(chunk)
+            if done is None:
+                return
+            size += done + (done // RECORD_PAYLOAD + 1) * RECORD_OVERHEAD
+            if done < len(chunk):
+                # The handshake is not done: Twisted's queue retries the
+                # rest once the peer's answer arrives.
+                self._bufferedWrite(b"".join((chunk[done:], *chunks[i + 1:])))
+                break
+        if size:
+            self._send_records(size)
+
+    def _encrypt_one(self, chunk: bytes | memoryview) -> int | None:
+        """
+        How much of C{chunk} OpenSSL took: all of it (in one call with
+        partial writes off, a record per call if they were on), less if the
+        handshake is not done; C{None} if TLS failed (the connection is
+        then being closed).
+        """
+        done = 0
+        while done < len(chunk):
+            try:
+                done += self._tlsConnection.send(memoryview(chunk)[done:] if done else chunk)
+            except WantReadError:
+                break
+            except Error:
+                self._tlsShutdownFinished(Failure())
+                return None
+        return done
+
+    def _send_records(self, size: int) -> None:
+        """Send what OpenSSL wrote into the memory BIO (about C{size} bytes) with one read and one write."""
+        connection = self._tlsConnection
+        try:
+            records = connection.bio_read(size)
+        except WantReadError:
+            return
+        while len(records) == size:  # more than the estimate: read the rest
+            try:
+                records += connection.bio_read(size)
+            except WantReadError:
+                break
+        write_through(self.transport, records)
+
+    def _flushReceiveBIO(self) -> None:
+        """
+        Twisted's, but what one read from the socket decrypts to goes to
+        the protocol as one piece rather than one per TLS record.
+        """
+        connection = self._tlsConnection
+        pieces: list[bytes] = []
+        while not self._lostTLSConnection:
+            try:
+                pieces.append(connection.recv(RECORD_PAYLOAD))
+            except WantReadError:
+                break
+            except ZeroReturnError:  # the peer's close_notify: nothing more comes
+                self._deliver(pieces)
+                self._shutdownTLS()
+                self._tlsShutdownFinished(None)
+            except Error:  # e.g. a failed renegotiation: TLS cannot go on
+                failure = Failure()
+                self._deliver(pieces)
+                self._tlsShutdownFinished(failure)
+        self._deliver(pieces)
+        self._flushSendBIO()
+
+    def _deliver(self, pieces: list[bytes]) -> None:
+        if pieces and not self._aborted:
+            data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            pieces.clear()
+            ProtocolWrapper.dataReceived(self, data)
+        pieces.clear()
