@@ -22,7 +22,7 @@ from zope.interface import implementer
 
 from wsrouter.config import TlsSettings
 from wsrouter.tls import ServerTls
-from wsrouter.tlswrites import RECORD_PAYLOAD, TlsServerProtocol
+from wsrouter.tlswrites import RECORD_PAYLOAD, WRITE_SLICE, TlsServerProtocol
 
 from .tlscerts import Pair, make_server, needs_openssl
 
@@ -134,20 +134,25 @@ def records(wire: bytes) -> list[int]:
     return lengths
 
 
-def test_a_large_write_reaches_the_socket_as_one_write(server_cert: Pair) -> None:
-    """A 1 MiB write is encrypted whole and handed to the socket in one write, not one per 16 KiB record."""
+def test_a_large_write_reaches_the_socket_in_few_writes(server_cert: Pair) -> None:
+    """A 256 KiB write reaches the socket as one write, 1 MiB as four, not one per 16 KiB record."""
     pair = Pair_(server_cert, App())
     pair.handshake()
+    pair.server.write(b"s" * WRITE_SLICE)
+    assert pair.wire.writes == 1
+    assert pair.to_client() and pair.client_reads() == b"s" * WRITE_SLICE
+    pair.wire.writes = 0
     data = bytes(range(256)) * 4096
     pair.server.write(data)
-    assert pair.wire.writes == 1
+    assert pair.wire.writes == len(data) // WRITE_SLICE
     wire = pair.to_client()
     assert len(records(wire)) == len(data) // RECORD_PAYLOAD
     assert pair.client_reads() == data
 
 
 @pytest.mark.parametrize("head_size,body_size", [(2, 0), (2, 100), (10, RECORD_PAYLOAD - 10),
-                                                 (10, RECORD_PAYLOAD - 9), (14, 300_000), (RECORD_PAYLOAD, 5)])
+                                                 (10, RECORD_PAYLOAD - 9), (14, 300_000), (14, 600_000),
+                                                 (RECORD_PAYLOAD, 5)])
 def test_header_and_payload_arrive_in_order_in_full_records(server_cert: Pair, head_size: int,
                                                               body_size: int) -> None:
     """A header and payload written as a sequence arrive intact, in as few records as their joined bytes need."""
@@ -192,13 +197,15 @@ def test_records_fed_one_byte_at_a_time_arrive_whole(server_cert: Pair) -> None:
 
 def test_writes_before_the_handshake_wait_and_keep_their_order(server_cert: Pair) -> None:
     """What the protocol writes before the handshake is done goes out after it, before later writes."""
+    big = bytes(i % 253 for i in range(600_000))
     pair = Pair_(server_cert, App(early=b"first "))
     pair.server.write(b"second ")
     pair.server.writeSequence((b"th", b"ird"))
+    pair.server.writeSequence((b"big:", big))
     pair.handshake()
     pair.server.write(b" fourth")
     pair.to_client()
-    assert pair.client_reads() == b"first second third fourth"
+    assert pair.client_reads() == b"first second third" + b"big:" + big + b" fourth"
 
 
 @implementer(IHandshakeListener)

@@ -15,6 +15,7 @@ certificates, renegotiation, close_notify, producers -- is Twisted's.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
@@ -29,6 +30,10 @@ from wsrouter.ws.writes import write_through
 RECORD_OVERHEAD = 5 + 16 + 64 + 256
 #: The largest TLS record payload.
 RECORD_PAYLOAD = 16384
+#: Cleartext encrypted before the records go to the socket: a larger write
+#: goes out in pieces of this size, so the memory BIO and the copies out of
+#: it stay this small whatever the message size.
+WRITE_SLICE = 256 * 1024
 
 
 class TlsServerProtocol(TLSMemoryBIOProtocol):
@@ -76,23 +81,26 @@ class TlsServerProtocol(TLSMemoryBIOProtocol):
         self._encrypt((data,))
 
     def _encrypt(self, chunks: tuple[bytes | memoryview, ...]) -> None:
-        """Encrypt C{chunks} in order into the memory BIO, then send the records."""
+        """Encrypt C{chunks} in order into the memory BIO, sending the records every L{WRITE_SLICE}."""
         if self._lostTLSConnection:
             return
         if self._appSendBuffer:  # earlier writes wait for the handshake: keep the order
             self._bufferedWrite(b"".join(chunks))
             return
         size = 0
-        for i, chunk in enumerate(chunks):
-            done = self._encrypt_one(chunk)
+        for i, at, piece in _slices(chunks):
+            done = self._encrypt_one(piece)
             if done is None:
                 return
             size += done + (done // RECORD_PAYLOAD + 1) * RECORD_OVERHEAD
-            if done < len(chunk):
+            if done < len(piece):
                 # The handshake is not done: Twisted's queue retries the
                 # rest once the peer's answer arrives.
-                self._bufferedWrite(b"".join((chunk[done:], *chunks[i + 1:])))
+                self._bufferedWrite(b"".join((chunks[i][at + done:], *chunks[i + 1:])))
                 break
+            if size >= WRITE_SLICE:
+                self._send_records(size)
+                size = 0
         if size:
             self._send_records(size)
 
@@ -157,3 +165,15 @@ class TlsServerProtocol(TLSMemoryBIOProtocol):
             pieces.clear()
             ProtocolWrapper.dataReceived(self, data)
         pieces.clear()
+
+
+def _slices(chunks: tuple[bytes | memoryview, ...]) -> Iterator[tuple[int, int, bytes | memoryview]]:
+    """C{(index, offset, piece)}: C{chunks} cut into pieces of at most L{WRITE_SLICE} (views, not copies)."""
+    for i, chunk in enumerate(chunks):
+        if len(chunk) <= WRITE_SLICE:
+            if chunk:
+                yield i, 0, chunk
+            continue
+        view = memoryview(chunk)
+        for at in range(0, len(chunk), WRITE_SLICE):
+            yield i, at, view[at:at + WRITE_SLICE]
