@@ -78,7 +78,21 @@ class TlsServerProtocol(TLSMemoryBIOProtocol):
         self._encrypt((head + body[:cut], memoryview(body)[cut:]) if len(body) > cut else (head + body,))
 
     def _write(self, data: bytes) -> None:
-        self._encrypt((data,))
+        if len(data) > WRITE_SLICE or self._appSendBuffer or self._lostTLSConnection or not data:
+            self._encrypt((data,))
+            return
+        # A small write (every message of an interactive session): _encrypt's work, unrolled.
+        try:
+            sent = self._tlsConnection.send(data)
+        except WantReadError:
+            self._bufferedWrite(data)
+            return
+        except Error:
+            self._tlsShutdownFinished(Failure())
+            return
+        self._send_records(sent + (sent // RECORD_PAYLOAD + 1) * RECORD_OVERHEAD)
+        if sent < len(data):  # partial writes on: a record per send
+            self._encrypt((memoryview(data)[sent:],))
 
     def _encrypt(self, chunks: tuple[bytes | memoryview, ...]) -> None:
         """Encrypt C{chunks} in order into the memory BIO, sending the records every L{WRITE_SLICE}."""
