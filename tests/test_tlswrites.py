@@ -8,11 +8,15 @@ test moves the bytes between them.
 from __future__ import annotations
 
 import contextlib
+import socket
 import ssl
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_twisted
+from twisted.internet import reactor, threads
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
@@ -315,3 +319,43 @@ def test_with_partial_writes_on_a_large_write_still_arrives_whole(server_cert: P
     pair.server.writeSequence((b"head", data))
     pair.to_client()
     assert pair.client_reads() == b"head" + data
+
+
+@pytest_twisted.inlineCallbacks
+def test_over_a_real_socket_a_reader_that_waits_gets_every_byte(server_cert: Pair) -> Any:
+    """Over loopback, 8 MiB written at once to a client that reads only later arrive whole and in order."""
+    data = bytes(i % 251 for i in range(1 << 20)) * 8
+
+    class Burst(Protocol):
+        def dataReceived(self, received: bytes) -> None:  # the client's "go": write everything at once
+            for at in range(0, len(data), 300_000):
+                self.transport.write(data[at:at + 300_000])  # type: ignore[union-attr]
+
+    class Factory_(TLSMemoryBIOFactory):
+        protocol = TlsServerProtocol
+
+    factory = Factory_(ServerTls(TlsSettings(cert=str(server_cert.cert), key=str(server_cert.key))), False,
+                       Factory.forProtocol(Burst))
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+
+    def client() -> bytes:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with socket.create_connection(("127.0.0.1", port.getHost().port), timeout=30) as raw, \
+                context.wrap_socket(raw) as tls:
+            tls.sendall(b"go")
+            time.sleep(0.3)  # let the server's socket buffer fill and Twisted queue the rest
+            got = bytearray()
+            while len(got) < len(data):
+                piece = tls.recv(1 << 20)
+                if not piece:
+                    break
+                got += piece
+            return bytes(got)
+
+    try:
+        got = yield threads.deferToThread(client)
+    finally:
+        yield port.stopListening()
+    assert len(got) == len(data) and got == data

@@ -1,16 +1,22 @@
 """
-The TLS listener's protocol: Twisted's memory-BIO TLS with a leaner write path.
+The TLS listener's protocol: Twisted's memory-BIO TLS with leaner write and
+read paths.
 
 Twisted's L{TLSMemoryBIOProtocol} encrypts a write 16 KiB at a time: a
-slice, one C{SSL_write}, one C{bio_read} and one queued C{transport.write}
-per TLS record, each a Python call or three, and the socket is written on
-the reactor's next turn.  A relay writing 256 KiB messages spends more in
-that loop than in the cipher.  L{TlsServerProtocol} hands the whole write
-to OpenSSL at once (C{SSL_write} with partial writes off writes every
-record of it into the memory BIO), reads the records out with one
-C{bio_read}, and sends them at once when the socket has nothing queued
-(L{write_through}); everything else -- the handshake, SNI, client
-certificates, renegotiation, close_notify, producers -- is Twisted's.
+slice, one C{SSL_write}, one C{bio_read} (two copies) and one queued
+C{transport.write} per TLS record, each a Python call or three, and the
+socket is written on the reactor's next turn; a relay writing 256 KiB
+messages spent more in that loop than in the cipher.  L{TlsServerProtocol}
+hands each write to OpenSSL at once (partial writes off: one C{SSL_write}
+puts every record of it into the memory BIO; writes over L{WRITE_SLICE} go
+in slices of that size), copies the records once into a buffer it reuses,
+and sends them from there when the socket has nothing queued (Twisted's
+queue takes the rest, so its producer pausing holds).  A frame header and
+its payload (C{writeSequence}) are not joined.  On the way in, the records
+one socket read decrypts to reach the protocol as one piece.  Everything
+else -- the handshake, SNI, client certificates, close_notify, producers --
+is Twisted's.  The private names this relies on are listed in
+L{wsrouter.ws.internals.PRIVATE_ATTRIBUTES} and checked by the tests.
 """
 
 from __future__ import annotations
@@ -23,8 +29,7 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
-from wsrouter.ws.internals import whole_ssl_writes
-from wsrouter.ws.writes import write_through
+from wsrouter.ws.internals import bio_read_into, idle_tcp, whole_ssl_writes
 
 #: Bytes a TLS record adds to its payload, at most (header, explicit IV, MAC or tag, padding).
 RECORD_OVERHEAD = 5 + 16 + 64 + 256
@@ -34,6 +39,26 @@ RECORD_PAYLOAD = 16384
 #: goes out in pieces of this size, so the memory BIO and the copies out of
 #: it stay this small whatever the message size.
 WRITE_SLICE = 256 * 1024
+
+
+#: Where the records of one write are taken out of OpenSSL's memory BIO (one
+#: for the process: each write empties it before the next can start).
+_SCRATCH = memoryview(bytearray(WRITE_SLICE + (WRITE_SLICE // RECORD_PAYLOAD + 1) * RECORD_OVERHEAD))
+
+
+def _write_view(transport: Any, data: memoryview) -> None:
+    """C{transport.write(bytes(data))}, but sent at once from C{data} when the socket is idle."""
+    if idle_tcp(transport):
+        try:
+            sent = transport.socket.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = 0  # let the transport find and report the error
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(bytes(data))
 
 
 class TlsServerProtocol(TLSMemoryBIOProtocol):
@@ -90,7 +115,7 @@ class TlsServerProtocol(TLSMemoryBIOProtocol):
         except Error:
             self._tlsShutdownFinished(Failure())
             return
-        self._send_records(sent + (sent // RECORD_PAYLOAD + 1) * RECORD_OVERHEAD)
+        self._send_records()
         if sent < len(data):  # partial writes on: a record per send
             self._encrypt((memoryview(data)[sent:],))
 
@@ -106,17 +131,17 @@ class TlsServerProtocol(TLSMemoryBIOProtocol):
             done = self._encrypt_one(piece)
             if done is None:
                 return
-            size += done + (done // RECORD_PAYLOAD + 1) * RECORD_OVERHEAD
+            size += done
             if done < len(piece):
                 # The handshake is not done: Twisted's queue retries the
                 # rest once the peer's answer arrives.
                 self._bufferedWrite(b"".join((chunks[i][at + done:], *chunks[i + 1:])))
                 break
             if size >= WRITE_SLICE:
-                self._send_records(size)
+                self._send_records()
                 size = 0
         if size:
-            self._send_records(size)
+            self._send_records()
 
     def _encrypt_one(self, chunk: bytes | memoryview) -> int | None:
         """
@@ -136,19 +161,21 @@ class TlsServerProtocol(TLSMemoryBIOProtocol):
                 return None
         return done
 
-    def _send_records(self, size: int) -> None:
-        """Send what OpenSSL wrote into the memory BIO (about C{size} bytes) with one read and one write."""
-        connection = self._tlsConnection
-        try:
-            records = connection.bio_read(size)
-        except WantReadError:
-            return
-        while len(records) == size:  # more than the estimate: read the rest
-            try:
-                records += connection.bio_read(size)
-            except WantReadError:
-                break
-        write_through(self.transport, records)
+    def _send_records(self) -> None:
+        """
+        Send what OpenSSL wrote into the memory BIO: copied once into a
+        buffer all connections share (the reactor runs one write at a
+        time), sent from there when the socket has nothing queued, and only
+        what the socket did not take copied again, into Twisted's queue.
+        """
+        view = _SCRATCH
+        while True:
+            count = bio_read_into(self._tlsConnection, view)
+            if not count:
+                return
+            _write_view(self.transport, view[:count])
+            if count < len(view):
+                return
 
     def _flushReceiveBIO(self) -> None:
         """

@@ -145,3 +145,17 @@ def whole_ssl_writes(connection: Any) -> None:
     from OpenSSL._util import lib  # pyOpenSSL's cffi binding: no public way to clear a mode
 
     lib.SSL_clear_mode(connection._ssl, lib.SSL_MODE_ENABLE_PARTIAL_WRITE)
+
+
+def bio_read_into(connection: Any, buffer: memoryview) -> int:
+    """
+    Move what OpenSSL wrote into C{connection}'s outgoing memory BIO into
+    C{buffer} (at most its size); the byte count, 0 if it was empty.
+    pyOpenSSL's C{bio_read} copies twice (into a fresh C buffer, then into
+    new bytes); this copies once, into memory that is reused.
+    """
+    from OpenSSL._util import ffi, lib
+
+    with ffi.from_buffer(buffer, require_writable=True) as target:
+        count: int = lib.BIO_read(connection._from_ssl, target, len(buffer))
+    return max(count, 0)
