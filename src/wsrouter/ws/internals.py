@@ -36,7 +36,7 @@ PRIVATE_ATTRIBUTES = {
     "twisted.protocols.tls.TLSMemoryBIOProtocol": (
         "_tlsConnection", "_appSendBuffer", "_lostTLSConnection", "_aborted", "_producer", "_bufferedWrite",
         "_tlsShutdownFinished", "_shutdownTLS", "_flushSendBIO", "_flushReceiveBIO", "_write"),
-    "OpenSSL.SSL.Connection": ("_ssl",),
+    "OpenSSL.SSL.Connection": ("_ssl", "_from_ssl"),
 }
 
 _DIRECT = (tcp.Server, tcp.Client)
