@@ -1,5 +1,7 @@
 """
-Every reach into private Twisted and Autobahn attributes, in one place.
+Every reach into private Twisted, Autobahn and pyOpenSSL attributes, in one
+place (and the list of those wsrouter/tlswrites.py's subclass of Twisted's
+TLS protocol relies on).
 
 A relay needs a few things neither library offers publicly: how much a
 TCP transport still has queued (to watch a closing connection drain and to
