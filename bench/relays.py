@@ -86,6 +86,11 @@ def add_baseline(src: Path) -> None:
     earlier commit, for before/after figures from one run), in its own main-table column."""
     RELAYS["baseline"] = RelaySpec("baseline", lambda lport, tport, _s: _wsrouter(lport, tport, src=src))
     VARIANTS["baseline"] = Variant("baseline", "baseline")
+    # The same over TLS, in the wss table (with a wsrouter / baseline column).
+    RELAYS["baseline+tls"] = RelaySpec("baseline+tls", lambda lport, tport, scratch: _wsrouter(
+        lport, tport, *_tls_args(scratch), src=src))
+    VARIANTS["baseline+tls"] = Variant("baseline+tls", "baseline+tls", tls=True, extra=True, plain="baseline",
+                                       only=TLS_WORKLOADS)
 
 
 def _websockify(lport: int, tport: int, *extra: str) -> list[str]:

@@ -148,7 +148,7 @@ def variants_table(params: Params, summary: Summary, variants: list[Variant],
     return "\n".join(lines)
 
 
-TLS_COLUMNS = ("wsrouter+tls", "websockify+tls", "lighttpd+tls")
+TLS_COLUMNS = ("wsrouter+tls", "websockify+tls", "lighttpd+tls", "baseline+tls")
 
 
 def tls_table(params: Params, summary: Summary, variants: list[Variant]) -> str:
@@ -157,8 +157,8 @@ def tls_table(params: Params, summary: Summary, variants: list[Variant]) -> str:
     if not cols:
         return ""
     heads = ["workload", "figure"] + [c.replace("+tls", " wss") for c in cols]
-    pairs = [(a, b) for a, b in (("wsrouter+tls", "websockify+tls"), ("wsrouter+tls", "lighttpd+tls"))
-             if a in cols and b in cols]
+    pairs = [(a, b) for a, b in (("wsrouter+tls", "websockify+tls"), ("wsrouter+tls", "lighttpd+tls"),
+                                 ("wsrouter+tls", "baseline+tls")) if a in cols and b in cols]
     heads += [f"{a.replace('+tls', '')} / {b.replace('+tls', '')} (wss)" for a, b in pairs]
     lines = ["| " + " | ".join(heads) + " |", "|---|---|" + "---:|" * (len(heads) - 2)]
     for w in WORKLOADS:

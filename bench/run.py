@@ -54,12 +54,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--only", metavar="NAMES",
                     help="comma-separated workloads: " + ",".join(w.name for w in WORKLOADS))
     ap.add_argument("--variants",
-                    help="comma-separated, from: " + ",".join(VARIANTS) + ",baseline (default: all; "
+                    help="comma-separated, from: " + ",".join(VARIANTS) + ",baseline,baseline+tls (default: all; "
                     "with --quick: " + ",".join(QUICK_VARIANTS) + ")")
     ap.add_argument("--rounds", type=int,
                     help="rounds per workload (default 4, quick 2); the recording and base64 "
                     "variants (default 1) and the concurrency workloads (default 2, quick 1) "
                     "run at most this many")
+    ap.add_argument("--extra-rounds", type=int,
+                    help="rounds of the extra variants (TLS, recording, base64; default 1), "
+                    "for steadier wss figures")
     ap.add_argument("--port-base", type=int, default=18700,
                     help="relays listen on ports from here up (default 18700)")
     ap.add_argument("--log-dir", help="keep relay and helper logs here (default: temporary)")
@@ -86,6 +89,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         ap.error(f"unknown workload(s): {', '.join(sorted(set(args.only.split(',')) - names))}")
     if args.rounds is not None and not 1 <= args.rounds <= 20:
         ap.error("--rounds must be between 1 and 20")
+    if args.extra_rounds is not None and not 1 <= args.extra_rounds <= 20:
+        ap.error("--extra-rounds must be between 1 and 20")
     return args
 
 
@@ -411,6 +416,8 @@ def main(argv: list[str]) -> int:
         params = Params(**{**params.__dict__, "rounds": args.rounds,
                            "extra_rounds": min(params.extra_rounds, args.rounds),
                            "conc_rounds": min(params.conc_rounds, args.rounds)})
+    if args.extra_rounds:
+        params = Params(**{**params.__dict__, "extra_rounds": args.extra_rounds})
     chosen = args.variants.split(",")
     variants = [v for name, v in VARIANTS.items() if name in chosen]
     selected = [w for w in WORKLOADS

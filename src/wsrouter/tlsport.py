@@ -16,10 +16,11 @@ from typing import Any
 from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocol
 from twisted.internet.protocol import Factory, Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from wsrouter.tls import ServerTls
+from wsrouter.tlswrites import TlsServerProtocol
 
 log = Logger(namespace="wsrouter.tls")
 
@@ -73,7 +74,7 @@ class Detector(Protocol):
             transport.loseConnection()
             return None
         if tls:
-            return TLSMemoryBIOProtocol(self._factory.tls_factory, self._site_protocol)
+            return TlsServerProtocol(self._factory.tls_factory, self._site_protocol)  # type: ignore[no-untyped-call]
         return self._site_protocol
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:

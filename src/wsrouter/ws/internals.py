@@ -1,5 +1,7 @@
 """
-Every reach into private Twisted and Autobahn attributes, in one place.
+Every reach into private Twisted, Autobahn and pyOpenSSL attributes, in one
+place (and the list of those wsrouter/tlswrites.py's subclass of Twisted's
+TLS protocol relies on).
 
 A relay needs a few things neither library offers publicly: how much a
 TCP transport still has queued (to watch a closing connection drain and to
@@ -33,6 +35,11 @@ PRIVATE_ATTRIBUTES = {
     "twisted.web.http.HTTPChannel": ("_networkProducer", "_dataBuffer", "_buffer"),
     "twisted.internet.base.BaseConnector": ("state", "transport"),
     "autobahn.websocket.protocol.WebSocketProtocol": ("data", "_dataReceived", "send_queue"),
+    # wsrouter/tlswrites.py subclasses Twisted's TLS protocol, replacing its write and read loops.
+    "twisted.protocols.tls.TLSMemoryBIOProtocol": (
+        "_tlsConnection", "_appSendBuffer", "_lostTLSConnection", "_aborted", "_producer", "_bufferedWrite",
+        "_tlsShutdownFinished", "_shutdownTLS", "_flushSendBIO", "_flushReceiveBIO", "_write"),
+    "OpenSSL.SSL.Connection": ("_ssl", "_from_ssl"),
 }
 
 _DIRECT = (tcp.Server, tcp.Client)
@@ -181,3 +188,32 @@ def release_closed_future(protocol: Any) -> None:
     closed = protocol.__dict__.get("is_closed")
     if closed is not None and getattr(closed, "called", False) and getattr(closed, "result", None) is protocol:
         closed.result = None
+
+
+# -- pyOpenSSL connections -----------------------------------------------------------
+
+
+def whole_ssl_writes(connection: Any) -> None:
+    """
+    Turn off pyOpenSSL's partial writes on C{connection} (an
+    C{OpenSSL.SSL.Connection} on memory BIOs): one C{send} then writes every
+    record of its data into the BIO, where it would stop after one 16 KiB
+    record (a socket BIO could block; a memory BIO cannot).
+    """
+    from OpenSSL._util import lib  # pyOpenSSL's cffi binding: no public way to clear a mode
+
+    lib.SSL_clear_mode(connection._ssl, lib.SSL_MODE_ENABLE_PARTIAL_WRITE)
+
+
+def bio_read_into(connection: Any, buffer: memoryview) -> int:
+    """
+    Move what OpenSSL wrote into C{connection}'s outgoing memory BIO into
+    C{buffer} (at most its size); the byte count, 0 if it was empty.
+    pyOpenSSL's C{bio_read} copies twice (into a fresh C buffer, then into
+    new bytes); this copies once, into memory that is reused.
+    """
+    from OpenSSL._util import ffi, lib
+
+    with ffi.from_buffer(buffer, require_writable=True) as target:
+        count: int = lib.BIO_read(connection._from_ssl, target, len(buffer))
+    return max(count, 0)
