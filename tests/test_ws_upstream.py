@@ -546,7 +546,9 @@ def test_client_close_waits_for_a_slow_upstream_to_read_everything() -> Any:
     def late_reader(connection: ServerConnection) -> None:
         # Longer than the shutdown grace, shorter than the stall (twice the grace) after which a
         # peer that reads nothing is given up: the router must wait while the upstream drains.
-        time.sleep(1.5)
+        # (Grace 2 s: once the router's queue is empty, the last message may still sit in this
+        # side's socket buffer, and a loaded machine takes a while to read it.)
+        time.sleep(3.0)
         total = 0
         try:
             for message in connection:
@@ -556,7 +558,7 @@ def test_client_close_waits_for_a_slow_upstream_to_read_everything() -> Any:
         got.put((total, connection.close_code))
 
     upstream = Upstream(late_reader, max_queue=1)
-    service = start_router(routes=[route(upstream.url())], shutdown_grace=1.0)
+    service = start_router(routes=[route(upstream.url())], shutdown_grace=2.0)
     chunk = b"x" * (8 * 1024 * 1024)
 
     def client() -> None:
