@@ -155,8 +155,10 @@ def serve(options: Any) -> int:
     """Run the router until SIGINT/SIGTERM (or a lifetime rule); returns the exit status."""
     from wsrouter.cli.reload import pidfile_path, remove_pidfile, write_pidfile
     from wsrouter.cli.tap import global_reactor, makeService
+    from wsrouter.reactor import install_default
     from wsrouter.service.single import CannotStart
 
+    install_default()
     try:
         start_logging(options)
     except OSError as e:

@@ -237,6 +237,9 @@ class LineLogObserver:
 
 def main() -> int:
     """Run one worker until SIGTERM or until the supervisor goes away."""
+    from wsrouter.reactor import install_default
+
+    install_default()  # before anything imports the global reactor
     from twisted.internet import reactor as global_reactor
 
     reactor: Any = global_reactor

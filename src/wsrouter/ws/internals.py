@@ -40,6 +40,11 @@ PRIVATE_ATTRIBUTES = {
         "_tlsConnection", "_appSendBuffer", "_lostTLSConnection", "_aborted", "_producer", "_bufferedWrite",
         "_tlsShutdownFinished", "_shutdownTLS", "_flushSendBIO", "_flushReceiveBIO", "_write"),
     "OpenSSL.SSL.Connection": ("_ssl", "_from_ssl"),
+    # wsrouter/reactor.py subclasses Twisted's epoll reactor, replacing its dispatch (doPoll, _doReadOrWrite).
+    "twisted.internet.epollreactor.EPollReactor": (
+        "_poller", "_selectables", "_reads", "_disconnectSelectable", "_doReadOrWrite",
+        "_POLL_DISCONNECTED", "_POLL_IN", "_POLL_OUT"),
+    "twisted.internet.posixbase": ("_NO_FILEDESC",),
 }
 
 _DIRECT = (tcp.Server, tcp.Client)
