@@ -126,9 +126,9 @@ class ClientProtocol(WebSocketServerProtocol):
                 self.handshake_timeout, self.onOpenHandshakeTimeout)
 
     def _handshake_over(self) -> None:
-        # Popped, not set to None: a held connection keeps no entry for it.
-        deadline = self.__dict__.pop("_handshake_deadline", None)
+        deadline = self._handshake_deadline
         if deadline is not None:
+            self._handshake_deadline = None
             deadline.cancel()
 
     def dataReceived(self, data: bytes) -> None:
