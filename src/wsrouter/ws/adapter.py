@@ -32,7 +32,6 @@ from wsrouter import __version__
 from wsrouter.config import Compression, Limits
 from wsrouter.interfaces import ConnectionSession, Gatherer, HandshakeHost
 from wsrouter.targets.stream import IO_CHUNK
-from wsrouter.ws.deadlines import Deadline, deadlines_for
 from wsrouter.ws.deflate import Deflater, Inflater, Negotiated, offer_acceptor
 from wsrouter.ws.internals import (
     autobahn_data_received,
@@ -109,27 +108,12 @@ class ClientProtocol(WebSocketServerProtocol):
     #: The factory options this class carries as class attributes (see
     #: L{with_options}); a protocol whose class carries others copies them.
     _options_of: dict[str, Any] | None = None
-    #: Seconds from the upgrade to the answered handshake (Autobahn's
-    #: C{openHandshakeTimeout}, which is kept at 0: the deadline is
-    #: L{wsrouter.ws.deadlines}' instead of a timer of Autobahn's own).
-    handshake_timeout = 0.0
-    _handshake_deadline: Deadline | None = None
 
     def connectionMade(self) -> None:
         options = self.factory.protocol_options
         if self._options_of is not options:
             self.__dict__.update(options)
-            self.handshake_timeout, self.openHandshakeTimeout = options["openHandshakeTimeout"], 0
         super().connectionMade()
-        if self.handshake_timeout > 0:
-            self._handshake_deadline = deadlines_for(self.factory.reactor).call_later(
-                self.handshake_timeout, self.onOpenHandshakeTimeout)
-
-    def _handshake_over(self) -> None:
-        deadline = self._handshake_deadline
-        if deadline is not None:
-            self._handshake_deadline = None
-            deadline.cancel()
 
     def dataReceived(self, data: bytes) -> None:
         frames = self._frames
@@ -172,7 +156,6 @@ class ClientProtocol(WebSocketServerProtocol):
 
 
     def onOpen(self) -> None:
-        self._handshake_over()
         session = self.session
         if session is None:
             return
@@ -207,7 +190,6 @@ class ClientProtocol(WebSocketServerProtocol):
         collector instead of freeing the connection's objects at once.
         """
         super().connectionLost(reason)
-        self._handshake_over()
         self.session = None
         self._frames = None
         self._gatherer = None
@@ -414,8 +396,6 @@ def with_options(options: dict[str, Any]) -> type[ClientProtocol]:
     # A function option (perMessageCompressionAccept) must not become a method.
     namespace: dict[str, Any] = {name: staticmethod(value) if callable(value) else value
                                  for name, value in options.items()}
-    # The opening handshake's deadline is the protocol's own, not Autobahn's timer.
-    namespace["handshake_timeout"], namespace["openHandshakeTimeout"] = options["openHandshakeTimeout"], 0
     namespace.update({"_options_of": options, "__module__": ClientProtocol.__module__,
                       "__qualname__": ClientProtocol.__qualname__})
     return type(ClientProtocol.__name__, (ClientProtocol,), namespace)
