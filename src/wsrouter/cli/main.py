@@ -135,7 +135,6 @@ def start_logging(options: Any) -> None:
         LogLevel,
         LogLevelFilterPredicate,
         globalLogBeginner,
-        textFileLogObserver,
     )
 
     settings = options["config"].log
@@ -146,7 +145,8 @@ def start_logging(options: Any) -> None:
         from wsrouter.ops.logformat import JsonLinesObserver
         lines: Any = JsonLinesObserver(stream)
     else:
-        lines = textFileLogObserver(stream)
+        from wsrouter.ops.logformat import text_logger
+        lines = text_logger(stream, LogLevel.debug if settings.level == "debug" else LogLevel.info)
     observer: Any = FilteringLogObserver(lines, [predicate])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
