@@ -29,7 +29,8 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
-from wsrouter.ws.internals import bio_read_into, idle_tcp, whole_ssl_writes
+from wsrouter.ws.internals import bio_read_into, whole_ssl_writes
+from wsrouter.ws.writes import write_through
 
 #: Bytes a TLS record adds to its payload, at most (header, explicit IV, MAC or tag, padding).
 RECORD_OVERHEAD = 5 + 16 + 64 + 256
@@ -44,21 +45,6 @@ WRITE_SLICE = 256 * 1024
 #: Where the records of one write are taken out of OpenSSL's memory BIO (one
 #: for the process: each write empties it before the next can start).
 _SCRATCH = memoryview(bytearray(WRITE_SLICE + (WRITE_SLICE // RECORD_PAYLOAD + 1) * RECORD_OVERHEAD))
-
-
-def _write_view(transport: Any, data: memoryview) -> None:
-    """C{transport.write(bytes(data))}, but sent at once from C{data} when the socket is idle."""
-    if idle_tcp(transport):
-        try:
-            sent = transport.socket.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            sent = 0  # let the transport find and report the error
-        if sent == len(data):
-            return
-        data = data[sent:]
-    transport.write(bytes(data))
 
 
 class TlsServerProtocol(TLSMemoryBIOProtocol):
@@ -173,7 +159,7 @@ class TlsServerProtocol(TLSMemoryBIOProtocol):
             count = bio_read_into(self._tlsConnection, view)
             if not count:
                 return
-            _write_view(self.transport, view[:count])
+            write_through(self.transport, view[:count])
             if count < len(view):
                 return
 

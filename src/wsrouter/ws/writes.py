@@ -19,8 +19,12 @@ from typing import Any
 from wsrouter.ws.internals import idle_tcp as _idle
 
 
-def write_through(transport: Any, data: bytes) -> None:
-    """C{transport.write(data)}, sending at once what the socket accepts."""
+def write_through(transport: Any, data: bytes | memoryview) -> None:
+    """
+    C{transport.write(data)}, sending at once what the socket accepts; a
+    C{memoryview} (the TLS layer's scratch buffer) is copied only if the
+    socket does not take it all.
+    """
     if data and _idle(transport):
         try:
             sent = transport.socket.send(data)
@@ -31,7 +35,7 @@ def write_through(transport: Any, data: bytes) -> None:
         if sent == len(data):
             return
         data = data[sent:]
-    transport.write(data)
+    transport.write(data if isinstance(data, bytes) else bytes(data))
 
 
 def write_sequence_through(transport: Any, parts: Sequence[bytes]) -> None:
