@@ -173,6 +173,9 @@ RELAYS: dict[str, RelaySpec] = {
     "wsrouter": RelaySpec("wsrouter", lambda lport, tport, _scratch: _wsrouter(lport, tport)),
     "websockify": RelaySpec("websockify", lambda lport, tport, _scratch: _websockify(lport, tport)),
     "lighttpd": RelaySpec("lighttpd", _lighttpd),
+    # The least a Twisted relay can do for the same work (bench/floor.py).
+    "floor": RelaySpec("floor", lambda lport, tport, _scratch: [
+        sys.executable, str(REPO_DIR / "bench" / "floor.py"), str(lport), str(tport)]),
     "wsrouter+tls": RelaySpec("wsrouter+tls", lambda lport, tport, scratch: _wsrouter(
         lport, tport, *_tls_args(scratch))),
     "websockify+tls": RelaySpec("websockify+tls", lambda lport, tport, scratch: _websockify(
@@ -224,6 +227,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     # (its frame-type), so the client offers it to keep the handshake valid.
     Variant("lighttpd", "lighttpd", offer=("binary",)),
     Variant("direct", None),
+    Variant("floor", "floor"),
     Variant("wsrouter+tls", "wsrouter+tls", tls=True, extra=True, plain="wsrouter", only=TLS_WORKLOADS),
     Variant("websockify+tls", "websockify+tls", tls=True, extra=True, plain="websockify",
             only=TLS_WORKLOADS),
