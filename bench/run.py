@@ -41,7 +41,7 @@ from relays import RELAYS, VARIANTS, BenchError, PortPool, Relay, TargetsProcess
 from workloads import FULL, QUICK, WORKLOADS, Context, Endpoint, Params, Workload
 
 DEFAULT_VARIANTS = tuple(VARIANTS)
-QUICK_VARIANTS = ("wsrouter", "websockify", "lighttpd", "direct", "wsrouter+record",
+QUICK_VARIANTS = ("wsrouter", "websockify", "lighttpd", "floor", "direct", "wsrouter+record",
                   "wsrouter+base64", "websockify+base64", "wsrouter+tls", "websockify+tls",
                   "lighttpd+tls")
 

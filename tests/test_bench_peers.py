@@ -71,6 +71,7 @@ def _one_echo(port: int, tls: bool, offer: tuple[str, ...]) -> bytes:
     pytest.param("lighttpd", marks=needs_lighttpd),
     pytest.param("lighttpd+tls", marks=[needs_lighttpd, needs_openssl]),
     pytest.param("wsrouter+tls", marks=needs_openssl),
+    "floor",
 ])
 def test_peer_relays_an_echo(name: str, echo_port: int, log_dir: Path) -> None:
     """Each new relay variant starts from the bench's own config and relays one echo byte for byte."""
