@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.browser import browser  # noqa: F401  (the fixture)
+from tests.listening import reachable_listeners, wrapped_pid
 from tests.support import RouterProcess, connect, free_port
 
 NOVNC = Path("/usr/share/novnc")
@@ -65,13 +66,14 @@ return [canvas.width, canvas.height, data[0], data[1], data[2], data[3]];
 
 
 def test_novnc_shows_the_root_windows_colour(tmp_path: Path, white_display: str, browser: Any) -> None:  # noqa: F811
-    """noVNC's vnc_lite.html, served from the web root, shows x11vnc's white root window through the router."""
+    """noVNC's vnc_lite.html shows x11vnc's white root window through the router, x11vnc reachable only through it."""
     if not (NOVNC / "vnc_lite.html").exists():
         pytest.skip("Debian's novnc is not installed (tests/setup/system-deps.sh)")
     port = free_port()
     config = tmp_path / "wsrouter.toml"
     config.write_text(f'[web]\nroot = "{NOVNC}"\ncontent_security_policy = "{NOVNC_CSP}"\n')
-    program = ["x11vnc", "-display", white_display, "-rfbport", str(port), "-forever", "-shared", "-nopw", "-quiet"]
+    program = ["x11vnc", "-display", white_display, "-rfbport", str(port), "-rfbportv6", str(port), "-forever",
+               "-shared", "-nopw", "-quiet"]
     router = RouterProcess(["--config", str(config), "--wrap", "respawn", str(port), "--", *program], port,
                            tmp_path / "router.log")
     try:
@@ -80,6 +82,7 @@ def test_novnc_shows_the_root_windows_colour(tmp_path: Path, white_display: str,
         assert pixel[:2] == [320, 240]  # the display's size: the framebuffer came from x11vnc
         status = browser.find_element("id", "status").text
         assert "Connected" in status, status
+        assert reachable_listeners(wrapped_pid(router.log(), "x11vnc")) == []  # not its own IPv6 port 5900 either
     finally:
         router.stop()
     assert "session" in router.log() and "open:" in router.log()

@@ -23,6 +23,7 @@ import pytest
 from wsrouter.config import ConfigError, build_config, load_config, to_data
 from wsrouter.config.template import TemplateError, render_argv, template_problems
 
+from .listening import reachable_listeners
 from .other_user import assert_only_the_directory_refuses
 from .support import REPO, RouterProcess, connect, free_port, handshake_status
 
@@ -385,11 +386,14 @@ def test_client_during_an_idle_stop_waits_and_starts_a_new_run(tmp_path, sockets
 
 
 def test_x11vnc_on_xvfb_per_session(tmp_path, sockets_dir):
-    """Two concurrent clients each get their own Xvfb + x11vnc (both asking for port 5900) and its RFB greeting."""
+    """
+    Two concurrent clients each get their own Xvfb + x11vnc (both asking for port 5900) and its RFB greeting; neither
+    x11vnc listens on a TCP port beyond loopback.
+    """
     if not shutil.which("Xvfb") or not shutil.which("x11vnc"):
         pytest.skip("Xvfb/x11vnc not installed: tests/setup/system-deps.sh installs them")
     script = ("Xvfb -displayfd 1 -nolisten tcp -screen 0 320x240x16 2>/dev/null | {{ read d; "
-              "exec x11vnc -display :$d -rfbport 5900 -nopw -quiet -forever -shared; }}")
+              "exec x11vnc -display :$d -rfbport 5900 -rfbportv6 5900 -nopw -quiet -forever -shared; }}")
     router = start(tmp_path, "[limits]\nhandshake_timeout = 25\n\n" + program_table(
         ["sh", "-c", script], mode="per-session", keep_env=True, ports="5900", ready_timeout=20))
     try:
@@ -402,6 +406,7 @@ def test_x11vnc_on_xvfb_per_session(tmp_path, sockets_dir):
             members = group_members(started_pids(router))
             assert sorted(name for _, name in members).count("Xvfb") == 2
             assert sorted(name for _, name in members).count("x11vnc") == 2
+            assert [reachable_listeners(pid) for pid, name in members if name == "x11vnc"] == [[], []]
         for pid, name in members:
             wait_until(lambda pid=pid: not alive(pid), f"{name} ({pid}) is stopped", timeout=20)
         wait_until(lambda: private_dirs(sockets_dir) == [], "every socket directory is removed")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from .listening import reachable_listeners, tcp_listeners, wrapped_pid
 from .other_user import assert_only_the_directory_refuses
 from .support import REPO, RouterProcess, connect, free_port
 
@@ -134,17 +135,21 @@ def xvfb_display():
 def test_x11vnc_behind_the_router(tmp_path, xvfb_display, socket_mode):
     """
     x11vnc wrapped in respawn mode greets a WebSocket client with its RFB version, like noVNC sees it, on a private
-    socket (removed at stop) or a loopback port.
+    socket (removed at stop) or a loopback port, and listens on no TCP port beyond loopback (its IPv6 one included).
     """
     port = free_port()
-    program = ["x11vnc", "-display", xvfb_display, "-rfbport", str(port), "-forever", "-shared", "-nopw",
-               "-quiet"]
+    program = ["x11vnc", "-display", xvfb_display, "-rfbport", str(port), "-rfbportv6", str(port), "-forever",
+               "-shared", "-nopw", "-quiet"]
     router = RouterProcess(["--wrap", "respawn", "--wrap-socket", socket_mode, str(port), "--", *program], port,
                            tmp_path / "router.log")
     try:
         with connect(f"ws://127.0.0.1:{port}/websockify", subprotocols=["binary"]) as ws:
             greeting = ws.recv(timeout=20)
         assert greeting.startswith(b"RFB 003.")
+        x11vnc = wrapped_pid(router.log(), "x11vnc")  # its IPv6 port (5900 unless -rfbportv6) is moved too
+        assert reachable_listeners(x11vnc) == []
+        if socket_mode == "private":
+            assert tcp_listeners(x11vnc) == []
         directory = private_directory(router.log()) if socket_mode == "private" else None
         if directory is not None and os.geteuid() == 0:
             sockets = list(directory.iterdir())  # x11vnc binds IPv4 and IPv6: two sockets

@@ -24,6 +24,7 @@ from wsrouter.config import ConfigError, Sandbox, build_config, to_data
 from wsrouter.preflight import preflight
 from wsrouter.process.sandbox import SandboxError, allowed_environment, sandbox_command, share_directory
 
+from .listening import reachable_listeners
 from .other_user import OTHER_GID, OTHER_UID, connect_as_other_user, needs_root
 from .support import REPO, RouterProcess, connect, free_port
 from .test_instances import group_members
@@ -340,7 +341,7 @@ def test_per_session_x11vnc_on_xvfb_as_nobody(tmp_path, router_with):
     if not shutil.which("Xvfb") or not shutil.which("x11vnc"):
         pytest.skip("Xvfb/x11vnc not installed: tests/setup/system-deps.sh installs them")
     script = ("Xvfb -displayfd 1 -nolisten tcp -screen 0 320x240x16 2>/dev/null | { read d; "
-              "exec x11vnc -display :$d -rfbport 5900 -nopw -quiet -forever -shared; }")
+              "exec x11vnc -display :$d -rfbport 5900 -rfbportv6 5900 -nopw -quiet -forever -shared; }")
     programs = ('[programs.vnc]\nmode = "per-session"\n'
                 f'command = {toml_value(["sh", "-c", script.replace("{", "{{").replace("}", "}}")])}\n'
                 'keep_env = true\nports = "5900"\nready_timeout = 20\nsandbox = "jail"\n')
@@ -355,6 +356,7 @@ def test_per_session_x11vnc_on_xvfb_as_nobody(tmp_path, router_with):
         assert len(set(pids)) == 2 and len({Path(path).parent for path in sockets}) == 2
         members = group_members(pids)  # the whole groups run as nobody: x11vnc (sh exec'd it) and Xvfb
         assert sorted(name for _, name in members).count("Xvfb") == 2
+        assert [reachable_listeners(pid) for pid, name in members if name == "x11vnc"] == [[], []]
         for member, _ in members:
             assert re.search(rf"Uid:\s+{OTHER_UID}\s", Path(f"/proc/{member}/status").read_text())
         for path in sockets:
