@@ -61,6 +61,15 @@ _HINTS = {
     401: "the route asks for credentials (auth, security.auth)",
     421: "no route serves this host name (routes' host, unknown_host), or TLS name and Host differ",
 }
+#: Statuses refused for several reasons whose hint fits only one: the reason must start with this.
+_HINT_ONLY_FOR = {400: "no acceptable subprotocol"}
+
+
+def _hint(status: int, reason: str) -> str:
+    """The log line's advice for a refusal, or "" where the status's hint does not fit the reason."""
+    if not reason.startswith(_HINT_ONLY_FOR.get(status, "")):
+        return ""
+    return _HINTS.get(status, "")
 
 
 class Gateway:
@@ -503,7 +512,7 @@ def _not_resolved(reason: Failure, request: Any, client: tuple[str, int], name: 
 
 
 def _refuse(request: Any, status: int, reason: str, client: tuple[str, int] | None = None) -> NoReturn:
-    hint = _HINTS.get(status, "")
+    hint = _hint(status, reason)
     peer = request.peer
     if client is not None:
         peer = f"[{client[0]}]:{client[1]}" if ":" in client[0] else f"{client[0]}:{client[1]}"
