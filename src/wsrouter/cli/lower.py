@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from wsrouter.auth import hash_password
-from wsrouter.config import listener_from_short_form, program_name
+from wsrouter.config import WRAP_MODES, listener_from_short_form, program_name
 
 #: Option name -> limits.KEY.
 LIMIT_OPTIONS = {
@@ -95,7 +95,7 @@ def options_to_raw(options: Mapping[str, Any]) -> dict[str, Any]:
         routes.append({"path": "/*", "target": "unix://" + os.path.abspath(options["unix-target"])})
     elif short:
         if len(short) != 2:
-            raise LoweringError(f"expected [HOST:]PORT TARGET_HOST:TARGET_PORT, got {' '.join(short)}")
+            raise LoweringError(_positional_problem("[HOST:]PORT TARGET_HOST:TARGET_PORT", short))
         listen.append(_short_listener(short[0]))
         routes.append({"path": "/*", "target": _ssl_target(short[1]) if options.get("ssl-target") else short[1]})
     if options.get("ssl-target") and not (short and len(short) == 2 and not program and not mode):
@@ -286,9 +286,9 @@ def _lower_program(raw: dict[str, Any], listen: list[str], routes: list[Any], sh
         raise LoweringError("--wrap needs the program after --, e.g. --wrap respawn -- telnetd -debug 2023")
     if mode is None:
         raise LoweringError("a program after -- needs --wrap MODE (websockify: --wrap-mode MODE), "
-                            "MODE one of respawn, ignore, exit")
+                            f"MODE one of {', '.join(WRAP_MODES)}")
     if len(short) > 1:
-        raise LoweringError(f"expected [HOST:]PORT before --, got {' '.join(short)}")
+        raise LoweringError(_positional_problem("[HOST:]PORT before --", short))
     ports = "*"
     if short:
         listen.append(_short_listener(short[0]))
@@ -298,3 +298,12 @@ def _lower_program(raw: dict[str, Any], listen: list[str], routes: list[Any], sh
     name = program_name(program)
     raw["programs"] = {name: {"mode": mode, "command": program, "ports": ports, "keep_env": keep_env}}
     routes.append({"path": "/*", "target": f"program:{name}"})
+
+
+def _positional_problem(expected: str, short: tuple[str, ...]) -> str:
+    """Too many positional arguments, saying so when some are options written after PORT (which ends the options)."""
+    problem = f"expected {expected}, got {' '.join(short)}"
+    misplaced = [arg for arg in short if arg.startswith("-")]
+    if misplaced:
+        problem += f": options ({', '.join(misplaced)}) go before [HOST:]PORT"
+    return problem
