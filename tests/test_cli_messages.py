@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +56,27 @@ def test_misplaced_option_is_one_line() -> None:
     problem = result.stderr.splitlines()[0]
     assert problem.endswith("options (--wrap-max-instances) go before [HOST:]PORT"), result.stderr
     assert "Traceback" not in result.stderr
+
+
+TWISTD = str(Path(PYTHON).parent / "twistd")
+
+
+@pytest.mark.parametrize(("argv", "problem"), [
+    (["--log-format", "json"], "--log-format json: under twistd, give twistd's own --logger "
+                               "wsrouter.ops.logformat.json_logger before 'wsrouter'"),
+    (["--no-such-option"], "option --no-such-option not recognized"),
+    (["--wrap", "per-session", "22201", "--wrap-max-instances", "1", "--", "cat"], "go before [HOST:]PORT"),
+])
+def test_twistd_mistake_is_the_problem_not_the_option_list(argv: list[str], problem: str) -> None:
+    """Under twistd a bad option prints the problem after a pointer to --help, not ~100 lines of options."""
+    result = run([TWISTD, "-n", "--pidfile=", "wsrouter", *argv])
+    assert result.returncode == 1
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert lines[:2] == ["Usage: twistd [options]", "(twistd -n wsrouter --help lists the options)"], lines
+    assert len(lines) == 3 and lines[2].endswith(problem), lines
+
+
+def test_twistd_help_still_lists_the_options() -> None:
+    """`twistd -n wsrouter --help` still prints the whole option list."""
+    result = run([TWISTD, "-n", "wsrouter", "--help"])
+    assert result.returncode == 0 and "--log-format" in result.stdout and len(result.stdout.splitlines()) > 50

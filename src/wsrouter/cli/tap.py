@@ -76,6 +76,8 @@ class Options(usage.Options):
     )
     #: Under twistd, logging and daemonizing are twistd's.
     under_twistd = True
+    #: Set when parsing failed: twistd then prints L{getUsage} above the problem.
+    failed = False
 
     optFlags = [
         ["web-listing", None, "List directories of the web root that have no index.html."],
@@ -202,8 +204,21 @@ class Options(usage.Options):
         if "--" in options:
             split = options.index("--")
             options, self["program"] = options[:split], options[split + 1:]
-        _refuse_unsupported(options)
-        super().parseOptions(options)  # type: ignore[no-untyped-call]
+        try:
+            _refuse_unsupported(options)
+            super().parseOptions(options)  # type: ignore[no-untyped-call]
+        except usage.UsageError:
+            self.failed = True
+            raise
+
+    def getUsage(self, width: int | None = None) -> str:
+        """
+        The option list; after a mistake under twistd, only where to find it, as twistd prints the usage
+        before the one line that says what is wrong (which ~100 lines of options would push off the screen).
+        """
+        if self.under_twistd and self.failed:
+            return "(twistd -n wsrouter --help lists the options)"
+        return str(super().getUsage(width))
 
     def opt_pass_env(self, name: str) -> None:
         """Pass this variable of the router's environment to exec: commands (repeatable)."""
