@@ -10,8 +10,8 @@ REBIND := src/wsrouter/rebind/rebind.so
 FRAMES := src/wsrouter/ws/_frames.abi3.so
 DEMO_PORT ?= 8080
 
-# Plugins under twisted/plugins are found through PYTHONPATH when running
-# from the checkout (an editable install hides them from twistd).
+# The twistd plugins live in src/twisted/plugins, so src on the path (the
+# editable install's .pth, or this PYTHONPATH) is all twistd needs to find them.
 export PYTHONPATH := $(CURDIR):$(CURDIR)/src
 
 SYSTEM_DEPS := .cache/system-deps.done
