@@ -20,11 +20,16 @@ from .support import PYTHON, RouterProcess, free_port, handshake_status
     (400, "no acceptable subprotocol for /chat: offered none, this path speaks chat", "subprotocols"),
     (400, "query parameter 'player' must be given once and match [A-Za-z0-9][A-Za-z0-9_-]{0,63}", None),
     (400, "token not present", None),
+    (403, "origin https://evil.example not allowed: not in the route's origin list", "origin policy"),
+    (403, "client certificate 'CN=x' is not among the accepted names", "client_cert_names"),
+    (403, "refused by the handler", None),
+    (403, "token expired", None),
     (404, "no route for path /x", "routes"),
     (503, "too many open connections", "retry later"),
 ])
 def test_hint_follows_the_reason(status: int, reason: str, expected: str | None) -> None:
-    """A status's hint is given only for the reasons it fits; the 400 hint only for the subprotocol refusal."""
+    """A status's hint is given only for the reasons it fits: the 400 hint only for the subprotocol refusal,
+    the 403 hint only for origin and client-certificate refusals (not a handler's or a token's)."""
     hint = _hint(status, reason)
     assert (expected in hint) if expected else hint == ""
 

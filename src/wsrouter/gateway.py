@@ -61,13 +61,17 @@ _HINTS = {
     401: "the route asks for credentials (auth, security.auth)",
     421: "no route serves this host name (routes' host, unknown_host), or TLS name and Host differ",
 }
-#: Statuses refused for several reasons whose hint fits only one: the reason must start with this.
-_HINT_ONLY_FOR = {400: "no acceptable subprotocol"}
+#: Statuses refused for several reasons whose hint fits only some: the reason must start with one of these.
+_HINT_ONLY_FOR = {
+    400: ("no acceptable subprotocol",),
+    # Handlers, resolvers and token checks refuse with 403 too; the hint is only for these.
+    403: ("origin ", "a verified client certificate", "client certificate "),
+}
 
 
 def _hint(status: int, reason: str) -> str:
     """The log line's advice for a refusal, or "" where the status's hint does not fit the reason."""
-    if not reason.startswith(_HINT_ONLY_FOR.get(status, "")):
+    if not reason.startswith(_HINT_ONLY_FOR.get(status, ("",))):
         return ""
     return _HINTS.get(status, "")
 
