@@ -25,6 +25,8 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
 from wsrouter.config import Limits
+from wsrouter.web.fastupgrade import upgrade_factory
+from wsrouter.ws.upgrade import hand_over
 
 log = Logger(namespace="wsrouter")
 
@@ -53,6 +55,7 @@ class LimitedChannel(HTTPChannel):
         self._deadline: Any = None
         self._refused = False
         self._abort: Any = None
+        self._first_read = True
 
     def connectionMade(self) -> None:
         super().connectionMade()  # type: ignore[no-untyped-call]
@@ -67,6 +70,19 @@ class LimitedChannel(HTTPChannel):
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._first_read:
+            self._first_read = False
+            # A whole upgrade request in the first read goes straight to
+            # the WebSocket protocol (L{wsrouter.web.fastupgrade}).
+            factory = upgrade_factory(self, data, self._max_head)
+            if factory is not None:
+                self._in_head = False
+                self._stop_deadline()
+                hand_over(self, factory, "", data)
+                return
+        super().dataReceived(data)  # type: ignore[no-untyped-call]
 
     def lineReceived(self, line: bytes) -> None:
         if self._refused:

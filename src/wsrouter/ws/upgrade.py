@@ -55,33 +55,46 @@ class WebSocketUpgrade(Resource):
 
     def render(self, request: Request) -> Any:
         channel = request.channel
-        transport: Any = channel.transport
-        if transport is None:
+        if channel.transport is None:
             return errorPage(426, "Upgrade Required", "WebSocket needs HTTP/1.1.").render(request)
-        protocol = cast(ClientProtocol, self._factory.buildProtocol(transport.getPeer()))
-        protocol.mount_prefix = self._mount_prefix
-        channel.transport = None
-        # The HTTP channel is registered as the transport's producer and has
-        # paused it while handling this request; the session brings its own
-        # flow control, so the channel must let go first.
-        holder = channel_producer_holder(channel, transport)
-        holder.unregisterProducer()
-        channel.setTimeout(None)  # type: ignore[no-untyped-call, unused-ignore]
-        if isinstance(transport, ProtocolWrapper):
-            transport.wrappedProtocol = protocol
-        elif isinstance(getattr(transport, "protocol", None), ProtocolWrapper):
-            transport.protocol.wrappedProtocol = protocol
-        else:
-            transport.protocol = protocol
-        protocol.makeConnection(transport)  # type: ignore[no-untyped-call, unused-ignore]
-        protocol.dataReceived(raw_request(request))
-        holder.resumeProducing()
+        # The channel has paused the transport while handling this request.
+        hand_over(channel, self._factory, self._mount_prefix, raw_request(request), resume=True)
         # The channel is done with this request (never finished: the
         # connection is the WebSocket's now); without this the pair is a
         # reference cycle left for the garbage collector.
         if request in channel.requests:
             channel.requests.remove(request)
         return NOT_DONE_YET
+
+
+def hand_over(channel: Any, factory: ClientFactory, mount_prefix: str, data: bytes,
+              resume: bool = False) -> ClientProtocol:
+    """
+    Give the HTTP C{channel}'s connection to a new protocol from C{factory}
+    and feed it C{data} (the request head and whatever followed it); the
+    channel is left detached, with no timer running.  C{resume}: the
+    channel had paused the transport (while handling a request).
+    """
+    transport: Any = channel.transport
+    protocol = cast(ClientProtocol, factory.buildProtocol(transport.getPeer()))
+    protocol.mount_prefix = mount_prefix
+    channel.transport = None
+    # The HTTP channel is registered as the transport's producer; the
+    # session brings its own flow control, so the channel must let go first.
+    holder = channel_producer_holder(channel, transport)
+    holder.unregisterProducer()
+    channel.setTimeout(None)
+    if isinstance(transport, ProtocolWrapper):
+        transport.wrappedProtocol = protocol
+    elif isinstance(getattr(transport, "protocol", None), ProtocolWrapper):
+        transport.protocol.wrappedProtocol = protocol
+    else:
+        transport.protocol = protocol
+    protocol.makeConnection(transport)  # type: ignore[no-untyped-call, unused-ignore]
+    protocol.dataReceived(data)
+    if resume:
+        holder.resumeProducing()
+    return protocol
 
 
 def raw_request(request: Request) -> bytes:
