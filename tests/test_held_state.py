@@ -112,7 +112,7 @@ def test_send_queue_is_first_in_first_out():
 @pytest.mark.parametrize("path", ["one-parse", "twisted.web"])
 @pytest_twisted.inlineCallbacks
 def test_closed_connection_is_freed_without_the_garbage_collector(path, monkeypatch):
-    """A closed connection's protocol, session, bridge, link, HTTP channel (and request) are freed by reference counting alone."""
+    """A closed connection's protocol, session, bridge, link, channel (and request) are freed by reference counting."""
     import gc
     import weakref
 
