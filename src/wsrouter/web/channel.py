@@ -11,6 +11,9 @@ byte (for the next ones on a kept-alive connection), however slowly it
 is sent, and a size limit over the request line and all headers; each
 refusal is answered (408, 431) with a one-line reason, then the
 connection is closed.
+
+A whole, plain WebSocket upgrade request in the connection's first read
+skips twisted.web's parsing altogether (L{wsrouter.web.fastupgrade}).
 """
 
 from __future__ import annotations

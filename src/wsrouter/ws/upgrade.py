@@ -2,20 +2,19 @@
 Handing an upgrade request's connection from twisted.web to a WebSocket
 protocol.
 
-twisted.web has parsed the request by the time a resource sees it, but the
-request is given to Autobahn again as bytes (L{raw_request}), and Autobahn
-parses it a second time.  That is deliberate: Autobahn's opening handshake
-(C{processHandshake}) is one long method that parses the bytes, validates
-every header (version, key, origin, subprotocols, extensions), calls
-C{onConnect} and writes the 101 or the refusal; it has no entry point that
-takes headers already parsed.  Driving it from twisted.web's request would
-mean re-implementing and maintaining that validation here, or setting
-Autobahn's private parse results and skipping into the middle of the
-method.  The second parse costs one join and one header parse per
-connection -- about 10 microseconds for a browser's handshake (Autobahn's
-C{parseHttpHeader} alone: 7.6 us), against about 100 us for the rest of an
-in-memory handshake and more over a socket -- and nothing per message; so
-it stays, and Autobahn stays the one judge of what a valid handshake is.
+A plain upgrade request that arrives whole in a connection's first read
+never reaches twisted.web: L{wsrouter.web.fastupgrade} finds it and the
+HTTP channel hands the connection over at once (L{hand_over}), so
+Autobahn parses the request once.  Any other upgrade (a head split over
+reads, HTTP/1.0, the router mounted in someone else's tree, ...) reaches
+L{WebSocketUpgrade} as a twisted.web request; it is given to Autobahn
+again as bytes (L{raw_request}), and Autobahn parses it a second time.
+That is deliberate: Autobahn's opening handshake (C{processHandshake})
+is one long method that parses the bytes, validates every header
+(version, key, origin, subprotocols, extensions), calls C{onConnect} and
+writes the 101 or the refusal; it has no entry point that takes headers
+already parsed, and Autobahn stays the one judge of what a valid
+handshake is.
 
 The private attributes the handover needs are read in
 L{wsrouter.ws.internals}.
