@@ -49,12 +49,12 @@ MAX_HEADERS = 500
 #: it accepts (33 to 176), HTTP/1.1, header lines with a token name, a
 #: colon and a value without NUL, CR or LF, and the empty line.
 _HEAD = re.compile(
-    rb"GET (/[\x21-\xb0]*) HTTP/1\.1\r\n"
-    rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00\r\n]*\r\n)*"
+    rb"GET (/[\x21-\xb0]*+) HTTP/1\.1\r\n"
+    rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]++:[^\x00\r\n]*+\r\n)*+"
     rb"\r\n")
 
-#: Headers that make twisted.web do more than hand the request on.
-_NOT_PLAIN = (b"\r\ncontent-length:", b"\r\ntransfer-encoding:", b"\r\nexpect:")
+#: Headers that make twisted.web do more than hand the request on (in a lower-cased head).
+_NOT_PLAIN = re.compile(rb"\r\n(?:content-length|transfer-encoding|expect):")
 
 
 def upgrade_target(data: bytes, max_head: int) -> bytes | None:
@@ -73,7 +73,7 @@ def upgrade_target(data: bytes, max_head: int) -> bytes | None:
     at = lowered.rfind(b"\r\nupgrade:")
     if at < 0 or lowered.find(b"websocket", at, lowered.index(b"\r\n", at + 2)) < 0:
         return None
-    if any(name in lowered for name in _NOT_PLAIN):
+    if _NOT_PLAIN.search(lowered) is not None:
         return None
     if head.count(b"\r\n") - 2 > MAX_HEADERS:
         return None
