@@ -138,7 +138,7 @@ def test_a_plain_upgrade_makes_no_request(requests_made: list[Any]) -> Any:
 def test_early_frames_after_the_head_reach_the_target(requests_made: list[Any]) -> Any:
     """A frame sent with the head in the same packet, before the 101, is relayed (echoed)."""
     router = start_router(routes=["/echo=echo:"])
-    masked = bytes((0x81, 0x83, 1, 2, 3, 4)) + bytes(b ^ m for b, m in zip(b"abc", b"\x01\x02\x03\x04", strict=True))
+    masked = bytes((0x81, 0x83, 1, 2, 3, 4)) + bytes(b ^ m for b, m in zip(b"abc", b"\x01\x02\x03", strict=True))
     try:
         answer = yield in_thread(exchange, router.port_number, HEAD + masked)
         assert answer.startswith(b"HTTP/1.1 101 ")
