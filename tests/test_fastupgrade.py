@@ -242,3 +242,46 @@ def test_both_paths_answer_the_same(monkeypatch: pytest.MonkeyPatch, requests_ma
         assert fast.startswith(b"HTTP/1.1 "), case
     finally:
         yield router.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_behind_a_proxy_header_the_one_parse_path_keeps_the_client_address(requests_made: list[Any]) -> Any:
+    """A PROXY header and the upgrade in one packet: no Request made, and the target sees the header's client."""
+    import json
+
+    from tests.test_proxy_addresses import ENV_JSON, proxied_router, raw_handshake, read_text_message
+    from wsrouter.proxyproto import build_header
+
+    router = proxied_router(routes=[f"/env=exec:{ENV_JSON}"])
+    header = build_header("v1", ("203.0.113.9", 40001), ("198.51.100.20", 443))
+
+    def client() -> Any:
+        with raw_handshake(router.port_number, "/env", header) as sock:
+            return json.loads(read_text_message(sock))
+
+    try:
+        env = yield in_thread(client)
+        assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == ("203.0.113.9", "40001")
+        assert requests_made == []
+    finally:
+        yield router.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_over_tls_the_one_parse_path_is_taken(tmp_path_factory: pytest.TempPathFactory,
+                                               requests_made: list[Any]) -> Any:
+    """A wss:// client's upgrade, read from the TLS layer whole, goes straight to the WebSocket too."""
+    from tests.test_tls import echo, wss_url
+    from tests.tlscerts import client_context, make_ca, make_server, needs_openssl
+
+    if needs_openssl.args[0]:
+        pytest.skip("no openssl command")
+    directory = tmp_path_factory.mktemp("certs")
+    ca = make_ca(directory)
+    server = make_server(directory, "server", ca)
+    service = start_router(routes=["/echo=echo:"], tls={"cert": str(server.combined)})
+    try:
+        assert (yield in_thread(echo, wss_url(service), client_context(ca))) == b"hello"
+        assert requests_made == []
+    finally:
+        yield service.stopService()
