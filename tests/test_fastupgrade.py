@@ -15,15 +15,23 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from autobahn.websocket.protocol import parseHttpHeader
+from hypothesis import example, given
+from hypothesis import strategies as st
 from twisted.internet import reactor
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from tests.fuzzing import budget
 from tests.support import connect, in_thread, start_router
+from wsrouter.config import Limits
 from wsrouter.service.single import build_resource
 from wsrouter.web import channel as channel_module
 from wsrouter.web.channel import limit_requests
 from wsrouter.web.fastupgrade import MAX_HEADERS, upgrade_target
+from wsrouter.ws.upgrade import is_websocket_upgrade, raw_request
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
 HEAD = (b"GET /echo?x=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -81,6 +89,62 @@ def test_up_to_twisted_webs_header_count_is_taken() -> None:
 def test_other_heads_are_left_to_twisted_web(case: str, data: bytes) -> None:
     """A head twisted.web would not hand on unchanged, or not whole, is not taken."""
     assert upgrade_target(data, 65536) is None, case
+
+
+def through_twisted_web(data: bytes) -> bytes | None:
+    """What twisted.web's path hands to Autobahn for C{data} (L{raw_request}), or C{None} if it hands nothing."""
+    handed: list[bytes] = []
+
+    class Upgrade(Resource):
+        isLeaf = True
+
+        def render(self, request: Any) -> Any:
+            if is_websocket_upgrade(request):
+                handed.append(raw_request(request))
+            return NOT_DONE_YET
+
+    site = Site(Upgrade())
+    site.reactor = Clock()  # type: ignore[assignment]
+    limit_requests(site, Limits)
+    protocol = site.buildProtocol(None)
+    protocol.makeConnection(StringTransport())
+    protocol.dataReceived(data)
+    return handed[0] if handed else None
+
+
+def as_autobahn_sees_it(data: bytes) -> tuple[Any, bytes]:
+    """Autobahn's parse of the head in C{data} (or its error), and the bytes after the head."""
+    end = data.find(b"\r\n\r\n") + 4
+    try:
+        parsed: Any = parseHttpHeader(data[:end])
+    except ValueError as e:
+        parsed = str(e)
+    return parsed, data[end:]
+
+
+_names = st.sampled_from([b"Host", b"upgrade", b"Connection", b"Sec-WebSocket-Key", b"X-A", b"x_b", b"Origin",
+                          b"Sec-WebSocket-Protocol", b"", b"X A", b"X\x80"])
+_values = st.lists(st.sampled_from(b"ab \t,;=\x7f\x80\xff\x01\x00\n"), max_size=12).map(bytes)
+_line = st.builds(lambda name, value: name + b":" + value, _names, _values)
+#: Mostly header lines twisted.web would take, now and then any bytes.
+_lines = st.lists(_line | _line | _line | st.binary(max_size=12), max_size=8)
+_targets = st.lists(st.sampled_from(b"az%/?=&#\x21\x7f\xb0\xb1 "), max_size=8).map(lambda b: b"/" + bytes(b))
+
+
+@budget(300)
+@given(target=_targets,
+       lines=_lines, at=st.integers(min_value=0, max_value=8), early=st.binary(max_size=8))
+@example(target=b"/echo", lines=[b"Upgrade:   WebSocket  ", b"X-A:\tb\t"], at=0, early=b"")
+def test_what_the_one_parse_path_takes_autobahn_sees_as_through_twisted_web(target: bytes, lines: list[bytes],
+                                                                             at: int, early: bytes) -> None:
+    """For any head the one-parse path takes, Autobahn sees the same request (and early bytes) as via twisted.web."""
+    lines = [*lines[:at], b"Upgrade: websocket", *lines[at:]]
+    data = b"GET " + target + b" HTTP/1.1\r\n" + b"".join(line + b"\r\n" for line in lines) + b"\r\n" + early
+    if upgrade_target(data, 65536) is None:
+        return
+    handed = through_twisted_web(data)
+    assert handed is not None
+    assert as_autobahn_sees_it(handed) == as_autobahn_sees_it(data)
 
 
 # -- a real router ----------------------------------------------------------------------
