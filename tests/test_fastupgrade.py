@@ -147,57 +147,6 @@ def test_what_the_one_parse_path_takes_autobahn_sees_as_through_twisted_web(targ
     assert as_autobahn_sees_it(handed) == as_autobahn_sees_it(data)
 
 
-def router_channel(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, StringTransport, Clock, list[Any]]:
-    """A LimitedChannel of a Site whose root is the router, on an in-memory transport and clock; hand-overs recorded."""
-    from tests.support import nested_schema
-    from wsrouter.config import build_config
-
-    clock = Clock()
-    resource = build_resource(build_config(nested_schema({"routes": ["/echo=echo:"], "handshake_timeout": 2})),
-                              clock)
-    site = Site(resource)
-    site.reactor = clock  # type: ignore[assignment]
-    limit_requests(site, lambda: resource.gateway.config.limits)
-    handed: list[Any] = []
-    monkeypatch.setattr(channel_module, "hand_over", lambda channel, *args, **kwargs: handed.append((args, kwargs)))
-    protocol = site.buildProtocol(None)
-    transport = StringTransport()
-    protocol.makeConnection(transport)
-    return protocol, transport, clock, handed
-
-
-def test_a_taken_upgrade_leaves_no_timer_and_no_producer(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Taken on the first read: twisted.web's set-up never ran, the head deadline is cancelled, no timer is left."""
-    protocol, transport, clock, handed = router_channel(monkeypatch)
-    assert [call.func for call in clock.getDelayedCalls()] == [protocol._too_slow]
-    protocol.dataReceived(HEAD)
-    assert handed == [((protocol.site.resource.gateway.factory, "", HEAD), {"registered": False})]
-    assert transport.producer is None
-    assert [call for call in clock.getDelayedCalls() if call.active()] == []
-
-
-def test_a_plain_request_sets_up_twisted_web_at_its_first_read(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A first read not taken registers the channel as producer and starts its idle timer (done at accept before)."""
-    protocol, transport, clock, handed = router_channel(monkeypatch)
-    protocol.dataReceived(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert handed == []
-    assert transport.value().startswith(b"HTTP/1.1 404 ")
-    assert transport.producer is protocol
-    assert any(call.active() and call.func != protocol._too_slow for call in clock.getDelayedCalls())
-
-
-def test_a_silent_connection_still_gets_408_at_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A client that sends nothing is answered 408 at the head deadline, not before, and closed."""
-    protocol, transport, clock, handed = router_channel(monkeypatch)
-    clock.advance(1.9)
-    assert transport.value() == b""
-    clock.advance(0.2)
-    assert transport.value().startswith(b"HTTP/1.1 408 Request Timeout\r\n")
-    protocol.connectionLost()
-    assert handed == []
-    assert [call for call in clock.getDelayedCalls() if call.active()] == []
-
-
 # -- a real router ----------------------------------------------------------------------
 
 

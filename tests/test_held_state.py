@@ -136,9 +136,9 @@ def test_closed_connection_is_freed_without_the_garbage_collector(path, monkeypa
     if path == "one-parse":
         hand_over = channel_module.hand_over
 
-        def spy_hand_over(channel: Any, *args: Any, **kwargs: Any) -> Any:
+        def spy_hand_over(channel: Any, *args: Any) -> Any:
             refs.append(weakref.ref(channel))
-            return hand_over(channel, *args, **kwargs)
+            return hand_over(channel, *args)
 
         monkeypatch.setattr(channel_module, "hand_over", spy_hand_over)
         expected = 5

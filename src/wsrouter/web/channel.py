@@ -61,16 +61,8 @@ class LimitedChannel(HTTPChannel):
         self._first_read = True
 
     def connectionMade(self) -> None:
-        # twisted.web's own set-up (TCP_NODELAY, its idle timer, the channel
-        # as the transport's producer) waits for the first read that is not
-        # handed straight to a WebSocket (L{_set_up_http}); until then the
-        # head deadline, shorter than the idle timer, is the one that counts.
+        super().connectionMade()  # type: ignore[no-untyped-call]
         self._start_head()
-
-    def _set_up_http(self) -> None:
-        if self._first_read:
-            self._first_read = False
-            super().connectionMade()  # type: ignore[no-untyped-call]
 
     def _start_head(self) -> None:
         self._in_head = True
@@ -84,16 +76,15 @@ class LimitedChannel(HTTPChannel):
 
     def dataReceived(self, data: bytes) -> None:
         if self._first_read:
+            self._first_read = False
             # A whole upgrade request in the first read goes straight to
             # the WebSocket protocol (L{wsrouter.web.fastupgrade}).
             factory = upgrade_factory(self, data, self._max_head)
             if factory is not None:
-                self._first_read = False
                 self._in_head = False
                 self._stop_deadline()
-                hand_over(self, factory, "", data, registered=False)
+                hand_over(self, factory, "", data)
                 return
-            self._set_up_http()
         super().dataReceived(data)  # type: ignore[no-untyped-call]
 
     def lineReceived(self, line: bytes) -> None:
@@ -134,7 +125,6 @@ class LimitedChannel(HTTPChannel):
         """Answer C{status} with C{reason} as the body, close, and abort if the client will not read."""
         if self._refused or self.transport is None:
             return
-        self._set_up_http()
         self._refused = True
         self._stop_deadline()
         peer = self.transport.getPeer()

@@ -67,13 +67,12 @@ class WebSocketUpgrade(Resource):
 
 
 def hand_over(channel: Any, factory: ClientFactory, mount_prefix: str, data: bytes,
-              resume: bool = False, registered: bool = True) -> ClientProtocol:
+              resume: bool = False) -> ClientProtocol:
     """
     Give the HTTP C{channel}'s connection to a new protocol from C{factory}
     and feed it C{data} (the request head and whatever followed it); the
     channel is left detached, with no timer running.  C{resume}: the
-    channel had paused the transport (while handling a request);
-    C{registered}: the channel is the transport's producer.
+    channel had paused the transport (while handling a request).
     """
     transport: Any = channel.transport
     protocol = cast(ClientProtocol, factory.buildProtocol(transport.getPeer()))
@@ -82,8 +81,7 @@ def hand_over(channel: Any, factory: ClientFactory, mount_prefix: str, data: byt
     # The HTTP channel is registered as the transport's producer; the
     # session brings its own flow control, so the channel must let go first.
     holder = channel_producer_holder(channel, transport)
-    if registered:
-        holder.unregisterProducer()
+    holder.unregisterProducer()
     channel.setTimeout(None)
     if isinstance(transport, ProtocolWrapper):
         transport.wrappedProtocol = protocol
