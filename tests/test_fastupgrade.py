@@ -147,6 +147,54 @@ def test_what_the_one_parse_path_takes_autobahn_sees_as_through_twisted_web(targ
     assert as_autobahn_sees_it(handed) == as_autobahn_sees_it(data)
 
 
+def router_channel(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, StringTransport, Clock, list[Any]]:
+    """A LimitedChannel of a Site whose root is the router, on an in-memory transport and clock; hand-overs recorded."""
+    from tests.support import nested_schema
+    from wsrouter.config import build_config
+
+    clock = Clock()
+    resource = build_resource(build_config(nested_schema({"routes": ["/echo=echo:"], "handshake_timeout": 2})),
+                              clock)
+    site = Site(resource)
+    site.reactor = clock  # type: ignore[assignment]
+    limit_requests(site, lambda: resource.gateway.config.limits)
+    handed: list[Any] = []
+    monkeypatch.setattr(channel_module, "hand_over", lambda channel, *args, **kwargs: handed.append((args, kwargs)))
+    protocol = site.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return protocol, transport, clock, handed
+
+
+def test_a_taken_upgrade_is_handed_over_whole_with_its_deadline_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Taken on the first read: the router's factory gets all the bytes, no mount prefix; the head deadline stops."""
+    protocol, transport, clock, handed = router_channel(monkeypatch)
+    protocol.dataReceived(HEAD + b"early")
+    assert handed == [((protocol.site.resource.gateway.factory, "", HEAD + b"early"), {})]
+    assert not any(call.active() and call.func == protocol._too_slow for call in clock.getDelayedCalls())
+    assert transport.value() == b""
+
+
+def test_a_plain_request_is_left_to_twisted_web(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain request in the first read is not handed over: twisted.web answers it (404 here)."""
+    protocol, transport, _, handed = router_channel(monkeypatch)
+    protocol.dataReceived(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert handed == []
+    assert transport.value().startswith(b"HTTP/1.1 404 ")
+
+
+def test_a_silent_connection_still_gets_408_at_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that sends nothing is answered 408 at the head deadline, not before, and closed."""
+    protocol, transport, clock, handed = router_channel(monkeypatch)
+    clock.advance(1.9)
+    assert transport.value() == b""
+    clock.advance(0.2)
+    assert transport.value().startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    protocol.connectionLost()
+    assert handed == []
+    assert [call for call in clock.getDelayedCalls() if call.active()] == []
+
+
 # -- a real router ----------------------------------------------------------------------
 
 
