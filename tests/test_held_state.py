@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
@@ -108,14 +109,16 @@ def test_send_queue_is_first_in_first_out():
 
 
 
+@pytest.mark.parametrize("path", ["one-parse", "twisted.web"])
 @pytest_twisted.inlineCallbacks
-def test_closed_connection_is_freed_without_the_garbage_collector():
-    """A closed connection's protocol, session, bridge, link and HTTP request are freed by reference counting alone."""
+def test_closed_connection_is_freed_without_the_garbage_collector(path, monkeypatch):
+    """A closed connection's protocol, session, bridge, link, channel (and request) are freed by reference counting."""
     import gc
     import weakref
 
     from twisted.internet.task import deferLater
 
+    from wsrouter.web import channel as channel_module
     from wsrouter.ws.upgrade import WebSocketUpgrade
 
     port, _ = listen_target(lambda: RecordingTarget(echo=True))
@@ -130,18 +133,31 @@ def test_closed_connection_is_freed_without_the_garbage_collector():
             pass
 
     router.gateway.observe(Observer())
-    render = WebSocketUpgrade.render
+    if path == "one-parse":
+        hand_over = channel_module.hand_over
 
-    def spy(self: Any, request: Any) -> Any:
-        refs.extend((weakref.ref(request), weakref.ref(request.channel)))
-        return render(self, request)
+        def spy_hand_over(channel: Any, *args: Any) -> Any:
+            refs.append(weakref.ref(channel))
+            return hand_over(channel, *args)
+
+        monkeypatch.setattr(channel_module, "hand_over", spy_hand_over)
+        expected = 5
+    else:
+        monkeypatch.setattr(channel_module, "upgrade_factory", lambda *args: None)
+        render = WebSocketUpgrade.render
+
+        def spy(self: Any, request: Any) -> Any:
+            refs.extend((weakref.ref(request), weakref.ref(request.channel)))
+            return render(self, request)
+
+        monkeypatch.setattr(WebSocketUpgrade, "render", spy)
+        expected = 6
 
     def client() -> bytes:
         with connect(router.url + "/echo") as ws:
             ws.send(b"one")
             return bytes(ws.recv())
 
-    WebSocketUpgrade.render = spy  # type: ignore[method-assign]
     gc.collect()
     gc.disable()
     try:
@@ -150,11 +166,10 @@ def test_closed_connection_is_freed_without_the_garbage_collector():
             if refs and not router.gateway.sessions and all(ref() is None for ref in refs):
                 break
             yield deferLater(reactor, 0.02, lambda: None)
-        assert len(refs) == 6
-        assert [ref() for ref in refs] == [None] * 6
+        assert len(refs) == expected
+        assert [ref() for ref in refs] == [None] * expected
     finally:
         gc.enable()
-        WebSocketUpgrade.render = render  # type: ignore[method-assign]
         yield router.stopService()
         yield port.stopListening()
 

@@ -73,6 +73,18 @@ class OpsPages:
     def _programs_now(self) -> Iterable[Any]:
         return self.programs()
 
+    def may_claim(self, path: str) -> bool:
+        """
+        Whether C{path} (unquoted, below the mount point) may be one of the
+        operator's pages (L{page_for} decides): the health check, the
+        metrics, or anything under the status page.  Needs no request, for
+        L{wsrouter.web.fastupgrade}.
+        """
+        ops = self.gateway.config.ops
+        status = ops.status
+        return (path == ops.healthz or path == ops.metrics
+                or (status is not None and (path == status or path.startswith(status + "/"))))
+
     def page_for(self, request: Request, mount_prefix: str) -> IResource | None:
         """The page for C{request}, or C{None} if its path is none of the operator's."""
         ops = self.gateway.config.ops

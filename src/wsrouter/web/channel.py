@@ -11,6 +11,9 @@ byte (for the next ones on a kept-alive connection), however slowly it
 is sent, and a size limit over the request line and all headers; each
 refusal is answered (408, 431) with a one-line reason, then the
 connection is closed.
+
+A whole, plain WebSocket upgrade request in the connection's first read
+skips twisted.web's parsing altogether (L{wsrouter.web.fastupgrade}).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
 from wsrouter.config import Limits
+from wsrouter.web.fastupgrade import upgrade_factory
+from wsrouter.ws.upgrade import hand_over
 
 log = Logger(namespace="wsrouter")
 
@@ -53,6 +58,7 @@ class LimitedChannel(HTTPChannel):
         self._deadline: Any = None
         self._refused = False
         self._abort: Any = None
+        self._first_read = True
 
     def connectionMade(self) -> None:
         super().connectionMade()  # type: ignore[no-untyped-call]
@@ -67,6 +73,19 @@ class LimitedChannel(HTTPChannel):
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._first_read:
+            self._first_read = False
+            # A whole upgrade request in the first read goes straight to
+            # the WebSocket protocol (L{wsrouter.web.fastupgrade}).
+            factory = upgrade_factory(self, data, self._max_head)
+            if factory is not None:
+                self._in_head = False
+                self._stop_deadline()
+                hand_over(self, factory, "", data)
+                return
+        super().dataReceived(data)  # type: ignore[no-untyped-call]
 
     def lineReceived(self, line: bytes) -> None:
         if self._refused:
