@@ -862,3 +862,15 @@ def _echo_once(server: Any) -> None:
         with conn:
             while data := conn.recv(65536):
                 conn.sendall(data)
+
+
+def test_queue_past_its_byte_bound_names_the_byte_limit() -> None:
+    """A client closed because queued bytes passed max_queue_bytes is told that limit, not a message count."""
+    link, bridge, handler = _opened()
+    session = link.session
+    session.max_queue, session.max_queue_bytes = 64, 100
+    link.pauseProducing()
+    for _ in range(3):
+        session.send("x" * 60)
+    assert bridge.closed == [(1008, "client too slow: more than 100 bytes waiting")]
+    assert handler.events[-1] == ("close", 1008, "client too slow: more than 100 bytes waiting")
