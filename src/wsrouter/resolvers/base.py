@@ -222,6 +222,22 @@ def target_of_pair(host: object, port: object) -> Target:
         raise ValueError("; ".join(problem for _, problem in e.problems)) from None
 
 
+def target_of_fields(answer: object, what: str) -> Target:
+    """
+    A JSON object's C{host} and C{port} (a token API's answer, a JWT's
+    claims) as a target, with L{target_of_pair}'s rules.
+
+    @raise ValueError: not an object, or a key missing, or no valid target;
+        the message says which, in C{what}'s words (C{"the answer"}).
+    """
+    if not isinstance(answer, Mapping):
+        raise ValueError(f"{what} is not a JSON object with host and port")
+    missing = [key for key in ("host", "port") if key not in answer]
+    if missing:
+        raise ValueError(f"{what} has no {' and no '.join(repr(key) for key in missing)} key")
+    return target_of_pair(answer["host"], answer["port"])
+
+
 def split_target(text: str) -> Target:
     """websockify's C{HOST:PORT} (split at the last colon) or C{unix_socket:PATH}."""
     host, sep, port = text.strip().rpartition(":")

@@ -53,7 +53,15 @@ _WEBSOCKIFY_PREFIX = "websockify.token_plugins."
 
 
 class PluginError(ValueError):
-    """A plugin name that loads nothing usable, or a plugin that refused its source; says which."""
+    """
+    A plugin name that loads nothing usable, or a plugin that refused its source; says which.
+
+    @ivar key: the C{[resolvers.NAME]} key at fault: C{"plugin"} or C{"source"}.
+    """
+
+    def __init__(self, message: str, key: str = "plugin"):
+        super().__init__(message)
+        self.key = key
 
 
 def find(name: str) -> Any:
@@ -130,5 +138,8 @@ def build(settings: ResolverSettings, reactor: Any) -> Resolver:
     except (ValueError, TypeError, OSError, ImportError) as e:
         if isinstance(e, PluginError):
             raise
-        raise PluginError(f"resolver {settings.name} ({settings.plugin}): {e}") from None
+        # The plugin was found: what it refuses (ValueError, OSError) is its source.
+        key = "source" if isinstance(e, ValueError | OSError) else "plugin"
+        raise PluginError(f"{settings.plugin}: {e}" if key == "source"
+                          else f"resolver {settings.name} ({settings.plugin}): {e}", key) from None
     raise PluginError(f"resolver plugin {settings.plugin!r} is neither a factory nor has resolve(request)")
