@@ -104,7 +104,7 @@ def test_auto_framing_holds_a_split_character() -> None:
 
 
 def test_eof_then_connection_end_log_the_drop_once_with_the_session() -> None:
-    """A partial JSON value at the target's end is logged once, with the session id, though its end is reported twice."""
+    """A partial JSON value at the target's end is logged once, with the session id, though the end comes twice."""
     from twisted.logger import formatEvent, globalLogPublisher
 
     events: list[tuple[Any, ...]] = []
