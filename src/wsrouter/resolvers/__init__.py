@@ -26,9 +26,9 @@ from twisted.python.failure import Failure
 from wsrouter.config import Resolver as ResolverSettings
 from wsrouter.config import RouterConfig, Target
 from wsrouter.interfaces import TargetError
+from wsrouter.refusal import Refuse
 from wsrouter.resolvers.base import (
     RESOLVABLE,
-    Refuse,
     Resolver,
     ResolveRequest,
     ResolverFactory,

@@ -32,6 +32,7 @@ from wsrouter.config import (
     WebSocketTarget,
 )
 from wsrouter.interfaces import SessionInfo
+from wsrouter.refusal import Refuse
 
 #: The target kinds a resolver may hand out.  Never a command or a program
 #: (C{exec:}, C{wrap:}): a token store must not be able to start processes.
@@ -39,18 +40,6 @@ RESOLVABLE = (TcpTarget, UnixTarget, TlsTarget, WebSocketTarget, UdpTarget, Unix
 
 #: The name of websockify's token: query parameter and cookie.
 TOKEN = "token"
-
-
-class Refuse(Exception):
-    """
-    A resolver's refusal, returned or raised: the handshake is answered
-    with C{status} and C{reason} (one line, shown to the client).
-    """
-
-    def __init__(self, status: int, reason: str):
-        super().__init__(status, reason)
-        self.status = status
-        self.reason = reason
 
 
 class Unavailable(Exception):
@@ -120,14 +109,43 @@ class ResolveRequest:
     def with_token(self, token: str | None) -> ResolveRequest:
         return attrs.evolve(self, token=token)
 
-    def query_value(self, name: str) -> str | None:
-        """The first value of query parameter C{name}, or C{None}."""
-        return next((value for key, value in self.query if key == name), None)
+    def param(self, name: str, default: str | None = None) -> str | None:
+        """The first value of query parameter C{name}, or C{default} (as a handler's request)."""
+        return next((value for key, value in self.query if key == name), default)
 
-    def header(self, name: str) -> str | None:
-        """The first value of header C{name} (any case), or C{None}."""
+    def query_value(self, name: str, default: str | None = None) -> str | None:
+        """L{param}, by its first name."""
+        return self.param(name, default)
+
+    @property
+    def params(self) -> dict[str, list[str]]:
+        """The query's parameters, each with all its values (as a handler's request)."""
+        found: dict[str, list[str]] = {}
+        for key, value in self.query:
+            found.setdefault(key, []).append(value)
+        return found
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        """The first value of header C{name} (any case), or C{default}."""
         name = name.lower()
-        return next((value for key, value in self.headers if key == name), None)
+        return next((value for key, value in self.headers if key == name), default)
+
+    # The names a handler's request uses too (L{wsrouter.handlers.Request}); docs/resolvers.md.
+
+    @property
+    def protocols(self) -> tuple[str, ...]:
+        """L{subprotocols}, by a handler's request's name."""
+        return self.subprotocols
+
+    @property
+    def peer_host(self) -> str:
+        """The real client's address (C{peer[0]})."""
+        return self.peer[0]
+
+    @property
+    def peer_port(self) -> int:
+        """The real client's port (C{peer[1]})."""
+        return self.peer[1]
 
 
 def token_of(request: ResolveRequest, host_token: bool = False) -> str | None:

@@ -29,7 +29,8 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 
 from wsrouter.config import Target
-from wsrouter.resolvers.base import Refuse, ResolveRequest, Unavailable, split_target, target_of_fields
+from wsrouter.refusal import Refuse
+from wsrouter.resolvers.base import ResolveRequest, Unavailable, split_target, target_of_fields
 
 #: The largest answer read from a token API.
 MAX_BODY = 64 * 1024

@@ -25,7 +25,8 @@ from jwcrypto.common import JWException
 from twisted.logger import Logger
 
 from wsrouter.config import Target
-from wsrouter.resolvers.base import Refuse, ResolveRequest, target_of_fields
+from wsrouter.refusal import Refuse
+from wsrouter.resolvers.base import ResolveRequest, target_of_fields
 
 log = Logger(namespace="wsrouter.resolvers")
 

@@ -25,7 +25,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from wsrouter.config import Target
-from wsrouter.resolvers.base import Refuse, ResolveRequest, Unavailable, split_target
+from wsrouter.refusal import Refuse
+from wsrouter.resolvers.base import ResolveRequest, Unavailable, split_target
 
 log = Logger(namespace="wsrouter.resolvers")
 
