@@ -8,7 +8,8 @@ In order:
      C{websockify.token_plugins.NAME}, as websockify completes a bare
      name), and C{template};
   2. an entry point of the C{wsrouter.resolvers} group with that name;
-  3. C{package.module:attribute};
+  3. C{package.module:attribute} (looked for on C{sys.path}, then in the
+     current directory: L{wsrouter.importing});
   4. C{package.module.Class} (websockify's spelling).
 
 What is loaded is then, in order: a websockify plugin class (it has a
@@ -21,7 +22,6 @@ that returns such an object.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from importlib.metadata import entry_points
 from typing import Any
@@ -30,6 +30,7 @@ from twisted.internet.threads import deferToThreadPool
 
 from wsrouter.config import Resolver as ResolverSettings
 from wsrouter.config import Target
+from wsrouter.importing import import_named
 from wsrouter.resolvers.base import Resolver, ResolveRequest, target_of_pair
 
 #: The entry point group third-party resolvers register under.
@@ -82,7 +83,7 @@ def find(name: str) -> Any:
         raise PluginError(f"unknown resolver plugin {name!r}: use one of {', '.join(BUILT_IN)}, "
                           f"an entry point of {ENTRY_POINT_GROUP}, or package.module:attribute")
     try:
-        found = importlib.import_module(module)
+        found = import_named(module)
         for part in attribute.split("."):
             found = getattr(found, part)
     except (ImportError, AttributeError) as e:
