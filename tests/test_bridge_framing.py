@@ -101,3 +101,36 @@ def test_auto_framing_holds_a_split_character() -> None:
     bridge.data_received(b"\xa9!")
     bridge.data_received(b"\xff")
     assert of(events, "send") == [(b"caf", False), ("\u00e9!".encode(), False), (b"\xff", True)]
+
+
+def test_eof_then_connection_end_log_the_drop_once_with_the_session() -> None:
+    """A partial JSON value at the target's end is logged once, with the session id, though the end comes twice."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    events: list[tuple[Any, ...]] = []
+    parsed = parse_framing("json")
+    bridge = Bridge(FakeSocket(events), FakeLink(events, message_oriented=False),
+                    make_framer(parsed, "binary", 1 << 20), encoder=make_encoder(parsed, 1 << 20),
+                    session_id="s42")
+    bridge.start()
+    logged: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        bridge.data_received(b'{"a"')
+        bridge.eof_received()  # the half-close
+        bridge.link_lost(None)  # then the connection's clean end
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    drops = [formatEvent(event) for event in logged if "dropped" in (event.get("log_format") or "")]
+    assert drops == ["session s42: target ended inside a frame; 4 bytes of it dropped"]
+    assert [close[0] for close in of(events, "close")] == [1000]
+
+
+def test_json_flush_forgets_an_earlier_drop() -> None:
+    """A second flush of the json framer with nothing pending reports nothing dropped, as the length framer does."""
+    framer = make_framer(parse_framing("json"), "binary", 1 << 20)
+    framer.feed_typed(b'[1')  # type: ignore[attr-defined]
+    framer.flush_typed()  # type: ignore[attr-defined]
+    assert framer.dropped == 2  # type: ignore[attr-defined]
+    framer.flush_typed()  # type: ignore[attr-defined]
+    assert framer.dropped == 0  # type: ignore[attr-defined]

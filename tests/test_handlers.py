@@ -862,3 +862,42 @@ def _echo_once(server: Any) -> None:
         with conn:
             while data := conn.recv(65536):
                 conn.sendall(data)
+
+
+def test_queue_past_its_byte_bound_names_the_byte_limit() -> None:
+    """A client closed because queued bytes passed max_queue_bytes is told that limit, not a message count."""
+    link, bridge, handler = _opened()
+    session = link.session
+    session.max_queue, session.max_queue_bytes = 64, 100
+    link.pauseProducing()
+    for _ in range(3):
+        session.send("x" * 60)
+    assert bridge.closed == [(1008, "client too slow: more than 100 bytes waiting")]
+    assert handler.events[-1] == ("close", 1008, "client too slow: more than 100 bytes waiting")
+
+
+def test_resolvers_refuse_is_the_handlers_refuse() -> None:
+    """One Refuse class: the one imported from wsrouter.resolvers refuses a handler's handshake with its status."""
+    from wsrouter import resolvers
+    from wsrouter.refusal import Refuse as TheRefuse
+
+    assert resolvers.Refuse is Refuse is TheRefuse
+    result, _ = _connect(resolvers.Refuse(401, "who are you?"))
+    assert _status(result) == (401, "who are you?")
+
+
+def test_both_requests_answer_to_the_shared_names() -> None:
+    """A handler's Request and a resolver's ResolveRequest answer to the same names (param, header, peer_host, ...)."""
+    from wsrouter.config import ResolverTarget, Route
+    from wsrouter.resolvers import ResolveRequest
+
+    handler_request = Request(path="/h", route_path="/h", query="a=1&a=2", headers=(("x-y", "z"),), protocols=("p",),
+                              peer_host="::1", peer_port=7)
+    resolver_request = ResolveRequest(path="/h", route=Route("/h", ResolverTarget("r")), query=(("a", "1"), ("a", "2")),
+                                      headers=(("x-y", "z"),), subprotocols=("p",), peer=("::1", 7))
+    for made in (handler_request, resolver_request):
+        assert (made.param("a"), made.param("b", "none"), made.params) == ("1", "none", {"a": ["1", "2"]})
+        assert (made.header("X-Y"), made.header("w", "-")) == ("z", "-")
+        assert (made.subprotocols, made.protocols, made.peer_host, made.peer_port, made.peer) == (
+            ("p",), ("p",), "::1", 7, ("::1", 7))
+        assert made.query_value("a") == "1"

@@ -101,17 +101,17 @@ def test_config_mistakes_name_their_key(raw: dict[str, Any], key: str, problem: 
     assert any(k == key and problem in p for k, p in caught.value.problems), caught.value.problems
 
 
-@pytest.mark.parametrize(("plugin", "source", "problem"), [
-    ("NoSuchPlugin", "", "unknown resolver plugin"),
-    ("template", "tcp://127.0.0.1:{query.port", "no {placeholder}"),
-    ("template", "exec:cat {token}", "must start with its scheme"),
-    ("JWTTokenApi", "/nonexistent/key.pem", "cannot read the JWT key file"),
-    ("tests.no_such_module:thing", "", "cannot load resolver plugin"),
+@pytest.mark.parametrize(("plugin", "source", "key", "problem"), [
+    ("NoSuchPlugin", "", "plugin", "unknown resolver plugin"),
+    ("template", "tcp://127.0.0.1:{query.port", "source", "no {placeholder}"),
+    ("template", "exec:cat {token}", "source", "must start with its scheme"),
+    ("JWTTokenApi", "/nonexistent/key.pem", "source", "cannot read the JWT key file"),
+    ("tests.no_such_module:thing", "", "plugin", "cannot load resolver plugin"),
 ])
-def test_preflight_builds_every_resolver(plugin: str, source: str, problem: str) -> None:
-    """A plugin that cannot load, or refuses its source, stops the start with its key path."""
+def test_preflight_builds_every_resolver(plugin: str, source: str, key: str, problem: str) -> None:
+    """A plugin that cannot load (key plugin), or refuses its source (key source), stops the start with its key path."""
     problems = preflight(build_config(resolving(plugin, source)))
-    assert any(key == "resolvers.r.plugin" and problem in text for key, text in problems), problems
+    assert any(k == f"resolvers.r.{key}" and problem in text for k, text in problems), problems
 
 
 # -- the token, where websockify reads it ------------------------------------------------

@@ -94,7 +94,11 @@ class Bridge:
         on_finished: Callable[[SessionStats], None] = lambda stats: None,
         clock: Callable[[], float] = time.monotonic,
         encoder: Callable[[bytes, bool], bytes] | None = None,
+        session_id: str = "",
     ):
+        #: Starts the bridge's own log lines, as the session's do (C{"session ID: "}).
+        self._log_prefix = f"session {session_id}: " if session_id else ""
+        self._eof_done = False
         self._socket = socket
         self._link = link
         self._framer = framer
@@ -332,7 +336,8 @@ class Bridge:
     def _framing_failed(self, error: FramingError) -> None:
         """The target's stream broke its framing: close the client with the error's code, then the target."""
         self._framing_broken = True
-        log.info("target stream broke its framing: {reason}; closing with {code}", reason=error.reason, code=error.code)
+        log.info("{prefix}target stream broke its framing: {reason}; closing with {code}",
+                 prefix=self._log_prefix, reason=error.reason, code=error.code)
         self._close_client(error.code, error.reason, by="target")
         if not self._link_done:
             self._link.abort()
@@ -370,13 +375,20 @@ class Bridge:
         send_fragment(payload, is_binary, first, fin)
 
     def eof_received(self) -> None:
-        """The target has said everything: deliver what is left, then close 1000."""
+        """
+        The target has said everything: deliver what is left, then close
+        1000.  Once: a half-close and then the connection's end both report it.
+        """
+        if self._eof_done:
+            return
+        self._eof_done = True
         if self._typed_framer:
             for message, is_binary in self._framer.flush_typed():  # type: ignore[attr-defined]
                 self._send(message, is_binary)
             dropped = getattr(self._framer, "dropped", 0)
             if dropped:
-                log.info("target ended inside a frame; {dropped} bytes of it dropped", dropped=dropped)
+                log.info("{prefix}target ended inside a frame; {dropped} bytes of it dropped",
+                         prefix=self._log_prefix, dropped=dropped)
         else:
             for message in self._framer.flush():
                 self._send(message)

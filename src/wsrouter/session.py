@@ -70,7 +70,7 @@ class Session:
         self._on_ended = on_ended
         self.bridge = Bridge(connection, link, framer, base64_mode=base64_mode, binary_for=binary_for,
                              recorder=recorder, on_finished=_weak(self._bridge_finished), clock=clock.seconds,
-                             encoder=encoder)
+                             encoder=encoder, session_id=self.id)
         self.gatherer: Gatherer | None = link if hasattr(link, "hold") else None  # type: ignore[assignment]
         self.keepalive: Keepalive | None = None
         self.is_open = False

@@ -367,6 +367,7 @@ class JsonFramer(_TypedBase):
 
     def flush_typed(self) -> Typed:
         messages: Typed = []
+        self.dropped = 0
         if self._start >= 0:
             size = len(self._buffer) - self._start
             if self._scalar:

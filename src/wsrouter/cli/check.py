@@ -12,6 +12,7 @@ from twisted.python import usage
 
 from wsrouter.config import ConfigError, load_config, to_data
 from wsrouter.config.emit import dumps
+from wsrouter.resolvers import check_resolvers
 
 
 class CheckOptions(usage.Options):
@@ -49,6 +50,11 @@ def main_check(argv: list[str], stdout: TextIO | None = None, stderr: TextIO | N
         return 2
     try:
         config = load_config(options["path"], {})
+        # A resolver's source is checked as start-up does (a template that makes no target, a token file
+        # that is not there): a file check passes only when serve would start.
+        resolver_problems = check_resolvers(config)
+        if resolver_problems:
+            raise ConfigError(resolver_problems, options["path"])
     except ConfigError as e:
         err.write(str(e) + "\n")
         return 1

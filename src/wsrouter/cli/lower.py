@@ -72,10 +72,10 @@ def options_to_raw(options: Mapping[str, Any]) -> dict[str, Any]:
                                 "use [sandbox.NAME] and protocol in [programs.NAME] (docs/sandbox.md)")
     token = _token_plugin(options)
     if token is not None:
-        if program or mode or options.get("unix-target") or len(short) != 1:
-            raise LoweringError("--token-plugin takes the listening [HOST:]PORT alone (the token picks the target), "
-                                "e.g. --token-plugin TokenFile --token-source tokens.txt 8080")
-        listen.append(_short_listener(short[0]))
+        if program or mode or options.get("unix-target"):
+            raise LoweringError("--token-plugin picks the target by token: give no program, --wrap or --unix-target "
+                                "with it")
+        _listen_alone(listen, short, "--token-plugin", "--token-plugin TokenFile --token-source tokens.txt")
         routes.append({"path": "/*", "target": "resolve:token"})
         raw["resolvers"] = {"token": token}
     elif program or mode:
@@ -88,10 +88,7 @@ def options_to_raw(options: Mapping[str, Any]) -> dict[str, Any]:
         raise LoweringError("--wrap-start, --wrap-idle-stop, --wrap-ready-timeout and --wrap-max-instances apply "
                             "to the program after --wrap MODE ... --; in a config file use [programs.NAME] keys")
     elif options.get("unix-target"):
-        if len(short) != 1:
-            raise LoweringError("--unix-target PATH takes the listening [HOST:]PORT alone, e.g. "
-                                "--unix-target /run/app.sock 8080")
-        listen.append(_short_listener(short[0]))
+        _listen_alone(listen, short, "--unix-target PATH", "--unix-target /run/app.sock")
         routes.append({"path": "/*", "target": "unix://" + os.path.abspath(options["unix-target"])})
     elif short:
         if len(short) != 2:
@@ -131,6 +128,18 @@ def options_to_raw(options: Mapping[str, Any]) -> dict[str, Any]:
     })
     _table(raw, "ops", {key: options.get(option) for option, key in OPS_OPTIONS.items()})
     return raw
+
+
+def _listen_alone(listen: list[str], short: tuple[str, ...], what: str, example: str) -> None:
+    """
+    Where a route C{/*} that names its own target listens: the positional
+    C{[HOST:]PORT}, or the C{--listen} listeners (the route serves on each).
+    """
+    if len(short) == 1:
+        listen.append(_short_listener(short[0]))
+    elif short or not listen:
+        raise LoweringError(f"{what} takes the listening [HOST:]PORT alone (no target), or --listen; e.g. "
+                            f"{example} 8080, or {example} --listen tcp:8080:interface=127.0.0.1")
 
 
 def _token_plugin(options: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -988,7 +988,9 @@ class Balance:
         _check_choice(checks, "balance", self.policy, BALANCE_POLICIES)
         _check_positive(checks, "down_for", self.down_for)
         if not isinstance(self.targets, tuple) or len(self.targets) < 2:
-            checks.add("targets", f"must list two or more targets, not {self.targets!r}")
+            given = len(self.targets) if isinstance(self.targets, tuple) else self.targets
+            checks.add("targets", f"balancing needs two or more targets (comma-separated), got {given!r}; "
+                                  "a single target needs no balance")
         else:
             for index, target in enumerate(self.targets):
                 if not isinstance(target, (TcpTarget, UnixTarget, TlsTarget, WebSocketTarget)):

@@ -352,6 +352,15 @@ def route_from_string(text: str) -> dict[str, Any]:
     return entry
 
 
+def _several_targets_hint(text: str) -> str | None:
+    """For a target that does not parse: when it is several targets in a row, how to say that."""
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) < 2 or not all("://" in part or part.startswith("unix:") for part in parts):
+        return None
+    return (f"{len(parts)} targets ({text}) need a balance policy: [balance=round-robin] in a --route, "
+            "or targets = [...] and balance = \"round-robin\" in a file (docs/config.md)")
+
+
 def parse_route(text: str) -> Route:
     """
     Parse a command-line route string into a L{Route}.
@@ -581,10 +590,10 @@ class _Builder:
             target = parse_target(stripped)
         except ConfigError as e:
             for _, problem in e.problems:
-                self.add(path, problem)
+                self.add(path, _several_targets_hint(stripped) or problem)
             return None
         except ValueError as e:
-            self.add(path, str(e))
+            self.add(path, _several_targets_hint(stripped) or str(e))
             return None
         return self.inline_program(target) if isinstance(target, WrappedTarget) else target
 
@@ -798,7 +807,19 @@ class _Builder:
         some_failed = (len(places) < (len(routes_given) if isinstance(routes_given, list) else 0)
                        or (values.get("web") is not None and web is None))
         self._renumber(before, places, some_failed)
+        self._drop_failed_references(before, values.get("resolvers"))
         return config
+
+    def _drop_failed_references(self, start: int, raw: Any) -> None:
+        """A route naming a C{[resolvers.NAME]} table that is there but was refused: the table's problem says it."""
+        if not isinstance(raw, Mapping):
+            return
+        refused = {str(name) for name in raw} - self.made_resolvers
+        self.problems[start:] = [(key, problem) for key, problem in self.problems[start:]
+                                 if not (key.startswith("routes[") and key.endswith("].target")
+                                         and any(problem == f"no [resolvers.{name}] table" for name in refused))]
+
+    made_resolvers: frozenset[str] = frozenset()
 
     def resolvers(self, raw: Any) -> list[Resolver]:
         """The C{[resolvers.NAME]} tables (L{wsrouter.resolvers})."""
@@ -818,6 +839,7 @@ class _Builder:
             resolver = self.make(Resolver, {"name": str(name), **fields}, path)
             if resolver is not None:
                 made.append(resolver)
+        self.made_resolvers = frozenset(resolver.name for resolver in made)
         return made
 
     def proxies(self, values: Mapping[str, Any]) -> Proxies:

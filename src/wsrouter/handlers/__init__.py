@@ -11,11 +11,11 @@ from wsrouter.handlers.api import (
     Group,
     Handler,
     HandlerContext,
-    Refuse,
     Request,
 )
 from wsrouter.handlers.loader import HandlerLoadError, load_factory
 from wsrouter.handlers.session import Session, SessionClosed
+from wsrouter.refusal import Refuse  # one class, wsrouter.resolvers.Refuse too
 
 __all__ = [
     "HANDLER_ERROR",

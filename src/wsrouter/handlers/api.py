@@ -58,7 +58,8 @@ class Request:
     @ivar route_path: the path below the mount point, which routes match.
     @ivar query: the raw query string, without C{?}.
     @ivar headers: the request headers, names lower-cased, in order.
-    @ivar protocols: the subprotocols the client offered, in its order.
+    @ivar protocols: the subprotocols the client offered, in its order (also
+        C{subprotocols}, the name a resolver's request uses).
     @ivar peer_host: the client's address (the real one behind a trusted proxy).
     @ivar peer_port: the client's port (0 if a forwarding header gave none).
     @ivar secure: the client came over TLS.
@@ -92,27 +93,28 @@ class Request:
         values = self.params.get(name)
         return values[0] if values else default
 
+    # The names resolvers' requests use too (L{wsrouter.resolvers.ResolveRequest}); docs/handlers.md.
+
+    @property
+    def subprotocols(self) -> tuple[str, ...]:
+        """The subprotocols the client offered (also called C{protocols})."""
+        return self.protocols
+
+    @property
+    def peer(self) -> tuple[str, int]:
+        """C{(peer_host, peer_port)}."""
+        return self.peer_host, self.peer_port
+
+    def query_value(self, name: str, default: str | None = None) -> str | None:
+        """L{param}, by the name resolvers' requests first had."""
+        return self.param(name, default)
+
 
 @frozen
 class Accept:
     """Accept the handshake, naming C{subprotocol} (one the client offered) in the 101."""
 
     subprotocol: str | None = None
-
-
-class Refuse(Exception):
-    """
-    Refuse the handshake with an HTTP C{status} (400-599) and a one-line
-    C{reason}; return it from C{on_connect} or raise it.
-    """
-
-    def __init__(self, status: int = 403, reason: str = "refused by the handler"):
-        super().__init__(status, reason)
-        self.status = status
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return f"{self.status} {self.reason}"
 
 
 class Group:

@@ -4,9 +4,11 @@ Finding a handler factory by name (C{package.module:factory}).
 
 from __future__ import annotations
 
-import importlib
+import os
 from collections.abc import Callable
 from typing import Any
+
+from wsrouter.importing import import_named
 
 
 class HandlerLoadError(Exception):
@@ -16,16 +18,18 @@ class HandlerLoadError(Exception):
 def load_factory(name: str) -> Callable[..., Any]:
     """
     Import C{package.module} and return its attribute C{factory} (a dotted
-    path is followed: C{module:Class.make}).
+    path is followed: C{module:Class.make}).  The module is looked for on
+    C{sys.path}, then in the current directory (L{wsrouter.importing}).
 
     @raise HandlerLoadError: the module cannot be imported (missing, or it
         raised while importing), it has no such attribute, or that is not callable.
     """
     module_name, _, attribute = name.partition(":")
     try:
-        found: Any = importlib.import_module(module_name)
+        found: Any = import_named(module_name)
     except ModuleNotFoundError as e:
-        raise HandlerLoadError(f"cannot import {module_name!r}: {e} (is it on PYTHONPATH?)") from None
+        raise HandlerLoadError(f"cannot import {module_name!r}: {e} (looked on PYTHONPATH and in the current "
+                               f"directory, {os.getcwd()})") from None
     except Exception as e:  # any error raised by the module's own code
         raise HandlerLoadError(f"importing {module_name!r} failed: {type(e).__name__}: {e}") from None
     walked = module_name

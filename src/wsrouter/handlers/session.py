@@ -151,11 +151,16 @@ class Session:
         self._outbox.append((data, is_binary))
         self._queued_bytes += len(data)
         count, size = len(self._outbox), self._queued_bytes
-        if count > self.max_queue or (count > 1 and size > self.max_queue_bytes):
-            log.info("session {id}: client too slow, {count} messages ({size} bytes) waiting; closing it with 1008",
-                     id=self.id, count=count, size=size)
-            self._drop_queue()
-            self._link.end_by_handler(TOO_SLOW, f"client too slow: more than {count - 1} messages waiting")
+        if count > self.max_queue:
+            limit = f"more than {self.max_queue} messages waiting"
+        elif count > 1 and size > self.max_queue_bytes:
+            limit = f"more than {self.max_queue_bytes} bytes waiting"
+        else:
+            return
+        log.info("session {id}: client too slow, {count} messages ({size} bytes) waiting ({limit}); "
+                 "closing it with 1008", id=self.id, count=count, size=size, limit=limit)
+        self._drop_queue()
+        self._link.end_by_handler(TOO_SLOW, f"client too slow: {limit}")
 
     def _drop_queue(self) -> None:
         self._outbox.clear()

@@ -26,9 +26,9 @@ from twisted.python.failure import Failure
 from wsrouter.config import Resolver as ResolverSettings
 from wsrouter.config import RouterConfig, Target
 from wsrouter.interfaces import TargetError
+from wsrouter.refusal import Refuse
 from wsrouter.resolvers.base import (
     RESOLVABLE,
-    Refuse,
     Resolver,
     ResolveRequest,
     ResolverFactory,
@@ -160,8 +160,10 @@ def _timed_out(result: object, timeout: float) -> NoReturn:
 def check_resolvers(config: RouterConfig) -> list[tuple[str, str]]:
     """
     Build every resolver once (on a MemoryReactor: nothing connects), as a
-    start-up check: a plugin that cannot be loaded, or refuses its source
-    (a template that makes no target, a JWT key file that is not a key).
+    start-up check (and C{wsrouter check}'s): a plugin that cannot be
+    loaded (key C{plugin}), or refuses its source (key C{source}: a
+    template that makes no target, a JWT key file that is not a key, a
+    token file or directory that is missing or cannot be read).
     """
     from twisted.internet.testing import MemoryReactor
 
@@ -170,7 +172,7 @@ def check_resolvers(config: RouterConfig) -> list[tuple[str, str]]:
         try:
             resolver = build(settings, MemoryReactor())
         except PluginError as e:
-            problems.append((f"resolvers.{settings.name}.plugin", str(e)))
+            problems.append((f"resolvers.{settings.name}.{e.key}", str(e)))
             continue
         close = getattr(resolver, "close", None)
         if callable(close):

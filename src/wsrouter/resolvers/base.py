@@ -32,6 +32,7 @@ from wsrouter.config import (
     WebSocketTarget,
 )
 from wsrouter.interfaces import SessionInfo
+from wsrouter.refusal import Refuse
 
 #: The target kinds a resolver may hand out.  Never a command or a program
 #: (C{exec:}, C{wrap:}): a token store must not be able to start processes.
@@ -39,18 +40,6 @@ RESOLVABLE = (TcpTarget, UnixTarget, TlsTarget, WebSocketTarget, UdpTarget, Unix
 
 #: The name of websockify's token: query parameter and cookie.
 TOKEN = "token"
-
-
-class Refuse(Exception):
-    """
-    A resolver's refusal, returned or raised: the handshake is answered
-    with C{status} and C{reason} (one line, shown to the client).
-    """
-
-    def __init__(self, status: int, reason: str):
-        super().__init__(status, reason)
-        self.status = status
-        self.reason = reason
 
 
 class Unavailable(Exception):
@@ -120,14 +109,43 @@ class ResolveRequest:
     def with_token(self, token: str | None) -> ResolveRequest:
         return attrs.evolve(self, token=token)
 
-    def query_value(self, name: str) -> str | None:
-        """The first value of query parameter C{name}, or C{None}."""
-        return next((value for key, value in self.query if key == name), None)
+    def param(self, name: str, default: str | None = None) -> str | None:
+        """The first value of query parameter C{name}, or C{default} (as a handler's request)."""
+        return next((value for key, value in self.query if key == name), default)
 
-    def header(self, name: str) -> str | None:
-        """The first value of header C{name} (any case), or C{None}."""
+    def query_value(self, name: str, default: str | None = None) -> str | None:
+        """L{param}, by its first name."""
+        return self.param(name, default)
+
+    @property
+    def params(self) -> dict[str, list[str]]:
+        """The query's parameters, each with all its values (as a handler's request)."""
+        found: dict[str, list[str]] = {}
+        for key, value in self.query:
+            found.setdefault(key, []).append(value)
+        return found
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        """The first value of header C{name} (any case), or C{default}."""
         name = name.lower()
-        return next((value for key, value in self.headers if key == name), None)
+        return next((value for key, value in self.headers if key == name), default)
+
+    # The names a handler's request uses too (L{wsrouter.handlers.Request}); docs/resolvers.md.
+
+    @property
+    def protocols(self) -> tuple[str, ...]:
+        """L{subprotocols}, by a handler's request's name."""
+        return self.subprotocols
+
+    @property
+    def peer_host(self) -> str:
+        """The real client's address (C{peer[0]})."""
+        return self.peer[0]
+
+    @property
+    def peer_port(self) -> int:
+        """The real client's port (C{peer[1]})."""
+        return self.peer[1]
 
 
 def token_of(request: ResolveRequest, host_token: bool = False) -> str | None:
@@ -220,6 +238,22 @@ def target_of_pair(host: object, port: object) -> Target:
         return TcpTarget(host.strip().strip("[]"), int(port))
     except ConfigError as e:
         raise ValueError("; ".join(problem for _, problem in e.problems)) from None
+
+
+def target_of_fields(answer: object, what: str) -> Target:
+    """
+    A JSON object's C{host} and C{port} (a token API's answer, a JWT's
+    claims) as a target, with L{target_of_pair}'s rules.
+
+    @raise ValueError: not an object, or a key missing, or no valid target;
+        the message says which, in C{what}'s words (C{"the answer"}).
+    """
+    if not isinstance(answer, Mapping):
+        raise ValueError(f"{what} is not a JSON object with host and port")
+    missing = [key for key in ("host", "port") if key not in answer]
+    if missing:
+        raise ValueError(f"{what} has no {' and no '.join(repr(key) for key in missing)} key")
+    return target_of_pair(answer["host"], answer["port"])
 
 
 def split_target(text: str) -> Target:

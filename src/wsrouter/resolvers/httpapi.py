@@ -1,7 +1,8 @@
 """
 websockify's C{BaseTokenAPI} and C{JSONTokenApi}: an HTTP GET of the
 C{source} URL with the token put where its C{%s} is (URL-quoted, so a token
-cannot add a path, query or host).
+cannot add a path, query or host; C{.} and C{..}, which a server would
+take as path steps, are refused with 400).
 
   - C{BaseTokenAPI}: a 2xx/3xx body C{host:port}.
   - C{JSONTokenApi}: a 2xx/3xx body C{{"host": ..., "port": ...}}.
@@ -28,7 +29,8 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 
 from wsrouter.config import Target
-from wsrouter.resolvers.base import Refuse, ResolveRequest, Unavailable, split_target, target_of_pair
+from wsrouter.refusal import Refuse
+from wsrouter.resolvers.base import ResolveRequest, Unavailable, split_target, target_of_fields
 
 #: The largest answer read from a token API.
 MAX_BODY = 64 * 1024
@@ -83,12 +85,14 @@ class BaseTokenAPI:
     def resolve(self, request: ResolveRequest) -> Deferred[Target | None]:
         if not request.token:
             raise Refuse(400, "token not present")
+        if request.token in (".", ".."):
+            raise Refuse(400, "a token may not be '.' or '..'")
         asking = self._agent.request(b"GET", self.url(request.token))
         return asking.addCallbacks(self._answered, self._unreachable)
 
     def _unreachable(self, reason: Failure) -> Failure:
         if reason.check(ConnectError, DNSLookupError, ConnectingCancelledError):  # type: ignore[no-untyped-call, unused-ignore]
-            raise Unavailable(f"token API unreachable: {type(reason.value).__name__}")
+            raise Unavailable(f"token API unreachable: {_problem(reason.value)}")
         return reason
 
     def _answered(self, response: IResponse) -> Deferred[Target | None] | None:
@@ -112,5 +116,14 @@ class JSONTokenApi(BaseTokenAPI):
     """websockify's C{JSONTokenApi}: the body is C{{"host": ..., "port": ...}}."""
 
     def process_result(self, body: bytes) -> Target:
-        answer = json.loads(body)
-        return target_of_pair(answer["host"], answer["port"])
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            raise ValueError("the answer is not JSON") from None
+        return target_of_fields(answer, "the answer")
+
+
+def _problem(error: BaseException | None) -> str:
+    """An error's own words, else its kind (Twisted's connect errors say little alone)."""
+    text = str(error).strip()
+    return text or type(error).__name__

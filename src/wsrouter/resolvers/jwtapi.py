@@ -25,7 +25,8 @@ from jwcrypto.common import JWException
 from twisted.logger import Logger
 
 from wsrouter.config import Target
-from wsrouter.resolvers.base import Refuse, ResolveRequest, target_of_pair
+from wsrouter.refusal import Refuse
+from wsrouter.resolvers.base import ResolveRequest, target_of_fields
 
 log = Logger(namespace="wsrouter.resolvers")
 
@@ -91,8 +92,8 @@ class JWTTokenApi:
             raise Refuse(400, "token not present")
         claims = self.claims(request.token)
         try:
-            return target_of_pair(claims["host"], claims["port"])
-        except (KeyError, ValueError) as e:
+            return target_of_fields(claims, "the token")
+        except ValueError as e:
             raise Refuse(403, f"token names no valid target: {e}") from None
 
 

@@ -8,7 +8,8 @@ In order:
      C{websockify.token_plugins.NAME}, as websockify completes a bare
      name), and C{template};
   2. an entry point of the C{wsrouter.resolvers} group with that name;
-  3. C{package.module:attribute};
+  3. C{package.module:attribute} (looked for on C{sys.path}, then in the
+     current directory: L{wsrouter.importing});
   4. C{package.module.Class} (websockify's spelling).
 
 What is loaded is then, in order: a websockify plugin class (it has a
@@ -21,7 +22,6 @@ that returns such an object.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from importlib.metadata import entry_points
 from typing import Any
@@ -30,6 +30,7 @@ from twisted.internet.threads import deferToThreadPool
 
 from wsrouter.config import Resolver as ResolverSettings
 from wsrouter.config import Target
+from wsrouter.importing import import_named
 from wsrouter.resolvers.base import Resolver, ResolveRequest, target_of_pair
 
 #: The entry point group third-party resolvers register under.
@@ -53,7 +54,15 @@ _WEBSOCKIFY_PREFIX = "websockify.token_plugins."
 
 
 class PluginError(ValueError):
-    """A plugin name that loads nothing usable, or a plugin that refused its source; says which."""
+    """
+    A plugin name that loads nothing usable, or a plugin that refused its source; says which.
+
+    @ivar key: the C{[resolvers.NAME]} key at fault: C{"plugin"} or C{"source"}.
+    """
+
+    def __init__(self, message: str, key: str = "plugin"):
+        super().__init__(message)
+        self.key = key
 
 
 def find(name: str) -> Any:
@@ -74,7 +83,7 @@ def find(name: str) -> Any:
         raise PluginError(f"unknown resolver plugin {name!r}: use one of {', '.join(BUILT_IN)}, "
                           f"an entry point of {ENTRY_POINT_GROUP}, or package.module:attribute")
     try:
-        found = importlib.import_module(module)
+        found = import_named(module)
         for part in attribute.split("."):
             found = getattr(found, part)
     except (ImportError, AttributeError) as e:
@@ -130,5 +139,8 @@ def build(settings: ResolverSettings, reactor: Any) -> Resolver:
     except (ValueError, TypeError, OSError, ImportError) as e:
         if isinstance(e, PluginError):
             raise
-        raise PluginError(f"resolver {settings.name} ({settings.plugin}): {e}") from None
+        # The plugin was found: what it refuses (ValueError, OSError) is its source.
+        key = "source" if isinstance(e, ValueError | OSError) else "plugin"
+        raise PluginError(f"{settings.plugin}: {e}" if key == "source"
+                          else f"resolver {settings.name} ({settings.plugin}): {e}", key) from None
     raise PluginError(f"resolver plugin {settings.plugin!r} is neither a factory nor has resolve(request)")

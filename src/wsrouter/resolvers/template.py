@@ -17,7 +17,8 @@ import re
 from typing import Any
 
 from wsrouter.config import ConfigError, Target, parse_target
-from wsrouter.resolvers.base import RESOLVABLE, Refuse, ResolveRequest
+from wsrouter.refusal import Refuse
+from wsrouter.resolvers.base import RESOLVABLE, ResolveRequest
 
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _NAME = re.compile(r"token|path|(query|cookie|header)\.[A-Za-z0-9_.-]+")

@@ -25,7 +25,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from wsrouter.config import Target
-from wsrouter.resolvers.base import Refuse, ResolveRequest, Unavailable, split_target
+from wsrouter.refusal import Refuse
+from wsrouter.resolvers.base import ResolveRequest, Unavailable, split_target
 
 log = Logger(namespace="wsrouter.resolvers")
 
@@ -89,6 +90,9 @@ class TokenRedis:
         self._reactor = reactor
         args = parse_redis_source(settings.source)
         self.namespace: str = args.pop("namespace")
+        #: Where the store is, for reasons and log lines (never the password).
+        self.where = f"{args['host']}:{args['port']}/{args['db']}"
+        self._password: str | None = args["password"]
         timeout = min(self.socket_timeout, settings.timeout)
         # No retries inside a lookup (redis-py 6 retries three times with backoff by default):
         # the client retries by connecting again, the pool reconnects when Redis is back.
@@ -101,8 +105,15 @@ class TokenRedis:
         try:
             value: bytes | None = self._client.get(key)  # type: ignore[assignment]
         except self._errors as e:
-            raise Unavailable(f"token store (Redis) unreachable: {type(e).__name__}") from None
+            raise Unavailable(f"token store (Redis {self.where}) unreachable: {self._reason(e)}") from None
         return value
+
+    def _reason(self, error: BaseException) -> str:
+        """redis-py's message (its kind when it has none), with the password, should it appear, hidden."""
+        text = " ".join(str(error).split()) or type(error).__name__
+        if self._password:
+            text = text.replace(self._password, "REDACTED")
+        return f"{type(error).__name__}: {text}" if text != type(error).__name__ else text
 
     def resolve(self, request: ResolveRequest) -> Any:
         if not request.token:
@@ -114,7 +125,7 @@ class TokenRedis:
     def _found(self, value: bytes | None) -> Target | None:
         if self._down:
             self._down = False
-            log.info("TokenRedis: Redis answers again")
+            log.info("TokenRedis: Redis {where} answers again", where=self.where)
         return None if value is None else parse_value(value)
 
     def _failed(self, reason: Any) -> Any:

@@ -23,10 +23,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wsrouter.config import Limits, PythonTarget, Route
-from wsrouter.handlers.api import Accept, HandlerContext, Refuse, Request
+from wsrouter.handlers.api import Accept, HandlerContext, Request
 from wsrouter.handlers.loader import HandlerLoadError, load_factory
 from wsrouter.handlers.session import HandlerLink
 from wsrouter.interfaces import Link, SessionInfo, TargetError
+from wsrouter.refusal import Refuse
 
 log = Logger(namespace="wsrouter.handlers")
 
