@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from wsrouter.cli.lower import options_to_raw
-from wsrouter.config import ConfigError, build_config
+from wsrouter.config import ConfigError, WrappedTarget, build_config
 
 
 def problems_of(raw: dict[str, object]) -> list[tuple[str, str]]:
@@ -55,3 +55,44 @@ def test_one_command_line_mistake_gives_one_problem(options, key):
     raw = options_to_raw({"wrap": "respawn", **options, "short_form": ["23001"],
                           "program": ["python3", "-m", "http.server"]})
     assert [k for k, _ in problems_of(raw)] == [key]
+
+
+# -- item 5: keys that would do nothing are errors ----------------------------------------
+
+
+@pytest.mark.parametrize("extra, key, says", [
+    ({"idle_stop": 5}, "idle_stop", 'applies only with start = "on-demand"'),
+    ({"idle_stop": 300}, "idle_stop", 'applies only with start = "on-demand"'),
+    ({"max_instances": 3}, "max_instances", 'applies only with mode = "per-session"'),
+    ({"ready_timeout": 2}, "ready_timeout", 'applies only with mode = "per-session" or start = "on-demand"'),
+    ({"command": ["srv", "--log", "/tmp/{session.id}.log"]}, "command", 'only with mode = "per-session"'),
+    ({"command": ["srv", "{query.player}", "{instance}"]}, "command", "uses {query.player}, {instance}"),
+])
+def test_instance_keys_that_do_nothing_are_refused(extra, key, says):
+    """Instance keys or a session field on a respawn program is an error naming where it applies."""
+    raw = {"programs": {"p": {"mode": "respawn", "command": ["srv"], **extra}},
+           "routes": [{"path": "/", "target": "program:p"}]}
+    problems = problems_of(raw)
+    assert [k for k, _ in problems] == [f"programs.p.{key}"] and says in problems[0][1]
+
+
+def test_instance_keys_that_apply_and_literal_braces_pass():
+    """The same keys pass where they apply, and {{ }} literal braces in a respawn command are no template."""
+    build_config({"programs": {"o": {"mode": "respawn", "start": "on-demand", "idle_stop": 5, "ready_timeout": 2,
+                                     "command": ["srv", "{{session.id}}"]},
+                               "s": {"mode": "per-session", "max_instances": 3, "ready_timeout": 2,
+                                     "command": ["srv", "{session.id}"]}},
+                  "routes": [{"path": "/o", "target": "program:o"}, {"path": "/s", "target": "program:s"}]})
+
+
+def test_a_respawn_program_built_in_python_is_held_to_the_same_rule():
+    """A WrappedTarget made in Python with a non-default idle_stop on a respawn program is refused too."""
+    with pytest.raises(ConfigError) as caught:
+        WrappedTarget("respawn", ("srv",), idle_stop=5, max_instances=3)
+    assert {k for k, _ in caught.value.problems} == {"idle_stop", "max_instances"}
+
+
+def test_wrap_idle_stop_without_on_demand_is_refused():
+    """--wrap respawn --wrap-idle-stop 5 is an error naming the key, not a silent no-op."""
+    raw = options_to_raw({"wrap": "respawn", "wrap-idle-stop": "5", "short_form": ["23001"], "program": ["srv"]})
+    assert [k for k, _ in problems_of(raw)] == ["programs.srv.idle_stop"]

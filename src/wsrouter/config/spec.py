@@ -25,6 +25,7 @@ import attrs
 from wsrouter.config.model import (
     DEFAULT_LISTENER,
     FRAMINGS,
+    INSTANCE_KEY_USE,
     PROGRAM_NAME,
     RECORD_OFF,
     WRAP_MODES,
@@ -60,6 +61,7 @@ from wsrouter.config.model import (
     WebRoot,
     WebSocketTarget,
     WrappedTarget,
+    unused_instance_keys,
 )
 
 TOP_KEYS = ("listen", "workers", "pass_env", "follow_program_port", "limits", "lifetime", "log", "web",
@@ -533,8 +535,12 @@ class _Builder:
             fields["sandbox"] = self.sandbox_named(values["sandbox"], f"{path}.sandbox")
             if fields["sandbox"] is None:
                 return
+        given = {key: key in values for key in INSTANCE_KEYS}
+        unused = unused_instance_keys(values["mode"], values.get("start"), given)
+        for key in unused:
+            self.add(f"{path}.{key}", INSTANCE_KEY_USE[key])
         fields.update({key: _number(values[key], key == "max_instances") if key != "start" else values[key]
-                       for key in INSTANCE_KEYS if key in values})
+                       for key in INSTANCE_KEYS if key in values and key not in unused})
         made = self.make(WrappedTarget, fields, path)
         if made is not None:
             self.programs[name] = made
@@ -965,6 +971,8 @@ def _instance_data(program: WrappedTarget) -> dict[str, Any]:
     """A program's L{INSTANCE_KEYS}; C{idle_stop} off is 0."""
     data = {key: getattr(program, key) for key in INSTANCE_KEYS}
     data["idle_stop"] = data["idle_stop"] or 0
+    for key in unused_instance_keys(program.mode, program.start, dict.fromkeys(INSTANCE_KEYS, True)):
+        del data[key]  # keys that do nothing for this program are refused
     return data
 
 
