@@ -7,10 +7,33 @@ the sandbox environment, and quiet UDP sessions.
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
+from twisted.internet.error import ProcessTerminated
+from twisted.internet.task import Clock
 
 from wsrouter.cli.lower import options_to_raw
-from wsrouter.config import ConfigError, WrappedTarget, build_config
+from wsrouter.config import ConfigError, Sandbox, WrappedTarget, build_config
+from wsrouter.process.instances import make_program
+from wsrouter.process.supervisor import Supervisor
+from wsrouter.process.wrapped import ProgramNotFound, WrappedProgram
+
+from .test_instance_pool import lease_of, session
+from .test_supervisor import FakeSystem
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A new 0700 directory with a short path (a Unix socket name must fit under it); removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="wt-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def problems_of(raw: dict[str, object]) -> list[tuple[str, str]]:
@@ -96,3 +119,57 @@ def test_wrap_idle_stop_without_on_demand_is_refused():
     """--wrap respawn --wrap-idle-stop 5 is an error naming the key, not a silent no-op."""
     raw = options_to_raw({"wrap": "respawn", "wrap-idle-stop": "5", "short_form": ["23001"], "program": ["srv"]})
     assert [k for k, _ in problems_of(raw)] == ["programs.srv.idle_stop"]
+
+
+# -- item 2: a failed start leaves no private socket directory -----------------------------
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="handing the directory to nobody needs root")
+def test_a_start_refused_by_the_sandbox_removes_its_private_directory(short_dir, monkeypatch):
+    """XDG_RUNTIME_DIR closed to the sandbox user: the start fails with 'cannot enter' and its directory is gone."""
+    runtime = short_dir
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    target = WrappedTarget("respawn", (sys.executable, "srv"), name="prog", sandbox=Sandbox(name="j", user="nobody"))
+    clock, system = Clock(), FakeSystem()
+    program = WrappedProgram(clock, target, supervisor=Supervisor(clock, spawner=system.spawn),
+                             environ={"PATH": os.defpath}, shim=__file__)
+    with pytest.raises(ProgramNotFound, match="cannot enter"):
+        program.start()
+    assert list(runtime.iterdir()) == [] and program.private_dir is None and system.spawned == []
+
+
+# -- item 1: an idle on-demand program is healthy -------------------------------------------
+
+
+def test_health_is_ok_for_idle_on_demand_and_per_session_programs_only():
+    """An on-demand program before its first client and a per-session one without sessions are 200; respawn down is 503."""
+    from wsrouter.gateway import Gateway
+    from wsrouter.ops.pages import OpsPages
+
+    clock, system = Clock(), FakeSystem()
+    supervisor = Supervisor(clock, spawner=system.spawn, signaller=system.signal_group)
+    idle = WrappedTarget("respawn", (sys.executable, "srv"), name="od", start="on-demand", idle_stop=5,
+                         socket="loopback")
+    pool = WrappedTarget("per-session", (sys.executable, "srv"), name="ps", socket="loopback")
+    always = WrappedTarget("respawn", (sys.executable, "srv"), name="web", socket="loopback")
+    programs = [make_program(clock, target, supervisor=supervisor, environ={"PATH": os.defpath}, shim=__file__)
+                for target in (idle, pool, always)]
+    for program in programs[:2]:
+        program.start()
+    pages = OpsPages(Gateway(build_config({"routes": ["/e=echo:"], "ops": {"healthz": "/h"}}), clock), clock)
+    pages.programs = lambda: programs
+    assert pages.health() == (503, "unhealthy: wrapped program web is not running\n")
+    programs[2].start()
+    assert pages.health() == (200, "ok\n")
+    lease = lease_of(programs[0].lease(session(idle)))  # type: ignore[attr-defined]
+    assert programs[0].running and pages.health() == (200, "ok\n")
+    system.exit(1, ProcessTerminated(exitCode=1))  # the on-demand program dies while a client holds it
+    assert pages.health() == (503, "unhealthy: wrapped program od is not running\n")
+    clock.advance(10)  # restarted (respawn)
+    assert len(system.spawned) == 3 and pages.health() == (200, "ok\n")
+    lease.release()
+    clock.advance(5)  # idle stop
+    system.exit(2, ProcessTerminated(signal=15))
+    clock.advance(1)
+    assert not programs[0].running and pages.health() == (200, "ok\n")
+    pages.stop()
