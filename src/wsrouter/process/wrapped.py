@@ -190,17 +190,20 @@ class WrappedProgram(ChildOwner):
             if self.private_dir is None or not os.path.isdir(self.private_dir):
                 self.private_dir = make_private_dir(self.name)
             clear_sockets(self.private_dir)
-        shim_env = shim_environment(self.target.ports, REPORT_FD, self.target.keep_env, base_env=preload,
-                                    shim=self._shim, private_dir=self.private_dir, protocol=self.target.protocol)
         try:
+            shim_env = shim_environment(self.target.ports, REPORT_FD, self.target.keep_env, base_env=preload,
+                                        shim=self._shim, private_dir=self.private_dir, protocol=self.target.protocol)
             if sandbox is None:
                 argv = spawn_arguments(command)
             else:
                 if self.private_dir is not None:
                     share_directory(self.private_dir, sandbox)
                 argv = sandbox_command(sandbox, command, defer_prefix=_DEFER_PREFIX)
-        except (SandboxError, OSError) as e:
-            raise ProgramNotFound(f"wrapped program {self.name}: {e}") from None
+        except Exception as e:
+            self._remove_private_dir(None)  # nothing runs to use it (a failed start must not leave it behind)
+            if isinstance(e, (SandboxError, OSError)):
+                raise ProgramNotFound(f"wrapped program {self.name}: {e}") from None
+            raise
         return Launch(sys.executable, tuple(argv), deferred_environment(base_env, shim_env),
                       {0: "w", 1: "r", 2: "r", REPORT_FD: "r"})
 
