@@ -7,6 +7,7 @@ the sandbox environment, and quiet UDP sessions.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import sys
@@ -142,7 +143,7 @@ def test_a_start_refused_by_the_sandbox_removes_its_private_directory(short_dir,
 
 
 def test_health_is_ok_for_idle_on_demand_and_per_session_programs_only():
-    """An on-demand program before its first client and a per-session one without sessions are 200; respawn down is 503."""
+    """Idle on-demand and session-less per-session programs are healthy (200); a respawn one that is down is 503."""
     from wsrouter.gateway import Gateway
     from wsrouter.ops.pages import OpsPages
 
@@ -173,3 +174,20 @@ def test_health_is_ok_for_idle_on_demand_and_per_session_programs_only():
     clock.advance(1)
     assert not programs[0].running and pages.health() == (200, "ok\n")
     pages.stop()
+
+
+# -- item 3: wsrouter check makes the sandbox start-up checks ------------------------------
+
+
+def test_check_refuses_a_sandbox_cwd_that_is_not_there(tmp_path):
+    """wsrouter check exits 1 naming sandbox.j.cwd for a missing directory, as serve does; an existing one passes."""
+    from wsrouter.cli.check import main_check
+
+    config = tmp_path / "c.toml"
+    route = '[[routes]]\npath = "/"\ntarget = "exec:cat"\nsandbox = "j"\n'
+    config.write_text(f'[sandbox.j]\ncwd = "{tmp_path}/nonexist"\n' + route)
+    out, err = io.StringIO(), io.StringIO()
+    assert main_check([str(config)], out, err) == 1
+    assert err.getvalue() == f"{config}: sandbox.j.cwd: no directory '{tmp_path}/nonexist' on this machine\n"
+    config.write_text(f'[sandbox.j]\ncwd = "{tmp_path}"\n' + route)
+    assert main_check([str(config)], io.StringIO(), io.StringIO()) == 0
