@@ -7,6 +7,7 @@ the sandbox environment, and quiet UDP sessions.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 from twisted.internet.error import ProcessTerminated
 from twisted.internet.task import Clock
+from websockets.exceptions import ConnectionClosed
 
 from wsrouter.cli.lower import options_to_raw
 from wsrouter.config import ConfigError, Sandbox, WrappedTarget, build_config
@@ -25,6 +27,7 @@ from wsrouter.process.instances import make_program
 from wsrouter.process.supervisor import Supervisor
 from wsrouter.process.wrapped import ProgramNotFound, WrappedProgram
 
+from .support import connect, router_process
 from .test_instance_pool import lease_of, session
 from .test_supervisor import FakeSystem
 
@@ -191,3 +194,25 @@ def test_check_refuses_a_sandbox_cwd_that_is_not_there(tmp_path):
     assert err.getvalue() == f"{config}: sandbox.j.cwd: no directory '{tmp_path}/nonexist' on this machine\n"
     config.write_text(f'[sandbox.j]\ncwd = "{tmp_path}"\n' + route)
     assert main_check([str(config)], io.StringIO(), io.StringIO()) == 0
+
+
+# -- item 7: the sandbox's env allowlist is exactly what the command gets ------------------
+
+
+def test_exec_in_a_sandbox_gets_only_the_allowlisted_environment(tmp_path, monkeypatch):
+    """With env = ["PATH", "HTTP_*"] and LANG set for the router, env(1) in the sandbox prints only PATH and HTTP_*."""
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    for name in ("LC_ALL", "LC_CTYPE"):
+        monkeypatch.delenv(name, raising=False)
+    config = tmp_path / "c.toml"
+    config.write_text('pass_env = ["PATH", "LANG"]\n[sandbox.j]\nenv = ["PATH", "HTTP_*"]\n'
+                      '[[routes]]\npath = "/env"\ntarget = "exec:env"\nsandbox = "j"\n')
+    with router_process(tmp_path, "--config", str(config)) as router, connect(router.url + "/env") as ws:
+        lines: list[str] = []  # one message per line of output
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                message = ws.recv(timeout=15)
+                lines.append(message.decode() if isinstance(message, bytes) else message)
+    names = {line.split("=", 1)[0] for line in lines if "=" in line}
+    assert "PATH" in names and "HTTP_HOST" in names
+    assert {name for name in names if name != "PATH" and not name.startswith("HTTP_")} == set()

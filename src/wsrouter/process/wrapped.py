@@ -50,10 +50,16 @@ _DEFER_PREFIX = "WSROUTER_SPAWN_"
 _TRAMPOLINE = f"""
 import os, sys
 os.setsid()
-for key in [k for k in os.environ if k.startswith({_DEFER_PREFIX!r})]:
-    os.environ[key[{len(_DEFER_PREFIX)}:]] = os.environ.pop(key)
+try:  # the environment given, without what the interpreter added (LC_CTYPE, PEP 538)
+    with open("/proc/self/environ", "rb") as f:
+        env = {{os.fsdecode(k): os.fsdecode(v) for k, _, v in
+               (item.partition(b"=") for item in f.read().split(b"\\0") if b"=" in item)}}
+except OSError:
+    env = dict(os.environ)
+for key in [k for k in env if k.startswith({_DEFER_PREFIX!r})]:
+    env[key[{len(_DEFER_PREFIX)}:]] = env.pop(key)
 try:
-    os.execvp(sys.argv[1], sys.argv[1:])
+    os.execvpe(sys.argv[1], sys.argv[1:], env)
 except OSError as e:
     sys.stderr.write("cannot run %s: %s\\n" % (sys.argv[1], e.strerror))
     os._exit(127)
