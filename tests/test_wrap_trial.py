@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -216,3 +217,50 @@ def test_exec_in_a_sandbox_gets_only_the_allowlisted_environment(tmp_path, monke
     names = {line.split("=", 1)[0] for line in lines if "=" in line}
     assert "PATH" in names and "HTTP_HOST" in names
     assert {name for name in names if name != "PATH" and not name.startswith("HTTP_")} == set()
+
+
+# -- item 8: systemd without LISTEN_FDNAMES says so -----------------------------------------
+
+
+@pytest.mark.parametrize("environ, says", [
+    ({"LISTEN_FDS": "1"}, "systemd passed 1 socket(s) but no LISTEN_FDNAMES, which Twisted needs to adopt them: "
+                          "give systemd-socket-activate --fdname NAME (in a .socket unit: FileDescriptorName=NAME)"),
+    ({}, "systemd passed no socket"),
+    ({"LISTEN_FDS": "1", "LISTEN_FDNAMES": "web"}, "no such socket among the 1 systemd passed (LISTEN_FDNAMES=web"),
+])
+def test_systemd_listener_problems_say_what_is_missing(environ, says):
+    """A systemd: listener with no socket, no LISTEN_FDNAMES or a wrong name gets one line saying which."""
+    from wsrouter.preflight import systemd_problem
+
+    env = {**environ, "LISTEN_PID": str(os.getpid())} if environ else {}
+    problem = systemd_problem("systemd:domain=INET:index=0", env)
+    assert problem is not None and says in problem and "\n" not in problem
+
+
+@pytest.mark.skipif(shutil.which("systemd-socket-activate") is None, reason="systemd-socket-activate not installed")
+def test_socket_activation_without_fdname_says_how_to_set_it(tmp_path):
+    """systemd-socket-activate without --fdname: the router's start-up error names LISTEN_FDNAMES and --fdname."""
+    import socket
+    import subprocess
+
+    from .support import PYTHON, REPO, child_env, free_port
+
+    port = free_port()
+    env = child_env()
+    process = subprocess.Popen(
+        [str(shutil.which("systemd-socket-activate")), f"--listen=127.0.0.1:{port}",
+         f"--setenv=PYTHONPATH={env['PYTHONPATH']}", "--", PYTHON, "-m", "wsrouter",
+         "--listen", "systemd:domain=INET:index=0", "--route", "/e=echo:"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    try:
+        for _ in range(300):  # it binds at once; the router starts with the first connection
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=5):
+                break
+            time.sleep(0.05)
+        status = process.wait(30)  # the router refuses to start (exit status 2, as for any config error)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+        output = process.communicate(timeout=15)[0].decode(errors="replace")
+    assert status != 0 and "but no LISTEN_FDNAMES" in output and "--fdname NAME" in output, output
+    assert "list index out of range" not in output
