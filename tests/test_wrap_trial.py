@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -264,3 +266,36 @@ def test_socket_activation_without_fdname_says_how_to_set_it(tmp_path):
         output = process.communicate(timeout=15)[0].decode(errors="replace")
     assert status != 0 and "but no LISTEN_FDNAMES" in output and "--fdname NAME" in output, output
     assert "list index out of range" not in output
+
+
+# -- item 9: a UDP session logs no Twisted port lines ---------------------------------------
+
+
+def test_udp_sessions_log_no_twisted_port_lines(tmp_path):
+    """Sessions to a private and a loopback UDP program and a udp:// target leave no 'starting on'/'protocol' lines."""
+    from .test_udp_wrap import held_udp_port, udp_server
+
+    with held_udp_port() as (_, port), held_udp_port() as (echo, echo_port):
+        config = tmp_path / "c.toml"
+        config.write_text(
+            "".join(f'[programs.{where}]\nmode = "respawn"\ncommand = {json.dumps(udp_server(port, "--banner", "u:"))}'
+                    f'\nprotocol = "udp"\nsocket = "{where}"\n' for where in ("private", "loopback"))
+            + "".join(f'[[routes]]\npath = "/{name}"\ntarget = "program:{name}"\n' for name in ("private", "loopback"))
+            + f'[[routes]]\npath = "/udp"\ntarget = "udp://127.0.0.1:{echo_port}"\n')
+        echo.settimeout(15)
+        with router_process(tmp_path, "--config", str(config)) as router:
+            for where in ("private", "loopback", "private"):
+                with connect(f"{router.url}/{where}") as ws:
+                    ws.send(b"hi")
+                    assert ws.recv(timeout=15) == b"u:hi"
+            with connect(f"{router.url}/udp") as ws:
+                ws.send(b"ping")
+                data, sender = echo.recvfrom(100)
+                echo.sendto(b"pong:" + data, sender)
+                assert ws.recv(timeout=15) == b"pong:ping"
+            time.sleep(0.5)  # the ports of the closed sessions are closed a reactor turn later
+            log = router.log()
+    assert log.count("session") >= 4, log  # the sessions are logged (so the log is the right one)
+    noise = [line for line in log.splitlines()
+             if re.search(r"Link.* starting on|Starting protocol|Stopping protocol|Port .* Closed\)", line)]
+    assert noise == [], log
