@@ -213,6 +213,9 @@ class WrappedProgram(ChildOwner):
         return Launch(sys.executable, tuple(argv), deferred_environment(base_env, shim_env),
                       {0: "w", 1: "r", 2: "r", REPORT_FD: "r"})
 
+    def child_spawn_failed(self, child: Child, error: Exception) -> None:
+        self._remove_private_dir(None)  # made for a run that never came
+
     def child_started(self, child: Child) -> None:
         log.info("started {name} (pid {pid}, {mode} mode): {command}", name=self.name, pid=child.pid,
                  mode=self.target.mode, command=shlex.join(self.target.argv))
