@@ -7,19 +7,24 @@ The real processes are in tests/test_instances.py.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from twisted.internet.error import ProcessTerminated
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from wsrouter.config import Route, WrappedTarget
 from wsrouter.interfaces import SessionInfo
+from wsrouter.process import wrapped
 from wsrouter.process.instances import InstancePool, Lease, OnDemandProgram, make_program
 from wsrouter.process.supervisor import Supervisor
 from wsrouter.process.wrapped import WrappedProgram
+from wsrouter.rebind.private import make_private_dir, remove_private_dir
 
 from .test_supervisor import FakeSystem
 
@@ -45,6 +50,27 @@ def failure_of(deferred: Any) -> Failure:
     deferred.addBoth(results.append)
     assert results and isinstance(results[0], Failure), results
     return results[0]
+
+
+@pytest.fixture(autouse=True)
+def private_dirs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """
+    The private socket directories this test's programs make.  The fake
+    processes here never exit unless told, so a program left running keeps
+    its directory, as it would for real; those are removed afterwards
+    (only these: never others' directories by pattern).
+    """
+    made_dirs: list[str] = []
+
+    def recording(name: str) -> str:
+        path = make_private_dir(name)
+        made_dirs.append(path)
+        return path
+
+    monkeypatch.setattr(wrapped, "make_private_dir", recording)
+    yield made_dirs
+    for path in made_dirs:
+        remove_private_dir(path)
 
 
 def made(target: WrappedTarget) -> tuple[Clock, FakeSystem, WrappedProgram]:
@@ -86,7 +112,7 @@ def test_pool_refuses_bad_query_values_with_400_and_starts_nothing():
     assert system.spawned == []
 
 
-def test_pool_stop_stops_every_instance_and_refuses_new_ones():
+def test_pool_stop_stops_every_instance_and_refuses_new_ones(private_dirs):
     """Stopping the pool signals every instance's group and later leases get 503."""
     target = WrappedTarget("per-session", (sys.executable, "srv"), name="g")
     clock, system, pool = made(target)
@@ -100,6 +126,7 @@ def test_pool_stop_stops_every_instance_and_refuses_new_ones():
         system.exit(index, ProcessTerminated(signal=signal.SIGTERM))
     clock.advance(0.1)
     assert stopped and pool.instances == {}
+    assert len(private_dirs) == 3 and not any(os.path.exists(path) for path in private_dirs)
 
 
 def test_instance_exiting_before_bind_fails_its_waiter_with_502():
@@ -130,7 +157,7 @@ def test_on_demand_starts_with_first_lease_and_stops_after_idle():
     assert system.group_signals == [(system.spawned[0][1].pid, signal.SIGTERM)]
 
 
-def test_on_demand_lease_during_idle_stop_waits_for_it_then_starts_again():
+def test_on_demand_lease_during_idle_stop_waits_for_it_then_starts_again(private_dirs):
     """A lease while an idle stop is under way fires only once the old run is gone and a new one is spawned."""
     target = WrappedTarget("respawn", (sys.executable, "srv"), name="od", start="on-demand", idle_stop=5)
     clock, system, program = made(target)
@@ -142,6 +169,7 @@ def test_on_demand_lease_during_idle_stop_waits_for_it_then_starts_again():
     system.exit(0, ProcessTerminated(signal=signal.SIGTERM))
     clock.advance(1)
     assert len(system.spawned) == 2 and results and isinstance(results[0], Lease)
+    assert len(private_dirs) == 2 and not os.path.exists(private_dirs[0])  # the idle-stopped run's is removed
 
 
 def test_idle_stop_off_keeps_the_program():
@@ -169,3 +197,26 @@ def test_on_demand_ignore_mode_forgets_the_address_after_an_idle_stop():
     waiting: list[Any] = []
     program.when_ready(30).addBoth(waiting.append)
     assert waiting == [] and len(system.spawned) == 2
+
+
+def test_instance_exiting_before_bind_is_released_and_its_directory_removed(private_dirs):
+    """The session's release of an instance that already exited removes its private directory at once."""
+    target = WrappedTarget("per-session", (sys.executable, "srv"), name="g")
+    _clock, system, pool = made(target)
+    lease = lease_of(pool.lease(session(target)))
+    system.exit(0, ProcessTerminated(exitCode=3))
+    assert os.path.isdir(private_dirs[0])
+    lease.release()
+    assert not os.path.exists(private_dirs[0]) and pool.instances == {}
+
+
+def test_a_failed_spawn_removes_the_private_directory(private_dirs):
+    """When spawning the program fails (fork refused), its new private directory is removed."""
+    target = WrappedTarget("respawn", (sys.executable, "srv"), name="w")
+    clock, system = Clock(), FakeSystem()
+    supervisor = Supervisor(clock, spawner=system.spawn, signaller=system.signal_group)
+    program = make_program(clock, target, supervisor=supervisor, environ=ENV, shim=SHIM)
+    system.fail_next = True
+    with pytest.raises(OSError):
+        program.start()
+    assert len(private_dirs) == 1 and not os.path.exists(private_dirs[0]) and program.private_dir is None

@@ -323,7 +323,8 @@ def test_ready_timeout_must_be_within_the_handshake():
     with pytest.raises(ConfigError, match=r"programs\.p\.ready_timeout: must be less than limits.handshake_timeout"):
         build_config(raw)
     raw["programs"]["p"]["mode"] = "respawn"  # a program started with the router is not waited for that way
-    assert build_config(raw).programs[0].ready_timeout == 5
+    with pytest.raises(ConfigError, match=r"programs\.p\.ready_timeout: applies only with mode = \"per-session\""):
+        build_config(raw)
 
 
 def test_command_line_options():

@@ -79,7 +79,47 @@ def check_listeners(listeners: Iterable[str]) -> Iterator[Problem]:
             # ssl: endpoints read their certificate files while parsing.
             yield f"listen[{index}]", f"cannot load the certificate of {description!r}: {ssl_reason(e)}"
         except (ValueError, KeyError, TypeError, IndexError) as e:
-            yield f"listen[{index}]", f"not a Twisted endpoint string ({description!r}: {e or type(e).__name__})"
+            systemd = systemd_problem(description) if isinstance(e, (KeyError, IndexError)) else None
+            yield f"listen[{index}]", systemd or (
+                f"not a Twisted endpoint string ({description!r}: {e or type(e).__name__})")
+
+
+def initial_environment() -> dict[str, str]:
+    """
+    The environment this process was started with (C{/proc/self/environ}):
+    Twisted removes C{LISTEN_FDS} and C{LISTEN_PID} from C{os.environ} when
+    it reads them.  C{os.environ} where C{/proc} cannot be read.
+    """
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            items = [item.partition(b"=") for item in f.read().split(b"\0") if b"=" in item]
+    except OSError:
+        return dict(os.environ)
+    return {os.fsdecode(key): os.fsdecode(value) for key, _, value in items}
+
+
+def systemd_problem(description: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """
+    Why a C{systemd:} listener names no socket systemd passed, in one line
+    (Twisted's own error is an C{IndexError} or C{KeyError}); C{None} for
+    other listeners.
+
+    @param environ: the environment the router started with (default
+        L{initial_environment}).
+    """
+    if not description.startswith("systemd:"):
+        return None
+    env = initial_environment() if environ is None else environ
+    count = env.get("LISTEN_FDS", "")
+    if env.get("LISTEN_PID") != str(os.getpid()) or not count.isdigit() or int(count) == 0:
+        return (f"{description!r}: systemd passed no socket (LISTEN_FDS and LISTEN_PID are not set for this "
+                "process): start the router from a .socket unit or with systemd-socket-activate")
+    names = env.get("LISTEN_FDNAMES")
+    if not names:
+        return (f"{description!r}: systemd passed {count} socket(s) but no LISTEN_FDNAMES, which Twisted needs to "
+                "adopt them: give systemd-socket-activate --fdname NAME (in a .socket unit: FileDescriptorName=NAME)")
+    return (f"{description!r}: no such socket among the {count} systemd passed (LISTEN_FDNAMES={names}; "
+            "index counts from 0)")
 
 
 def check_web_root(config: RouterConfig) -> Iterator[Problem]:

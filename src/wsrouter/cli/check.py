@@ -10,8 +10,9 @@ from typing import TextIO
 
 from twisted.python import usage
 
-from wsrouter.config import ConfigError, load_config, to_data
+from wsrouter.config import ConfigError, RouterConfig, load_config, to_data
 from wsrouter.config.emit import dumps
+from wsrouter.process.sandbox import sandbox_problems
 from wsrouter.resolvers import check_resolvers
 
 
@@ -19,7 +20,9 @@ class CheckOptions(usage.Options):
     synopsis = "Usage: wsrouter check FILE"
     longdesc = ("Check a wsrouter configuration file (TOML). Prints the configuration with every default "
                 "filled in and exits 0, or lists every problem as FILE: key.path: problem and exits 1. "
-                "Checks that need the file system (does the web root exist?) are made when the router starts.")
+                "The sandboxes and resolvers are checked as at start-up (users, cwd, the shim readable by their "
+                "user; token sources, templates); other "
+                "checks that need the file system (does the web root exist?) are made when the router starts.")
 
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
@@ -29,6 +32,21 @@ class CheckOptions(usage.Options):
 
     def parseArgs(self, path: str) -> None:  # type: ignore[override]
         self["path"] = path
+
+
+def machine_checks(config: RouterConfig, source: str) -> None:
+    """
+    The start-up checks C{check} makes too, so a file check passes only
+    when serve would start: the sandboxes (a C{cwd} that is not there, a
+    user the router cannot switch to), as docs/sandbox.md says, and the
+    resolvers' sources (a template that makes no target, a token file that
+    is not there).
+
+    @raise ConfigError: listing them.
+    """
+    problems = [*sandbox_problems(config), *check_resolvers(config)]
+    if problems:
+        raise ConfigError(problems, source)
 
 
 def main_check(argv: list[str], stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
@@ -50,11 +68,7 @@ def main_check(argv: list[str], stdout: TextIO | None = None, stderr: TextIO | N
         return 2
     try:
         config = load_config(options["path"], {})
-        # A resolver's source is checked as start-up does (a template that makes no target, a token file
-        # that is not there): a file check passes only when serve would start.
-        resolver_problems = check_resolvers(config)
-        if resolver_problems:
-            raise ConfigError(resolver_problems, options["path"])
+        machine_checks(config, options["path"])
     except ConfigError as e:
         err.write(str(e) + "\n")
         return 1

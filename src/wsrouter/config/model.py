@@ -18,13 +18,13 @@ import math
 import pwd
 import re
 import shlex
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeAlias
 
 from attrs import Factory, field, frozen
 
 from wsrouter.clientcert import name_problem
-from wsrouter.config.template import template_problems
+from wsrouter.config.template import template_fields, template_problems
 from wsrouter.policy import ORIGIN_SAME, htpasswd_line_problem, network_problem, origin_policy_problem
 
 MiB = 1024 * 1024
@@ -535,10 +535,35 @@ def _check_instances(checks: _Checks, target: WrappedTarget) -> None:
     _check_positive(checks, "idle_stop", target.idle_stop, optional=True)
     _check_positive(checks, "ready_timeout", target.ready_timeout)
     _check_positive(checks, "max_instances", target.max_instances, integer=True)
-    if target.mode == "per-session" and isinstance(target.argv, tuple) \
-            and all(isinstance(a, str) for a in target.argv):
-        for problem in template_problems(target.argv):
-            checks.add("command", problem)
+    for key in unused_instance_keys(target.mode, target.start, {
+            "idle_stop": target.idle_stop != DEFAULT_IDLE_STOP, "ready_timeout": target.ready_timeout !=
+            DEFAULT_READY_TIMEOUT, "max_instances": target.max_instances != DEFAULT_MAX_INSTANCES}):
+        checks.add(key, INSTANCE_KEY_USE[key])
+    if isinstance(target.argv, tuple) and all(isinstance(a, str) for a in target.argv):
+        if target.mode == "per-session":
+            for problem in template_problems(target.argv):
+                checks.add("command", problem)
+        elif used := template_fields(target.argv):
+            checks.add("command", f"uses {', '.join('{' + name + '}' for name in used)}, filled in only with "
+                       f"mode = \"per-session\" (each session's own instance); mode {target.mode!r} runs the "
+                       "command as written (write {{ and }} for literal braces)")
+
+
+#: When each instance key applies, for the error that it is given where it does nothing.
+INSTANCE_KEY_USE = {
+    "idle_stop": "applies only with start = \"on-demand\" (it stops an on-demand program after that long "
+                 "without a session); leave it out",
+    "ready_timeout": "applies only with mode = \"per-session\" or start = \"on-demand\" (how long a client "
+                     "waits for the program it started to bind); leave it out",
+    "max_instances": "applies only with mode = \"per-session\" (instances running at once); leave it out",
+}
+
+
+def unused_instance_keys(mode: object, start: object, given: Mapping[str, bool]) -> list[str]:
+    """Of the instance keys C{given} (name: given or not), those doing nothing for a program's C{mode}, C{start}."""
+    on_demand, per_session = start == "on-demand", mode == "per-session"
+    applies = {"idle_stop": on_demand, "ready_timeout": on_demand or per_session, "max_instances": per_session}
+    return [key for key, used in applies.items() if given.get(key) and not used]
 
 
 @frozen

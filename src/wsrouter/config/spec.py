@@ -25,6 +25,7 @@ import attrs
 from wsrouter.config.model import (
     DEFAULT_LISTENER,
     FRAMINGS,
+    INSTANCE_KEY_USE,
     PROGRAM_NAME,
     RECORD_OFF,
     WRAP_MODES,
@@ -60,6 +61,7 @@ from wsrouter.config.model import (
     WebRoot,
     WebSocketTarget,
     WrappedTarget,
+    unused_instance_keys,
 )
 
 TOP_KEYS = ("listen", "workers", "pass_env", "follow_program_port", "limits", "lifetime", "log", "web",
@@ -417,6 +419,11 @@ class _Builder:
         self.programs: dict[str, WrappedTarget] = {}
         self.inline: list[WrappedTarget] = []
         self.sandboxes: dict[str, Sandbox] = {}
+        #: Program and sandbox tables already reported as wrong: a reference
+        #: to one is not reported again (only the real problem is listed).
+        self.failed: set[tuple[str, str]] = set()
+        #: References to those tables met so far (each fails its entry, unreported).
+        self.skipped = 0
 
     def add(self, key: str, problem: str) -> None:
         self.problems.append((key, problem))
@@ -507,6 +514,7 @@ class _Builder:
         if not PROGRAM_NAME.fullmatch(name):
             self.add(path, "a program name must be letters, digits, '_', '.' or '-'")
             return
+        self.failed.add(("programs", name))  # until it is made
         values = self.table(raw, path, PROGRAM_KEYS)
         if values is None:
             return
@@ -534,11 +542,18 @@ class _Builder:
             fields["protocol"] = values["protocol"]
         if "sandbox" in values:
             fields["sandbox"] = self.sandbox_named(values["sandbox"], f"{path}.sandbox")
+            if fields["sandbox"] is None:
+                return
+        given = {key: key in values for key in INSTANCE_KEYS}
+        unused = unused_instance_keys(values["mode"], values.get("start"), given)
+        for key in unused:
+            self.add(f"{path}.{key}", INSTANCE_KEY_USE[key])
         fields.update({key: _number(values[key], key == "max_instances") if key != "start" else values[key]
-                       for key in INSTANCE_KEYS if key in values})
+                       for key in INSTANCE_KEYS if key in values and key not in unused})
         made = self.make(WrappedTarget, fields, path)
         if made is not None:
             self.programs[name] = made
+            self.failed.discard(("programs", name))
 
     def sandbox_tables(self, raw: Any) -> None:
         """The C{[sandbox.NAME]} tables, kept by name for programs and routes to refer to."""
@@ -547,14 +562,18 @@ class _Builder:
             return
         for name, table in raw.items():
             values = self.table(table, f"sandbox.{name}", SANDBOX_KEYS)
-            if values is not None:
-                made = self.make(Sandbox, {"name": str(name), **values}, f"sandbox.{name}")
-                if made is not None:
-                    self.sandboxes[str(name)] = made
+            made = None if values is None else self.make(Sandbox, {"name": str(name), **values}, f"sandbox.{name}")
+            if made is not None:
+                self.sandboxes[str(name)] = made
+            else:
+                self.failed.add(("sandbox", str(name)))
 
     def sandbox_named(self, name: Any, path: str) -> Sandbox | None:
         if isinstance(name, str) and name in self.sandboxes:
             return self.sandboxes[name]
+        if ("sandbox", str(name)) in self.failed:
+            self.skipped += 1
+            return None
         self.add(path, f"no sandbox {name!r} in [sandbox]{_did_you_mean(str(name), list(self.sandboxes))}")
         return None
 
@@ -584,6 +603,9 @@ class _Builder:
             name = stripped[len("program:"):]
             if name in self.programs:
                 return self.programs[name]
+            if ("programs", name) in self.failed:
+                self.skipped += 1
+                return None
             self.add(path, f"no program {name!r} in [programs]{_did_you_mean(name, list(self.programs))}")
             return None
         try:
@@ -608,7 +630,7 @@ class _Builder:
         values = self.table(raw, path, ROUTE_KEYS)
         if values is None:
             return None
-        failed = len(self.problems)
+        failed, skipped = len(self.problems), self.skipped
         if "path" not in values:
             self.add(f"{path}.path", "required")
         if "target" not in values and "targets" not in values:
@@ -663,7 +685,7 @@ class _Builder:
                 self.add(f"{path}.sandbox", "is only for exec: targets (a wrapped program names its sandbox itself)")
         self.balance(values, fields, path)
         self.pty_target(values, fields, path)
-        if len(self.problems) > failed:
+        if len(self.problems) > failed or self.skipped > skipped:
             return None
         made: Route | None = self.make(Route, fields, path)
         return made
@@ -971,6 +993,8 @@ def _instance_data(program: WrappedTarget) -> dict[str, Any]:
     """A program's L{INSTANCE_KEYS}; C{idle_stop} off is 0."""
     data = {key: getattr(program, key) for key in INSTANCE_KEYS}
     data["idle_stop"] = data["idle_stop"] or 0
+    for key in unused_instance_keys(program.mode, program.start, dict.fromkeys(INSTANCE_KEYS, True)):
+        del data[key]  # keys that do nothing for this program are refused
     return data
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-__all__ = ["QUERY_VALUE", "TemplateError", "render_argv", "template_problems"]
+__all__ = ["QUERY_VALUE", "TemplateError", "render_argv", "template_fields", "template_problems"]
 
 #: What a C{{query.NAME}} value must be: a letter or digit, then up to 63
 #: letters, digits, C{_} or C{-}.
@@ -44,6 +44,16 @@ def _fields(argument: str) -> list[str | None]:
             continue
         found.append(match.group(1) or None)
     return found
+
+
+def template_fields(argv: Sequence[str]) -> list[str]:
+    """The session fields (C{{session.id}}, C{{query.NAME}}, ...) C{argv} uses, in order, each once."""
+    used: list[str] = []
+    for argument in argv:
+        for name in _fields(argument):
+            if name is not None and (name in _FIXED or _QUERY_NAME.fullmatch(name)) and name not in used:
+                used.append(name)
+    return used
 
 
 def template_problems(argv: Sequence[str]) -> list[str]:

@@ -5,7 +5,8 @@ The operator's pages on the router's own port, at the paths of C{[ops]}
   - C{metrics}: Prometheus text format (L{wsrouter.ops.metrics});
   - C{healthz}: C{200 ok} while serving; C{503} and the reasons while the
     router shuts down, refuses sessions for want of file descriptors, or a
-    C{respawn} wrapped program is not running;
+    C{respawn} wrapped program is not running (an idle on-demand one is
+    not expected to);
   - C{status}: the status page, C{STATUS/live} its WebSocket feed,
     C{STATUS/watch/ID} a session's watch page and WebSocket.
 
@@ -144,7 +145,7 @@ class OpsPages:
         if guard is not None and guard.refusing:
             problems.append("refusing sessions: too few file descriptors left")
         for program in self.programs():
-            if program.target.mode == "respawn" and not program.running:
+            if _should_run(program) and not program.running:
                 problems.append(f"wrapped program {program.name} is not running")
         if problems:
             return 503, "unhealthy: " + "; ".join(problems) + "\n"
@@ -152,6 +153,19 @@ class OpsPages:
 
     def stop(self) -> None:
         self.status.stop()
+
+
+def _should_run(program: Any) -> bool:
+    """
+    Whether a wrapped program that is not running is a fault: a respawn
+    one started with the router, or an on-demand one while it has
+    sessions.  An idle on-demand program (before its first client, after
+    an idle stop) is not running by design; per-session ones run only
+    with their sessions.
+    """
+    if program.target.mode != "respawn":
+        return False
+    return getattr(program.target, "start", "always") != "on-demand" or getattr(program, "sessions", 0) > 0
 
 
 class _Text(Resource):

@@ -46,12 +46,20 @@ argv = sys.argv[2:]
 def die(what, e):
     sys.stderr.write("wsrouter sandbox: cannot %s: %s\n" % (what, getattr(e, "strerror", None) or e))
     os._exit(126)
+# The environment this process was given, not os.environ: the interpreter adds to
+# that (LC_CTYPE=C.UTF-8 when no locale is set: PEP 538), and the program gets exactly it.
+try:
+    with open("/proc/self/environ", "rb") as f:
+        given = [item.partition(b"=") for item in f.read().split(b"\0") if b"=" in item]
+    env = {os.fsdecode(k): os.fsdecode(v) for k, _, v in given}
+except OSError:
+    env = dict(os.environ)
 if spec["setsid"]:
     os.setsid()
 prefix = spec["defer"]
 if prefix:
-    for key in [k for k in os.environ if k.startswith(prefix)]:
-        os.environ[key[len(prefix):]] = os.environ.pop(key)
+    for key in [k for k in env if k.startswith(prefix)]:
+        env[key[len(prefix):]] = env.pop(key)
 for name, value in spec["limits"]:
     try:
         resource.setrlimit(getattr(resource, name), (value, value))
@@ -75,7 +83,7 @@ try:
 except OSError as e:
     die("enter %s" % spec["cwd"], e)
 try:
-    os.execvp(argv[0], argv)
+    os.execvpe(argv[0], argv, env)
 except Exception as e:  # OSError; anything else still gets the one-line form
     die("run %s" % argv[0], e)
 """

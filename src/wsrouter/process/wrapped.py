@@ -50,10 +50,16 @@ _DEFER_PREFIX = "WSROUTER_SPAWN_"
 _TRAMPOLINE = f"""
 import os, sys
 os.setsid()
-for key in [k for k in os.environ if k.startswith({_DEFER_PREFIX!r})]:
-    os.environ[key[{len(_DEFER_PREFIX)}:]] = os.environ.pop(key)
+try:  # the environment given, without what the interpreter added (LC_CTYPE, PEP 538)
+    with open("/proc/self/environ", "rb") as f:
+        env = {{os.fsdecode(k): os.fsdecode(v) for k, _, v in
+               (item.partition(b"=") for item in f.read().split(b"\\0") if b"=" in item)}}
+except OSError:
+    env = dict(os.environ)
+for key in [k for k in env if k.startswith({_DEFER_PREFIX!r})]:
+    env[key[{len(_DEFER_PREFIX)}:]] = env.pop(key)
 try:
-    os.execvp(sys.argv[1], sys.argv[1:])
+    os.execvpe(sys.argv[1], sys.argv[1:], env)
 except OSError as e:
     sys.stderr.write("cannot run %s: %s\\n" % (sys.argv[1], e.strerror))
     os._exit(127)
@@ -190,19 +196,25 @@ class WrappedProgram(ChildOwner):
             if self.private_dir is None or not os.path.isdir(self.private_dir):
                 self.private_dir = make_private_dir(self.name)
             clear_sockets(self.private_dir)
-        shim_env = shim_environment(self.target.ports, REPORT_FD, self.target.keep_env, base_env=preload,
-                                    shim=self._shim, private_dir=self.private_dir, protocol=self.target.protocol)
         try:
+            shim_env = shim_environment(self.target.ports, REPORT_FD, self.target.keep_env, base_env=preload,
+                                        shim=self._shim, private_dir=self.private_dir, protocol=self.target.protocol)
             if sandbox is None:
                 argv = spawn_arguments(command)
             else:
                 if self.private_dir is not None:
                     share_directory(self.private_dir, sandbox)
                 argv = sandbox_command(sandbox, command, defer_prefix=_DEFER_PREFIX)
-        except (SandboxError, OSError) as e:
-            raise ProgramNotFound(f"wrapped program {self.name}: {e}") from None
+        except Exception as e:
+            self._remove_private_dir(None)  # nothing runs to use it (a failed start must not leave it behind)
+            if isinstance(e, (SandboxError, OSError)):
+                raise ProgramNotFound(f"wrapped program {self.name}: {e}") from None
+            raise
         return Launch(sys.executable, tuple(argv), deferred_environment(base_env, shim_env),
                       {0: "w", 1: "r", 2: "r", REPORT_FD: "r"})
+
+    def child_spawn_failed(self, child: Child, error: Exception) -> None:
+        self._remove_private_dir(None)  # made for a run that never came
 
     def child_started(self, child: Child) -> None:
         log.info("started {name} (pid {pid}, {mode} mode): {command}", name=self.name, pid=child.pid,

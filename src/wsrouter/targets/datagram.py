@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -22,6 +23,8 @@ from twisted.internet.error import MessageLengthError
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import ConnectedDatagramProtocol, DatagramProtocol
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import LogLevel
+from twisted.python import log
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -50,10 +53,32 @@ class _ReadingProducer:
         self._port.stopReading()
 
 
+def quietly(open_port: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """
+    C{open_port(*args, **kwargs)} with the lines Twisted logs for every new
+    datagram port (C{<class ...> starting on ...}) at debug level: a session
+    opens one, so at info they would be lines per session.
+    """
+    return log.callWithContext({"log_level": LogLevel.debug}, open_port, *args, **kwargs)
+
+
+def _stop_quietly(port: Any) -> None:
+    """
+    What C{port.stopListening()} does (stop reading now, close the socket a
+    reactor turn later), with Twisted's C{(Port ... Closed)} line at debug
+    level as well.
+    """
+    if port.connected:
+        port.stopReading()
+        port.reactor.callLater(0, quietly, port.connectionLost)
+
+
 class _DatagramLinkBase:
     """Shared behaviour of UDP and Unix datagram links."""
 
     message_oriented = True
+    #: No "Starting protocol"/"Stopping protocol" line per session.
+    noisy = False
 
     def __init__(self, description: str) -> None:
         self.description = description
@@ -103,7 +128,7 @@ class _DatagramLinkBase:
     abort = close
 
     def _stop(self) -> None:
-        self.transport.stopListening()
+        _stop_quietly(self.transport)
 
     def _lose(self, problem: str) -> None:
         if not self._lost:
@@ -160,7 +185,7 @@ class UnixDatagramLink(_DatagramLinkBase, ConnectedDatagramProtocol):
             self._lose(problem)
 
     def _stop(self) -> None:
-        self.transport.stopListening()
+        _stop_quietly(self.transport)
         self._remove_directory()
 
     def _remove_directory(self) -> None:
@@ -206,7 +231,7 @@ class DatagramConnector:
         if ipaddress.ip_address(address).is_loopback:
             interface = "::1" if ":" in address else "127.0.0.1"
         try:
-            self._reactor.listenUDP(0, link, interface=interface, maxPacketSize=MAX_DATAGRAM)
+            quietly(self._reactor.listenUDP, 0, link, interface=interface, maxPacketSize=MAX_DATAGRAM)
         except Exception as e:  # CannotListenError and socket errors alike
             raise TargetError(f"cannot open a UDP socket for {target.describe()}: {e}", 502) from e
         return link.ready
@@ -214,8 +239,6 @@ class DatagramConnector:
     def _open_unix(self, target: UnixDatagramTarget) -> Deferred[Link]:
         directory = tempfile.mkdtemp(prefix="wsrouter-dgram-")
         link = UnixDatagramLink(target.describe(), directory)
-        self._reactor.connectUNIXDatagram(
-            target.path, link, maxPacketSize=MAX_DATAGRAM, mode=0o600,
-            bindAddress=os.path.join(directory, "s"),
-        )
+        quietly(self._reactor.connectUNIXDatagram, target.path, link, maxPacketSize=MAX_DATAGRAM, mode=0o600,
+                bindAddress=os.path.join(directory, "s"))
         return link.ready

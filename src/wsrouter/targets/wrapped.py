@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from wsrouter.config import TcpTarget, UdpTarget, UnixTarget, WrappedTarget
 from wsrouter.interfaces import Link, SessionInfo, TargetError
 from wsrouter.rebind import PEER_PREFIX
-from wsrouter.targets.datagram import MAX_DATAGRAM, DatagramConnector, UnixDatagramLink
+from wsrouter.targets.datagram import MAX_DATAGRAM, DatagramConnector, UnixDatagramLink, quietly
 from wsrouter.targets.stream import StreamConnector, StreamLink
 
 #: The shim reports the address when bind() returns, a moment before the
@@ -163,7 +163,7 @@ def connect_private_datagram(reactor: Any, path: str, session: SessionInfo) -> D
     """
     link = UnixDatagramLink(f"unix-dgram://{path}", None)
     name = peer_name(session) or f"\0wsrouter-dgram {secrets.token_hex(8)}"
-    reactor.connectUNIXDatagram(path, link, maxPacketSize=MAX_DATAGRAM, bindAddress=name)
+    quietly(reactor.connectUNIXDatagram, path, link, maxPacketSize=MAX_DATAGRAM, bindAddress=name)
     return link.ready
 
 
