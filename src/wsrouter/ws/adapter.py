@@ -32,7 +32,7 @@ from wsrouter import __version__
 from wsrouter.config import Compression, Limits
 from wsrouter.interfaces import ConnectionSession, Gatherer, HandshakeHost
 from wsrouter.targets.stream import IO_CHUNK
-from wsrouter.ws.deflate import Deflater, Inflater, Negotiated, offer_acceptor
+from wsrouter.ws.deflate import Deflater, Inflater, Negotiated, offer_acceptor, usable_offers
 from wsrouter.ws.internals import (
     autobahn_data_received,
     drop_handshake_state,
@@ -108,6 +108,9 @@ class ClientProtocol(WebSocketServerProtocol):
     #: The factory options this class carries as class attributes (see
     #: L{with_options}); a protocol whose class carries others copies them.
     _options_of: dict[str, Any] | None = None
+    #: The permessage-deflate settings (a factory option, see L{ClientFactory.apply_limits}).
+    compression: Compression = Compression()
+    websocket_extensions: list[Any]
 
     def connectionMade(self) -> None:
         options = self.factory.protocol_options
@@ -134,6 +137,9 @@ class ClientProtocol(WebSocketServerProtocol):
     # -- handshake and lifecycle, decided by the host -----------------------------
 
     def onConnect(self, request: Any) -> Any:
+        # Offers that cannot be met are declined here, before Autobahn's
+        # answer would turn one into a 400 (L{usable_offers}).
+        self.websocket_extensions = usable_offers(self.websocket_extensions, self.compression)
         try:
             deciding = self.factory.host.handshake(self, request)
         except DenyWithHeaders as e:
@@ -384,6 +390,7 @@ class ClientFactory(WebSocketServerFactory):
         # What Autobahn would copy onto each protocol; a new dict, so
         # protocols already made keep the one they copied.
         self.protocol_options = {name: getattr(self, name) for name in WebSocketServerProtocol.CONFIG_ATTRS}
+        self.protocol_options["compression"] = compression or Compression()
         self.protocol = with_options(self.protocol_options)
 
 
