@@ -640,3 +640,187 @@ def check_route_select(routes: Sequence[Any], path: str, offered: Sequence[str],
         return
     assert path_matches(match.route, path)
     assert match.subprotocol is None or match.subprotocol in offered
+
+
+# -- PROXY headers through the reader (proxyproto.ProxyHeaderReceiver) --------------------
+
+
+def proxy_stream_outcome(chunks: Sequence[bytes]) -> tuple[bool, bytes, Any, Any]:
+    """
+    Feed C{chunks} to a L{ProxyHeaderReceiver} from a trusted peer: whether
+    it aborted, the bytes the wrapped protocol got, and its peer and host.
+    """
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.testing import StringTransport
+
+    from wsrouter.proxyproto import ProxyHeaderFactory
+
+    received: list[bytes] = []
+
+    class Sink(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            received.append(data)
+
+    peer = IPv4Address("TCP", "192.0.2.1", 4000)
+    factory = ProxyHeaderFactory(Factory.forProtocol(Sink), lambda host: True)
+    receiver = factory.buildProtocol(peer)
+    transport = StringTransport(hostAddress=IPv4Address("TCP", "192.0.2.2", 80), peerAddress=peer)
+    receiver.makeConnection(transport)
+    try:
+        for chunk in chunks:
+            if transport.disconnecting:
+                break
+            receiver.dataReceived(chunk)
+        return transport.disconnecting, b"".join(received), receiver.getPeer(), receiver.getHost()
+    finally:
+        receiver.connectionLost(None)  # the factory lets go of it
+
+
+def check_proxy_stream(data: bytes, cuts: Sequence[int]) -> None:
+    """
+    A connection's first bytes, however they are cut: the reader ends the
+    same (aborted, or passing on exactly the bytes after a valid header,
+    with the header's addresses as peer and host) as when they come whole;
+    an aborted connection passes nothing on.
+    """
+    whole = proxy_stream_outcome([data])
+    aborted, passed, peer, host = whole
+    try:
+        parsed = parse_header(data)
+    except ProxyHeaderError:
+        parsed = None
+        assert aborted and passed == b"", whole
+    if parsed is not None:
+        header, size = parsed
+        assert not aborted and passed == data[size:], whole
+        if header.source is not None:
+            assert ipaddress.ip_address(peer.host) == ipaddress.ip_address(header.source[0]), (header, peer)
+            assert peer.port == header.source[1], (header, peer)
+    elif not aborted:
+        assert passed == b"", whole  # still waiting for the rest of the header
+    for chunks in (split_at(data, cuts), [*byte_by_byte(data[:160]), data[160:]]):
+        pieces = proxy_stream_outcome(chunks)
+        assert pieces[:2] == whole[:2], (chunks, pieces, whole)
+        assert (pieces[2], pieces[3]) == (peer, host), (chunks, pieces, whole)
+
+
+# -- token resolvers (resolvers/base.py, template.py, tokenfile.py) -------------------------
+
+
+def resolve_request(query: Sequence[tuple[str, str]], cookies: dict[str, str], path_info: str, host: str,
+                    headers: Sequence[tuple[str, str]] = ()) -> Any:
+    """A L{ResolveRequest} on a prefix route C{/vnc/*}, as the gateway makes one."""
+    from wsrouter.config import Route
+    from wsrouter.config.model import ResolverTarget
+    from wsrouter.resolvers.base import ResolveRequest
+
+    route = Route(path="/vnc", prefix=True, target=ResolverTarget("vnc"))
+    return ResolveRequest(path="/vnc" + path_info, route=route, path_info=path_info, query=tuple(query),
+                          cookies=cookies, host=host, headers=tuple((k.lower(), v) for k, v in headers))
+
+
+def check_token_of(query: Sequence[tuple[str, str]], cookies: dict[str, str], path_info: str, host: str,
+                   host_token: bool) -> None:
+    """Any query, cookies, path and Host: a non-empty token or none, never an exception; from the path one segment."""
+    from wsrouter.resolvers.base import token_of
+
+    made = resolve_request(query, cookies, path_info, host)
+    token = token_of(made, host_token)
+    assert token is None or (isinstance(token, str) and token), token
+    if host_token:
+        assert token == (host or None), (token, host)
+    elif token is not None and made.query_value("token") is None and not cookies.get("token"):
+        assert token == path_info.strip("/") and "/" not in token, (token, path_info)
+
+
+def _template_regex(pattern: str) -> Any:
+    """C{pattern} as a regular expression: its text as is, each placeholder a safe value."""
+    import re
+
+    from wsrouter.resolvers.template import SAFE_VALUE
+
+    parts = re.split(r"\{[^{}]*\}", pattern)
+    return re.compile(f"(?:{SAFE_VALUE.pattern})".join(re.escape(part) for part in parts))
+
+
+def check_template(pattern: str, request: Any) -> None:
+    """
+    Any request values: the template resolver refuses with 400, or gives a
+    target whose string is the pattern with a safe value (letters, digits,
+    '_' and '-') in each placeholder's place, and nothing else changed.
+    """
+    from wsrouter.config import TcpTarget, UnixTarget
+    from wsrouter.resolvers.base import Refuse
+    from wsrouter.resolvers.template import TemplateResolver
+
+    resolver = TemplateResolver(type("Settings", (), {"source": pattern})())
+    try:
+        target = resolver.resolve(request)
+    except Refuse as e:
+        assert e.status == 400, e.status
+        assert e.reason.isprintable(), e.reason
+        return
+    text = resolver.render(request)
+    assert _template_regex(pattern).fullmatch(text), (pattern, text)
+    if isinstance(target, TcpTarget):
+        host = f"[{target.host}]" if ":" in target.host else target.host
+        assert _template_regex(pattern).fullmatch(f"tcp://{host}:{target.port}"), (pattern, target)
+    else:
+        assert isinstance(target, UnixTarget), target
+        assert _template_regex(pattern).fullmatch(f"unix://{target.path}"), (pattern, target)
+
+
+#: A token file line the fuzzed text cannot contain (it is checked for).
+KNOWN_TOKEN_LINE = ("zz-known-token", "127.0.0.1:5901")
+
+
+def check_token_lines(text: str, known_at: int) -> None:
+    """
+    A token file of any text: TCP or Unix targets for the lines that are
+    'TOKEN: HOST:PORT', other lines skipped, never an exception; a valid
+    line put among them (at line C{known_at}) is read as written.
+    """
+    from wsrouter.config import TcpTarget, UnixTarget
+    from wsrouter.resolvers.tokenfile import parse_token_lines
+
+    lines = text.splitlines()
+    known = KNOWN_TOKEN_LINE[0] not in text
+    if known:
+        lines.insert(known_at % (len(lines) + 1), f"{KNOWN_TOKEN_LINE[0]}: {KNOWN_TOKEN_LINE[1]}")
+    targets = parse_token_lines("\n".join(lines), "fuzz")
+    assert all(isinstance(t, TcpTarget | UnixTarget) for t in targets.values()), targets
+    for token in targets:
+        # Not checked (findings for the resolvers' owner, docs/fuzzing.md): a line ': HOST:PORT' gives
+        # an entry under the empty token, and lines are split at form feeds, U+0085 and U+2028 too.
+        assert "\n" not in token and "\r" not in token, token
+    if known:
+        assert targets.get(KNOWN_TOKEN_LINE[0]) == TcpTarget("127.0.0.1", 5901), targets
+
+
+def check_split_target(text: str) -> None:
+    """websockify's HOST:PORT (or unix_socket:PATH) text: a TCP or Unix target, or a ValueError."""
+    from wsrouter.config import TcpTarget, UnixTarget
+    from wsrouter.resolvers.base import split_target
+
+    try:
+        target = split_target(text)
+    except ValueError as e:
+        assert str(e), "a ValueError without a reason"
+        return
+    assert isinstance(target, TcpTarget | UnixTarget), target
+
+
+def check_redaction(token: str, other: str) -> None:
+    """After redaction, no path segment and no C{token=} value shows the token."""
+    from urllib.parse import parse_qsl, quote
+
+    from wsrouter.resolvers.base import redact_token
+
+    if not token.strip() or token in ("REDACTED", "/"):
+        return
+    path = "/vnc/" + quote(token, safe="")
+    query = "token=" + quote(token, safe="") + "&o=" + quote(other, safe="")
+    shown_path, shown_query = redact_token(path, query, token)
+    assert quote(token, safe="") not in shown_path.split("/"), shown_path
+    assert [v for k, v in parse_qsl(shown_query, keep_blank_values=True) if k == "token"] == ["REDACTED"], shown_query

@@ -60,6 +60,29 @@ def recording_seeds() -> dict[str, bytes]:
     return {"jsonl": jsonl, "asciicast": cast}
 
 
+# atheris' FuzzedDataProvider takes integers and list picks from the END of the input, and bytes,
+# booleans and text from the front (text after a byte choosing its width: 1 = ASCII/UTF-8). So the
+# seeds below are the known-good input followed by the choices, last choice first.
+
+
+def proxy_seeds() -> dict[str, bytes]:
+    v1 = build_header("v1", ("10.0.0.1", 1234), ("10.0.0.2", 80))
+    v2 = build_header("v2", ("::1", 1234), ("::2", 443))
+    unknown = b"PROXY UNKNOWN\r\n"
+    request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+    # header: start b"" (pick 0), surface 0; stream: start b"" (pick 0), no cuts (0), surface 2
+    return {"header-v1": v1 + b"\x00\x00", "header-v2": v2 + b"\x00\x00",
+            "stream-v1": v1 + request + b"\x00\x00\x02", "stream-v2": v2 + request + b"\x00\x00\x02",
+            "stream-unknown": unknown + request + b"\x00\x00\x02"}
+
+
+def resolvers_seeds() -> dict[str, bytes]:
+    lines = b"a: 127.0.0.1:5900\nb: unix_socket:/run/x.sock\n# comment\nc:[::1]:22\nd 1.2.3.4:80\n"
+    # the token file text (ASCII) and surface 2; HOST:PORT text (not a listed piece) and surface 3
+    return {"token-file": b"\x01" + lines + b"\x02", "host-port": b"\x00\x01[::1]:5900\x03",
+            "unix-socket": b"\x00\x01unix_socket:/run/a:b.sock\x03"}
+
+
 def main() -> None:
     for name, seeds in [("parser", parser_seeds()), ("framing", framing_seeds()), ("config", config_seeds()),
                         ("handshake", handshake_seeds()), ("recording", recording_seeds())]:
@@ -68,6 +91,11 @@ def main() -> None:
         for seed, data in seeds.items():
             prefix = b"" if name in ("recording", "handshake") else b"\x00" * 4
             (directory / seed).write_bytes(prefix + data if name != "config" else b"\x00" + data)
+    for name, seeds in [("proxy", proxy_seeds()), ("resolvers", resolvers_seeds())]:
+        directory = HERE / "corpus" / name
+        directory.mkdir(parents=True, exist_ok=True)
+        for seed, data in seeds.items():
+            (directory / seed).write_bytes(data)
 
 
 if __name__ == "__main__":

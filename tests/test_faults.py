@@ -409,6 +409,33 @@ def test_recording_directory_that_becomes_unwritable_leaves_sessions_working(tmp
     assert len(texts) == 1 and str(directory) in texts[0], texts
 
 
+@pytest_twisted.inlineCallbacks
+def test_recording_failures_are_counted_in_metrics(tmp_path: Path):
+    """Sessions whose recording could not be written are counted as wsrouter_recording_errors_total."""
+    from .test_ops import get, sample
+    from .test_record_e2e import ErrorLog
+
+    directory = tmp_path / "a-file" / "rec"
+    directory.parent.write_bytes(b"")  # the directory can never be made
+    router = start_router(routes=["/echo=echo:"], record=str(directory), ops={"metrics": "/metrics"})
+
+    def session() -> bytes:
+        with connect(router.url + "/echo") as ws:
+            ws.send(b"ping")
+            return ws.recv(timeout=10)
+
+    try:
+        with ErrorLog():
+            for _ in range(2):
+                assert (yield in_thread(session)) == b"ping"
+                yield until(lambda: not router.gateway.sessions)
+        status, text = yield in_thread(get, router.http + "/metrics")
+    finally:
+        yield router.stopService()
+    assert status == 200
+    assert sample(text, "wsrouter_recording_errors_total") == 2
+
+
 def test_the_fault_table_names_only_tests_that_exist():
     """Every C{file.py::test} that docs/faults.md names is a test function in that file."""
     table = (REPO / "docs" / "faults.md").read_text()

@@ -16,8 +16,8 @@ TARGETS = sorted(p.stem.removeprefix("fuzz_") for p in (REPO / "fuzz").glob("fuz
 
 
 def test_every_surface_has_a_target_and_seeds() -> None:
-    """The parser, framing, config, handshake and recording targets exist, each with a seed corpus."""
-    assert TARGETS == ["config", "framing", "handshake", "parser", "recording"]
+    """The parser, framing, config, handshake, PROXY, resolvers and recording targets exist, each with seeds."""
+    assert TARGETS == ["config", "framing", "handshake", "parser", "proxy", "recording", "resolvers"]
     for name in TARGETS:
         assert list((REPO / "fuzz" / "corpus" / name).iterdir()), name
 

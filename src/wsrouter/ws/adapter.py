@@ -32,7 +32,7 @@ from wsrouter import __version__
 from wsrouter.config import Compression, Limits
 from wsrouter.interfaces import ConnectionSession, Gatherer, HandshakeHost
 from wsrouter.targets.stream import IO_CHUNK
-from wsrouter.ws.deflate import Deflater, Inflater, Negotiated, offer_acceptor
+from wsrouter.ws.deflate import Deflater, Inflater, Negotiated, offer_acceptor, usable_offers
 from wsrouter.ws.internals import (
     autobahn_data_received,
     drop_handshake_state,
@@ -98,6 +98,8 @@ class ClientProtocol(WebSocketServerProtocol):
     mount_prefix = ""
     connection_gone = False
     _deny_headers: tuple[tuple[str, str], ...] = ()
+    #: The host refused the handshake with a L{ConnectionDeny} (see L{failHandshake}).
+    _refused_by_host = False
     _frames: FrameParser | None = None
     #: The session's link, when one read's payload can go out in one send.
     _gatherer: Gatherer | None = None
@@ -108,6 +110,9 @@ class ClientProtocol(WebSocketServerProtocol):
     #: The factory options this class carries as class attributes (see
     #: L{with_options}); a protocol whose class carries others copies them.
     _options_of: dict[str, Any] | None = None
+    #: The permessage-deflate settings (a factory option, see L{ClientFactory.apply_limits}).
+    compression: Compression = Compression()
+    websocket_extensions: list[Any]
 
     def connectionMade(self) -> None:
         options = self.factory.protocol_options
@@ -134,19 +139,52 @@ class ClientProtocol(WebSocketServerProtocol):
     # -- handshake and lifecycle, decided by the host -----------------------------
 
     def onConnect(self, request: Any) -> Any:
+        # Offers that cannot be met are declined here, before Autobahn's
+        # answer would turn one into a 400 (L{usable_offers}).
+        self.websocket_extensions = usable_offers(self.websocket_extensions, self.compression)
         try:
             deciding = self.factory.host.handshake(self, request)
-        except DenyWithHeaders as e:
-            self._deny_headers = e.headers
+        except ConnectionDeny as e:
+            self._note_refusal(e)
             raise
         accepted: Deferred[str | None] = deciding.addCallbacks(self._accepted, self._denied)
         return accepted
 
     def _denied(self, reason: Failure) -> Failure:
-        """Keep a refusal's headers for L{sendHttpErrorResponse} (Autobahn passes only code and reason)."""
-        if isinstance(reason.value, DenyWithHeaders):
-            self._deny_headers = reason.value.headers
+        if isinstance(reason.value, ConnectionDeny):
+            self._note_refusal(reason.value)
         return reason
+
+    def _note_refusal(self, deny: ConnectionDeny) -> None:
+        """
+        The host refused (and logged it): keep the refusal's headers for
+        L{sendHttpErrorResponse} (Autobahn passes only code and reason),
+        and let L{failHandshake} know not to log it again.
+        """
+        self._refused_by_host = True
+        if isinstance(deny, DenyWithHeaders):
+            self._deny_headers = deny.headers
+
+    def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
+        """
+        Autobahn's refusal of the handshake, quiet for a refusal the host
+        made: the host has logged it in one line, and Autobahn would add an
+        info line ("failing WebSocket opening handshake") and a warning
+        ("dropping connection ... abort=False") to every 404 and 403.  A
+        handshake Autobahn itself refuses (bad version, key, headers) or an
+        unexpected error in the host keeps Autobahn's lines: nothing else
+        logs those.
+        """
+        if not self._refused_by_host:
+            super().failHandshake(reason, code, responseHeaders)  # type: ignore[no-untyped-call, unused-ignore]
+            return
+        self.log.debug("refused the WebSocket opening handshake ({code} {reason})", code=code, reason=reason)
+        self.wasNotCleanReason = reason
+        self.sendHttpErrorResponse(code, reason, responseHeaders)
+        # A refusal answered with its HTTP status ends the connection as
+        # intended: Autobahn logs a clean drop at debug, an unclean one as a warning.
+        self.wasClean = True
+        self.dropConnection(abort=False)
 
     def _accepted(self, session: ConnectionSession | None) -> str | None:
         if session is None:
@@ -384,6 +422,7 @@ class ClientFactory(WebSocketServerFactory):
         # What Autobahn would copy onto each protocol; a new dict, so
         # protocols already made keep the one they copied.
         self.protocol_options = {name: getattr(self, name) for name in WebSocketServerProtocol.CONFIG_ATTRS}
+        self.protocol_options["compression"] = compression or Compression()
         self.protocol = with_options(self.protocol_options)
 
 

@@ -43,6 +43,38 @@ class Negotiated:
     client_max_window_bits: int = 15
 
 
+#: One entry of Autobahn's parsed C{Sec-WebSocket-Extensions}: the name and each parameter's values.
+ExtensionOffer = tuple[str, dict[str, list[Any]]]
+
+
+def usable_offers(offers: Sequence[ExtensionOffer], settings: Compression) -> list[ExtensionOffer]:
+    """
+    The client's extension offers worth weighing, in its order: none when
+    permessage-deflate is off; when on, the permessage-deflate offers whose
+    parameters can be met.
+
+    Autobahn fails the whole handshake with 400 on the first offer whose
+    parameters it cannot parse (C{server_max_window_bits=8}, an unknown
+    parameter, a repeated one), and on offers for extensions it knows but
+    the router never enables; RFC 7692 (5, 7.1.2.2) has the server decline
+    such an offer and weigh the next, or answer without the extension.
+    8 is a legal window that zlib cannot produce for raw deflate, so an
+    offer asking for it is declined too.
+    """
+    if not settings.permessage_deflate:
+        return []
+    usable = []
+    for name, params in offers:
+        if name != PerMessageDeflateOffer.EXTENSION_NAME:
+            continue
+        try:
+            PerMessageDeflateOffer.parse(params)  # type: ignore[no-untyped-call, unused-ignore]
+        except Exception:  # Autobahn raises a plain Exception for any bad parameter
+            continue
+        usable.append((name, params))
+    return usable
+
+
 def offer_acceptor(settings: Compression) -> Callable[[Sequence[Any]], Any]:
     """
     The factory's C{perMessageCompressionAccept}: the first permessage-deflate
