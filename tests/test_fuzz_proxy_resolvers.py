@@ -73,17 +73,14 @@ def test_split_target_and_token_of_and_redaction(text: str) -> None:
     check_redaction(text or "t", text)
 
 
-# -- found by fuzz/fuzz_resolvers.py; resolvers/tokenfile.py is another developer's, so these
-# -- are left for them: each test passes once it is fixed (strict xfail), then drop the mark.
+# -- found by fuzz/fuzz_resolvers.py, and fixed in resolvers/tokenfile.py.
 
 
-@pytest.mark.xfail(strict=True, reason="finding: a line ': HOST:PORT' is kept under the empty token")
 def test_a_token_file_line_without_a_token_is_skipped() -> None:
     """A line with no token before ': ' is skipped, not kept under the empty token (no request can name it)."""
     assert parse_token_lines(": 10.0.0.1:5900", "fuzz") == {}
 
 
-@pytest.mark.xfail(strict=True, reason="finding: str.splitlines also splits at form feed, U+0085, U+2028")
 def test_token_file_lines_end_only_at_newlines() -> None:
     """A token file line ends at a newline only, as websockify reads it; a form feed or U+0085 makes no new line."""
     assert parse_token_lines("c\x85d: 10.0.0.1:5900", "fuzz") == {"c\x85d": TcpTarget("10.0.0.1", 5900)}

@@ -37,20 +37,24 @@ from wsrouter.resolvers.base import ResolveRequest, Unavailable, split_target
 log = Logger(namespace="wsrouter.resolvers")
 
 _LINE_SPLIT = re.compile(r":\s")
+#: Lines end where Python's universal newlines end them (websockify reads the file with
+#: readlines()): not at the form feeds, U+0085 or U+2028 that str.splitlines() also takes.
+_LINE_END = re.compile(r"\r\n?|\n")
 
 
 def parse_token_lines(text: str, source: str) -> dict[str, Target]:
     """
     websockify's token file: C{token: host:port} per line.  A line that is
-    not one is logged (file and line number) and skipped, as websockify does.
+    not one is logged (file and line number) and skipped, as websockify does;
+    so is a line with no token before the C{": "}, which no request could name.
     """
     targets: dict[str, Target] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(_LINE_END.split(text), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         parts = _LINE_SPLIT.split(line)
-        if len(parts) != 2:
+        if len(parts) != 2 or not parts[0]:
             log.error("{source}:{number}: expected 'token: host:port' (or 'token: unix_socket:/PATH'); "
                       "line skipped", source=source, number=number)
             continue
