@@ -71,6 +71,11 @@ class FakeConnectors:
     def use_settings(self, limits: Any, pass_env: Any) -> None:
         self.settings.append((limits, pass_env))
 
+    class handlers:  # the connectors' in-process handler registry, with nothing to stop
+        @staticmethod
+        def shutdown(grace: float) -> Deferred[None]:
+            return succeed(None)
+
     def connect(self, info: Any) -> Deferred[Any]:
         if self.result is not None:
             return self.result  # type: ignore[no-any-return]
@@ -350,3 +355,23 @@ def test_adapter_does_not_import_the_gateway() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(),
                             cwd=REPO, timeout=60, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_shutdown_while_the_target_connects_is_refused_with_503_and_logged(clock: MemoryReactorClock) -> None:
+    """A handshake whose target connects after shutdown began gets 503, its link is aborted, and one line says why."""
+    from twisted.logger import globalLogPublisher
+
+    connectors = FakeConnectors()
+    gateway = Gateway(config(*ROUTES), clock, connectors)  # type: ignore[arg-type]
+    client = Client(gateway)
+    gateway.shutdown()
+    seen: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        link = FakeLink()
+        connectors.pending[0][1].callback(link)
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    assert client.status() == 503 and link.events == ["abort"]
+    lines = [e.get("log_format", "") for e in seen if "refused" in e.get("log_format", "")]
+    assert len(lines) == 1 and "503 router is shutting down" in lines[0], lines

@@ -232,7 +232,9 @@ def test_origin_policy_per_route(tmp_path: Path) -> None:
             response = refusal(router.url + path, origin=origin).response
             assert response.status_code == 403, (path, origin)
             assert response.body.startswith(f"origin {origin} not allowed: ".encode()), response.body
-            wait_for_log(router, f"refused origin {origin!r} for route {path}")
+            wait_for_log(router, f"{path}: 403 origin {origin} not allowed")
+        lines = [line for line in router.log().splitlines() if "origin" in line and "refused" in line]
+        assert len(lines) == len(refused), lines  # one line per refusal
 
 
 def test_router_wide_origin_policy_and_websockify_expect_origin(tmp_path: Path) -> None:

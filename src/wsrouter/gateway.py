@@ -223,8 +223,6 @@ class Gateway:
         problem = origin_problem(config.origin_policy(match.route), origin, request.headers.get("host"),
                                  connection.is_secure())
         if problem is not None:
-            log.info("refused origin {origin!r} for route {route}: {problem}",
-                     origin=origin, route=match.route.describe(), problem=problem)
             return _refuse(request, 403, f"origin {origin} not allowed: {problem}", client)
         auth = config.auth_for(match.route)
         if auth is None:
@@ -329,6 +327,9 @@ class Gateway:
             return None
         if self._stopping:
             link.abort()
+            peer = f"[{info.peer_host}]" if ":" in info.peer_host else info.peer_host
+            log.info("refused {peer}:{port} {path}: 503 router is shutting down (retry later)",
+                     peer=peer, port=info.peer_port, path=info.path)
             raise ConnectionDeny(503, "router is shutting down")  # type: ignore[no-untyped-call, unused-ignore]
         info, base64_mode = _upstream_choice(link, info, match.base64)
         target = match.route.target
