@@ -238,3 +238,18 @@ def handshake_status(url: str, **kwargs: Any) -> tuple[int, bytes]:
             return 101, b""
     except InvalidStatus as e:
         return e.response.status_code, e.response.body or b""
+
+
+def raw_upgrade(sock: socket.socket, port: int, path: str = "/e", version: str = "13", extra: str = "") -> bytes:
+    """Send a handshake by hand (C{extra}: more header lines, each ending in CRLF) and read what comes
+    back up to the end of the answer's head; the bytes read past the head come after a blank line."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: {version}\r\n"
+                 f"{extra}\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data

@@ -10,7 +10,7 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
-from tests.support import handshake_status, in_thread, start_router
+from tests.support import handshake_status, in_thread, raw_upgrade, start_router
 
 
 def _lines_during(router: Any, action: Any) -> Any:
@@ -65,15 +65,7 @@ def test_refusal_with_headers_not_logged_by_autobahn() -> Any:
 def _bad_version(port: int) -> bytes:
     """A handshake Autobahn itself refuses (an unknown protocol version); the answer's status line."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(f"GET /e HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 99\r\n\r\n".encode())
-        data = b""
-        while b"\r\n" not in data:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-        return data.split(b"\r\n", 1)[0]
+        return raw_upgrade(s, port, version="99").split(b"\r\n", 1)[0]
 
 
 @pytest_twisted.inlineCallbacks

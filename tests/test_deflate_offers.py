@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 
-from tests.support import in_thread, start_router
+from tests.support import in_thread, raw_upgrade, start_router
 from wsrouter.config import Compression
 from wsrouter.ws.deflate import usable_offers
 
@@ -36,15 +36,7 @@ def _offer_and_echo(port: int, offer: str) -> tuple[bytes, str | None, bytes]:
     """Handshake offering C{offer}; send one uncompressed text message; return status line, extension, reply."""
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
     try:
-        s.sendall(f"GET /e HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-                  f"Sec-WebSocket-Extensions: {offer}\r\n\r\n".encode())
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
+        data = raw_upgrade(s, port, extra=f"Sec-WebSocket-Extensions: {offer}\r\n")
         head, _, data = data.partition(b"\r\n\r\n")
         status, *lines = head.split(b"\r\n")
         extension = None
