@@ -310,7 +310,7 @@ def test_python_resolver_outcomes() -> Any:
         assert seen.token == "t1" and seen.peer[0] == "127.0.0.1" and seen.query_value("k") == "later"
         assert resolver.asked[0].subprotocols == ("chat",)
         for kind, status, reason in [("refuse", 403, b"not your desk"), ("raise", 451, b"legal"),
-                                     ("none", 404, b"no target"), ("down", 503, b"store is down"),
+                                     ("none", 404, b"no target"), ("down", 503, b"token store unreachable now"),
                                      ("bug", 502, b"resolver r failed"), ("exec", 502, b"unusable target"),
                                      ("hang", 503, b"timed out")]:
             got = yield in_thread(handshake_status, service.url + f"/?k={kind}&token=x")

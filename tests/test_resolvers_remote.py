@@ -20,6 +20,7 @@ import pytest
 import pytest_twisted
 from jwcrypto import jwk, jwt
 from twisted.internet import reactor
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -94,7 +95,8 @@ def test_token_redis_formats_down_and_back(redis_server: RedisServer) -> Any:
         assert (yield in_thread(handshake_status, service.url + "/?token=junk"))[0] == 404
         redis_server.stop()
         status, body = yield in_thread(handshake_status, service.url + "/?token=json-token")
-        assert status == 503 and b"Redis" in body
+        assert status == 503 and b"token store unreachable" in body
+        assert b"127.0.0.1" not in body  # the store's address is for the log, not the client
         redis_server.start()
         redis_server.cli("set", "app:v1:json-token", json.dumps({"host": f"127.0.0.1:{number}"}), db=2)
         assert (yield in_thread(round_trip, service.url + "/?token=json-token")) == b"hello"
@@ -162,11 +164,20 @@ def test_token_api(plugin: str) -> Any:
     api = Lookup(answer.encode())
     web = reactor.listenTCP(0, Site(api), interface="127.0.0.1")
     service = start_router(**resolving(plugin, f"http://127.0.0.1:{web.getHost().port}/lookup/%s"))
+    lines: list[str] = []
+
+    def note(event: dict[str, Any]) -> None:
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(note)
     try:
         assert (yield in_thread(round_trip, service.url + "/?token=desk")) == b"hello"
+        # A lookup's HTTP connection is quiet: no "Starting factory" / "Stopping factory" lines.
+        assert not [line for line in lines if "HTTP11ClientFactory" in line], lines
         assert (yield in_thread(handshake_status, service.url + "/?token=..%2Fadmin%3Fx%3D1"))[0] == 404
         assert api.paths[-1] == b"/lookup/..%2Fadmin%3Fx%3D1"
     finally:
+        globalLogPublisher.removeObserver(note)
         yield service.stopService()
         yield web.stopListening()
         yield target.stopListening()

@@ -139,8 +139,11 @@ class Resolvers:
             refusal: Refuse = reason.value  # type: ignore[assignment]
             raise TargetError(refusal.reason, refusal.status)
         if reason.check(Unavailable):  # type: ignore[no-untyped-call, unused-ignore]
+            # The details (a file's path, a store's address and its error) are for
+            # the operator's log, not for an unauthenticated client.
             log.warn("resolver {name}: {problem}", name=settings.name, problem=reason.value)
-            raise TargetError(str(reason.value) or f"resolver {settings.name} unavailable", 503)
+            raise TargetError(f"resolver {settings.name}: token store unreachable now (the router's log says why)",
+                              503)
         if reason.check(TimeoutError):  # type: ignore[no-untyped-call, unused-ignore]
             log.warn("resolver {name} gave no answer within {timeout}s (its timeout)",
                      name=settings.name, timeout=settings.timeout)

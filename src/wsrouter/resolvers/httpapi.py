@@ -31,6 +31,7 @@ from twisted.web.iweb import IResponse
 from wsrouter.config import Target
 from wsrouter.refusal import Refuse
 from wsrouter.resolvers.base import ResolveRequest, Unavailable, split_target, target_of_fields
+from wsrouter.ws.internals import quiet_http_pool
 
 #: The largest answer read from a token API.
 MAX_BODY = 64 * 1024
@@ -77,7 +78,7 @@ class BaseTokenAPI:
         if "%s" not in settings.source or not settings.source.startswith(("http://", "https://")):
             raise ValueError(f"token source must be an http(s) URL with %s for the token, not {settings.source!r}")
         self.source: str = settings.source
-        self._agent = Agent(reactor)
+        self._agent = Agent(reactor, pool=quiet_http_pool(reactor))
 
     def url(self, token: str) -> bytes:
         return (self.source % quote(token, safe="")).encode("ascii")

@@ -37,6 +37,8 @@ def load_key(path: str) -> jwk.JWK:
 
     @raise ValueError: the file cannot be read or is neither (says which).
     """
+    if not path:
+        raise ValueError("no JWT key file given: set the token source to the key's file (--token-source)")
     try:
         with open(path, "rb") as f:
             data = f.read()

@@ -45,6 +45,8 @@ PRIVATE_ATTRIBUTES = {
         "_poller", "_selectables", "_reads", "_disconnectSelectable", "_doReadOrWrite",
         "_POLL_DISCONNECTED", "_POLL_IN", "_POLL_OUT"),
     "twisted.internet.posixbase": ("_NO_FILEDESC",),
+    # The HTTP client's per-connection factory (a token API lookup), made quiet.
+    "twisted.web.client.HTTPConnectionPool": ("_factory",),
 }
 
 _DIRECT = (tcp.Server, tcp.Client)
@@ -222,3 +224,20 @@ def bio_read_into(connection: Any, buffer: memoryview) -> int:
     with ffi.from_buffer(buffer, require_writable=True) as target:
         count: int = lib.BIO_read(connection._from_ssl, target, len(buffer))
     return max(count, 0)
+
+
+# -- twisted.web's HTTP client ---------------------------------------------------------
+
+
+def quiet_http_pool(reactor: Any) -> Any:
+    """
+    A non-persistent C{HTTPConnectionPool} for C{Agent} whose connections do
+    not log "Starting factory" and "Stopping factory" lines (two info lines
+    per token API lookup otherwise): Twisted offers no public switch for its
+    factory's C{noisy}.
+    """
+    from twisted.web.client import HTTPConnectionPool
+
+    pool: Any = HTTPConnectionPool(reactor, persistent=False)
+    pool._factory = type("QuietHTTP11ClientFactory", (pool._factory,), {"noisy": False})
+    return pool
