@@ -42,7 +42,8 @@ def template_problem(pattern: str) -> str | None:
     try:
         target = parse_target(_PLACEHOLDER.sub("1", pattern))
     except (ValueError, ConfigError) as e:
-        return f"template {pattern!r} does not make a target: {e}"
+        # The check filled each placeholder with "1"; say so, or the message quotes text nobody wrote.
+        return f"template {pattern!r} does not make a target (with each placeholder filled in as 1): {e}"
     if not isinstance(target, RESOLVABLE):
         return f"template {pattern!r} makes a {target.describe()} target; resolvers give network and socket targets"
     return None
