@@ -80,3 +80,11 @@ def test_twistd_help_still_lists_the_options() -> None:
     """`twistd -n wsrouter --help` still prints the whole option list."""
     result = run([TWISTD, "-n", "wsrouter", "--help"])
     assert result.returncode == 0 and "--log-format" in result.stdout and len(result.stdout.splitlines()) > 50
+
+
+def test_wrap_written_after_port_says_where_it_goes() -> None:
+    """`wsrouter PORT --wrap respawn -- prog` says --wrap goes before PORT, not that --wrap is missing."""
+    with pytest.raises(LoweringError) as raised:
+        options_to_raw({"program": ["prog"], "short_form": ("25011", "--wrap", "respawn")})
+    message = str(raised.value)
+    assert "options (--wrap) go before [HOST:]PORT" in message and "needs --wrap" not in message
