@@ -60,7 +60,7 @@ class Options(usage.Options):
     longdesc = (
         "Route WebSocket connections to TCP, UDP and Unix sockets. "
         f"websockify's form '{SHORT_FORM}' listens on PORT (loopback unless HOST is given) "
-        "and sends every path to the TCP target. Routes: --route PATH[@SUBPROTOCOLS]=TARGET, "
+        "and sends every path to the TCP target. Routes: --route PATH[[OPTIONS]][@SUBPROTOCOLS]=TARGET, "
         "where PATH is exact or ends in /* for a prefix (the longest match wins), and TARGET is "
         "tcp://HOST:PORT, tls://HOST:PORT (certificate verified), unix:///PATH, udp://HOST:PORT, "
         "unix-dgram:///PATH, exec:COMMAND ARGS "
@@ -239,7 +239,8 @@ class Options(usage.Options):
         self["trusted_proxies"].append(network)
 
     def opt_route(self, route: str) -> None:
-        """Route PATH[@SUBPROTOCOLS]=TARGET, e.g. '/vnc=tcp://127.0.0.1:5900', '/*=udp://127.0.0.1:9000'; repeatable."""
+        """Route PATH[[OPTIONS]][@SUBPROTOCOLS]=TARGET, e.g. '/vnc=tcp://127.0.0.1:5900',
+        '/calc[framing=line]=exec:bc -q'; OPTIONS are KEY=VALUE pairs separated by ';' (docs/config.md); repeatable."""
         self["routes"].append(route)
 
     opt_r = opt_route
