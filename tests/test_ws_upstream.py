@@ -888,3 +888,38 @@ def test_slow_upstream_stalls_one_big_fragmented_client_message() -> Any:
         may_read.set()
         yield service.stopService()
         upstream.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_unanswered_close_ends_gracefully_so_the_upstream_still_reads_everything() -> Any:
+    """A close the upstream does not answer in time ends with a graceful TCP close, not a reset that would
+    destroy what the upstream had received but not read yet (the client's last messages, the close frame)."""
+    got: queue.Queue[tuple[int, int | None]] = queue.Queue()
+
+    def sleeper(connection: ServerConnection) -> None:
+        # Reads nothing until well after the router's grace: everything sits in this side's socket buffer.
+        time.sleep(3.0)
+        total = 0
+        try:
+            for message in connection:
+                total += len(message)
+        except ConnectionClosed:
+            pass
+        got.put((total, connection.close_code))
+
+    upstream = Upstream(sleeper, max_queue=1)  # its reader thread stops after one message, too
+    service = start_router(routes=[route(upstream.url())], shutdown_grace=0.5)
+    chunk = b"y" * (64 * 1024)
+
+    def client() -> None:
+        with connect(service.url + "/u") as ws:
+            for _ in range(4):
+                ws.send(chunk)
+            ws.close(1000)
+
+    try:
+        yield in_thread(client)
+        assert (yield in_thread(got.get, timeout=30)) == (4 * len(chunk), 1000)
+    finally:
+        yield service.stopService()
+        upstream.close()

@@ -253,8 +253,10 @@ class Session:
         bridge = self.bridge
         link = self.link
         grace = self.limits.shutdown_grace
+        # A link that can end gracefully (a WebSocket upstream, whose close frame may
+        # sit unread behind the last messages) does so first; abort is the last resort.
         DrainWatch(self._clock, getattr(link, "transport", None), lambda: bridge.finished,
-                   link.abort, timeout=grace, stall=2 * grace).start()
+                   link.abort, timeout=grace, stall=2 * grace, finish=getattr(link, "finish", None)).start()
 
     # -- the end ---------------------------------------------------------------------
 

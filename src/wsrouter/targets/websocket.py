@@ -219,6 +219,15 @@ class WebSocketLink:
     def abort(self) -> None:
         self._protocol.dropConnection(abort=True)
 
+    def finish(self) -> None:
+        """
+        End a close whose frame went out long ago without an answer: close
+        the TCP connection gracefully (after what is queued), not with a
+        reset, which can destroy what the upstream has received but not yet
+        read -- the client's last messages and the close frame behind them.
+        """
+        self._protocol.dropConnection(abort=False)
+
 
 @implementer(IHandshakeListener)
 class UpstreamProtocol(WebSocketClientProtocol):
