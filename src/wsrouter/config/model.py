@@ -1472,6 +1472,11 @@ class TerminalPage:
         checks.raise_any()
 
 
+def no_resolver_table(name: str) -> str:
+    """The problem of a route naming a C{[resolvers.NAME]} table that is not there."""
+    return f"no [resolvers.{name}] table"
+
+
 @frozen
 class RouterConfig:
     """
@@ -1619,7 +1624,7 @@ class RouterConfig:
         names = {resolver.name for resolver in self.resolvers}
         for index, route in enumerate(self.routes if isinstance(self.routes, tuple) else ()):
             if isinstance(route, Route) and isinstance(route.target, ResolverTarget) and route.target.name not in names:
-                checks.add(f"routes[{index}].target", f"no [resolvers.{route.target.name}] table")
+                checks.add(f"routes[{index}].target", no_resolver_table(route.target.name))
 
     def resolver(self, name: str) -> Resolver | None:
         """The C{[resolvers.NAME]} table called C{name}, if any."""

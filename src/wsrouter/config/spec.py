@@ -61,6 +61,7 @@ from wsrouter.config.model import (
     WebRoot,
     WebSocketTarget,
     WrappedTarget,
+    no_resolver_table,
     unused_instance_keys,
 )
 
@@ -419,8 +420,8 @@ class _Builder:
         self.programs: dict[str, WrappedTarget] = {}
         self.inline: list[WrappedTarget] = []
         self.sandboxes: dict[str, Sandbox] = {}
-        #: Program and sandbox tables already reported as wrong: a reference
-        #: to one is not reported again (only the real problem is listed).
+        #: Program, sandbox and resolver tables already reported as wrong: a
+        #: reference to one is not reported again (only the real problem is listed).
         self.failed: set[tuple[str, str]] = set()
         #: References to those tables met so far (each fails its entry, unreported).
         self.skipped = 0
@@ -829,19 +830,19 @@ class _Builder:
         some_failed = (len(places) < (len(routes_given) if isinstance(routes_given, list) else 0)
                        or (values.get("web") is not None and web is None))
         self._renumber(before, places, some_failed)
-        self._drop_failed_references(before, values.get("resolvers"))
+        self._drop_failed_references(before)
         return config
 
-    def _drop_failed_references(self, start: int, raw: Any) -> None:
-        """A route naming a C{[resolvers.NAME]} table that is there but was refused: the table's problem says it."""
-        if not isinstance(raw, Mapping):
-            return
-        refused = {str(name) for name in raw} - self.made_resolvers
+    def _drop_failed_references(self, start: int) -> None:
+        """
+        A route naming a C{[resolvers.NAME]} table that is there but was
+        refused: the table's own problem says it (as for programs and
+        sandboxes, L{failed}).  The whole config's check makes that
+        reference problem, so it is taken out here.
+        """
+        refused = {no_resolver_table(name) for kind, name in self.failed if kind == "resolvers"}
         self.problems[start:] = [(key, problem) for key, problem in self.problems[start:]
-                                 if not (key.startswith("routes[") and key.endswith("].target")
-                                         and any(problem == f"no [resolvers.{name}] table" for name in refused))]
-
-    made_resolvers: frozenset[str] = frozenset()
+                                 if not (key.startswith("routes[") and key.endswith("].target") and problem in refused)]
 
     def resolvers(self, raw: Any) -> list[Resolver]:
         """The C{[resolvers.NAME]} tables (L{wsrouter.resolvers})."""
@@ -851,6 +852,7 @@ class _Builder:
         made = []
         for name, table in raw.items():
             path = f"resolvers.{name}"
+            self.failed.add(("resolvers", str(name)))  # until it is made
             values = self.table(table, path, RESOLVER_KEYS)
             if values is None:
                 continue
@@ -861,7 +863,7 @@ class _Builder:
             resolver = self.make(Resolver, {"name": str(name), **fields}, path)
             if resolver is not None:
                 made.append(resolver)
-        self.made_resolvers = frozenset(resolver.name for resolver in made)
+                self.failed.discard(("resolvers", str(name)))
         return made
 
     def proxies(self, values: Mapping[str, Any]) -> Proxies:
