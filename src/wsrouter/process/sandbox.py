@@ -34,8 +34,24 @@ from collections.abc import Iterator, Mapping, Sequence
 from wsrouter.config import ExecTarget, RouterConfig, Sandbox
 from wsrouter.rebind import ShimUnavailable, find_shim
 
-__all__ = ["STAGE", "SandboxError", "allowed_environment", "limit_hint", "sandbox_command", "sandbox_ids",
-           "sandbox_problems", "share_directory"]
+__all__ = ["CHILD_ENVIRONMENT", "STAGE", "SandboxError", "allowed_environment", "limit_hint", "sandbox_command",
+           "sandbox_ids", "sandbox_problems", "share_directory"]
+
+#: Child-script lines (run with C{python -I -S -c}, C{os} imported, C{prefix}
+#: set) that make C{env} the environment the process was given, with the
+#: variables deferred under C{prefix} put in place.  Not C{os.environ}: the
+#: interpreter adds to that (C{LC_CTYPE=C.UTF-8} when no locale is set, PEP
+#: 538), and the program must get exactly what was allowed.
+CHILD_ENVIRONMENT = r"""
+try:
+    with open("/proc/self/environ", "rb") as f:
+        env = {os.fsdecode(k): os.fsdecode(v) for k, _, v in
+               (item.partition(b"=") for item in f.read().split(b"\0") if b"=" in item)}
+except OSError:
+    env = dict(os.environ)
+for key in [k for k in env if prefix and k.startswith(prefix)]:
+    env[key[len(prefix):]] = env.pop(key)
+"""
 
 #: Runs in the child: rlimits, groups, gid, uid, no_new_privs, cwd, then the program.
 STAGE = r"""
@@ -46,20 +62,10 @@ argv = sys.argv[2:]
 def die(what, e):
     sys.stderr.write("wsrouter sandbox: cannot %s: %s\n" % (what, getattr(e, "strerror", None) or e))
     os._exit(126)
-# The environment this process was given, not os.environ: the interpreter adds to
-# that (LC_CTYPE=C.UTF-8 when no locale is set: PEP 538), and the program gets exactly it.
-try:
-    with open("/proc/self/environ", "rb") as f:
-        given = [item.partition(b"=") for item in f.read().split(b"\0") if b"=" in item]
-    env = {os.fsdecode(k): os.fsdecode(v) for k, _, v in given}
-except OSError:
-    env = dict(os.environ)
 if spec["setsid"]:
     os.setsid()
 prefix = spec["defer"]
-if prefix:
-    for key in [k for k in env if k.startswith(prefix)]:
-        env[key[len(prefix):]] = env.pop(key)
+""" + CHILD_ENVIRONMENT + r"""
 for name, value in spec["limits"]:
     try:
         resource.setrlimit(getattr(resource, name), (value, value))

@@ -33,7 +33,14 @@ from twisted.logger import Logger
 
 from wsrouter.config import RouterConfig, WrappedTarget
 from wsrouter.interfaces import TargetError
-from wsrouter.process.sandbox import SandboxError, allowed_environment, limit_hint, sandbox_command, share_directory
+from wsrouter.process.sandbox import (
+    CHILD_ENVIRONMENT,
+    SandboxError,
+    allowed_environment,
+    limit_hint,
+    sandbox_command,
+    share_directory,
+)
 from wsrouter.process.supervisor import KILL_GRACE, Child, ChildOwner, ExitStatus, Launch, Supervisor, log_output
 from wsrouter.rebind import ShimReport, parse_report_line, shim_environment
 from wsrouter.rebind.private import clear_sockets, make_private_dir, remove_private_dir
@@ -50,14 +57,8 @@ _DEFER_PREFIX = "WSROUTER_SPAWN_"
 _TRAMPOLINE = f"""
 import os, sys
 os.setsid()
-try:  # the environment given, without what the interpreter added (LC_CTYPE, PEP 538)
-    with open("/proc/self/environ", "rb") as f:
-        env = {{os.fsdecode(k): os.fsdecode(v) for k, _, v in
-               (item.partition(b"=") for item in f.read().split(b"\\0") if b"=" in item)}}
-except OSError:
-    env = dict(os.environ)
-for key in [k for k in env if k.startswith({_DEFER_PREFIX!r})]:
-    env[key[{len(_DEFER_PREFIX)}:]] = env.pop(key)
+prefix = {_DEFER_PREFIX!r}
+{CHILD_ENVIRONMENT}
 try:
     os.execvpe(sys.argv[1], sys.argv[1:], env)
 except OSError as e:

@@ -18,8 +18,8 @@ C{.}/C{..} names nothing.
 
 A source that is missing or cannot be read is refused when the resolver
 is made (a start-up error, L{check_source}); one that goes away later
-makes each lookup L{Unavailable} (503 "token store unavailable: PATH:
-REASON"), not "no such token".
+makes each lookup L{Unavailable} (a 503, its "token store unavailable:
+PATH: REASON" in the log), not "no such token".
 """
 
 from __future__ import annotations
