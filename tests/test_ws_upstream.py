@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import Server, ServerConnection, serve
@@ -538,16 +538,16 @@ def test_max_message_size_applies_to_upstream_messages() -> Any:
         upstream.close()
 
 
-@pytest_twisted.inlineCallbacks
-def test_client_close_waits_for_a_slow_upstream_to_read_everything() -> Any:
-    """Messages accepted from a client that then closes all reach an upstream that starts reading late."""
+def late_reader_gets(chunk_size: int, grace: float) -> Any:
+    """
+    A client sends four messages of C{chunk_size} bytes and closes 1000; the
+    upstream reads nothing for 3 s (its reader thread stops after one
+    message, too), then everything.  Fires with what it read and the close
+    code it got, for a router with C{grace} as its shutdown grace.
+    """
     got: queue.Queue[tuple[int, int | None]] = queue.Queue()
 
     def late_reader(connection: ServerConnection) -> None:
-        # Longer than the shutdown grace, shorter than the stall (twice the grace) after which a
-        # peer that reads nothing is given up: the router must wait while the upstream drains.
-        # (Grace 2 s: once the router's queue is empty, the last message may still sit in this
-        # side's socket buffer, and a loaded machine takes a while to read it.)
         time.sleep(3.0)
         total = 0
         try:
@@ -558,8 +558,8 @@ def test_client_close_waits_for_a_slow_upstream_to_read_everything() -> Any:
         got.put((total, connection.close_code))
 
     upstream = Upstream(late_reader, max_queue=1)
-    service = start_router(routes=[route(upstream.url())], shutdown_grace=2.0)
-    chunk = b"x" * (8 * 1024 * 1024)
+    service = start_router(routes=[route(upstream.url())], shutdown_grace=grace)
+    chunk = b"x" * chunk_size
 
     def client() -> None:
         with connect(service.url + "/u") as ws:
@@ -567,12 +567,26 @@ def test_client_close_waits_for_a_slow_upstream_to_read_everything() -> Any:
                 ws.send(chunk)
             ws.close(1000)
 
-    try:
-        yield in_thread(client)
-        assert (yield in_thread(got.get, timeout=30)) == (4 * len(chunk), 1000)
-    finally:
-        yield service.stopService()
-        upstream.close()
+    @defer.inlineCallbacks
+    def run() -> Any:
+        try:
+            yield in_thread(client)
+            return (yield in_thread(got.get, timeout=30))
+        finally:
+            yield service.stopService()
+            upstream.close()
+
+    return run()
+
+
+@pytest_twisted.inlineCallbacks
+def test_client_close_waits_for_a_slow_upstream_to_read_everything() -> Any:
+    """Messages accepted from a client that then closes all reach an upstream that starts reading late."""
+    # 32 MiB: more than the socket buffers hold, so the router's queue is not empty while the
+    # upstream sleeps; 3 s is longer than the grace, shorter than the stall (twice the grace)
+    # after which a peer that reads nothing is given up.
+    chunk_size = 8 * 1024 * 1024
+    assert (yield late_reader_gets(chunk_size, grace=2.0)) == (4 * chunk_size, 1000)
 
 
 # -- fragmentation -------------------------------------------------------------------------
@@ -894,32 +908,7 @@ def test_slow_upstream_stalls_one_big_fragmented_client_message() -> Any:
 def test_an_unanswered_close_ends_gracefully_so_the_upstream_still_reads_everything() -> Any:
     """A close the upstream does not answer in time ends with a graceful TCP close, not a reset that would
     destroy what the upstream had received but not read yet (the client's last messages, the close frame)."""
-    got: queue.Queue[tuple[int, int | None]] = queue.Queue()
-
-    def sleeper(connection: ServerConnection) -> None:
-        # Reads nothing until well after the router's grace: everything sits in this side's socket buffer.
-        time.sleep(3.0)
-        total = 0
-        try:
-            for message in connection:
-                total += len(message)
-        except ConnectionClosed:
-            pass
-        got.put((total, connection.close_code))
-
-    upstream = Upstream(sleeper, max_queue=1)  # its reader thread stops after one message, too
-    service = start_router(routes=[route(upstream.url())], shutdown_grace=0.5)
-    chunk = b"y" * (64 * 1024)
-
-    def client() -> None:
-        with connect(service.url + "/u") as ws:
-            for _ in range(4):
-                ws.send(chunk)
-            ws.close(1000)
-
-    try:
-        yield in_thread(client)
-        assert (yield in_thread(got.get, timeout=30)) == (4 * len(chunk), 1000)
-    finally:
-        yield service.stopService()
-        upstream.close()
+    # 256 KiB in all: it fits in the socket buffers, so the router's queue empties at once and its grace
+    # runs out while the upstream still sleeps, with everything unread on its side.
+    chunk_size = 64 * 1024
+    assert (yield late_reader_gets(chunk_size, grace=0.5)) == (4 * chunk_size, 1000)
