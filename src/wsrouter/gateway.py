@@ -327,9 +327,8 @@ class Gateway:
             return None
         if self._stopping:
             link.abort()
-            peer = f"[{info.peer_host}]" if ":" in info.peer_host else info.peer_host
-            log.info("refused {peer}:{port} {path}: 503 router is shutting down (retry later)",
-                     peer=peer, port=info.peer_port, path=info.path)
+            log.info("refused {peer} {path}: 503 router is shutting down (retry later)", peer=info.peer(),
+                     path=info.path)
             raise ConnectionDeny(503, "router is shutting down")  # type: ignore[no-untyped-call, unused-ignore]
         info, base64_mode = _upstream_choice(link, info, match.base64)
         target = match.route.target

@@ -293,14 +293,12 @@ def _lower_program(raw: dict[str, Any], listen: list[str], routes: list[Any], sh
     """C{--wrap MODE [[HOST:]PORT] -- PROGRAM ARGS}: a [programs.NAME] table and a route C{/*} to it."""
     if not program:
         raise LoweringError("--wrap needs the program after --, e.g. --wrap respawn -- telnetd -debug 2023")
-    if len(short) > 1 and any(arg.startswith("-") for arg in short):
+    if len(short) > 1:
         # E.g. "PORT --wrap respawn -- prog": the options after PORT were not read as options.
         raise LoweringError(_positional_problem("[HOST:]PORT before --", short))
     if mode is None:
         raise LoweringError("a program after -- needs --wrap MODE (websockify: --wrap-mode MODE), "
                             f"MODE one of {', '.join(WRAP_MODES)}")
-    if len(short) > 1:
-        raise LoweringError(_positional_problem("[HOST:]PORT before --", short))
     ports = "*"
     if short:
         listen.append(_short_listener(short[0]))
